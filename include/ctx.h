@@ -1,0 +1,341 @@
+/*
+ * libctx: Go's context package for C.
+ *
+ * A context carries three things down a tree of work: a cancellation signal,
+ * a deadline, and request-scoped values.  Contexts form a tree.  Cancelling a
+ * context cancels every context derived from it (its descendants), and never
+ * its parent or siblings.  A derived context whose parent is already done is
+ * done at birth.
+ *
+ * Ownership.  Every function that returns a ctx_t * returns a new reference
+ * that the caller drops with ctx_unref() exactly once; ctx_ref() takes one
+ * more.  A child holds a reference to its parent, so a parent may be unref'd
+ * while its children live.  The roots (ctx_background(), ctx_todo()) are
+ * static: ref and unref do nothing to them.  Dropping the last reference to a
+ * context detaches it from its parent and frees it, so forgetting to cancel
+ * never leaks (unlike Go, where an uncancelled child stays in its parent's
+ * children map until the parent is cancelled).
+ *
+ * Threading.  Every function may be called from any thread on the same
+ * context at the same time.  Cancellation is synchronous: when ctx_cancel()
+ * returns, the context and all of its descendants are done, even when other
+ * threads cancel parts of the same tree at the same moment.
+ *
+ * Callbacks.  An AfterFunc callback runs exactly once or never.  It runs on
+ * the thread that cancels the context (the caller of ctx_cancel() on it or on
+ * an ancestor), after the whole subtree is marked done and with no library
+ * lock held; when the context ends by its deadline it runs on a thread owned
+ * by the library.  Never cancel a context while holding a lock that one of
+ * its callbacks takes.
+ *
+ * Errors.  Constructors return NULL and set errno.  Other calls return 0 or
+ * a positive errno-style code.  There is no hidden global error state.
+ */
+#ifndef CTX_H
+#define CTX_H
+
+#include <errno.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <time.h>
+
+#if defined(CTX_STATIC_DEFINE)
+#define CTX_EXPORT
+#elif defined(_WIN32)
+#if defined(CTX_BUILDING)
+#define CTX_EXPORT __declspec(dllexport)
+#else
+#define CTX_EXPORT __declspec(dllimport)
+#endif
+#elif defined(__GNUC__)
+#define CTX_EXPORT __attribute__((visibility("default")))
+#else
+#define CTX_EXPORT
+#endif
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* ---------------------------------------------------------------------------
+ * Types and constants
+ */
+
+/* A context.  Opaque, reference counted, and immutable to its users. */
+typedef struct ctx ctx_t;
+
+/* The capability to cancel one context (Go's CancelFunc).  Valid for as long
+ * as its context is alive. */
+typedef struct ctx_cancel ctx_cancel_t;
+
+/* One AfterFunc registration (Go's stop function). */
+typedef struct ctx_after ctx_after_t;
+
+/*
+ * A value key.  A key is identified by its ADDRESS, never by its name, so two
+ * libraries can never collide by choosing the same name.  Declare keys as
+ * static objects:
+ *
+ *     static const ctx_key_t request_id = { .name = "request-id" };
+ *
+ * name is used by ctx_describe() only.  format, when set, writes the text of
+ * a value bound to this key into buf (snprintf-style: returns the full
+ * length) for ctx_describe(); without it the value shows as "...".
+ */
+typedef struct ctx_key {
+    const char *name;
+    size_t (*format)(const void *value, char *buf, size_t size);
+} ctx_key_t;
+
+/* An instant: nanoseconds on CLOCK_MONOTONIC (or on the test clock). */
+typedef int64_t ctx_time_t;
+/* A span of time in nanoseconds. */
+typedef int64_t ctx_duration_t;
+
+#define CTX_NANOSECOND  ((ctx_duration_t)1)
+#define CTX_MICROSECOND (1000 * CTX_NANOSECOND)
+#define CTX_MILLISECOND (1000 * CTX_MICROSECOND)
+#define CTX_SECOND      (1000 * CTX_MILLISECOND)
+#define CTX_MINUTE      (60 * CTX_SECOND)
+#define CTX_HOUR        (60 * CTX_MINUTE)
+#define CTX_FOREVER     ((ctx_duration_t)-1)
+
+#define CTX_CANCELED          ECANCELED /* Go's context.Canceled */
+#define CTX_DEADLINE_EXCEEDED ETIMEDOUT /* Go's context.DeadlineExceeded */
+
+/* ---------------------------------------------------------------------------
+ * Roots (Go: Background, TODO)
+ *
+ * Never done, no deadline, no values.  Static: ctx_ref() and ctx_unref() on
+ * them do nothing, so they need not be unref'd (doing so is harmless).
+ */
+CTX_EXPORT ctx_t *ctx_background(void);
+CTX_EXPORT ctx_t *ctx_todo(void);
+
+/* ---------------------------------------------------------------------------
+ * References
+ */
+
+/* Takes one more reference to ctx and returns ctx.  ctx_ref(NULL) is NULL. */
+CTX_EXPORT ctx_t *ctx_ref(ctx_t *ctx);
+
+/* Drops one reference.  Dropping the last one detaches ctx from its parent
+ * (so its parent's cancel no longer visits it), closes its done fd, destroys
+ * its value and drops its own reference to its parent.  Freeing a chain of
+ * any length is iterative.  ctx_unref(NULL) does nothing.  Dropping more
+ * references than were taken is undefined behaviour; debug builds abort with
+ * a message. */
+CTX_EXPORT void ctx_unref(ctx_t *ctx);
+
+/* ---------------------------------------------------------------------------
+ * Derivation
+ *
+ * Each returns a new reference, or NULL with errno set: EINVAL for a NULL
+ * parent (Go panics there) or NULL key; ENOMEM when memory runs out.  On
+ * failure nothing is allocated and the parent is unchanged.  `cancel` may be
+ * NULL when the caller never cancels by hand; otherwise *cancel receives the
+ * cancel capability, valid while the returned context is alive.
+ */
+
+/* A child that is done when ctx_cancel(*cancel) is called or when its parent
+ * is done, whichever happens first.  O(1): one allocation and, when the
+ * parent can ever be done, one short critical section on the parent. */
+CTX_EXPORT ctx_t *ctx_with_cancel(ctx_t *parent, ctx_cancel_t **cancel);
+
+/* A child that is also done at `deadline` (on ctx_now()'s clock), with
+ * CTX_DEADLINE_EXCEEDED.  A deadline not earlier than the parent's gives a
+ * plain cancel context that reports the parent's deadline.  A deadline at or
+ * before now gives a context that is done at birth with
+ * CTX_DEADLINE_EXCEEDED. */
+CTX_EXPORT ctx_t *ctx_with_deadline(ctx_t *parent, ctx_time_t deadline, ctx_cancel_t **cancel);
+
+/* ctx_with_deadline(parent, ctx_now() + timeout, cancel), saturating on
+ * overflow.  A negative timeout is a deadline in the past. */
+CTX_EXPORT ctx_t *ctx_with_timeout(ctx_t *parent, ctx_duration_t timeout, ctx_cancel_t **cancel);
+
+/* As above; when the deadline passes, err is CTX_DEADLINE_EXCEEDED and the
+ * cause is (cause, msg).  When cancelled by hand first, err and cause are
+ * CTX_CANCELED.  msg may be NULL; it is copied. */
+CTX_EXPORT ctx_t *ctx_with_deadline_cause(ctx_t *parent, ctx_time_t deadline, int cause,
+                                          const char *msg, ctx_cancel_t **cancel);
+CTX_EXPORT ctx_t *ctx_with_timeout_cause(ctx_t *parent, ctx_duration_t timeout, int cause,
+                                         const char *msg, ctx_cancel_t **cancel);
+
+/* A child carrying (key, value).  Done exactly when the parent is.  value
+ * belongs to the new context: destroy(value), if destroy is not NULL, runs
+ * exactly once, on the thread that drops the last reference, when the
+ * context is freed.  On failure destroy is not called: the caller keeps the
+ * value. */
+CTX_EXPORT ctx_t *ctx_with_value(ctx_t *parent, const ctx_key_t *key, void *value,
+                                 void (*destroy)(void *value));
+
+/* A child that sees its parent's values but is never done, has no deadline
+ * and no cause, whatever happens to the parent (Go's WithoutCancel). */
+CTX_EXPORT ctx_t *ctx_without_cancel(ctx_t *parent);
+
+/* ---------------------------------------------------------------------------
+ * Cancellation (Go: CancelFunc, CancelCauseFunc)
+ *
+ * Idempotent; only the first cancellation of a context sets its err and
+ * cause.  cause 0 means "no cause" (ctx_cause() then reports CTX_CANCELED).
+ * msg may be NULL; it is copied (if the copy cannot be allocated the cause
+ * code is kept and its text falls back to ctx_strerror(cause)).
+ *
+ * Synchronous: when the call returns, the context and all its descendants
+ * are done (through value and deadline layers alike), its AfterFunc
+ * callbacks and those of its descendants have run on this thread, and the
+ * context has left its parent.  Cancelling a context never affects its
+ * parent or siblings.  Safe from any thread; a NULL handle is ignored.
+ */
+CTX_EXPORT void ctx_cancel(ctx_cancel_t *cancel);
+CTX_EXPORT void ctx_cancel_cause(ctx_cancel_t *cancel, int cause, const char *msg);
+
+/* ---------------------------------------------------------------------------
+ * Observation
+ */
+
+/* 0 while ctx is not done, else CTX_CANCELED or CTX_DEADLINE_EXCEEDED.
+ * Lock-free: one atomic load (acquire, pairing with the release that marks a
+ * context done, so a caller that sees done also sees the cause). */
+CTX_EXPORT int ctx_err(ctx_t *ctx);
+
+/* 0 while ctx is not done; else the cause code (ctx_err's code when no cause
+ * was given).  If msg is not NULL, *msg receives the cause text: the message
+ * given with the cause, else ctx_strerror(code); it stays valid while ctx is
+ * alive.  Lock-free. */
+CTX_EXPORT int ctx_cause(ctx_t *ctx, const char **msg);
+
+/* true and *deadline set when ctx or an ancestor has a deadline (the
+ * nearest, which is also the earliest); false when there is none. */
+CTX_EXPORT bool ctx_deadline(ctx_t *ctx, ctx_time_t *deadline);
+
+/* The value bound to key by the nearest ancestor-or-self that binds it
+ * (including a binding to NULL), or NULL.  Lock-free; values stay readable
+ * after cancellation. */
+CTX_EXPORT void *ctx_value(ctx_t *ctx, const ctx_key_t *key);
+
+/* "context canceled" for CTX_CANCELED, "context deadline exceeded" for
+ * CTX_DEADLINE_EXCEEDED, else the C library's strerror() text. */
+CTX_EXPORT const char *ctx_strerror(int err);
+
+/* Go's String(), snprintf-style: writes at most size bytes including the
+ * terminating NUL and returns the full length.  "context.Background",
+ * "context.TODO", "<parent>.WithCancel", "<parent>.WithDeadline(...)",
+ * "<parent>.WithValue(<key name>, <value>)", "<parent>.WithoutCancel",
+ * "<parent>.<custom name>". */
+CTX_EXPORT size_t ctx_describe(ctx_t *ctx, char *buf, size_t size);
+
+/* ---------------------------------------------------------------------------
+ * Waiting.  C has no channels, so Go's Done() becomes three ways to wait.
+ * Each wakes when the context is done, whether by its own cancel, an
+ * ancestor's, or a deadline.  Waiting costs nothing for contexts nobody waits
+ * on: cancelling a context that has no waiter and no fd makes no system call.
+ */
+
+/* Blocks until ctx is done (returns ctx_err(ctx)) or timeout passes (returns
+ * 0).  CTX_FOREVER waits without limit; 0 only polls.  A negative timeout
+ * other than CTX_FOREVER is treated as 0. */
+CTX_EXPORT int ctx_wait(ctx_t *ctx, ctx_duration_t timeout);
+
+/* 0 after sleeping d; ctx_err(ctx) as soon as ctx is done, if that is first. */
+CTX_EXPORT int ctx_sleep(ctx_t *ctx, ctx_duration_t d);
+
+/* An fd that turns readable (POLLIN) once ctx is done, for poll, epoll,
+ * io_uring or libuv.  Created on first call (an eventfd on Linux, a pipe
+ * elsewhere), owned by ctx: never close or read it.  Valid while ctx is
+ * alive.  -1 with errno 0 for a context that can never be done (poll(2)
+ * ignores negative fds); -1 with errno set (EMFILE, ENFILE, ENOMEM) when no
+ * fd can be made. */
+CTX_EXPORT int ctx_done_fd(ctx_t *ctx);
+
+/* ---------------------------------------------------------------------------
+ * AfterFunc (Go 1.21)
+ *
+ * fn(arg) runs exactly once after ctx is done, unless stopped first.
+ * Returns 0, or EINVAL (NULL ctx or fn) or ENOMEM.  If ctx can never be
+ * done, fn never runs.  If ctx is already done, fn runs on the calling thread
+ * before ctx_after_func returns.  Otherwise fn runs on the cancelling thread
+ * (or, for a deadline, on a library thread), with no library lock held.
+ *
+ * The registration holds a reference to ctx, so it still runs when an
+ * ancestor is cancelled even if nobody else holds ctx.  If stop is not NULL,
+ * *stop receives a handle that must be passed to ctx_after_stop() exactly
+ * once; if stop is NULL the registration is fire-and-forget and frees itself
+ * after fn runs.
+ */
+CTX_EXPORT int ctx_after_func(ctx_t *ctx, void (*fn)(void *arg), void *arg, ctx_after_t **stop);
+
+/* true: fn will never run (it was stopped here).  false: fn has started or
+ * has run; then waits until fn has returned, unless called from inside fn
+ * itself (directly or through a cancel that fn made).  Always releases the
+ * handle.  ctx_after_stop(NULL) returns false. */
+CTX_EXPORT bool ctx_after_stop(ctx_after_t *stop);
+
+/* ---------------------------------------------------------------------------
+ * Time
+ */
+
+/* The clock deadlines are measured on: CLOCK_MONOTONIC in nanoseconds. */
+CTX_EXPORT ctx_time_t ctx_now(void);
+
+/* ---------------------------------------------------------------------------
+ * Custom contexts
+ *
+ * Go lets any type implementing Context be a parent; its propagateCancel then
+ * falls back to a goroutine per child (or to the parent's AfterFunc).  In C a
+ * custom context is a cancellable node of the library's own tree with user
+ * hooks attached, so children of a custom context register with it directly:
+ * no thread per child, and cancellation of a custom parent reaches its
+ * children synchronously.
+ *
+ * The ops table must outlive every context made with it (normally it is a
+ * static const object).  Every hook is optional (NULL):
+ *
+ *   name      shown by ctx_describe() as "<parent>.<name>" (default "Custom");
+ *   value     looks key up in the custom context's own store; returns true
+ *             and sets *value when the context binds key (the lookup then
+ *             stops there), false to continue with the parent.  Called
+ *             without any library lock held, possibly from many threads at
+ *             once;
+ *   describe  writes the part after "<parent>." instead of name;
+ *   destroy   called once with data when the context is freed.
+ *
+ * To cancel a custom context from an outside event (a signal watcher, a
+ * connection closing, a message from another process), call
+ * ctx_cancel_cause() on the handle from any thread.
+ */
+typedef struct ctx_custom_ops {
+    const char *name;
+    bool (*value)(void *data, const ctx_key_t *key, void **value);
+    size_t (*describe)(void *data, char *buf, size_t size);
+    void (*destroy)(void *data);
+} ctx_custom_ops_t;
+
+/* A custom child of parent.  Done when cancelled through *cancel or when
+ * parent is done.  On failure (NULL with errno EINVAL for a NULL parent or
+ * ops, ENOMEM) destroy is not called. */
+CTX_EXPORT ctx_t *ctx_with_custom(ctx_t *parent, const ctx_custom_ops_t *ops, void *data,
+                                  ctx_cancel_t **cancel);
+
+/* The data pointer of a custom context, or NULL for any other context. */
+CTX_EXPORT void *ctx_custom_data(ctx_t *ctx);
+
+/* ---------------------------------------------------------------------------
+ * Allocator
+ *
+ * Routes every allocation the library makes through malloc_fn and free_fn
+ * (libuv's uv_replace_allocator).  Call it before any context other than the
+ * roots exists: memory is released with the allocator that was current when
+ * it was allocated only if that allocator is still installed.  Returns 0, or
+ * EINVAL if either function is NULL.  ctx_reset_allocator() restores
+ * malloc/free.
+ */
+CTX_EXPORT int ctx_replace_allocator(void *(*malloc_fn)(size_t size), void (*free_fn)(void *ptr));
+CTX_EXPORT void ctx_reset_allocator(void);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* CTX_H */

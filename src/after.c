@@ -1,0 +1,152 @@
+/*
+ * AfterFunc registrations.
+ *
+ * A registration is a 64-byte record laid out like a node (kind AFTER) so
+ * that it sits in its context's children list and a cancel finds it in the
+ * same walk that finds the children.  Its run word decides, by CAS, between
+ * the canceller (PENDING -> RUNNING) and ctx_after_stop (PENDING -> STOPPED),
+ * so exactly one of "fn runs" and "stop returns true" happens.
+ *
+ * References on a record: one for the children list (dropped by whoever
+ * takes it off the list: the canceller after running fn, or stop), one for
+ * the stop handle if there is one.  The record holds a reference to its
+ * context, so a registration on a context nobody else holds still runs.
+ */
+#include "internal.h"
+
+#include <stdint.h>
+
+/* The AfterFunc callbacks running on this thread, innermost first, so that
+ * ctx_after_stop can tell it is called from inside fn (directly or through
+ * a cancel fn made) and must not wait for fn to return. */
+struct frame {
+    struct ctx *r;
+    struct frame *prev;
+};
+static _Thread_local struct frame *running;
+
+/* The handle returned for a context that can never be done: fn never runs
+ * and stopping it returns true.  Nothing is allocated for it. */
+static struct ctx never_after = {.pk = CTX__AFTER};
+
+void ctx__after_release(struct ctx *r)
+{
+    /* acq_rel: the last holder sees every write the others made. */
+    if (atomic_fetch_sub_explicit(&r->refs, 1, memory_order_acq_rel) == 1) {
+        ctx_t *c = ctx__parent(r);
+        ctx__free(r);
+        ctx_unref(c);
+    }
+}
+
+/* Runs r's fn unless it was stopped, then drops the list's reference.
+ * Called with no lock held. */
+void ctx__run_after(struct ctx *r)
+{
+    uint32_t s = CTX__RUN_PENDING;
+    /* Acquire/release against ctx_after_stop's CAS on the same word. */
+    if (atomic_compare_exchange_strong_explicit(&r->u.a.run, &s, CTX__RUN_RUNNING,
+                                                memory_order_acq_rel, memory_order_acquire)) {
+        struct frame f = {r, running};
+        running = &f;
+        r->u.a.fn(r->u.a.arg);
+        running = f.prev;
+        /* Release: pairs with the acquire in ctx_after_stop's wait loop, so
+         * a stopper that returns sees all fn did. */
+        s = atomic_exchange_explicit(&r->u.a.run, CTX__RUN_DONE, memory_order_release);
+        if (s & CTX__RUN_WAITER)
+            ctx__futex_wake(&r->u.a.run, INT32_MAX);
+    }
+    ctx__after_release(r);
+}
+
+int ctx_after_func(ctx_t *c, void (*fn)(void *arg), void *arg, ctx_after_t **stop)
+{
+    if (stop != NULL)
+        *stop = NULL;
+    if (c == NULL || fn == NULL)
+        return EINVAL;
+    struct ctx *o = c->owner;
+    if (ctx__kind(o) == CTX__ROOT) {
+        if (stop != NULL)
+            *stop = (ctx_after_t *)&never_after;
+        return 0;
+    }
+    struct ctx *r = ctx__alloc(sizeof *r);
+    if (r == NULL)
+        return ENOMEM;
+    r->owner = o;
+    r->pk = (uintptr_t)ctx_ref(c) | CTX__AFTER;
+    atomic_init(&r->refs, stop != NULL ? 2u : 1u);
+    atomic_init(&r->lock, 0);
+    atomic_init(&r->u.a.run, CTX__RUN_PENDING);
+    r->u.a.fn = fn;
+    r->u.a.arg = arg;
+    r->u.a.link.next = NULL;
+    r->u.a.link.pprev = NULL;
+    if (stop != NULL)
+        *stop = (ctx_after_t *)r;
+
+    ctx__lock(&o->lock);
+    if ((atomic_load_explicit(&o->u.c.state, memory_order_relaxed) & CTX__ERR_MASK) == 0) {
+        ctx__link_insert(&o->u.c.children, &r->u.a.link);
+        ctx__unlock(&o->lock);
+        return 0;
+    }
+    ctx__unlock(&o->lock);
+    ctx__run_after(r); /* already done: run here, now */
+    return 0;
+}
+
+static int inside(const struct ctx *r)
+{
+    for (const struct frame *f = running; f != NULL; f = f->prev)
+        if (f->r == r)
+            return 1;
+    return 0;
+}
+
+bool ctx_after_stop(ctx_after_t *stop)
+{
+    struct ctx *r = (struct ctx *)stop;
+    if (r == NULL)
+        return false;
+    if (r == &never_after)
+        return true;
+
+    bool stopped = false;
+    struct ctx *o = r->owner;
+    ctx__lock(&o->lock);
+    if (r->u.a.link.pprev != NULL) {
+        /* Still registered: no canceller has seen it. */
+        ctx__link_remove(&r->u.a.link);
+        atomic_store_explicit(&r->u.a.run, CTX__RUN_STOPPED, memory_order_relaxed);
+        ctx__unlock(&o->lock);
+        ctx__after_release(r); /* the list's reference */
+        stopped = true;
+    } else {
+        ctx__unlock(&o->lock);
+        uint32_t s = CTX__RUN_PENDING;
+        /* A canceller took it off the list but has not started fn: winning
+         * this CAS makes it skip fn. */
+        if (atomic_compare_exchange_strong_explicit(&r->u.a.run, &s, CTX__RUN_STOPPED,
+                                                    memory_order_acq_rel, memory_order_acquire)) {
+            stopped = true;
+        } else if (!inside(r)) {
+            /* fn has started: wait until it returns. */
+            while ((s & ~(uint32_t)CTX__RUN_WAITER) != CTX__RUN_DONE) {
+                if (!(s & CTX__RUN_WAITER) &&
+                    !atomic_compare_exchange_strong_explicit(&r->u.a.run, &s,
+                                                             s | CTX__RUN_WAITER,
+                                                             memory_order_acquire,
+                                                             memory_order_acquire))
+                    continue;
+                ctx__futex_wait(&r->u.a.run, s | CTX__RUN_WAITER, NULL);
+                /* Acquire: pairs with the release exchange to DONE. */
+                s = atomic_load_explicit(&r->u.a.run, memory_order_acquire);
+            }
+        }
+    }
+    ctx__after_release(r); /* the handle's reference */
+    return stopped;
+}

@@ -1,0 +1,36 @@
+/*
+ * Custom contexts: a cancel node with user hooks.  Because it is a node of
+ * the library's own tree, its children register with it like with any
+ * cancel node, instead of costing a watcher thread each (Go's fallback for
+ * parents that are not a cancelCtx).
+ */
+#include "internal.h"
+
+ctx_t *ctx_with_custom(ctx_t *parent, const ctx_custom_ops_t *ops, void *data,
+                       ctx_cancel_t **cancel)
+{
+    if (cancel != NULL)
+        *cancel = NULL;
+    if (parent == NULL || ops == NULL) {
+        errno = EINVAL;
+        return NULL;
+    }
+    struct ctx__custom *cu = ctx__alloc(sizeof *cu);
+    if (cu == NULL) {
+        errno = ENOMEM;
+        return NULL;
+    }
+    cu->ops = ops;
+    cu->data = data;
+    ctx__init_cancel(&cu->base, parent, CTX__CUSTOM);
+    if (cancel != NULL)
+        *cancel = (ctx_cancel_t *)&cu->base;
+    return &cu->base;
+}
+
+void *ctx_custom_data(ctx_t *c)
+{
+    if (c == NULL || ctx__kind(c) != CTX__CUSTOM)
+        return NULL;
+    return ((struct ctx__custom *)c)->data;
+}

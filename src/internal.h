@@ -1,0 +1,231 @@
+/*
+ * Internal declarations shared by the library's source files.  Nothing here
+ * is part of the public API.  docs/DESIGN.md explains the layout and the
+ * locking protocol in prose; this file is the authority on the details.
+ */
+#ifndef CTX_INTERNAL_H
+#define CTX_INTERNAL_H
+
+/* The library is C11 without extensions; it needs POSIX (clock_gettime,
+ * pthreads) and, on Linux, a few GNU declarations (eventfd, syscall).  Every
+ * source file includes this header first. */
+#ifndef _GNU_SOURCE
+#define _GNU_SOURCE
+#endif
+
+#include "ctx.h"
+
+#include <stdatomic.h>
+#include <stddef.h>
+#include <stdint.h>
+
+/*
+ * Kinds of node.  Stored in the low three bits of ctx->pk, so there can be at
+ * most eight.  ROOT, VALUE and WITHOUT share the done state of another node
+ * (their owner); CANCEL, TIMER and CUSTOM own a done state ("cancel nodes").
+ * AFTER is not a context but an AfterFunc registration laid out like a node
+ * so that it can sit in a children list beside real children.
+ */
+enum ctx__kind {
+    CTX__ROOT = 0,
+    CTX__VALUE = 1,
+    CTX__WITHOUT = 2,
+    CTX__CANCEL = 3,
+    CTX__TIMER = 4,
+    CTX__CUSTOM = 5,
+    CTX__AFTER = 6,
+};
+
+/* An intrusive doubly linked list entry.  pprev points at whatever points at
+ * this entry (the list head or the previous entry's next), so removal is
+ * O(1) without knowing the list.  pprev == NULL means "not in a list". */
+struct ctx__link {
+    struct ctx__link *next;
+    struct ctx__link **pprev;
+};
+
+/* A cancellation message, shared by every node a cancellation reaches. */
+struct ctx__msg {
+    _Atomic uint32_t refs;
+    char text[];
+};
+
+/* Bits of the done-state word.  The low byte is the err code (0, ECANCELED
+ * or ETIMEDOUT; both fit in a byte on every supported platform), set once
+ * under the node's lock.  The flag bits may be set without the lock. */
+#define CTX__ERR_MASK 0xffu
+#define CTX__WAITERS  0x100u /* a thread sleeps on this word (futex) */
+#define CTX__HAS_FD   0x200u /* a done fd exists in the fd table */
+
+/*
+ * A node.  Every kind begins with the same 24 bytes (owner, pk, refs, lock),
+ * then a kind-specific union.  A cancel node is exactly 64 bytes.
+ */
+struct ctx {
+    /* The node whose done state this context reports: itself for cancel
+     * nodes, the nearest cancel ancestor for value nodes, a root for nodes
+     * that can never be done.  Immutable.  For an AFTER record: the node in
+     * whose children list the record was put. */
+    struct ctx *owner;
+    /* Parent pointer | kind.  Immutable.  The node holds a reference to its
+     * parent.  For an AFTER record, the context it was registered on. */
+    uintptr_t pk;
+    /* Reference count.  Static roots ignore it. */
+    _Atomic uint32_t refs;
+    /* Protects the children list, the transition of the err bits from 0, the
+     * done fd's creation, and (in the PARENT's lock) this node's link.  A
+     * futex word: 0 unlocked, 1 locked, 2 locked with waiters. */
+    _Atomic uint32_t lock;
+    union {
+        struct {
+            const ctx_key_t *key;
+            void *value;
+            void (*destroy)(void *value);
+        } v; /* CTX__VALUE */
+        struct {
+            /* err | flags.  Written with release under lock (err) or by CAS
+             * (flags); read with acquire by ctx_err and friends, which then
+             * read cause and msg. */
+            _Atomic uint32_t state;
+            int32_t cause;        /* written before err is published */
+            struct ctx__msg *msg; /* written before err is published */
+            /* Children, newest first: cancel nodes and AFTER records that
+             * registered here.  Under lock. */
+            struct ctx__link *children;
+            /* Our entry in owner-of-parent's children list, under the
+             * parent owner's lock.  Once a canceller has unlinked this node,
+             * link.next is that canceller's to use (as a stack link). */
+            struct ctx__link link;
+        } c; /* CTX__CANCEL, CTX__TIMER, CTX__CUSTOM */
+        struct {
+            _Atomic uint32_t run; /* enum ctx__run, futex word */
+            uint32_t unused;
+            void (*fn)(void *arg);
+            void *arg;
+            struct ctx__link link; /* must sit where c.link sits */
+        } a;                       /* CTX__AFTER */
+    } u;
+};
+
+#define CTX__ALIGN_CHECK(x) _Static_assert(x, #x)
+CTX__ALIGN_CHECK(offsetof(struct ctx, u.a.link) == offsetof(struct ctx, u.c.link));
+CTX__ALIGN_CHECK(sizeof(struct ctx) == 64);
+
+/* The run state of an AFTER record. */
+enum ctx__run {
+    CTX__RUN_PENDING = 0,
+    CTX__RUN_RUNNING = 1,
+    CTX__RUN_DONE = 2,
+    CTX__RUN_STOPPED = 3,
+    CTX__RUN_WAITER = 4, /* flag: a stopper sleeps until DONE */
+};
+
+/* A custom node: a cancel node plus the user's hooks. */
+struct ctx__custom {
+    struct ctx base;
+    const ctx_custom_ops_t *ops;
+    void *data;
+};
+
+/* A timer node: a cancel node with a deadline and its place in the timer
+ * heap.  88 bytes. */
+struct ctx__timer {
+    struct ctx base;
+    ctx_time_t deadline;
+    uint32_t heap_index; /* under the timer lock; CTX__NO_INDEX when out */
+    int32_t dl_cause;    /* cause reported when the deadline fires */
+    char *dl_msg;        /* its message (owned), or NULL */
+};
+#define CTX__NO_INDEX UINT32_MAX
+
+#define CTX__CONTAINER(ptr, type, member) ((type *)(void *)((char *)(ptr) - offsetof(type, member)))
+
+static inline unsigned ctx__kind(const struct ctx *c)
+{
+    return (unsigned)(c->pk & 7u);
+}
+
+static inline struct ctx *ctx__parent(const struct ctx *c)
+{
+    return (struct ctx *)(c->pk & ~(uintptr_t)7u);
+}
+
+static inline int ctx__is_cancel_kind(unsigned kind)
+{
+    return kind >= CTX__CANCEL && kind <= CTX__CUSTOM;
+}
+
+static inline struct ctx *ctx__from_link(struct ctx__link *l)
+{
+    return CTX__CONTAINER(l, struct ctx, u.c.link);
+}
+
+/* The roots.  Their owner is themselves and their state is always 0. */
+extern struct ctx ctx__background_node;
+extern struct ctx ctx__todo_node;
+
+/* ---- allocation (alloc.c) */
+void *ctx__alloc(size_t size);
+void ctx__free(void *p);
+char *ctx__strdup(const char *s);
+
+/* ---- futex (linux/futex.c or posix/futex.c).  wait returns 0 when woken
+ * or when *addr != expected, ETIMEDOUT when abs_deadline (CLOCK_MONOTONIC,
+ * NULL for none) passed, EINTR when interrupted. */
+int ctx__futex_wait(_Atomic uint32_t *addr, uint32_t expected, const struct timespec *abs_deadline);
+void ctx__futex_wake(_Atomic uint32_t *addr, int count);
+
+/* ---- the node lock: a three-state futex mutex. */
+void ctx__lock_slow(_Atomic uint32_t *l);
+
+static inline void ctx__lock(_Atomic uint32_t *l)
+{
+    uint32_t expected = 0;
+    /* Acquire: pairs with the release in ctx__unlock, publishing everything
+     * written under the lock by its previous holder. */
+    if (atomic_compare_exchange_strong_explicit(l, &expected, 1, memory_order_acquire,
+                                                memory_order_relaxed))
+        return;
+    ctx__lock_slow(l);
+}
+
+static inline void ctx__unlock(_Atomic uint32_t *l)
+{
+    /* Release: pairs with the acquire in ctx__lock. */
+    if (atomic_exchange_explicit(l, 0, memory_order_release) == 2)
+        ctx__futex_wake(l, 1);
+}
+
+/* ---- lists (under the owning node's lock) */
+static inline void ctx__link_insert(struct ctx__link **head, struct ctx__link *l)
+{
+    l->next = *head;
+    if (l->next != NULL)
+        l->next->pprev = &l->next;
+    l->pprev = head;
+    *head = l;
+}
+
+static inline void ctx__link_remove(struct ctx__link *l)
+{
+    *l->pprev = l->next;
+    if (l->next != NULL)
+        l->next->pprev = l->pprev;
+    l->next = NULL;
+    l->pprev = NULL;
+}
+
+/* ---- tree.c */
+void ctx__cancel(struct ctx *n, uint32_t err, int cause, const char *msg);
+int ctx__init_cancel(struct ctx *n, ctx_t *parent, unsigned kind);
+void ctx__msg_unref(struct ctx__msg *m);
+
+/* ---- after.c */
+void ctx__run_after(struct ctx *r);
+void ctx__after_release(struct ctx *r);
+
+/* ---- wait.c */
+void ctx__fd_signal(struct ctx *n);
+void ctx__fd_release(struct ctx *n);
+
+#endif /* CTX_INTERNAL_H */

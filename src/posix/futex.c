@@ -1,0 +1,79 @@
+/*
+ * Futex emulation for systems without futex(2): waiters sleep on a
+ * condition variable chosen by hashing the word's address.  The waker
+ * changes the word before it wakes and takes the bucket's mutex to do so,
+ * and the waiter checks the word under the same mutex, so no wake-up is
+ * lost.
+ */
+#include "../internal.h"
+
+#include <pthread.h>
+#include <sched.h>
+
+#define NBUCKETS 64
+
+static struct bucket {
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+} buckets[NBUCKETS];
+static pthread_once_t once = PTHREAD_ONCE_INIT;
+
+static void init(void)
+{
+    for (int i = 0; i < NBUCKETS; i++) {
+        pthread_condattr_t a;
+        pthread_condattr_init(&a);
+#if defined(_POSIX_MONOTONIC_CLOCK) && _POSIX_MONOTONIC_CLOCK >= 0 && !defined(__APPLE__)
+        pthread_condattr_setclock(&a, CLOCK_MONOTONIC);
+#endif
+        pthread_mutex_init(&buckets[i].mu, NULL);
+        pthread_cond_init(&buckets[i].cv, &a);
+        pthread_condattr_destroy(&a);
+    }
+}
+
+static struct bucket *bucket_of(const void *addr)
+{
+    pthread_once(&once, init);
+    uintptr_t h = (uintptr_t)addr;
+    h ^= h >> 17;
+    h *= 0x9e3779b97f4a7c15u;
+    return &buckets[(h >> 32) % NBUCKETS];
+}
+
+int ctx__futex_wait(_Atomic uint32_t *addr, uint32_t expected, const struct timespec *abs_deadline)
+{
+    struct bucket *b = bucket_of(addr);
+    int r = 0;
+    pthread_mutex_lock(&b->mu);
+    if (atomic_load_explicit(addr, memory_order_acquire) == expected) {
+        if (abs_deadline == NULL)
+            pthread_cond_wait(&b->cv, &b->mu);
+        else
+            r = pthread_cond_timedwait(&b->cv, &b->mu, abs_deadline);
+    }
+    pthread_mutex_unlock(&b->mu);
+    return r == ETIMEDOUT ? ETIMEDOUT : 0;
+}
+
+void ctx__futex_wake(_Atomic uint32_t *addr, int count)
+{
+    (void)count; /* the bucket is shared: wake everyone, they re-check */
+    struct bucket *b = bucket_of(addr);
+    pthread_mutex_lock(&b->mu);
+    pthread_cond_broadcast(&b->cv);
+    pthread_mutex_unlock(&b->mu);
+}
+
+void ctx__lock_slow(_Atomic uint32_t *l)
+{
+    for (int i = 0; i < 100; i++) {
+        uint32_t expected = 0;
+        if (atomic_compare_exchange_weak_explicit(l, &expected, 1, memory_order_acquire,
+                                                  memory_order_relaxed))
+            return;
+        sched_yield();
+    }
+    while (atomic_exchange_explicit(l, 2, memory_order_acquire) != 0)
+        ctx__futex_wait(l, 2, NULL);
+}

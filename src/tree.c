@@ -1,0 +1,375 @@
+/*
+ * The context tree: roots, references, cancel nodes, cancellation and
+ * freeing.  docs/DESIGN.md describes the protocol; the comments here say why
+ * each step is where it is.
+ */
+#include "internal.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+struct ctx ctx__background_node = {
+    .owner = &ctx__background_node,
+    .pk = CTX__ROOT,
+};
+struct ctx ctx__todo_node = {
+    .owner = &ctx__todo_node,
+    .pk = CTX__ROOT,
+};
+
+ctx_t *ctx_background(void)
+{
+    return &ctx__background_node;
+}
+
+ctx_t *ctx_todo(void)
+{
+    return &ctx__todo_node;
+}
+
+/* ---------------------------------------------------------------------------
+ * References
+ */
+
+ctx_t *ctx_ref(ctx_t *c)
+{
+    if (c != NULL && ctx__kind(c) != CTX__ROOT)
+        atomic_fetch_add_explicit(&c->refs, 1, memory_order_relaxed);
+    return c;
+}
+
+/* Takes a reference unless the count already reached zero (the node is
+ * being freed by another thread, which is blocked on a lock we hold). */
+static int try_ref(struct ctx *c)
+{
+    uint32_t r = atomic_load_explicit(&c->refs, memory_order_relaxed);
+    while (r != 0) {
+        if (atomic_compare_exchange_weak_explicit(&c->refs, &r, r + 1, memory_order_relaxed,
+                                                  memory_order_relaxed))
+            return 1;
+    }
+    return 0;
+}
+
+/* Drops one reference; true when it was the last one. */
+static int drop_ref(struct ctx *c)
+{
+    /* Release: everything this thread did with the node happens before the
+     * free; the acquire fence below pairs with it on the freeing thread. */
+    uint32_t old = atomic_fetch_sub_explicit(&c->refs, 1, memory_order_release);
+    if (old != 1) {
+#ifndef NDEBUG
+        if (old == 0) {
+            fprintf(stderr, "libctx: ctx_unref: reference count underflow on %p\n", (void *)c);
+            abort();
+        }
+#endif
+        return 0;
+    }
+    atomic_thread_fence(memory_order_acquire);
+    return 1;
+}
+
+void ctx__msg_unref(struct ctx__msg *m)
+{
+    if (m != NULL && atomic_fetch_sub_explicit(&m->refs, 1, memory_order_acq_rel) == 1)
+        ctx__free(m);
+}
+
+static struct ctx__msg *msg_ref(struct ctx__msg *m)
+{
+    if (m != NULL)
+        atomic_fetch_add_explicit(&m->refs, 1, memory_order_relaxed);
+    return m;
+}
+
+/* Removes cancel node c from its parent's children list, if it is there. */
+static void detach(struct ctx *c)
+{
+    struct ctx *p = ctx__parent(c)->owner;
+    if (ctx__kind(p) == CTX__ROOT)
+        return; /* never registered */
+    ctx__lock(&p->lock);
+    if (c->u.c.link.pprev != NULL)
+        ctx__link_remove(&c->u.c.link);
+    ctx__unlock(&p->lock);
+}
+
+/*
+ * Frees c, whose count reached zero, then walks up: each parent loses the
+ * reference its child held and is freed in turn when that was its last.  A
+ * loop, not recursion, so a chain of any depth frees on any stack.
+ */
+static void free_chain(struct ctx *c)
+{
+    while (c != NULL) {
+        struct ctx *parent = ctx__parent(c);
+        unsigned kind = ctx__kind(c);
+
+        if (kind == CTX__VALUE) {
+            if (c->u.v.destroy != NULL)
+                c->u.v.destroy(c->u.v.value);
+        } else if (ctx__is_cancel_kind(kind)) {
+            uint32_t s = atomic_load_explicit(&c->u.c.state, memory_order_acquire);
+            /* A done node has already left its parent (every canceller
+             * unlinks before it drops its reference), so only a live one
+             * needs the parent's lock. */
+            if ((s & CTX__ERR_MASK) == 0)
+                detach(c);
+            if (s & CTX__HAS_FD)
+                ctx__fd_release(c);
+            ctx__msg_unref(c->u.c.msg);
+            if (kind == CTX__CUSTOM) {
+                struct ctx__custom *cu = (struct ctx__custom *)c;
+                if (cu->ops->destroy != NULL)
+                    cu->ops->destroy(cu->data);
+            }
+        }
+        ctx__free(c);
+
+        if (parent == NULL || ctx__kind(parent) == CTX__ROOT || !drop_ref(parent))
+            break;
+        c = parent;
+    }
+}
+
+void ctx_unref(ctx_t *c)
+{
+    if (c == NULL || ctx__kind(c) == CTX__ROOT)
+        return;
+    if (ctx__kind(c) == CTX__AFTER) {
+        /* Not reachable through the public API: AFTER records are handed
+         * out as ctx_after_t only. */
+        return;
+    }
+    if (drop_ref(c))
+        free_chain(c);
+}
+
+/* ---------------------------------------------------------------------------
+ * Creation
+ */
+
+/* Marks n done.  Called with n's lock held and n not yet done.  The cause
+ * and message are written before the release that publishes err, so a
+ * reader that sees err also sees them. */
+static void mark(struct ctx *n, uint32_t err, int cause, struct ctx__msg *msg)
+{
+    n->u.c.cause = cause;
+    n->u.c.msg = msg_ref(msg);
+    /* Release: pairs with the acquire loads in ctx_err, ctx_cause, attach
+     * and the waiters; publishes cause and msg. */
+    uint32_t old = atomic_fetch_or_explicit(&n->u.c.state, err, memory_order_release);
+    if (old & CTX__WAITERS)
+        ctx__futex_wake(&n->u.c.state, INT32_MAX);
+    if (old & CTX__HAS_FD)
+        ctx__fd_signal(n);
+}
+
+/*
+ * Initializes cancel node n as a child of parent and links it into the
+ * children list of parent's owner, or marks it done at birth when that owner
+ * is already done.  n is not visible to any other thread yet.  Takes a
+ * reference to parent.  Cannot fail; returns 0.
+ */
+int ctx__init_cancel(struct ctx *n, ctx_t *parent, unsigned kind)
+{
+    struct ctx *p = parent->owner;
+
+    n->owner = n;
+    n->pk = (uintptr_t)ctx_ref(parent) | kind;
+    atomic_init(&n->refs, 1);
+    atomic_init(&n->lock, 0);
+    atomic_init(&n->u.c.state, 0);
+    n->u.c.cause = 0;
+    n->u.c.msg = NULL;
+    n->u.c.children = NULL;
+    n->u.c.link.next = NULL;
+    n->u.c.link.pprev = NULL;
+
+    if (ctx__kind(p) == CTX__ROOT)
+        return 0; /* the parent can never be done: nothing to link to */
+
+    /* Acquire: pairs with the release in mark(); lets us copy cause and msg
+     * without the parent's lock when the parent is already done. */
+    uint32_t s = atomic_load_explicit(&p->u.c.state, memory_order_acquire);
+    if ((s & CTX__ERR_MASK) == 0) {
+        ctx__lock(&p->lock);
+        s = atomic_load_explicit(&p->u.c.state, memory_order_relaxed);
+        if ((s & CTX__ERR_MASK) == 0) {
+            ctx__link_insert(&p->u.c.children, &n->u.c.link);
+            ctx__unlock(&p->lock);
+            return 0;
+        }
+        ctx__unlock(&p->lock);
+    }
+    /* Born done, with the parent's err and cause. */
+    mark(n, s & CTX__ERR_MASK, p->u.c.cause, p->u.c.msg);
+    return 0;
+}
+
+ctx_t *ctx_with_cancel(ctx_t *parent, ctx_cancel_t **cancel)
+{
+    if (cancel != NULL)
+        *cancel = NULL;
+    if (parent == NULL) {
+        errno = EINVAL;
+        return NULL;
+    }
+    struct ctx *n = ctx__alloc(sizeof *n);
+    if (n == NULL) {
+        errno = ENOMEM;
+        return NULL;
+    }
+    ctx__init_cancel(n, parent, CTX__CANCEL);
+    if (cancel != NULL)
+        *cancel = (ctx_cancel_t *)n;
+    return n;
+}
+
+/* ---------------------------------------------------------------------------
+ * Cancellation
+ *
+ * Depth-first and iterative.  The canceller holds the lock of every node on
+ * its current path (each node on the path is locked, marked done, and has
+ * children left to visit), taking locks strictly from parent to child.  A
+ * node's lock is released only when its whole subtree is done.  Hence a
+ * thread that finds a node already done, after taking that node's lock,
+ * knows its subtree is complete; that is what makes ctx_cancel synchronous
+ * even when several threads cancel overlapping subtrees.
+ *
+ * The path is threaded through the nodes' own link.next fields (a node is
+ * unlinked from its parent before it is pushed), so cancelling a tree of any
+ * depth needs no memory and no stack.  Nodes whose references the walk took
+ * and the AfterFunc records it collected are chained the same way and dealt
+ * with after every lock is released, because dropping a reference can free
+ * a node, and freeing takes its parent's lock.
+ */
+
+static struct ctx *link_node(struct ctx__link *l)
+{
+    return l == NULL ? NULL : ctx__from_link(l);
+}
+
+void ctx__cancel(struct ctx *n, uint32_t err, int cause, const char *text)
+{
+    struct ctx__msg *msg = NULL;
+    if (text != NULL) {
+        size_t len = strlen(text);
+        msg = ctx__alloc(sizeof *msg + len + 1);
+        if (msg != NULL) { /* without memory the cause keeps its code only */
+            atomic_init(&msg->refs, 1);
+            memcpy(msg->text, text, len + 1);
+        }
+    }
+
+    ctx__lock(&n->lock);
+    if (atomic_load_explicit(&n->u.c.state, memory_order_relaxed) & CTX__ERR_MASK) {
+        /* Already done; since we hold its lock, whoever did it has finished
+         * its subtree too. */
+        ctx__unlock(&n->lock);
+        ctx__msg_unref(msg);
+        return;
+    }
+    mark(n, err, cause, msg);
+
+    struct ctx__link *release = NULL;   /* nodes whose references we took */
+    struct ctx__link *callbacks = NULL; /* AFTER records to run */
+    struct ctx *x = n;                  /* current node: locked and done */
+    for (;;) {
+        struct ctx__link *l = x->u.c.children;
+        if (l == NULL) {
+            if (x == n)
+                break;
+            /* x's subtree is complete: pop it. */
+            struct ctx *up = link_node(x->u.c.link.next);
+            ctx__unlock(&x->lock);
+            x->u.c.link.next = release;
+            release = &x->u.c.link;
+            x = up != NULL ? up : n;
+            continue;
+        }
+        ctx__link_remove(l);
+        struct ctx *y = ctx__from_link(l);
+        if (ctx__kind(y) == CTX__AFTER) {
+            l->next = callbacks;
+            callbacks = l;
+            continue;
+        }
+        if (!try_ref(y))
+            continue; /* being freed; its freer finds it unlinked */
+        ctx__lock(&y->lock);
+        if (atomic_load_explicit(&y->u.c.state, memory_order_relaxed) & CTX__ERR_MASK) {
+            /* Cancelled by its own handle; that canceller held y's lock
+             * until y's subtree was done and will find y unlinked. */
+            ctx__unlock(&y->lock);
+            l->next = release;
+            release = l;
+            continue;
+        }
+        mark(y, err, cause, msg);
+        l->next = x == n ? NULL : &x->u.c.link; /* push y on the path */
+        x = y;
+    }
+    ctx__unlock(&n->lock);
+    ctx__msg_unref(msg);
+
+    /* A cancelled node leaves its parent at once (Go's removeChild). */
+    detach(n);
+
+    /* Callbacks run with no lock held, after the whole subtree is done. */
+    while (callbacks != NULL) {
+        struct ctx *r = ctx__from_link(callbacks);
+        callbacks = callbacks->next;
+        ctx__run_after(r);
+    }
+    while (release != NULL) {
+        struct ctx *y = ctx__from_link(release);
+        release = release->next;
+        ctx_unref(y);
+    }
+}
+
+void ctx_cancel(ctx_cancel_t *cancel)
+{
+    if (cancel != NULL)
+        ctx__cancel((struct ctx *)cancel, CTX_CANCELED, 0, NULL);
+}
+
+void ctx_cancel_cause(ctx_cancel_t *cancel, int cause, const char *msg)
+{
+    if (cancel != NULL)
+        ctx__cancel((struct ctx *)cancel, CTX_CANCELED, cause, msg);
+}
+
+/* ---------------------------------------------------------------------------
+ * Observation
+ */
+
+int ctx_err(ctx_t *c)
+{
+    if (c == NULL)
+        return EINVAL;
+    /* Acquire: pairs with the release in mark(). */
+    return (int)(atomic_load_explicit(&c->owner->u.c.state, memory_order_acquire) &
+                 CTX__ERR_MASK);
+}
+
+int ctx_cause(ctx_t *c, const char **msg)
+{
+    if (msg != NULL)
+        *msg = NULL;
+    if (c == NULL)
+        return EINVAL;
+    struct ctx *o = c->owner;
+    /* Acquire: pairs with the release in mark(); cause and msg were written
+     * before it. */
+    int err = (int)(atomic_load_explicit(&o->u.c.state, memory_order_acquire) & CTX__ERR_MASK);
+    if (err == 0)
+        return 0;
+    int code = o->u.c.cause != 0 ? o->u.c.cause : err;
+    if (msg != NULL)
+        *msg = o->u.c.msg != NULL ? o->u.c.msg->text : ctx_strerror(code);
+    return code;
+}

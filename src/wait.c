@@ -1,0 +1,230 @@
+/*
+ * Waiting: ctx_wait and ctx_sleep (a futex on the owner's state word) and
+ * ctx_done_fd (an eventfd or pipe, created on first use).
+ *
+ * Nothing here costs anything until somebody waits: a waiter sets the
+ * WAITERS bit and a done fd sets HAS_FD, and mark() makes a system call only
+ * when one of those bits is set.  Done fds live in a small global table
+ * rather than in the node, because a node has no room to spare (it is 64
+ * bytes) and an fd is rare and already costs microseconds to create.
+ */
+#include "internal.h"
+
+#include <fcntl.h>
+#include <pthread.h>
+#include <stdint.h>
+#include <unistd.h>
+#ifdef __linux__
+#include <sys/eventfd.h>
+#endif
+
+/* ---------------------------------------------------------------------------
+ * Blocking waits
+ */
+
+static struct timespec to_timespec(ctx_time_t t)
+{
+    struct timespec ts = {(time_t)(t / CTX_SECOND), (long)(t % CTX_SECOND)};
+    return ts;
+}
+
+/* now + d without overflow. */
+static ctx_time_t add_sat(ctx_time_t now, ctx_duration_t d)
+{
+    return d > INT64_MAX - now ? INT64_MAX : now + d;
+}
+
+int ctx_wait(ctx_t *c, ctx_duration_t timeout)
+{
+    if (c == NULL)
+        return EINVAL;
+    struct ctx *o = c->owner;
+    _Atomic uint32_t *word = &o->u.c.state;
+    /* Acquire: pairs with the release in mark(). */
+    uint32_t s = atomic_load_explicit(word, memory_order_acquire);
+    if (s & CTX__ERR_MASK)
+        return (int)(s & CTX__ERR_MASK);
+    if (timeout == 0 || (timeout < 0 && timeout != CTX_FOREVER))
+        return 0;
+
+    struct timespec abs, *absp = NULL;
+    if (timeout != CTX_FOREVER) {
+        abs = to_timespec(add_sat(ctx_now(), timeout));
+        absp = &abs;
+    }
+    if (ctx__kind(o) == CTX__ROOT) {
+        /* Never done: just sleep.  The roots' state word stays 0. */
+        static _Atomic uint32_t never;
+        while (ctx__futex_wait(&never, 0, absp) != ETIMEDOUT)
+            ;
+        return 0;
+    }
+    for (;;) {
+        if (!(s & CTX__WAITERS) &&
+            !atomic_compare_exchange_weak_explicit(word, &s, s | CTX__WAITERS,
+                                                   memory_order_acquire, memory_order_acquire)) {
+            if (s & CTX__ERR_MASK)
+                return (int)(s & CTX__ERR_MASK);
+            continue;
+        }
+        int r = ctx__futex_wait(word, s | CTX__WAITERS, absp);
+        s = atomic_load_explicit(word, memory_order_acquire);
+        if (s & CTX__ERR_MASK)
+            return (int)(s & CTX__ERR_MASK);
+        if (r == ETIMEDOUT)
+            return 0;
+    }
+}
+
+int ctx_sleep(ctx_t *c, ctx_duration_t d)
+{
+    if (c == NULL)
+        return EINVAL;
+    if (d == CTX_FOREVER)
+        d = INT64_MAX;
+    return ctx_wait(c, d < 0 ? 0 : d);
+}
+
+/* ---------------------------------------------------------------------------
+ * Done fds
+ */
+
+struct fdent {
+    const struct ctx *node;
+    int rfd, wfd; /* the same fd for an eventfd */
+    struct fdent *next;
+};
+
+#define FD_BUCKETS 64
+static pthread_mutex_t fd_mu = PTHREAD_MUTEX_INITIALIZER;
+static struct fdent *fd_table[FD_BUCKETS];
+
+static struct fdent **fd_slot(const struct ctx *n)
+{
+    uintptr_t h = (uintptr_t)n >> 6; /* nodes are 64 bytes apart at least */
+    struct fdent **p = &fd_table[(h ^ (h >> 7)) % FD_BUCKETS];
+    while (*p != NULL && (*p)->node != n)
+        p = &(*p)->next;
+    return p;
+}
+
+static int fd_lookup(const struct ctx *n)
+{
+    pthread_mutex_lock(&fd_mu);
+    struct fdent *e = *fd_slot(n);
+    int fd = e != NULL ? e->rfd : -1;
+    pthread_mutex_unlock(&fd_mu);
+    return fd;
+}
+
+static void fd_kick(const struct fdent *e)
+{
+#ifdef __linux__
+    uint64_t one = 1;
+    ssize_t r = write(e->wfd, &one, sizeof one);
+#else
+    char one = 1;
+    ssize_t r = write(e->wfd, &one, 1);
+#endif
+    (void)r; /* a full pipe or a saturated eventfd is readable already */
+}
+
+/* Called by mark() with n's lock held: n just became done. */
+void ctx__fd_signal(struct ctx *n)
+{
+    pthread_mutex_lock(&fd_mu);
+    struct fdent *e = *fd_slot(n);
+    if (e != NULL)
+        fd_kick(e);
+    pthread_mutex_unlock(&fd_mu);
+}
+
+/* Called when n is freed. */
+void ctx__fd_release(struct ctx *n)
+{
+    pthread_mutex_lock(&fd_mu);
+    struct fdent **p = fd_slot(n);
+    struct fdent *e = *p;
+    if (e != NULL)
+        *p = e->next;
+    pthread_mutex_unlock(&fd_mu);
+    if (e != NULL) {
+        close(e->rfd);
+        if (e->wfd != e->rfd)
+            close(e->wfd);
+        ctx__free(e);
+    }
+}
+
+static int make_fd(int *rfd, int *wfd)
+{
+#ifdef __linux__
+    int fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+    if (fd < 0)
+        return -1;
+    *rfd = *wfd = fd;
+    return 0;
+#else
+    int p[2];
+    if (pipe(p) != 0)
+        return -1;
+    for (int i = 0; i < 2; i++) {
+        fcntl(p[i], F_SETFD, FD_CLOEXEC);
+        fcntl(p[i], F_SETFL, fcntl(p[i], F_GETFL) | O_NONBLOCK);
+    }
+    *rfd = p[0];
+    *wfd = p[1];
+    return 0;
+#endif
+}
+
+int ctx_done_fd(ctx_t *c)
+{
+    if (c == NULL) {
+        errno = EINVAL;
+        return -1;
+    }
+    struct ctx *o = c->owner;
+    if (ctx__kind(o) == CTX__ROOT) {
+        errno = 0; /* can never be done: like Go's nil Done channel */
+        return -1;
+    }
+    /* Acquire: pairs with the release that set HAS_FD after the entry was
+     * in the table. */
+    if (atomic_load_explicit(&o->u.c.state, memory_order_acquire) & CTX__HAS_FD)
+        return fd_lookup(o);
+
+    struct fdent *e = ctx__alloc(sizeof *e);
+    if (e == NULL) {
+        errno = ENOMEM;
+        return -1;
+    }
+    ctx__lock(&o->lock);
+    if (atomic_load_explicit(&o->u.c.state, memory_order_relaxed) & CTX__HAS_FD) {
+        ctx__unlock(&o->lock); /* another thread made it meanwhile */
+        ctx__free(e);
+        return fd_lookup(o);
+    }
+    if (make_fd(&e->rfd, &e->wfd) != 0) {
+        int err = errno;
+        ctx__unlock(&o->lock);
+        ctx__free(e);
+        errno = err;
+        return -1;
+    }
+    e->node = o;
+    pthread_mutex_lock(&fd_mu);
+    struct fdent **slot = fd_slot(o);
+    e->next = *slot;
+    *slot = e;
+    if (atomic_load_explicit(&o->u.c.state, memory_order_relaxed) & CTX__ERR_MASK)
+        fd_kick(e); /* already done: readable at once */
+    pthread_mutex_unlock(&fd_mu);
+    /* Release: pairs with the acquire above and in free_chain.  Under the
+     * node's lock, so mark() sees either no bit (and the entry is kicked
+     * here) or the bit (and mark kicks it). */
+    atomic_fetch_or_explicit(&o->u.c.state, CTX__HAS_FD, memory_order_release);
+    int fd = e->rfd;
+    ctx__unlock(&o->lock);
+    return fd;
+}
