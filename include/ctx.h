@@ -36,6 +36,7 @@
 
 #include <errno.h>
 #include <stdbool.h>
+#include <pthread.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <time.h>
@@ -249,6 +250,16 @@ CTX_EXPORT int ctx_sleep(ctx_t *ctx, ctx_duration_t d);
  * fd can be made. */
 CTX_EXPORT int ctx_done_fd(ctx_t *ctx);
 
+/* pthread_cond_wait(cond, mutex) that also returns when ctx is done: Go's
+ * AfterFunc condition-variable example, without lost wake-ups.  Call with
+ * mutex held, like pthread_cond_wait; returns with it held.  Returns
+ * ctx_err(ctx) (0 after an ordinary or spurious wake-up: re-check your
+ * predicate), or EINVAL / ENOMEM.  While waiting it has an AfterFunc on
+ * ctx that takes mutex and broadcasts cond: never cancel ctx while holding
+ * mutex.  The mutex may be released and retaken once more after the wait
+ * (a spurious wake-up, as far as the caller can tell). */
+CTX_EXPORT int ctx_cond_wait(ctx_t *ctx, pthread_cond_t *cond, pthread_mutex_t *mutex);
+
 /* ---------------------------------------------------------------------------
  * AfterFunc (Go 1.21)
  *
@@ -276,8 +287,33 @@ CTX_EXPORT bool ctx_after_stop(ctx_after_t *stop);
  * Time
  */
 
-/* The clock deadlines are measured on: CLOCK_MONOTONIC in nanoseconds. */
+/* The clock deadlines are measured on: CLOCK_MONOTONIC in nanoseconds, or
+ * the manual clock while it is in force. */
 CTX_EXPORT ctx_time_t ctx_now(void);
+
+/* The ctx_time_t of a wall-clock instant (CLOCK_REALTIME), for deadlines
+ * such as "today at 20:30".  The conversion is made now: a later step of
+ * the wall clock (NTP, the administrator) does not move the deadline.
+ * Saturates far from now.  NULL gives ctx_now(). */
+CTX_EXPORT ctx_time_t ctx_time_from_wall(const struct timespec *wall);
+
+/*
+ * The manual clock, for tests (what Go's testing/synctest and Trio's
+ * MockClock give).  ctx_clock_manual(start) makes ctx_now() return start
+ * and stop moving; deadlines then fire only when a test advances the clock.
+ * ctx_clock_advance(d) moves it forward by d and, before it returns, fires
+ * every deadline that became due, in deadline order, on the calling thread
+ * (AfterFunc callbacks included; while each fires, ctx_now() reads its
+ * deadline).  Timed waits (ctx_wait, ctx_sleep) measure their timeouts on
+ * the manual clock too.  ctx_clock_real() goes back to CLOCK_MONOTONIC;
+ * deadlines already due then fire at once.  These switch the whole process:
+ * use them in test programs only, before other threads use deadlines.
+ * ctx_clock_advance returns 0, EINVAL for d < 0, or EPERM when the manual
+ * clock is not in force.
+ */
+CTX_EXPORT int ctx_clock_manual(ctx_time_t start);
+CTX_EXPORT int ctx_clock_advance(ctx_duration_t d);
+CTX_EXPORT void ctx_clock_real(void);
 
 /* ---------------------------------------------------------------------------
  * Custom contexts
@@ -333,6 +369,41 @@ CTX_EXPORT void *ctx_custom_data(ctx_t *ctx);
  */
 CTX_EXPORT int ctx_replace_allocator(void *(*malloc_fn)(size_t size), void (*free_fn)(void *ptr));
 CTX_EXPORT void ctx_reset_allocator(void);
+
+/* ---------------------------------------------------------------------------
+ * Fast path
+ *
+ * ctx_err is the check a worker makes in every iteration of its loop, and a
+ * call through a shared library's PLT costs more than the check itself.
+ * With GCC or Clang it is therefore inlined.  A context whose kind (the low
+ * three bits of the word at byte offset 8) is 3 or more holds its own done
+ * state; any other points, with the word at offset 0, at the context that
+ * does.  The 32-bit state word at byte offset 24 carries err in its low
+ * byte.  That much of the layout is part of the ABI of this major version.
+ * Define CTX_NO_INLINE before including this header to call the exported
+ * function instead.
+ */
+#if (defined(__GNUC__) || defined(__clang__)) && !defined(CTX_NO_INLINE)
+struct ctx_abi_node_ {
+    const struct ctx_abi_node_ *owner;
+    uintptr_t kind;
+    uint32_t refs;
+    uint32_t lock;
+    uint32_t state;
+};
+
+static inline int ctx_err_inline_(ctx_t *ctx)
+{
+    const struct ctx_abi_node_ *n = (const struct ctx_abi_node_ *)(const void *)ctx;
+    if (n == NULL)
+        return EINVAL;
+    if ((n->kind & 7u) < 3u)
+        n = n->owner;
+    /* Acquire: pairs with the release that marks a context done. */
+    return (int)(__atomic_load_n(&n->state, __ATOMIC_ACQUIRE) & 0xffu);
+}
+#define ctx_err(ctx) ctx_err_inline_(ctx)
+#endif
 
 #ifdef __cplusplus
 }

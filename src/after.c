@@ -27,7 +27,7 @@ static _Thread_local struct frame *running;
 
 /* The handle returned for a context that can never be done: fn never runs
  * and stopping it returns true.  Nothing is allocated for it. */
-static struct ctx never_after = {.pk = CTX__AFTER};
+static struct ctx never_after = { .pk = CTX__AFTER };
 
 void ctx__after_release(struct ctx *r)
 {
@@ -47,7 +47,7 @@ void ctx__run_after(struct ctx *r)
     /* Acquire/release against ctx_after_stop's CAS on the same word. */
     if (atomic_compare_exchange_strong_explicit(&r->u.a.run, &s, CTX__RUN_RUNNING,
                                                 memory_order_acq_rel, memory_order_acquire)) {
-        struct frame f = {r, running};
+        struct frame f = { r, running };
         running = &f;
         r->u.a.fn(r->u.a.arg);
         running = f.prev;
@@ -66,7 +66,7 @@ int ctx_after_func(ctx_t *c, void (*fn)(void *arg), void *arg, ctx_after_t **sto
         *stop = NULL;
     if (c == NULL || fn == NULL)
         return EINVAL;
-    struct ctx *o = c->owner;
+    struct ctx *o = ctx__owner(c);
     if (ctx__kind(o) == CTX__ROOT) {
         if (stop != NULL)
             *stop = (ctx_after_t *)&never_after;
@@ -75,7 +75,7 @@ int ctx_after_func(ctx_t *c, void (*fn)(void *arg), void *arg, ctx_after_t **sto
     struct ctx *r = ctx__alloc(sizeof *r);
     if (r == NULL)
         return ENOMEM;
-    r->owner = o;
+    r->up = o;
     r->pk = (uintptr_t)ctx_ref(c) | CTX__AFTER;
     atomic_init(&r->refs, stop != NULL ? 2u : 1u);
     atomic_init(&r->lock, 0);
@@ -115,7 +115,7 @@ bool ctx_after_stop(ctx_after_t *stop)
         return true;
 
     bool stopped = false;
-    struct ctx *o = r->owner;
+    struct ctx *o = r->up;
     ctx__lock(&o->lock);
     if (r->u.a.link.pprev != NULL) {
         /* Still registered: no canceller has seen it. */
@@ -135,11 +135,9 @@ bool ctx_after_stop(ctx_after_t *stop)
         } else if (!inside(r)) {
             /* fn has started: wait until it returns. */
             while ((s & ~(uint32_t)CTX__RUN_WAITER) != CTX__RUN_DONE) {
-                if (!(s & CTX__RUN_WAITER) &&
-                    !atomic_compare_exchange_strong_explicit(&r->u.a.run, &s,
-                                                             s | CTX__RUN_WAITER,
-                                                             memory_order_acquire,
-                                                             memory_order_acquire))
+                if (!(s & CTX__RUN_WAITER) && !atomic_compare_exchange_strong_explicit(
+                                                  &r->u.a.run, &s, s | CTX__RUN_WAITER,
+                                                  memory_order_acquire, memory_order_acquire))
                     continue;
                 ctx__futex_wait(&r->u.a.run, s | CTX__RUN_WAITER, NULL);
                 /* Acquire: pairs with the release exchange to DONE. */
@@ -149,4 +147,131 @@ bool ctx_after_stop(ctx_after_t *stop)
     }
     ctx__after_release(r); /* the handle's reference */
     return stopped;
+}
+
+/* ---------------------------------------------------------------------------
+ * Callback threads, for callbacks of contexts that end by deadline.
+ *
+ * The timer thread must never run user code, or one slow callback would
+ * make every later deadline late.  It queues the records here instead.  A
+ * worker takes one record at a time; before it runs one, it makes sure
+ * another worker is free for the rest of the queue, so one blocked callback
+ * never holds up another.  Workers that stay idle for a while exit.
+ */
+
+#include <pthread.h>
+#include <signal.h>
+
+#define MAX_WORKERS 256
+#define IDLE_NS     (2 * CTX_SECOND)
+
+static struct {
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    struct ctx__link *head, **tail;
+    int workers, idle;
+} X = { PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, NULL, &X.head, 0, 0 };
+
+static void *worker_main(void *arg);
+
+/* Starts a worker when the queue has work and nobody is idle.  Under X.mu.
+ * Returns false when no worker exists and none can be made. */
+static int ensure_worker_locked(void)
+{
+    if (X.head == NULL || X.idle > 0 || X.workers >= MAX_WORKERS)
+        return 1;
+    pthread_attr_t a;
+    pthread_attr_init(&a);
+    pthread_attr_setdetachstate(&a, PTHREAD_CREATE_DETACHED);
+    sigset_t all, old;
+    sigfillset(&all);
+    pthread_sigmask(SIG_SETMASK, &all, &old);
+    pthread_t tid;
+    int e = pthread_create(&tid, &a, worker_main, NULL);
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
+    pthread_attr_destroy(&a);
+    if (e == 0) {
+        X.workers++;
+        X.idle++; /* counted idle until it takes a record */
+        return 1;
+    }
+    return X.workers > 0;
+}
+
+static struct ctx *take_locked(void)
+{
+    struct ctx__link *l = X.head;
+    if (l == NULL)
+        return NULL;
+    X.head = l->next;
+    if (X.head == NULL)
+        X.tail = &X.head;
+    return ctx__from_link(l);
+}
+
+static void *worker_main(void *arg)
+{
+    (void)arg;
+    pthread_mutex_lock(&X.mu);
+    for (;;) {
+        struct ctx *r = take_locked();
+        if (r == NULL) {
+            struct timespec ts;
+            clock_gettime(CLOCK_REALTIME, &ts);
+            ts.tv_sec += IDLE_NS / CTX_SECOND;
+            if (pthread_cond_timedwait(&X.cv, &X.mu, &ts) != 0 && X.head == NULL)
+                break;
+            continue;
+        }
+        X.idle--;
+        ensure_worker_locked(); /* someone else takes the rest */
+        pthread_mutex_unlock(&X.mu);
+        ctx__run_after(r);
+        pthread_mutex_lock(&X.mu);
+        X.idle++;
+    }
+    X.idle--;
+    X.workers--;
+    pthread_mutex_unlock(&X.mu);
+    return NULL;
+}
+
+void ctx__after_defer(struct ctx__link *chain)
+{
+    pthread_mutex_lock(&X.mu);
+    *X.tail = chain;
+    while (*X.tail != NULL)
+        X.tail = &(*X.tail)->next;
+    int ok = ensure_worker_locked();
+    pthread_cond_signal(&X.cv);
+    if (!ok) {
+        /* No thread can be made and none exists: run them here rather than
+         * never. */
+        struct ctx *r;
+        while ((r = take_locked()) != NULL) {
+            pthread_mutex_unlock(&X.mu);
+            ctx__run_after(r);
+            pthread_mutex_lock(&X.mu);
+        }
+    }
+    pthread_mutex_unlock(&X.mu);
+}
+
+void ctx__after_atfork_prepare(void)
+{
+    pthread_mutex_lock(&X.mu);
+}
+
+void ctx__after_atfork_parent(void)
+{
+    pthread_mutex_unlock(&X.mu);
+}
+
+void ctx__after_atfork_child(void)
+{
+    /* The workers did not come along; queued callbacks get new ones. */
+    pthread_cond_init(&X.cv, NULL);
+    X.workers = X.idle = 0;
+    ensure_worker_locked();
+    pthread_mutex_unlock(&X.mu);
 }

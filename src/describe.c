@@ -10,6 +10,7 @@
 #include "internal.h"
 
 #include <inttypes.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -73,7 +74,7 @@ static void piece(struct sink *s, const struct ctx *c)
         break;
     case CTX__TIMER: {
         put(s, ".WithDeadline(");
-        struct deadline_arg d = {c, s->now};
+        struct deadline_arg d = { c, s->now };
         put_fn(s, deadline_text, &d);
         put(s, ")");
         break;
@@ -86,8 +87,7 @@ static void piece(struct sink *s, const struct ctx *c)
         put(s, c->u.v.key->name != NULL ? c->u.v.key->name : "<unnamed key>");
         put(s, ", ");
         if (c->u.v.key->format != NULL)
-            put_fn(s, (size_t (*)(const void *, char *, size_t))c->u.v.key->format,
-                   c->u.v.value);
+            put_fn(s, (size_t(*)(const void *, char *, size_t))c->u.v.key->format, c->u.v.value);
         else
             put(s, "...");
         put(s, ")");
@@ -96,7 +96,7 @@ static void piece(struct sink *s, const struct ctx *c)
         const struct ctx__custom *cu = (const struct ctx__custom *)c;
         put(s, ".");
         if (cu->ops->describe != NULL) {
-            struct custom_arg a = {cu};
+            struct custom_arg a = { cu };
             put_fn(s, custom_describe, &a);
         } else {
             put(s, cu->ops->name != NULL ? cu->ops->name : "Custom");
@@ -114,7 +114,7 @@ size_t ctx_describe(ctx_t *c, char *buf, size_t size)
         size = 0;
     ctx_time_t now = ctx_now();
     if (c == NULL) {
-        struct sink s = {buf, size, 0, now};
+        struct sink s = { buf, size, 0, now };
         put(&s, "<nil>");
         if (size > 0)
             buf[s.pos < size ? s.pos : size - 1] = '\0';
@@ -123,7 +123,7 @@ size_t ctx_describe(ctx_t *c, char *buf, size_t size)
     /* Pass 1: the total length. */
     size_t total = 0;
     for (const struct ctx *n = c; n != NULL; n = ctx__parent(n)) {
-        struct sink m = {NULL, 0, 0, now};
+        struct sink m = { NULL, 0, 0, now };
         piece(&m, n);
         total += m.pos;
         if (ctx__kind(n) == CTX__ROOT)
@@ -132,12 +132,12 @@ size_t ctx_describe(ctx_t *c, char *buf, size_t size)
     /* Pass 2: each piece ends where the pieces to its right begin. */
     size_t end = total;
     for (const struct ctx *n = c; n != NULL && size > 0; n = ctx__parent(n)) {
-        struct sink m = {NULL, 0, 0, now};
+        struct sink m = { NULL, 0, 0, now };
         piece(&m, n);
         /* A user hook that changed its length between the passes would
          * misplace its own text; clamp so it can never write outside. */
         size_t len = m.pos < end ? m.pos : end;
-        struct sink s = {buf, size, end - len, now};
+        struct sink s = { buf, size, end - len, now };
         piece(&s, n);
         end -= len;
         if (ctx__kind(n) == CTX__ROOT)
@@ -156,12 +156,24 @@ static size_t deadline_text(const void *arg, char *buf, size_t size)
     ctx_time_t d = 0;
     ctx_deadline((ctx_t *)a->c, &d);
     ctx_duration_t left = d - a->now;
-    int n = snprintf(buf, size, "%" PRId64 ".%09" PRId64 "s [%s%" PRId64 ".%09" PRId64 "s]",
-                     d / CTX_SECOND, d % CTX_SECOND, left < 0 ? "-" : "",
-                     (left < 0 ? -left : left) / CTX_SECOND,
-                     (left < 0 ? -left : left) % CTX_SECOND);
+    int n =
+        snprintf(buf, size, "%" PRId64 ".%09" PRId64 "s [%s%" PRId64 ".%09" PRId64 "s]",
+                 d / CTX_SECOND, d % CTX_SECOND, left < 0 ? "-" : "",
+                 (left < 0 ? -left : left) / CTX_SECOND, (left < 0 ? -left : left) % CTX_SECOND);
     return n < 0 ? 0 : (size_t)n;
 }
+
+/* Texts of codes the C library does not know ("Unknown error 4004"),
+ * made once per code and kept for the life of the process, because
+ * ctx_cause promises its text stays valid while the context lives and
+ * strerror's buffer is shared and overwritten. */
+struct errtext {
+    int code;
+    struct errtext *next;
+    char text[];
+};
+static struct errtext *errtexts;
+static pthread_mutex_t errtexts_mu = PTHREAD_MUTEX_INITIALIZER;
 
 const char *ctx_strerror(int err)
 {
@@ -169,5 +181,26 @@ const char *ctx_strerror(int err)
         return "context canceled";
     if (err == CTX_DEADLINE_EXCEEDED)
         return "context deadline exceeded";
-    return strerror(err);
+    char buf[64];
+    /* The GNU strerror_r returns a static string for codes it knows and
+     * writes the others into buf. */
+    const char *t = strerror_r(err, buf, sizeof buf);
+    if (t != buf)
+        return t;
+    pthread_mutex_lock(&errtexts_mu);
+    struct errtext *e = errtexts;
+    while (e != NULL && e->code != err)
+        e = e->next;
+    if (e == NULL) {
+        size_t n = strlen(buf) + 1;
+        e = ctx__alloc(sizeof *e + n);
+        if (e != NULL) {
+            e->code = err;
+            memcpy(e->text, buf, n);
+            e->next = errtexts;
+            errtexts = e;
+        }
+    }
+    pthread_mutex_unlock(&errtexts_mu);
+    return e != NULL ? e->text : "unknown error";
 }

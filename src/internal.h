@@ -36,6 +36,8 @@ enum ctx__kind {
     CTX__AFTER = 6,
 };
 
+struct ctx__timer;
+
 /* An intrusive doubly linked list entry.  pprev points at whatever points at
  * this entry (the list head or the previous entry's next), so removal is
  * O(1) without knowing the list.  pprev == NULL means "not in a list". */
@@ -62,11 +64,15 @@ struct ctx__msg {
  * then a kind-specific union.  A cancel node is exactly 64 bytes.
  */
 struct ctx {
-    /* The node whose done state this context reports: itself for cancel
-     * nodes, the nearest cancel ancestor for value nodes, a root for nodes
-     * that can never be done.  Immutable.  For an AFTER record: the node in
-     * whose children list the record was put. */
-    struct ctx *owner;
+    /* Immutable.  For ROOT, VALUE and WITHOUT nodes: the owner, the node
+     * whose done state this context reports (a root is its own owner; a
+     * value node's is its nearest cancel ancestor or a root; a without node's
+     * is the background root).  Cancel nodes own their state, so for them
+     * this slot instead points at the nearest TIMER node at or above them,
+     * or is NULL: ctx_deadline in O(1).  For an AFTER record: the node in
+     * whose children list the record was put.  Use ctx__owner() and
+     * ctx__dlsrc() rather than the raw field. */
+    struct ctx *up;
     /* Parent pointer | kind.  Immutable.  The node holds a reference to its
      * parent.  For an AFTER record, the context it was registered on. */
     uintptr_t pk;
@@ -81,6 +87,14 @@ struct ctx {
             const ctx_key_t *key;
             void *value;
             void (*destroy)(void *value);
+            /* A key filter for absent keys.  Value nodes form segments of
+             * up to CTX__SEG value nodes; bloom holds one bit per key bound
+             * from this node up to (not including) skip, the node where the
+             * segment ends.  A lookup whose bit is clear jumps to skip.  The
+             * segment length is kept in the header's lock word, which value
+             * nodes do not use. */
+            uint64_t bloom;
+            struct ctx *skip;
         } v; /* CTX__VALUE */
         struct {
             /* err | flags.  Written with release under lock (err) or by CAS
@@ -110,6 +124,17 @@ struct ctx {
 #define CTX__ALIGN_CHECK(x) _Static_assert(x, #x)
 CTX__ALIGN_CHECK(offsetof(struct ctx, u.a.link) == offsetof(struct ctx, u.c.link));
 CTX__ALIGN_CHECK(sizeof(struct ctx) == 64);
+/* The inline ctx_err in ctx.h reads owner and state at these offsets. */
+CTX__ALIGN_CHECK(offsetof(struct ctx, up) == 0);
+CTX__ALIGN_CHECK(offsetof(struct ctx, u.c.state) == 24);
+
+#define CTX__SEG 16
+
+static inline uint64_t ctx__key_bit(const ctx_key_t *key)
+{
+    /* Fibonacci hashing of the key's address: the top 6 bits pick a bit. */
+    return (uint64_t)1 << (((uint64_t)(uintptr_t)key * 0x9E3779B97F4A7C15u) >> 58);
+}
 
 /* The run state of an AFTER record. */
 enum ctx__run {
@@ -132,13 +157,15 @@ struct ctx__custom {
 struct ctx__timer {
     struct ctx base;
     ctx_time_t deadline;
-    uint32_t heap_index; /* under the timer lock; CTX__NO_INDEX when out */
-    int32_t dl_cause;    /* cause reported when the deadline fires */
-    char *dl_msg;        /* its message (owned), or NULL */
+    uint32_t heap_index;     /* under the timer lock; CTX__NO_INDEX when out */
+    int32_t dl_cause;        /* cause reported when the deadline fires */
+    struct ctx__msg *dl_msg; /* its message (a reference), or NULL */
 };
 #define CTX__NO_INDEX UINT32_MAX
 
+/* clang-format off */
 #define CTX__CONTAINER(ptr, type, member) ((type *)(void *)((char *)(ptr) - offsetof(type, member)))
+/* clang-format on */
 
 static inline unsigned ctx__kind(const struct ctx *c)
 {
@@ -153,6 +180,19 @@ static inline struct ctx *ctx__parent(const struct ctx *c)
 static inline int ctx__is_cancel_kind(unsigned kind)
 {
     return kind >= CTX__CANCEL && kind <= CTX__CUSTOM;
+}
+
+/* The node holding c's done state: c itself, or a root. */
+static inline struct ctx *ctx__owner(struct ctx *c)
+{
+    return ctx__kind(c) >= CTX__CANCEL ? c : c->up;
+}
+
+/* The nearest TIMER node at or above c, or NULL when c has no deadline. */
+static inline struct ctx__timer *ctx__dlsrc(struct ctx *c)
+{
+    struct ctx *o = ctx__owner(c);
+    return ctx__kind(o) == CTX__ROOT ? NULL : (struct ctx__timer *)o->up;
 }
 
 static inline struct ctx *ctx__from_link(struct ctx__link *l)
@@ -216,13 +256,30 @@ static inline void ctx__link_remove(struct ctx__link *l)
 }
 
 /* ---- tree.c */
-void ctx__cancel(struct ctx *n, uint32_t err, int cause, const char *msg);
+/* Cancels n and its subtree with (err, cause, msg); msg may be NULL and is
+ * not consumed.  With defer set, AfterFunc callbacks go to the callback
+ * threads instead of running on the caller (the timer thread uses this). */
+void ctx__cancel(struct ctx *n, uint32_t err, int cause, struct ctx__msg *msg, int defer);
 int ctx__init_cancel(struct ctx *n, ctx_t *parent, unsigned kind);
+struct ctx__msg *ctx__msg_new(const char *text);
 void ctx__msg_unref(struct ctx__msg *m);
+int ctx__try_ref(struct ctx *c);
+
+/* ---- time.c: the timer heap.  remove is called with the node's lock held
+ * (lock order: node locks, then the timer lock). */
+void ctx__timer_remove(struct ctx__timer *t);
+int ctx__clock_is_manual(void);
 
 /* ---- after.c */
 void ctx__run_after(struct ctx *r);
 void ctx__after_release(struct ctx *r);
+/* Hands a chain of AFTER records (linked through link.next) to the
+ * callback threads. */
+void ctx__after_defer(struct ctx__link *chain);
+/* fork(2) support: quiesce the callback threads before, reset after. */
+void ctx__after_atfork_prepare(void);
+void ctx__after_atfork_parent(void);
+void ctx__after_atfork_child(void);
 
 /* ---- wait.c */
 void ctx__fd_signal(struct ctx *n);

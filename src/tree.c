@@ -10,11 +10,11 @@
 #include <string.h>
 
 struct ctx ctx__background_node = {
-    .owner = &ctx__background_node,
+    .up = &ctx__background_node,
     .pk = CTX__ROOT,
 };
 struct ctx ctx__todo_node = {
-    .owner = &ctx__todo_node,
+    .up = &ctx__todo_node,
     .pk = CTX__ROOT,
 };
 
@@ -41,7 +41,7 @@ ctx_t *ctx_ref(ctx_t *c)
 
 /* Takes a reference unless the count already reached zero (the node is
  * being freed by another thread, which is blocked on a lock we hold). */
-static int try_ref(struct ctx *c)
+int ctx__try_ref(struct ctx *c)
 {
     uint32_t r = atomic_load_explicit(&c->refs, memory_order_relaxed);
     while (r != 0) {
@@ -56,8 +56,11 @@ static int try_ref(struct ctx *c)
 static int drop_ref(struct ctx *c)
 {
     /* Release: everything this thread did with the node happens before the
-     * free; the acquire fence below pairs with it on the freeing thread. */
-    uint32_t old = atomic_fetch_sub_explicit(&c->refs, 1, memory_order_release);
+     * free.  Acquire: the thread that drops the last reference sees what the
+     * others did.  (acq_rel rather than release plus a fence, which
+     * ThreadSanitizer does not model; on x86 both are one locked
+     * instruction.) */
+    uint32_t old = atomic_fetch_sub_explicit(&c->refs, 1, memory_order_acq_rel);
     if (old != 1) {
 #ifndef NDEBUG
         if (old == 0) {
@@ -67,7 +70,6 @@ static int drop_ref(struct ctx *c)
 #endif
         return 0;
     }
-    atomic_thread_fence(memory_order_acquire);
     return 1;
 }
 
@@ -87,7 +89,7 @@ static struct ctx__msg *msg_ref(struct ctx__msg *m)
 /* Removes cancel node c from its parent's children list, if it is there. */
 static void detach(struct ctx *c)
 {
-    struct ctx *p = ctx__parent(c)->owner;
+    struct ctx *p = ctx__owner(ctx__parent(c));
     if (ctx__kind(p) == CTX__ROOT)
         return; /* never registered */
     ctx__lock(&p->lock);
@@ -120,6 +122,12 @@ static void free_chain(struct ctx *c)
             if (s & CTX__HAS_FD)
                 ctx__fd_release(c);
             ctx__msg_unref(c->u.c.msg);
+            if (kind == CTX__TIMER) {
+                struct ctx__timer *t = (struct ctx__timer *)c;
+                if ((s & CTX__ERR_MASK) == 0)
+                    ctx__timer_remove(t);
+                ctx__msg_unref(t->dl_msg);
+            }
             if (kind == CTX__CUSTOM) {
                 struct ctx__custom *cu = (struct ctx__custom *)c;
                 if (cu->ops->destroy != NULL)
@@ -161,6 +169,8 @@ static void mark(struct ctx *n, uint32_t err, int cause, struct ctx__msg *msg)
     /* Release: pairs with the acquire loads in ctx_err, ctx_cause, attach
      * and the waiters; publishes cause and msg. */
     uint32_t old = atomic_fetch_or_explicit(&n->u.c.state, err, memory_order_release);
+    if (ctx__kind(n) == CTX__TIMER)
+        ctx__timer_remove((struct ctx__timer *)n); /* a done node's timer is gone at once */
     if (old & CTX__WAITERS)
         ctx__futex_wake(&n->u.c.state, INT32_MAX);
     if (old & CTX__HAS_FD)
@@ -175,9 +185,9 @@ static void mark(struct ctx *n, uint32_t err, int cause, struct ctx__msg *msg)
  */
 int ctx__init_cancel(struct ctx *n, ctx_t *parent, unsigned kind)
 {
-    struct ctx *p = parent->owner;
+    struct ctx *p = ctx__owner(parent);
 
-    n->owner = n;
+    n->up = kind == CTX__TIMER ? n : (struct ctx *)ctx__dlsrc(parent);
     n->pk = (uintptr_t)ctx_ref(parent) | kind;
     atomic_init(&n->refs, 1);
     atomic_init(&n->lock, 0);
@@ -252,24 +262,26 @@ static struct ctx *link_node(struct ctx__link *l)
     return l == NULL ? NULL : ctx__from_link(l);
 }
 
-void ctx__cancel(struct ctx *n, uint32_t err, int cause, const char *text)
+struct ctx__msg *ctx__msg_new(const char *text)
 {
-    struct ctx__msg *msg = NULL;
-    if (text != NULL) {
-        size_t len = strlen(text);
-        msg = ctx__alloc(sizeof *msg + len + 1);
-        if (msg != NULL) { /* without memory the cause keeps its code only */
-            atomic_init(&msg->refs, 1);
-            memcpy(msg->text, text, len + 1);
-        }
+    if (text == NULL)
+        return NULL;
+    size_t len = strlen(text);
+    struct ctx__msg *msg = ctx__alloc(sizeof *msg + len + 1);
+    if (msg != NULL) {
+        atomic_init(&msg->refs, 1);
+        memcpy(msg->text, text, len + 1);
     }
+    return msg;
+}
 
+void ctx__cancel(struct ctx *n, uint32_t err, int cause, struct ctx__msg *msg, int defer)
+{
     ctx__lock(&n->lock);
     if (atomic_load_explicit(&n->u.c.state, memory_order_relaxed) & CTX__ERR_MASK) {
         /* Already done; since we hold its lock, whoever did it has finished
          * its subtree too. */
         ctx__unlock(&n->lock);
-        ctx__msg_unref(msg);
         return;
     }
     mark(n, err, cause, msg);
@@ -297,7 +309,7 @@ void ctx__cancel(struct ctx *n, uint32_t err, int cause, const char *text)
             callbacks = l;
             continue;
         }
-        if (!try_ref(y))
+        if (!ctx__try_ref(y))
             continue; /* being freed; its freer finds it unlinked */
         ctx__lock(&y->lock);
         if (atomic_load_explicit(&y->u.c.state, memory_order_relaxed) & CTX__ERR_MASK) {
@@ -313,17 +325,20 @@ void ctx__cancel(struct ctx *n, uint32_t err, int cause, const char *text)
         x = y;
     }
     ctx__unlock(&n->lock);
-    ctx__msg_unref(msg);
 
     /* A cancelled node leaves its parent at once (Go's removeChild). */
     detach(n);
 
-    /* Callbacks run with no lock held, after the whole subtree is done. */
-    while (callbacks != NULL) {
-        struct ctx *r = ctx__from_link(callbacks);
-        callbacks = callbacks->next;
-        ctx__run_after(r);
-    }
+    /* Callbacks run with no lock held, after the whole subtree is done:
+     * here, or on the callback threads when the timer thread cancels. */
+    if (defer && callbacks != NULL)
+        ctx__after_defer(callbacks);
+    else
+        while (callbacks != NULL) {
+            struct ctx *r = ctx__from_link(callbacks);
+            callbacks = callbacks->next;
+            ctx__run_after(r);
+        }
     while (release != NULL) {
         struct ctx *y = ctx__from_link(release);
         release = release->next;
@@ -334,25 +349,30 @@ void ctx__cancel(struct ctx *n, uint32_t err, int cause, const char *text)
 void ctx_cancel(ctx_cancel_t *cancel)
 {
     if (cancel != NULL)
-        ctx__cancel((struct ctx *)cancel, CTX_CANCELED, 0, NULL);
+        ctx__cancel((struct ctx *)cancel, CTX_CANCELED, 0, NULL, 0);
 }
 
-void ctx_cancel_cause(ctx_cancel_t *cancel, int cause, const char *msg)
+void ctx_cancel_cause(ctx_cancel_t *cancel, int cause, const char *text)
 {
-    if (cancel != NULL)
-        ctx__cancel((struct ctx *)cancel, CTX_CANCELED, cause, msg);
+    if (cancel == NULL)
+        return;
+    /* Without memory for the copy the cause keeps its code only. */
+    struct ctx__msg *msg = ctx__msg_new(text);
+    ctx__cancel((struct ctx *)cancel, CTX_CANCELED, cause, msg, 0);
+    ctx__msg_unref(msg);
 }
 
 /* ---------------------------------------------------------------------------
  * Observation
  */
 
-int ctx_err(ctx_t *c)
+/* The parentheses keep ctx.h's inline macro from expanding here. */
+int(ctx_err)(ctx_t *c)
 {
     if (c == NULL)
         return EINVAL;
     /* Acquire: pairs with the release in mark(). */
-    return (int)(atomic_load_explicit(&c->owner->u.c.state, memory_order_acquire) &
+    return (int)(atomic_load_explicit(&ctx__owner(c)->u.c.state, memory_order_acquire) &
                  CTX__ERR_MASK);
 }
 
@@ -362,7 +382,7 @@ int ctx_cause(ctx_t *c, const char **msg)
         *msg = NULL;
     if (c == NULL)
         return EINVAL;
-    struct ctx *o = c->owner;
+    struct ctx *o = ctx__owner(c);
     /* Acquire: pairs with the release in mark(); cause and msg were written
      * before it. */
     int err = (int)(atomic_load_explicit(&o->u.c.state, memory_order_acquire) & CTX__ERR_MASK);

@@ -24,7 +24,7 @@
 
 static struct timespec to_timespec(ctx_time_t t)
 {
-    struct timespec ts = {(time_t)(t / CTX_SECOND), (long)(t % CTX_SECOND)};
+    struct timespec ts = { (time_t)(t / CTX_SECOND), (long)(t % CTX_SECOND) };
     return ts;
 }
 
@@ -38,7 +38,7 @@ int ctx_wait(ctx_t *c, ctx_duration_t timeout)
 {
     if (c == NULL)
         return EINVAL;
-    struct ctx *o = c->owner;
+    struct ctx *o = ctx__owner(c);
     _Atomic uint32_t *word = &o->u.c.state;
     /* Acquire: pairs with the release in mark(). */
     uint32_t s = atomic_load_explicit(word, memory_order_acquire);
@@ -46,6 +46,16 @@ int ctx_wait(ctx_t *c, ctx_duration_t timeout)
         return (int)(s & CTX__ERR_MASK);
     if (timeout == 0 || (timeout < 0 && timeout != CTX_FOREVER))
         return 0;
+    if (timeout != CTX_FOREVER && ctx__clock_is_manual()) {
+        /* Under the manual clock a timeout is a deadline like any other:
+         * wait on a child that ctx_clock_advance() ends. */
+        ctx_t *t = ctx_with_timeout(c, timeout, NULL);
+        if (t != NULL) {
+            ctx_wait(t, CTX_FOREVER);
+            ctx_unref(t);
+            return ctx_err(c);
+        }
+    }
 
     struct timespec abs, *absp = NULL;
     if (timeout != CTX_FOREVER) {
@@ -61,8 +71,8 @@ int ctx_wait(ctx_t *c, ctx_duration_t timeout)
     }
     for (;;) {
         if (!(s & CTX__WAITERS) &&
-            !atomic_compare_exchange_weak_explicit(word, &s, s | CTX__WAITERS,
-                                                   memory_order_acquire, memory_order_acquire)) {
+            !atomic_compare_exchange_weak_explicit(word, &s, s | CTX__WAITERS, memory_order_acquire,
+                                                   memory_order_acquire)) {
             if (s & CTX__ERR_MASK)
                 return (int)(s & CTX__ERR_MASK);
             continue;
@@ -184,7 +194,7 @@ int ctx_done_fd(ctx_t *c)
         errno = EINVAL;
         return -1;
     }
-    struct ctx *o = c->owner;
+    struct ctx *o = ctx__owner(c);
     if (ctx__kind(o) == CTX__ROOT) {
         errno = 0; /* can never be done: like Go's nil Done channel */
         return -1;
@@ -227,4 +237,56 @@ int ctx_done_fd(ctx_t *c)
     int fd = e->rfd;
     ctx__unlock(&o->lock);
     return fd;
+}
+
+/* ---------------------------------------------------------------------------
+ * Condition variables
+ *
+ * Go's AfterFunc example: a waiter on a condition variable must also wake
+ * when its context is done.  An AfterFunc broadcasts under the mutex, so the
+ * wake-up cannot fall between the waiter's check and its sleep: the
+ * callback cannot take the mutex until pthread_cond_wait has released it.
+ */
+
+struct condw {
+    pthread_cond_t *cond;
+    pthread_mutex_t *mu;
+    pthread_t self;
+    /* Set while ctx_after_func runs: if the context is already done, the
+     * callback runs on the waiting thread, which holds the mutex. */
+    _Atomic int registering;
+};
+
+static void condw_fn(void *arg)
+{
+    struct condw *w = arg;
+    if (atomic_load_explicit(&w->registering, memory_order_relaxed) &&
+        pthread_equal(pthread_self(), w->self))
+        return; /* the waiter checks ctx_err itself */
+    pthread_mutex_lock(w->mu);
+    pthread_cond_broadcast(w->cond);
+    pthread_mutex_unlock(w->mu);
+}
+
+int ctx_cond_wait(ctx_t *c, pthread_cond_t *cond, pthread_mutex_t *mu)
+{
+    if (c == NULL || cond == NULL || mu == NULL)
+        return EINVAL;
+    int e = ctx_err(c);
+    if (e != 0)
+        return e;
+    struct condw w = { cond, mu, pthread_self(), 1 };
+    ctx_after_t *stop;
+    e = ctx_after_func(c, condw_fn, &w, &stop);
+    atomic_store_explicit(&w.registering, 0, memory_order_relaxed);
+    if (e != 0)
+        return e;
+    if (ctx_err(c) == 0)
+        pthread_cond_wait(cond, mu);
+    /* The callback may be running on the cancelling thread and need the
+     * mutex: release it while stop waits for the callback to return. */
+    pthread_mutex_unlock(mu);
+    ctx_after_stop(stop);
+    pthread_mutex_lock(mu);
+    return ctx_err(c);
 }

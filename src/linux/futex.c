@@ -11,8 +11,8 @@ int ctx__futex_wait(_Atomic uint32_t *addr, uint32_t expected, const struct time
 {
     /* FUTEX_WAIT_BITSET takes an absolute CLOCK_MONOTONIC deadline, so a
      * wait interrupted and restarted never stretches the total. */
-    long r = syscall(SYS_futex, (uint32_t *)addr, FUTEX_WAIT_BITSET | FUTEX_PRIVATE_FLAG,
-                     expected, abs_deadline, NULL, FUTEX_BITSET_MATCH_ANY);
+    long r = syscall(SYS_futex, (uint32_t *)addr, FUTEX_WAIT_BITSET | FUTEX_PRIVATE_FLAG, expected,
+                     abs_deadline, NULL, FUTEX_BITSET_MATCH_ANY);
     if (r == 0)
         return 0;
     if (errno == ETIMEDOUT)
