@@ -34,7 +34,7 @@ void ctx__after_release(struct ctx *r)
     /* acq_rel: the last holder sees every write the others made. */
     if (atomic_fetch_sub_explicit(&r->refs, 1, memory_order_acq_rel) == 1) {
         ctx_t *c = ctx__parent(r);
-        ctx__free(r);
+        ctx__node_free(r, sizeof *r);
         ctx_unref(c);
     }
 }
@@ -72,7 +72,7 @@ int ctx_after_func(ctx_t *c, void (*fn)(void *arg), void *arg, ctx_after_t **sto
             *stop = (ctx_after_t *)&never_after;
         return 0;
     }
-    struct ctx *r = ctx__alloc(sizeof *r);
+    struct ctx *r = ctx__node_alloc(sizeof *r);
     if (r == NULL)
         return ENOMEM;
     r->up = o;

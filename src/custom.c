@@ -15,7 +15,7 @@ ctx_t *ctx_with_custom(ctx_t *parent, const ctx_custom_ops_t *ops, void *data,
         errno = EINVAL;
         return NULL;
     }
-    struct ctx__custom *cu = ctx__alloc(sizeof *cu);
+    struct ctx__custom *cu = ctx__node_alloc(sizeof *cu);
     if (cu == NULL) {
         errno = ENOMEM;
         return NULL;

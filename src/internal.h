@@ -53,8 +53,9 @@ struct ctx__msg {
 };
 
 /* Bits of the done-state word.  The low byte is the err code (0, ECANCELED
- * or ETIMEDOUT; both fit in a byte on every supported platform), set once
- * under the node's lock.  The flag bits may be set without the lock. */
+ * or ETIMEDOUT; both fit in a byte on every supported platform), set once.
+ * Every change of the word, err or flag, is made under the node's lock;
+ * readers load it without the lock. */
 #define CTX__ERR_MASK 0xffu
 #define CTX__WAITERS  0x100u /* a thread sleeps on this word (futex) */
 #define CTX__HAS_FD   0x200u /* a done fd exists in the fd table */
@@ -97,9 +98,9 @@ struct ctx {
             struct ctx *skip;
         } v; /* CTX__VALUE */
         struct {
-            /* err | flags.  Written with release under lock (err) or by CAS
-             * (flags); read with acquire by ctx_err and friends, which then
-             * read cause and msg. */
+            /* err | flags.  Changed only under lock, with release;
+             * read with acquire by ctx_err and friends, which then read
+             * cause and msg. */
             _Atomic uint32_t state;
             int32_t cause;        /* written before err is published */
             struct ctx__msg *msg; /* written before err is published */
@@ -207,6 +208,11 @@ extern struct ctx ctx__todo_node;
 /* ---- allocation (alloc.c) */
 void *ctx__alloc(size_t size);
 void ctx__free(void *p);
+/* Node blocks (at most 96 bytes), from a per-thread cache when possible.
+ * ctx__node_free must be given the size passed to ctx__node_alloc. */
+void *ctx__node_alloc(size_t size);
+void ctx__node_free(void *p, size_t size);
+size_t ctx__node_size(unsigned kind);
 char *ctx__strdup(const char *s);
 
 /* ---- futex (linux/futex.c or posix/futex.c).  wait returns 0 when woken

@@ -422,7 +422,7 @@ static ctx_t *with_deadline(ctx_t *parent, ctx_time_t d, int cause, const char *
 
     pthread_once(&T.once, init_once);
     pthread_once(&atfork_once, init_atfork);
-    struct ctx__timer *t = ctx__alloc(sizeof *t);
+    struct ctx__timer *t = ctx__node_alloc(sizeof *t);
     if (t == NULL) {
         errno = ENOMEM;
         return NULL;
@@ -432,7 +432,7 @@ static ctx_t *with_deadline(ctx_t *parent, ctx_time_t d, int cause, const char *
     t->dl_cause = cause;
     t->dl_msg = NULL;
     if (text != NULL && (t->dl_msg = ctx__msg_new(text)) == NULL) {
-        ctx__free(t);
+        ctx__node_free(t, sizeof *t);
         errno = ENOMEM;
         return NULL;
     }
@@ -448,7 +448,7 @@ static ctx_t *with_deadline(ctx_t *parent, ctx_time_t d, int cause, const char *
         }
         if (e != 0) {
             ctx__msg_unref(t->dl_msg);
-            ctx__free(t);
+            ctx__node_free(t, sizeof *t);
             errno = e;
             return NULL;
         }

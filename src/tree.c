@@ -86,6 +86,20 @@ static struct ctx__msg *msg_ref(struct ctx__msg *m)
     return m;
 }
 
+size_t ctx__node_size(unsigned kind)
+{
+    switch (kind) {
+    case CTX__TIMER:
+        return sizeof(struct ctx__timer);
+    case CTX__CUSTOM:
+        return sizeof(struct ctx__custom);
+    case CTX__WITHOUT:
+        return offsetof(struct ctx, u);
+    default:
+        return sizeof(struct ctx);
+    }
+}
+
 /* Removes cancel node c from its parent's children list, if it is there. */
 static void detach(struct ctx *c)
 {
@@ -114,11 +128,18 @@ static void free_chain(struct ctx *c)
                 c->u.v.destroy(c->u.v.value);
         } else if (ctx__is_cancel_kind(kind)) {
             uint32_t s = atomic_load_explicit(&c->u.c.state, memory_order_acquire);
-            /* A done node has already left its parent (every canceller
-             * unlinks before it drops its reference), so only a live one
-             * needs the parent's lock. */
-            if ((s & CTX__ERR_MASK) == 0)
+            if ((s & CTX__ERR_MASK) == 0) {
+                /* Live: unlink under the parent's lock.  A canceller that
+                 * reaches c meanwhile holds that lock until it is done
+                 * with c's subtree. */
                 detach(c);
+            } else if (atomic_load_explicit(&c->lock, memory_order_acquire) != 0) {
+                /* Done, and a canceller may still be walking below c: it
+                 * holds c's lock until it leaves.  (Acquire above pairs with
+                 * its unlock when the word is already 0.) */
+                ctx__lock(&c->lock);
+                ctx__unlock(&c->lock);
+            }
             if (s & CTX__HAS_FD)
                 ctx__fd_release(c);
             ctx__msg_unref(c->u.c.msg);
@@ -134,7 +155,7 @@ static void free_chain(struct ctx *c)
                     cu->ops->destroy(cu->data);
             }
         }
-        ctx__free(c);
+        ctx__node_free(c, ctx__node_size(kind));
 
         if (parent == NULL || ctx__kind(parent) == CTX__ROOT || !drop_ref(parent))
             break;
@@ -166,9 +187,12 @@ static void mark(struct ctx *n, uint32_t err, int cause, struct ctx__msg *msg)
 {
     n->u.c.cause = cause;
     n->u.c.msg = msg_ref(msg);
-    /* Release: pairs with the acquire loads in ctx_err, ctx_cause, attach
+    /* Every writer of the state word holds n's lock (waiters and done fds
+     * set their flags under it too), so a load and a store suffice.
+     * Release: pairs with the acquire loads in ctx_err, ctx_cause, attach
      * and the waiters; publishes cause and msg. */
-    uint32_t old = atomic_fetch_or_explicit(&n->u.c.state, err, memory_order_release);
+    uint32_t old = atomic_load_explicit(&n->u.c.state, memory_order_relaxed);
+    atomic_store_explicit(&n->u.c.state, old | err, memory_order_release);
     if (ctx__kind(n) == CTX__TIMER)
         ctx__timer_remove((struct ctx__timer *)n); /* a done node's timer is gone at once */
     if (old & CTX__WAITERS)
@@ -227,7 +251,7 @@ ctx_t *ctx_with_cancel(ctx_t *parent, ctx_cancel_t **cancel)
         errno = EINVAL;
         return NULL;
     }
-    struct ctx *n = ctx__alloc(sizeof *n);
+    struct ctx *n = ctx__node_alloc(sizeof *n);
     if (n == NULL) {
         errno = ENOMEM;
         return NULL;
@@ -251,10 +275,8 @@ ctx_t *ctx_with_cancel(ctx_t *parent, ctx_cancel_t **cancel)
  *
  * The path is threaded through the nodes' own link.next fields (a node is
  * unlinked from its parent before it is pushed), so cancelling a tree of any
- * depth needs no memory and no stack.  Nodes whose references the walk took
- * and the AfterFunc records it collected are chained the same way and dealt
- * with after every lock is released, because dropping a reference can free
- * a node, and freeing takes its parent's lock.
+ * depth needs no memory and no stack.  The AfterFunc records the walk
+ * collects are chained the same way and run after every lock is released.
  */
 
 static struct ctx *link_node(struct ctx__link *l)
@@ -286,7 +308,6 @@ void ctx__cancel(struct ctx *n, uint32_t err, int cause, struct ctx__msg *msg, i
     }
     mark(n, err, cause, msg);
 
-    struct ctx__link *release = NULL;   /* nodes whose references we took */
     struct ctx__link *callbacks = NULL; /* AFTER records to run */
     struct ctx *x = n;                  /* current node: locked and done */
     for (;;) {
@@ -294,11 +315,10 @@ void ctx__cancel(struct ctx *n, uint32_t err, int cause, struct ctx__msg *msg, i
         if (l == NULL) {
             if (x == n)
                 break;
-            /* x's subtree is complete: pop it. */
+            /* x's subtree is complete: pop it.  Read the path link before
+             * unlocking: once x is unlocked, a thread freeing x may go on. */
             struct ctx *up = link_node(x->u.c.link.next);
             ctx__unlock(&x->lock);
-            x->u.c.link.next = release;
-            release = &x->u.c.link;
             x = up != NULL ? up : n;
             continue;
         }
@@ -309,15 +329,15 @@ void ctx__cancel(struct ctx *n, uint32_t err, int cause, struct ctx__msg *msg, i
             callbacks = l;
             continue;
         }
-        if (!ctx__try_ref(y))
-            continue; /* being freed; its freer finds it unlinked */
+        /* No reference is needed to keep y alive: a thread freeing a live y
+         * first takes x's lock to unlink it, and x stays locked until y's
+         * subtree is done; a thread freeing y once it is done waits for
+         * y's lock, which we hold until then. */
         ctx__lock(&y->lock);
         if (atomic_load_explicit(&y->u.c.state, memory_order_relaxed) & CTX__ERR_MASK) {
             /* Cancelled by its own handle; that canceller held y's lock
              * until y's subtree was done and will find y unlinked. */
             ctx__unlock(&y->lock);
-            l->next = release;
-            release = l;
             continue;
         }
         mark(y, err, cause, msg);
@@ -339,11 +359,6 @@ void ctx__cancel(struct ctx *n, uint32_t err, int cause, struct ctx__msg *msg, i
             callbacks = callbacks->next;
             ctx__run_after(r);
         }
-    while (release != NULL) {
-        struct ctx *y = ctx__from_link(release);
-        release = release->next;
-        ctx_unref(y);
-    }
 }
 
 void ctx_cancel(ctx_cancel_t *cancel)

@@ -15,7 +15,7 @@ ctx_t *ctx_with_value(ctx_t *parent, const ctx_key_t *key, void *value,
         errno = EINVAL;
         return NULL;
     }
-    struct ctx *n = ctx__alloc(sizeof *n);
+    struct ctx *n = ctx__node_alloc(sizeof *n);
     if (n == NULL) {
         errno = ENOMEM;
         return NULL;
@@ -48,7 +48,7 @@ ctx_t *ctx_without_cancel(ctx_t *parent)
         return NULL;
     }
     /* Only the common header: 24 bytes. */
-    struct ctx *n = ctx__alloc(offsetof(struct ctx, u));
+    struct ctx *n = ctx__node_alloc(offsetof(struct ctx, u));
     if (n == NULL) {
         errno = ENOMEM;
         return NULL;

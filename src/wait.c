@@ -70,14 +70,20 @@ int ctx_wait(ctx_t *c, ctx_duration_t timeout)
         return 0;
     }
     for (;;) {
-        if (!(s & CTX__WAITERS) &&
-            !atomic_compare_exchange_weak_explicit(word, &s, s | CTX__WAITERS, memory_order_acquire,
-                                                   memory_order_acquire)) {
+        if (!(s & CTX__WAITERS)) {
+            /* The flag is set under the lock, like every change of the
+             * word, so that mark() can publish err with a plain store. */
+            ctx__lock(&o->lock);
+            s = atomic_load_explicit(word, memory_order_relaxed);
+            if (!(s & CTX__ERR_MASK)) {
+                s |= CTX__WAITERS;
+                atomic_store_explicit(word, s, memory_order_relaxed);
+            }
+            ctx__unlock(&o->lock);
             if (s & CTX__ERR_MASK)
                 return (int)(s & CTX__ERR_MASK);
-            continue;
         }
-        int r = ctx__futex_wait(word, s | CTX__WAITERS, absp);
+        int r = ctx__futex_wait(word, s, absp);
         s = atomic_load_explicit(word, memory_order_acquire);
         if (s & CTX__ERR_MASK)
             return (int)(s & CTX__ERR_MASK);
@@ -230,10 +236,12 @@ int ctx_done_fd(ctx_t *c)
     if (atomic_load_explicit(&o->u.c.state, memory_order_relaxed) & CTX__ERR_MASK)
         fd_kick(e); /* already done: readable at once */
     pthread_mutex_unlock(&fd_mu);
-    /* Release: pairs with the acquire above and in free_chain.  Under the
-     * node's lock, so mark() sees either no bit (and the entry is kicked
-     * here) or the bit (and mark kicks it). */
-    atomic_fetch_or_explicit(&o->u.c.state, CTX__HAS_FD, memory_order_release);
+    /* Under the node's lock, like every change of the word, so mark() sees
+     * either no bit (and the entry was kicked here) or the bit (and mark
+     * kicks it).  Release: pairs with the acquire above and in free_chain;
+     * publishes the table entry. */
+    uint32_t s = atomic_load_explicit(&o->u.c.state, memory_order_relaxed);
+    atomic_store_explicit(&o->u.c.state, s | CTX__HAS_FD, memory_order_release);
     int fd = e->rfd;
     ctx__unlock(&o->lock);
     return fd;
