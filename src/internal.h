@@ -153,14 +153,15 @@ struct ctx__custom {
     void *data;
 };
 
-/* A timer node: a cancel node with a deadline and its place in the timer
- * heap.  88 bytes. */
+/* A timer node: a cancel node with a deadline and its place in a timer
+ * heap.  96 bytes. */
 struct ctx__timer {
     struct ctx base;
     ctx_time_t deadline;
     uint32_t heap_index;     /* under the timer lock; CTX__NO_INDEX when out */
     int32_t dl_cause;        /* cause reported when the deadline fires */
     struct ctx__msg *dl_msg; /* its message (a reference), or NULL */
+    uint8_t shard;           /* which timer heap holds it; immutable */
 };
 #define CTX__NO_INDEX UINT32_MAX
 

@@ -3,18 +3,27 @@
  * mechanism behind them.
  *
  * Every live deadline is one entry in a 4-ary min-heap of (deadline, node)
- * pairs; a node knows its index, so cancelling or freeing it removes its
- * entry at once, in O(log n).  One library thread, started on first need,
- * sleeps until the earliest deadline and cancels what is due.  It hands
- * the AfterFunc callbacks of those contexts to the callback threads
- * (after.c), so a slow callback never makes another deadline late.
+ * pairs; a node knows its heap and index, so cancelling or freeing it
+ * removes its entry at once, in O(log n).  There are NSHARDS heaps, each
+ * with its own lock, and a thread always inserts into the same one, so
+ * threads creating and cancelling timeouts do not contend.  Each heap
+ * publishes its earliest deadline in an atomic, so finding the global
+ * earliest takes NSHARDS loads and no lock.
+ *
+ * One library thread, started on first need, sleeps until the earliest
+ * deadline and cancels what is due, earliest first.  It hands the AfterFunc
+ * callbacks of those contexts to the callback threads (after.c), so a slow
+ * callback never makes another deadline late.  An insert wakes it only when
+ * the new deadline is earlier than the one it sleeps until.
  *
  * Under the manual clock the timer thread stands aside and
  * ctx_clock_advance() fires what is due, in order, on the caller.
  *
- * Locks: T.fire is held by whoever is cancelling expired timers (the timer
- * thread or an advancing test) and by fork's prepare handler; T.mu guards
- * the heap and the clock mode.  Order: T.fire, then node locks, then T.mu.
+ * Locks, in order: T.fire (held by whoever cancels expired timers: the
+ * timer thread or an advancing test; and by fork's prepare handler), node
+ * locks, then either a shard's lock or T.mu (the timer thread's sleep and
+ * the clock mode).  A shard lock and T.mu are never held together except by
+ * fork's prepare handler, which takes T.mu first.
  */
 #include "internal.h"
 
@@ -22,25 +31,40 @@
 #include <signal.h>
 #include <string.h>
 
+#define NSHARDS 8
+
 struct hent {
     ctx_time_t deadline;
     struct ctx__timer *t;
 };
 
+struct shard {
+    _Atomic uint32_t mu; /* a futex lock: ctx__lock/ctx__unlock */
+    struct hent *heap;
+    uint32_t n, cap;
+    /* heap[0].deadline, or INT64_MAX when empty.  Written under mu; read
+     * without it to pick the earliest shard (a stale value only costs a
+     * look under the lock). */
+    _Atomic int64_t min;
+} __attribute__((aligned(64)));
+
 static struct {
+    _Atomic int ready; /* init() has run */
     pthread_once_t once;
     pthread_mutex_t mu;
     pthread_cond_t cv; /* on CLOCK_MONOTONIC: the timer thread sleeps here */
     pthread_mutex_t fire;
-    struct hent *heap;
-    uint32_t n, cap, reserved;
-    int started;          /* the timer thread runs */
-    _Atomic int manual;   /* the manual clock is in force */
-    _Atomic int64_t mnow; /* the manual clock's time */
+    int64_t wake;          /* under mu: when the timer thread will wake */
+    _Atomic int started;   /* the timer thread runs; set under mu */
+    _Atomic int manual;    /* the manual clock is in force */
+    _Atomic int64_t mnow;  /* the manual clock's time */
+    _Atomic unsigned next; /* round robin for assigning shards to threads */
+    struct shard shard[NSHARDS];
 } T = {
     .once = PTHREAD_ONCE_INIT,
     .mu = PTHREAD_MUTEX_INITIALIZER,
     .fire = PTHREAD_MUTEX_INITIALIZER,
+    .wake = INT64_MAX,
 };
 
 /* ---------------------------------------------------------------------------
@@ -95,57 +119,69 @@ ctx_time_t ctx_time_from_wall(const struct timespec *wall)
 }
 
 /* ---------------------------------------------------------------------------
- * The heap (under T.mu)
+ * The heaps (each under its shard's lock)
  */
 
-static void heap_set(uint32_t i, struct hent e)
+static void heap_set(struct shard *S, uint32_t i, struct hent e)
 {
-    T.heap[i] = e;
+    S->heap[i] = e;
     e.t->heap_index = i;
 }
 
-static void sift_up(uint32_t i, struct hent e)
+static void sift_up(struct shard *S, uint32_t i, struct hent e)
 {
     while (i > 0) {
         uint32_t p = (i - 1) / 4;
-        if (T.heap[p].deadline <= e.deadline)
+        if (S->heap[p].deadline <= e.deadline)
             break;
-        heap_set(i, T.heap[p]);
+        heap_set(S, i, S->heap[p]);
         i = p;
     }
-    heap_set(i, e);
+    heap_set(S, i, e);
 }
 
-static void sift_down(uint32_t i, struct hent e)
+static void sift_down(struct shard *S, uint32_t i, struct hent e)
 {
     for (;;) {
         uint32_t c = 4 * i + 1, best = c;
-        if (c >= T.n)
+        if (c >= S->n)
             break;
-        uint32_t end = c + 4 < T.n ? c + 4 : T.n;
+        uint32_t end = c + 4 < S->n ? c + 4 : S->n;
         for (uint32_t k = c + 1; k < end; k++)
-            if (T.heap[k].deadline < T.heap[best].deadline)
+            if (S->heap[k].deadline < S->heap[best].deadline)
                 best = k;
-        if (T.heap[best].deadline >= e.deadline)
+        if (S->heap[best].deadline >= e.deadline)
             break;
-        heap_set(i, T.heap[best]);
+        heap_set(S, i, S->heap[best]);
         i = best;
     }
-    heap_set(i, e);
+    heap_set(S, i, e);
 }
 
-static void heap_delete(uint32_t i)
+static void publish_min(struct shard *S)
 {
-    struct ctx__timer *t = T.heap[i].t;
-    struct hent last = T.heap[--T.n];
-    if (i < T.n) {
-        if (i > 0 && last.deadline < T.heap[(i - 1) / 4].deadline)
-            sift_up(i, last);
+    atomic_store_explicit(&S->min, S->n > 0 ? S->heap[0].deadline : INT64_MAX,
+                          memory_order_relaxed);
+}
+
+static void heap_delete(struct shard *S, uint32_t i)
+{
+    struct ctx__timer *t = S->heap[i].t;
+    struct hent last = S->heap[--S->n];
+    if (i < S->n) {
+        if (i > 0 && last.deadline < S->heap[(i - 1) / 4].deadline)
+            sift_up(S, i, last);
         else
-            sift_down(i, last);
+            sift_down(S, i, last);
     }
     t->heap_index = CTX__NO_INDEX;
+    if (i == 0)
+        publish_min(S);
 }
+
+static void atfork_prepare(void);
+static void atfork_parent(void);
+static void atfork_child(void);
 
 static void init_once(void)
 {
@@ -154,31 +190,42 @@ static void init_once(void)
     pthread_condattr_setclock(&a, CLOCK_MONOTONIC);
     pthread_cond_init(&T.cv, &a);
     pthread_condattr_destroy(&a);
+    for (int i = 0; i < NSHARDS; i++)
+        atomic_store_explicit(&T.shard[i].min, INT64_MAX, memory_order_relaxed);
+    pthread_atfork(atfork_prepare, atfork_parent, atfork_child);
+    /* Release: pairs with the acquire in init(). */
+    atomic_store_explicit(&T.ready, 1, memory_order_release);
 }
 
-/* Makes room for one more entry; called before the node is linked, so that
- * a constructor fails cleanly rather than half-built. */
-static int heap_reserve(void)
+static void init(void)
 {
-    pthread_mutex_lock(&T.mu);
-    uint32_t need = T.n + T.reserved + 1;
-    if (need > T.cap) {
-        uint32_t cap = T.cap ? T.cap * 2 : 64;
-        while (cap < need)
-            cap *= 2;
-        struct hent *h = cap <= UINT32_MAX / 2 ? ctx__alloc((size_t)cap * sizeof *h) : NULL;
-        if (h == NULL) {
-            pthread_mutex_unlock(&T.mu);
-            return ENOMEM;
-        }
-        if (T.n > 0)
-            memcpy(h, T.heap, (size_t)T.n * sizeof *h);
-        ctx__free(T.heap);
-        T.heap = h;
-        T.cap = cap;
-    }
-    T.reserved++;
-    pthread_mutex_unlock(&T.mu);
+    if (!atomic_load_explicit(&T.ready, memory_order_acquire))
+        pthread_once(&T.once, init_once);
+}
+
+/* This thread's shard. */
+static unsigned my_shard(void)
+{
+    static _Thread_local unsigned mine;
+    if (mine == 0)
+        mine = 1 + atomic_fetch_add_explicit(&T.next, 1, memory_order_relaxed) % NSHARDS;
+    return mine - 1;
+}
+
+/* Makes room for one more entry.  Under the shard's lock. */
+static int heap_grow(struct shard *S)
+{
+    if (S->n < S->cap)
+        return 0;
+    uint32_t cap = S->cap ? S->cap * 2 : 64;
+    struct hent *h = cap <= UINT32_MAX / 2 ? ctx__alloc((size_t)cap * sizeof *h) : NULL;
+    if (h == NULL)
+        return ENOMEM;
+    if (S->n > 0)
+        memcpy(h, S->heap, (size_t)S->n * sizeof *h);
+    ctx__free(S->heap);
+    S->heap = h;
+    S->cap = cap;
     return 0;
 }
 
@@ -188,7 +235,8 @@ static void *timer_main(void *arg);
  * running.  Under T.mu. */
 static int start_thread_locked(void)
 {
-    if (T.started || atomic_load_explicit(&T.manual, memory_order_relaxed))
+    if (atomic_load_explicit(&T.started, memory_order_relaxed) ||
+        atomic_load_explicit(&T.manual, memory_order_relaxed))
         return 0;
     pthread_attr_t a;
     pthread_attr_init(&a);
@@ -204,58 +252,101 @@ static int start_thread_locked(void)
     pthread_sigmask(SIG_SETMASK, &old, NULL);
     pthread_attr_destroy(&a);
     if (e == 0)
-        T.started = 1;
+        atomic_store_explicit(&T.started, 1, memory_order_relaxed);
     return e;
 }
 
-/* Inserts t using a reservation, unless t is already done (a parent's
- * cancel may have reached it since it was linked). */
-static void heap_insert(struct ctx__timer *t)
+static int ensure_thread(void)
 {
+    if (atomic_load_explicit(&T.started, memory_order_relaxed))
+        return 0;
     pthread_mutex_lock(&T.mu);
-    T.reserved--;
-    /* Acquire: pairs with mark()'s release.  mark() sets err before it
-     * takes T.mu to remove the timer, so either it sees our entry or we
-     * see its err. */
-    if (!(atomic_load_explicit(&t->base.u.c.state, memory_order_acquire) & CTX__ERR_MASK)) {
-        struct hent e = { t->deadline, t };
-        T.n++;
-        sift_up(T.n - 1, e);
-        if (t->heap_index == 0)
-            pthread_cond_signal(&T.cv); /* a new earliest deadline */
-    }
+    int e = start_thread_locked();
     pthread_mutex_unlock(&T.mu);
+    return e;
 }
 
-static void heap_unreserve(void)
+/* Inserts t, unless t is already done (a parent's cancel may have reached
+ * it since it was linked).  Returns 0 or ENOMEM. */
+static int heap_insert(struct ctx__timer *t)
 {
-    pthread_mutex_lock(&T.mu);
-    T.reserved--;
-    pthread_mutex_unlock(&T.mu);
+    struct shard *S = &T.shard[t->shard];
+    int earliest = 0, e = 0;
+    ctx__lock(&S->mu);
+    /* Acquire: pairs with mark()'s release.  mark() sets err before it
+     * takes the shard lock to remove the timer, so either it sees our entry
+     * or we see its err. */
+    if (!(atomic_load_explicit(&t->base.u.c.state, memory_order_acquire) & CTX__ERR_MASK) &&
+        (e = heap_grow(S)) == 0) {
+        struct hent h = { t->deadline, t };
+        S->n++;
+        sift_up(S, S->n - 1, h);
+        if (t->heap_index == 0) {
+            publish_min(S);
+            earliest = 1;
+        }
+    }
+    ctx__unlock(&S->mu);
+    if (earliest) {
+        /* The timer thread computes its wake-up time and goes to sleep
+         * under T.mu, after reading every shard's min: either it read ours,
+         * or we see the time it chose here. */
+        pthread_mutex_lock(&T.mu);
+        if (t->deadline < T.wake)
+            pthread_cond_signal(&T.cv);
+        pthread_mutex_unlock(&T.mu);
+    }
+    return e;
 }
 
 void ctx__timer_remove(struct ctx__timer *t)
 {
-    pthread_mutex_lock(&T.mu);
+    struct shard *S = &T.shard[t->shard];
+    ctx__lock(&S->mu);
     if (t->heap_index != CTX__NO_INDEX)
-        heap_delete(t->heap_index);
-    pthread_mutex_unlock(&T.mu);
+        heap_delete(S, t->heap_index);
+    ctx__unlock(&S->mu);
 }
 
-/* Pops the earliest entry if it is due at `now` and takes a reference to
- * its node; returns the node, or NULL when nothing is due.  *more tells
- * whether an entry was popped at all (a node being freed is skipped). */
-static struct ctx__timer *pop_due(ctx_time_t now, int *more)
+/* The shard holding the earliest deadline, from the published minima. */
+static struct shard *earliest_shard(int64_t *min)
 {
-    *more = 0;
-    if (T.n == 0 || T.heap[0].deadline > now)
-        return NULL;
-    struct ctx__timer *t = T.heap[0].t;
-    heap_delete(0);
-    *more = 1;
-    /* A node whose count reached zero is being freed by a thread that
-     * waits for T.mu to remove this entry: skip it. */
-    return ctx__try_ref(&t->base) ? t : NULL;
+    struct shard *best = &T.shard[0];
+    int64_t m = atomic_load_explicit(&best->min, memory_order_relaxed);
+    for (int i = 1; i < NSHARDS; i++) {
+        int64_t v = atomic_load_explicit(&T.shard[i].min, memory_order_relaxed);
+        if (v < m) {
+            m = v;
+            best = &T.shard[i];
+        }
+    }
+    *min = m;
+    return best;
+}
+
+/* Pops the earliest entry of all shards if it is due at `now` and takes a
+ * reference to its node.  Returns 1 with *out set (NULL when the node was
+ * being freed and is skipped), or 0 when nothing is due. */
+static int pop_due(ctx_time_t now, struct ctx__timer **out)
+{
+    for (;;) {
+        int64_t m;
+        struct shard *S = earliest_shard(&m);
+        if (m > now)
+            return 0;
+        ctx__lock(&S->mu);
+        if (S->n == 0 || S->heap[0].deadline > now) {
+            ctx__unlock(&S->mu); /* changed meanwhile: look again */
+            continue;
+        }
+        struct ctx__timer *t = S->heap[0].t;
+        heap_delete(S, 0);
+        /* A node whose count reached zero is being freed by a thread that
+         * waits for this lock to remove the entry: skip it. */
+        *out = ctx__try_ref(&t->base) ? t : NULL;
+        ctx__unlock(&S->mu);
+        return 1;
+    }
 }
 
 static void fire(struct ctx__timer *t, int defer)
@@ -267,41 +358,34 @@ static void fire(struct ctx__timer *t, int defer)
 static void *timer_main(void *arg)
 {
     (void)arg;
-    enum { BATCH = 64 };
-    struct ctx__timer *batch[BATCH];
     for (;;) {
         pthread_mutex_lock(&T.mu);
         for (;;) {
-            if (atomic_load_explicit(&T.manual, memory_order_relaxed) || T.n == 0) {
+            if (atomic_load_explicit(&T.manual, memory_order_relaxed)) {
+                T.wake = INT64_MAX;
                 pthread_cond_wait(&T.cv, &T.mu);
                 continue;
             }
-            ctx_time_t d = T.heap[0].deadline;
-            if (d <= real_now())
+            int64_t m;
+            earliest_shard(&m);
+            if (m <= real_now())
                 break;
-            struct timespec ts = { (time_t)(d / CTX_SECOND), (long)(d % CTX_SECOND) };
-            pthread_cond_timedwait(&T.cv, &T.mu, &ts);
+            T.wake = m;
+            if (m == INT64_MAX) {
+                pthread_cond_wait(&T.cv, &T.mu);
+            } else {
+                struct timespec ts = { (time_t)(m / CTX_SECOND), (long)(m % CTX_SECOND) };
+                pthread_cond_timedwait(&T.cv, &T.mu, &ts);
+            }
         }
+        T.wake = INT64_MIN; /* awake: inserts need not signal */
         pthread_mutex_unlock(&T.mu);
 
-        /* Cancel what is due, in deadline order, in batches so that the
-         * heap lock is not held while cancelling. */
         pthread_mutex_lock(&T.fire);
-        for (;;) {
-            int k = 0, more = 1;
-            pthread_mutex_lock(&T.mu);
-            ctx_time_t now = real_now();
-            while (k < BATCH && more && !atomic_load_explicit(&T.manual, memory_order_relaxed)) {
-                struct ctx__timer *t = pop_due(now, &more);
-                if (t != NULL)
-                    batch[k++] = t;
-            }
-            pthread_mutex_unlock(&T.mu);
-            for (int i = 0; i < k; i++)
-                fire(batch[i], 1);
-            if (!more || k < BATCH)
-                break; /* nothing more is due, or the clock turned manual */
-        }
+        struct ctx__timer *t;
+        while (!atomic_load_explicit(&T.manual, memory_order_relaxed) && pop_due(real_now(), &t))
+            if (t != NULL)
+                fire(t, 1);
         pthread_mutex_unlock(&T.fire);
     }
     return NULL;
@@ -313,7 +397,7 @@ static void *timer_main(void *arg)
 
 int ctx_clock_manual(ctx_time_t start)
 {
-    pthread_once(&T.once, init_once);
+    init();
     pthread_mutex_lock(&T.mu);
     atomic_store_explicit(&T.mnow, start, memory_order_relaxed);
     atomic_store_explicit(&T.manual, 1, memory_order_relaxed);
@@ -324,10 +408,12 @@ int ctx_clock_manual(ctx_time_t start)
 
 void ctx_clock_real(void)
 {
-    pthread_once(&T.once, init_once);
+    init();
     pthread_mutex_lock(&T.mu);
     atomic_store_explicit(&T.manual, 0, memory_order_relaxed);
-    if (T.n > 0)
+    int64_t m;
+    earliest_shard(&m);
+    if (m != INT64_MAX)
         start_thread_locked();
     pthread_cond_broadcast(&T.cv);
     pthread_mutex_unlock(&T.mu);
@@ -341,42 +427,41 @@ int ctx_clock_advance(ctx_duration_t d)
         return EPERM;
     pthread_mutex_lock(&T.fire);
     ctx_time_t target = add_sat(ctx_now(), d);
-    for (;;) {
-        int more;
-        pthread_mutex_lock(&T.mu);
-        struct ctx__timer *t = pop_due(target, &more);
-        if (!more) {
-            atomic_store_explicit(&T.mnow, target, memory_order_relaxed);
-            pthread_mutex_unlock(&T.mu);
-            break;
-        }
-        if (t != NULL && t->deadline > atomic_load_explicit(&T.mnow, memory_order_relaxed))
+    struct ctx__timer *t;
+    while (pop_due(target, &t)) {
+        if (t == NULL)
+            continue;
+        if (t->deadline > atomic_load_explicit(&T.mnow, memory_order_relaxed))
             atomic_store_explicit(&T.mnow, t->deadline, memory_order_relaxed);
-        pthread_mutex_unlock(&T.mu);
-        if (t != NULL)
-            fire(t, 0); /* in order, callbacks included, before we return */
+        fire(t, 0); /* in order, callbacks included, before we return */
     }
+    atomic_store_explicit(&T.mnow, target, memory_order_relaxed);
     pthread_mutex_unlock(&T.fire);
     return 0;
 }
 
 /* ---------------------------------------------------------------------------
- * fork(2): the child gets a copy of the heap but not the timer thread.  The
+ * fork(2): the child gets a copy of the heaps but not the timer thread.  The
  * prepare handler waits until no thread is cancelling expired timers (so
- * the child inherits no node lock held by the timer thread), and the child
- * restarts the thread if it has deadlines.
+ * the child inherits no node lock held by the timer thread) and holds every
+ * library lock it can, and the child restarts the thread if it has
+ * deadlines.
  */
 
 static void atfork_prepare(void)
 {
     pthread_mutex_lock(&T.fire);
     pthread_mutex_lock(&T.mu);
+    for (int i = 0; i < NSHARDS; i++)
+        ctx__lock(&T.shard[i].mu);
     ctx__after_atfork_prepare();
 }
 
 static void atfork_parent(void)
 {
     ctx__after_atfork_parent();
+    for (int i = NSHARDS - 1; i >= 0; i--)
+        ctx__unlock(&T.shard[i].mu);
     pthread_mutex_unlock(&T.mu);
     pthread_mutex_unlock(&T.fire);
 }
@@ -384,31 +469,32 @@ static void atfork_parent(void)
 static void atfork_child(void)
 {
     ctx__after_atfork_child();
+    for (int i = NSHARDS - 1; i >= 0; i--)
+        ctx__unlock(&T.shard[i].mu);
     pthread_condattr_t a;
     pthread_condattr_init(&a);
     pthread_condattr_setclock(&a, CLOCK_MONOTONIC);
     pthread_cond_init(&T.cv, &a);
     pthread_condattr_destroy(&a);
-    T.started = 0;
-    if (T.n > 0)
+    atomic_store_explicit(&T.started, 0, memory_order_relaxed);
+    T.wake = INT64_MAX;
+    int64_t m;
+    earliest_shard(&m);
+    if (m != INT64_MAX)
         start_thread_locked();
     pthread_mutex_unlock(&T.mu);
     pthread_mutex_unlock(&T.fire);
 }
 
-static void init_atfork(void)
-{
-    pthread_atfork(atfork_prepare, atfork_parent, atfork_child);
-}
-
-static pthread_once_t atfork_once = PTHREAD_ONCE_INIT;
-
 /* ---------------------------------------------------------------------------
  * Deadline contexts
  */
 
-static ctx_t *with_deadline(ctx_t *parent, ctx_time_t d, int cause, const char *text,
-                            ctx_cancel_t **cancel)
+/* now is ctx_now() when the caller already read it, else NOT_READ. */
+#define NOT_READ INT64_MIN
+
+static ctx_t *with_deadline(ctx_t *parent, ctx_time_t d, ctx_time_t now, int cause,
+                            const char *text, ctx_cancel_t **cancel)
 {
     if (cancel != NULL)
         *cancel = NULL;
@@ -420,8 +506,7 @@ static ctx_t *with_deadline(ctx_t *parent, ctx_time_t d, int cause, const char *
     if (ctx_deadline(parent, &cur) && cur <= d)
         return ctx_with_cancel(parent, cancel); /* the parent's comes first */
 
-    pthread_once(&T.once, init_once);
-    pthread_once(&atfork_once, init_atfork);
+    init();
     struct ctx__timer *t = ctx__node_alloc(sizeof *t);
     if (t == NULL) {
         errno = ENOMEM;
@@ -436,28 +521,26 @@ static ctx_t *with_deadline(ctx_t *parent, ctx_time_t d, int cause, const char *
         errno = ENOMEM;
         return NULL;
     }
-    int past = d <= ctx_now();
-    if (!past) {
-        int e = heap_reserve();
-        if (e == 0) {
-            pthread_mutex_lock(&T.mu);
-            e = start_thread_locked();
-            pthread_mutex_unlock(&T.mu);
-            if (e != 0)
-                heap_unreserve();
-        }
-        if (e != 0) {
-            ctx__msg_unref(t->dl_msg);
-            ctx__node_free(t, sizeof *t);
-            errno = e;
-            return NULL;
-        }
+    t->shard = (uint8_t)my_shard();
+    int past = d <= (now != NOT_READ ? now : ctx_now());
+    int e = past ? 0 : ensure_thread();
+    if (e != 0) {
+        ctx__msg_unref(t->dl_msg);
+        ctx__node_free(t, sizeof *t);
+        errno = e;
+        return NULL;
     }
     ctx__init_cancel(&t->base, parent, CTX__TIMER);
-    if (past)
+    if (past) {
         ctx__cancel(&t->base, CTX_DEADLINE_EXCEEDED, cause, t->dl_msg, 0);
-    else
-        heap_insert(t);
+    } else if (heap_insert(t) != 0) {
+        /* The heap could not grow.  The context was already linked and may
+         * even have been reached by a cancel, but nobody else holds it:
+         * the ordinary free path takes it apart. */
+        ctx_unref(&t->base);
+        errno = ENOMEM;
+        return NULL;
+    }
     if (cancel != NULL)
         *cancel = (ctx_cancel_t *)&t->base;
     return &t->base;
@@ -465,24 +548,26 @@ static ctx_t *with_deadline(ctx_t *parent, ctx_time_t d, int cause, const char *
 
 ctx_t *ctx_with_deadline(ctx_t *parent, ctx_time_t deadline, ctx_cancel_t **cancel)
 {
-    return with_deadline(parent, deadline, 0, NULL, cancel);
+    return with_deadline(parent, deadline, NOT_READ, 0, NULL, cancel);
 }
 
 ctx_t *ctx_with_timeout(ctx_t *parent, ctx_duration_t timeout, ctx_cancel_t **cancel)
 {
-    return with_deadline(parent, add_sat(ctx_now(), timeout), 0, NULL, cancel);
+    ctx_time_t now = ctx_now();
+    return with_deadline(parent, add_sat(now, timeout), now, 0, NULL, cancel);
 }
 
 ctx_t *ctx_with_deadline_cause(ctx_t *parent, ctx_time_t deadline, int cause, const char *msg,
                                ctx_cancel_t **cancel)
 {
-    return with_deadline(parent, deadline, cause, msg, cancel);
+    return with_deadline(parent, deadline, NOT_READ, cause, msg, cancel);
 }
 
 ctx_t *ctx_with_timeout_cause(ctx_t *parent, ctx_duration_t timeout, int cause, const char *msg,
                               ctx_cancel_t **cancel)
 {
-    return with_deadline(parent, add_sat(ctx_now(), timeout), cause, msg, cancel);
+    ctx_time_t now = ctx_now();
+    return with_deadline(parent, add_sat(now, timeout), now, cause, msg, cancel);
 }
 
 bool ctx_deadline(ctx_t *c, ctx_time_t *deadline)
