@@ -196,24 +196,29 @@ CTX_EXPORT void ctx_cancel_cause(ctx_cancel_t *cancel, int cause, const char *ms
  * Observation
  */
 
-/* 0 while ctx is not done, else CTX_CANCELED or CTX_DEADLINE_EXCEEDED.
- * Lock-free: one atomic load (acquire, pairing with the release that marks a
- * context done, so a caller that sees done also sees the cause). */
+/* 0 while ctx is not done, else CTX_CANCELED or CTX_DEADLINE_EXCEEDED;
+ * EINVAL for a NULL ctx.  Lock-free: one atomic load (acquire, pairing with
+ * the release that marks a context done, so a caller that sees done also
+ * sees the cause).  Inlined with GCC and Clang (see "Fast path" below). */
 CTX_EXPORT int ctx_err(ctx_t *ctx);
 
 /* 0 while ctx is not done; else the cause code (ctx_err's code when no cause
  * was given).  If msg is not NULL, *msg receives the cause text: the message
- * given with the cause, else ctx_strerror(code); it stays valid while ctx is
- * alive.  Lock-free. */
+ * given with the cause (also when the cause code was 0), else
+ * ctx_strerror(code); it stays valid while ctx is alive.  *msg is NULL while
+ * ctx is not done.  EINVAL for a NULL ctx.  Lock-free. */
 CTX_EXPORT int ctx_cause(ctx_t *ctx, const char **msg);
 
 /* true and *deadline set when ctx or an ancestor has a deadline (the
- * nearest, which is also the earliest); false when there is none. */
+ * nearest, which is also the earliest); false when there is none or ctx is
+ * NULL.  O(1). */
 CTX_EXPORT bool ctx_deadline(ctx_t *ctx, ctx_time_t *deadline);
 
 /* The value bound to key by the nearest ancestor-or-self that binds it
- * (including a binding to NULL), or NULL.  Lock-free; values stay readable
- * after cancellation. */
+ * (including a binding to NULL), or NULL (also for a NULL ctx).  Lock-free;
+ * values stay readable after cancellation.  A walk toward the root, but a
+ * small filter in each value context skips runs of up to 16 value contexts
+ * that cannot bind the key, so absent keys are cheap in deep chains. */
 CTX_EXPORT void *ctx_value(ctx_t *ctx, const ctx_key_t *key);
 
 /* "context canceled" for CTX_CANCELED, "context deadline exceeded" for
@@ -236,7 +241,7 @@ CTX_EXPORT size_t ctx_describe(ctx_t *ctx, char *buf, size_t size);
 
 /* Blocks until ctx is done (returns ctx_err(ctx)) or timeout passes (returns
  * 0).  CTX_FOREVER waits without limit; 0 only polls.  A negative timeout
- * other than CTX_FOREVER is treated as 0. */
+ * other than CTX_FOREVER is treated as 0.  EINVAL for a NULL ctx. */
 CTX_EXPORT int ctx_wait(ctx_t *ctx, ctx_duration_t timeout);
 
 /* 0 after sleeping d; ctx_err(ctx) as soon as ctx is done, if that is first. */
