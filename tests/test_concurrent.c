@@ -77,9 +77,10 @@ static void test_create_while_cancelling(void)
  * hundred nodes, every cancellable node cancelled by one of several threads
  * (each with its own random order and a distinct cause per node).  After
  * the threads finish: every node that some cancellation can reach is done;
- * a cancel node's cause is its own or its parent's; a value or custom-free
+ * a cancel or custom node's cause is its own or its parent's; a value
  * layer's cause is its parent's; a child of a without layer or of the root
- * is done only by its own cancel.
+ * is done only by its own cancel.  So every cause came down from a
+ * cancellation of an ancestor-or-self, unbroken.
  */
 enum kind { K_CANCEL, K_VALUE, K_WITHOUT, K_CUSTOM };
 

@@ -72,7 +72,8 @@ static void test_einval(void)
     CHECK_EQ_INT(check_alloc_live(), base);
 }
 
-/* NULL is accepted wherever a release or a handle is. */
+/* NULL is accepted wherever a release or a handle is, and the observers
+ * say what the header says they give for NULL. */
 static void test_null_safety(void)
 {
     ctx_unref(NULL);
@@ -80,6 +81,15 @@ static void test_null_safety(void)
     ctx_cancel(NULL);
     ctx_cancel_cause(NULL, EPIPE, "x");
     CHECK(!ctx_after_stop(NULL));
+
+    CHECK_EQ_INT(ctx_err(NULL), EINVAL);
+    const char *msg = "untouched";
+    CHECK_EQ_INT(ctx_cause(NULL, &msg), EINVAL);
+    CHECK_EQ_INT(ctx_cause(NULL, NULL), EINVAL);
+    ctx_time_t d = 5;
+    CHECK(!ctx_deadline(NULL, &d));
+    CHECK_NULL(ctx_value(NULL, &key));
+    CHECK_EQ_INT(ctx_wait(NULL, 0), EINVAL);
 }
 
 /* Go's TestBackground and TestTODO, plus: the roots are static (ref gives

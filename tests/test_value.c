@@ -413,6 +413,9 @@ static void test_value_model(void)
     long rounds = check_scale(30);
     static int payload[4096];
     for (long round = 0; round < rounds; round++) {
+        /* Odd rounds are nearly all value layers in long runs, longer than
+         * any run a filter may cover. */
+        bool runs = round % 2 == 1;
         int count = 100 + (int)check_rng_below(&r, 400);
         struct vnode *n = calloc((size_t)count, sizeof *n);
         CHECK(n != NULL);
@@ -420,13 +423,14 @@ static void test_value_model(void)
             int parent;
             if (i == 0)
                 parent = -1;
-            else if (check_rng_below(&r, 3) != 0)
+            else if (check_rng_below(&r, runs ? 40 : 3) != 0)
                 parent = i - 1; /* long runs make long segments */
             else
                 parent = (int)check_rng_below(&r, (unsigned)i) - (check_rng_below(&r, 8) == 0);
             n[i].parent = parent;
             ctx_t *p = parent < 0 ? ctx_background() : n[parent].ctx;
-            unsigned pick = check_rng_below(&r, 10);
+            unsigned pick = runs ? (check_rng_below(&r, 30) == 0 ? 6 + check_rng_below(&r, 4) : 0)
+                                 : check_rng_below(&r, 10);
             /* Some keys are popular (so they shadow), most are rare. */
             const ctx_key_t *key = check_rng_below(&r, 2) ? &pool[check_rng_below(&r, 8)]
                                                           : &pool[check_rng_below(&r, POOL)];
