@@ -157,7 +157,9 @@ CTX_EXPORT ctx_t *ctx_with_timeout(ctx_t *parent, ctx_duration_t timeout, ctx_ca
 
 /* As above; when the deadline passes, err is CTX_DEADLINE_EXCEEDED and the
  * cause is (cause, msg).  When cancelled by hand first, err and cause are
- * CTX_CANCELED.  msg may be NULL; it is copied. */
+ * CTX_CANCELED.  msg may be NULL; it is copied.  When the parent's deadline
+ * is not later, the result is a plain cancel context, as in Go: it ends with
+ * the parent, and with the parent's cause, so (cause, msg) is never used. */
 CTX_EXPORT ctx_t *ctx_with_deadline_cause(ctx_t *parent, ctx_time_t deadline, int cause,
                                           const char *msg, ctx_cancel_t **cancel);
 CTX_EXPORT ctx_t *ctx_with_timeout_cause(ctx_t *parent, ctx_duration_t timeout, int cause,
@@ -227,9 +229,10 @@ CTX_EXPORT const char *ctx_strerror(int err);
 
 /* Go's String(), snprintf-style: writes at most size bytes including the
  * terminating NUL and returns the full length.  "context.Background",
- * "context.TODO", "<parent>.WithCancel", "<parent>.WithDeadline(...)",
- * "<parent>.WithValue(<key name>, <value>)", "<parent>.WithoutCancel",
- * "<parent>.<custom name>". */
+ * "context.TODO", "<parent>.WithCancel", "<parent>.WithValue(<key name>,
+ * <value>)", "<parent>.WithoutCancel", "<parent>.<custom name>", and
+ * "<parent>.WithDeadline(<UTC wall time> [<time left>])" as Go writes it,
+ * e.g. "...WithDeadline(2026-11-22 20:30:00 +0000 UTC [18h12m0s])". */
 CTX_EXPORT size_t ctx_describe(ctx_t *ctx, char *buf, size_t size);
 
 /* ---------------------------------------------------------------------------

@@ -21,7 +21,8 @@ struct sink {
     char *buf;
     size_t size;
     size_t pos;
-    ctx_time_t now; /* one instant for the whole text */
+    ctx_time_t now;   /* one instant for the whole text */
+    int64_t wall_now; /* the same instant on CLOCK_REALTIME, in ns */
 };
 
 static void put(struct sink *s, const char *text)
@@ -60,6 +61,7 @@ static size_t custom_describe(const void *arg, char *buf, size_t size)
 struct deadline_arg {
     const struct ctx *c;
     ctx_time_t now;
+    int64_t wall_now; /* CLOCK_REALTIME at `now`, in ns */
 };
 static size_t deadline_text(const void *arg, char *buf, size_t size);
 
@@ -74,7 +76,7 @@ static void piece(struct sink *s, const struct ctx *c)
         break;
     case CTX__TIMER: {
         put(s, ".WithDeadline(");
-        struct deadline_arg d = { c, s->now };
+        struct deadline_arg d = { c, s->now, s->wall_now };
         put_fn(s, deadline_text, &d);
         put(s, ")");
         break;
@@ -113,8 +115,11 @@ size_t ctx_describe(ctx_t *c, char *buf, size_t size)
     if (buf == NULL)
         size = 0;
     ctx_time_t now = ctx_now();
+    struct timespec rt;
+    clock_gettime(CLOCK_REALTIME, &rt);
+    int64_t wall = (int64_t)rt.tv_sec * CTX_SECOND + rt.tv_nsec;
     if (c == NULL) {
-        struct sink s = { buf, size, 0, now };
+        struct sink s = { buf, size, 0, now, wall };
         put(&s, "<nil>");
         if (size > 0)
             buf[s.pos < size ? s.pos : size - 1] = '\0';
@@ -123,7 +128,7 @@ size_t ctx_describe(ctx_t *c, char *buf, size_t size)
     /* Pass 1: the total length. */
     size_t total = 0;
     for (const struct ctx *n = c; n != NULL; n = ctx__parent(n)) {
-        struct sink m = { NULL, 0, 0, now };
+        struct sink m = { NULL, 0, 0, now, wall };
         piece(&m, n);
         total += m.pos;
         if (ctx__kind(n) == CTX__ROOT)
@@ -132,12 +137,12 @@ size_t ctx_describe(ctx_t *c, char *buf, size_t size)
     /* Pass 2: each piece ends where the pieces to its right begin. */
     size_t end = total;
     for (const struct ctx *n = c; n != NULL && size > 0; n = ctx__parent(n)) {
-        struct sink m = { NULL, 0, 0, now };
+        struct sink m = { NULL, 0, 0, now, wall };
         piece(&m, n);
         /* A user hook that changed its length between the passes would
          * misplace its own text; clamp so it can never write outside. */
         size_t len = m.pos < end ? m.pos : end;
-        struct sink s = { buf, size, end - len, now };
+        struct sink s = { buf, size, end - len, now, wall };
         piece(&s, n);
         end -= len;
         if (ctx__kind(n) == CTX__ROOT)
@@ -148,18 +153,86 @@ size_t ctx_describe(ctx_t *c, char *buf, size_t size)
     return total;
 }
 
-/* "<instant> [<remaining>]" in seconds on ctx_now()'s clock, the shape of
- * Go's "WithDeadline(2009-11-10 23:00:00 +0000 UTC [1h0m0s])". */
+/* Appends "<whole>[.<fraction>]<unit>" for v in units of `unit_ns`, with the
+ * fraction's trailing zeros dropped, as Go prints durations. */
+static int put_frac(char *p, size_t room, uint64_t v, uint64_t unit_ns, int digits,
+                    const char *unit)
+{
+    uint64_t whole = v / unit_ns, frac = v % unit_ns;
+    if (frac == 0)
+        return snprintf(p, room, "%" PRIu64 "%s", whole, unit);
+    while (frac % 10 == 0) {
+        frac /= 10;
+        digits--;
+    }
+    return snprintf(p, room, "%" PRIu64 ".%0*" PRIu64 "%s", whole, digits, frac, unit);
+}
+
+/* A duration the way Go's time.Duration.String writes it: "1h0m0s",
+ * "2m3.5s", "999.999162ms", "15µs", "0s". */
+static void duration_text(ctx_duration_t d, char *p, size_t room)
+{
+    uint64_t u = d < 0 ? (uint64_t)0 - (uint64_t)d : (uint64_t)d;
+    const char *sign = d < 0 ? "-" : "";
+    int n = snprintf(p, room, "%s", sign);
+    if (n < 0 || (size_t)n >= room)
+        return;
+    p += n;
+    room -= (size_t)n;
+    if (u < 1000u)
+        snprintf(p, room, "%" PRIu64 "ns", u);
+    else if (u < 1000000u)
+        put_frac(p, room, u, 1000u, 3, "\u00b5s");
+    else if (u < 1000000000u)
+        put_frac(p, room, u, 1000000u, 6, "ms");
+    else {
+        uint64_t h = u / 3600000000000u, m = u / 60000000000u % 60u;
+        u %= 60000000000u;
+        if (h > 0)
+            n = snprintf(p, room, "%" PRIu64 "h%" PRIu64 "m", h, m);
+        else if (m > 0)
+            n = snprintf(p, room, "%" PRIu64 "m", m);
+        else
+            n = 0;
+        if (n < 0 || (size_t)n >= room)
+            return;
+        put_frac(p + n, room - (size_t)n, u, 1000000000u, 9, "s");
+    }
+}
+
+/* "<UTC wall time> [<time left>]", the shape of Go's
+ * "WithDeadline(2009-11-10 23:00:00 +0000 UTC m=+1 [1h0m0s])".  The
+ * deadline lives on the monotonic clock; it is shown at the wall time it
+ * corresponds to now. */
 static size_t deadline_text(const void *arg, char *buf, size_t size)
 {
     const struct deadline_arg *a = arg;
     ctx_time_t d = 0;
     ctx_deadline((ctx_t *)a->c, &d);
     ctx_duration_t left = d - a->now;
-    int n =
-        snprintf(buf, size, "%" PRId64 ".%09" PRId64 "s [%s%" PRId64 ".%09" PRId64 "s]",
-                 d / CTX_SECOND, d % CTX_SECOND, left < 0 ? "-" : "",
-                 (left < 0 ? -left : left) / CTX_SECOND, (left < 0 ? -left : left) % CTX_SECOND);
+    char when[80], rest[48];
+    int64_t wall = a->wall_now + left; /* ns since the epoch */
+    time_t sec = (time_t)(wall / CTX_SECOND);
+    long nsec = (long)(wall % CTX_SECOND);
+    if (nsec < 0) {
+        nsec += CTX_SECOND;
+        sec--;
+    }
+    struct tm tm;
+    size_t w = gmtime_r(&sec, &tm) != NULL ? strftime(when, 32, "%Y-%m-%d %H:%M:%S", &tm) : 0;
+    if (w == 0) {
+        snprintf(when, sizeof when, "%" PRId64 "ns", d);
+    } else if (nsec != 0) {
+        /* ".5", ".123456789": nanoseconds without trailing zeros. */
+        int digits = 9;
+        while (nsec % 10 == 0) {
+            nsec /= 10;
+            digits--;
+        }
+        snprintf(when + w, sizeof when - w, ".%0*ld", digits, nsec);
+    }
+    duration_text(left, rest, sizeof rest);
+    int n = snprintf(buf, size, "%s%s [%s]", when, w != 0 ? " +0000 UTC" : "", rest);
     return n < 0 ? 0 : (size_t)n;
 }
 
