@@ -28,6 +28,13 @@
  * by the library.  Never cancel a context while holding a lock that one of
  * its callbacks takes.
  *
+ * fork(2).  The library's fork handlers wait until no thread holds a library
+ * lock, so the child inherits a consistent tree: contexts, deadlines and
+ * done fds keep working in both processes.  The child's timer thread starts
+ * on its first call that waits (ctx_wait, ctx_sleep, ctx_cond_wait,
+ * ctx_done_fd) or makes a deadline; a child that only polls ctx_err on an
+ * inherited deadline must make one such call first.
+ *
  * Errors.  Constructors return NULL and set errno.  Other calls return 0 or
  * a positive errno-style code.  There is no hidden global error state.
  */
@@ -57,6 +64,12 @@
 
 #ifdef __cplusplus
 extern "C" {
+/* In C++ the function ctx_cancel and the type struct ctx_cancel share a
+ * name, which g++'s -Wshadow reports; the names are the contract's. */
+#if defined(__GNUC__)
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wshadow"
+#endif
 #endif
 
 /* ---------------------------------------------------------------------------
@@ -388,8 +401,9 @@ CTX_EXPORT void ctx_reset_allocator(void);
  * state; any other points, with the word at offset 0, at the context that
  * does.  The 32-bit state word at byte offset 24 carries err in its low
  * byte.  That much of the layout is part of the ABI of this major version.
- * Define CTX_NO_INLINE before including this header to call the exported
- * function instead.
+ * ctx_wait is wrapped the same way for a done context and a poll.  Define
+ * CTX_NO_INLINE before including this header to call the exported
+ * functions instead.
  */
 #if (defined(__GNUC__) || defined(__clang__)) && !defined(CTX_NO_INLINE)
 struct ctx_abi_node_ {
@@ -411,9 +425,23 @@ static inline int ctx_err_inline_(ctx_t *ctx)
     return (int)(__atomic_load_n(&n->state, __ATOMIC_ACQUIRE) & 0xffu);
 }
 #define ctx_err(ctx) ctx_err_inline_(ctx)
+
+/* ctx_wait answers a done context and a poll (timeout 0) without a call:
+ * Go's `select { case <-ctx.Done(): default: }` costs one load. */
+static inline int ctx_wait_inline_(ctx_t *ctx, ctx_duration_t timeout)
+{
+    int e = ctx_err_inline_(ctx);
+    if (e != 0 || timeout == 0)
+        return e;
+    return (ctx_wait)(ctx, timeout);
+}
+#define ctx_wait(ctx, timeout) ctx_wait_inline_((ctx), (timeout))
 #endif
 
 #ifdef __cplusplus
+#if defined(__GNUC__)
+#pragma GCC diagnostic pop
+#endif
 }
 #endif
 

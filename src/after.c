@@ -23,7 +23,7 @@ struct frame {
     struct ctx *r;
     struct frame *prev;
 };
-static _Thread_local struct frame *running;
+static CTX__TLS struct frame *running;
 
 /* The handle returned for a context that can never be done: fn never runs
  * and stopping it returns true.  Nothing is allocated for it. */
@@ -153,10 +153,14 @@ bool ctx_after_stop(ctx_after_t *stop)
  * Callback threads, for callbacks of contexts that end by deadline.
  *
  * The timer thread must never run user code, or one slow callback would
- * make every later deadline late.  It queues the records here instead.  A
- * worker takes one record at a time; before it runs one, it makes sure
- * another worker is free for the rest of the queue, so one blocked callback
- * never holds up another.  Workers that stay idle for a while exit.
+ * make every later deadline late.  It queues the records here instead, and
+ * one worker thread runs them in order, one at a time.  A callback that
+ * blocks must not hold up the others either: while the queue is not empty
+ * the timer thread looks at it every millisecond (ctx__after_watch), and if
+ * no worker has taken a record since its last look it starts another
+ * worker.  So a blocked callback delays the ones queued behind it by about
+ * a millisecond, and never delays a deadline.  Workers that stay idle for a
+ * while exit.
  */
 
 #include <pthread.h>
@@ -164,22 +168,25 @@ bool ctx_after_stop(ctx_after_t *stop)
 
 #define MAX_WORKERS 256
 #define IDLE_NS     (2 * CTX_SECOND)
+#define STALL_NS    CTX_MILLISECOND
 
 static struct {
     pthread_mutex_t mu;
     pthread_cond_t cv;
     struct ctx__link *head, **tail;
     int workers, idle;
-} X = { PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, NULL, &X.head, 0, 0 };
+    uint64_t taken;     /* records taken by workers, ever */
+    uint64_t seen;      /* `taken` at the watchdog's last look */
+    ctx_time_t seen_at; /* when `taken` last changed, as the watchdog saw */
+} X = { PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, NULL, &X.head, 0, 0, 0, 0, 0 };
 
 static void *worker_main(void *arg);
 
-/* Starts a worker when the queue has work and nobody is idle.  Under X.mu.
- * Returns false when no worker exists and none can be made. */
-static int ensure_worker_locked(void)
+/* Starts one more worker.  Under X.mu.  Returns 0 or an errno. */
+static int spawn_locked(void)
 {
-    if (X.head == NULL || X.idle > 0 || X.workers >= MAX_WORKERS)
-        return 1;
+    if (X.workers >= MAX_WORKERS)
+        return EAGAIN;
     pthread_attr_t a;
     pthread_attr_init(&a);
     pthread_attr_setdetachstate(&a, PTHREAD_CREATE_DETACHED);
@@ -193,9 +200,8 @@ static int ensure_worker_locked(void)
     if (e == 0) {
         X.workers++;
         X.idle++; /* counted idle until it takes a record */
-        return 1;
     }
-    return X.workers > 0;
+    return e;
 }
 
 static struct ctx *take_locked(void)
@@ -206,6 +212,7 @@ static struct ctx *take_locked(void)
     X.head = l->next;
     if (X.head == NULL)
         X.tail = &X.head;
+    X.taken++;
     return ctx__from_link(l);
 }
 
@@ -224,7 +231,6 @@ static void *worker_main(void *arg)
             continue;
         }
         X.idle--;
-        ensure_worker_locked(); /* someone else takes the rest */
         pthread_mutex_unlock(&X.mu);
         ctx__run_after(r);
         pthread_mutex_lock(&X.mu);
@@ -242,9 +248,9 @@ void ctx__after_defer(struct ctx__link *chain)
     *X.tail = chain;
     while (*X.tail != NULL)
         X.tail = &(*X.tail)->next;
-    int ok = ensure_worker_locked();
-    pthread_cond_signal(&X.cv);
-    if (!ok) {
+    if (X.idle > 0) {
+        pthread_cond_signal(&X.cv);
+    } else if (X.workers == 0 && spawn_locked() != 0) {
         /* No thread can be made and none exists: run them here rather than
          * never. */
         struct ctx *r;
@@ -255,6 +261,27 @@ void ctx__after_defer(struct ctx__link *chain)
         }
     }
     pthread_mutex_unlock(&X.mu);
+}
+
+int ctx__after_watch(ctx_time_t now)
+{
+    pthread_mutex_lock(&X.mu);
+    int pending = X.head != NULL;
+    if (pending && X.workers == 0)
+        spawn_locked(); /* a forked child's queue, or a worker that quit */
+    if (X.taken != X.seen || !pending) {
+        X.seen = X.taken;
+        X.seen_at = now;
+    } else if (now - X.seen_at >= STALL_NS) {
+        /* Nothing taken for a millisecond: every worker is inside a
+         * callback.  One more takes the rest. */
+        if (X.idle == 0)
+            spawn_locked();
+        pthread_cond_signal(&X.cv);
+        X.seen_at = now;
+    }
+    pthread_mutex_unlock(&X.mu);
+    return pending;
 }
 
 void ctx__after_atfork_prepare(void)
@@ -269,9 +296,10 @@ void ctx__after_atfork_parent(void)
 
 void ctx__after_atfork_child(void)
 {
-    /* The workers did not come along; queued callbacks get new ones. */
+    /* The workers did not come along.  Queued callbacks get a new one when
+     * the child's timer thread next looks at the queue (no thread may be
+     * started in a fork handler). */
     pthread_cond_init(&X.cv, NULL);
     X.workers = X.idle = 0;
-    ensure_worker_locked();
     pthread_mutex_unlock(&X.mu);
 }

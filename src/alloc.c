@@ -106,7 +106,7 @@ struct cache {
     unsigned n[2];
     int state; /* 0 new, 1 registered for flushing at thread exit, 2 gone */
 };
-static _Thread_local struct cache tc;
+static CTX__TLS struct cache tc;
 static pthread_key_t cache_key;
 static pthread_once_t cache_once = PTHREAD_ONCE_INIT;
 

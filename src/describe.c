@@ -209,9 +209,14 @@ static size_t deadline_text(const void *arg, char *buf, size_t size)
     const struct deadline_arg *a = arg;
     ctx_time_t d = 0;
     ctx_deadline((ctx_t *)a->c, &d);
-    ctx_duration_t left = d - a->now;
+    /* Saturating: a deadline may be anywhere in int64_t. */
+    ctx_duration_t left;
+    if (__builtin_sub_overflow(d, a->now, &left))
+        left = d < 0 ? INT64_MIN : INT64_MAX;
     char when[80], rest[48];
-    int64_t wall = a->wall_now + left; /* ns since the epoch */
+    int64_t wall; /* ns since the epoch */
+    if (__builtin_add_overflow(a->wall_now, left, &wall))
+        wall = left < 0 ? INT64_MIN : INT64_MAX;
     time_t sec = (time_t)(wall / CTX_SECOND);
     long nsec = (long)(wall % CTX_SECOND);
     if (nsec < 0) {
@@ -247,6 +252,15 @@ struct errtext {
 };
 static struct errtext *errtexts;
 static pthread_mutex_t errtexts_mu = PTHREAD_MUTEX_INITIALIZER;
+
+/* fork: take (0) or release (1) the error-text lock. */
+void ctx__describe_atfork(int release)
+{
+    if (release)
+        pthread_mutex_unlock(&errtexts_mu);
+    else
+        pthread_mutex_lock(&errtexts_mu);
+}
 
 const char *ctx_strerror(int err)
 {

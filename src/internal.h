@@ -38,6 +38,16 @@ enum ctx__kind {
 
 struct ctx__timer;
 
+/* Thread-local variables of the library.  The initial-exec model makes each
+ * access a single %fs-relative load in the shared library too, instead of a
+ * call to __tls_get_addr; the variables are a few words, well within the
+ * static TLS surplus that dynamic loaders keep for such libraries. */
+#if defined(__GNUC__) || defined(__clang__)
+#define CTX__TLS _Thread_local __attribute__((tls_model("initial-exec")))
+#else
+#define CTX__TLS _Thread_local
+#endif
+
 /* An intrusive doubly linked list entry.  pprev points at whatever points at
  * this entry (the list head or the previous entry's next), so removal is
  * O(1) without knowing the list.  pprev == NULL means "not in a list". */
@@ -225,22 +235,78 @@ void ctx__futex_wake(_Atomic uint32_t *addr, int count);
 /* ---- the node lock: a three-state futex mutex. */
 void ctx__lock_slow(_Atomic uint32_t *l);
 
-static inline void ctx__lock(_Atomic uint32_t *l)
+/* The bare lock, for fork's handlers (fork.c), which must not count
+ * themselves as lock holders. */
+static inline void ctx__lock_raw(_Atomic uint32_t *l)
 {
     uint32_t expected = 0;
-    /* Acquire: pairs with the release in ctx__unlock, publishing everything
-     * written under the lock by its previous holder. */
+    /* Acquire: pairs with the release in ctx__unlock_raw, publishing
+     * everything written under the lock by its previous holder. */
     if (atomic_compare_exchange_strong_explicit(l, &expected, 1, memory_order_acquire,
                                                 memory_order_relaxed))
         return;
     ctx__lock_slow(l);
 }
 
-static inline void ctx__unlock(_Atomic uint32_t *l)
+static inline void ctx__unlock_raw(_Atomic uint32_t *l)
 {
-    /* Release: pairs with the acquire in ctx__lock. */
+    /* Release: pairs with the acquire in ctx__lock_raw. */
     if (atomic_exchange_explicit(l, 0, memory_order_release) == 2)
         ctx__futex_wake(l, 1);
+}
+
+/* ---- fork safety (fork.c).  Every library lock is taken inside a "hold":
+ * a per-thread depth that fork's prepare handler waits to see at zero in
+ * every thread, so that a child process never inherits a lock held by a
+ * thread it does not have.  The outermost hold costs two relaxed stores
+ * and a relaxed load (fork.c explains the membarrier that makes that
+ * enough). */
+struct ctx__holder {
+    _Atomic uint32_t depth; /* read by the forking thread */
+    uint32_t plain;         /* the same, for this thread's own use */
+    int state;              /* 0 unregistered, 1 registered, 2 thread gone */
+    struct ctx__holder *next, *prev;
+};
+extern CTX__TLS struct ctx__holder ctx__me;
+extern _Atomic int ctx__forking;
+extern _Atomic int ctx__fence_needed;
+void ctx__hold_slow(void);
+
+static inline void ctx__hold(void)
+{
+    if (ctx__me.plain++ != 0)
+        return; /* already inside: the fork waits for us anyway */
+    if (ctx__me.state != 1) {
+        ctx__hold_slow();
+        return;
+    }
+    atomic_store_explicit(&ctx__me.depth, 1, memory_order_relaxed);
+    if (atomic_load_explicit(&ctx__fence_needed, memory_order_relaxed))
+        atomic_thread_fence(memory_order_seq_cst);
+    else
+        atomic_signal_fence(memory_order_seq_cst);
+    if (atomic_load_explicit(&ctx__forking, memory_order_relaxed))
+        ctx__hold_slow();
+}
+
+static inline void ctx__release(void)
+{
+    if (--ctx__me.plain == 0)
+        /* Release: what we did under the locks happens before the forking
+         * thread sees zero. */
+        atomic_store_explicit(&ctx__me.depth, 0, memory_order_release);
+}
+
+static inline void ctx__lock(_Atomic uint32_t *l)
+{
+    ctx__hold();
+    ctx__lock_raw(l);
+}
+
+static inline void ctx__unlock(_Atomic uint32_t *l)
+{
+    ctx__unlock_raw(l);
+    ctx__release();
 }
 
 /* ---- lists (under the owning node's lock) */
@@ -275,6 +341,21 @@ int ctx__try_ref(struct ctx *c);
 /* ---- time.c: the timer heap.  remove is called with the node's lock held
  * (lock order: node locks, then the timer lock). */
 void ctx__timer_remove(struct ctx__timer *t);
+/* fork handlers of the other files, called by fork.c's. */
+void ctx__time_atfork_prepare_fire(void);
+void ctx__time_atfork_prepare(void);
+void ctx__time_atfork_parent(void);
+void ctx__time_atfork_parent_fire(void);
+void ctx__time_atfork_child(void);
+void ctx__time_atfork_child_fire(void);
+void ctx__wait_atfork_prepare(void);
+void ctx__wait_atfork_parent(void);
+void ctx__wait_atfork_child(void);
+void ctx__fork_init(void);
+/* Starts the timer thread if deadlines are pending and it is not running
+ * (only after fork(2) in the child). */
+void ctx__timer_restart(void);
+void ctx__describe_atfork(int release);
 int ctx__clock_is_manual(void);
 
 /* ---- after.c */
@@ -283,6 +364,10 @@ void ctx__after_release(struct ctx *r);
 /* Hands a chain of AFTER records (linked through link.next) to the
  * callback threads. */
 void ctx__after_defer(struct ctx__link *chain);
+/* The timer thread's look at the callback queue (see after.c): starts a
+ * worker when the queue has not moved for a millisecond.  Returns nonzero
+ * while records are queued, so that the timer thread looks again soon. */
+int ctx__after_watch(ctx_time_t now);
 /* fork(2) support: quiesce the callback threads before, reset after. */
 void ctx__after_atfork_prepare(void);
 void ctx__after_atfork_parent(void);

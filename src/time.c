@@ -107,13 +107,21 @@ ctx_time_t ctx_time_from_wall(const struct timespec *wall)
         return ctx_now();
     struct timespec rt;
     clock_gettime(CLOCK_REALTIME, &rt);
-    /* Seconds first, so that a far-away instant saturates instead of
-     * overflowing. */
-    int64_t ds = (int64_t)wall->tv_sec - (int64_t)rt.tv_sec;
-    if (ds > INT64_MAX / CTX_SECOND - 1)
-        return INT64_MAX;
-    if (ds < INT64_MIN / CTX_SECOND + 1)
-        return INT64_MIN;
+    /* Seconds first, in unsigned arithmetic (the difference of two time_t
+     * can overflow int64_t), so that a far-away instant saturates. */
+    const uint64_t lim = INT64_MAX / CTX_SECOND - 1;
+    int64_t ws = (int64_t)wall->tv_sec, rs = (int64_t)rt.tv_sec, ds;
+    if (ws >= rs) {
+        uint64_t diff = (uint64_t)ws - (uint64_t)rs;
+        if (diff > lim)
+            return INT64_MAX;
+        ds = (int64_t)diff;
+    } else {
+        uint64_t diff = (uint64_t)rs - (uint64_t)ws;
+        if (diff > lim)
+            return INT64_MIN;
+        ds = -(int64_t)diff;
+    }
     ctx_duration_t d = ds * CTX_SECOND + ((int64_t)wall->tv_nsec - rt.tv_nsec);
     return add_sat(ctx_now(), d);
 }
@@ -179,10 +187,6 @@ static void heap_delete(struct shard *S, uint32_t i)
         publish_min(S);
 }
 
-static void atfork_prepare(void);
-static void atfork_parent(void);
-static void atfork_child(void);
-
 static void init_once(void)
 {
     pthread_condattr_t a;
@@ -192,7 +196,7 @@ static void init_once(void)
     pthread_condattr_destroy(&a);
     for (int i = 0; i < NSHARDS; i++)
         atomic_store_explicit(&T.shard[i].min, INT64_MAX, memory_order_relaxed);
-    pthread_atfork(atfork_prepare, atfork_parent, atfork_child);
+    ctx__fork_init();
     /* Release: pairs with the acquire in init(). */
     atomic_store_explicit(&T.ready, 1, memory_order_release);
 }
@@ -206,7 +210,7 @@ static void init(void)
 /* This thread's shard. */
 static unsigned my_shard(void)
 {
-    static _Thread_local unsigned mine;
+    static CTX__TLS unsigned mine;
     if (mine == 0)
         mine = 1 + atomic_fetch_add_explicit(&T.next, 1, memory_order_relaxed) % NSHARDS;
     return mine - 1;
@@ -341,9 +345,15 @@ static int pop_due(ctx_time_t now, struct ctx__timer **out)
         }
         struct ctx__timer *t = S->heap[0].t;
         heap_delete(S, 0);
-        /* A node whose count reached zero is being freed by a thread that
-         * waits for this lock to remove the entry: skip it. */
-        *out = ctx__try_ref(&t->base) ? t : NULL;
+        /* Skip a node that is already done (its canceller is about to
+         * remove this entry, or died doing so in a fork's parent: never
+         * touch its locks) or whose count reached zero (a thread freeing it
+         * waits for this lock to remove the entry).  Either way the node
+         * is still allocated while we hold the shard lock. */
+        if (atomic_load_explicit(&t->base.u.c.state, memory_order_acquire) & CTX__ERR_MASK)
+            *out = NULL;
+        else
+            *out = ctx__try_ref(&t->base) ? t : NULL;
         ctx__unlock(&S->mu);
         return 1;
     }
@@ -368,9 +378,14 @@ static void *timer_main(void *arg)
             }
             int64_t m;
             earliest_shard(&m);
-            if (m <= real_now())
+            ctx_time_t now = real_now();
+            if (m <= now)
                 break;
             T.wake = m;
+            /* While deadline callbacks wait for a worker, look at them
+             * every millisecond (after.c explains why). */
+            if (ctx__after_watch(now) && m > now + CTX_MILLISECOND)
+                m = now + CTX_MILLISECOND;
             if (m == INT64_MAX) {
                 pthread_cond_wait(&T.cv, &T.mu);
             } else {
@@ -441,49 +456,74 @@ int ctx_clock_advance(ctx_duration_t d)
 }
 
 /* ---------------------------------------------------------------------------
- * fork(2): the child gets a copy of the heaps but not the timer thread.  The
- * prepare handler waits until no thread is cancelling expired timers (so
- * the child inherits no node lock held by the timer thread) and holds every
- * library lock it can, and the child restarts the thread if it has
- * deadlines.
+ * fork(2), called by fork.c's handlers in this order: prepare_fire, (all
+ * lock holders drain), prepare; then parent or child, then *_fire.  The
+ * child gets a copy of the heaps but not the timer thread; it restarts the
+ * thread if it has deadlines.
  */
 
-static void atfork_prepare(void)
+void ctx__time_atfork_prepare_fire(void)
 {
-    pthread_mutex_lock(&T.fire);
+    pthread_mutex_lock(&T.fire); /* the timer thread finishes what it fires */
+}
+
+void ctx__time_atfork_prepare(void)
+{
     pthread_mutex_lock(&T.mu);
     for (int i = 0; i < NSHARDS; i++)
-        ctx__lock(&T.shard[i].mu);
+        ctx__lock_raw(&T.shard[i].mu);
     ctx__after_atfork_prepare();
 }
 
-static void atfork_parent(void)
+void ctx__time_atfork_parent(void)
 {
     ctx__after_atfork_parent();
     for (int i = NSHARDS - 1; i >= 0; i--)
-        ctx__unlock(&T.shard[i].mu);
+        ctx__unlock_raw(&T.shard[i].mu);
     pthread_mutex_unlock(&T.mu);
+}
+
+void ctx__time_atfork_parent_fire(void)
+{
     pthread_mutex_unlock(&T.fire);
 }
 
-static void atfork_child(void)
+void ctx__time_atfork_child(void)
 {
     ctx__after_atfork_child();
     for (int i = NSHARDS - 1; i >= 0; i--)
-        ctx__unlock(&T.shard[i].mu);
-    pthread_condattr_t a;
-    pthread_condattr_init(&a);
-    pthread_condattr_setclock(&a, CLOCK_MONOTONIC);
-    pthread_cond_init(&T.cv, &a);
-    pthread_condattr_destroy(&a);
+        ctx__unlock_raw(&T.shard[i].mu);
+    if (atomic_load_explicit(&T.ready, memory_order_acquire)) {
+        pthread_condattr_t a;
+        pthread_condattr_init(&a);
+        pthread_condattr_setclock(&a, CLOCK_MONOTONIC);
+        pthread_cond_init(&T.cv, &a);
+        pthread_condattr_destroy(&a);
+    }
     atomic_store_explicit(&T.started, 0, memory_order_relaxed);
     T.wake = INT64_MAX;
+    pthread_mutex_unlock(&T.mu);
+}
+
+void ctx__time_atfork_child_fire(void)
+{
+    pthread_mutex_unlock(&T.fire);
+}
+
+/* A forked child has no timer thread, and may not start one in its fork
+ * handler: POSIX allows only async-signal-safe calls there, and sanitizer
+ * runtimes do strand a thread made at that point.  So the child starts it
+ * here, from the first call that waits or makes a deadline (T.started is 0
+ * in the child while deadlines are pending). */
+void ctx__timer_restart(void)
+{
+    if (atomic_load_explicit(&T.started, memory_order_relaxed) ||
+        !atomic_load_explicit(&T.ready, memory_order_acquire))
+        return;
     int64_t m;
     earliest_shard(&m);
     if (m != INT64_MAX)
-        start_thread_locked();
-    pthread_mutex_unlock(&T.mu);
-    pthread_mutex_unlock(&T.fire);
+        ensure_thread();
 }
 
 /* ---------------------------------------------------------------------------

@@ -193,12 +193,19 @@ static void mark(struct ctx *n, uint32_t err, int cause, struct ctx__msg *msg)
      * and the waiters; publishes cause and msg. */
     uint32_t old = atomic_load_explicit(&n->u.c.state, memory_order_relaxed);
     atomic_store_explicit(&n->u.c.state, old | err, memory_order_release);
-    if (ctx__kind(n) == CTX__TIMER)
-        ctx__timer_remove((struct ctx__timer *)n); /* a done node's timer is gone at once */
     if (old & CTX__WAITERS)
         ctx__futex_wake(&n->u.c.state, INT32_MAX);
     if (old & CTX__HAS_FD)
         ctx__fd_signal(n);
+}
+
+/* mark() for a node that may have a timer: a done node's timer is removed at
+ * once.  (A node born done never had one.) */
+static void mark_live(struct ctx *n, uint32_t err, int cause, struct ctx__msg *msg)
+{
+    mark(n, err, cause, msg);
+    if (ctx__kind(n) == CTX__TIMER)
+        ctx__timer_remove((struct ctx__timer *)n);
 }
 
 /*
@@ -306,7 +313,7 @@ void ctx__cancel(struct ctx *n, uint32_t err, int cause, struct ctx__msg *msg, i
         ctx__unlock(&n->lock);
         return;
     }
-    mark(n, err, cause, msg);
+    mark_live(n, err, cause, msg);
 
     struct ctx__link *callbacks = NULL; /* AFTER records to run */
     struct ctx *x = n;                  /* current node: locked and done */
@@ -340,7 +347,7 @@ void ctx__cancel(struct ctx *n, uint32_t err, int cause, struct ctx__msg *msg, i
             ctx__unlock(&y->lock);
             continue;
         }
-        mark(y, err, cause, msg);
+        mark_live(y, err, cause, msg);
         l->next = x == n ? NULL : &x->u.c.link; /* push y on the path */
         x = y;
     }

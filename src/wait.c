@@ -34,7 +34,8 @@ static ctx_time_t add_sat(ctx_time_t now, ctx_duration_t d)
     return d > INT64_MAX - now ? INT64_MAX : now + d;
 }
 
-int ctx_wait(ctx_t *c, ctx_duration_t timeout)
+/* The parentheses keep ctx.h's inline macro from expanding here. */
+int(ctx_wait)(ctx_t *c, ctx_duration_t timeout)
 {
     if (c == NULL)
         return EINVAL;
@@ -46,6 +47,7 @@ int ctx_wait(ctx_t *c, ctx_duration_t timeout)
         return (int)(s & CTX__ERR_MASK);
     if (timeout == 0 || (timeout < 0 && timeout != CTX_FOREVER))
         return 0;
+    ctx__timer_restart(); /* see time.c: after fork, in the child */
     if (timeout != CTX_FOREVER && ctx__clock_is_manual()) {
         /* Under the manual clock a timeout is a deadline like any other:
          * wait on a child that ctx_clock_advance() ends. */
@@ -205,6 +207,7 @@ int ctx_done_fd(ctx_t *c)
         errno = 0; /* can never be done: like Go's nil Done channel */
         return -1;
     }
+    ctx__timer_restart(); /* see time.c: after fork, in the child */
     /* Acquire: pairs with the release that set HAS_FD after the entry was
      * in the table. */
     if (atomic_load_explicit(&o->u.c.state, memory_order_acquire) & CTX__HAS_FD)
@@ -283,6 +286,7 @@ int ctx_cond_wait(ctx_t *c, pthread_cond_t *cond, pthread_mutex_t *mu)
     int e = ctx_err(c);
     if (e != 0)
         return e;
+    ctx__timer_restart(); /* see time.c: after fork, in the child */
     struct condw w = { cond, mu, pthread_self(), 1 };
     ctx_after_t *stop;
     e = ctx_after_func(c, condw_fn, &w, &stop);
@@ -297,4 +301,26 @@ int ctx_cond_wait(ctx_t *c, pthread_cond_t *cond, pthread_mutex_t *mu)
     ctx_after_stop(stop);
     pthread_mutex_lock(mu);
     return ctx_err(c);
+}
+
+/* ---------------------------------------------------------------------------
+ * fork(2) (fork.c calls these after every lock holder has drained)
+ */
+
+void ctx__wait_atfork_prepare(void)
+{
+    pthread_mutex_lock(&fd_mu);
+    ctx__describe_atfork(0);
+}
+
+void ctx__wait_atfork_parent(void)
+{
+    ctx__describe_atfork(1);
+    pthread_mutex_unlock(&fd_mu);
+}
+
+void ctx__wait_atfork_child(void)
+{
+    ctx__describe_atfork(1);
+    pthread_mutex_unlock(&fd_mu);
 }
