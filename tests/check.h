@@ -48,7 +48,7 @@
 #define CHECK_SKIP_CODE 77
 
 #if defined(__GNUC__) || defined(__clang__)
-#define CHECK_NORETURN_ __attribute__((noreturn))
+#define CHECK_NORETURN_     __attribute__((noreturn))
 #define CHECK_PRINTF_(a, b) __attribute__((format(printf, a, b)))
 #else
 #define CHECK_NORETURN_
@@ -59,8 +59,8 @@
  * Failing and skipping
  */
 
-static inline CHECK_NORETURN_ CHECK_PRINTF_(3, 4) void
-check_fail_(const char *file, int line, const char *fmt, ...)
+static inline CHECK_NORETURN_ CHECK_PRINTF_(3, 4) void check_fail_(const char *file, int line,
+                                                                   const char *fmt, ...)
 {
     va_list ap;
     fprintf(stderr, "%s:%d: check failed: ", file, line);
@@ -140,8 +140,9 @@ check_fail_(const char *file, int line, const char *fmt, ...)
     do {                                                                                           \
         const char *check_a_ = (a);                                                                \
         const char *check_b_ = (b);                                                                \
-        bool check_same_ = (check_a_ == NULL || check_b_ == NULL) ? check_a_ == check_b_           \
-                                                                  : strcmp(check_a_, check_b_) == 0; \
+        bool check_same_ = (check_a_ == NULL || check_b_ == NULL)                                  \
+                               ? check_a_ == check_b_                                              \
+                               : strcmp(check_a_, check_b_) == 0;                                  \
         if (!check_same_)                                                                          \
             check_fail_(__FILE__, __LINE__, "%s == %s: \"%s\" != \"%s\"", #a, #b,                  \
                         check_a_ ? check_a_ : "(null)", check_b_ ? check_b_ : "(null)");           \
@@ -352,7 +353,7 @@ static inline bool check_thread_sleeping(long tid)
 static inline void check_wait_sleeping(long tid, int max_ms)
 {
     for (int i = 0; i < max_ms && !check_thread_sleeping(tid); i++) {
-        struct timespec ts = {0, 1000000};
+        struct timespec ts = { 0, 1000000 };
         nanosleep(&ts, NULL);
     }
 }
@@ -423,7 +424,7 @@ typedef struct check_alloc_state {
 
 static inline check_alloc_state_t *check_alloc_state_(void)
 {
-    static check_alloc_state_t s = {0, 0, 0, -1, 0, 0};
+    static check_alloc_state_t s = { 0, 0, 0, -1, 0, 0 };
     return &s;
 }
 

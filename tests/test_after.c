@@ -9,8 +9,8 @@
  */
 #include "check.h"
 
-static const ctx_custom_ops_t other_ops = {.name = "Other"};
-static const ctx_key_t some_key = {.name = "k"};
+static const ctx_custom_ops_t other_ops = { .name = "Other" };
+static const ctx_key_t some_key = { .name = "k" };
 
 /* A callback that counts its runs and remembers its thread. */
 struct probe {
@@ -39,7 +39,7 @@ static void must_not_run(void *arg)
  * returns false. */
 static void test_called_after_cancel(void)
 {
-    struct probe p = {0};
+    struct probe p = { 0 };
     ctx_cancel_t *cancel;
     ctx_t *c = ctx_with_cancel(ctx_background(), &cancel);
     CHECK_NOT_NULL(c);
@@ -81,7 +81,7 @@ static void test_called_immediately(void)
     CHECK_NOT_NULL(c);
     ctx_cancel(cancel);
 
-    struct probe p = {0};
+    struct probe p = { 0 };
     ctx_after_t *stop = NULL;
     CHECK_EQ_INT(ctx_after_func(c, probe_fn, &p, &stop), 0);
     CHECK_EQ_INT(atomic_load(&p.ran), 1);
@@ -89,14 +89,14 @@ static void test_called_immediately(void)
     CHECK_NOT_NULL(stop);
     CHECK(!ctx_after_stop(stop));
 
-    struct probe q = {0};
+    struct probe q = { 0 };
     CHECK_EQ_INT(ctx_after_func(c, probe_fn, &q, NULL), 0);
     CHECK_EQ_INT(atomic_load(&q.ran), 1);
 
     /* A child born done counts as done too. */
     ctx_t *child = ctx_with_value(c, &some_key, NULL, NULL);
     CHECK_NOT_NULL(child);
-    struct probe r = {0};
+    struct probe r = { 0 };
     CHECK_EQ_INT(ctx_after_func(child, probe_fn, &r, NULL), 0);
     CHECK_EQ_INT(atomic_load(&r.ran), 1);
     ctx_unref(child);
@@ -110,7 +110,7 @@ static void test_fire_and_forget(void)
     ctx_cancel_t *cancel;
     ctx_t *c = ctx_with_cancel(ctx_background(), &cancel);
     CHECK_NOT_NULL(c);
-    struct probe p[4] = {0};
+    struct probe p[4] = { 0 };
     for (int i = 0; i < 4; i++)
         CHECK_EQ_INT(ctx_after_func(c, probe_fn, &p[i], NULL), 0);
     ctx_cancel(cancel);
@@ -132,14 +132,14 @@ static void count_destroy(void *v)
 
 static void test_unowned_child(void)
 {
-    static const ctx_key_t key = {.name = "k"};
+    static const ctx_key_t key = { .name = "k" };
     ctx_cancel_t *pcancel;
     ctx_t *parent = ctx_with_cancel(ctx_background(), &pcancel);
     CHECK_NOT_NULL(parent);
 
     /* Fire-and-forget on a dropped cancel child and a dropped value child. */
     atomic_store(&destroyed, 0);
-    struct probe a = {0}, b = {0};
+    struct probe a = { 0 }, b = { 0 };
     ctx_t *child = ctx_with_cancel(parent, NULL);
     CHECK_NOT_NULL(child);
     CHECK_EQ_INT(ctx_after_func(child, probe_fn, &a, NULL), 0);
@@ -161,7 +161,7 @@ static void test_unowned_child(void)
     CHECK_EQ_INT(atomic_load(&destroyed), 1);
 
     /* With a stop handle kept across the cancel. */
-    struct probe c = {0};
+    struct probe c = { 0 };
     ctx_t *v3 = ctx_with_value(parent, &key, NULL, count_destroy);
     CHECK_NOT_NULL(v3);
     ctx_after_t *stop3;
@@ -260,7 +260,7 @@ static void *cancel_on_thread(void *arg)
 
 static void test_thread_and_order(void)
 {
-    struct subtree s = {0};
+    struct subtree s = { 0 };
     ctx_cancel_t *cancel;
     s.p = ctx_with_cancel(ctx_background(), &cancel);
     CHECK_NOT_NULL(s.p);
@@ -277,7 +277,7 @@ static void test_thread_and_order(void)
     CHECK_EQ_INT(ctx_after_func(s.grand, on_grand, &s, NULL), 0);
     CHECK_EQ_INT(ctx_after_func(s.p, on_parent, &s, NULL), 0);
 
-    struct cancel_job j = {cancel, 0, NULL, pthread_self()};
+    struct cancel_job j = { cancel, 0, NULL, pthread_self() };
     pthread_t t;
     check_thread_start(&t, cancel_on_thread, &j);
     check_thread_join(t);
@@ -338,7 +338,7 @@ static void test_stop_waits_for_fn(void)
     CHECK_NOT_NULL(c);
     CHECK_EQ_INT(ctx_after_func(c, blocking_fn, &b, &b.stop), 0);
 
-    struct cancel_job j = {cancel, 0, NULL, pthread_self()};
+    struct cancel_job j = { cancel, 0, NULL, pthread_self() };
     pthread_t canceller, stop_thread;
     check_thread_start(&canceller, cancel_on_thread, &j);
     check_latch_wait(&b.started); /* fn is running on the canceller */
@@ -391,7 +391,7 @@ static void test_stop_inside_fn(void)
     ctx_cancel_t *cancel;
     ctx_t *c = ctx_with_cancel(ctx_background(), &cancel);
     CHECK_NOT_NULL(c);
-    struct self_stop s = {NULL, -1, 0, NULL};
+    struct self_stop s = { NULL, -1, 0, NULL };
     CHECK_EQ_INT(ctx_after_func(c, self_stopping_fn, &s, &s.stop), 0);
     ctx_cancel(cancel);
     CHECK_EQ_INT(s.ran, 1);
@@ -404,7 +404,7 @@ static void test_stop_inside_fn(void)
     ctx_t *b = ctx_with_cancel(ctx_background(), &cb);
     CHECK_NOT_NULL(a);
     CHECK_NOT_NULL(b);
-    struct self_stop first = {NULL, -1, 0, cb};
+    struct self_stop first = { NULL, -1, 0, cb };
     CHECK_EQ_INT(ctx_after_func(a, cancel_other_fn, &first, &first.stop), 0);
     CHECK_EQ_INT(ctx_after_func(b, stop_first_fn, &first, NULL), 0);
     ctx_cancel(ca);
@@ -546,11 +546,11 @@ static void test_custom_context(void)
     CHECK_EQ_INT(check_alloc_live(), base);
     CHECK_NOT_DONE(custom);
 
-    struct probe p = {0};
+    struct probe p = { 0 };
     ctx_t *child = ctx_with_cancel(custom, NULL);
     CHECK_NOT_NULL(child);
     CHECK_EQ_INT(ctx_after_func(custom, probe_fn, &p, NULL), 0);
-    struct cancel_job j = {ccancel, ECONNABORTED, "outside", pthread_self()};
+    struct cancel_job j = { ccancel, ECONNABORTED, "outside", pthread_self() };
     pthread_t t;
     check_thread_start(&t, cancel_on_thread, &j);
     check_thread_join(t);
@@ -595,8 +595,8 @@ static void test_stop_cancel_race(void)
     pthread_barrier_init(&start, NULL, 2);
     long rounds = check_scale(3000), stopped = 0;
     for (long i = 0; i < rounds; i++) {
-        struct probe p = {0};
-        struct race r = {&start, NULL, NULL, &p, -1, -1};
+        struct probe p = { 0 };
+        struct race r = { &start, NULL, NULL, &p, -1, -1 };
         ctx_t *c = ctx_with_cancel(ctx_background(), &r.cancel);
         CHECK_NOT_NULL(c);
         CHECK_EQ_INT(ctx_after_func(c, probe_fn, &p, &r.stop), 0);
@@ -651,8 +651,8 @@ static void test_register_cancel_race(void)
     pthread_barrier_init(&start, NULL, 2);
     long rounds = check_scale(3000);
     for (long i = 0; i < rounds; i++) {
-        struct probe p = {0};
-        struct reg_race r = {&start, NULL, NULL, &p, NULL, i % 2 == 0};
+        struct probe p = { 0 };
+        struct reg_race r = { &start, NULL, NULL, &p, NULL, i % 2 == 0 };
         ctx_t *root = ctx_with_cancel(ctx_background(), &r.cancel);
         CHECK_NOT_NULL(root);
         /* Register on a grandchild, so the cancel has a walk to do. */

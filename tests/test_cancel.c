@@ -12,15 +12,15 @@
 
 /* A custom context with no hooks stands in for Go's otherContext: a parent
  * that is not one of the library's plain kinds. */
-static const ctx_custom_ops_t other_ops = {.name = "Other"};
-static const ctx_key_t k_absent = {.name = "absent"};
+static const ctx_custom_ops_t other_ops = { .name = "Other" };
+static const ctx_key_t k_absent = { .name = "absent" };
 
 /* true when the done fd of c is readable right now. */
 static bool fd_readable(ctx_t *c)
 {
     int fd = ctx_done_fd(c);
     CHECK_MSG(fd >= 0, "ctx_done_fd: errno %d", errno);
-    struct pollfd p = {.fd = fd, .events = POLLIN};
+    struct pollfd p = { .fd = fd, .events = POLLIN };
     int n = poll(&p, 1, 0);
     CHECK(n >= 0);
     return n == 1 && (p.revents & POLLIN) != 0;
@@ -39,7 +39,7 @@ static void test_with_cancel(void)
     CHECK_NOT_NULL(o);
     ctx_t *c2 = ctx_with_cancel(o, NULL);
     CHECK_NOT_NULL(c2);
-    ctx_t *all[] = {c1, o, c2};
+    ctx_t *all[] = { c1, o, c2 };
 
     for (int i = 0; i < 3; i++) {
         CHECK_NOT_DONE(all[i]);
@@ -64,7 +64,7 @@ static void test_with_cancel(void)
  * done at birth. */
 static void test_parent_finishes_child(void)
 {
-    static const ctx_key_t key = {.name = "key"};
+    static const ctx_key_t key = { .name = "key" };
     ctx_cancel_t *cancel;
     ctx_t *parent = ctx_with_cancel(ctx_background(), &cancel);
     CHECK_NOT_NULL(parent);
@@ -104,7 +104,7 @@ static void test_child_finishes_first(void)
 {
     ctx_t *cancelable = ctx_with_cancel(ctx_background(), NULL);
     CHECK_NOT_NULL(cancelable);
-    ctx_t *parents[] = {ctx_background(), cancelable};
+    ctx_t *parents[] = { ctx_background(), cancelable };
     for (int i = 0; i < 2; i++) {
         ctx_cancel_t *cancel;
         ctx_t *child = ctx_with_cancel(parents[i], &cancel);
@@ -123,7 +123,7 @@ static void test_child_finishes_first(void)
  * their subtrees); its own subtree is done. */
 static void test_siblings_untouched(void)
 {
-    static const ctx_key_t key = {.name = "k"};
+    static const ctx_key_t key = { .name = "k" };
     ctx_t *parent = ctx_with_cancel(ctx_background(), NULL);
     CHECK_NOT_NULL(parent);
     ctx_t *child[3], *grand[3];
@@ -230,7 +230,7 @@ static void test_cancel_null(void)
  * the exception: it is never done. */
 static void test_born_done(void)
 {
-    static const ctx_key_t key = {.name = "k"};
+    static const ctx_key_t key = { .name = "k" };
     ctx_cancel_t *pcancel;
     ctx_t *parent = ctx_with_cancel(ctx_background(), &pcancel);
     CHECK_NOT_NULL(parent);
@@ -353,8 +353,8 @@ struct node {
     ctx_cancel_t *cancel; /* NULL for kinds that cannot be cancelled by hand */
     int parent;           /* index, -1 for a child of background */
     enum kind kind;
-    int own;              /* event that cancelled it by hand, or NO_EVENT */
-    int eff;              /* event that made it done, or NO_EVENT */
+    int own; /* event that cancelled it by hand, or NO_EVENT */
+    int eff; /* event that made it done, or NO_EVENT */
 };
 
 #define NO_EVENT 0x7fffffff
@@ -388,8 +388,9 @@ static void model_check(struct node *n, int count, struct event *ev)
         const char *msg = NULL;
         int cause = ctx_cause(n[i].ctx, &msg);
         if (n[i].eff == NO_EVENT) {
-            CHECK_MSG(err == 0 && cause == 0, "node %d (kind %d) should not be done: err %d cause %d",
-                      i, n[i].kind, err, cause);
+            CHECK_MSG(err == 0 && cause == 0,
+                      "node %d (kind %d) should not be done: err %d cause %d", i, n[i].kind, err,
+                      cause);
             continue;
         }
         struct event *e = &ev[n[i].eff];
@@ -436,7 +437,7 @@ static void make_node(struct node *n, int i, int parent, enum kind kind, const c
  * message, a code without one (its text is then the C library's). */
 static void make_event(struct event *ev, int t, check_rng_t *r)
 {
-    static const int codes[] = {EPIPE, ECONNRESET, EIO, ENOENT, EACCES, ENOSPC, EHOSTDOWN};
+    static const int codes[] = { EPIPE, ECONNRESET, EIO, ENOENT, EACCES, ENOSPC, EHOSTDOWN };
     struct event *e = &ev[t];
     switch (check_rng_below(r, 3)) {
     case 0:
@@ -546,8 +547,11 @@ static void test_random_tree(void)
         for (int i = 0; i < count; i++) {
             /* Mostly cancel nodes; prefer recent parents for some depth. */
             unsigned pick = check_rng_below(&r, 10);
-            enum kind k = pick < 5 ? K_CANCEL : pick < 7 ? K_VALUE : pick < 8 ? K_CUSTOM
-                                                 : pick < 9 ? K_TIMER : K_WITHOUT;
+            enum kind k = pick < 5   ? K_CANCEL
+                          : pick < 7 ? K_VALUE
+                          : pick < 8 ? K_CUSTOM
+                          : pick < 9 ? K_TIMER
+                                     : K_WITHOUT;
             int parent;
             if (i == 0)
                 parent = -1;
@@ -633,7 +637,7 @@ static void test_cancel_reaches_deep_callbacks(void)
  * once however many contexts it reaches; the roots cost nothing. */
 static void test_allocs(void)
 {
-    static const ctx_key_t key = {.name = "k"};
+    static const ctx_key_t key = { .name = "k" };
     long before = check_alloc_total();
     ctx_t *bg = ctx_background();
     ctx_ref(bg);

@@ -154,7 +154,7 @@ static ctx_t *make_child_cause_before_nil(void)
 /* A cause given through a value layer in between reaches the bottom. */
 static ctx_t *make_cause_through_value(void)
 {
-    static const ctx_key_t key = {.name = "k"};
+    static const ctx_key_t key = { .name = "k" };
     ctx_cancel_t *pc;
     ctx_t *p = ctx_with_cancel(ctx_background(), &pc);
     CHECK_NOT_NULL(p);
@@ -278,47 +278,47 @@ static void test_cause_table(void)
     char enospc[128];
     snprintf(enospc, sizeof enospc, "%s", strerror(ENOSPC));
     const struct row rows[] = {
-        {"Background", make_background, 0, 0, NULL},
-        {"TODO", make_todo, 0, 0, NULL},
-        {"WithCancel", make_with_cancel, CTX_CANCELED, CTX_CANCELED, "context canceled"},
-        {"WithCancelCause", make_with_cancel_cause, CTX_CANCELED, PARENT_CAUSE, "parentCause"},
-        {"WithCancelCause nil", make_with_cancel_cause_nil, CTX_CANCELED, CTX_CANCELED,
-         "context canceled"},
-        {"cause without message", make_cause_without_msg, CTX_CANCELED, ENOSPC, enospc},
-        {"CTX_CANCELED with message", make_canceled_with_msg, CTX_CANCELED, CTX_CANCELED,
-         "shutting down"},
-        {"no code, with message", make_no_code_with_msg, CTX_CANCELED, CTX_CANCELED,
-         "closing time"},
-        {"parent cause before child", make_parent_cause_before_child, CTX_CANCELED, PARENT_CAUSE,
-         "parentCause"},
-        {"parent cause after child", make_parent_cause_after_child, CTX_CANCELED, CHILD_CAUSE,
-         "childCause"},
-        {"parent cause before nil", make_parent_cause_before_nil, CTX_CANCELED, PARENT_CAUSE,
-         "parentCause"},
-        {"parent cause after nil", make_parent_cause_after_nil, CTX_CANCELED, CTX_CANCELED,
-         "context canceled"},
-        {"child cause after nil", make_child_cause_after_nil, CTX_CANCELED, CTX_CANCELED,
-         "context canceled"},
-        {"child cause before nil", make_child_cause_before_nil, CTX_CANCELED, CHILD_CAUSE,
-         "childCause"},
-        {"cause through a value layer", make_cause_through_value, CTX_CANCELED, PARENT_CAUSE,
-         "parentCause"},
-        {"born under a cancelled parent", make_born_under_cause, CTX_CANCELED, PARENT_CAUSE,
-         "Because!"},
-        {"WithTimeout", make_with_timeout, CTX_DEADLINE_EXCEEDED, CTX_DEADLINE_EXCEEDED,
-         "context deadline exceeded"},
-        {"WithTimeout canceled", make_with_timeout_canceled, CTX_CANCELED, CTX_CANCELED,
-         "context canceled"},
-        {"WithTimeoutCause", make_with_timeout_cause, CTX_DEADLINE_EXCEEDED, TOO_SLOW, "tooSlow"},
-        {"WithTimeoutCause canceled", make_with_timeout_cause_canceled, CTX_CANCELED,
-         CTX_CANCELED, "context canceled"},
-        {"WithTimeoutCause stacked", make_with_timeout_cause_stacked, CTX_DEADLINE_EXCEEDED,
-         TOO_SLOW, "tooSlow"},
-        {"WithTimeoutCause stacked canceled", make_with_timeout_cause_stacked_canceled,
-         CTX_CANCELED, FINISHED_EARLY, "finishedEarly"},
-        {"WithoutCancel", make_without_cancel, 0, 0, NULL},
-        {"WithoutCancel canceled", make_without_cancel_canceled, 0, 0, NULL},
-        {"WithoutCancel timeout", make_without_cancel_timeout, 0, 0, NULL},
+        { "Background", make_background, 0, 0, NULL },
+        { "TODO", make_todo, 0, 0, NULL },
+        { "WithCancel", make_with_cancel, CTX_CANCELED, CTX_CANCELED, "context canceled" },
+        { "WithCancelCause", make_with_cancel_cause, CTX_CANCELED, PARENT_CAUSE, "parentCause" },
+        { "WithCancelCause nil", make_with_cancel_cause_nil, CTX_CANCELED, CTX_CANCELED,
+          "context canceled" },
+        { "cause without message", make_cause_without_msg, CTX_CANCELED, ENOSPC, enospc },
+        { "CTX_CANCELED with message", make_canceled_with_msg, CTX_CANCELED, CTX_CANCELED,
+          "shutting down" },
+        { "no code, with message", make_no_code_with_msg, CTX_CANCELED, CTX_CANCELED,
+          "closing time" },
+        { "parent cause before child", make_parent_cause_before_child, CTX_CANCELED, PARENT_CAUSE,
+          "parentCause" },
+        { "parent cause after child", make_parent_cause_after_child, CTX_CANCELED, CHILD_CAUSE,
+          "childCause" },
+        { "parent cause before nil", make_parent_cause_before_nil, CTX_CANCELED, PARENT_CAUSE,
+          "parentCause" },
+        { "parent cause after nil", make_parent_cause_after_nil, CTX_CANCELED, CTX_CANCELED,
+          "context canceled" },
+        { "child cause after nil", make_child_cause_after_nil, CTX_CANCELED, CTX_CANCELED,
+          "context canceled" },
+        { "child cause before nil", make_child_cause_before_nil, CTX_CANCELED, CHILD_CAUSE,
+          "childCause" },
+        { "cause through a value layer", make_cause_through_value, CTX_CANCELED, PARENT_CAUSE,
+          "parentCause" },
+        { "born under a cancelled parent", make_born_under_cause, CTX_CANCELED, PARENT_CAUSE,
+          "Because!" },
+        { "WithTimeout", make_with_timeout, CTX_DEADLINE_EXCEEDED, CTX_DEADLINE_EXCEEDED,
+          "context deadline exceeded" },
+        { "WithTimeout canceled", make_with_timeout_canceled, CTX_CANCELED, CTX_CANCELED,
+          "context canceled" },
+        { "WithTimeoutCause", make_with_timeout_cause, CTX_DEADLINE_EXCEEDED, TOO_SLOW, "tooSlow" },
+        { "WithTimeoutCause canceled", make_with_timeout_cause_canceled, CTX_CANCELED, CTX_CANCELED,
+          "context canceled" },
+        { "WithTimeoutCause stacked", make_with_timeout_cause_stacked, CTX_DEADLINE_EXCEEDED,
+          TOO_SLOW, "tooSlow" },
+        { "WithTimeoutCause stacked canceled", make_with_timeout_cause_stacked_canceled,
+          CTX_CANCELED, FINISHED_EARLY, "finishedEarly" },
+        { "WithoutCancel", make_without_cancel, 0, 0, NULL },
+        { "WithoutCancel canceled", make_without_cancel_canceled, 0, 0, NULL },
+        { "WithoutCancel timeout", make_without_cancel_timeout, 0, 0, NULL },
     };
     for (size_t i = 0; i < sizeof rows / sizeof rows[0]; i++) {
         const struct row *t = &rows[i];
@@ -356,7 +356,7 @@ static void test_strerror(void)
     CHECK_EQ_INT(CTX_CANCELED, ECANCELED);
     CHECK_STR(ctx_strerror(CTX_CANCELED), "context canceled");
     CHECK_STR(ctx_strerror(CTX_DEADLINE_EXCEEDED), "context deadline exceeded");
-    const int others[] = {EPIPE, EINVAL, ENOMEM, ENOENT, EAGAIN, EIO, ETIME};
+    const int others[] = { EPIPE, EINVAL, ENOMEM, ENOENT, EAGAIN, EIO, ETIME };
     for (size_t i = 0; i < sizeof others / sizeof others[0]; i++) {
         char want[128];
         snprintf(want, sizeof want, "%s", strerror(others[i]));
@@ -439,8 +439,8 @@ static void test_cause_race(void)
         pthread_barrier_wait(&start);
         for (;;) {
             int seen_err[2], seen_cause[2];
-            const char *seen_msg[2] = {NULL, NULL};
-            ctx_t *pair[2] = {r.ctx, child};
+            const char *seen_msg[2] = { NULL, NULL };
+            ctx_t *pair[2] = { r.ctx, child };
             for (int k = 0; k < 2; k++) {
                 seen_err[k] = ctx_err(pair[k]);
                 seen_cause[k] = ctx_cause(pair[k], &seen_msg[k]);

@@ -8,8 +8,8 @@
  */
 #include "check.h"
 
-static const ctx_key_t key = {.name = "k"};
-static const ctx_custom_ops_t other_ops = {.name = "Other"};
+static const ctx_key_t key = { .name = "k" };
+static const ctx_custom_ops_t other_ops = { .name = "Other" };
 
 /* ---------------------------------------------------------------------------
  * Go's TestWithCancelSimultaneouslyCanceledParent: children made while
@@ -37,7 +37,7 @@ static void test_create_while_cancelling(void)
     long rounds = check_scale(500);
     enum { KIDS = 40 };
     for (long round = 0; round < rounds; round++) {
-        struct canceller c = {&start, NULL, EPIPE, "Because!"};
+        struct canceller c = { &start, NULL, EPIPE, "Because!" };
         ctx_t *parent = ctx_with_cancel(ctx_background(), &c.cancel);
         CHECK_NOT_NULL(parent);
         pthread_t t;
@@ -129,7 +129,10 @@ static void test_simultaneous_cancels(void)
         CHECK(n != NULL);
         for (int i = 0; i < count; i++) {
             unsigned pick = check_rng_below(&r, 20);
-            n[i].kind = pick < 13 ? K_CANCEL : pick < 17 ? K_VALUE : pick < 19 ? K_CUSTOM : K_WITHOUT;
+            n[i].kind = pick < 13   ? K_CANCEL
+                        : pick < 17 ? K_VALUE
+                        : pick < 19 ? K_CUSTOM
+                                    : K_WITHOUT;
             n[i].parent = i == 0 ? -1 : (int)check_rng_below(&r, (unsigned)i);
             if (i == 0)
                 n[i].kind = K_CANCEL;
@@ -164,7 +167,7 @@ static void test_simultaneous_cancels(void)
         pthread_t t[THREADS];
         for (int k = 0; k < THREADS; k++) {
             int from = m * k / THREADS, to = m * (k + 1) / THREADS;
-            w[k] = (struct tworker){&start, n, all + from, to - from};
+            w[k] = (struct tworker){ &start, n, all + from, to - from };
             check_thread_start(&t[k], cancel_list, &w[k]);
         }
         for (int k = 0; k < THREADS; k++)
@@ -176,8 +179,7 @@ static void test_simultaneous_cancels(void)
             int err = ctx_err(n[i].ctx);
             int cause = ctx_cause(n[i].ctx, &msg);
             int p = n[i].parent;
-            bool parent_can_reach = p >= 0 && n[p].kind != K_WITHOUT &&
-                                    ctx_err(n[p].ctx) != 0;
+            bool parent_can_reach = p >= 0 && n[p].kind != K_WITHOUT && ctx_err(n[p].ctx) != 0;
             if (n[i].kind == K_WITHOUT) {
                 CHECK_EQ_INT(err, 0);
                 CHECK_EQ_INT(cause, 0);
@@ -192,8 +194,8 @@ static void test_simultaneous_cancels(void)
             int parent_cause = parent_can_reach ? ctx_cause(n[p].ctx, NULL) : -1;
             bool own = n[i].cancel != NULL && cause == cause_of(i);
             CHECK_MSG(own || cause == parent_cause,
-                      "node %d (kind %d, parent %d): cause %d, own %d, parent's %d", i, n[i].kind, p,
-                      cause, cause_of(i), parent_cause);
+                      "node %d (kind %d, parent %d): cause %d, own %d, parent's %d", i, n[i].kind,
+                      p, cause, cause_of(i), parent_cause);
             char want[32];
             snprintf(want, sizeof want, "node %d", cause - 10000);
             CHECK_STR(msg, want);
@@ -298,8 +300,8 @@ static void test_strong_guarantee(void)
             mid = 1 + (int)check_rng_below(&r, LEN - 1);
         while (cancels[mid] == NULL);
 
-        struct chain_side a = {&start, cancels[0], nodes, 0, LEN, EPIPE};
-        struct chain_side b = {&start, cancels[mid], nodes, mid, LEN, ECONNRESET};
+        struct chain_side a = { &start, cancels[0], nodes, 0, LEN, EPIPE };
+        struct chain_side b = { &start, cancels[mid], nodes, mid, LEN, ECONNRESET };
         pthread_t ta, tb;
         check_thread_start(&ta, cancel_and_verify, &a);
         check_thread_start(&tb, cancel_and_verify, &b);
@@ -366,9 +368,9 @@ static void test_strong_guarantee_wide(void)
         }
         struct wide_side sides[1 + MID];
         pthread_t t[1 + MID];
-        sides[0] = (struct wide_side){&start, rc, leaves, MID * PER};
+        sides[0] = (struct wide_side){ &start, rc, leaves, MID * PER };
         for (int m = 0; m < MID; m++)
-            sides[1 + m] = (struct wide_side){&start, mc[m], leaves + m * PER, PER};
+            sides[1 + m] = (struct wide_side){ &start, mc[m], leaves + m * PER, PER };
         for (int k = 0; k < 1 + MID; k++)
             check_thread_start(&t[k], cancel_wide, &sides[k]);
         for (int k = 0; k < 1 + MID; k++)
@@ -403,7 +405,7 @@ static void *churn_children(void *arg)
     for (int i = 0; i < 100; i++) {
         /* A short chain: cancel or custom, value, cancel, custom. */
         ctx_t *chain[4];
-        ctx_cancel_t *k[4] = {NULL, NULL, NULL, NULL};
+        ctx_cancel_t *k[4] = { NULL, NULL, NULL, NULL };
         chain[0] = i % 3 == 2 ? ctx_with_custom(c->parent, &other_ops, NULL, &k[0])
                               : ctx_with_cancel(c->parent, &k[0]);
         CHECK_NOT_NULL(chain[0]);
@@ -418,7 +420,7 @@ static void *churn_children(void *arg)
         if (which < 4 && k[which] != NULL)
             ctx_cancel(k[which]);
         /* Keep the bottom now and then; drop the rest in a random order. */
-        int order[4] = {0, 1, 2, 3};
+        int order[4] = { 0, 1, 2, 3 };
         check_shuffle(&r, order, 4);
         for (int j = 0; j < 4; j++) {
             if (order[j] == 3 && c->kept < 64 && check_rng_below(&r, 4) == 0)

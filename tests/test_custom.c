@@ -8,10 +8,10 @@
  */
 #include "check.h"
 
-static const ctx_key_t key_a = {.name = "a"};
-static const ctx_key_t key_b = {.name = "b"};
-static const ctx_key_t key_c = {.name = "c"};
-static const ctx_key_t key_d = {.name = "d"};
+static const ctx_key_t key_a = { .name = "a" };
+static const ctx_key_t key_b = { .name = "b" };
+static const ctx_key_t key_c = { .name = "c" };
+static const ctx_key_t key_d = { .name = "d" };
 
 /* A custom context's own store: one key, one value. */
 struct store {
@@ -60,7 +60,7 @@ static const ctx_custom_ops_t req_ops = {
     .destroy = store_destroy,
 };
 
-static const ctx_custom_ops_t bare_ops = {.name = NULL};
+static const ctx_custom_ops_t bare_ops = { .name = NULL };
 
 static void store_init(struct store *s, const ctx_key_t *key, void *value)
 {
@@ -260,16 +260,16 @@ static void test_outside_event(void)
     /* afterfunc_test.go's TestCustomContextAfterFuncTimeout: a deadline
      * child (far off) of the custom context. */
     ctx_t *k_timer = ctx_with_timeout(conn, 1000 * CTX_HOUR, NULL);
-    ctx_t *all[] = {conn, k_cancel, k_value, k_custom, grand, k_timer};
+    ctx_t *all[] = { conn, k_cancel, k_value, k_custom, grand, k_timer };
     enum { ALL = sizeof all / sizeof all[0] };
     for (int i = 0; i < ALL; i++) {
         CHECK_NOT_NULL(all[i]);
         CHECK_NOT_DONE(all[i]);
     }
-    struct seen seen = {0};
+    struct seen seen = { 0 };
     CHECK_EQ_INT(ctx_after_func(grand, note_thread, &seen, NULL), 0);
 
-    struct watcher w = {fds[0], cancel};
+    struct watcher w = { fds[0], cancel };
     pthread_t t;
     check_thread_start(&t, watch, &w);
     CHECK_NOT_DONE(grand);
@@ -527,7 +527,7 @@ static void test_concurrent_hook(void)
     CHECK_NOT_NULL(leaf);
     pthread_barrier_t start;
     pthread_barrier_init(&start, NULL, READERS + 1);
-    struct reader r = {leaf, &start, check_scale(20000)};
+    struct reader r = { leaf, &start, check_scale(20000) };
     pthread_t t[READERS];
     for (int i = 0; i < READERS; i++)
         check_thread_start(&t[i], read_values, &r);

@@ -8,7 +8,8 @@
 /* Formats an int value; a NULL value prints as Go prints nil. */
 static size_t format_int(const void *value, char *buf, size_t size)
 {
-    int n = value == NULL ? snprintf(buf, size, "<nil>") : snprintf(buf, size, "%d", *(const int *)value);
+    int n = value == NULL ? snprintf(buf, size, "<nil>")
+                          : snprintf(buf, size, "%d", *(const int *)value);
     return n < 0 ? 0 : (size_t)n;
 }
 
@@ -18,9 +19,9 @@ static size_t format_str(const void *value, char *buf, size_t size)
     return n < 0 ? 0 : (size_t)n;
 }
 
-static const ctx_key_t request_id = {.name = "request-id"};
-static const ctx_key_t user = {.name = "user", .format = format_int};
-static const ctx_key_t text = {.name = "text", .format = format_str};
+static const ctx_key_t request_id = { .name = "request-id" };
+static const ctx_key_t user = { .name = "user", .format = format_int };
+static const ctx_key_t text = { .name = "text", .format = format_str };
 
 /* ctx_describe into a fresh buffer, checking the returned length matches
  * what was written. */
@@ -81,13 +82,13 @@ static void test_chains(void)
     check_describe(cc, "context.Background.WithCancel.WithValue(request-id, ...)"
                        ".WithValue(user, 42).WithCancel");
 
-    ctx_t *all[] = {cc, c4, c1, t, w, u, v, c};
+    ctx_t *all[] = { cc, c4, c1, t, w, u, v, c };
     for (size_t i = 0; i < sizeof all / sizeof all[0]; i++)
         ctx_unref(all[i]);
 }
 
-static const ctx_custom_ops_t named_ops = {.name = "Session"};
-static const ctx_custom_ops_t unnamed_ops = {.name = NULL};
+static const ctx_custom_ops_t named_ops = { .name = "Session" };
+static const ctx_custom_ops_t unnamed_ops = { .name = NULL };
 
 static size_t describe_conn(void *data, char *buf, size_t size)
 {
@@ -95,7 +96,7 @@ static size_t describe_conn(void *data, char *buf, size_t size)
     return n < 0 ? 0 : (size_t)n;
 }
 
-static const ctx_custom_ops_t described_ops = {.name = "NotThis", .describe = describe_conn};
+static const ctx_custom_ops_t described_ops = { .name = "NotThis", .describe = describe_conn };
 
 static void test_custom_names(void)
 {
@@ -182,9 +183,9 @@ static void test_long_chain(void)
         ctx_unref(c);
         c = next;
     }
-    size_t want_len = strlen("context.Background") +
-                      (size_t)(layers / 2) * (strlen(".WithCancel") +
-                                              strlen(".WithValue(request-id, ...)"));
+    size_t want_len =
+        strlen("context.Background") +
+        (size_t)(layers / 2) * (strlen(".WithCancel") + strlen(".WithValue(request-id, ...)"));
     size_t n = ctx_describe(c, NULL, 0);
     CHECK_EQ_INT(n, want_len);
     char *buf = malloc(n + 1);

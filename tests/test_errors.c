@@ -7,7 +7,7 @@
  */
 #include "check.h"
 
-static const ctx_key_t key = {.name = "key"};
+static const ctx_key_t key = { .name = "key" };
 
 static atomic_int destroyed;
 
@@ -17,7 +17,7 @@ static void count_destroy(void *v)
     atomic_fetch_add(&destroyed, 1);
 }
 
-static const ctx_custom_ops_t custom_ops = {.name = "Custom", .destroy = count_destroy};
+static const ctx_custom_ops_t custom_ops = { .name = "Custom", .destroy = count_destroy };
 
 static void must_not_run(void *arg)
 {
@@ -97,7 +97,7 @@ static void test_null_safety(void)
  * deadline or values, with no done fd. */
 static void test_roots(void)
 {
-    ctx_t *roots[] = {ctx_background(), ctx_todo()};
+    ctx_t *roots[] = { ctx_background(), ctx_todo() };
     CHECK_NOT_NULL(roots[0]);
     CHECK_NOT_NULL(roots[1]);
     CHECK(roots[0] != roots[1]);
@@ -141,9 +141,9 @@ static void test_roots(void)
 
 enum ctor { C_CANCEL, C_VALUE, C_WITHOUT, C_CUSTOM, C_TIMEOUT, C_TIMEOUT_CAUSE, C_AFTER, C_COUNT };
 
-static const char *const ctor_names[] = {"with_cancel",  "with_value",         "without_cancel",
-                                         "with_custom",  "with_timeout",       "with_timeout_cause",
-                                         "after_func"};
+static const char *const ctor_names[] = { "with_cancel", "with_value",   "without_cancel",
+                                          "with_custom", "with_timeout", "with_timeout_cause",
+                                          "after_func" };
 
 /* Makes one thing of kind k under parent; returns the new context (or, for
  * after_func, the parent with a fresh reference and *stop set), NULL with
@@ -210,8 +210,9 @@ static void enomem_sweep(ctx_t *parent, bool parent_done)
             if (made == NULL) {
                 CHECK_MSG(err == ENOMEM, "%s, allocation %ld failed: errno %d", ctor_names[k], n,
                           err);
-                CHECK_MSG(check_alloc_live() == base, "%s, allocation %ld failed: %ld blocks leaked",
-                          ctor_names[k], n, check_alloc_live() - base);
+                CHECK_MSG(check_alloc_live() == base,
+                          "%s, allocation %ld failed: %ld blocks leaked", ctor_names[k], n,
+                          check_alloc_live() - base);
                 CHECK_EQ_INT(atomic_load(&destroyed), 0);
                 failures++;
                 /* The parent is unchanged. */
@@ -345,7 +346,7 @@ static void test_cancel_without_memory(void)
     CHECK_NOT_NULL(root);
     enum { N = 40 };
     ctx_t *n[N];
-    int ran[N] = {0};
+    int ran[N] = { 0 };
     for (int i = 0; i < N; i++) {
         ctx_t *p = i < 3 ? root : n[(i - 3) / 3];
         n[i] = i % 5 == 4 ? ctx_with_value(p, &key, NULL, NULL) : ctx_with_cancel(p, NULL);

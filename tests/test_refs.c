@@ -8,7 +8,7 @@
  */
 #include "check.h"
 
-static const ctx_key_t key = {.name = "key"};
+static const ctx_key_t key = { .name = "key" };
 static atomic_int destroyed;
 
 static void count_destroy(void *v)
@@ -17,8 +17,8 @@ static void count_destroy(void *v)
     atomic_fetch_add(&destroyed, 1);
 }
 
-static const ctx_custom_ops_t plain_ops = {.name = "C"};
-static const ctx_custom_ops_t counted_ops = {.name = "Counted", .destroy = count_destroy};
+static const ctx_custom_ops_t plain_ops = { .name = "C" };
+static const ctx_custom_ops_t counted_ops = { .name = "Counted", .destroy = count_destroy };
 
 /* A child keeps its parent alive: the parent's value is still visible and
  * not destroyed after the parent's own reference is gone, the parent's
@@ -89,7 +89,7 @@ static void test_concurrent_refs(void)
     CHECK_NOT_NULL(v);
     pthread_barrier_t start;
     pthread_barrier_init(&start, NULL, T + 1);
-    struct refjob j = {v, &start, check_scale(100000)};
+    struct refjob j = { v, &start, check_scale(100000) };
     pthread_t t[T];
     for (int i = 0; i < T; i++) {
         ctx_ref(v);

@@ -10,10 +10,10 @@
  */
 #include "check.h"
 
-static const ctx_key_t root_key = {.name = "root"};
-static const ctx_key_t layer_key = {.name = "layer"};
-static const ctx_key_t absent_key = {.name = "absent"};
-static const ctx_custom_ops_t other_ops = {.name = "Other"};
+static const ctx_key_t root_key = { .name = "root" };
+static const ctx_key_t layer_key = { .name = "layer" };
+static const ctx_key_t absent_key = { .name = "absent" };
+static const ctx_custom_ops_t other_ops = { .name = "Other" };
 
 static atomic_long destroyed;
 
@@ -85,8 +85,8 @@ static void test_churn_without_cancel(void)
         CHECK_NOT_NULL(c);
         ctx_unref(c);
         if (i % 4096 == 0)
-            CHECK_MSG(check_alloc_live() <= base, "after %ld children: %ld blocks live, base %ld", i,
-                      check_alloc_live(), base);
+            CHECK_MSG(check_alloc_live() <= base, "after %ld children: %ld blocks live, base %ld",
+                      i, check_alloc_live(), base);
     }
     CHECK_EQ_INT(check_alloc_live(), base);
     CHECK_EQ_INT(atomic_load(&destroyed), n / 2);
@@ -186,7 +186,7 @@ static void test_deep_chain(void)
     CHECK_NOT_NULL(top);
 
     /* Cancelled, then freed. */
-    struct deep d = {depth, true, top};
+    struct deep d = { depth, true, top };
     run_small_stack(deep_chain, &d);
     /* Freed while never cancelled: each node leaves a live parent. */
     d.cancel_first = false;
@@ -217,9 +217,9 @@ static void *deep_cancel_top(void *arg)
     CHECK_NOT_NULL(root);
     ctx_t *c = ctx_ref(root);
     for (long i = 0; i < d->depth; i++) {
-        ctx_t *next = i % 3 == 0 ? ctx_with_value(c, &layer_key, NULL, NULL)
-                                 : i % 3 == 1 ? ctx_with_cancel(c, NULL)
-                                              : ctx_with_custom(c, &other_ops, NULL, NULL);
+        ctx_t *next = i % 3 == 0   ? ctx_with_value(c, &layer_key, NULL, NULL)
+                      : i % 3 == 1 ? ctx_with_cancel(c, NULL)
+                                   : ctx_with_custom(c, &other_ops, NULL, NULL);
         CHECK_NOT_NULL(next);
         ctx_unref(c);
         c = next;
@@ -237,7 +237,7 @@ static void *deep_cancel_top(void *arg)
 static void test_deep_cancel_from_top(void)
 {
     long base = check_alloc_live();
-    struct deep_after d = {check_scale(200000), 0};
+    struct deep_after d = { check_scale(200000), 0 };
     run_small_stack(deep_cancel_top, &d);
     CHECK_EQ_INT(check_alloc_live(), base);
 }
@@ -258,8 +258,8 @@ static void test_wide_and_deep(void)
         ctx_t *c = ctx_ref(root);
         mid[k] = NULL;
         for (int i = 0; i < DEPTH; i++) {
-            ctx_t *next = i % 4 == 3 ? ctx_with_value(c, &layer_key, NULL, NULL)
-                                     : ctx_with_cancel(c, NULL);
+            ctx_t *next =
+                i % 4 == 3 ? ctx_with_value(c, &layer_key, NULL, NULL) : ctx_with_cancel(c, NULL);
             CHECK_NOT_NULL(next);
             if (i == DEPTH / 2)
                 mid[k] = ctx_ref(next);

@@ -7,14 +7,14 @@
  */
 #include "check.h"
 
-static const ctx_custom_ops_t other_ops = {.name = "Other"};
+static const ctx_custom_ops_t other_ops = { .name = "Other" };
 
 /* Go's k1, k2, k3: k2 and k3 share a name (Go: the same type) and are still
  * different keys; so is a second key with k1's name. */
-static const ctx_key_t k1 = {.name = "key1"};
-static const ctx_key_t k2 = {.name = "key2"};
-static const ctx_key_t k3 = {.name = "key2"};
-static const ctx_key_t k1_twin = {.name = "key1"};
+static const ctx_key_t k1 = { .name = "key1" };
+static const ctx_key_t k2 = { .name = "key2" };
+static const ctx_key_t k3 = { .name = "key2" };
+static const ctx_key_t k1_twin = { .name = "key1" };
 
 /* c binds k1, k2, k3 to the strings v1, v2, v3 (NULL: unbound or bound to
  * NULL, which look the same from outside). */
@@ -80,7 +80,7 @@ static void test_values(void)
     check_values(c1, "c1 again", c1k1, NULL, NULL);
     check_values(c3, "c3 again", c1k1, c2k2, c3k3);
 
-    ctx_t *all[] = {o4, o3, o2, o1, v1, o0, c4, c3, c2, c1};
+    ctx_t *all[] = { o4, o3, o2, o1, v1, o0, c4, c3, c2, c1 };
     for (size_t i = 0; i < sizeof all / sizeof all[0]; i++)
         ctx_unref(all[i]);
 }
@@ -89,8 +89,8 @@ static void test_values(void)
  * address only; absent keys give NULL. */
 static void test_address_keys(void)
 {
-    ctx_key_t a = {.name = "same", .format = NULL};
-    ctx_key_t b = {.name = "same", .format = NULL};
+    ctx_key_t a = { .name = "same", .format = NULL };
+    ctx_key_t b = { .name = "same", .format = NULL };
     int va = 1, vb = 2;
     ctx_t *ca = ctx_with_value(ctx_background(), &a, &va, NULL);
     CHECK_NOT_NULL(ca);
@@ -110,8 +110,8 @@ static void test_address_keys(void)
  * chain is cancelled. */
 static void test_through_layers(void)
 {
-    static const ctx_key_t key = {.name = "key"};
-    static const ctx_key_t other = {.name = "other"};
+    static const ctx_key_t key = { .name = "key" };
+    static const ctx_key_t other = { .name = "other" };
     int outer = 1, inner = 2, o = 3;
     ctx_cancel_t *cancel;
     ctx_t *v_outer = ctx_with_value(ctx_background(), &key, &outer, NULL);
@@ -131,7 +131,7 @@ static void test_through_layers(void)
     ctx_t *bottom = ctx_with_cancel(v_inner, NULL);
     CHECK_NOT_NULL(bottom);
 
-    ctx_t *upper[] = {v_outer, c, t, w, cu, v_other};
+    ctx_t *upper[] = { v_outer, c, t, w, cu, v_other };
     for (size_t i = 0; i < sizeof upper / sizeof upper[0]; i++)
         CHECK_PTR_EQ(ctx_value(upper[i], &key), &outer);
     CHECK_PTR_EQ(ctx_value(v_inner, &key), &inner);
@@ -147,7 +147,7 @@ static void test_through_layers(void)
     CHECK_PTR_EQ(ctx_value(bottom, &key), &inner);
     CHECK_PTR_EQ(ctx_value(bottom, &other), &o);
 
-    ctx_t *all[] = {bottom, v_inner, v_other, cu, w, t, c, v_outer};
+    ctx_t *all[] = { bottom, v_inner, v_other, cu, w, t, c, v_outer };
     for (size_t i = 0; i < sizeof all / sizeof all[0]; i++)
         ctx_unref(all[i]);
 }
@@ -174,7 +174,7 @@ static void reset_destroyed(void)
  * cancel, not while a child holds the context, not for a NULL destroy. */
 static void test_destroy_once(void)
 {
-    static const ctx_key_t key = {.name = "key"};
+    static const ctx_key_t key = { .name = "key" };
     reset_destroyed();
 
     /* Freed at the last unref, not at cancel. */
@@ -252,12 +252,12 @@ static void *unref_on_thread(void *arg)
 
 static void test_destroy_thread(void)
 {
-    static const ctx_key_t key = {.name = "key"};
+    static const ctx_key_t key = { .name = "key" };
     reset_destroyed();
     ctx_t *v = ctx_with_value(ctx_background(), &key, (void *)(intptr_t)7, destroy_slot);
     CHECK_NOT_NULL(v);
     int before = destroy_on_this_thread;
-    struct unref_job j = {v, 0};
+    struct unref_job j = { v, 0 };
     pthread_t t;
     check_thread_start(&t, unref_on_thread, &j);
     check_thread_join(t);
@@ -270,8 +270,8 @@ static void test_destroy_thread(void)
  * bottom of a chain whose other layers bind another key (twice, the same
  * key) is found from another thread through every layer; a key nobody bound
  * is not. */
-static const ctx_key_t title = {.name = "title"};
-static const ctx_key_t other_key = {.name = "key"};
+static const ctx_key_t title = { .name = "title" };
+static const ctx_key_t other_key = { .name = "key" };
 
 struct lookup {
     ctx_t *ctx;
@@ -288,7 +288,7 @@ static void *lookup_on_thread(void *arg)
 
 static void *lookup_elsewhere(ctx_t *c, const ctx_key_t *key)
 {
-    struct lookup l = {c, key, (void *)&l};
+    struct lookup l = { c, key, (void *)&l };
     pthread_t t;
     check_thread_start(&t, lookup_on_thread, &l);
     check_thread_join(t);
@@ -319,7 +319,7 @@ static void test_seed_programs(void)
 
     /* Go's DeepValue benchmarks' depths: the bottom binding is found from
      * the top through 10..100 layers of another key. */
-    const int depths[] = {10, 20, 30, 50, 100};
+    const int depths[] = { 10, 20, 30, 50, 100 };
     for (size_t d = 0; d < sizeof depths / sizeof depths[0]; d++) {
         ctx_t *top = ctx_with_value(ctx_background(), &title, (void *)one, NULL);
         CHECK_NOT_NULL(top);
@@ -374,7 +374,7 @@ static bool binding_hook(void *data, const ctx_key_t *key, void **value)
     return true;
 }
 
-static const ctx_custom_ops_t binding_ops = {.name = "Binding", .value = binding_hook};
+static const ctx_custom_ops_t binding_ops = { .name = "Binding", .value = binding_hook };
 
 enum vkind { V_VALUE, V_CANCEL, V_WITHOUT, V_CUSTOM };
 
@@ -400,8 +400,8 @@ static void check_all_lookups(const struct vnode *n, int count)
         for (int k = 0; k < POOL; k++) {
             void *want = model_lookup(n, i, &pool[k]);
             void *got = ctx_value(n[i].ctx, &pool[k]);
-            CHECK_MSG(got == want, "node %d (kind %d) key %d: got %p want %p", i, n[i].kind, k,
-                      got, want);
+            CHECK_MSG(got == want, "node %d (kind %d) key %d: got %p want %p", i, n[i].kind, k, got,
+                      want);
         }
 }
 
@@ -437,7 +437,7 @@ static void test_value_model(void)
             void *value = check_rng_below(&r, 10) == 0 ? NULL : &payload[i % 4096];
             if (pick < 6) {
                 n[i].kind = V_VALUE;
-                n[i].b = (struct binding){key, value};
+                n[i].b = (struct binding){ key, value };
                 n[i].ctx = ctx_with_value(p, key, value, NULL);
             } else if (pick < 8) {
                 n[i].kind = V_CANCEL;
@@ -447,7 +447,7 @@ static void test_value_model(void)
                 n[i].ctx = ctx_without_cancel(p);
             } else {
                 n[i].kind = V_CUSTOM;
-                n[i].b = (struct binding){check_rng_below(&r, 2) ? key : NULL, value};
+                n[i].b = (struct binding){ check_rng_below(&r, 2) ? key : NULL, value };
                 n[i].ctx = ctx_with_custom(p, &binding_ops, &n[i].b, &n[i].cancel);
             }
             CHECK_NOT_NULL(n[i].ctx);
