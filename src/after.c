@@ -76,7 +76,7 @@ int ctx_after_func(ctx_t *c, void (*fn)(void *arg), void *arg, ctx_after_t **sto
     if (r == NULL)
         return ENOMEM;
     r->up = o;
-    r->pk = (uintptr_t)ctx_ref(c) | CTX__AFTER;
+    r->pk = (uintptr_t)ctx__ref(c) | CTX__AFTER;
     atomic_init(&r->refs, stop != NULL ? 2u : 1u);
     atomic_init(&r->lock, 0);
     atomic_init(&r->u.a.run, CTX__RUN_PENDING);

@@ -194,6 +194,15 @@ static inline int ctx__is_cancel_kind(unsigned kind)
     return kind >= CTX__CANCEL && kind <= CTX__CUSTOM;
 }
 
+/* ctx_ref for the library's own use: inline, no call through the shared
+ * library's PLT. */
+static inline struct ctx *ctx__ref(struct ctx *c)
+{
+    if (ctx__kind(c) != CTX__ROOT)
+        atomic_fetch_add_explicit(&c->refs, 1, memory_order_relaxed);
+    return c;
+}
+
 /* The node holding c's done state: c itself, or a root. */
 static inline struct ctx *ctx__owner(struct ctx *c)
 {

@@ -34,9 +34,7 @@ ctx_t *ctx_todo(void)
 
 ctx_t *ctx_ref(ctx_t *c)
 {
-    if (c != NULL && ctx__kind(c) != CTX__ROOT)
-        atomic_fetch_add_explicit(&c->refs, 1, memory_order_relaxed);
-    return c;
+    return c != NULL ? ctx__ref(c) : NULL;
 }
 
 /* Takes a reference unless the count already reached zero (the node is
@@ -219,7 +217,7 @@ int ctx__init_cancel(struct ctx *n, ctx_t *parent, unsigned kind)
     struct ctx *p = ctx__owner(parent);
 
     n->up = kind == CTX__TIMER ? n : (struct ctx *)ctx__dlsrc(parent);
-    n->pk = (uintptr_t)ctx_ref(parent) | kind;
+    n->pk = (uintptr_t)ctx__ref(parent) | kind;
     atomic_init(&n->refs, 1);
     atomic_init(&n->lock, 0);
     atomic_init(&n->u.c.state, 0);

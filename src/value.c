@@ -21,7 +21,7 @@ ctx_t *ctx_with_value(ctx_t *parent, const ctx_key_t *key, void *value,
         return NULL;
     }
     n->up = ctx__owner(parent);
-    n->pk = (uintptr_t)ctx_ref(parent) | CTX__VALUE;
+    n->pk = (uintptr_t)ctx__ref(parent) | CTX__VALUE;
     atomic_init(&n->refs, 1);
     n->u.v.key = key;
     n->u.v.value = value;
@@ -54,7 +54,7 @@ ctx_t *ctx_without_cancel(ctx_t *parent)
         return NULL;
     }
     n->up = &ctx__background_node;
-    n->pk = (uintptr_t)ctx_ref(parent) | CTX__WITHOUT;
+    n->pk = (uintptr_t)ctx__ref(parent) | CTX__WITHOUT;
     atomic_init(&n->refs, 1);
     atomic_init(&n->lock, 0);
     return n;
