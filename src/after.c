@@ -164,7 +164,6 @@ bool ctx_after_stop(ctx_after_t *stop)
  */
 
 #include <pthread.h>
-#include <signal.h>
 
 #define MAX_WORKERS 256
 #define IDLE_NS     (2 * CTX_SECOND)
@@ -187,16 +186,7 @@ static int spawn_locked(void)
 {
     if (X.workers >= MAX_WORKERS)
         return EAGAIN;
-    pthread_attr_t a;
-    pthread_attr_init(&a);
-    pthread_attr_setdetachstate(&a, PTHREAD_CREATE_DETACHED);
-    sigset_t all, old;
-    sigfillset(&all);
-    pthread_sigmask(SIG_SETMASK, &all, &old);
-    pthread_t tid;
-    int e = pthread_create(&tid, &a, worker_main, NULL);
-    pthread_sigmask(SIG_SETMASK, &old, NULL);
-    pthread_attr_destroy(&a);
+    int e = ctx__thread_start(worker_main, 0);
     if (e == 0) {
         X.workers++;
         X.idle++; /* counted idle until it takes a record */

@@ -31,6 +31,7 @@
 
 #include <pthread.h>
 #include <sched.h>
+#include <signal.h>
 #ifdef __linux__
 #include <linux/membarrier.h>
 #include <sys/syscall.h>
@@ -153,4 +154,25 @@ static void child(void)
     pthread_mutex_unlock(&reg_mu);
     atomic_store_explicit(&ctx__forking, 0, memory_order_release);
     ctx__time_atfork_child_fire();
+}
+
+/* Starts a detached library thread (the timer thread, callback workers).
+ * It inherits the caller's signal mask, so block every signal around the
+ * creation: signals belong to the program's own threads.  stack 0 means
+ * the default size.  Returns 0 or pthread_create's error. */
+int ctx__thread_start(void *(*fn)(void *), size_t stack)
+{
+    pthread_attr_t a;
+    pthread_attr_init(&a);
+    pthread_attr_setdetachstate(&a, PTHREAD_CREATE_DETACHED);
+    if (stack != 0)
+        pthread_attr_setstacksize(&a, stack);
+    sigset_t all, old;
+    sigfillset(&all);
+    pthread_sigmask(SIG_SETMASK, &all, &old);
+    pthread_t tid;
+    int e = pthread_create(&tid, &a, fn, NULL);
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
+    pthread_attr_destroy(&a);
+    return e;
 }

@@ -361,6 +361,7 @@ void ctx__wait_atfork_prepare(void);
 void ctx__wait_atfork_parent(void);
 void ctx__wait_atfork_child(void);
 void ctx__fork_init(void);
+int ctx__thread_start(void *(*fn)(void *), size_t stack);
 /* Starts the timer thread if deadlines are pending and it is not running
  * (only after fork(2) in the child). */
 void ctx__timer_restart(void);

@@ -28,7 +28,6 @@
 #include "internal.h"
 
 #include <pthread.h>
-#include <signal.h>
 #include <string.h>
 
 #define NSHARDS 8
@@ -242,19 +241,7 @@ static int start_thread_locked(void)
     if (atomic_load_explicit(&T.started, memory_order_relaxed) ||
         atomic_load_explicit(&T.manual, memory_order_relaxed))
         return 0;
-    pthread_attr_t a;
-    pthread_attr_init(&a);
-    pthread_attr_setdetachstate(&a, PTHREAD_CREATE_DETACHED);
-    pthread_attr_setstacksize(&a, 64 * 1024);
-    /* The thread inherits our signal mask: block everything so that
-     * signals go to the program's own threads. */
-    sigset_t all, old;
-    sigfillset(&all);
-    pthread_sigmask(SIG_SETMASK, &all, &old);
-    pthread_t tid;
-    int e = pthread_create(&tid, &a, timer_main, NULL);
-    pthread_sigmask(SIG_SETMASK, &old, NULL);
-    pthread_attr_destroy(&a);
+    int e = ctx__thread_start(timer_main, 64 * 1024);
     if (e == 0)
         atomic_store_explicit(&T.started, 1, memory_order_relaxed);
     return e;
