@@ -358,6 +358,38 @@ static inline void check_wait_sleeping(long tid, int max_ms)
     }
 }
 
+/* ---------------------------------------------------------------------------
+ * Time, for the timer tests: the real monotonic clock (ctx_now() may be the
+ * manual one), a sleep that survives signals, and a bounded poll of a flag
+ * set by another thread (the flag decides; the sleep only paces the poll).
+ */
+
+static inline ctx_time_t check_mono_now(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (ctx_time_t)ts.tv_sec * CTX_SECOND + ts.tv_nsec;
+}
+
+static inline void check_sleep_ns(ctx_duration_t d)
+{
+    struct timespec ts = { (time_t)(d / CTX_SECOND), (long)(d % CTX_SECOND) };
+    while (nanosleep(&ts, &ts) != 0 && errno == EINTR)
+        ;
+}
+
+/* Polls *flag until it is at least want or bound passes; true if it did. */
+static inline bool check_wait_flag(atomic_int *flag, int want, ctx_duration_t bound)
+{
+    ctx_time_t end = check_mono_now() + bound;
+    while (atomic_load(flag) < want) {
+        if (check_mono_now() > end)
+            return false;
+        check_sleep_ns(CTX_MILLISECOND);
+    }
+    return true;
+}
+
 /* A one-shot latch: wait() returns once open() was called (by any thread). */
 typedef struct check_latch {
     pthread_mutex_t mu;

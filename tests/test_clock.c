@@ -18,32 +18,6 @@
 
 #define START (1 * CTX_SECOND)
 
-static ctx_time_t mono_now(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (ctx_time_t)ts.tv_sec * CTX_SECOND + ts.tv_nsec;
-}
-
-static void sleep_ns(ctx_duration_t d)
-{
-    struct timespec ts = { (time_t)(d / CTX_SECOND), (long)(d % CTX_SECOND) };
-    while (nanosleep(&ts, &ts) != 0 && errno == EINTR)
-        ;
-}
-
-/* Polls *flag until it is at least want or bound (real time) passes. */
-static bool wait_flag(atomic_int *flag, int want, ctx_duration_t bound)
-{
-    ctx_time_t end = mono_now() + bound;
-    while (atomic_load(flag) < want) {
-        if (mono_now() > end)
-            return false;
-        sleep_ns(CTX_MILLISECOND);
-    }
-    return true;
-}
-
 static pthread_t main_thread;
 
 /* Advances to exactly t (t >= ctx_now()). */
@@ -63,7 +37,7 @@ static void test_basics(void)
 {
     ctx_time_t t0 = ctx_now();
     CHECK_EQ_INT(t0, START);
-    sleep_ns(5 * CTX_MILLISECOND);
+    check_sleep_ns(5 * CTX_MILLISECOND);
     CHECK_EQ_INT(ctx_now(), t0); /* the manual clock does not move by itself */
 
     CHECK_EQ_INT(ctx_clock_advance(-1), EINVAL);
@@ -80,7 +54,7 @@ static void test_basics(void)
     ctx_time_t d;
     CHECK(ctx_deadline(c, &d));
     CHECK_EQ_INT(d, t0 + 8);
-    sleep_ns(20 * CTX_MILLISECOND); /* room for a wrong real-time fire */
+    check_sleep_ns(20 * CTX_MILLISECOND); /* room for a wrong real-time fire */
     CHECK_NOT_DONE(c);
     CHECK_EQ_INT(ctx_wait(c, 0), 0);
     CHECK_EQ_INT(ctx_clock_advance(1), 0);
@@ -501,7 +475,7 @@ static void sleeper_start(struct sleeper *s, pthread_t *t, ctx_t *c, enum wait_k
 
 static void sleeper_join(struct sleeper *s, pthread_t t)
 {
-    CHECK_MSG(wait_flag(&s->done, 1, 30 * CTX_SECOND), "the sleeper never woke");
+    CHECK_MSG(check_wait_flag(&s->done, 1, 30 * CTX_SECOND), "the sleeper never woke");
     check_thread_join(t);
     check_latch_destroy(&s->ready);
 }
@@ -515,12 +489,12 @@ static void expect_timeout(ctx_t *c, enum wait_kind kind, ctx_duration_t d)
     sleeper_start(&s, &t, c, kind, d);
     /* Up to one nanosecond short of it: still asleep. */
     advance_to(s.t0 + d - 1);
-    sleep_ns(20 * CTX_MILLISECOND); /* room for a wrong early wake-up */
+    check_sleep_ns(20 * CTX_MILLISECOND); /* room for a wrong early wake-up */
     CHECK_MSG(atomic_load(&s.done) == 0, "woke before its timeout (r=%d)", s.r);
     CHECK_EQ_INT(ctx_clock_advance(1), 0);
     /* If the sleeper measured from a later instant (it had not reached its
      * wait yet), each further advance gives it another chance. */
-    for (int i = 0; i < 10 && !wait_flag(&s.done, 1, 2 * CTX_SECOND); i++)
+    for (int i = 0; i < 10 && !check_wait_flag(&s.done, 1, 2 * CTX_SECOND); i++)
         CHECK_EQ_INT(ctx_clock_advance(d), 0);
     sleeper_join(&s, t);
     CHECK_EQ_INT(s.r, 0);
@@ -602,7 +576,7 @@ static void test_wait_for_deadline(void)
         pthread_t t;
         sleeper_start(&s, &t, c, kinds[k], CTX_HOUR);
         advance_to(d - 1);
-        sleep_ns(20 * CTX_MILLISECOND); /* room for a wrong early wake-up */
+        check_sleep_ns(20 * CTX_MILLISECOND); /* room for a wrong early wake-up */
         CHECK_EQ_INT(atomic_load(&s.done), 0);
         CHECK_EQ_INT(ctx_clock_advance(1), 0);
         sleeper_join(&s, t);
@@ -685,7 +659,7 @@ static void test_time_from_wall(void)
 static void test_clock_real(void)
 {
     ctx_time_t mnow = ctx_now();
-    ctx_time_t real = mono_now();
+    ctx_time_t real = check_mono_now();
     bool can_test_due = real - mnow > 2 * CTX_SECOND;
 
     /* A deadline ahead on the manual clock but already behind on the real
@@ -715,7 +689,7 @@ static void test_clock_real(void)
 
     if (due != NULL) {
         CHECK_EQ_INT(ctx_wait(due, 10 * CTX_SECOND), CTX_DEADLINE_EXCEEDED);
-        CHECK(wait_flag(&sd.ran, 1, 10 * CTX_SECOND));
+        CHECK(check_wait_flag(&sd.ran, 1, 10 * CTX_SECOND));
         CHECK_EQ_INT(sd.err, CTX_DEADLINE_EXCEEDED);
         CHECK(!sd.on_main); /* a library thread fires real deadlines */
         ctx_unref(due);
@@ -726,13 +700,13 @@ static void test_clock_real(void)
     /* Real deadlines and timed waits work again. */
     ctx_t *c = ctx_with_timeout(ctx_background(), 30 * CTX_MILLISECOND, NULL);
     CHECK_NOT_NULL(c);
-    ctx_time_t t0 = mono_now();
+    ctx_time_t t0 = check_mono_now();
     CHECK_EQ_INT(ctx_wait(c, 10 * CTX_SECOND), CTX_DEADLINE_EXCEEDED);
-    CHECK(mono_now() - t0 >= 29 * CTX_MILLISECOND);
+    CHECK(check_mono_now() - t0 >= 29 * CTX_MILLISECOND);
     ctx_unref(c);
-    t0 = mono_now();
+    t0 = check_mono_now();
     CHECK_EQ_INT(ctx_sleep(ctx_background(), 20 * CTX_MILLISECOND), 0);
-    CHECK(mono_now() - t0 >= 20 * CTX_MILLISECOND);
+    CHECK(check_mono_now() - t0 >= 20 * CTX_MILLISECOND);
 
     /* ctx_time_from_wall now follows the real clock. */
     struct timespec rt;

@@ -27,32 +27,6 @@
 /* A bound on lateness: how long after its deadline a context may end. */
 #define LATE_BOUND (CHECK_TSAN ? 3 * CTX_SECOND : 1 * CTX_SECOND)
 
-static ctx_time_t mono_now(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (ctx_time_t)ts.tv_sec * CTX_SECOND + ts.tv_nsec;
-}
-
-static void sleep_ns(ctx_duration_t d)
-{
-    struct timespec ts = { (time_t)(d / CTX_SECOND), (long)(d % CTX_SECOND) };
-    while (nanosleep(&ts, &ts) != 0 && errno == EINTR)
-        ;
-}
-
-/* Polls *flag until it is at least want or bound passes; true if it did. */
-static bool wait_flag(atomic_int *flag, int want, ctx_duration_t bound)
-{
-    ctx_time_t end = mono_now() + bound;
-    while (atomic_load(flag) < want) {
-        if (mono_now() > end)
-            return false;
-        sleep_ns(CTX_MILLISECOND);
-    }
-    return true;
-}
-
 static bool ends_with(const char *s, const char *suffix)
 {
     size_t n = strlen(s), m = strlen(suffix);
@@ -122,11 +96,11 @@ static void bytes_free(void *q)
  * deadline); true if it got there within the bound. */
 static bool live_settles_at(long blocks)
 {
-    ctx_time_t end = mono_now() + 5 * CTX_SECOND;
+    ctx_time_t end = check_mono_now() + 5 * CTX_SECOND;
     while (check_alloc_live() != blocks) {
-        if (mono_now() > end)
+        if (check_mono_now() > end)
             return false;
-        sleep_ns(CTX_MILLISECOND);
+        check_sleep_ns(CTX_MILLISECOND);
     }
     return true;
 }
@@ -161,9 +135,9 @@ static void test_deadline(void)
     o = other(c);
     ctx_t *c2 = ctx_with_deadline(o, ctx_now() + 4 * CTX_SECOND, NULL);
     CHECK_NOT_NULL(c2);
-    ctx_time_t start = mono_now();
+    ctx_time_t start = check_mono_now();
     check_deadline_ends(c2, "WithDeadline+otherContext+WithDeadline", 10 * CTX_SECOND);
-    CHECK_MSG(mono_now() - start < 2 * CTX_SECOND + LATE_BOUND, "the 4 s deadline won");
+    CHECK_MSG(check_mono_now() - start < 2 * CTX_SECOND + LATE_BOUND, "the 4 s deadline won");
     ctx_unref(c2);
     ctx_unref(o);
     ctx_unref(c);
@@ -496,7 +470,7 @@ static void cause_rows(maker_fn make, const char *name)
     CHECK_NOT_NULL(c);
     ctx_cancel(cancel);
     CHECK_CANCELED(c);
-    sleep_ns(60 * CTX_MILLISECOND); /* only widens the window for a wrong late fire */
+    check_sleep_ns(60 * CTX_MILLISECOND); /* only widens the window for a wrong late fire */
     CHECK_CANCELED(c);
     ctx_unref(c);
     c = make(ctx_background(), FOREVER, TOO_SLOW, "tooSlow", &cancel);
@@ -877,7 +851,7 @@ static void test_blocking_callback(void)
         CHECK_EQ_INT(ctx_after_func(a[i], block_fn, &b[i], NULL), 0);
     }
     for (int i = 0; i < NBLOCK; i++) {
-        CHECK_MSG(wait_flag(&b[i].started, 1, 10 * CTX_SECOND), "blocker %d never ran", i);
+        CHECK_MSG(check_wait_flag(&b[i].started, 1, 10 * CTX_SECOND), "blocker %d never ran", i);
         CHECK(!pthread_equal(b[i].thread, pthread_self()));
         CHECK_EQ_INT(b[i].err_seen, CTX_DEADLINE_EXCEEDED);
     }
@@ -898,7 +872,7 @@ static void test_blocking_callback(void)
         CHECK_MSG(now - d <= (CHECK_TSAN ? 2000 : 500) * CTX_MILLISECOND,
                   "deadline ended %lld ms late behind a blocked callback",
                   (long long)((now - d) / CTX_MILLISECOND));
-        CHECK_MSG(wait_flag(&pr.ran, 1, 10 * CTX_SECOND),
+        CHECK_MSG(check_wait_flag(&pr.ran, 1, 10 * CTX_SECOND),
                   "callback behind a blocked one never ran");
         CHECK_EQ_INT(atomic_load(&pr.ran), 1);
         CHECK_EQ_INT(pr.err_seen, CTX_DEADLINE_EXCEEDED);
@@ -913,7 +887,7 @@ static void test_blocking_callback(void)
 
     for (int i = 0; i < NBLOCK; i++) {
         check_latch_open(&b[i].release);
-        CHECK(wait_flag(&b[i].returned, 1, 10 * CTX_SECOND));
+        CHECK(check_wait_flag(&b[i].returned, 1, 10 * CTX_SECOND));
     }
     for (int i = 0; i < NBLOCK; i++)
         ctx_unref(a[i]);
@@ -952,7 +926,7 @@ static void test_many_deadline_callbacks(void)
     CHECK_EQ_INT(ctx_wait(last, 30 * CTX_SECOND), CTX_DEADLINE_EXCEEDED);
     ctx_unref(last);
     for (int i = 0; i < n; i++) {
-        CHECK_MSG(wait_flag(&pr[i].ran, 1, 10 * CTX_SECOND), "callback %d never ran", i);
+        CHECK_MSG(check_wait_flag(&pr[i].ran, 1, 10 * CTX_SECOND), "callback %d never ran", i);
         int e = ctx_err(cs[i]);
         CHECK_EQ_INT(pr[i].err_seen, e);
         ctx_time_t d;
@@ -967,7 +941,7 @@ static void test_many_deadline_callbacks(void)
         }
     }
     /* Nothing runs twice. */
-    sleep_ns(20 * CTX_MILLISECOND);
+    check_sleep_ns(20 * CTX_MILLISECOND);
     for (int i = 0; i < n; i++) {
         CHECK_EQ_INT(atomic_load(&pr[i].ran), 1);
         ctx_unref(cs[i]);
@@ -1015,7 +989,7 @@ static void test_cancel_deadline_race(void)
         check_latch_open(&r.go);
         CHECK(ctx_wait(c, 10 * CTX_SECOND) != 0);
         check_thread_join(t);
-        CHECK(wait_flag(&pr.ran, 1, 10 * CTX_SECOND));
+        CHECK(check_wait_flag(&pr.ran, 1, 10 * CTX_SECOND));
         int e = ctx_err(c);
         CHECK(e == CTX_CANCELED || e == CTX_DEADLINE_EXCEEDED);
         CHECK_EQ_INT(ctx_cause(c, NULL), e);

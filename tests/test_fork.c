@@ -31,48 +31,23 @@ const char *__tsan_default_options(void)
 #define BOUND_S (CHECK_TSAN ? 20 : 10)
 #define BOUND   ((ctx_duration_t)BOUND_S * CTX_SECOND)
 
-static ctx_time_t mono_now(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (ctx_time_t)ts.tv_sec * CTX_SECOND + ts.tv_nsec;
-}
-
-static void sleep_ns(ctx_duration_t d)
-{
-    struct timespec ts = { (time_t)(d / CTX_SECOND), (long)(d % CTX_SECOND) };
-    while (nanosleep(&ts, &ts) != 0 && errno == EINTR)
-        ;
-}
-
-static bool wait_flag(atomic_int *flag, int want, ctx_duration_t bound)
-{
-    ctx_time_t end = mono_now() + bound;
-    while (atomic_load(flag) < want) {
-        if (mono_now() > end)
-            return false;
-        sleep_ns(CTX_MILLISECOND);
-    }
-    return true;
-}
-
 /* Waits for pid with a bound; fails (after killing it) if it does not end
  * in time, or ends other than by exit(0). */
 static void wait_child(pid_t pid, const char *what)
 {
-    ctx_time_t end = mono_now() + BOUND + 10 * CTX_SECOND;
+    ctx_time_t end = check_mono_now() + BOUND + 10 * CTX_SECOND;
     int status = 0;
     for (;;) {
         pid_t r = waitpid(pid, &status, WNOHANG);
         if (r == pid)
             break;
         CHECK_MSG(r == 0 || (r < 0 && errno == EINTR), "waitpid: %s", strerror(errno));
-        if (mono_now() > end) {
+        if (check_mono_now() > end) {
             kill(pid, SIGKILL);
             waitpid(pid, &status, 0);
             CHECK_MSG(false, "%s: child %d did not finish (deadlock?)", what, (int)pid);
         }
-        sleep_ns(CTX_MILLISECOND);
+        check_sleep_ns(CTX_MILLISECOND);
     }
     if (WIFSIGNALED(status))
         CHECK_MSG(false, "%s: child killed by signal %d%s", what, WTERMSIG(status),
@@ -115,7 +90,7 @@ static void check_new_timeout(void)
     CHECK(ctx_deadline(c, &d));
     CHECK_EQ_INT(ctx_wait(c, BOUND), CTX_DEADLINE_EXCEEDED);
     CHECK(ctx_now() >= d);
-    CHECK(wait_flag(&p.ran, 1, BOUND));
+    CHECK(check_wait_flag(&p.ran, 1, BOUND));
     CHECK_EQ_INT(p.err, CTX_DEADLINE_EXCEEDED);
     CHECK(!pthread_equal(p.thread, pthread_self()));
     ctx_unref(c);
@@ -131,9 +106,9 @@ static void check_new_timeout(void)
     ctx_unref(kid);
     ctx_unref(c);
     /* And timed sleeps. */
-    ctx_time_t t0 = mono_now();
+    ctx_time_t t0 = check_mono_now();
     CHECK_EQ_INT(ctx_sleep(ctx_background(), 5 * CTX_MILLISECOND), 0);
-    CHECK(mono_now() - t0 >= 5 * CTX_MILLISECOND);
+    CHECK(check_mono_now() - t0 >= 5 * CTX_MILLISECOND);
 }
 
 /* ---------------------------------------------------------------------------
@@ -155,8 +130,8 @@ static void check_live_timers(struct live *l, const char *side)
     /* The short timer (made before the fork) fires. */
     CHECK_EQ_INT(ctx_wait(l->shortc, BOUND), CTX_DEADLINE_EXCEEDED);
     CHECK(ctx_now() >= l->short_deadline);
-    CHECK_MSG(wait_flag(&l->short_probe.ran, 1, BOUND), "%s: short timer's callback never ran",
-              side);
+    CHECK_MSG(check_wait_flag(&l->short_probe.ran, 1, BOUND),
+              "%s: short timer's callback never ran", side);
     CHECK_EQ_INT(atomic_load(&l->short_probe.ran), 1);
     CHECK_EQ_INT(l->short_probe.err, CTX_DEADLINE_EXCEEDED);
 
@@ -244,7 +219,7 @@ static void test_fork_at_deadline(void)
         p.ctx = c;
         CHECK_EQ_INT(ctx_after_func(c, probe_fn, &p, NULL), 0);
         if (i % 2)
-            sleep_ns((ctx_duration_t)(i % 5) * CTX_MILLISECOND);
+            check_sleep_ns((ctx_duration_t)(i % 5) * CTX_MILLISECOND);
         fflush(stderr);
         pid_t pid = fork();
         CHECK(pid >= 0);
@@ -259,7 +234,7 @@ static void test_fork_at_deadline(void)
             _exit(0);
         }
         CHECK_EQ_INT(ctx_wait(c, BOUND), CTX_DEADLINE_EXCEEDED);
-        CHECK(wait_flag(&p.ran, 1, BOUND));
+        CHECK(check_wait_flag(&p.ran, 1, BOUND));
         wait_child(pid, "fork at a deadline");
         CHECK_EQ_INT(atomic_load(&p.ran), 1);
         ctx_unref(c);
@@ -353,12 +328,12 @@ static void test_fork_while_busy(void)
     for (int i = 0; i < rounds; i++) {
         long before = atomic_load(&ch.iterations);
         /* Let the churners get going again after the last fork. */
-        ctx_time_t end = mono_now() + BOUND;
+        ctx_time_t end = check_mono_now() + BOUND;
         while (atomic_load(&ch.iterations) < before + 20) {
-            CHECK_MSG(mono_now() < end, "the churning threads stalled in the parent");
+            CHECK_MSG(check_mono_now() < end, "the churning threads stalled in the parent");
             sched_yield();
         }
-        sleep_ns((ctx_duration_t)check_rng_below(&rng, 1000) * CTX_MICROSECOND);
+        check_sleep_ns((ctx_duration_t)check_rng_below(&rng, 1000) * CTX_MICROSECOND);
         fflush(stderr);
         pid_t pid = fork();
         CHECK(pid >= 0);
@@ -380,7 +355,7 @@ static void test_fork_while_busy(void)
             }
             /* The churners' timeouts are at most 3 ms: by now any left in
              * the heap are due; firing them must not hang the child. */
-            sleep_ns(10 * CTX_MILLISECOND);
+            check_sleep_ns(10 * CTX_MILLISECOND);
             check_new_timeout();
             _exit(0);
         }

@@ -26,32 +26,6 @@
 
 #define BOUND (CHECK_TSAN ? 30 * CTX_SECOND : 10 * CTX_SECOND)
 
-static ctx_time_t mono_now(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (ctx_time_t)ts.tv_sec * CTX_SECOND + ts.tv_nsec;
-}
-
-static void sleep_ns(ctx_duration_t d)
-{
-    struct timespec ts = { (time_t)(d / CTX_SECOND), (long)(d % CTX_SECOND) };
-    while (nanosleep(&ts, &ts) != 0 && errno == EINTR)
-        ;
-}
-
-/* Polls *flag until it is at least want or bound passes. */
-static bool wait_flag(atomic_int *flag, int want, ctx_duration_t bound)
-{
-    ctx_time_t end = mono_now() + bound;
-    while (atomic_load(flag) < want) {
-        if (mono_now() > end)
-            return false;
-        sleep_ns(CTX_MILLISECOND);
-    }
-    return true;
-}
-
 static void errorcheck_mutex_init(pthread_mutex_t *mu)
 {
     pthread_mutexattr_t a;
@@ -229,7 +203,8 @@ static void run_waiter(enum waiter_kind kind, enum wake_kind wake)
         want = CTX_DEADLINE_EXCEEDED;
         break;
     }
-    CHECK_MSG(wait_flag(&w.done, 1, BOUND), "%s not woken by %s", kind_name[kind], wake_name[wake]);
+    CHECK_MSG(check_wait_flag(&w.done, 1, BOUND), "%s not woken by %s", kind_name[kind],
+              wake_name[wake]);
     check_thread_join(t);
     CHECK_MSG(w.r == want, "%s woken by %s returned %d, want %d", kind_name[kind], wake_name[wake],
               w.r, want);
@@ -274,26 +249,26 @@ static void test_poll_and_timeouts(void)
     /* 0 polls; a negative timeout other than CTX_FOREVER is 0. */
     ctx_t *all[] = { c, v, w, ctx_background(), ctx_todo() };
     for (size_t i = 0; i < sizeof all / sizeof all[0]; i++) {
-        ctx_time_t t0 = mono_now();
+        ctx_time_t t0 = check_mono_now();
         CHECK_EQ_INT(ctx_wait(all[i], 0), 0);
         CHECK_EQ_INT(ctx_wait(all[i], -5), 0);
         CHECK_EQ_INT(ctx_sleep(all[i], 0), 0);
         CHECK_EQ_INT(ctx_sleep(all[i], -5), 0);
-        CHECK(mono_now() - t0 < CTX_SECOND);
+        CHECK(check_mono_now() - t0 < CTX_SECOND);
     }
 
     /* A short timeout returns 0 after about that long. */
     for (size_t i = 0; i < sizeof all / sizeof all[0]; i++) {
-        ctx_time_t t0 = mono_now();
+        ctx_time_t t0 = check_mono_now();
         CHECK_EQ_INT(ctx_wait(all[i], 30 * CTX_MILLISECOND), 0);
-        ctx_duration_t took = mono_now() - t0;
+        ctx_duration_t took = check_mono_now() - t0;
         CHECK_MSG(took >= 30 * CTX_MILLISECOND, "ctx_wait(30 ms) returned after %lld us",
                   (long long)(took / CTX_MICROSECOND));
         CHECK_MSG(took < 30 * CTX_MILLISECOND + BOUND / 5, "ctx_wait(30 ms) took %lld ms",
                   (long long)(took / CTX_MILLISECOND));
-        t0 = mono_now();
+        t0 = check_mono_now();
         CHECK_EQ_INT(ctx_sleep(all[i], 20 * CTX_MILLISECOND), 0);
-        took = mono_now() - t0;
+        took = check_mono_now() - t0;
         CHECK(took >= 20 * CTX_MILLISECOND);
         CHECK(took < 20 * CTX_MILLISECOND + BOUND / 5);
     }
@@ -314,13 +289,13 @@ static void test_poll_and_timeouts(void)
     ctx_cancel(cc);
     ctx_t *done_ones[] = { c, v };
     for (size_t i = 0; i < 2; i++) {
-        ctx_time_t t0 = mono_now();
+        ctx_time_t t0 = check_mono_now();
         CHECK_EQ_INT(ctx_wait(done_ones[i], 0), CTX_CANCELED);
         CHECK_EQ_INT(ctx_wait(done_ones[i], CTX_FOREVER), CTX_CANCELED);
         CHECK_EQ_INT(ctx_wait(done_ones[i], CTX_HOUR), CTX_CANCELED);
         CHECK_EQ_INT(ctx_sleep(done_ones[i], CTX_HOUR), CTX_CANCELED);
         CHECK_EQ_INT(ctx_sleep(done_ones[i], CTX_FOREVER), CTX_CANCELED);
-        CHECK(mono_now() - t0 < CTX_SECOND);
+        CHECK(check_mono_now() - t0 < CTX_SECOND);
     }
     /* The without-cancel child is still never done. */
     CHECK_EQ_INT(ctx_wait(w, CTX_MILLISECOND), 0);
@@ -660,7 +635,7 @@ static void test_done_fd_exhausted(void)
     check_thread_start(&t, blocked_main, &b);
     /* Only makes it likely the waiter is asleep (check_wait_sleeping would
      * need an fd to look). */
-    sleep_ns(10 * CTX_MILLISECOND);
+    check_sleep_ns(10 * CTX_MILLISECOND);
     pthread_mutex_t mu;
     pthread_cond_t cv = PTHREAD_COND_INITIALIZER;
     errorcheck_mutex_init(&mu);
@@ -668,7 +643,7 @@ static void test_done_fd_exhausted(void)
     CHECK_EQ_INT(ctx_cond_wait(dl, &cv, &mu), CTX_DEADLINE_EXCEEDED);
     CHECK_EQ_INT(pthread_mutex_unlock(&mu), 0);
     ctx_cancel_cause(cc, EPIPE, "out of fds");
-    CHECK(wait_flag(&b.done, 1, BOUND));
+    CHECK(check_wait_flag(&b.done, 1, BOUND));
     check_thread_join(t);
     CHECK_EQ_INT(b.r, CTX_CANCELED);
     CHECK_DONE(kv, CTX_CANCELED, EPIPE, "out of fds");
@@ -776,15 +751,15 @@ static void test_thousand_waiters(void)
         made++;
     }
     pthread_attr_destroy(&attr);
-    CHECK(wait_flag(&cr.started, made, BOUND));
+    CHECK(check_wait_flag(&cr.started, made, BOUND));
     /* Give a sample of them the time to go to sleep. */
     for (int i = made - 1; i >= 0 && i >= made - 20; i--)
         check_wait_sleeping(cr.tids[i], 2000);
     CHECK_EQ_INT(atomic_load(&cr.woke), 0);
     CHECK_NOT_DONE(cr.ctx);
     ctx_cancel(cc);
-    CHECK_MSG(wait_flag(&cr.woke, made, BOUND), "%d of %d waiters woke", atomic_load(&cr.woke),
-              made);
+    CHECK_MSG(check_wait_flag(&cr.woke, made, BOUND), "%d of %d waiters woke",
+              atomic_load(&cr.woke), made);
     for (int i = 0; i < made; i++)
         check_thread_join(t[i]);
     CHECK_EQ_INT(atomic_load(&cr.bad), 0);
@@ -851,7 +826,7 @@ static void *noise_main(void *arg)
 static void cond_waiter_settle(struct cond_waiter *w)
 {
     for (int i = 0; i < 5000 && atomic_load(&w->tid) == 0; i++)
-        sleep_ns(CTX_MILLISECOND);
+        check_sleep_ns(CTX_MILLISECOND);
     check_wait_sleeping(atomic_load(&w->tid), 5000);
 }
 
@@ -875,7 +850,7 @@ static void test_cond_signal(void)
     pred = true;
     pthread_cond_signal(&cv);
     pthread_mutex_unlock(&mu);
-    CHECK(wait_flag(&w.done, 1, BOUND));
+    CHECK(check_wait_flag(&w.done, 1, BOUND));
     check_thread_join(t);
     CHECK_EQ_INT(w.r, 0);
     CHECK(w.zeros >= 1);
@@ -890,7 +865,7 @@ static void test_cond_signal(void)
     cond_waiter_settle(&w2);
     CHECK_EQ_INT(atomic_load(&w2.done), 0);
     ctx_cancel(cc);
-    CHECK(wait_flag(&w2.done, 1, BOUND));
+    CHECK(check_wait_flag(&w2.done, 1, BOUND));
     check_thread_join(t);
     CHECK_EQ_INT(w2.r, CTX_CANCELED);
     CHECK(w2.held);
@@ -912,7 +887,7 @@ static void test_cond_signal(void)
     pred = true;
     pthread_cond_broadcast(&cv);
     pthread_mutex_unlock(&mu);
-    CHECK(wait_flag(&w3.done, 1, BOUND));
+    CHECK(check_wait_flag(&w3.done, 1, BOUND));
     check_thread_join(t);
     CHECK_EQ_INT(w3.r, 0);
     CHECK(w3.held);
@@ -991,11 +966,11 @@ static void test_cond_example(void)
         if (shared) {
             /* Cancel at a random moment, from before the waiters register
              * to after they sleep. */
-            sleep_ns((ctx_duration_t)check_rng_below(&rng, 1500) * CTX_MICROSECOND);
+            check_sleep_ns((ctx_duration_t)check_rng_below(&rng, 1500) * CTX_MICROSECOND);
             ctx_cancel(sc);
         }
         for (int i = 0; i < NW; i++) {
-            CHECK_MSG(wait_flag(&w[i].done, 1, BOUND), "round %d: waiter %d lost its wake-up",
+            CHECK_MSG(check_wait_flag(&w[i].done, 1, BOUND), "round %d: waiter %d lost its wake-up",
                       round, i);
             check_thread_join(t[i]);
             CHECK_EQ_INT(w[i].r, shared ? CTX_CANCELED : CTX_DEADLINE_EXCEEDED);
@@ -1014,9 +989,9 @@ static void test_cond_example(void)
     pthread_cond_destroy(&cv);
     pthread_mutex_destroy(&mu);
     /* Deadline callbacks drop their references on library threads. */
-    ctx_time_t end = mono_now() + BOUND;
-    while (check_alloc_live() != base && mono_now() < end)
-        sleep_ns(CTX_MILLISECOND);
+    ctx_time_t end = check_mono_now() + BOUND;
+    while (check_alloc_live() != base && check_mono_now() < end)
+        check_sleep_ns(CTX_MILLISECOND);
     CHECK_EQ_INT(check_alloc_live(), base);
 }
 
