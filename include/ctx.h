@@ -80,7 +80,9 @@ extern "C" {
 typedef struct ctx ctx_t;
 
 /* The capability to cancel one context (Go's CancelFunc).  Valid for as long
- * as its context is alive. */
+ * as its context is alive.  Debug builds (without NDEBUG) abort with a
+ * message when a handle is used after its context was freed, as long as the
+ * memory has not been reused. */
 typedef struct ctx_cancel ctx_cancel_t;
 
 /* One AfterFunc registration (Go's stop function). */
@@ -301,7 +303,9 @@ CTX_EXPORT int ctx_after_func(ctx_t *ctx, void (*fn)(void *arg), void *arg, ctx_
 /* true: fn will never run (it was stopped here).  false: fn has started or
  * has run; then waits until fn has returned, unless called from inside fn
  * itself (directly or through a cancel that fn made).  Always releases the
- * handle.  ctx_after_stop(NULL) returns false. */
+ * handle.  ctx_after_stop(NULL) returns false.  Stopping a handle twice is
+ * misuse: debug builds abort with a message (as long as the memory has not
+ * been reused). */
 CTX_EXPORT bool ctx_after_stop(ctx_after_t *stop);
 
 /* ---------------------------------------------------------------------------

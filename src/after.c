@@ -34,6 +34,7 @@ void ctx__after_release(struct ctx *r)
     /* acq_rel: the last holder sees every write the others made. */
     if (atomic_fetch_sub_explicit(&r->refs, 1, memory_order_acq_rel) == 1) {
         ctx_t *c = ctx__parent(r);
+        r->u.a.handle = CTX__HANDLE_FREED;
         ctx__node_free(r, sizeof *r);
         ctx_unref(c);
     }
@@ -80,6 +81,7 @@ int ctx_after_func(ctx_t *c, void (*fn)(void *arg), void *arg, ctx_after_t **sto
     atomic_init(&r->refs, stop != NULL ? 2u : 1u);
     atomic_init(&r->lock, 0);
     atomic_init(&r->u.a.run, CTX__RUN_PENDING);
+    r->u.a.handle = CTX__HANDLE_LIVE;
     r->u.a.fn = fn;
     r->u.a.arg = arg;
     r->u.a.link.next = NULL;
@@ -113,6 +115,9 @@ bool ctx_after_stop(ctx_after_t *stop)
         return false;
     if (r == &never_after)
         return true;
+    CTX__MISUSE(r->u.a.handle != CTX__HANDLE_LIVE,
+                "ctx_after_stop: this handle was already stopped (each handle is stopped once)");
+    r->u.a.handle = CTX__HANDLE_STOPPED;
 
     bool stopped = false;
     struct ctx *o = r->up;
@@ -134,7 +139,10 @@ bool ctx_after_stop(ctx_after_t *stop)
             stopped = true;
         } else if (!inside(r)) {
             /* fn has started: wait until it returns. */
-            while ((s & ~(uint32_t)CTX__RUN_WAITER) != CTX__RUN_DONE) {
+            /* (STOPPED here means a second stop of one handle: misuse,
+             * caught in debug builds; never wait for ever on it.) */
+            while ((s & ~(uint32_t)CTX__RUN_WAITER) != CTX__RUN_DONE &&
+                   (s & ~(uint32_t)CTX__RUN_WAITER) != CTX__RUN_STOPPED) {
                 if (!(s & CTX__RUN_WAITER) && !atomic_compare_exchange_strong_explicit(
                                                   &r->u.a.run, &s, s | CTX__RUN_WAITER,
                                                   memory_order_acquire, memory_order_acquire))

@@ -124,7 +124,7 @@ struct ctx {
         } c; /* CTX__CANCEL, CTX__TIMER, CTX__CUSTOM */
         struct {
             _Atomic uint32_t run; /* enum ctx__run, futex word */
-            uint32_t unused;
+            uint32_t handle;      /* CTX__HANDLE_*: misuse checks */
             void (*fn)(void *arg);
             void *arg;
             struct ctx__link link; /* must sit where c.link sits */
@@ -146,6 +146,32 @@ static inline uint64_t ctx__key_bit(const ctx_key_t *key)
     /* Fibonacci hashing of the key's address: the top 6 bits pick a bit. */
     return (uint64_t)1 << (((uint64_t)(uintptr_t)key * 0x9E3779B97F4A7C15u) >> 58);
 }
+
+/* The stop handle of an AFTER record, for debug builds' misuse checks:
+ * a handle passed to ctx_after_stop twice, or after its record was freed,
+ * reads STOPPED or FREED (as long as the memory was not reused). */
+#define CTX__HANDLE_LIVE    0x4c495645u /* "LIVE" */
+#define CTX__HANDLE_STOPPED 0x53544f50u /* "STOP" */
+#define CTX__HANDLE_FREED   0x46524545u /* "FREE" */
+
+/* The kind a freed node is given in debug builds, so that a cancel through
+ * the handle of a freed context is caught (until the memory is reused). */
+#define CTX__FREED 7u
+
+/* Misuse the documentation promises to catch in debug builds. */
+#ifndef NDEBUG
+#define CTX__MISUSE(cond, msg)                                                                     \
+    do {                                                                                           \
+        if (cond)                                                                                  \
+            ctx__misuse(msg);                                                                      \
+    } while (0)
+#else
+#define CTX__MISUSE(cond, msg) ((void)0)
+#endif
+#if defined(__GNUC__) || defined(__clang__)
+__attribute__((noreturn, cold))
+#endif
+void ctx__misuse(const char *msg);
 
 /* The run state of an AFTER record. */
 enum ctx__run {
@@ -367,6 +393,7 @@ int ctx__thread_start(void *(*fn)(void *), size_t stack);
 void ctx__timer_restart(void);
 void ctx__describe_atfork(int release);
 int ctx__clock_is_manual(void);
+ctx_time_t ctx__real_now(void); /* CLOCK_MONOTONIC, whatever ctx_now() reads */
 
 /* ---- after.c */
 void ctx__run_after(struct ctx *r);

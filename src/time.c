@@ -86,6 +86,11 @@ ctx_time_t ctx_now(void)
     return real_now();
 }
 
+ctx_time_t ctx__real_now(void)
+{
+    return real_now();
+}
+
 int ctx__clock_is_manual(void)
 {
     return atomic_load_explicit(&T.manual, memory_order_relaxed);
@@ -318,6 +323,27 @@ static struct shard *earliest_shard(int64_t *min)
 /* Pops the earliest entry of all shards if it is due at `now` and takes a
  * reference to its node.  Returns 1 with *out set (NULL when the node was
  * being freed and is skipped), or 0 when nothing is due. */
+/* Pops S's earliest entry if it is due at `now`.  Under S's lock. */
+static int pop_locked(struct shard *S, ctx_time_t now, struct ctx__timer **out)
+{
+    if (S->n == 0 || S->heap[0].deadline > now)
+        return 0;
+    struct ctx__timer *t = S->heap[0].t;
+    heap_delete(S, 0);
+    /* Skip a node that is already done (its canceller is about to remove
+     * this entry: never touch its locks) or whose count reached zero (a
+     * thread freeing it waits for this lock to remove the entry).  Either
+     * way the node is still allocated while we hold the shard lock. */
+    if (atomic_load_explicit(&t->base.u.c.state, memory_order_acquire) & CTX__ERR_MASK)
+        *out = NULL;
+    else
+        *out = ctx__try_ref(&t->base) ? t : NULL;
+    return 1;
+}
+
+/* Pops the earliest entry of all shards if it is due at `now` and takes a
+ * reference to its node.  Returns 1 with *out set (NULL when the node is
+ * skipped), or 0 when nothing is due. */
 static int pop_due(ctx_time_t now, struct ctx__timer **out)
 {
     for (;;) {
@@ -326,23 +352,24 @@ static int pop_due(ctx_time_t now, struct ctx__timer **out)
         if (m > now)
             return 0;
         ctx__lock(&S->mu);
-        if (S->n == 0 || S->heap[0].deadline > now) {
-            ctx__unlock(&S->mu); /* changed meanwhile: look again */
-            continue;
-        }
-        struct ctx__timer *t = S->heap[0].t;
-        heap_delete(S, 0);
-        /* Skip a node that is already done (its canceller is about to
-         * remove this entry, or died doing so in a fork's parent: never
-         * touch its locks) or whose count reached zero (a thread freeing it
-         * waits for this lock to remove the entry).  Either way the node
-         * is still allocated while we hold the shard lock. */
-        if (atomic_load_explicit(&t->base.u.c.state, memory_order_acquire) & CTX__ERR_MASK)
-            *out = NULL;
-        else
-            *out = ctx__try_ref(&t->base) ? t : NULL;
+        int popped = pop_locked(S, now, out);
         ctx__unlock(&S->mu);
-        return 1;
+        if (popped)
+            return 1;
+        if (m == INT64_MAX) {
+            /* Every published minimum is INT64_MAX: the heaps are empty,
+             * or hold only deadlines at the end of time, which are due
+             * only when now is INT64_MAX too.  One pass decides. */
+            for (int i = 0; i < NSHARDS; i++) {
+                ctx__lock(&T.shard[i].mu);
+                popped = pop_locked(&T.shard[i], now, out);
+                ctx__unlock(&T.shard[i].mu);
+                if (popped)
+                    return 1;
+            }
+            return 0;
+        }
+        /* The minimum changed meanwhile: look again. */
     }
 }
 

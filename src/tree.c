@@ -61,10 +61,8 @@ static int drop_ref(struct ctx *c)
     uint32_t old = atomic_fetch_sub_explicit(&c->refs, 1, memory_order_acq_rel);
     if (old != 1) {
 #ifndef NDEBUG
-        if (old == 0) {
-            fprintf(stderr, "libctx: ctx_unref: reference count underflow on %p\n", (void *)c);
-            abort();
-        }
+        if (old == 0)
+            ctx__misuse("ctx_unref: reference count underflow (more unrefs than refs)");
 #endif
         return 0;
     }
@@ -153,6 +151,9 @@ static void free_chain(struct ctx *c)
                     cu->ops->destroy(cu->data);
             }
         }
+#ifndef NDEBUG
+        c->pk = (uintptr_t)parent | CTX__FREED;
+#endif
         ctx__node_free(c, ctx__node_size(kind));
 
         if (parent == NULL || ctx__kind(parent) == CTX__ROOT || !drop_ref(parent))
@@ -366,16 +367,33 @@ void ctx__cancel(struct ctx *n, uint32_t err, int cause, struct ctx__msg *msg, i
         }
 }
 
+void ctx__misuse(const char *msg)
+{
+    fprintf(stderr, "libctx: misuse: %s\n", msg);
+    abort();
+}
+
+/* The handle of a freed context: its memory says so in debug builds. */
+static void check_handle(const struct ctx *n)
+{
+    CTX__MISUSE(!ctx__is_cancel_kind(ctx__kind(n)),
+                "ctx_cancel: the handle's context was freed (or this is not a cancel handle)");
+    (void)n;
+}
+
 void ctx_cancel(ctx_cancel_t *cancel)
 {
-    if (cancel != NULL)
-        ctx__cancel((struct ctx *)cancel, CTX_CANCELED, 0, NULL, 0);
+    if (cancel == NULL)
+        return;
+    check_handle((struct ctx *)cancel);
+    ctx__cancel((struct ctx *)cancel, CTX_CANCELED, 0, NULL, 0);
 }
 
 void ctx_cancel_cause(ctx_cancel_t *cancel, int cause, const char *text)
 {
     if (cancel == NULL)
         return;
+    check_handle((struct ctx *)cancel);
     /* Without memory for the copy the cause keeps its code only. */
     struct ctx__msg *msg = ctx__msg_new(text);
     ctx__cancel((struct ctx *)cancel, CTX_CANCELED, cause, msg, 0);

@@ -48,49 +48,60 @@ int(ctx_wait)(ctx_t *c, ctx_duration_t timeout)
     if (timeout == 0 || (timeout < 0 && timeout != CTX_FOREVER))
         return 0;
     ctx__timer_restart(); /* see time.c: after fork, in the child */
-    if (timeout != CTX_FOREVER && ctx__clock_is_manual()) {
-        /* Under the manual clock a timeout is a deadline like any other:
-         * wait on a child that ctx_clock_advance() ends. */
+
+    /* Under the manual clock a timeout is a deadline like any other: wait
+     * on a child that ctx_clock_advance() ends.  Without memory for the
+     * child, wait in slices of real time and read the manual clock between
+     * them. */
+    int manual = timeout != CTX_FOREVER && ctx__clock_is_manual();
+    ctx_time_t manual_end = 0;
+    if (manual) {
         ctx_t *t = ctx_with_timeout(c, timeout, NULL);
         if (t != NULL) {
             ctx_wait(t, CTX_FOREVER);
             ctx_unref(t);
             return ctx_err(c);
         }
+        manual_end = add_sat(ctx_now(), timeout);
     }
 
+    /* The futex deadline is always on the real monotonic clock. */
     struct timespec abs, *absp = NULL;
     if (timeout != CTX_FOREVER) {
-        abs = to_timespec(add_sat(ctx_now(), timeout));
+        abs = to_timespec(add_sat(ctx__real_now(), manual ? CTX_MILLISECOND : timeout));
         absp = &abs;
     }
-    if (ctx__kind(o) == CTX__ROOT) {
-        /* Never done: just sleep.  The roots' state word stays 0. */
-        static _Atomic uint32_t never;
-        while (ctx__futex_wait(&never, 0, absp) != ETIMEDOUT)
-            ;
-        return 0;
-    }
     for (;;) {
-        if (!(s & CTX__WAITERS)) {
-            /* The flag is set under the lock, like every change of the
-             * word, so that mark() can publish err with a plain store. */
-            ctx__lock(&o->lock);
-            s = atomic_load_explicit(word, memory_order_relaxed);
-            if (!(s & CTX__ERR_MASK)) {
-                s |= CTX__WAITERS;
-                atomic_store_explicit(word, s, memory_order_relaxed);
+        int r;
+        if (ctx__kind(o) == CTX__ROOT) {
+            /* Never done: just sleep.  The roots' state word stays 0. */
+            static _Atomic uint32_t never;
+            r = ctx__futex_wait(&never, 0, absp);
+        } else {
+            if (!(s & CTX__WAITERS)) {
+                /* The flag is set under the lock, like every change of
+                 * the word, so that mark() can publish err with a plain
+                 * store. */
+                ctx__lock(&o->lock);
+                s = atomic_load_explicit(word, memory_order_relaxed);
+                if (!(s & CTX__ERR_MASK)) {
+                    s |= CTX__WAITERS;
+                    atomic_store_explicit(word, s, memory_order_relaxed);
+                }
+                ctx__unlock(&o->lock);
+                if (s & CTX__ERR_MASK)
+                    return (int)(s & CTX__ERR_MASK);
             }
-            ctx__unlock(&o->lock);
+            r = ctx__futex_wait(word, s, absp);
+            s = atomic_load_explicit(word, memory_order_acquire);
             if (s & CTX__ERR_MASK)
                 return (int)(s & CTX__ERR_MASK);
         }
-        int r = ctx__futex_wait(word, s, absp);
-        s = atomic_load_explicit(word, memory_order_acquire);
-        if (s & CTX__ERR_MASK)
-            return (int)(s & CTX__ERR_MASK);
-        if (r == ETIMEDOUT)
-            return 0;
+        if (r == ETIMEDOUT) {
+            if (!manual || ctx_now() >= manual_end)
+                return 0;
+            abs = to_timespec(add_sat(ctx__real_now(), CTX_MILLISECOND));
+        }
     }
 }
 
@@ -319,8 +330,31 @@ void ctx__wait_atfork_parent(void)
     pthread_mutex_unlock(&fd_mu);
 }
 
+/* A done fd made before the fork is one kernel object shared by both
+ * processes: a cancel in either would make it readable in both.  Give the
+ * child its own, at the same fd numbers (which its code may already hold),
+ * readable if the context is done.  Only async-signal-safe calls. */
 void ctx__wait_atfork_child(void)
 {
     ctx__describe_atfork(1);
+    for (int b = 0; b < FD_BUCKETS; b++) {
+        for (struct fdent *e = fd_table[b]; e != NULL; e = e->next) {
+            int rfd, wfd;
+            if (make_fd(&rfd, &wfd) != 0)
+                continue; /* no fd left: it stays shared, as before */
+            dup2(rfd, e->rfd);
+            if (wfd != rfd)
+                dup2(wfd, e->wfd);
+            close(rfd);
+            if (wfd != rfd)
+                close(wfd);
+            /* dup2 dropped close-on-exec; set it again. */
+            fcntl(e->rfd, F_SETFD, FD_CLOEXEC);
+            if (e->wfd != e->rfd)
+                fcntl(e->wfd, F_SETFD, FD_CLOEXEC);
+            if (atomic_load_explicit(&e->node->u.c.state, memory_order_acquire) & CTX__ERR_MASK)
+                fd_kick(e);
+        }
+    }
     pthread_mutex_unlock(&fd_mu);
 }
