@@ -98,4 +98,4 @@ install: build
 	$(CMAKE) --install $(BUILD_DIR) --prefix '$(abspath $(PREFIX))'
 
 clean:
-	rm -rf '$(BUILD_DIR)' build-asan build-tsan build-werror
+	rm -rf '$(BUILD_DIR)' build-asan build-tsan build-werror build-fuzz
