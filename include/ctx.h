@@ -201,9 +201,12 @@ CTX_EXPORT ctx_t *ctx_without_cancel(ctx_t *parent);
  * code is kept and its text falls back to ctx_strerror(cause)).
  *
  * Synchronous: when the call returns, the context and all its descendants
- * are done (through value and deadline layers alike), its AfterFunc
- * callbacks and those of its descendants have run on this thread, and the
- * context has left its parent.  Cancelling a context never affects its
+ * are done (through value and deadline layers alike), even if other threads
+ * cancel parts of the same tree at the same moment, and the context has
+ * left its parent.  The AfterFunc callbacks this call found have run on this
+ * thread; those of a part of the tree that another thread's cancel reached
+ * first run on that thread (or, for a deadline, on a callback thread) and
+ * may still be running.  Cancelling a context never affects its
  * parent or siblings.  Safe from any thread; a NULL handle is ignored.
  */
 CTX_EXPORT void ctx_cancel(ctx_cancel_t *cancel);

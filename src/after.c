@@ -230,7 +230,10 @@ static void *worker_main(void *arg)
         }
         X.idle--;
         pthread_mutex_unlock(&X.mu);
-        ctx__run_after(r);
+        if (ctx__kind(r) == CTX__AFTER)
+            ctx__run_after(r);
+        else
+            ctx_unref(r); /* a node the timer thread held last */
         pthread_mutex_lock(&X.mu);
         X.idle++;
     }
@@ -246,19 +249,18 @@ void ctx__after_defer(struct ctx__link *chain)
     *X.tail = chain;
     while (*X.tail != NULL)
         X.tail = &(*X.tail)->next;
-    if (X.idle > 0) {
+    if (X.idle > 0)
         pthread_cond_signal(&X.cv);
-    } else if (X.workers == 0 && spawn_locked() != 0) {
-        /* No thread can be made and none exists: run them here rather than
-         * never. */
-        struct ctx *r;
-        while ((r = take_locked()) != NULL) {
-            pthread_mutex_unlock(&X.mu);
-            ctx__run_after(r);
-            pthread_mutex_lock(&X.mu);
-        }
-    }
+    else if (X.workers == 0)
+        spawn_locked(); /* if that fails, the timer thread's look retries */
     pthread_mutex_unlock(&X.mu);
+}
+
+void ctx__after_defer_unref(struct ctx *node)
+{
+    /* The node is done and out of every list: its link is free. */
+    node->u.c.link.next = NULL;
+    ctx__after_defer(&node->u.c.link);
 }
 
 int ctx__after_watch(ctx_time_t now)

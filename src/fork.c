@@ -130,10 +130,12 @@ static void prepare(void)
             sched_yield();
     ctx__time_atfork_prepare();
     ctx__wait_atfork_prepare();
+    ctx__futex_atfork(0);
 }
 
 static void parent(void)
 {
+    ctx__futex_atfork(1);
     ctx__wait_atfork_parent();
     ctx__time_atfork_parent();
     pthread_mutex_unlock(&reg_mu);
@@ -149,6 +151,7 @@ static void child(void)
         ctx__me.prev = ctx__me.next = NULL;
         reg_head = &ctx__me;
     }
+    ctx__futex_atfork(2);
     ctx__wait_atfork_child();
     ctx__time_atfork_child();
     pthread_mutex_unlock(&reg_mu);

@@ -266,6 +266,9 @@ char *ctx__strdup(const char *s);
  * NULL for none) passed, EINTR when interrupted. */
 int ctx__futex_wait(_Atomic uint32_t *addr, uint32_t expected, const struct timespec *abs_deadline);
 void ctx__futex_wake(_Atomic uint32_t *addr, int count);
+/* fork support for an emulation that uses locks: 0 prepare, 1 parent,
+ * 2 child. */
+void ctx__futex_atfork(int phase);
 
 /* ---- the node lock: a three-state futex mutex. */
 void ctx__lock_slow(_Atomic uint32_t *l);
@@ -401,6 +404,9 @@ void ctx__after_release(struct ctx *r);
 /* Hands a chain of AFTER records (linked through link.next) to the
  * callback threads. */
 void ctx__after_defer(struct ctx__link *chain);
+/* Hands the last reference to a done cancel node to the callback thread,
+ * so that freeing it (which runs destroy hooks) happens there. */
+void ctx__after_defer_unref(struct ctx *node);
 /* The timer thread's look at the callback queue (see after.c): starts a
  * worker when the queue has not moved for a millisecond.  Returns nonzero
  * while records are queued, so that the timer thread looks again soon. */

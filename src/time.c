@@ -62,7 +62,7 @@ static struct {
 } T = {
     .once = PTHREAD_ONCE_INIT,
     .mu = PTHREAD_MUTEX_INITIALIZER,
-    .fire = PTHREAD_MUTEX_INITIALIZER,
+    .fire = PTHREAD_MUTEX_INITIALIZER, /* made recursive by init_once */
     .wake = INT64_MAX,
 };
 
@@ -191,8 +191,20 @@ static void heap_delete(struct shard *S, uint32_t i)
         publish_min(S);
 }
 
+/* T.fire is recursive: a callback run by ctx_clock_advance may advance the
+ * clock again, or fork, on the same thread. */
+static void init_fire(void)
+{
+    pthread_mutexattr_t ma;
+    pthread_mutexattr_init(&ma);
+    pthread_mutexattr_settype(&ma, PTHREAD_MUTEX_RECURSIVE);
+    pthread_mutex_init(&T.fire, &ma);
+    pthread_mutexattr_destroy(&ma);
+}
+
 static void init_once(void)
 {
+    init_fire();
     pthread_condattr_t a;
     pthread_condattr_init(&a);
     pthread_condattr_setclock(&a, CLOCK_MONOTONIC);
@@ -376,7 +388,23 @@ static int pop_due(ctx_time_t now, struct ctx__timer **out)
 static void fire(struct ctx__timer *t, int defer)
 {
     ctx__cancel(&t->base, CTX_DEADLINE_EXCEEDED, t->dl_cause, t->dl_msg, defer);
-    ctx_unref(&t->base);
+    if (!defer) {
+        ctx_unref(&t->base);
+        return;
+    }
+    /* Drop our reference, unless it is the last one: freeing runs user
+     * code (value and custom destroy hooks, up the chain), which must never
+     * run on the timer thread.  The callback thread drops that one. */
+    /* Acquire: when we see ours is the last reference, every other
+     * holder's release decrement happens before what we do next (such as a
+     * canceller's unlink that wrote the link we reuse).  Release: our use of
+     * the node happens before whoever frees it. */
+    uint32_t r = atomic_load_explicit(&t->base.refs, memory_order_acquire);
+    while (r > 1)
+        if (atomic_compare_exchange_weak_explicit(&t->base.refs, &r, r - 1, memory_order_acq_rel,
+                                                  memory_order_acquire))
+            return;
+    ctx__after_defer_unref(&t->base);
 }
 
 static void *timer_main(void *arg)
@@ -521,7 +549,10 @@ void ctx__time_atfork_child(void)
 
 void ctx__time_atfork_child_fire(void)
 {
-    pthread_mutex_unlock(&T.fire);
+    /* Not an unlock: a recursive mutex belongs to the thread that locked
+     * it, and in the child that thread has another id (the unlock would
+     * fail with EPERM and leave it held). */
+    init_fire();
 }
 
 /* A forked child has no timer thread, and may not start one in its fork
@@ -538,6 +569,8 @@ void ctx__timer_restart(void)
     earliest_shard(&m);
     if (m != INT64_MAX)
         ensure_thread();
+    else
+        ctx__after_watch(real_now()); /* queued callbacks get a worker */
 }
 
 /* ---------------------------------------------------------------------------

@@ -45,3 +45,9 @@ void ctx__lock_slow(_Atomic uint32_t *l)
     while (atomic_exchange_explicit(l, 2, memory_order_acquire) != 0)
         ctx__futex_wait(l, 2, NULL);
 }
+
+/* The kernel's futexes hold no lock a fork could capture. */
+void ctx__futex_atfork(int phase)
+{
+    (void)phase;
+}

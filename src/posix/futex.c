@@ -9,6 +9,7 @@
 
 #include <pthread.h>
 #include <sched.h>
+#include <unistd.h>
 
 #define NBUCKETS 64
 
@@ -18,18 +19,22 @@ static struct bucket {
 } buckets[NBUCKETS];
 static pthread_once_t once = PTHREAD_ONCE_INIT;
 
+static void init_bucket(int i)
+{
+    pthread_condattr_t a;
+    pthread_condattr_init(&a);
+#if defined(_POSIX_MONOTONIC_CLOCK) && _POSIX_MONOTONIC_CLOCK >= 0 && !defined(__APPLE__)
+    pthread_condattr_setclock(&a, CLOCK_MONOTONIC);
+#endif
+    pthread_mutex_init(&buckets[i].mu, NULL);
+    pthread_cond_init(&buckets[i].cv, &a);
+    pthread_condattr_destroy(&a);
+}
+
 static void init(void)
 {
-    for (int i = 0; i < NBUCKETS; i++) {
-        pthread_condattr_t a;
-        pthread_condattr_init(&a);
-#if defined(_POSIX_MONOTONIC_CLOCK) && _POSIX_MONOTONIC_CLOCK >= 0 && !defined(__APPLE__)
-        pthread_condattr_setclock(&a, CLOCK_MONOTONIC);
-#endif
-        pthread_mutex_init(&buckets[i].mu, NULL);
-        pthread_cond_init(&buckets[i].cv, &a);
-        pthread_condattr_destroy(&a);
-    }
+    for (int i = 0; i < NBUCKETS; i++)
+        init_bucket(i);
 }
 
 static struct bucket *bucket_of(const void *addr)
@@ -76,4 +81,21 @@ void ctx__lock_slow(_Atomic uint32_t *l)
     }
     while (atomic_exchange_explicit(l, 2, memory_order_acquire) != 0)
         ctx__futex_wait(l, 2, NULL);
+}
+
+/* fork(2): hold every bucket across the fork so that none is captured
+ * mid-use; the child starts them afresh.  phase: 0 prepare, 1 parent,
+ * 2 child. */
+void ctx__futex_atfork(int phase)
+{
+    pthread_once(&once, init);
+    for (int i = 0; i < NBUCKETS; i++) {
+        if (phase == 0) {
+            pthread_mutex_lock(&buckets[i].mu);
+        } else if (phase == 1) {
+            pthread_mutex_unlock(&buckets[i].mu);
+        } else {
+            init_bucket(i);
+        }
+    }
 }
