@@ -29,7 +29,7 @@ static CTX__TLS struct frame *running;
  * and stopping it returns true.  Nothing is allocated for it. */
 static struct ctx never_after = { .pk = CTX__AFTER };
 
-void ctx__after_release(struct ctx *r)
+static void ctx__after_release(struct ctx *r)
 {
     /* acq_rel: the last holder sees every write the others made. */
     if (atomic_fetch_sub_explicit(&r->refs, 1, memory_order_acq_rel) == 1) {

@@ -51,15 +51,6 @@ void ctx__free(void *p)
         atomic_load_explicit(&free_fn, memory_order_relaxed)(p);
 }
 
-char *ctx__strdup(const char *s)
-{
-    size_t n = strlen(s) + 1;
-    char *d = ctx__alloc(n);
-    if (d != NULL)
-        memcpy(d, s, n);
-    return d;
-}
-
 /* ---------------------------------------------------------------------------
  * Node blocks.
  *

@@ -229,6 +229,24 @@ static inline struct ctx *ctx__ref(struct ctx *c)
     return c;
 }
 
+/* t + d, saturating at the ends of int64_t. */
+static inline ctx_time_t ctx__add_sat(ctx_time_t t, ctx_duration_t d)
+{
+    if (d > 0 && t > INT64_MAX - d)
+        return INT64_MAX;
+    if (d < 0 && t < INT64_MIN - d)
+        return INT64_MIN;
+    return t + d;
+}
+
+/* An instant on CLOCK_MONOTONIC as the absolute timespec that futexes and
+ * condition variables on that clock take. */
+static inline struct timespec ctx__timespec(ctx_time_t t)
+{
+    struct timespec ts = { (time_t)(t / CTX_SECOND), (long)(t % CTX_SECOND) };
+    return ts;
+}
+
 /* The node holding c's done state: c itself, or a root. */
 static inline struct ctx *ctx__owner(struct ctx *c)
 {
@@ -258,8 +276,6 @@ void ctx__free(void *p);
  * ctx__node_free must be given the size passed to ctx__node_alloc. */
 void *ctx__node_alloc(size_t size);
 void ctx__node_free(void *p, size_t size);
-size_t ctx__node_size(unsigned kind);
-char *ctx__strdup(const char *s);
 
 /* ---- futex (linux/futex.c or posix/futex.c).  wait returns 0 when woken
  * or when *addr != expected, ETIMEDOUT when abs_deadline (CLOCK_MONOTONIC,
@@ -371,7 +387,7 @@ static inline void ctx__link_remove(struct ctx__link *l)
  * not consumed.  With defer set, AfterFunc callbacks go to the callback
  * threads instead of running on the caller (the timer thread uses this). */
 void ctx__cancel(struct ctx *n, uint32_t err, int cause, struct ctx__msg *msg, int defer);
-int ctx__init_cancel(struct ctx *n, ctx_t *parent, unsigned kind);
+void ctx__init_cancel(struct ctx *n, ctx_t *parent, unsigned kind);
 struct ctx__msg *ctx__msg_new(const char *text);
 void ctx__msg_unref(struct ctx__msg *m);
 int ctx__try_ref(struct ctx *c);
@@ -400,7 +416,6 @@ ctx_time_t ctx__real_now(void); /* CLOCK_MONOTONIC, whatever ctx_now() reads */
 
 /* ---- after.c */
 void ctx__run_after(struct ctx *r);
-void ctx__after_release(struct ctx *r);
 /* Hands a chain of AFTER records (linked through link.next) to the
  * callback threads. */
 void ctx__after_defer(struct ctx__link *chain);

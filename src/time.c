@@ -96,15 +96,6 @@ int ctx__clock_is_manual(void)
     return atomic_load_explicit(&T.manual, memory_order_relaxed);
 }
 
-static ctx_time_t add_sat(ctx_time_t t, ctx_duration_t d)
-{
-    if (d > 0 && t > INT64_MAX - d)
-        return INT64_MAX;
-    if (d < 0 && t < INT64_MIN - d)
-        return INT64_MIN;
-    return t + d;
-}
-
 ctx_time_t ctx_time_from_wall(const struct timespec *wall)
 {
     if (wall == NULL)
@@ -127,7 +118,7 @@ ctx_time_t ctx_time_from_wall(const struct timespec *wall)
         ds = -(int64_t)diff;
     }
     ctx_duration_t d = ds * CTX_SECOND + ((int64_t)wall->tv_nsec - rt.tv_nsec);
-    return add_sat(ctx_now(), d);
+    return ctx__add_sat(ctx_now(), d);
 }
 
 /* ---------------------------------------------------------------------------
@@ -431,7 +422,7 @@ static void *timer_main(void *arg)
             if (m == INT64_MAX) {
                 pthread_cond_wait(&T.cv, &T.mu);
             } else {
-                struct timespec ts = { (time_t)(m / CTX_SECOND), (long)(m % CTX_SECOND) };
+                struct timespec ts = ctx__timespec(m);
                 pthread_cond_timedwait(&T.cv, &T.mu, &ts);
             }
         }
@@ -483,7 +474,7 @@ int ctx_clock_advance(ctx_duration_t d)
     if (!ctx__clock_is_manual())
         return EPERM;
     pthread_mutex_lock(&T.fire);
-    ctx_time_t target = add_sat(ctx_now(), d);
+    ctx_time_t target = ctx__add_sat(ctx_now(), d);
     struct ctx__timer *t;
     while (pop_due(target, &t)) {
         if (t == NULL)
@@ -641,7 +632,7 @@ ctx_t *ctx_with_deadline(ctx_t *parent, ctx_time_t deadline, ctx_cancel_t **canc
 ctx_t *ctx_with_timeout(ctx_t *parent, ctx_duration_t timeout, ctx_cancel_t **cancel)
 {
     ctx_time_t now = ctx_now();
-    return with_deadline(parent, add_sat(now, timeout), now, 0, NULL, cancel);
+    return with_deadline(parent, ctx__add_sat(now, timeout), now, 0, NULL, cancel);
 }
 
 ctx_t *ctx_with_deadline_cause(ctx_t *parent, ctx_time_t deadline, int cause, const char *msg,
@@ -654,7 +645,7 @@ ctx_t *ctx_with_timeout_cause(ctx_t *parent, ctx_duration_t timeout, int cause, 
                               ctx_cancel_t **cancel)
 {
     ctx_time_t now = ctx_now();
-    return with_deadline(parent, add_sat(now, timeout), now, cause, msg, cancel);
+    return with_deadline(parent, ctx__add_sat(now, timeout), now, cause, msg, cancel);
 }
 
 bool ctx_deadline(ctx_t *c, ctx_time_t *deadline)

@@ -82,7 +82,7 @@ static struct ctx__msg *msg_ref(struct ctx__msg *m)
     return m;
 }
 
-size_t ctx__node_size(unsigned kind)
+static size_t ctx__node_size(unsigned kind)
 {
     switch (kind) {
     case CTX__TIMER:
@@ -166,11 +166,6 @@ void ctx_unref(ctx_t *c)
 {
     if (c == NULL || ctx__kind(c) == CTX__ROOT)
         return;
-    if (ctx__kind(c) == CTX__AFTER) {
-        /* Not reachable through the public API: AFTER records are handed
-         * out as ctx_after_t only. */
-        return;
-    }
     if (drop_ref(c))
         free_chain(c);
 }
@@ -211,9 +206,9 @@ static void mark_live(struct ctx *n, uint32_t err, int cause, struct ctx__msg *m
  * Initializes cancel node n as a child of parent and links it into the
  * children list of parent's owner, or marks it done at birth when that owner
  * is already done.  n is not visible to any other thread yet.  Takes a
- * reference to parent.  Cannot fail; returns 0.
+ * reference to parent.  Cannot fail.
  */
-int ctx__init_cancel(struct ctx *n, ctx_t *parent, unsigned kind)
+void ctx__init_cancel(struct ctx *n, ctx_t *parent, unsigned kind)
 {
     struct ctx *p = ctx__owner(parent);
 
@@ -229,7 +224,7 @@ int ctx__init_cancel(struct ctx *n, ctx_t *parent, unsigned kind)
     n->u.c.link.pprev = NULL;
 
     if (ctx__kind(p) == CTX__ROOT)
-        return 0; /* the parent can never be done: nothing to link to */
+        return; /* the parent can never be done: nothing to link to */
 
     /* Acquire: pairs with the release in mark(); lets us copy cause and msg
      * without the parent's lock when the parent is already done. */
@@ -240,13 +235,12 @@ int ctx__init_cancel(struct ctx *n, ctx_t *parent, unsigned kind)
         if ((s & CTX__ERR_MASK) == 0) {
             ctx__link_insert(&p->u.c.children, &n->u.c.link);
             ctx__unlock(&p->lock);
-            return 0;
+            return;
         }
         ctx__unlock(&p->lock);
     }
     /* Born done, with the parent's err and cause. */
     mark(n, s & CTX__ERR_MASK, p->u.c.cause, p->u.c.msg);
-    return 0;
 }
 
 ctx_t *ctx_with_cancel(ctx_t *parent, ctx_cancel_t **cancel)

@@ -22,18 +22,6 @@
  * Blocking waits
  */
 
-static struct timespec to_timespec(ctx_time_t t)
-{
-    struct timespec ts = { (time_t)(t / CTX_SECOND), (long)(t % CTX_SECOND) };
-    return ts;
-}
-
-/* now + d without overflow. */
-static ctx_time_t add_sat(ctx_time_t now, ctx_duration_t d)
-{
-    return d > INT64_MAX - now ? INT64_MAX : now + d;
-}
-
 /* The parentheses keep ctx.h's inline macro from expanding here. */
 int(ctx_wait)(ctx_t *c, ctx_duration_t timeout)
 {
@@ -62,13 +50,13 @@ int(ctx_wait)(ctx_t *c, ctx_duration_t timeout)
             ctx_unref(t);
             return ctx_err(c);
         }
-        manual_end = add_sat(ctx_now(), timeout);
+        manual_end = ctx__add_sat(ctx_now(), timeout);
     }
 
     /* The futex deadline is always on the real monotonic clock. */
     struct timespec abs, *absp = NULL;
     if (timeout != CTX_FOREVER) {
-        abs = to_timespec(add_sat(ctx__real_now(), manual ? CTX_MILLISECOND : timeout));
+        abs = ctx__timespec(ctx__add_sat(ctx__real_now(), manual ? CTX_MILLISECOND : timeout));
         absp = &abs;
     }
     for (;;) {
@@ -100,7 +88,7 @@ int(ctx_wait)(ctx_t *c, ctx_duration_t timeout)
         if (r == ETIMEDOUT) {
             if (!manual || ctx_now() >= manual_end)
                 return 0;
-            abs = to_timespec(add_sat(ctx__real_now(), CTX_MILLISECOND));
+            abs = ctx__timespec(ctx__add_sat(ctx__real_now(), CTX_MILLISECOND));
         }
     }
 }
