@@ -462,6 +462,20 @@ struct waiter {
 
 static _Atomic int ready;
 
+/* Waits until n waiter threads have said they are ready, then a little
+ * longer so that every one is asleep in its futex wait (a benchmark's
+ * pause, not a test's synchronisation: the figures only need the threads
+ * to be parked). */
+static void await_waiters(int n)
+{
+    while (atomic_load(&ready) < n) {
+        struct timespec ts = { 0, 1000 * 1000 };
+        nanosleep(&ts, NULL);
+    }
+    struct timespec settle = { 0, 300 * 1000 * 1000 };
+    nanosleep(&settle, NULL);
+}
+
 static void *wait_main(void *arg)
 {
     struct waiter *w = arg;
@@ -496,13 +510,7 @@ static void waiter_figures(int own_child)
             die("pthread_create");
     }
     pthread_attr_destroy(&a);
-    while (atomic_load(&ready) < n) {
-        struct timespec ts = { 0, 1000 * 1000 };
-        nanosleep(&ts, NULL);
-    }
-    /* Let every thread get into its futex wait. */
-    struct timespec settle = { 0, 300 * 1000 * 1000 };
-    nanosleep(&settle, NULL);
+    await_waiters(n);
 
     ctx_time_t t0 = ctx_now();
     ctx_cancel(pc);
@@ -576,12 +584,7 @@ static void raw_waiter_figures(void)
         if (pthread_create(&w[i].tid, &a, raw_main, &w[i]) != 0)
             die("pthread_create");
     pthread_attr_destroy(&a);
-    while (atomic_load(&ready) < n) {
-        struct timespec ts = { 0, 1000 * 1000 };
-        nanosleep(&ts, NULL);
-    }
-    struct timespec settle = { 0, 300 * 1000 * 1000 };
-    nanosleep(&settle, NULL);
+    await_waiters(n);
     ctx_time_t t0 = ctx_now();
     atomic_store(&raw_word, 1);
     syscall(SYS_futex, &raw_word, FUTEX_WAKE_PRIVATE, INT32_MAX, NULL, NULL, 0);
