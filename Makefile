@@ -2,8 +2,9 @@
 # and CTest; nothing here is needed by a project that uses CMake directly.
 #
 #   make / make build     configure build/ (RelWithDebInfo) once, then build
-#   make test             build, then run the test suite
-#   make demo             build, then run every example
+#   make deps             install the Debian packages the tests need (scripts/deps.sh)
+#   make test             install what is missing, build, then run the test suite
+#   make demo             install what is missing, build, then play the demo
 #   make asan             test suite under AddressSanitizer + UBSan (build-asan/)
 #   make tsan             test suite under ThreadSanitizer (build-tsan/)
 #   make bench            build and run the benchmarks, when bench/ exists
@@ -30,7 +31,12 @@ SAN_CC ?= $(shell command -v clang >/dev/null 2>&1 && echo clang || echo gcc)
 # avoids that; the personality is inherited by every test ctest starts.
 NO_ASLR ?= $(shell a="$$(uname -m)"; setarch "$$a" -R true >/dev/null 2>&1 && echo "setarch $$a -R")
 
-SAN_CMAKE_ARGS = -DCMAKE_C_COMPILER=$(SAN_CC) -DCMAKE_BUILD_TYPE=Debug -DCTX_WERROR=ON
+# CI sets CTX_REQUIRE_INTEGRATIONS=ON so that a missing dependency fails the
+# build instead of skipping an integration.
+CTX_REQUIRE_INTEGRATIONS ?= OFF
+COMMON_CMAKE_ARGS = -DCTX_REQUIRE_INTEGRATIONS=$(CTX_REQUIRE_INTEGRATIONS)
+
+SAN_CMAKE_ARGS = -DCMAKE_C_COMPILER=$(SAN_CC) -DCMAKE_BUILD_TYPE=Debug -DCTX_WERROR=ON $(COMMON_CMAKE_ARGS)
 
 # The C sources and headers to format: what git tracks or would track, or
 # (outside a git checkout) every *.c and *.h outside the build directories.
@@ -48,20 +54,26 @@ define configure
 	fi
 endef
 
-.PHONY: all build test demo asan tsan bench format format-check install clean
+.PHONY: all deps build test demo asan tsan bench format format-check install clean
 
 MAKEFLAGS += --no-print-directory
 
 all: build
 
+deps:
+	@scripts/deps.sh test
+
 build:
-	$(call configure,$(BUILD_DIR),-DCMAKE_BUILD_TYPE=$(BUILD_TYPE))
+	$(call configure,$(BUILD_DIR),-DCMAKE_BUILD_TYPE=$(BUILD_TYPE) $(COMMON_CMAKE_ARGS))
 	$(CMAKE) --build $(BUILD_DIR) -j $(JOBS)
 
-test: build
+test: deps
+	@$(MAKE) build
 	$(CTEST) --test-dir $(BUILD_DIR) --output-on-failure -j $(TEST_JOBS)
 
-demo: build
+demo:
+	@scripts/deps.sh demo
+	@$(MAKE) build
 	$(CMAKE) --build $(BUILD_DIR) --target demo
 
 asan: export ASAN_OPTIONS := detect_leaks=1
