@@ -95,6 +95,7 @@ bench:
 	    $(CMAKE) -S . -B $(BUILD_DIR) -DCMAKE_BUILD_TYPE=$(BUILD_TYPE); \
 	    $(CMAKE) --build $(BUILD_DIR) -j $(JOBS); \
 	    $(CMAKE) --build $(BUILD_DIR) --target bench-report; \
+	    $(CMAKE) --build $(BUILD_DIR) --target bench-areas; \
 	else \
 	    echo 'make bench: there is no bench/ directory yet, so there is nothing to run.'; \
 	fi
