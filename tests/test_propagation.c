@@ -164,18 +164,8 @@ static void test_deadline_clamping(void)
     ctx_unref(x);
 
     /* Malformed: ignored, no deadline. */
-    const char *bad[] = { "",
-                          "1",
-                          "m",
-                          "-1S",
-                          "+1S",
-                          " 1S",
-                          "1S ",
-                          "123456789n",
-                          "1x",
-                          "1.5S",
-                          "\xff"
-                          "1S" };
+    const char *bad[] = { "",    "1",          "m",  "-1S",  "+1S",   " 1S",
+                          "1S ", "123456789n", "1x", "1.5S", "\3771S" };
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
         headers_put(&hdr, "grpc-timeout", bad[i]);
         x = ctx_extract(ctx_background(), &c, NULL);
@@ -277,17 +267,16 @@ static void test_invalid_traceparent(void)
 {
     const char *bad[] = {
         "",
-        "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-0",   /* short */
-        "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-", /* 00 + more */
-        "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01",  /* uppercase */
-        "00-00000000000000000000000000000000-00f067aa0ba902b7-01",  /* zero trace */
-        "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01",  /* zero parent */
-        "ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",  /* version ff */
-        "01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01x", /* no dash */
-        "00_4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",  /* separator */
-        "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-0g",  /* flags */
-        "\xc3\xa9"
-        "0-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01", /* not ASCII */
+        "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-0",         /* short */
+        "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-",       /* 00 + more */
+        "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01",        /* uppercase */
+        "00-00000000000000000000000000000000-00f067aa0ba902b7-01",        /* zero trace */
+        "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01",        /* zero parent */
+        "ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",        /* version ff */
+        "01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01x",       /* no dash */
+        "00_4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",        /* separator */
+        "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-0g",        /* flags */
+        "\303\2510-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01", /* not ASCII */
     };
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
         ctx_carrier_t c = fresh();
