@@ -8,6 +8,8 @@
 
 #include "carrier.h"
 
+#include <sys/wait.h>
+
 static headers_t hdr;
 
 static ctx_carrier_t fresh(void)
@@ -405,6 +407,90 @@ static void test_inject_limits(void)
     headers_clear(&hdr);
 }
 
+/* Many threads inject from and extract under one shared context: no race
+ * (TSan), and no span id is handed out twice. */
+#define THREADS 4
+#define ROUNDS  2000
+static ctx_t *shared;
+static char spans[THREADS][ROUNDS][17];
+
+static void *worker(void *arg)
+{
+    int me = (int)(intptr_t)arg;
+    headers_t h = { 0 };
+    ctx_carrier_t c = headers_carrier(&h);
+    for (int i = 0; i < ROUNDS; i++) {
+        CHECK_EQ_INT(ctx_inject(shared, &c), 0);
+        const char *tp = headers_find(&h, "traceparent");
+        CHECK(tp != NULL);
+        memcpy(spans[me][i], tp + 36, 16);
+        spans[me][i][16] = '\0';
+        ctx_t *x = ctx_extract(shared, &c, NULL);
+        ctx_t *v = ctx_with_baggage(x, "worker", "w");
+        CHECK_STR(ctx_baggage(v, "request-id"), "r-1");
+        CHECK_STR(ctx_baggage(v, "worker"), "w");
+        ctx_unref(v);
+        ctx_unref(x);
+    }
+    headers_clear(&h);
+    return NULL;
+}
+
+static int by_str(const void *a, const void *b)
+{
+    return strcmp(a, b);
+}
+
+static void test_concurrent(void)
+{
+    ctx_carrier_t c = fresh();
+    ctx_t *x = ctx_extract(ctx_background(), &c, NULL);
+    shared = ctx_with_baggage(x, "request-id", "r-1");
+    pthread_t t[THREADS];
+    for (int i = 0; i < THREADS; i++)
+        check_thread_start(&t[i], worker, (void *)(intptr_t)i);
+    for (int i = 0; i < THREADS; i++)
+        check_thread_join(t[i]);
+    qsort(spans, THREADS * ROUNDS, sizeof spans[0][0], by_str);
+    for (int i = 1; i < THREADS * ROUNDS; i++)
+        CHECK_MSG(strcmp(spans[0][i - 1], spans[0][i]) != 0, "span id %s given twice", spans[0][i]);
+    ctx_unref(shared);
+    ctx_unref(x);
+    headers_clear(&hdr);
+}
+
+/* A forked child must not hand out the span ids its parent will. */
+static void test_fork_ids(void)
+{
+    ctx_carrier_t c = fresh();
+    ctx_t *x = ctx_extract(ctx_background(), &c, NULL);
+    CHECK_EQ_INT(ctx_inject(x, &c), 0); /* the parent's pool is filled */
+    int p[2];
+    CHECK(pipe(p) == 0);
+    fflush(stdout);
+    pid_t pid = fork();
+    CHECK(pid >= 0);
+    if (pid == 0) {
+        headers_t h = { 0 };
+        ctx_carrier_t hc = headers_carrier(&h);
+        int ok = ctx_inject(x, &hc) == 0 && write(p[1], headers_find(&h, "traceparent"), 55) == 55;
+        _exit(ok ? 0 : 1);
+    }
+    CHECK_EQ_INT(ctx_inject(x, &c), 0);
+    char child[56] = { 0 };
+    CHECK_EQ_INT(read(p[0], child, 55), 55);
+    int st;
+    CHECK(waitpid(pid, &st, 0) == pid && WIFEXITED(st) && WEXITSTATUS(st) == 0);
+    close(p[0]);
+    close(p[1]);
+    const char *mine = headers_find(&hdr, "traceparent");
+    CHECK(strncmp(mine, child, 36) == 0);              /* the same trace */
+    CHECK_MSG(strncmp(mine + 36, child + 36, 16) != 0, /* different spans */
+              "parent and child both drew span %.16s", mine + 36);
+    ctx_unref(x);
+    headers_clear(&hdr);
+}
+
 int main(void)
 {
     test_null_arguments();
@@ -416,6 +502,8 @@ int main(void)
     test_invalid_traceparent();
     test_huge_and_binary();
     test_inject_limits();
+    test_concurrent();
+    test_fork_ids();
     headers_clear(&hdr);
     printf("test_propagation: ok\n");
     return 0;
