@@ -332,11 +332,10 @@ static const ctx_custom_ops_t extract_ops = {
     .destroy = prop_free,
 };
 
-/* strnlen, which C11 lacks: the length of s, or max when s is longer. */
+/* The length of s, or max when s is longer: never reads past max bytes. */
 static size_t bounded_len(const char *s, size_t max)
 {
-    const char *z = memchr(s, '\0', max);
-    return z != NULL ? (size_t)(z - s) : max;
+    return strnlen(s, max);
 }
 
 ctx_t *ctx_extract(ctx_t *parent, const ctx_carrier_t *in, ctx_cancel_t **cancel)
