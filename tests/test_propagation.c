@@ -412,7 +412,7 @@ static void test_inject_limits(void)
 #define THREADS 4
 #define ROUNDS  2000
 static ctx_t *shared;
-static char spans[THREADS][ROUNDS][17];
+static char spans[THREADS * ROUNDS][17];
 
 static void *worker(void *arg)
 {
@@ -423,8 +423,8 @@ static void *worker(void *arg)
         CHECK_EQ_INT(ctx_inject(shared, &c), 0);
         const char *tp = headers_find(&h, "traceparent");
         CHECK(tp != NULL);
-        memcpy(spans[me][i], tp + 36, 16);
-        spans[me][i][16] = '\0';
+        memcpy(spans[me * ROUNDS + i], tp + 36, 16);
+        spans[me * ROUNDS + i][16] = '\0';
         ctx_t *x = ctx_extract(shared, &c, NULL);
         ctx_t *v = ctx_with_baggage(x, "worker", "w");
         CHECK_STR(ctx_baggage(v, "request-id"), "r-1");
@@ -451,9 +451,9 @@ static void test_concurrent(void)
         check_thread_start(&t[i], worker, (void *)(intptr_t)i);
     for (int i = 0; i < THREADS; i++)
         check_thread_join(t[i]);
-    qsort(spans, THREADS * ROUNDS, sizeof spans[0][0], by_str);
+    qsort(spans, THREADS * ROUNDS, sizeof spans[0], by_str);
     for (int i = 1; i < THREADS * ROUNDS; i++)
-        CHECK_MSG(strcmp(spans[0][i - 1], spans[0][i]) != 0, "span id %s given twice", spans[0][i]);
+        CHECK_MSG(strcmp(spans[i - 1], spans[i]) != 0, "span id %s given twice", spans[i]);
     ctx_unref(shared);
     ctx_unref(x);
     headers_clear(&hdr);
