@@ -79,7 +79,10 @@ static size_t prop_format(const void *value, char *buf, size_t size)
 
 #define POOL_SIZE 256
 
-static CTX__TLS struct {
+/* Plain _Thread_local, not CTX__TLS: 260 bytes would be a large share of
+ * the static TLS surplus that a dlopen'ed libctx.so may use, and one
+ * __tls_get_addr per id costs little beside the rest of an inject. */
+static _Thread_local struct {
     uint8_t bytes[POOL_SIZE];
     uint32_t left;
 } pool;
