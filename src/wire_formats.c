@@ -254,23 +254,26 @@ size_t ctx__tracestate_filter(const char *s, size_t n, char out[CTX__TRACESTATE_
     }
 
     /* Keep what fits in CTX__TRACESTATE_MAX: first drop the long members,
-     * then members from the end (the W3C's order of truncation). */
+     * then any member, both from the end (the W3C's order of truncation;
+     * the leftmost member is the most recently updated).  need counts each
+     * kept member with the comma before it, so the joined length is need - 1
+     * while a member is kept, and dropping the last one cannot wrap. */
     bool keep[CTX__TRACESTATE_MEMBERS];
-    size_t total = 0;
+    size_t need = 0;
     for (size_t i = 0; i < count; i++) {
         keep[i] = true;
-        total += m[i].n + (i > 0);
+        need += m[i].n + 1;
     }
-    for (size_t i = 0; i < count && total > CTX__TRACESTATE_MAX; i++) {
+    for (size_t i = count; i-- > 0 && need > CTX__TRACESTATE_MAX + 1;) {
         if (m[i].n > CTX__TRACESTATE_LONG_MEMBER) {
             keep[i] = false;
-            total -= m[i].n + 1;
+            need -= m[i].n + 1;
         }
     }
-    for (size_t i = count; i-- > 0 && total > CTX__TRACESTATE_MAX;) {
+    for (size_t i = count; i-- > 0 && need > CTX__TRACESTATE_MAX + 1;) {
         if (keep[i]) {
             keep[i] = false;
-            total -= m[i].n + 1;
+            need -= m[i].n + 1;
         }
     }
     size_t len = 0;
