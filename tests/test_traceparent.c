@@ -29,7 +29,11 @@ static void test_traceparent_parse(void)
         { "00-" TRACE "-" SPAN "-01-", -1 },        /* version 00 with trailing data */
         { "00-" TRACE "-" SPAN "-01 ", -1 },
         { "01-" TRACE "-" SPAN "-01x", -1 }, /* later version: no dash after flags */
-        { "00-" TRACE "-" SPAN "-1", -1 },   /* short */
+        { "01-" TRACE "-" SPAN "-1", -1 },   /* later version shorter than 55 */
+        { "01-00000000000000000000000000000000-" SPAN "-01-x", -1 }, /* zero ids, */
+        { "01-" TRACE "-0000000000000000-01-x", -1 },                /* any version */
+        { "01-" TRACE "-" SPAN "-0g-x", -1 },
+        { "00-" TRACE "-" SPAN "-1", -1 }, /* short */
         { "00-" TRACE "-" SPAN, -1 },
         { "", -1 },
         { "0g-" TRACE "-" SPAN "-01", -1 },
