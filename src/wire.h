@@ -38,8 +38,11 @@ int ctx__grpc_timeout_parse(const char *s, size_t n, ctx_duration_t *out);
  */
 
 #define CTX__TRACEPARENT_LEN 55
-#define CTX__TRACE_SAMPLED   0x01u
-#define CTX__TRACE_RANDOM    0x02u
+/* What ctx_extract reads of a traceparent: a later version may append
+ * fields, which are not looked at beyond this. */
+#define CTX__TRACEPARENT_READ_MAX 4096
+#define CTX__TRACE_SAMPLED        0x01u
+#define CTX__TRACE_RANDOM         0x02u
 
 struct ctx__traceparent {
     uint8_t trace_id[16];
