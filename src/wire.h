@@ -94,7 +94,8 @@ size_t ctx__tracestate_filter(const char *s, size_t n, char out[CTX__TRACESTATE_
 #define CTX__BAGGAGE_MAX_BYTES   8192
 
 /* One member of a baggage header, as spans of the input.  value is still
- * percent-encoded; value_len_decoded is its length once decoded.  props is
+ * percent-encoded; value_len_decoded (never more than value_len) is its
+ * length once decoded by ctx__baggage_decode.  props is
  * the text after the first ";" (without surrounding white space), or NULL. */
 struct ctx__bag_member {
     const char *key;
@@ -115,8 +116,11 @@ struct ctx__bag_member {
 int ctx__baggage_parse(const char *s, size_t n, struct ctx__bag_member m[CTX__BAGGAGE_MAX_MEMBERS]);
 
 /* Decodes a value that ctx__baggage_parse accepted into out (at least
- * value_len_decoded + 1 bytes) and adds a NUL. */
-void ctx__baggage_decode(const char *v, size_t n, char *out);
+ * value_len_decoded + 1 bytes, or NULL to only count) and adds a NUL;
+ * returns the length without the NUL.  Escaped bytes that are not UTF-8
+ * are replaced by U+FFFD, as W3C Baggage requires, so the result is always
+ * valid UTF-8 and never longer than n. */
+size_t ctx__baggage_decode(const char *v, size_t n, char *out);
 
 /* The length of s once percent-encoded for a baggage value: every byte
  * outside the W3C baggage-octet set, and "%" itself, takes three bytes. */

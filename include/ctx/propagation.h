@@ -88,7 +88,9 @@ CTX_EXPORT int ctx_inject(ctx_t *ctx, const ctx_carrier_t *out);
  *             trace with random ids (flags 02, "random trace id") when there
  *             is no traceparent or it is invalid;
  *   baggage   holds the incoming members, above the baggage of parent (an
- *             incoming key hides the same key bound above).
+ *             incoming key hides the same key bound above), values
+ *             percent-decoded, with escaped bytes that are not UTF-8
+ *             replaced by U+FFFD as W3C Baggage requires.
  *
  * Malformed or oversized headers are ignored, never trusted: a malformed
  * grpc-timeout or baggage header is ignored whole; an invalid traceparent
@@ -112,7 +114,8 @@ CTX_EXPORT ctx_t *ctx_extract(ctx_t *parent, const ctx_carrier_t *in, ctx_cancel
  * ...).  ctx_with_baggage returns a child of parent (a new reference) that
  * binds key to value; both are copied.  key must be a non-empty HTTP token
  * (letters, digits and !#$%&'*+-.^_`|~); value may be any string, it is
- * percent-encoded on the wire.  NULL with errno EINVAL for a NULL argument
+ * percent-encoded on the wire (a receiver reads bytes that are not UTF-8 as
+ * U+FFFD, so only UTF-8 crosses unchanged).  NULL with errno EINVAL for a NULL argument
  * or an invalid key, ENOMEM when memory runs out.
  *
  * ctx_baggage returns the value bound to key nearest to ctx, or NULL when
