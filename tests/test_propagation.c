@@ -322,6 +322,19 @@ static void test_done_writes_nothing(void)
     CHECK_EQ_INT(ctx_inject(past, &c), CTX_DEADLINE_EXCEEDED);
     CHECK_EQ_INT(hdr.sets, 0);
     ctx_unref(past);
+
+    /* A deadline that has passed while its timer may not have fired yet:
+     * refused all the same, never sent as a budget of "0n". */
+    for (int i = 0; i < 100; i++) {
+        ctx_t *soon = ctx_with_timeout(ctx_background(), 20 * CTX_MICROSECOND, NULL);
+        ctx_time_t dl;
+        CHECK(ctx_deadline(soon, &dl));
+        while (ctx_now() <= dl) {
+        }
+        CHECK_EQ_INT(ctx_inject(soon, &c), CTX_DEADLINE_EXCEEDED);
+        CHECK_EQ_INT(hdr.sets, 0);
+        ctx_unref(soon);
+    }
     headers_clear(&hdr);
 }
 
