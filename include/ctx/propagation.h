@@ -39,8 +39,10 @@ extern "C" {
  * header more than once, get should return the values joined by ",", as
  * HTTP allows for these list-valued headers.  set stores one header and
  * returns 0 or an errno-style code; it should replace a header of the same
- * name.  Either function may be NULL when the carrier is only read from
- * (ctx_extract) or only written to (ctx_inject).
+ * name.  name and value are valid only during the call of set (most values
+ * are built on ctx_inject's stack): set copies what it keeps.  Either
+ * function may be NULL when the carrier is only read from (ctx_extract) or
+ * only written to (ctx_inject).
  */
 typedef struct ctx_carrier {
     const char *(*get)(void *headers, const char *name);
