@@ -79,6 +79,13 @@ static int read_headers(FILE *f, struct headers *h)
     return -1;
 }
 
+/* The request-id of ctx; a request may arrive without one. */
+static const char *request_id(ctx_t *ctx)
+{
+    const char *id = ctx_baggage(ctx, "request-id");
+    return id != NULL ? id : "-";
+}
+
 /* What a hop knows about its request, as one log line. */
 static void log_hop(const char *who, ctx_t *ctx)
 {
@@ -86,8 +93,7 @@ static void log_hop(const char *who, ctx_t *ctx)
     ctx_time_t deadline;
     ctx_trace_id(ctx, trace);
     long ms = ctx_deadline(ctx, &deadline) ? (long)((deadline - ctx_now()) / CTX_MILLISECOND) : -1;
-    printf("%-8s request-id=%s trace=%s budget=%ld ms\n", who, ctx_baggage(ctx, "request-id"),
-           trace, ms);
+    printf("%-8s request-id=%s trace=%s budget=%ld ms\n", who, request_id(ctx), trace, ms);
     fflush(stdout);
 }
 
@@ -98,6 +104,8 @@ static void backend(FILE *in, FILE *out)
         exit(1);
     ctx_carrier_t carrier = { get, set, &h };
     ctx_t *ctx = ctx_extract(ctx_background(), &carrier, NULL);
+    if (ctx == NULL)
+        exit(1);
     log_hop("backend", ctx);
     /* Three seconds of work, cut short by the caller's deadline. */
     int err = ctx_sleep(ctx, 3 * CTX_SECOND);
@@ -105,7 +113,7 @@ static void backend(FILE *in, FILE *out)
     fflush(stdout);
     char trace[33];
     ctx_trace_id(ctx, trace);
-    fprintf(out, "%s %s %s\n", err ? "gave-up" : "done", ctx_baggage(ctx, "request-id"), trace);
+    fprintf(out, "%s %s %s\n", err ? "gave-up" : "done", request_id(ctx), trace);
     fflush(out);
     ctx_unref(ctx);
 }
@@ -117,6 +125,8 @@ static void gateway(FILE *in, FILE *out, FILE *next_in, FILE *next_out)
         exit(1);
     ctx_carrier_t carrier = { get, set, &h }, next = { get, set, &down };
     ctx_t *ctx = ctx_extract(ctx_background(), &carrier, NULL);
+    if (ctx == NULL)
+        exit(1);
     log_hop("gateway", ctx);
     ctx_sleep(ctx, 100 * CTX_MILLISECOND); /* its own part of the work */
     int err = ctx_inject(ctx, &next);      /* what is left goes on */
@@ -170,6 +180,8 @@ int main(void)
     ctx_t *root = ctx_extract(ctx_background(), &empty, NULL);
     ctx_t *timed = ctx_with_timeout(root, CTX_SECOND, NULL);
     ctx_t *ctx = ctx_with_baggage(timed, "request-id", "req-42");
+    if (ctx == NULL) /* out of memory or no random source: any step fails */
+        return 1;
     log_hop("client", ctx);
     if (ctx_inject(ctx, &carrier) != 0)
         return 1;

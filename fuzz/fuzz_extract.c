@@ -2,9 +2,11 @@
  * libFuzzer harness for the whole path: the input, split at its first
  * three newlines, gives the grpc-timeout, traceparent, tracestate and
  * baggage headers of an incoming request.  ctx_extract must succeed, never
- * extend the parent's deadline, and ctx_inject of the result must write
- * headers that ctx_extract reads back to the same trace id and baggage
- * (up to the limits), with a budget no longer than the first.
+ * extend the parent's deadline, hold the trace id of a traceparent that
+ * the format accepts and every baggage member it accepts, and ctx_inject
+ * of the result must write headers that ctx_extract reads back to the
+ * same trace id and baggage (up to the limits), with a budget no longer
+ * than the first.
  */
 #include "wire_fuzz.h"
 
@@ -68,6 +70,33 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     FUZZ_CHECK(ctx_deadline(x, &d) && d <= pd);
     char id[33], id2[33];
     FUZZ_CHECK(ctx_trace_id(x, id));
+
+    /* What the formats accept is what the context holds: an incoming valid
+     * traceparent's trace id, and each incoming baggage key's last value. */
+    struct ctx__traceparent tp;
+    const char *h = in.value[1];
+    if (h != NULL && ctx__traceparent_parse(h, strnlen(h, CTX__TRACEPARENT_READ_MAX), &tp) == 0) {
+        char want[33];
+        ctx__hex(tp.trace_id, 16, want);
+        FUZZ_CHECK(strcmp(id, want) == 0);
+    }
+    struct ctx__bag_member in_m[CTX__BAGGAGE_MAX_MEMBERS];
+    h = in.value[3];
+    int in_n = h != NULL ? ctx__baggage_parse(h, strnlen(h, CTX__BAGGAGE_MAX_BYTES + 1), in_m) : 0;
+    for (int i = 0; i < in_n; i++) {
+        char key[CTX__BAGGAGE_MAX_BYTES + 1], *value = malloc(in_m[i].value_len_decoded + 1);
+        FUZZ_CHECK(value != NULL);
+        memcpy(key, in_m[i].key, in_m[i].key_len);
+        key[in_m[i].key_len] = '\0';
+        ctx__baggage_decode(in_m[i].value, in_m[i].value_len, value);
+        bool last = true;
+        for (int j = i + 1; j < in_n; j++)
+            last = last && !(in_m[j].key_len == in_m[i].key_len &&
+                             memcmp(in_m[j].key, in_m[i].key, in_m[i].key_len) == 0);
+        const char *got = ctx_baggage(x, key);
+        FUZZ_CHECK(got != NULL && (!last || strcmp(got, value) == 0));
+        free(value);
+    }
 
     int rc = ctx_inject(x, &cout);
     FUZZ_CHECK(rc == 0 || rc == CTX_DEADLINE_EXCEEDED);

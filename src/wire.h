@@ -38,8 +38,11 @@ int ctx__grpc_timeout_parse(const char *s, size_t n, ctx_duration_t *out);
  */
 
 #define CTX__TRACEPARENT_LEN 55
-#define CTX__TRACE_SAMPLED   0x01u
-#define CTX__TRACE_RANDOM    0x02u
+/* What ctx_extract reads of a traceparent: a later version may append
+ * fields, which are not looked at beyond this. */
+#define CTX__TRACEPARENT_READ_MAX 4096
+#define CTX__TRACE_SAMPLED        0x01u
+#define CTX__TRACE_RANDOM         0x02u
 
 struct ctx__traceparent {
     uint8_t trace_id[16];
@@ -76,7 +79,8 @@ void ctx__hex(const uint8_t *bytes, size_t n, char *out);
 /* Validates s[0..n) and writes the members to keep into out (at most
  * CTX__TRACESTATE_MAX bytes and a NUL), joined by ",", without the optional
  * white space.  When the members do not fit, those longer than 128 bytes are
- * dropped first, then members from the end.  Returns the length written;
+ * dropped first, then any member, both from the end (the leftmost member,
+ * the most recently updated, is kept longest).  Returns the length written;
  * 0 (out = "") for an empty, invalid or over-long header: a key or value
  * that breaks the W3C grammar, a duplicate key, more than 32 members. */
 size_t ctx__tracestate_filter(const char *s, size_t n, char out[CTX__TRACESTATE_MAX + 1]);
@@ -90,7 +94,8 @@ size_t ctx__tracestate_filter(const char *s, size_t n, char out[CTX__TRACESTATE_
 #define CTX__BAGGAGE_MAX_BYTES   8192
 
 /* One member of a baggage header, as spans of the input.  value is still
- * percent-encoded; value_len_decoded is its length once decoded.  props is
+ * percent-encoded; value_len_decoded (never more than value_len) is its
+ * length once decoded by ctx__baggage_decode.  props is
  * the text after the first ";" (without surrounding white space), or NULL. */
 struct ctx__bag_member {
     const char *key;
@@ -111,8 +116,11 @@ struct ctx__bag_member {
 int ctx__baggage_parse(const char *s, size_t n, struct ctx__bag_member m[CTX__BAGGAGE_MAX_MEMBERS]);
 
 /* Decodes a value that ctx__baggage_parse accepted into out (at least
- * value_len_decoded + 1 bytes) and adds a NUL. */
-void ctx__baggage_decode(const char *v, size_t n, char *out);
+ * value_len_decoded + 1 bytes, or NULL to only count) and adds a NUL;
+ * returns the length without the NUL.  Escaped bytes that are not UTF-8
+ * are replaced by U+FFFD, as W3C Baggage requires, so the result is always
+ * valid UTF-8 and never longer than n. */
+size_t ctx__baggage_decode(const char *v, size_t n, char *out);
 
 /* The length of s once percent-encoded for a baggage value: every byte
  * outside the W3C baggage-octet set, and "%" itself, takes three bytes. */

@@ -27,6 +27,9 @@ static const struct {
 };
 #define GRPC_NUNITS (sizeof grpc_units / sizeof grpc_units[0])
 
+/* Any duration, rounded up to hours, fits in the 8 digits of the format. */
+_Static_assert(INT64_MAX / CTX_HOUR + 1 <= GRPC_MAX_VALUE, "hours always fit in 8 digits");
+
 size_t ctx__grpc_timeout_format(ctx_duration_t d, char buf[CTX__GRPC_TIMEOUT_SIZE])
 {
     if (d <= 0) {
@@ -34,14 +37,14 @@ size_t ctx__grpc_timeout_format(ctx_duration_t d, char buf[CTX__GRPC_TIMEOUT_SIZ
         return 2;
     }
     /* grpc-go's encodeTimeout: round up in each unit, finest first, and take
-     * the first that fits.  The last unit always fits: INT64_MAX ns is about
-     * 2.6 million hours. */
+     * the first that fits, else hours without a check: INT64_MAX ns is
+     * 2562048 hours, which fits.  The index thus never leaves the table. */
     size_t u = 0;
     int64_t v = 0;
-    for (u = 0; u < GRPC_NUNITS; u++) {
+    for (;; u++) {
         ctx_duration_t s = grpc_units[u].scale;
         v = d / s + (d % s != 0);
-        if (v <= GRPC_MAX_VALUE)
+        if (v <= GRPC_MAX_VALUE || u == GRPC_NUNITS - 1)
             break;
     }
     char digits[8];
@@ -49,7 +52,7 @@ size_t ctx__grpc_timeout_format(ctx_duration_t d, char buf[CTX__GRPC_TIMEOUT_SIZ
     do {
         digits[n++] = (char)('0' + v % 10);
         v /= 10;
-    } while (v > 0 && n < sizeof digits);
+    } while (v > 0);
     for (size_t i = 0; i < n; i++)
         buf[i] = digits[n - 1 - i];
     buf[n] = grpc_units[u].unit;
@@ -254,23 +257,26 @@ size_t ctx__tracestate_filter(const char *s, size_t n, char out[CTX__TRACESTATE_
     }
 
     /* Keep what fits in CTX__TRACESTATE_MAX: first drop the long members,
-     * then members from the end (the W3C's order of truncation). */
+     * then any member, both from the end (the W3C's order of truncation;
+     * the leftmost member is the most recently updated).  need counts each
+     * kept member with the comma before it, so the joined length is need - 1
+     * while a member is kept, and dropping the last one cannot wrap. */
     bool keep[CTX__TRACESTATE_MEMBERS];
-    size_t total = 0;
+    size_t need = 0;
     for (size_t i = 0; i < count; i++) {
         keep[i] = true;
-        total += m[i].n + (i > 0);
+        need += m[i].n + 1;
     }
-    for (size_t i = 0; i < count && total > CTX__TRACESTATE_MAX; i++) {
+    for (size_t i = count; i-- > 0 && need > CTX__TRACESTATE_MAX + 1;) {
         if (m[i].n > CTX__TRACESTATE_LONG_MEMBER) {
             keep[i] = false;
-            total -= m[i].n + 1;
+            need -= m[i].n + 1;
         }
     }
-    for (size_t i = count; i-- > 0 && total > CTX__TRACESTATE_MAX;) {
+    for (size_t i = count; i-- > 0 && need > CTX__TRACESTATE_MAX + 1;) {
         if (keep[i]) {
             keep[i] = false;
-            total -= m[i].n + 1;
+            need -= m[i].n + 1;
         }
     }
     size_t len = 0;
@@ -317,12 +323,11 @@ static int any_hex(char c)
     return hex_digit(c);
 }
 
-/* Checks a value of baggage octets with valid escapes; gives its decoded
- * length.  An escape of NUL is refused: C strings cannot hold it. */
-static bool baggage_value_valid(const char *v, size_t n, size_t *decoded)
+/* Checks a value of baggage octets with valid escapes.  An escape of NUL
+ * is refused: C strings cannot hold it. */
+static bool baggage_value_valid(const char *v, size_t n)
 {
-    size_t d = 0;
-    for (size_t i = 0; i < n; i++, d++) {
+    for (size_t i = 0; i < n; i++) {
         if (!is_baggage_octet((unsigned char)v[i]))
             return false;
         if (v[i] == '%') {
@@ -334,7 +339,6 @@ static bool baggage_value_valid(const char *v, size_t n, size_t *decoded)
             i += 2;
         }
     }
-    *decoded = d;
     return true;
 }
 
@@ -366,10 +370,10 @@ static bool baggage_props_valid(const char *p, size_t n)
         i = skip_ows(p, i + kl, n);
         if (i < n && p[i] == '=') {
             i = skip_ows(p, i + 1, n);
-            size_t vb = i, d;
+            size_t vb = i;
             while (i < n && is_baggage_octet((unsigned char)p[i]))
                 i++;
-            if (!baggage_value_valid(p + vb, i - vb, &d))
+            if (!baggage_value_valid(p + vb, i - vb))
                 return false;
             i = skip_ows(p, i, n);
         }
@@ -394,9 +398,9 @@ static bool baggage_member(const char *s, size_t n, struct ctx__bag_member *m)
     size_t vb = i;
     while (i < n && is_baggage_octet((unsigned char)s[i]))
         i++;
-    size_t decoded;
-    if (!baggage_value_valid(s + vb, i - vb, &decoded))
+    if (!baggage_value_valid(s + vb, i - vb))
         return false;
+    size_t decoded = ctx__baggage_decode(s + vb, i - vb, NULL);
     *m = (struct ctx__bag_member){ s, kl, s + vb, i - vb, decoded, NULL, 0 };
     i = skip_ows(s, i, n);
     if (i == n)
@@ -442,18 +446,75 @@ int ctx__baggage_parse(const char *s, size_t n, struct ctx__bag_member m[CTX__BA
     return count;
 }
 
-void ctx__baggage_decode(const char *v, size_t n, char *out)
+/* The byte at v[*i], an escape decoded, and *i moved past it.  v was
+ * checked by baggage_value_valid. */
+static unsigned char next_byte(const char *v, size_t *i)
+{
+    if (v[*i] == '%') {
+        unsigned char c = (unsigned char)(any_hex(v[*i + 1]) << 4 | any_hex(v[*i + 2]));
+        *i += 3;
+        return c;
+    }
+    return (unsigned char)v[(*i)++];
+}
+
+/* W3C Baggage: "percent-encoded octet sequences that do not match the UTF-8
+ * encoding scheme MUST be replaced with the replacement code point".  Each
+ * maximal invalid subpart becomes one U+FFFD, as the WHATWG Encoding
+ * standard's decoder does: a lead byte with the continuation bytes read so
+ * far, the byte that breaks the sequence being read again as a lead.  The
+ * ranges of the second byte after E0, ED, F0 and F4 exclude overlong forms,
+ * surrogates and code points past U+10FFFF.
+ *
+ * Every byte at or above 0x80 comes from an escape (raw baggage octets are
+ * ASCII), and a replacement consumes at least one of them, so the three
+ * bytes of U+FFFD never outgrow the three of "%XX": the output is never
+ * longer than the input. */
+size_t ctx__baggage_decode(const char *v, size_t n, char *out)
 {
     size_t o = 0;
-    for (size_t i = 0; i < n; i++) {
-        if (v[i] == '%' && i + 2 < n) {
-            out[o++] = (char)(any_hex(v[i + 1]) << 4 | any_hex(v[i + 2]));
-            i += 2;
+    for (size_t i = 0; i < n;) {
+        unsigned char seq[4];
+        seq[0] = next_byte(v, &i);
+        size_t need = 0, got = 1;
+        unsigned char lo = 0x80, hi = 0xbf;
+        bool ok = true;
+        if (seq[0] < 0x80) {
+            need = 0;
+        } else if (seq[0] >= 0xc2 && seq[0] <= 0xdf) {
+            need = 1;
+        } else if (seq[0] >= 0xe0 && seq[0] <= 0xef) {
+            need = 2;
+            lo = seq[0] == 0xe0 ? 0xa0 : 0x80;
+            hi = seq[0] == 0xed ? 0x9f : 0xbf;
+        } else if (seq[0] >= 0xf0 && seq[0] <= 0xf4) {
+            need = 3;
+            lo = seq[0] == 0xf0 ? 0x90 : 0x80;
+            hi = seq[0] == 0xf4 ? 0x8f : 0xbf;
         } else {
-            out[o++] = v[i];
+            ok = false; /* a continuation byte, C0, C1 or F5..FF as a lead */
         }
+        while (ok && got <= need) {
+            size_t at = i;
+            unsigned char c = i < n ? next_byte(v, &i) : 0;
+            if (c < lo || c > hi) {
+                i = at; /* read again, as a lead */
+                ok = false;
+                break;
+            }
+            seq[got++] = c;
+            lo = 0x80;
+            hi = 0xbf;
+        }
+        const char *bytes = ok ? (const char *)seq : "\xef\xbf\xbd"; /* U+FFFD */
+        size_t len = ok ? got : 3;
+        if (out != NULL)
+            memcpy(out + o, bytes, len);
+        o += len;
     }
-    out[o] = '\0';
+    if (out != NULL)
+        out[o] = '\0';
+    return o;
 }
 
 size_t ctx__baggage_encoded_len(const char *s)

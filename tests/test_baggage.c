@@ -53,12 +53,13 @@ static void test_grammar(void)
                 (struct want[]){ { "k", "!#$&'()*+-./:<=>?@[]^_`{|}~", NULL } });
     /* Percent-encoding: UTF-8, either case of hex. */
     check_parse("k=%20%c3%A9%25", 1, (struct want[]){ { "k", " \xc3\xa9%", NULL } });
-    /* Malformed: the header is ignored whole. */
+    /* Malformed: the header is ignored whole.  Escapes in properties
+     * follow the rules of values. */
     static const char *const bad[] = {
-        "=v",      "k",       "k v=1",  "k=v,",     ",k=v",          "k=v,,j=w",
-        "k=v v",   "k=\"q\"", "k=a\\b", "k=%",      "k=%2",          "k=%zz",
-        "k=%00",   "k=v;",    "k=v;=1", "k=v;p=\"", "k=caf\xc3\xa9", "k=\x01",
-        "k\x80=v", "k=v;p q", "(k)=v",  "k=v,j",
+        "=v",      "k",        "k v=1",         "k=v,",      ",k=v",      "k=v,,j=w", "k=v v",
+        "k=\"q\"", "k=a\\b",   "k=%",           "k=%2",      "k=%zz",     "k=%00",    "k=v;",
+        "k=v;=1",  "k=v;p=\"", "k=caf\xc3\xa9", "k=\x01",    "k\x80=v",   "k=v;p q",  "(k)=v",
+        "k=v,j",   "k=v;p=%",  "k=v;p=%zz",     "k=v;p=%00", "k=v;p=a%2",
     };
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++)
         check_parse(bad[i], -1, NULL);
@@ -95,13 +96,64 @@ static void test_limits(void)
     CHECK_EQ_INT(ctx__baggage_parse(s, 8193 + 11, m), 2);
 }
 
+/* Decodes the value of "k=<value>". */
+static void decode_one(const char *value, char *out, size_t size)
+{
+    char member[256];
+    snprintf(member, sizeof member, "k=%s", value);
+    struct ctx__bag_member m[CTX__BAGGAGE_MAX_MEMBERS];
+    CHECK_MSG(ctx__baggage_parse(member, strlen(member), m) == 1, "\"%s\" refused", value);
+    CHECK(m[0].value_len_decoded < size && m[0].value_len_decoded <= m[0].value_len);
+    CHECK_EQ_INT(ctx__baggage_decode(m[0].value, m[0].value_len, out), m[0].value_len_decoded);
+    CHECK_EQ_INT(strlen(out), m[0].value_len_decoded);
+}
+
+#define FFFD "\xef\xbf\xbd"
+
+static void test_decoding(void)
+{
+    /* Escaped bytes that are not UTF-8 become U+FFFD, one per maximal
+     * invalid subpart (the WHATWG decoder's rule); valid UTF-8 passes. */
+    static const struct {
+        const char *in, *want;
+    } rows[] = {
+        { "a%41b", "aAb" },
+        { "%C3%A9", "\xc3\xa9" },
+        { "%E2%82%AC", "\xe2\x82\xac" },
+        { "%F0%9F%98%80", "\xf0\x9f\x98\x80" },
+        { "%F4%8F%BF%BF", "\xf4\x8f\xbf\xbf" }, /* U+10FFFF */
+        { "%80", FFFD },
+        { "%BF%80", FFFD FFFD },
+        { "%C3", FFFD },
+        { "%C3a", FFFD "a" },
+        { "%C3%C3%A9", FFFD "\xc3\xa9" },
+        { "%E2%82", FFFD },
+        { "%E2%82x", FFFD "x" },
+        { "%C0%AF", FFFD FFFD },                 /* overlong */
+        { "%E0%80%AF", FFFD FFFD FFFD },         /* overlong */
+        { "%ED%A0%80", FFFD FFFD FFFD },         /* surrogate */
+        { "%F4%90%80%80", FFFD FFFD FFFD FFFD }, /* past U+10FFFF */
+        { "%F5%80", FFFD FFFD },
+        { "%FF", FFFD },
+        { "x%F0%9F%98", "x" FFFD },
+    };
+    for (size_t i = 0; i < sizeof rows / sizeof rows[0]; i++) {
+        char out[64];
+        decode_one(rows[i].in, out, sizeof out);
+        CHECK_MSG(strcmp(out, rows[i].want) == 0, "\"%s\" decoded wrong", rows[i].in);
+    }
+}
+
 static void test_encoding(void)
 {
-    /* Every byte round-trips, and the encoded text is baggage octets. */
+    /* Every ASCII byte and valid UTF-8 round-trips, and the encoded text is
+     * baggage octets. */
     char in[256], enc[3 * 256], out[256];
-    for (int i = 1; i < 256; i++)
-        in[i - 1] = (char)i;
-    in[255] = '\0';
+    size_t len = 0;
+    for (int i = 1; i < 128; i++)
+        in[len++] = (char)i;
+    memcpy(in + len, "\xc3\xa9\xe2\x82\xac\xf0\x9f\x98\x80", 9);
+    in[len + 9] = '\0';
     size_t n = ctx__baggage_encode(in, enc);
     CHECK_EQ_INT(n, ctx__baggage_encoded_len(in));
     enc[n] = '\0';
@@ -109,9 +161,9 @@ static void test_encoding(void)
     char member[3 * 256 + 3] = "k=";
     strcat(member, enc);
     CHECK_EQ_INT(ctx__baggage_parse(member, strlen(member), m), 1);
-    CHECK_EQ_INT(m[0].value_len_decoded, 255);
+    CHECK_EQ_INT(m[0].value_len_decoded, strlen(in));
     ctx__baggage_decode(m[0].value, m[0].value_len, out);
-    CHECK(memcmp(in, out, 256) == 0);
+    CHECK_STR(out, in);
 
     static const struct {
         const char *in, *want;
@@ -148,6 +200,7 @@ int main(void)
 {
     test_grammar();
     test_limits();
+    test_decoding();
     test_encoding();
     test_token();
     printf("test_baggage: ok\n");

@@ -100,12 +100,17 @@ static void test_round_trip(void)
     memcpy(first_span, tp + 36, 16);
     first_span[16] = '\0';
 
-    /* The other side. */
+    /* The other side: its deadline is the written budget from the moment
+     * it extracts, not merely some deadline. */
+    ctx_time_t t0 = ctx_now();
     ctx_t *d = ctx_extract(ctx_background(), &c, NULL);
+    ctx_time_t t1 = ctx_now();
     CHECK(d != NULL);
     ctx_time_t dl;
     CHECK(ctx_deadline(d, &dl));
-    CHECK(dl > before && dl <= ctx_now() + 2 * CTX_SECOND);
+    CHECK_MSG(dl >= t0 + us * CTX_MICROSECOND && dl <= t1 + us * CTX_MICROSECOND,
+              "deadline %" PRId64 " ns after extract for a budget of %s", (int64_t)(dl - t0), gt);
+    CHECK(dl > before);
     char t3[33], s3[17];
     CHECK(ctx_trace_id(d, t3) && strcmp(t3, trace) == 0);
     CHECK(ctx_span_id(d, s3) && strcmp(s3, first_span) == 0);
@@ -179,6 +184,100 @@ static void test_deadline_clamping(void)
     headers_clear(&hdr);
 }
 
+/* A budget too large for int64_t nanoseconds saturates: a deadline far
+ * away, never one that wrapped into the past. */
+static void test_deadline_saturates(void)
+{
+    ctx_carrier_t c = fresh();
+    headers_put(&hdr, "grpc-timeout", "99999999H");
+    ctx_t *x = ctx_extract(ctx_background(), &c, NULL);
+    ctx_time_t d;
+    CHECK(x != NULL && ctx_deadline(x, &d));
+    CHECK(d > ctx_now() + 100000 * CTX_HOUR);
+    CHECK_EQ_INT(ctx_err(x), 0);
+    /* And it goes out again as the largest budget grpc-go would write. */
+    ctx_carrier_t o = { headers_get_, headers_set_, &(headers_t){ 0 } };
+    CHECK_EQ_INT(ctx_inject(x, &o), 0);
+    const char *gt = headers_find(o.headers, "grpc-timeout");
+    CHECK_MSG(gt != NULL && gt[strlen(gt) - 1] == 'H' && strlen(gt) <= 9, "%s", gt);
+    headers_clear(o.headers);
+    ctx_unref(x);
+    headers_clear(&hdr);
+}
+
+/* Incoming baggage hides a key bound above the extract, without changing
+ * the parent; properties and duplicate keys (the last wins) travel on. */
+static void test_baggage_layers(void)
+{
+    ctx_t *p = ctx_with_baggage(ctx_background(), "tenant", "parent");
+    ctx_t *q = ctx_with_baggage(p, "only-above", "1");
+    ctx_carrier_t c = fresh();
+    headers_put(&hdr, "baggage", "tenant=incoming;ttl=3, k=first , k=last;p;q=%25");
+    ctx_t *x = ctx_extract(q, &c, NULL);
+    CHECK(x != NULL);
+    CHECK_STR(ctx_baggage(x, "tenant"), "incoming");
+    CHECK_STR(ctx_baggage(x, "only-above"), "1");
+    CHECK_STR(ctx_baggage(x, "k"), "last");
+    CHECK_STR(ctx_baggage(q, "tenant"), "parent");
+    c = fresh();
+    CHECK_EQ_INT(ctx_inject(x, &c), 0);
+    CHECK_STR(headers_find(&hdr, "baggage"), "only-above=1,tenant=incoming;ttl=3,k=last;p;q=%25");
+
+    /* A malformed header adds nothing, and the baggage above still goes. */
+    c = fresh();
+    headers_put(&hdr, "baggage", "good=1,bad");
+    ctx_t *y = ctx_extract(q, &c, NULL);
+    CHECK(y != NULL && ctx_baggage(y, "good") == NULL);
+    c = fresh();
+    CHECK_EQ_INT(ctx_inject(y, &c), 0);
+    CHECK_STR(headers_find(&hdr, "baggage"), "tenant=parent,only-above=1");
+    ctx_unref(y);
+    ctx_unref(x);
+    ctx_unref(q);
+    ctx_unref(p);
+    headers_clear(&hdr);
+}
+
+/* tracestate goes out as it came in once filtered: dropped whole when it
+ * breaks the grammar (the trace itself kept), truncated from the end when
+ * long. */
+static void test_tracestate_passthrough(void)
+{
+    const char *tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    /* 620 bytes; without the 204-byte member, 415 fit. */
+    char long_ts[1024], want[600];
+    snprintf(long_ts, sizeof long_ts, "m0=%0100d,big=%0200d,m1=%0100d,m2=%0100d,m3=%0100d", 0, 0, 0,
+             0, 0);
+    snprintf(want, sizeof want, "m0=%0100d,m1=%0100d,m2=%0100d,m3=%0100d", 0, 0, 0, 0);
+    const struct {
+        const char *in, *out; /* out NULL: no tracestate sent */
+    } rows[] = {
+        { " congo=t61rcWkgMzE , rojo=00f067aa0ba902b7", "congo=t61rcWkgMzE,rojo=00f067aa0ba902b7" },
+        { "congo=t61rcWkgMzE,Bad=1", NULL },
+        { "a=1,a=2", NULL },
+        { long_ts, want },
+    };
+    for (size_t i = 0; i < sizeof rows / sizeof rows[0]; i++) {
+        ctx_carrier_t c = fresh();
+        headers_put(&hdr, "traceparent", tp);
+        headers_put(&hdr, "tracestate", rows[i].in);
+        ctx_t *x = ctx_extract(ctx_background(), &c, NULL);
+        char id[33];
+        CHECK(x != NULL && ctx_trace_id(x, id));
+        CHECK_STR(id, "4bf92f3577b34da6a3ce929d0e0e4736");
+        c = fresh();
+        CHECK_EQ_INT(ctx_inject(x, &c), 0);
+        const char *ts = headers_find(&hdr, "tracestate");
+        if (rows[i].out == NULL)
+            CHECK_MSG(ts == NULL, "row %zu sent tracestate %s", i, ts);
+        else
+            CHECK_MSG(ts != NULL && strcmp(ts, rows[i].out) == 0, "row %zu sent %s", i,
+                      ts != NULL ? ts : "nothing");
+        ctx_unref(x);
+    }
+    headers_clear(&hdr);
+}
+
 static void test_cancel_handle(void)
 {
     ctx_carrier_t c = fresh();
@@ -223,6 +322,19 @@ static void test_done_writes_nothing(void)
     CHECK_EQ_INT(ctx_inject(past, &c), CTX_DEADLINE_EXCEEDED);
     CHECK_EQ_INT(hdr.sets, 0);
     ctx_unref(past);
+
+    /* A deadline that has passed while its timer may not have fired yet:
+     * refused all the same, never sent as a budget of "0n". */
+    for (int i = 0; i < 100; i++) {
+        ctx_t *soon = ctx_with_timeout(ctx_background(), 20 * CTX_MICROSECOND, NULL);
+        ctx_time_t dl;
+        CHECK(ctx_deadline(soon, &dl));
+        while (ctx_now() <= dl) {
+        }
+        CHECK_EQ_INT(ctx_inject(soon, &c), CTX_DEADLINE_EXCEEDED);
+        CHECK_EQ_INT(hdr.sets, 0);
+        ctx_unref(soon);
+    }
     headers_clear(&hdr);
 }
 
@@ -496,6 +608,9 @@ int main(void)
     test_null_arguments();
     test_round_trip();
     test_deadline_clamping();
+    test_deadline_saturates();
+    test_baggage_layers();
+    test_tracestate_passthrough();
     test_cancel_handle();
     test_done_writes_nothing();
     test_set_failure();

@@ -39,8 +39,10 @@ extern "C" {
  * header more than once, get should return the values joined by ",", as
  * HTTP allows for these list-valued headers.  set stores one header and
  * returns 0 or an errno-style code; it should replace a header of the same
- * name.  Either function may be NULL when the carrier is only read from
- * (ctx_extract) or only written to (ctx_inject).
+ * name.  name and value are valid only during the call of set (most values
+ * are built on ctx_inject's stack): set copies what it keeps.  Either
+ * function may be NULL when the carrier is only read from (ctx_extract) or
+ * only written to (ctx_inject).
  */
 typedef struct ctx_carrier {
     const char *(*get)(void *headers, const char *name);
@@ -88,14 +90,16 @@ CTX_EXPORT int ctx_inject(ctx_t *ctx, const ctx_carrier_t *out);
  *             trace with random ids (flags 02, "random trace id") when there
  *             is no traceparent or it is invalid;
  *   baggage   holds the incoming members, above the baggage of parent (an
- *             incoming key hides the same key bound above).
+ *             incoming key hides the same key bound above), values
+ *             percent-decoded, with escaped bytes that are not UTF-8
+ *             replaced by U+FFFD as W3C Baggage requires.
  *
  * Malformed or oversized headers are ignored, never trusted: a malformed
  * grpc-timeout or baggage header is ignored whole; an invalid traceparent
  * starts a new trace and its tracestate is not read; a tracestate that
  * breaks the W3C grammar or has more than 32 members is dropped, and one
- * longer than 512 bytes loses whole members (those over 128 bytes first,
- * then from the end); baggage members beyond 64 members or 8192 bytes are
+ * longer than 512 bytes loses whole members, from the end (those over 128
+ * bytes first, then any); baggage members beyond 64 members or 8192 bytes are
  * dropped whole.  At most a bounded prefix of each header is read, whatever
  * get returns.  They shorten nothing but the child's own deadline and never
  * change parent.
@@ -112,7 +116,8 @@ CTX_EXPORT ctx_t *ctx_extract(ctx_t *parent, const ctx_carrier_t *in, ctx_cancel
  * ...).  ctx_with_baggage returns a child of parent (a new reference) that
  * binds key to value; both are copied.  key must be a non-empty HTTP token
  * (letters, digits and !#$%&'*+-.^_`|~); value may be any string, it is
- * percent-encoded on the wire.  NULL with errno EINVAL for a NULL argument
+ * percent-encoded on the wire (a receiver reads bytes that are not UTF-8 as
+ * U+FFFD, so only UTF-8 crosses unchanged).  NULL with errno EINVAL for a NULL argument
  * or an invalid key, ENOMEM when memory runs out.
  *
  * ctx_baggage returns the value bound to key nearest to ctx, or NULL when
