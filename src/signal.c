@@ -214,7 +214,7 @@ static int start_locked(void)
         S.rfd = fds[0];
         atomic_store_explicit(&wfd, fds[1], memory_order_relaxed);
     }
-    int e = ctx__thread_start(watch_main, 0); /* runs AfterFunc callbacks */
+    int e = ctx__sc_thread_start(watch_main, 0); /* runs AfterFunc callbacks */
     if (e != 0)
         return e;
     S.thread = 1;
