@@ -33,8 +33,9 @@
 #define SPIN_ROUNDS 200
 #define MAX_THREADS 4096
 
-#define GROUP_LIVE   0x4c495645u /* "LIVE" */
-#define GROUP_WAITED 0x57414954u /* "WAIT" */
+#define GROUP_LIVE    0x4c495645u /* "LIVE" */
+#define GROUP_WAITING 0x57414954u /* "WAIT": in ctx_group_wait */
+#define GROUP_WAITED  0x444f4e45u /* "DONE": ctx_group_wait returned */
 
 struct task {
     ctx_task_fn fn;
@@ -52,7 +53,7 @@ struct ctx_group {
     _Atomic uint32_t sleepers;
     /* The owner's reference plus one per active task. */
     _Atomic uint32_t refs;
-    _Atomic uint32_t state; /* GROUP_LIVE, GROUP_WAITED: misuse checks */
+    _Atomic uint32_t state; /* GROUP_LIVE, _WAITING, _WAITED: misuse checks */
     int limit;              /* < 0: none; written only while active == 0 */
     pthread_mutex_t mu;     /* the first failure */
     int err;
@@ -348,7 +349,9 @@ static int go(ctx_group_t *g, ctx_task_fn fn, void *arg, int block)
 {
     if (g == NULL || fn == NULL)
         return EINVAL;
-    CTX__MISUSE(atomic_load_explicit(&g->state, memory_order_relaxed) != GROUP_LIVE,
+    /* Tasks may start tasks while ctx_group_wait waits; after it returned
+     * the group is gone. */
+    CTX__MISUSE(atomic_load_explicit(&g->state, memory_order_relaxed) == GROUP_WAITED,
                 "ctx_group_go: the group was already waited for");
     int e = ctx_err(g->ctx);
     if (e != 0)
@@ -393,7 +396,7 @@ int ctx_group_wait(ctx_group_t *g, const char **msg)
     if (g == NULL)
         return EINVAL;
     uint32_t live = GROUP_LIVE;
-    if (!atomic_compare_exchange_strong_explicit(&g->state, &live, GROUP_WAITED,
+    if (!atomic_compare_exchange_strong_explicit(&g->state, &live, GROUP_WAITING,
                                                  memory_order_relaxed, memory_order_relaxed)) {
         CTX__MISUSE(1, "ctx_group_wait: called twice on one group (call it exactly once)");
         return EINVAL;
@@ -416,6 +419,7 @@ int ctx_group_wait(ctx_group_t *g, const char **msg)
     ctx_cancel_at(g->cancel, __FILE__, __LINE__, "ctx_group_wait");
     if (msg != NULL && err != 0)
         *msg = ctx_strerror(err);
+    atomic_store_explicit(&g->state, GROUP_WAITED, memory_order_relaxed);
     group_unref(g);
     return err;
 }

@@ -118,6 +118,7 @@ static void sig_destroy(void *data)
         deregister_locked(r);
         pthread_mutex_unlock(&S.mu);
     }
+    ctx__record_quiesce(&r->self);
     ctx__free(r);
 }
 
@@ -354,7 +355,9 @@ ctx_t *ctx_with_signals(ctx_t *parent, const int *signals, size_t n, ctx_cancel_
                 release_signal_locked(sig);
         pthread_mutex_unlock(&S.mu);
         /* Freeing the node runs the destroy hook, which frees r; the
-         * record was never registered, so stopping it returns true. */
+         * record was never listed (no list reference), so stopping it
+         * returns true. */
+        atomic_store_explicit(&s->refs, 2, memory_order_relaxed);
         ctx_unref(c);
         errno = e;
         return NULL;
@@ -375,6 +378,8 @@ ctx_t *ctx_with_signals(ctx_t *parent, const int *signals, size_t n, ctx_cancel_
         ctx__unlock(&c->lock);
     } else {
         ctx__unlock(&c->lock);
+        /* Never listed: no list reference, and already "run". */
+        atomic_store_explicit(&s->refs, 2, memory_order_relaxed);
         atomic_store_explicit(&s->u.a.run, CTX__RUN_DONE, memory_order_relaxed);
         sig_done(r);
     }
