@@ -159,26 +159,34 @@ static const ctx_custom_ops_t sig_ops = {
 static void deliver(int sig)
 {
     struct ctx *found[64];
-    int n;
+    int n, first = 1;
     do {
         n = 0;
         pthread_mutex_lock(&S.mu);
-        for (struct sigctx *r = S.head; r != NULL && n < 64; r = r->next) {
+        struct sigctx *r = S.head;
+        while (r != NULL && n < 64) {
+            struct sigctx *next = r->next;
             /* A node whose count reached zero is being freed; its destroy
              * hook waits for S.mu to take it off the list. */
-            if (sigismember(&r->set, sig) == 1 && ctx__try_ref(r->c))
+            if (sigismember(&r->set, sig) == 1 && ctx__try_ref(r->c)) {
                 found[n++] = r->c;
+                /* Restore the previous handling before the context is
+                 * seen done, as a cancel by hand does before it returns. */
+                deregister_locked(r);
+            }
+            r = next;
         }
-        if (n == 0 && S.count[sig] > 0)
+        if (n == 0 && first && S.count[sig] > 0)
             S.pending[sig] = 1; /* ending, not yet ended: see release */
-        else if (n == 0)
+        else if (n == 0 && first)
             kill(getpid(), sig); /* the previous action is back */
+        first = 0;
         pthread_mutex_unlock(&S.mu);
         for (int i = 0; i < n; i++) {
             ctx__cancel(found[i], CTX_CANCELED, EINTR, S.msg[sig], 0);
             ctx_unref(found[i]);
         }
-        /* Cancelling took them off the list; more than 64 take turns. */
+        /* More than 64 take turns; the ones done are off the list. */
     } while (n == 64);
 }
 
