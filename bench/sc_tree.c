@@ -29,6 +29,7 @@ static double now_ns(void)
 }
 
 static const ctx_key_t key = { .name = "k" };
+static int value;
 
 int main(int argc, char **argv)
 {
@@ -45,7 +46,7 @@ int main(int argc, char **argv)
         }
         double t1 = now_ns();
         for (long i = 0; i < n; i++)
-            ctx_unref(ctx_with_value(parent, &key, &key, NULL));
+            ctx_unref(ctx_with_value(parent, &key, &value, NULL));
         double t2 = now_ns();
         if ((t1 - t0) / (double)n < best_c)
             best_c = (t1 - t0) / (double)n;
