@@ -102,6 +102,7 @@ def main():
     lines.append("| measurement | libctx | Go 1.19 (errgroup, context) | libctx / Go |")
     lines.append("|---|---|---|---|")
     rows = [("group_task_ns", "10,000 trivial tasks, limit 8: ns per task"),
+            ("group_on_caller_pct", "... share run by the submitting thread while at the limit (%)"),
             ("block_p50_us", "1,000 blocked tasks, no limit: failing return to task return, p50 (µs)"),
             ("block_p99_us", "... p99 (µs)"),
             ("block_max_us", "... last task (µs)"),

@@ -12,6 +12,11 @@
  * a thread that finds the queue empty polls it for SPIN_NS before it
  * sleeps.  Idle threads exit after IDLE_NS.
  *
+ * A caller that must wait (ctx_group_go at the group's limit,
+ * ctx_group_wait) runs its own group's queued tasks meanwhile instead of
+ * sleeping: they hold slots already, so the limit holds, and a burst of
+ * short tasks then costs no hand-over at all.
+ *
  * A group counts its active tasks (queued or running) in one futex word:
  * ctx_group_go waits on it while the limit is reached, ctx_group_wait until
  * it is zero.  The group is freed by whichever of ctx_group_wait and the
@@ -34,6 +39,7 @@
 
 #define IDLE_NS     (2 * CTX_SECOND)
 #define SPIN_NS     (50 * CTX_MICROSECOND)
+#define MAX_POLLING 2
 #define MAX_THREADS 4096
 
 #define GROUP_LIVE    0x4c495645u /* "LIVE" */
@@ -71,8 +77,19 @@ static struct {
     int idle;                /* of which sleeping on cv */
     int wakes;               /* signals sent to cv not yet taken */
     int qlen;                /* tasks in the queue */
+    int polling;             /* looking threads polling `queued` (<= MAX_POLLING) */
     _Atomic uint32_t queued; /* qlen, for the polls of looking threads */
-} P = { PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, NULL, &P.head, 0, 0, 0, 0, 0, 0 };
+} P = { PTHREAD_ADAPTIVE_MUTEX_INITIALIZER_NP,
+        PTHREAD_COND_INITIALIZER,
+        NULL,
+        &P.head,
+        0,
+        0,
+        0,
+        0,
+        0,
+        0,
+        0 };
 
 static pthread_once_t pool_once = PTHREAD_ONCE_INIT;
 
@@ -109,7 +126,7 @@ static void pool_child(void)
      * the queue's tasks belong to the parent's groups. */
     P.head = NULL;
     P.tail = &P.head;
-    P.threads = P.looking = P.idle = P.wakes = P.qlen = 0;
+    P.threads = P.looking = P.idle = P.wakes = P.qlen = P.polling = 0;
     atomic_store_explicit(&P.queued, 0, memory_order_relaxed);
     cv_make();
     pthread_mutex_unlock(&P.mu);
@@ -155,6 +172,9 @@ static void sleep_on_active(struct ctx_group *g, uint32_t a)
     atomic_fetch_sub_explicit(&g->sleepers, 1, memory_order_relaxed);
 }
 
+static void run_task(struct task *t);
+static struct task *pop_own(struct ctx_group *g);
+
 /* Polls for SPIN_NS from the first call (*until == 0), yielding the CPU
  * between polls; false once the time is up. */
 static int spin(ctx_time_t *until)
@@ -183,6 +203,14 @@ static int take_slot(struct ctx_group *g, int block)
         }
         if (!block)
             return EBUSY;
+        /* Rather than wait for a pool thread to get round to one of our
+         * queued tasks, run it here: it holds a slot already, so the
+         * limit still holds, and the slot is ours when it returns. */
+        struct task *t = pop_own(g);
+        if (t != NULL) {
+            run_task(t);
+            continue;
+        }
         /* Tasks are often short: let a pool thread finish one before
          * paying for a sleep and a wake-up. */
         if (spin(&spin_until))
@@ -227,6 +255,28 @@ static struct task *pop_locked(void)
     return t;
 }
 
+/* Takes the first queued task of g, or NULL. */
+static struct task *pop_own(struct ctx_group *g)
+{
+    /* Relaxed: a hint; the queue is read under the lock. */
+    if (atomic_load_explicit(&P.queued, memory_order_relaxed) == 0)
+        return NULL;
+    pthread_mutex_lock(&P.mu);
+    struct task **pp = &P.head;
+    while (*pp != NULL && (*pp)->g != g)
+        pp = &(*pp)->next;
+    struct task *t = *pp;
+    if (t != NULL) {
+        *pp = t->next;
+        if (P.tail == &t->next)
+            P.tail = pp;
+        P.qlen--;
+        atomic_store_explicit(&P.queued, (uint32_t)P.qlen, memory_order_relaxed);
+    }
+    pthread_mutex_unlock(&P.mu);
+    return t;
+}
+
 static void *pool_main(void *arg)
 {
     (void)arg;
@@ -243,15 +293,18 @@ static void *pool_main(void *arg)
             P.looking++;
             continue;
         }
-        if (!spun) {
+        if (!spun && P.polling < MAX_POLLING) {
             /* Still looking: poll a while, then look again under the
-             * lock before sleeping. */
+             * lock before sleeping.  One poller is enough to catch a
+             * burst; more would only fight over the lock. */
             spun = 1;
+            P.polling++;
             pthread_mutex_unlock(&P.mu);
             ctx_time_t until = 0;
             while (atomic_load_explicit(&P.queued, memory_order_relaxed) == 0 && spin(&until))
                 ;
             pthread_mutex_lock(&P.mu);
+            P.polling--;
             continue;
         }
         spun = 0;
@@ -422,7 +475,10 @@ int ctx_group_wait(ctx_group_t *g, const char **msg)
         uint32_t a = atomic_load_explicit(&g->active, memory_order_acquire);
         if (a == 0)
             break;
-        if (!spin(&spin_until))
+        struct task *t = pop_own(g); /* as in take_slot */
+        if (t != NULL)
+            run_task(t);
+        else if (!spin(&spin_until))
             sleep_on_active(g, a);
     }
     pthread_mutex_lock(&g->mu);
