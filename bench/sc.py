@@ -89,8 +89,9 @@ def main():
     lines.append("| operation | main | this branch, tracking off | this branch, CTX_TRACK=1 | Go 1.19 | off / main | on / off |")
     lines.append("|---|---|---|---|---|---|---|")
     names = {"tree_cancel": "WithCancel + cancel + free (child of a live parent)",
+             "tree_cancel_nosite": "... cancelling with (ctx_cancel)(h): no site recorded",
              "tree_value": "WithValue + free"}
-    for k in ("tree_cancel", "tree_value"):
+    for k in ("tree_cancel", "tree_cancel_nosite", "tree_value"):
         m, mv = cell(k, "main")
         f, fv = cell(k, "off")
         o, ov = cell(k, "on")
