@@ -50,7 +50,7 @@ def main():
     ap.add_argument("--sc", required=True)
     ap.add_argument("--go-dir", required=True)
     ap.add_argument("--out", required=True)
-    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--rounds", type=int, default=7)
     a = ap.parse_args()
     os.makedirs(a.out, exist_ok=True)
     go = build_go(a.go_dir, a.out)
@@ -83,10 +83,16 @@ def main():
     def ratio(x, y):
         return "%.2fx" % (x / y) if x is not None and y else "-"
 
+    def ratio2(k, a_col, b_col):
+        a_v, b_v = samples.get((k, a_col)), samples.get((k, b_col))
+        if not a_v or not b_v:
+            return "-"
+        return "%.2fx / %.2fx" % (min(a_v) / min(b_v), statistics.median(a_v) / statistics.median(b_v))
+
     lines = []
     lines.append("### Tree operations: tracking off vs today's main, and on (ns/op, min / median / max of %d rounds)" % a.rounds)
     lines.append("")
-    lines.append("| operation | main | this branch, tracking off | this branch, CTX_TRACK=1 | Go 1.19 | off / main | on / off |")
+    lines.append("| operation | main | this branch, tracking off | this branch, CTX_TRACK=1 | Go 1.19 | off / main (min / median) | on / off (min / median) |")
     lines.append("|---|---|---|---|---|---|---|")
     names = {"tree_cancel": "WithCancel + cancel + free (child of a live parent)",
              "tree_cancel_nosite": "... cancelling with (ctx_cancel)(h): no site recorded",
@@ -96,11 +102,12 @@ def main():
         f, fv = cell(k, "off")
         o, ov = cell(k, "on")
         g, _ = cell(k, "go")
-        lines.append("| %s | %s | %s | %s | %s | %s | %s |" % (names[k], m, f, o, g, ratio(fv, mv), ratio(ov, fv)))
+        lines.append("| %s | %s | %s | %s | %s | %s | %s |" % (names[k], m, f, o, g, ratio2(k, "off", "main"),
+                                                              ratio2(k, "on", "off")))
     lines.append("")
     lines.append("### Groups and merges (min / median / max of %d rounds)" % a.rounds)
     lines.append("")
-    lines.append("| measurement | libctx | Go 1.19 (errgroup, context) | libctx / Go |")
+    lines.append("| measurement | libctx | Go 1.19 (errgroup, context) | libctx / Go (min / median) |")
     lines.append("|---|---|---|---|")
     rows = [("group_task_ns", "10,000 trivial tasks, limit 8: ns per task"),
             ("group_on_caller_pct", "... share run by the submitting thread while at the limit (%)"),
@@ -112,7 +119,7 @@ def main():
     for k, label in rows:
         c, cv = cell(k, "libctx")
         g, gv = cell(k, "go")
-        lines.append("| %s | %s | %s | %s |" % (label, c, g, ratio(cv, gv)))
+        lines.append("| %s | %s | %s | %s |" % (label, c, g, ratio2(k, "libctx", "go")))
     mv = statistics.median(samples[("merge_ns", "libctx")])
     cv = statistics.median(samples[("with_cancel_ns", "libctx")])
     lines.append("")
