@@ -209,6 +209,9 @@ CTX_EXPORT ctx_t *ctx_without_cancel(ctx_t *parent);
  * first run on that thread (or, for a deadline, on a callback thread) and
  * may still be running.  Cancelling a context never affects its
  * parent or siblings.  Safe from any thread; a NULL handle is ignored.
+ *
+ * Both names are also macros (see "Cancel sites" below) that record the
+ * file, line and function of the call for ctx_cancel_site().
  */
 CTX_EXPORT void ctx_cancel(ctx_cancel_t *cancel);
 CTX_EXPORT void ctx_cancel_cause(ctx_cancel_t *cancel, int cause, const char *msg);
