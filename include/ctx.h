@@ -527,8 +527,9 @@ CTX_EXPORT int ctx_group_wait(ctx_group_t *g, const char **msg);
  * parent's err and cause (and cancel site); its deadline is the earliest of
  * theirs; ctx_value looks in parents[0]'s chain first, then parents[1]'s,
  * and so on.  It holds a reference to every parent.  It is a child of
- * parents[0] like any other and is linked to each other parent by a record
- * inside one extra allocation; those records leave the parents' lists as
+ * parents[0] like any other and is linked to each other parent by a
+ * record; the context and its records are one allocation.  The records
+ * leave the parents' lists as
  * soon as the merged context is done or freed, so a long-lived parent's
  * child set never grows with merges that ended.  The same parent may be
  * given twice; parents already done make a context done at birth.  NULL

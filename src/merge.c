@@ -10,6 +10,12 @@
  * no trace of a merge that ended.  When M is freed first, its destroy hook
  * does the same.
  *
+ * One allocation holds it all: M's own node comes first in the block, so
+ * when the tree frees M (ctx__node_free with a custom node's size) it
+ * frees the block: with the node cache on, the block waits in the cache as
+ * a 96-byte node (its tail unused) until it is reused or the cache is
+ * flushed with free(); without it, it is freed at once.
+ *
  * The records are never freed through their reference counts: each starts
  * with one count more than after.c ever drops (the block's own), and the
  * block is freed with M.  M holds a reference to every parent (through its
@@ -24,7 +30,8 @@
 #include <string.h>
 
 struct merge {
-    struct ctx *m; /* the merged context */
+    struct ctx__custom node; /* M: first, so that freeing M frees the block */
+    struct ctx *m;           /* &node.base */
     size_t n;
     ctx_t **parents;  /* n entries, after the records */
     struct ctx self;  /* registered on M: unlinks the others when M is done */
@@ -161,7 +168,7 @@ static void merge_destroy(void *data)
             ctx__record_quiesce(&b->rec[i - 1]);
         ctx_unref(b->parents[i]); /* the record's, or the plain one below */
     }
-    ctx__free(b);
+    /* The block is M's node: the tree frees it when this returns. */
 }
 
 /* Lays out r as an AfterFunc record of fn(arg) on context c (whose owner is
@@ -229,13 +236,12 @@ ctx_t *ctx_merge(ctx_t *const *parents, size_t n, ctx_cancel_t **cancel)
     b->n = n;
     b->parents = (ctx_t **)(void *)((char *)b + recs);
     memcpy(b->parents, parents, n * sizeof(ctx_t *));
-    ctx_cancel_t *h;
-    struct ctx *m = ctx_with_custom(parents[0], &merge_ops, b, &h);
-    if (m == NULL) {
-        ctx__free(b);
-        errno = ENOMEM;
-        return NULL;
-    }
+    /* M is made as ctx_with_custom makes a custom node, in the block. */
+    b->node.ops = &merge_ops;
+    b->node.data = b;
+    struct ctx *m = &b->node.base;
+    ctx__init_cancel(m, parents[0], CTX__CUSTOM);
+    ctx_cancel_t *h = (ctx_cancel_t *)m;
     b->m = m;
     /* The earliest deadline of all parents: M's deadline slot points at
      * the timer node that has it.  M holds every parent, and so that
