@@ -640,27 +640,21 @@ CTX_EXPORT ctx_t *ctx_track_new_(ctx_t *ctx, const char *file, int line, const c
 #define CTX_TRACK_(call)                                                                           \
     (CTX_TRACKING_() ? ctx_track_new_((call), __FILE__, __LINE__, __func__) : (call))
 
-#define ctx_cancel(cancel) ctx_cancel_at((cancel), __FILE__, __LINE__, __func__)
-#define ctx_cancel_cause(cancel, cause, msg)                                                       \
-    ctx_cancel_cause_at((cancel), (cause), (msg), __FILE__, __LINE__, __func__)
+/* Variadic, so that an argument with commas of its own, such as
+ * (int[]){ SIGINT, SIGTERM } or (ctx_t *[]){ a, b }, passes through. */
+#define ctx_cancel(...)       ctx_cancel_at(__VA_ARGS__, __FILE__, __LINE__, __func__)
+#define ctx_cancel_cause(...) ctx_cancel_cause_at(__VA_ARGS__, __FILE__, __LINE__, __func__)
 
-#define ctx_with_cancel(parent, cancel) CTX_TRACK_((ctx_with_cancel)((parent), (cancel)))
-#define ctx_with_deadline(parent, deadline, cancel)                                                \
-    CTX_TRACK_((ctx_with_deadline)((parent), (deadline), (cancel)))
-#define ctx_with_timeout(parent, timeout, cancel)                                                  \
-    CTX_TRACK_((ctx_with_timeout)((parent), (timeout), (cancel)))
-#define ctx_with_deadline_cause(parent, deadline, cause, msg, cancel)                              \
-    CTX_TRACK_((ctx_with_deadline_cause)((parent), (deadline), (cause), (msg), (cancel)))
-#define ctx_with_timeout_cause(parent, timeout, cause, msg, cancel)                                \
-    CTX_TRACK_((ctx_with_timeout_cause)((parent), (timeout), (cause), (msg), (cancel)))
-#define ctx_with_value(parent, key, value, destroy)                                                \
-    CTX_TRACK_((ctx_with_value)((parent), (key), (value), (destroy)))
-#define ctx_without_cancel(parent) CTX_TRACK_((ctx_without_cancel)((parent)))
-#define ctx_with_custom(parent, ops, data, cancel)                                                 \
-    CTX_TRACK_((ctx_with_custom)((parent), (ops), (data), (cancel)))
-#define ctx_merge(parents, n, cancel) CTX_TRACK_((ctx_merge)((parents), (n), (cancel)))
-#define ctx_with_signals(parent, signals, n, cancel)                                               \
-    CTX_TRACK_((ctx_with_signals)((parent), (signals), (n), (cancel)))
+#define ctx_with_cancel(...)         CTX_TRACK_((ctx_with_cancel)(__VA_ARGS__))
+#define ctx_with_deadline(...)       CTX_TRACK_((ctx_with_deadline)(__VA_ARGS__))
+#define ctx_with_timeout(...)        CTX_TRACK_((ctx_with_timeout)(__VA_ARGS__))
+#define ctx_with_deadline_cause(...) CTX_TRACK_((ctx_with_deadline_cause)(__VA_ARGS__))
+#define ctx_with_timeout_cause(...)  CTX_TRACK_((ctx_with_timeout_cause)(__VA_ARGS__))
+#define ctx_with_value(...)          CTX_TRACK_((ctx_with_value)(__VA_ARGS__))
+#define ctx_without_cancel(...)      CTX_TRACK_((ctx_without_cancel)(__VA_ARGS__))
+#define ctx_with_custom(...)         CTX_TRACK_((ctx_with_custom)(__VA_ARGS__))
+#define ctx_merge(...)               CTX_TRACK_((ctx_merge)(__VA_ARGS__))
+#define ctx_with_signals(...)        CTX_TRACK_((ctx_with_signals)(__VA_ARGS__))
 #endif
 
 #ifdef __cplusplus

@@ -235,6 +235,21 @@ static void test_same_parent_twice_and_done_parents(void)
     ctx_unref(a);
 }
 
+/* The idiom of a compound literal passes through the call-site macro. */
+static void test_compound_literal(void)
+{
+    ctx_t *a = ctx_with_cancel(ctx_background(), NULL);
+    ctx_cancel_t *hb;
+    ctx_t *b = ctx_with_cancel(ctx_background(), &hb);
+    ctx_t *m = ctx_merge((ctx_t *[]){ a, b }, 2, NULL);
+    CHECK_NOT_NULL(m);
+    ctx_cancel(hb);
+    CHECK_CANCELED(m);
+    ctx_unref(m);
+    ctx_unref(a);
+    ctx_unref(b);
+}
+
 static void test_bad_input(void)
 {
     ctx_cancel_t *h = (ctx_cancel_t *)1;
@@ -298,6 +313,7 @@ int main(void)
     RUN_TEST(test_values_in_parent_order);
     RUN_TEST(test_no_trace_in_parents);
     RUN_TEST(test_same_parent_twice_and_done_parents);
+    RUN_TEST(test_compound_literal);
     RUN_TEST(test_bad_input);
     RUN_TEST(test_races);
     return 0;

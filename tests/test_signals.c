@@ -292,6 +292,10 @@ static void test_bad_input(void)
     CHECK_FAILS_WITH(ctx_with_signals(ctx_background(), NULL, 1, NULL), EINVAL);
     CHECK_FAILS_WITH(ctx_with_signals(NULL, ok, 1, NULL), EINVAL);
     CHECK(current_handler(SIGUSR1) == count_usr1);
+    /* A compound literal passes through the call-site macro. */
+    ctx_t *c = ctx_with_signals(ctx_background(), (int[]){ SIGUSR1, SIGUSR2 }, 2, NULL);
+    CHECK_NOT_NULL(c);
+    ctx_unref(c);
 }
 
 int main(void)
