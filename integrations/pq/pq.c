@@ -479,7 +479,8 @@ PGresult *ctx_pq_get_result(ctx_t *ctx, PGconn *conn)
         return NULL;
     }
     int err = ctx_err(ctx);
-    if (err == 0)
+    bool done_before = err != 0;
+    if (!done_before)
         err = wait_result(ctx, NULL, conn, 0);
     if (err == WAIT_READY) {
         PGresult *r = PQgetResult(conn);
@@ -487,6 +488,20 @@ PGresult *ctx_pq_get_result(ctx_t *ctx, PGconn *conn)
         return r;
     }
     send_cancel(conn);
+    if (!done_before) {
+        /* The result this call waited for may have been complete before the
+         * cancel landed: then it is the caller's, as with ctx_pq_exec, and
+         * the caller's next call (under the ended context) drains the rest. */
+        ctx_time_t limit = ctx_now() + (ctx_duration_t)CTX_PQ_DRAIN_TIMEOUT_MS * CTX_MILLISECOND;
+        if (wait_result(NULL, NULL, conn, limit) == WAIT_READY) {
+            PGresult *r = PQgetResult(conn);
+            if (r != NULL && !is_cancel_error(r) && !is_copy(r)) {
+                errno = 0;
+                return r;
+            }
+            PQclear(r);
+        }
+    }
     bool cancelled = false;
     PQclear(drain(conn, NULL, &cancelled));
     errno = err > 0 ? err : EIO;

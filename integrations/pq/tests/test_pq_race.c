@@ -4,12 +4,14 @@
  * connection, which a cancel request that landed late would fail with
  * "canceling statement due to user request".  Both outcomes of the race
  * must occur, or the test proves nothing; and every SELECT 1 must return 1.
+ * The races run through ctx_pq_exec (by cancel and by deadline) and through
+ * PQsendQuery + ctx_pq_get_result.
  */
 #include "check.h"
 
 #include "pq_test.h"
 
-static void race(PGconn *conn, long rounds, bool by_deadline)
+static void race(PGconn *conn, long rounds, bool by_deadline, bool via_get_result)
 {
     check_rng_t rng = check_rng_make(check_seed());
     long cancelled = 0, finished = 0;
@@ -31,7 +33,23 @@ static void race(PGconn *conn, long rounds, bool by_deadline)
             pq_cancel_later(&c, cancel, at);
         }
         errno = 0;
-        PGresult *r = ctx_pq_exec(ctx, conn, sql);
+        PGresult *r;
+        if (via_get_result) {
+            /* PQsendQuery, then ctx_pq_get_result until NULL, as a caller
+             * of the asynchronous API does. */
+            CHECK(PQsendQuery(conn, sql));
+            r = ctx_pq_get_result(ctx, conn);
+            int saved = errno;
+            if (r != NULL) {
+                errno = 0;
+                PGresult *more = ctx_pq_get_result(ctx, conn);
+                CHECK_NULL(more);
+                CHECK(errno == 0 || errno == (by_deadline ? CTX_DEADLINE_EXCEEDED : CTX_CANCELED));
+            }
+            errno = saved;
+        } else {
+            r = ctx_pq_exec(ctx, conn, sql);
+        }
         if (r == NULL) {
             CHECK_EQ_INT(errno, by_deadline ? CTX_DEADLINE_EXCEEDED : CTX_CANCELED);
             cancelled++;
@@ -54,8 +72,10 @@ static void race(PGconn *conn, long rounds, bool by_deadline)
         CHECK_STR(PQgetvalue(one, 0, 0), "1");
         PQclear(one);
     }
-    fprintf(stderr, "   %s: %ld rounds, %ld cancelled, %ld finished first; every SELECT 1 gave 1\n",
-            by_deadline ? "deadline" : "cancel", rounds, cancelled, finished);
+    fprintf(stderr,
+            "   %s, %s: %ld rounds, %ld cancelled, %ld finished first; every SELECT 1 gave 1\n",
+            by_deadline ? "deadline" : "cancel",
+            via_get_result ? "ctx_pq_get_result" : "ctx_pq_exec", rounds, cancelled, finished);
     CHECK(cancelled > 0);
     CHECK(finished > 0);
 }
@@ -66,8 +86,9 @@ int main(void)
     long rounds = check_scale(1000);
     if (rounds < 1000 && getenv("CTX_TEST_SCALE") == NULL)
         rounds = 1000; /* the issue asks for at least 1000, sanitizers or not */
-    race(conn, rounds, false);
-    race(conn, rounds, true);
+    race(conn, rounds, false, false);
+    race(conn, rounds, true, false);
+    race(conn, rounds, false, true);
     PQfinish(conn);
     return 0;
 }

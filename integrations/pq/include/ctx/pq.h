@@ -102,10 +102,12 @@ CTX_PQ_EXPORT PGresult *ctx_pq_exec_params(ctx_t *ctx, PGconn *conn, const char 
 /*
  * After any PQsend* call: the next result (PQgetResult) under ctx, or NULL
  * with errno 0 when there are no more.  When ctx ends first, the running
- * command is cancelled on the server, every remaining result is read and
- * discarded, and the call returns NULL with errno = ctx_err(ctx); a call
- * under a context that is already done does the same without waiting, so
- * the connection is left idle either way.
+ * command is cancelled on the server; if the result this call waited for
+ * was complete anyway, it is returned (a late cancel is harmless), else
+ * every remaining result is read and discarded and the call returns NULL
+ * with errno = ctx_err(ctx).  A call under a context that is already done
+ * cancels and discards without waiting for a result, so calling on until
+ * NULL leaves the connection idle either way.
  */
 CTX_PQ_EXPORT PGresult *ctx_pq_get_result(ctx_t *ctx, PGconn *conn);
 
