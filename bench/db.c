@@ -1,6 +1,6 @@
 /*
  * db: libctx-sqlite and libctx-pq beside plain SQLite and libpq, and beside
- * Go's database/sql with lib/pq, in rounds, in one run.
+ * Go's database/sql with lib/pq and mattn/go-sqlite3, in rounds, in one run.
  *
  *   db_bench --pgcluster integrations/pq/tests/pgcluster.sh --out build/bench/db.md
  *            [--go bench/db_go] [--quick]
@@ -262,13 +262,16 @@ static void sqlite_cancel_latency(series_t *lat, int rounds)
     sqlite3_close(db);
 }
 
-static void bench_sqlite(int rounds)
+static bool go_peer(const char *go_bin, const char *args, char *line, size_t size);
+
+static void bench_sqlite(int rounds, const char *go_bin)
 {
     int lookups = quick ? 20000 : 200000;
     int rows = quick ? 100000 : 1000000;
     sqlite3 *db = sqlite_db(rows);
     ctx_t *ctx = ctx_with_timeout(ctx_background(), CTX_HOUR, NULL);
     series_t look[NVARIANTS] = { 0 }, scan[NVARIANTS] = { 0 }, agg[NVARIANTS] = { 0 };
+    series_t go_look = { 0 };
     for (int r = 0; r < rounds; r++) {
         for (int k = 0; k < NVARIANTS; k++) {
             int v = (k + r) % NVARIANTS; /* rotate the order from round to round */
@@ -276,6 +279,10 @@ static void bench_sqlite(int rounds)
             add(&scan[v], sqlite_scan(db, v, ctx));
             add(&agg[v], sqlite_aggregate(db, v, ctx));
         }
+        char line[128], args[64];
+        snprintf(args, sizeof args, "-mode sqlite-lookup -n %d", lookups);
+        if (go_peer(go_bin, args, line, sizeof line))
+            add(&go_look, atof(line));
     }
     ctx_unref(ctx);
     sqlite3_close(db);
@@ -307,9 +314,26 @@ static void bench_sqlite(int rounds)
     series_t lat = { 0 };
     int n = quick ? 20 : 200;
     sqlite_cancel_latency(&lat, n);
+    char g[64];
+    fmt_spread(g, sizeof g, &go_look, 1, "ns");
+    emit("\nGo database/sql + mattn/go-sqlite3 (cgo, the same libsqlite3), "
+         "stmt.QueryRowContext(ctx, id).Scan, the same 1-row lookup, wall clock: %s\n",
+         g);
     emit("\nCancel latency, %d rounds of an endless recursive query cancelled after 2 ms "
          "(ctx_cancel to ctx_sqlite_step's return): p50 %.1f us, p99 %.1f us, max %.1f us\n",
          n, pct(&lat, 0.5) / 1e3, pct(&lat, 0.99) / 1e3, pct(&lat, 1) / 1e3);
+    char line[256], args[64];
+    snprintf(args, sizeof args, "-mode sqlite-cancel -n %d", n);
+    double p50, p99, mx;
+    int unc;
+    if (go_peer(go_bin, args, line, sizeof line) &&
+        sscanf(line, "%lf %lf %lf %d", &p50, &p99, &mx, &unc) == 4)
+        emit("Go database/sql + mattn/go-sqlite3 (sqlite3_interrupt), the same query and "
+             "schedule: p50 %.1f us, p99 %.1f us, max %.1f us (%d rounds returned no error)\n",
+             p50 / 1e3, p99 / 1e3, mx / 1e3, unc);
+    else
+        emit("Go database/sql + mattn/go-sqlite3: not run (Go or "
+             "golang-github-mattn-go-sqlite3-dev missing)\n");
     emit("(progress handler every %d VM instructions)\n", CTX_SQLITE_PROGRESS_OPS);
     (void)variant_names;
 }
@@ -479,7 +503,7 @@ int main(int argc, char **argv)
     emit("## db: libctx-sqlite and libctx-pq beside plain SQLite, libpq and Go\n\n");
     emit("Each figure is min / median / max over the rounds; the variants run interleaved, "
          "their order rotated each round.\n");
-    bench_sqlite(rounds);
+    bench_sqlite(rounds, go_bin);
 
     if (cluster_script == NULL) {
         emit("\nPostgreSQL: not run (no --pgcluster script).\n");

@@ -1,7 +1,8 @@
 #!/bin/sh
 # Runs the db benchmark (bench/db.c) with its Go peer (bench/db_go), for
 # `make bench` (target bench-db).  The Go peer is built offline against
-# Debian's Go packages; when it does not build (no golang-github-lib-pq-dev),
+# Debian's Go packages; when it does not build (it needs golang-github-lib-pq-dev
+# and golang-github-mattn-go-sqlite3-dev),
 # the benchmark runs without it and its table says so.
 #
 #   db_run.sh DB_BENCH PGCLUSTER_SH OUT_MD GO_MAIN
