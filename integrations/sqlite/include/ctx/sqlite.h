@@ -25,8 +25,10 @@
  *
  * What the library installs.  The first call on a cancellable context that
  * uses a connection installs the library's progress handler and busy handler
- * on it, for the life of the connection (SQLite has no way to read back a
- * handler, so none could be restored per call).  The busy timeout the
+ * on it, and an SQL function named ctx_sqlite_state_ (it returns NULL; its
+ * destructor tells the library that the connection closed), for the life of
+ * the connection (SQLite has no way to read back a handler, so none could be
+ * restored per call).  The busy timeout the
  * connection had then (sqlite3_busy_timeout) is read once and kept: plain
  * SQLite calls on the connection keep waiting that long, the library's busy
  * handler waiting as SQLite's own would.  From then on do not set a progress
