@@ -171,21 +171,67 @@ static void send_cancel(PGconn *conn)
     PQfreeCancel(c);
 }
 
-/* Reads every result left on conn, bounded by CTX_PQ_DRAIN_TIMEOUT_MS; a
- * server that does not answer in that time loses its connection.  Returns
- * the combined result (or NULL) and sets *cancelled when one of them says
- * the command was cancelled. */
-static PGresult *drain(PGconn *conn, PGresult *last, bool *cancelled)
+/* The first repeat of a cancel request, and the most time between two. */
+#define RECANCEL_FIRST_MS 50
+#define RECANCEL_MAX_MS   1000
+
+/* The clock of a drain: its bound, and when to repeat the cancel request. */
+typedef struct {
+    ctx_time_t limit;
+    ctx_time_t next;
+    ctx_duration_t every;
+    bool recancel;
+} drain_clock_t;
+
+static drain_clock_t drain_clock(bool recancel)
 {
-    ctx_time_t limit = ctx_now() + (ctx_duration_t)CTX_PQ_DRAIN_TIMEOUT_MS * CTX_MILLISECOND;
+    ctx_time_t now = ctx_now();
+    drain_clock_t dc = {
+        .limit = now + (ctx_duration_t)CTX_PQ_DRAIN_TIMEOUT_MS * CTX_MILLISECOND,
+        .every = RECANCEL_FIRST_MS * CTX_MILLISECOND,
+        .recancel = recancel,
+    };
+    dc.next = now + dc.every;
+    return dc;
+}
+
+/* Waits, after a cancel request, until PQgetResult will not block.  A
+ * request that reaches the backend while it is still reading the command
+ * is dropped by PostgreSQL (it cancels nothing that has not started), so
+ * while the command runs on the request is repeated, 50 ms after the first
+ * and then at doubling intervals up to a second.  Repeating is as safe as
+ * the first request: each one is complete (PQcancel has read the server's
+ * close) before the drain goes on, and the drain ends only at the command's
+ * end.  At the drain's bound the connection is given up: shutting its socket
+ * down makes libpq see it broken, so PQgetResult returns at once. */
+static void wait_drained(PGconn *conn, drain_clock_t *dc)
+{
     for (;;) {
-        if (wait_result(NULL, NULL, conn, limit) == WAIT_LIMIT) {
-            /* Shutting the socket down makes libpq see a broken
-             * connection, so the next PQgetResult returns at once. */
+        bool recancel = dc->recancel && dc->next < dc->limit;
+        if (wait_result(NULL, NULL, conn, recancel ? dc->next : dc->limit) != WAIT_LIMIT)
+            return;
+        if (!recancel) {
             shutdown(PQsocket(conn), SHUT_RDWR);
             PQconsumeInput(conn);
-            continue;
+            return;
         }
+        send_cancel(conn);
+        dc->every *= 2;
+        if (dc->every > RECANCEL_MAX_MS * CTX_MILLISECOND)
+            dc->every = RECANCEL_MAX_MS * CTX_MILLISECOND;
+        dc->next = ctx_now() + dc->every;
+    }
+}
+
+/* Reads every result left on conn, bounded by CTX_PQ_DRAIN_TIMEOUT_MS (see
+ * wait_drained; recancel after a cancel request).  Returns the combined
+ * result (or NULL) and sets *cancelled when one of them says the command
+ * was cancelled. */
+static PGresult *drain(PGconn *conn, PGresult *last, bool *cancelled, bool recancel)
+{
+    drain_clock_t dc = drain_clock(recancel);
+    for (;;) {
+        wait_drained(conn, &dc);
         PGresult *r = PQgetResult(conn);
         if (r == NULL)
             return last;
@@ -215,7 +261,7 @@ static PGresult *cancel_and_drain(PGconn *conn, PGresult *last, int err)
 {
     send_cancel(conn);
     bool cancelled = false;
-    last = drain(conn, last, &cancelled);
+    last = drain(conn, last, &cancelled, true);
     if (cancelled || last == NULL) {
         PQclear(last);
         errno = err;
@@ -295,7 +341,7 @@ static int rollback_now(PGconn *conn)
     if (!PQsendQuery(conn, "ROLLBACK"))
         return EIO;
     bool cancelled = false;
-    PGresult *r = drain(conn, NULL, &cancelled);
+    PGresult *r = drain(conn, NULL, &cancelled, false);
     int rc = r != NULL && PQresultStatus(r) == PGRES_COMMAND_OK ? 0 : EIO;
     PQclear(r);
     return rc;
@@ -308,7 +354,7 @@ static int tx_finish_rollback(struct ctx_pq_tx *tx)
     int rc = 0;
     if (tx->state == TX_ROLLBACK_SENT) {
         bool cancelled = false;
-        PGresult *r = drain(tx->conn, NULL, &cancelled);
+        PGresult *r = drain(tx->conn, NULL, &cancelled, false);
         rc = r != NULL && PQresultStatus(r) == PGRES_COMMAND_OK ? 0 : EIO;
         PQclear(r);
     } else if (tx->state != TX_ROLLED_BACK) {
@@ -393,7 +439,7 @@ static PGresult *await_results(ctx_t *ctx, ctx_t *tx_ctx, PGconn *conn)
         if (PQstatus(conn) == CONNECTION_BAD) {
             /* Nothing more will come; libpq's own drain ends at once. */
             bool cancelled = false;
-            return drain(conn, last, &cancelled);
+            return drain(conn, last, &cancelled, false);
         }
     }
 }
@@ -492,18 +538,17 @@ PGresult *ctx_pq_get_result(ctx_t *ctx, PGconn *conn)
         /* The result this call waited for may have been complete before the
          * cancel landed: then it is the caller's, as with ctx_pq_exec, and
          * the caller's next call (under the ended context) drains the rest. */
-        ctx_time_t limit = ctx_now() + (ctx_duration_t)CTX_PQ_DRAIN_TIMEOUT_MS * CTX_MILLISECOND;
-        if (wait_result(NULL, NULL, conn, limit) == WAIT_READY) {
-            PGresult *r = PQgetResult(conn);
-            if (r != NULL && !is_cancel_error(r) && !is_copy(r)) {
-                errno = 0;
-                return r;
-            }
-            PQclear(r);
+        drain_clock_t dc = drain_clock(true);
+        wait_drained(conn, &dc);
+        PGresult *r = PQgetResult(conn);
+        if (r != NULL && !is_cancel_error(r) && !is_copy(r)) {
+            errno = 0;
+            return r;
         }
+        PQclear(r);
     }
     bool cancelled = false;
-    PQclear(drain(conn, NULL, &cancelled));
+    PQclear(drain(conn, NULL, &cancelled, true));
     errno = err > 0 ? err : EIO;
     return NULL;
 }

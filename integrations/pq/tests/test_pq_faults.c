@@ -1,7 +1,9 @@
 /*
  * libctx-pq when things break: a server that accepts TCP but never answers,
- * a backend that stops answering while a cancel is in flight, a connection
- * broken while a cancel is in flight, and the server stopped mid-query.
+ * a cancel request that PostgreSQL drops because the backend had not read
+ * the command yet, a backend that stops answering while a cancel is in
+ * flight, a connection broken while a cancel is in flight, and the server
+ * stopped mid-query.
  * Every call must end with a clear error within a bound, never hang or
  * crash.  The test stops and kills servers, so it starts a cluster of its
  * own with pgcluster.sh; a parent process stops and deletes that cluster
@@ -193,9 +195,61 @@ static void test_server_stopped_mid_query(void)
     PQfinish(observer);
 }
 
+struct pending {
+    PGconn *conn;
+    ctx_t *ctx;
+    int err;
+    ctx_duration_t took;
+    pthread_t thread;
+};
+
+static void *get_result_done(void *arg)
+{
+    struct pending *p = arg;
+    ctx_time_t start = check_mono_now();
+    errno = 0;
+    PGresult *r = ctx_pq_get_result(p->ctx, p->conn);
+    p->err = errno;
+    p->took = check_mono_now() - start;
+    PQclear(r);
+    return NULL;
+}
+
+/* A cancel request that the backend takes while it still waits to read the
+ * command is dropped by PostgreSQL; then the command runs in full.  Made
+ * certain here: the backend is stopped while the command is sent and the
+ * first request signals it, and continued afterwards, so it takes SIGINT
+ * before it reads the command.  The library's repeated request must stop
+ * the command long before it ends by itself (10 s). */
+static void test_cancel_dropped_before_read(void)
+{
+    PGconn *conn = reconnect();
+    int pid = PQbackendPID(conn);
+    ctx_cancel_t *cancel;
+    ctx_t *ctx = ctx_with_cancel(ctx_background(), &cancel);
+    ctx_cancel(cancel);
+    CHECK_EQ_INT(kill(pid, SIGSTOP), 0);
+    CHECK(PQsendQuery(conn, "SELECT pg_sleep(10)"));
+    struct pending p = { .conn = conn, .ctx = ctx };
+    check_thread_start(&p.thread, get_result_done, &p);
+    /* Gives the first request time to be sent; the outcome checked below is
+     * the same if it has not been. */
+    check_sleep_ns(20 * CTX_MILLISECOND);
+    CHECK_EQ_INT(kill(pid, SIGCONT), 0);
+    check_thread_join(p.thread);
+    fprintf(stderr, "   returned after %lld ms\n", (long long)(p.took / CTX_MILLISECOND));
+    CHECK_EQ_INT(p.err, CTX_CANCELED);
+    CHECK(p.took < 8 * CTX_SECOND);
+    CHECK_EQ_INT(PQtransactionStatus(conn), PQTRANS_IDLE);
+    CHECK_EQ_INT(pq_int(conn, "SELECT 1"), 1);
+    ctx_unref(ctx);
+    PQfinish(conn);
+}
+
 static int run_tests(void)
 {
     RUN_TEST(test_silent_server);
+    RUN_TEST(test_cancel_dropped_before_read);
     RUN_TEST(test_backend_stops_answering);
     RUN_TEST(test_broken_while_cancelling);
     RUN_TEST(test_server_stopped_mid_query);

@@ -28,14 +28,21 @@
  * connection away instead.  The test suite races cancels against completion
  * thousands of times, each followed by a SELECT 1 that must succeed.
  *
+ * A cancel request that reaches the backend before it has started the
+ * command (the context ended just as the statement was sent) is dropped by
+ * PostgreSQL, so while the command still runs the request is repeated, 50 ms
+ * later and then at doubling intervals up to a second; each repeat is
+ * complete before the call goes on, so it is as safe as the first.
+ *
  * Bounds.  The wait for the results after a cancel request is bounded by
  * CTX_PQ_DRAIN_TIMEOUT_MS: a server that neither finishes nor cancels within
  * that time is treated as lost, the connection's socket is shut down and the
  * call returns the resulting error (the connection is then CONNECTION_BAD and
  * must be reset or closed).  Sending a statement to the server is not
  * interruptible (libpq's blocking-mode write; it only blocks for statements
- * larger than the socket buffer), nor is the name resolution inside
- * PQconnectStart (use an address, or resolve with a cancellable resolver).
+ * larger than the socket buffer), nor is a cancel request's own connection
+ * to the server (PQcancel), nor the name resolution inside PQconnectStart
+ * (use an address, or resolve with a cancellable resolver).
  *
  * Threading.  A PGconn is used by one thread at a time, as libpq requires;
  * the library adds the exception that makes BeginTx work: when a
