@@ -92,10 +92,10 @@ static struct spread spread_of(double *v, int n)
 enum { BARE, CTX };
 
 /* ns per 64-byte read and write, one round. */
-static void fast_round(int kind, int rfd, int wfd, ctx_t *c, long ops, double *rd, double *wr)
+static void fast_round(int kind, int rfd, int wfd, ctx_t *c, long ops, long batch, double *rd,
+                       double *wr)
 {
     static char buf[MSG];
-    long batch = (1 << 20) / MSG;
     int64_t tr = 0, tw = 0;
     long done = 0;
     for (; done < ops; done += batch) {
@@ -423,6 +423,8 @@ int main(int argc, char **argv)
     }
     if (quick)
         rounds = 3;
+    if (out != NULL && (out_md = fopen(out, "w")) == NULL)
+        die(out);
     /* Count the library's heap bytes (for bytes per watched connection). */
     ctx_replace_allocator(count_malloc, count_free);
     signal(SIGPIPE, SIG_IGN);
@@ -458,14 +460,25 @@ int main(int argc, char **argv)
     if (fcntl(p[1], F_SETPIPE_SZ, 1 << 20) < 0)
         die("F_SETPIPE_SZ (1 MiB)");
     ctx_t *c = ctx_with_timeout(ctx_background(), CTX_HOUR, NULL);
+    /* The same on a Unix socketpair, whose buffer holds far fewer 64-byte
+     * messages than the 1 MiB pipe. */
+    int sp[2];
+    if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sp) != 0)
+        die("socketpair");
+    long pipe_batch = (1 << 20) / MSG, sock_batch = 128;
     double br[8], bw[8], cr[8], cw[8], gr[8], gw[8], rr[8], rw[8], grr[8], grw[8];
+    double sbr[8], sbw[8], scr[8], scw[8], srr[8], srw[8];
     int have_go = go_in != NULL;
-    fast_round(CTX, p[0], p[1], c, ops / 4, &cr[0], &cw[0]); /* warm up */
+    fast_round(CTX, p[0], p[1], c, ops / 4, pipe_batch, &cr[0], &cw[0]); /* warm up */
     for (int r = 0; r < rounds; r++) {
-        fast_round(BARE, p[0], p[1], c, ops, &br[r], &bw[r]);
-        fast_round(CTX, p[0], p[1], c, ops, &cr[r], &cw[r]);
+        fast_round(BARE, p[0], p[1], c, ops, pipe_batch, &br[r], &bw[r]);
+        fast_round(CTX, p[0], p[1], c, ops, pipe_batch, &cr[r], &cw[r]);
         rr[r] = cr[r] / br[r];
         rw[r] = cw[r] / bw[r];
+        fast_round(BARE, sp[0], sp[1], c, ops, sock_batch, &sbr[r], &sbw[r]);
+        fast_round(CTX, sp[0], sp[1], c, ops, sock_batch, &scr[r], &scw[r]);
+        srr[r] = scr[r] / sbr[r];
+        srw[r] = scw[r] / sbw[r];
         if (have_go) {
             fprintf(go_in, "round\n");
             fflush(go_in);
@@ -481,6 +494,8 @@ int main(int argc, char **argv)
     ctx_unref(c);
     close(p[0]);
     close(p[1]);
+    close(sp[0]);
+    close(sp[1]);
     if (go_in != NULL) {
         fclose(go_in);
         fclose(go_out);
@@ -502,8 +517,6 @@ int main(int argc, char **argv)
     memset(&pr, 0, sizeof pr);
     peer_bench(&pr);
 
-    if (out != NULL && (out_md = fopen(out, "w")) == NULL)
-        die(out);
     emit("## I/O (bench/io.c, %d rounds%s)\n\n", rounds, quick ? ", --quick" : "");
     emit("| measure | min | median | max | unit |\n|---|---|---|---|---|\n");
     row("bare read(2), 64 B from a pipe with data", "ns/op", br, rounds);
@@ -512,6 +525,12 @@ int main(int argc, char **argv)
     row("bare write(2), 64 B to a pipe with room", "ns/op", bw, rounds);
     row("ctx_write, 64 B, context with a deadline", "ns/op", cw, rounds);
     row("ratio ctx_write / write", "x", rw, rounds);
+    row("bare read(2), 64 B, Unix socket", "ns/op", sbr, rounds);
+    row("ctx_read, 64 B, Unix socket", "ns/op", scr, rounds);
+    row("ratio ctx_read / read, socket", "x", srr, rounds);
+    row("bare write(2), 64 B, Unix socket", "ns/op", sbw, rounds);
+    row("ctx_write, 64 B, Unix socket", "ns/op", scw, rounds);
+    row("ratio ctx_write / write, socket", "x", srw, rounds);
     if (have_go) {
         row("Go os.Pipe Read, 64 B, read deadline set", "ns/op", gr, rounds);
         row("ratio Go Read / bare read", "x", grr, rounds);
