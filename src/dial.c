@@ -179,6 +179,26 @@ static int resolve_name(ctx_t *c, const char *host, const char *port, struct add
     return rc;
 }
 
+/* The context of one connection attempt when c has a deadline: Go's
+ * partialDeadline.  The time left is shared among the addresses left, but
+ * an attempt gets at least 2 s (or all that is left), so that one
+ * address that never answers (a black hole) cannot use up the whole
+ * deadline before the next address is tried.  NULL: use c itself (no
+ * deadline, one address left, or no memory for the child). */
+static ctx_t *attempt_ctx(ctx_t *c, size_t left)
+{
+    ctx_time_t dl;
+    if (left <= 1 || !ctx_deadline(c, &dl))
+        return NULL;
+    ctx_time_t now = ctx_now();
+    ctx_duration_t remaining = dl - now;
+    ctx_duration_t share = remaining / (ctx_duration_t)left;
+    const ctx_duration_t sane_minimum = 2 * CTX_SECOND;
+    if (share < sane_minimum)
+        share = remaining < sane_minimum ? remaining : sane_minimum;
+    return ctx_with_deadline(c, ctx__add_sat(now, share), NULL);
+}
+
 int ctx_dial(ctx_t *c, const char *host, const char *port)
 {
     if (c == NULL || port == NULL) {
@@ -208,9 +228,12 @@ int ctx_dial(ctx_t *c, const char *host, const char *port)
     }
 
     /* Each address in turn, in the resolver's order (RFC 6724). */
+    size_t left = 0;
+    for (struct addrinfo *ai = res; ai != NULL; ai = ai->ai_next)
+        left++;
     int last = ECONNREFUSED;
     int fd = -1;
-    for (struct addrinfo *ai = res; ai != NULL; ai = ai->ai_next) {
+    for (struct addrinfo *ai = res; ai != NULL; ai = ai->ai_next, left--) {
         e = ctx_err(c);
         if (e != 0) {
             last = e;
@@ -222,7 +245,11 @@ int ctx_dial(ctx_t *c, const char *host, const char *port)
             last = errno;
             continue;
         }
-        if (ctx_connect(c, s, ai->ai_addr, ai->ai_addrlen) == 0) {
+        ctx_t *attempt = attempt_ctx(c, left);
+        int r = ctx_connect(attempt != NULL ? attempt : c, s, ai->ai_addr, ai->ai_addrlen);
+        last = errno;
+        ctx_unref(attempt);
+        if (r == 0) {
             /* The caller gets a blocking socket, as net.Dial's users get
              * a conn whose reads block. */
             int fl = fcntl(s, F_GETFL);
@@ -231,13 +258,13 @@ int ctx_dial(ctx_t *c, const char *host, const char *port)
                 break;
             }
             last = errno;
-            close(s);
-            continue;
         }
-        last = errno;
         close(s);
-        if (last == ctx_err(c))
+        e = ctx_err(c);
+        if (e != 0) {
+            last = e;
             break;
+        }
     }
     freeaddrinfo(res);
     if (fd < 0)

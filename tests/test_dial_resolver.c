@@ -65,7 +65,8 @@ static void enter_namespaces(void)
     CHECK_NOT_NULL(mkdtemp(dir));
     const char *files[3][2] = {
         { "resolv.conf", "nameserver 127.0.0.1\noptions timeout:30 attempts:1\n" },
-        { "hosts", "127.0.0.1 localhost\n127.0.0.1 dialtest.example\n" },
+        { "hosts", "127.0.0.1 localhost\n127.0.0.1 dialtest.example\n"
+                   "127.0.0.2 two.example\n127.0.0.3 two.example\n" },
         { "nsswitch.conf", "hosts: files dns\n" },
     };
     for (int i = 0; i < 3; i++) {
@@ -189,6 +190,48 @@ int main(void)
     CHECK_EQ_INT(fcntl(fd, F_GETFD), FD_CLOEXEC);
     close(fd);
     ctx_unref(c);
+
+    fprintf(stderr, "-- two addresses, one a black hole\n");
+    {
+        /* 127.0.0.2 on the same port: a listener whose backlog is full, so
+         * a connect there hangs; 127.0.0.3 answers.  The resolver keeps the
+         * hosts file's order for these two (RFC 6724 ranks them equal), so
+         * the black hole is tried first, and the dial must still reach
+         * 127.0.0.3 before the 3 s deadline: an attempt gets its share of
+         * the time left (at least 2 s), not all of it. */
+        int hole = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+        struct sockaddr_in h = io_addr(port);
+        h.sin_addr.s_addr = htonl(0x7f000002);
+        CHECK_EQ_INT(bind(hole, (struct sockaddr *)&h, sizeof h), 0);
+        CHECK_EQ_INT(listen(hole, 0), 0);
+        int fill[8];
+        for (int i = 0; i < 8; i++) {
+            fill[i] = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+            int r = connect(fill[i], (struct sockaddr *)&h, sizeof h);
+            CHECK(r == 0 || errno == EINPROGRESS);
+        }
+        int good = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+        struct sockaddr_in g = io_addr(port);
+        g.sin_addr.s_addr = htonl(0x7f000003);
+        CHECK_EQ_INT(bind(good, (struct sockaddr *)&g, sizeof g), 0);
+        CHECK_EQ_INT(listen(good, 8), 0);
+        ctx_time_t t0 = check_mono_now();
+        c = ctx_with_timeout(ctx_background(), 3 * CTX_SECOND, NULL);
+        fd = ctx_dial(c, "two.example", ps);
+        CHECK_MSG(fd >= 0, "errno %d", errno);
+        struct sockaddr_in peer;
+        socklen_t pl = sizeof peer;
+        CHECK_EQ_INT(getpeername(fd, (struct sockaddr *)&peer, &pl), 0);
+        CHECK_EQ_INT(ntohl(peer.sin_addr.s_addr), 0x7f000003);
+        fprintf(stderr, "   connected after %lld ms\n",
+                (long long)((check_mono_now() - t0) / CTX_MILLISECOND));
+        close(fd);
+        close(good);
+        ctx_unref(c);
+        for (int i = 0; i < 8; i++)
+            close(fill[i]);
+        close(hole);
+    }
 
     fprintf(stderr, "-- a name the server denies\n");
     c = ctx_with_timeout(ctx_background(), 20 * CTX_SECOND, NULL);

@@ -130,7 +130,10 @@ CTX_EXPORT int ctx_write_all(ctx_t *ctx, int fd, const void *buf, size_t n, size
  * on a resolver thread that the call waits for as long as ctx allows: the
  * call returns as soon as ctx ends, even while a name server has not
  * answered; the abandoned lookup finishes on its own and frees its result
- * itself.  Returns a connected, blocking, close-on-exec socket, or -1 with
+ * itself.  When ctx has a deadline and several addresses are left, each
+ * attempt gets its share of the time left, but at least 2 s (Go's partial
+ * deadline), so an address that never answers cannot use up the whole
+ * deadline.  Returns a connected, blocking, close-on-exec socket, or -1 with
  * errno: ctx_err(ctx); the last attempt's error (ECONNREFUSED, ...); ENOENT
  * when the name does not resolve; EAGAIN for a temporary resolver failure;
  * EINVAL for a NULL ctx or port; ENOMEM. */
