@@ -43,15 +43,17 @@
  *   The one case that can still block.  Because the retry after a wait is
  *   again non-blocking, several threads reading one fd never get stuck when
  *   another thread took the data first.  That holds wherever the kernel
- *   supports RWF_NOWAIT (pipes, FIFOs, sockets, eventfds on Linux 5.8 and
- *   newer) and for all socket calls.  It does not hold for (a) ctx_accept on
- *   a BLOCKING listening socket, since accept4 has no per-call non-blocking
- *   flag, and (b) ctx_read/ctx_write on a blocking fd whose file type
- *   refuses RWF_NOWAIT (terminals, some character devices): there the call
- *   waits with poll and then makes the plain system call, which can block,
- *   past the context's end, when another thread consumed the event in
- *   between.  Give such fds O_NONBLOCK (the calls still wait for you) or
- *   keep one reader per fd.
+ *   supports RWF_NOWAIT for the file type (pipes, FIFOs and sockets on
+ *   current Linux; checked on 6.18) and for all socket calls.  Regular
+ *   files and block devices, which poll(2) always calls ready, get the
+ *   plain system call, as read(2) would.  It does not hold for (a)
+ *   ctx_accept on a BLOCKING listening socket, since accept4 has no
+ *   per-call non-blocking flag, and (b) ctx_read/ctx_write on a blocking fd
+ *   whose file type refuses RWF_NOWAIT (terminals, some character
+ *   devices): there the call waits with poll and then makes the plain
+ *   system call, which can block, past the context's end, when another
+ *   thread consumed the event in between.  Give such fds O_NONBLOCK (the calls still wait for you)
+ * or keep one reader per fd.
  *
  *   SIGPIPE.  On sockets every write-side call (ctx_write, ctx_writev,
  *   ctx_send, ctx_write_all) sends with MSG_NOSIGNAL: a peer that reset the
