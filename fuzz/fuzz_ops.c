@@ -13,7 +13,9 @@
  * handle; a callback may stop itself or cancel an ancestor of its context)
  * and stop them; ref and unref; ctx_wait(c, 0); ctx_done_fd + poll(0);
  * advance the manual clock; describe with any buffer size; make one of the
- * next allocations fail; call everything with NULL arguments.
+ * next allocations fail; call everything with NULL arguments; the
+ * cancellable I/O calls of <ctx/io.h> on a pipe (read, readv, write,
+ * writev, read_full, write_all, poll), made only where they cannot block.
  *
  * Checked against the model: err, cause code and text, deadline, values,
  * ctx_now, done fds (readable exactly when done, stable, closed once freed),
@@ -28,6 +30,8 @@
  * fuzz/replay.c with any compiler to replay a corpus as a plain test.
  */
 #include "check.h"
+
+#include <ctx/io.h>
 
 #include <fcntl.h>
 #include <limits.h>
@@ -653,6 +657,7 @@ enum {
     OP_CHECK,
     OP_FAIL_ALLOC,
     OP_MISUSE,
+    OP_IO,
     OP_COUNT
 };
 
@@ -1137,6 +1142,128 @@ static void op_misuse(struct input *in)
     }
 }
 
+/* ---------------------------------------------------------------------------
+ * Cancellable I/O on a pipe.  Only calls that cannot block are made: data
+ * is written (with a bare write) before a read, a write has room, polls
+ * use timeout 0, and a context that is done must fail at once without
+ * touching the pipe.  The pipe is drained after each operation.
+ */
+
+static int io_pipe[2] = { -1, -1 };
+
+static void io_drain(void)
+{
+    char buf[256];
+    while (read(io_pipe[0], buf, sizeof buf) > 0)
+        ;
+}
+
+static void op_io(struct input *in)
+{
+    if (io_pipe[0] < 0)
+        CHECK_EQ_INT(pipe2(io_pipe, O_CLOEXEC | O_NONBLOCK), 0);
+    int i = slot_node(get8(in));
+    unsigned what = get8(in) % 8;
+    size_t k = 1 + get8(in) % 64; /* bytes in the pipe */
+    size_t n = 1 + get8(in) % 64; /* bytes asked for */
+    ctx_t *c = N(i)->c;
+    int err = never_done(i) ? 0 : N(N(i)->owner)->err;
+    char data[64], buf[64];
+    memset(data, 'a' + (int)what, sizeof data);
+    TRACE("io node %d what %u k %zu n %zu err %d\n", i, what, k, n, err);
+    if (what != 2 && what != 3 && what != 5 && what != 7)
+        CHECK_EQ_INT(write(io_pipe[1], data, k), (ssize_t)k);
+    size_t want = k < n ? k : n;
+    ssize_t r = 0;
+    errno = 0;
+    switch (what) {
+    case 0:
+        r = ctx_read(c, io_pipe[0], buf, n);
+        break;
+    case 1: {
+        struct iovec v[2] = { { buf, n / 2 }, { buf + n / 2, n - n / 2 } };
+        r = ctx_readv(c, io_pipe[0], v, 2);
+        break;
+    }
+    case 2:
+        want = n;
+        r = ctx_write(c, io_pipe[1], data, n);
+        break;
+    case 3: {
+        want = n;
+        struct iovec v[2] = { { data, n / 2 }, { data + n / 2, n - n / 2 } };
+        r = ctx_writev(c, io_pipe[1], v, 2);
+        break;
+    }
+    case 4: {
+        size_t done = 99;
+        want = k; /* read_full of exactly what is there */
+        int rc = ctx_read_full(c, io_pipe[0], buf, k, &done);
+        CHECK_EQ_INT(rc, err);
+        CHECK_EQ_INT(done, err ? 0 : k);
+        r = err ? -1 : (ssize_t)k;
+        errno = rc;
+        break;
+    }
+    case 5: {
+        size_t done = 99;
+        want = n;
+        int rc = ctx_write_all(c, io_pipe[1], data, n, &done);
+        CHECK_EQ_INT(rc, err);
+        CHECK_EQ_INT(done, err ? 0 : n);
+        r = err ? -1 : (ssize_t)n;
+        errno = rc;
+        break;
+    }
+    case 6: {
+        /* Ready at once: the pipe has data. */
+        struct pollfd pf = { io_pipe[0], POLLIN, 0 };
+        long failed0 = check_alloc_failed();
+        r = ctx_poll(c, &pf, 1, 0);
+        if (r < 0 && err == 0) {
+            CHECK_EQ_INT(errno, ENOMEM); /* the done fd's table entry */
+            CHECK(check_alloc_failed() != failed0);
+            r = 1;
+        }
+        want = 1;
+        break;
+    }
+    default: {
+        /* Nothing ready: timeout 0 gives 0, or the context's err. */
+        struct pollfd pf = { io_pipe[0], POLLIN, 0 };
+        long failed0 = check_alloc_failed();
+        r = ctx_poll(c, &pf, 1, 0);
+        if (r < 0 && err == 0) {
+            CHECK_EQ_INT(errno, ENOMEM);
+            CHECK(check_alloc_failed() != failed0);
+            r = 0;
+        }
+        want = 0;
+        break;
+    }
+    }
+    if (err != 0) {
+        CHECK_EQ_INT(r, -1);
+        CHECK_EQ_INT(errno, err);
+        /* Nothing was consumed: the bytes written before are all there. */
+        if (what != 2 && what != 3 && what != 5 && what != 7)
+            CHECK_EQ_INT(read(io_pipe[0], buf, sizeof buf), (ssize_t)k);
+    } else {
+        CHECK_EQ_INT(r, (ssize_t)want);
+        if (what <= 1 || what == 4)
+            CHECK(memcmp(buf, data, want) == 0);
+    }
+    io_drain();
+    /* Bad input is refused whatever the context. */
+    errno = 0;
+    CHECK_EQ_INT(ctx_read(c, io_pipe[0], NULL, 1), -1);
+    CHECK_EQ_INT(errno, EINVAL);
+    errno = 0;
+    CHECK_EQ_INT(ctx_read(NULL, io_pipe[0], buf, 1), -1);
+    CHECK_EQ_INT(errno, EINVAL);
+    M.fds_dirty = true;
+}
+
 static void run_op(struct input *in)
 {
     int op = (int)(get8(in) % OP_COUNT);
@@ -1216,6 +1343,9 @@ static void run_op(struct input *in)
     }
     case OP_MISUSE:
         op_misuse(in);
+        break;
+    case OP_IO:
+        op_io(in);
         break;
     }
     check_after_op();
