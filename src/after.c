@@ -243,24 +243,20 @@ static void *worker_main(void *arg)
     return NULL;
 }
 
-void ctx__after_defer(struct ctx__link *chain)
+void ctx__after_defer(struct ctx__chain *chain)
 {
+    if (chain->head == NULL)
+        return;
     pthread_mutex_lock(&X.mu);
-    *X.tail = chain;
-    while (*X.tail != NULL)
-        X.tail = &(*X.tail)->next;
+    *X.tail = chain->head;
+    X.tail = chain->tail;
     if (X.idle > 0)
         pthread_cond_signal(&X.cv);
     else if (X.workers == 0)
         spawn_locked(); /* if that fails, the timer thread's look retries */
     pthread_mutex_unlock(&X.mu);
-}
-
-void ctx__after_defer_unref(struct ctx *node)
-{
-    /* The node is done and out of every list: its link is free. */
-    node->u.c.link.next = NULL;
-    ctx__after_defer(&node->u.c.link);
+    chain->head = NULL;
+    chain->tail = &chain->head;
 }
 
 int ctx__after_watch(ctx_time_t now)

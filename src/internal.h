@@ -189,17 +189,21 @@ struct ctx__custom {
     void *data;
 };
 
-/* A timer node: a cancel node with a deadline and its place in a timer
- * heap.  96 bytes. */
+/* A timer node: a cancel node with a deadline and its place in the timer
+ * structures of its shard (time.c): a slot of the timing wheel or the due
+ * list, through the one link (wheel.pprev == NULL: in neither).  Until the
+ * node is done, base.u.c.cause and base.u.c.msg hold the cause and the
+ * message (a reference) its deadline reports.  96 bytes, and the timer
+ * structures need no memory of their own per timer. */
 struct ctx__timer {
     struct ctx base;
     ctx_time_t deadline;
-    uint32_t heap_index;     /* under the timer lock; CTX__NO_INDEX when out */
-    int32_t dl_cause;        /* cause reported when the deadline fires */
-    struct ctx__msg *dl_msg; /* its message (a reference), or NULL */
-    uint8_t shard;           /* which timer heap holds it; immutable */
+    struct ctx__link wheel; /* under the shard lock */
+    uint8_t shard;          /* which shard holds it; immutable */
+    uint8_t level;          /* wheel level, or AT_DUE: time.c */
+    uint16_t slot;          /* wheel slot */
 };
-#define CTX__NO_INDEX UINT32_MAX
+CTX__ALIGN_CHECK(sizeof(struct ctx__timer) == 96);
 
 /* clang-format off */
 #define CTX__CONTAINER(ptr, type, member) ((type *)(void *)((char *)(ptr) - offsetof(type, member)))
@@ -387,6 +391,15 @@ static inline void ctx__link_remove(struct ctx__link *l)
  * not consumed.  With defer set, AfterFunc callbacks go to the callback
  * threads instead of running on the caller (the timer thread uses this). */
 void ctx__cancel(struct ctx *n, uint32_t err, int cause, struct ctx__msg *msg, int defer);
+/* A chain of AFTER records and done nodes (linked through link.next) for
+ * the callback threads; tail points at the last next field (or at head). */
+struct ctx__chain {
+    struct ctx__link *head, **tail;
+};
+/* Cancels t with CTX_DEADLINE_EXCEEDED and the cause its deadline reports,
+ * appending the AfterFunc records it finds to *defer (the timer thread), or
+ * running them on the caller when defer is NULL. */
+void ctx__cancel_deadline(struct ctx__timer *t, struct ctx__chain *defer);
 void ctx__init_cancel(struct ctx *n, ctx_t *parent, unsigned kind);
 struct ctx__msg *ctx__msg_new(const char *text);
 void ctx__msg_unref(struct ctx__msg *m);
@@ -416,12 +429,10 @@ ctx_time_t ctx__real_now(void); /* CLOCK_MONOTONIC, whatever ctx_now() reads */
 
 /* ---- after.c */
 void ctx__run_after(struct ctx *r);
-/* Hands a chain of AFTER records (linked through link.next) to the
- * callback threads. */
-void ctx__after_defer(struct ctx__link *chain);
-/* Hands the last reference to a done cancel node to the callback thread,
- * so that freeing it (which runs destroy hooks) happens there. */
-void ctx__after_defer_unref(struct ctx *node);
+/* Hands a chain of AFTER records and done nodes to the callback threads,
+ * in one step: they run the records' callbacks and drop the last reference
+ * to the nodes (whose freeing runs destroy hooks).  Leaves *chain empty. */
+void ctx__after_defer(struct ctx__chain *chain);
 /* The timer thread's look at the callback queue (see after.c): starts a
  * worker when the queue has not moved for a millisecond.  Returns nonzero
  * while records are queued, so that the timer thread looks again soon. */

@@ -138,13 +138,10 @@ static void free_chain(struct ctx *c)
             }
             if (s & CTX__HAS_FD)
                 ctx__fd_release(c);
+            /* A live timer's msg is its deadline message (see mark()). */
             ctx__msg_unref(c->u.c.msg);
-            if (kind == CTX__TIMER) {
-                struct ctx__timer *t = (struct ctx__timer *)c;
-                if ((s & CTX__ERR_MASK) == 0)
-                    ctx__timer_remove(t);
-                ctx__msg_unref(t->dl_msg);
-            }
+            if (kind == CTX__TIMER && (s & CTX__ERR_MASK) == 0)
+                ctx__timer_remove((struct ctx__timer *)c);
             if (kind == CTX__CUSTOM) {
                 struct ctx__custom *cu = (struct ctx__custom *)c;
                 if (cu->ops->destroy != NULL)
@@ -176,11 +173,16 @@ void ctx_unref(ctx_t *c)
 
 /* Marks n done.  Called with n's lock held and n not yet done.  The cause
  * and message are written before the release that publishes err, so a
- * reader that sees err also sees them. */
+ * reader that sees err also sees them.  Until then a timer node keeps the
+ * cause and message its deadline reports in these same fields (nobody reads
+ * them while err is 0); the message it held is released here, after the new
+ * one is referenced, since the two may be the same. */
 static void mark(struct ctx *n, uint32_t err, int cause, struct ctx__msg *msg)
 {
+    struct ctx__msg *held = n->u.c.msg;
     n->u.c.cause = cause;
     n->u.c.msg = msg_ref(msg);
+    ctx__msg_unref(held);
     /* Every writer of the state word holds n's lock (waiters and done fds
      * set their flags under it too), so a load and a store suffice.
      * Release: pairs with the acquire loads in ctx_err, ctx_cause, attach
@@ -217,8 +219,11 @@ void ctx__init_cancel(struct ctx *n, ctx_t *parent, unsigned kind)
     atomic_init(&n->refs, 1);
     atomic_init(&n->lock, 0);
     atomic_init(&n->u.c.state, 0);
-    n->u.c.cause = 0;
-    n->u.c.msg = NULL;
+    if (kind != CTX__TIMER) {
+        /* A timer's creator has put its deadline's cause here already. */
+        n->u.c.cause = 0;
+        n->u.c.msg = NULL;
+    }
     n->u.c.children = NULL;
     n->u.c.link.next = NULL;
     n->u.c.link.pprev = NULL;
@@ -297,7 +302,12 @@ struct ctx__msg *ctx__msg_new(const char *text)
     return msg;
 }
 
-void ctx__cancel(struct ctx *n, uint32_t err, int cause, struct ctx__msg *msg, int defer)
+/* The cancellation walk.  With own set, n's err comes with the cause and
+ * message n keeps for its deadline (read under n's lock: a concurrent
+ * cancel may replace them).  With defer set, the AfterFunc records found
+ * are appended to *defer for the callback threads instead of run here. */
+static void cancel_walk(struct ctx *n, uint32_t err, int cause, struct ctx__msg *msg, int own,
+                        struct ctx__chain *defer)
 {
     ctx__lock(&n->lock);
     if (atomic_load_explicit(&n->u.c.state, memory_order_relaxed) & CTX__ERR_MASK) {
@@ -306,9 +316,14 @@ void ctx__cancel(struct ctx *n, uint32_t err, int cause, struct ctx__msg *msg, i
         ctx__unlock(&n->lock);
         return;
     }
+    if (own) {
+        cause = n->u.c.cause;
+        msg = n->u.c.msg; /* n keeps its reference through mark() */
+    }
     mark_live(n, err, cause, msg);
 
     struct ctx__link *callbacks = NULL; /* AFTER records to run */
+    struct ctx__link *last = NULL;      /* the first found: the chain's end */
     struct ctx *x = n;                  /* current node: locked and done */
     for (;;) {
         struct ctx__link *l = x->u.c.children;
@@ -325,6 +340,8 @@ void ctx__cancel(struct ctx *n, uint32_t err, int cause, struct ctx__msg *msg, i
         ctx__link_remove(l);
         struct ctx *y = ctx__from_link(l);
         if (ctx__kind(y) == CTX__AFTER) {
+            if (callbacks == NULL)
+                last = l;
             l->next = callbacks;
             callbacks = l;
             continue;
@@ -351,14 +368,33 @@ void ctx__cancel(struct ctx *n, uint32_t err, int cause, struct ctx__msg *msg, i
 
     /* Callbacks run with no lock held, after the whole subtree is done:
      * here, or on the callback threads when the timer thread cancels. */
-    if (defer && callbacks != NULL)
-        ctx__after_defer(callbacks);
-    else
+    if (defer != NULL && callbacks != NULL) {
+        *defer->tail = callbacks;
+        defer->tail = &last->next;
+    } else {
         while (callbacks != NULL) {
             struct ctx *r = ctx__from_link(callbacks);
             callbacks = callbacks->next;
             ctx__run_after(r);
         }
+    }
+}
+
+void ctx__cancel(struct ctx *n, uint32_t err, int cause, struct ctx__msg *msg, int defer)
+{
+    if (!defer) {
+        cancel_walk(n, err, cause, msg, 0, NULL);
+        return;
+    }
+    struct ctx__chain chain = { NULL, &chain.head };
+    cancel_walk(n, err, cause, msg, 0, &chain);
+    if (chain.head != NULL)
+        ctx__after_defer(&chain);
+}
+
+void ctx__cancel_deadline(struct ctx__timer *t, struct ctx__chain *defer)
+{
+    cancel_walk(&t->base, CTX_DEADLINE_EXCEEDED, 0, NULL, 1, defer);
 }
 
 void ctx__misuse(const char *msg)
