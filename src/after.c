@@ -217,6 +217,7 @@ static struct ctx *take_locked(void)
 static void *worker_main(void *arg)
 {
     (void)arg;
+    ctx__thread_name("ctx-after");
     pthread_mutex_lock(&X.mu);
     for (;;) {
         struct ctx *r = take_locked();
@@ -280,17 +281,17 @@ int ctx__after_watch(ctx_time_t now)
     return pending;
 }
 
-void ctx__after_atfork_prepare(void)
+static void atfork_prepare(void)
 {
     pthread_mutex_lock(&X.mu);
 }
 
-void ctx__after_atfork_parent(void)
+static void atfork_parent(void)
 {
     pthread_mutex_unlock(&X.mu);
 }
 
-void ctx__after_atfork_child(void)
+static void atfork_child(void)
 {
     /* The workers did not come along.  Queued callbacks get a new one when
      * the child's timer thread next looks at the queue (no thread may be
@@ -299,3 +300,6 @@ void ctx__after_atfork_child(void)
     X.workers = X.idle = 0;
     pthread_mutex_unlock(&X.mu);
 }
+
+CTX__FORK_HOOKS(after_hooks, .rank = CTX__FORK_RANK_AFTER, .prepare = atfork_prepare,
+                .parent = atfork_parent, .child = atfork_child)

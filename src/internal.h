@@ -405,21 +405,52 @@ struct ctx__msg *ctx__msg_new(const char *text);
 void ctx__msg_unref(struct ctx__msg *m);
 int ctx__try_ref(struct ctx *c);
 
-/* ---- time.c: the timer heap.  remove is called with the node's lock held
- * (lock order: node locks, then the timer lock). */
-void ctx__timer_remove(struct ctx__timer *t);
-/* fork handlers of the other files, called by fork.c's. */
-void ctx__time_atfork_prepare_fire(void);
-void ctx__time_atfork_prepare(void);
-void ctx__time_atfork_parent(void);
-void ctx__time_atfork_parent_fire(void);
-void ctx__time_atfork_child(void);
-void ctx__time_atfork_child_fire(void);
-void ctx__wait_atfork_prepare(void);
-void ctx__wait_atfork_parent(void);
-void ctx__wait_atfork_child(void);
-void ctx__fork_init(void);
+/* ---- thread.c: the library's threads (the bottom layer: it calls nothing
+ * else in the library). */
+/* Starts a detached thread running fn(arg) with every signal blocked (the
+ * program's signals are for its own threads).  stack 0 means the default
+ * size.  Returns 0 or pthread_create's error. */
+int ctx__thread_start_arg(void *(*fn)(void *), void *arg, size_t stack);
+/* The same with arg NULL. */
 int ctx__thread_start(void *(*fn)(void *), size_t stack);
+/* Names the calling thread (at most 15 bytes are kept), for thread
+ * listings and debuggers: "ctx-timer", "ctx-after", ... */
+void ctx__thread_name(const char *name);
+
+/* ---- fork.c: fork(2) hooks.  A subsystem with locks or threads registers
+ * its hooks once, before its locks are first used (CTX__FORK_HOOKS below
+ * does it when the library is loaded).  prepare runs the prepare hooks in
+ * increasing rank, after every library lock holder has left (or, with early
+ * set, before that wait: for a lock held across a hold, such as the timer
+ * thread's firing lock); parent and child run in decreasing rank.  Ranks
+ * order the subsystems' locks: a subsystem whose lock may be taken while
+ * another's is held ranks after it.  Pick a free rank between the ones
+ * below; at most CTX__FORK_MAX hooks. */
+struct ctx__fork_hooks {
+    int rank;
+    int early;
+    void (*prepare)(void);
+    void (*parent)(void);
+    void (*child)(void);
+};
+#define CTX__FORK_RANK_TIMER_FIRE 10  /* time.c: T.fire (early) */
+#define CTX__FORK_RANK_TIME       100 /* time.c: T.mu, the shard locks */
+#define CTX__FORK_RANK_AFTER      110 /* after.c: the callback queue */
+#define CTX__FORK_RANK_WAIT       200 /* wait.c: the done-fd table, describe */
+#define CTX__FORK_MAX             32
+void ctx__fork_register(const struct ctx__fork_hooks *h);
+/* Defines hooks `name` and registers them when the library is loaded. */
+#define CTX__FORK_HOOKS(name, ...)                                                                 \
+    static const struct ctx__fork_hooks name = { __VA_ARGS__ };                                    \
+    __attribute__((constructor)) static void name##_register(void)                                 \
+    {                                                                                              \
+        ctx__fork_register(&name);                                                                 \
+    }
+void ctx__fork_init(void);
+
+/* ---- time.c: the timer structures.  remove is called with the node's
+ * lock held (lock order: node locks, then the timer lock). */
+void ctx__timer_remove(struct ctx__timer *t);
 /* Starts the timer thread if deadlines are pending and it is not running
  * (only after fork(2) in the child). */
 void ctx__timer_restart(void);
@@ -437,10 +468,6 @@ void ctx__after_defer(struct ctx__chain *chain);
  * worker when the queue has not moved for a millisecond.  Returns nonzero
  * while records are queued, so that the timer thread looks again soon. */
 int ctx__after_watch(ctx_time_t now);
-/* fork(2) support: quiesce the callback threads before, reset after. */
-void ctx__after_atfork_prepare(void);
-void ctx__after_atfork_parent(void);
-void ctx__after_atfork_child(void);
 
 /* ---- wait.c */
 void ctx__fd_signal(struct ctx *n);

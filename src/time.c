@@ -791,6 +791,7 @@ static int fire_round(ctx_time_t now)
 static void *timer_main(void *arg)
 {
     (void)arg;
+    ctx__thread_name("ctx-timer");
     for (;;) {
         pthread_mutex_lock(&T.mu);
         for (;;) {
@@ -927,41 +928,38 @@ int ctx_clock_advance(ctx_duration_t d)
 }
 
 /* ---------------------------------------------------------------------------
- * fork(2), called by fork.c's handlers in this order: prepare_fire, (all
- * lock holders drain), prepare; then parent or child, then *_fire.  The
+ * fork(2), registered with fork.c: prepare_fire (early), (all lock holders
+ * drain), prepare; then parent or child, then *_fire.  The
  * child gets a copy of the shards but not the timer thread; it restarts the
  * thread if it has deadlines.
  */
 
-void ctx__time_atfork_prepare_fire(void)
+static void atfork_prepare_fire(void)
 {
     pthread_mutex_lock(&T.fire); /* the timer thread finishes what it fires */
 }
 
-void ctx__time_atfork_prepare(void)
+static void atfork_prepare(void)
 {
     pthread_mutex_lock(&T.mu);
     for (int i = 0; i < NSHARDS; i++)
         ctx__lock_raw(&T.shard[i].mu);
-    ctx__after_atfork_prepare();
 }
 
-void ctx__time_atfork_parent(void)
+static void atfork_parent(void)
 {
-    ctx__after_atfork_parent();
     for (int i = NSHARDS - 1; i >= 0; i--)
         ctx__unlock_raw(&T.shard[i].mu);
     pthread_mutex_unlock(&T.mu);
 }
 
-void ctx__time_atfork_parent_fire(void)
+static void atfork_parent_fire(void)
 {
     pthread_mutex_unlock(&T.fire);
 }
 
-void ctx__time_atfork_child(void)
+static void atfork_child(void)
 {
-    ctx__after_atfork_child();
     for (int i = NSHARDS - 1; i >= 0; i--)
         ctx__unlock_raw(&T.shard[i].mu);
     if (atomic_load_explicit(&T.ready, memory_order_acquire)) {
@@ -976,13 +974,19 @@ void ctx__time_atfork_child(void)
     pthread_mutex_unlock(&T.mu);
 }
 
-void ctx__time_atfork_child_fire(void)
+static void atfork_child_fire(void)
 {
     /* Not an unlock: a recursive mutex belongs to the thread that locked
      * it, and in the child that thread has another id (the unlock would
      * fail with EPERM and leave it held). */
     init_fire();
 }
+
+CTX__FORK_HOOKS(fire_hooks, .rank = CTX__FORK_RANK_TIMER_FIRE, .early = 1,
+                .prepare = atfork_prepare_fire, .parent = atfork_parent_fire,
+                .child = atfork_child_fire)
+CTX__FORK_HOOKS(time_hooks, .rank = CTX__FORK_RANK_TIME, .prepare = atfork_prepare,
+                .parent = atfork_parent, .child = atfork_child)
 
 /* A forked child has no timer thread, and may not start one in its fork
  * handler: POSIX allows only async-signal-safe calls there, and sanitizer
