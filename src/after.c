@@ -91,7 +91,7 @@ int ctx_after_func(ctx_t *c, void (*fn)(void *arg), void *arg, ctx_after_t **sto
 
     ctx__lock(&o->lock);
     if ((atomic_load_explicit(&o->u.c.state, memory_order_relaxed) & CTX__ERR_MASK) == 0) {
-        ctx__link_insert(&o->u.c.children, &r->u.a.link);
+        ctx__link_insert(ctx__kids(o), &r->u.a.link);
         ctx__unlock(&o->lock);
         return 0;
     }

@@ -69,6 +69,12 @@ struct ctx__msg {
 #define CTX__ERR_MASK 0xffu
 #define CTX__WAITERS  0x100u /* a thread sleeps on this word (futex) */
 #define CTX__HAS_FD   0x200u /* a done fd exists in the fd table */
+#define CTX__FANNED   0x400u /* children live in a ctx__fan (below) */
+/* Bits 16-23: 1 + the fan shard of the parent that links this node and
+ * holds its parent reference, or 0.  Set before the node is published and
+ * never changed. */
+#define CTX__FAN_SHIFT 16
+#define CTX__FAN_BITS  0xff0000u
 
 /*
  * A node.  Every kind begins with the same 24 bytes (owner, pk, refs, lock),
@@ -115,7 +121,8 @@ struct ctx {
             int32_t cause;        /* written before err is published */
             struct ctx__msg *msg; /* written before err is published */
             /* Children, newest first: cancel nodes and AFTER records that
-             * registered here.  Under lock. */
+             * registered here.  Under lock.  With CTX__FANNED in state: the
+             * node's struct ctx__fan, tagged with bit 0, set once. */
             struct ctx__link *children;
             /* Our entry in owner-of-parent's children list, under the
              * parent owner's lock.  Once a canceller has unlinked this node,
@@ -205,6 +212,36 @@ struct ctx__timer {
 };
 CTX__ALIGN_CHECK(sizeof(struct ctx__timer) == 96);
 
+/*
+ * A parent's fan-out: where the children of a cancel node that many threads
+ * derive from at once (a server's base context) are linked.  Installed on
+ * the first contended creation of a child; then a child made by a thread
+ * goes into that thread's shard, under the shard's lock, and its reference
+ * to the parent is counted in the shard (the shard holds one real reference
+ * while it counts any), so that creating, cancelling and freeing children
+ * touch the thread's own cache line instead of the parent's.  Children made
+ * before the install, children of value nodes over the parent, and AfterFunc
+ * records stay in the legacy list, under the parent's lock.  When the
+ * parent is cancelled, the walk closes every shard (a closed shard links
+ * nothing more) and moves its children to the legacy list, under both
+ * locks, so the rest of the walk is the ordinary one.  Freed with the
+ * parent.  tree.c has the protocol.
+ */
+#define CTX__NFAN 16
+struct ctx__fan_shard {
+    _Atomic uint32_t lock;      /* a futex lock: ctx__lock/ctx__unlock */
+    uint32_t closed;            /* the parent is done: link nothing here */
+    uint32_t kids;              /* children whose parent reference is here */
+    struct ctx__link *children; /* under lock */
+    char pad[64 - 2 * sizeof(uint32_t) - sizeof(uint32_t) - sizeof(struct ctx__link *)];
+};
+struct ctx__fan {
+    void *mem;                /* what ctx__alloc returned (for alignment) */
+    struct ctx__link *legacy; /* under the parent's lock */
+    char pad[64 - sizeof(void *) - sizeof(struct ctx__link *)];
+    struct ctx__fan_shard sh[CTX__NFAN]; /* each on its own cache line */
+};
+
 /* clang-format off */
 #define CTX__CONTAINER(ptr, type, member) ((type *)(void *)((char *)(ptr) - offsetof(type, member)))
 /* clang-format on */
@@ -267,6 +304,22 @@ static inline struct ctx__timer *ctx__dlsrc(struct ctx *c)
 static inline struct ctx *ctx__from_link(struct ctx__link *l)
 {
     return CTX__CONTAINER(l, struct ctx, u.c.link);
+}
+
+/* The fan-out of p, whose state (read by the caller: under p's lock, or
+ * with acquire) has CTX__FANNED.  The pointer is immutable once set. */
+static inline struct ctx__fan *ctx__fan_of(struct ctx *p)
+{
+    return (struct ctx__fan *)((uintptr_t)p->u.c.children & ~(uintptr_t)1);
+}
+
+/* The head of p's locked children list (the legacy list when p is fanned).
+ * Under p's lock. */
+static inline struct ctx__link **ctx__kids(struct ctx *p)
+{
+    if (atomic_load_explicit(&p->u.c.state, memory_order_relaxed) & CTX__FANNED)
+        return &ctx__fan_of(p)->legacy;
+    return &p->u.c.children;
 }
 
 /* The roots.  Their owner is themselves and their state is always 0. */

@@ -96,16 +96,53 @@ static size_t ctx__node_size(unsigned kind)
     }
 }
 
-/* Removes cancel node c from its parent's children list, if it is there. */
-static void detach(struct ctx *c)
+/* c's shard in its parent's fan-out, from c's state word, or NULL. */
+static struct ctx__fan_shard *fan_shard(struct ctx *p, uint32_t cstate)
+{
+    unsigned i = (cstate & CTX__FAN_BITS) >> CTX__FAN_SHIFT;
+    return i != 0 ? &ctx__fan_of(p)->sh[i - 1] : NULL;
+}
+
+/* Removes cancel node c (whose state word is cstate) from its parent's
+ * children, if it is there.  A child in an open shard is unlinked under the
+ * shard's lock; once the shard is closed, a canceller of the parent has
+ * moved it (or is moving it) to the legacy list under the parent's lock,
+ * which that canceller holds until it is done with c's subtree. */
+static void detach(struct ctx *c, uint32_t cstate)
 {
     struct ctx *p = ctx__owner(ctx__parent(c));
     if (ctx__kind(p) == CTX__ROOT)
         return; /* never registered */
+    struct ctx__fan_shard *sh = fan_shard(p, cstate);
+    if (sh != NULL) {
+        ctx__lock(&sh->lock);
+        int open = !sh->closed;
+        if (open && c->u.c.link.pprev != NULL)
+            ctx__link_remove(&c->u.c.link);
+        ctx__unlock(&sh->lock);
+        if (open)
+            return;
+    }
     ctx__lock(&p->lock);
     if (c->u.c.link.pprev != NULL)
         ctx__link_remove(&c->u.c.link);
     ctx__unlock(&p->lock);
+}
+
+/* Drops the reference cancel node c (state cstate) held to its parent, in
+ * c's shard when it has one: the shard's own reference goes only with its
+ * last child.  True when the parent's count reached zero. */
+static int drop_parent(struct ctx *parent, uint32_t cstate)
+{
+    struct ctx__fan_shard *sh = fan_shard(parent, cstate);
+    if (sh != NULL) {
+        ctx__lock(&sh->lock);
+        int last = --sh->kids == 0;
+        ctx__unlock(&sh->lock);
+        if (!last)
+            return 0;
+    }
+    return drop_ref(parent);
 }
 
 /*
@@ -118,17 +155,18 @@ static void free_chain(struct ctx *c)
     while (c != NULL) {
         struct ctx *parent = ctx__parent(c);
         unsigned kind = ctx__kind(c);
+        uint32_t s = 0; /* a cancel node's state: its fan shard */
 
         if (kind == CTX__VALUE) {
             if (c->u.v.destroy != NULL)
                 c->u.v.destroy(c->u.v.value);
         } else if (ctx__is_cancel_kind(kind)) {
-            uint32_t s = atomic_load_explicit(&c->u.c.state, memory_order_acquire);
+            s = atomic_load_explicit(&c->u.c.state, memory_order_acquire);
             if ((s & CTX__ERR_MASK) == 0) {
-                /* Live: unlink under the parent's lock.  A canceller that
-                 * reaches c meanwhile holds that lock until it is done
-                 * with c's subtree. */
-                detach(c);
+                /* Live: unlink under the parent's lock (or its shard's).
+                 * A canceller that reaches c meanwhile holds that lock
+                 * until it is done with c's subtree. */
+                detach(c, s);
             } else if (atomic_load_explicit(&c->lock, memory_order_acquire) != 0) {
                 /* Done, and a canceller may still be walking below c: it
                  * holds c's lock until it leaves.  (Acquire above pairs with
@@ -147,13 +185,15 @@ static void free_chain(struct ctx *c)
                 if (cu->ops->destroy != NULL)
                     cu->ops->destroy(cu->data);
             }
+            if (s & CTX__FANNED)
+                ctx__free(ctx__fan_of(c)->mem); /* every child is gone */
         }
 #ifndef NDEBUG
         c->pk = (uintptr_t)parent | CTX__FREED;
 #endif
         ctx__node_free(c, ctx__node_size(kind));
 
-        if (parent == NULL || ctx__kind(parent) == CTX__ROOT || !drop_ref(parent))
+        if (parent == NULL || ctx__kind(parent) == CTX__ROOT || !drop_parent(parent, s))
             break;
         c = parent;
     }
@@ -204,18 +244,95 @@ static void mark_live(struct ctx *n, uint32_t err, int cause, struct ctx__msg *m
         ctx__timer_remove((struct ctx__timer *)n);
 }
 
+/* This thread's shard in a fan-out: threads are dealt out round robin. */
+static unsigned my_fan(void)
+{
+    static CTX__TLS unsigned mine;
+    static _Atomic unsigned next;
+    if (mine == 0)
+        mine = 1 + atomic_fetch_add_explicit(&next, 1, memory_order_relaxed) % CTX__NFAN;
+    return mine - 1;
+}
+
+/* Links n (whose parent is the fanned p itself) into this thread's shard,
+ * its parent reference counted there.  Returns 0, linking nothing, when the
+ * shard is closed: p is done. */
+static int fan_link(struct ctx *n, struct ctx *p, unsigned kind)
+{
+    unsigned i = my_fan();
+    struct ctx__fan_shard *sh = &ctx__fan_of(p)->sh[i];
+    ctx__lock(&sh->lock);
+    if (sh->closed) {
+        ctx__unlock(&sh->lock);
+        return 0;
+    }
+    if (sh->kids++ == 0)
+        ctx__ref(p); /* the shard's one reference while it counts any */
+    n->pk = (uintptr_t)p | kind;
+    atomic_store_explicit(&n->u.c.state, (uint32_t)(i + 1) << CTX__FAN_SHIFT, memory_order_relaxed);
+    ctx__link_insert(&sh->children, &n->u.c.link);
+    ctx__unlock(&sh->lock);
+    return 1;
+}
+
+/* Gives cancel node p a fan-out, after a creation of a child found p's
+ * lock taken by another thread.  Without memory p stays as it is. */
+static void fan_install(struct ctx *p)
+{
+    void *mem = ctx__alloc(sizeof(struct ctx__fan) + 63);
+    if (mem == NULL)
+        return;
+    struct ctx__fan *f = (struct ctx__fan *)(((uintptr_t)mem + 63) & ~(uintptr_t)63);
+    memset(f, 0, sizeof *f);
+    f->mem = mem;
+    for (int i = 0; i < CTX__NFAN; i++)
+        atomic_init(&f->sh[i].lock, 0);
+    ctx__lock(&p->lock);
+    uint32_t s = atomic_load_explicit(&p->u.c.state, memory_order_relaxed);
+    if ((s & (CTX__ERR_MASK | CTX__FANNED)) == 0) {
+        f->legacy = p->u.c.children;
+        if (f->legacy != NULL)
+            f->legacy->pprev = &f->legacy;
+        p->u.c.children = (struct ctx__link *)((uintptr_t)f | 1);
+        /* Release: pairs with the acquire in ctx__init_cancel; a creator
+         * that sees CTX__FANNED sees the fan-out. */
+        atomic_store_explicit(&p->u.c.state, s | CTX__FANNED, memory_order_release);
+        mem = NULL;
+    }
+    ctx__unlock(&p->lock);
+    ctx__free(mem);
+}
+
+/* Closes every shard of done node x's fan-out and moves their children to
+ * the legacy list, where the cancellation walk finds them.  Under x's lock;
+ * each shard's lock is taken inside it (node lock, then shard lock). */
+static void fan_close(struct ctx *x)
+{
+    struct ctx__fan *f = ctx__fan_of(x);
+    for (int i = 0; i < CTX__NFAN; i++) {
+        struct ctx__fan_shard *sh = &f->sh[i];
+        ctx__lock(&sh->lock);
+        sh->closed = 1;
+        while (sh->children != NULL) {
+            struct ctx__link *l = sh->children;
+            ctx__link_remove(l);
+            ctx__link_insert(&f->legacy, l);
+        }
+        ctx__unlock(&sh->lock);
+    }
+}
+
 /*
  * Initializes cancel node n as a child of parent and links it into the
- * children list of parent's owner, or marks it done at birth when that owner
- * is already done.  n is not visible to any other thread yet.  Takes a
- * reference to parent.  Cannot fail.
+ * children of parent's owner, or marks it done at birth when that owner is
+ * already done.  n is not visible to any other thread yet.  Takes a
+ * reference to parent (or counts it in a fan-out shard).  Cannot fail.
  */
 void ctx__init_cancel(struct ctx *n, ctx_t *parent, unsigned kind)
 {
     struct ctx *p = ctx__owner(parent);
 
     n->up = kind == CTX__TIMER ? n : (struct ctx *)ctx__dlsrc(parent);
-    n->pk = (uintptr_t)ctx__ref(parent) | kind;
     atomic_init(&n->refs, 1);
     atomic_init(&n->lock, 0);
     atomic_init(&n->u.c.state, 0);
@@ -228,23 +345,45 @@ void ctx__init_cancel(struct ctx *n, ctx_t *parent, unsigned kind)
     n->u.c.link.next = NULL;
     n->u.c.link.pprev = NULL;
 
-    if (ctx__kind(p) == CTX__ROOT)
+    if (ctx__kind(p) == CTX__ROOT) {
+        n->pk = (uintptr_t)ctx__ref(parent) | kind;
         return; /* the parent can never be done: nothing to link to */
+    }
 
     /* Acquire: pairs with the release in mark(); lets us copy cause and msg
-     * without the parent's lock when the parent is already done. */
+     * without the parent's lock when the parent is already done.  Also
+     * pairs with the release in fan_install(). */
     uint32_t s = atomic_load_explicit(&p->u.c.state, memory_order_acquire);
-    if ((s & CTX__ERR_MASK) == 0) {
-        ctx__lock(&p->lock);
+    if ((s & CTX__ERR_MASK) == 0 && (s & CTX__FANNED) && parent == p) {
+        if (fan_link(n, p, kind))
+            return;
+        /* Closed: the canceller marked p before it took the shard lock we
+         * then took.  Acquire: pairs with mark()'s release. */
+        s = atomic_load_explicit(&p->u.c.state, memory_order_acquire);
+    } else if ((s & CTX__ERR_MASK) == 0) {
+        ctx__hold();
+        uint32_t unlocked = 0;
+        /* Acquire: pairs with the release in ctx__unlock_raw, as in
+         * ctx__lock_raw; done by hand to learn whether the lock was free. */
+        int contended = !atomic_compare_exchange_strong_explicit(
+            &p->lock, &unlocked, 1, memory_order_acquire, memory_order_relaxed);
+        if (contended)
+            ctx__lock_slow(&p->lock);
         s = atomic_load_explicit(&p->u.c.state, memory_order_relaxed);
         if ((s & CTX__ERR_MASK) == 0) {
-            ctx__link_insert(&p->u.c.children, &n->u.c.link);
+            n->pk = (uintptr_t)ctx__ref(parent) | kind;
+            ctx__link_insert(ctx__kids(p), &n->u.c.link);
             ctx__unlock(&p->lock);
+            /* Another thread makes children of p at the same time: give p
+             * a fan-out for the next ones. */
+            if (contended && parent == p && !(s & CTX__FANNED))
+                fan_install(p);
             return;
         }
         ctx__unlock(&p->lock);
     }
     /* Born done, with the parent's err and cause. */
+    n->pk = (uintptr_t)ctx__ref(parent) | kind;
     mark(n, s & CTX__ERR_MASK, p->u.c.cause, p->u.c.msg);
 }
 
@@ -321,12 +460,14 @@ static void cancel_walk(struct ctx *n, uint32_t err, int cause, struct ctx__msg 
         msg = n->u.c.msg; /* n keeps its reference through mark() */
     }
     mark_live(n, err, cause, msg);
+    if (atomic_load_explicit(&n->u.c.state, memory_order_relaxed) & CTX__FANNED)
+        fan_close(n);
 
     struct ctx__link *callbacks = NULL; /* AFTER records to run */
     struct ctx__link *last = NULL;      /* the first found: the chain's end */
     struct ctx *x = n;                  /* current node: locked and done */
     for (;;) {
-        struct ctx__link *l = x->u.c.children;
+        struct ctx__link *l = *ctx__kids(x);
         if (l == NULL) {
             if (x == n)
                 break;
@@ -358,13 +499,15 @@ static void cancel_walk(struct ctx *n, uint32_t err, int cause, struct ctx__msg 
             continue;
         }
         mark_live(y, err, cause, msg);
+        if (atomic_load_explicit(&y->u.c.state, memory_order_relaxed) & CTX__FANNED)
+            fan_close(y);
         l->next = x == n ? NULL : &x->u.c.link; /* push y on the path */
         x = y;
     }
     ctx__unlock(&n->lock);
 
     /* A cancelled node leaves its parent at once (Go's removeChild). */
-    detach(n);
+    detach(n, atomic_load_explicit(&n->u.c.state, memory_order_relaxed));
 
     /* Callbacks run with no lock held, after the whole subtree is done:
      * here, or on the callback threads when the timer thread cancels. */
