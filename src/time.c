@@ -590,6 +590,14 @@ static int ensure_thread(void)
     return e;
 }
 
+static int shard_wheel_empty(const struct shard *S)
+{
+    for (unsigned L = 1; L < NLEVELS; L++)
+        if (S->bits[L] != 0)
+            return 0;
+    return 1;
+}
+
 /* Inserts t, unless t is already done (a parent's cancel may have reached
  * it since it was linked).  Needs no memory, so cannot fail. */
 static void timer_insert(struct ctx__timer *t)
@@ -601,6 +609,10 @@ static void timer_insert(struct ctx__timer *t)
      * takes the shard lock to remove the timer, so either it sees our entry
      * or we see its err. */
     if (!(atomic_load_explicit(&t->base.u.c.state, memory_order_acquire) & CTX__ERR_MASK)) {
+        /* An empty shard's wheel may start anywhere: start it now, so that
+         * deadlines made after a quiet spell need no cascades. */
+        if (S->due == NULL && S->near_sum == 0 && shard_wheel_empty(S))
+            S->base = gran(ctx_now());
         place(S, t);
         /* Only a new first due entry or a newly used slot can make the
          * shard's time earlier. */
