@@ -101,6 +101,10 @@ def figures(quick, only):
         for t in (1, 2):
             rows.append(("Shared-parent fan-out, %d thread%s (ns/op)" % (t, "s" if t > 1 else ""),
                          "fanout.ns_per_op", q + ["fanout", str(t)], gq + ["fanout", str(t)]))
+        for t in (1, 2):
+            rows.append(("Shared-parent fan-out, %d thread%s: CPU time (ns/op)"
+                         % (t, "s" if t > 1 else ""), "fanout.cpu_ns_per_op",
+                         q + ["fanout", str(t)], gq + ["fanout", str(t)]))
     if only in (None, "storm"):
         for key, label in (("storm.p50", "p50"), ("storm.p99", "p99"), ("storm.max", "max")):
             rows.append(("Storm with callbacks, lateness %s (us) [Go: time.AfterFunc]" % label,
