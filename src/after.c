@@ -210,6 +210,10 @@ static struct ctx *take_locked(void)
     X.head = l->next;
     if (X.head == NULL)
         X.tail = &X.head;
+#if defined(__GNUC__) || defined(__clang__)
+    else
+        __builtin_prefetch(X.head, 1); /* the next one taken, likely ours */
+#endif
     X.taken++;
     return ctx__from_link(l);
 }
