@@ -4,7 +4,7 @@
 //	fanout THREADS   THREADS goroutines (GOMAXPROCS is the machine's) each
 //	                 create and cancel children of one shared parent, 10M in
 //	                 all: wall and CPU time per operation
-//	storm MODE       1,000,000 deadlines over 2 s, due 1.5 s after they are
+//	storm MODE       1,000,000 deadlines over 2 s, due 3 s after they are
 //	                 made.  Go 1.19 has no context.AfterFunc, so two shapes:
 //	                 "goroutine": a goroutine per context waiting on Done();
 //	                 "afterfunc": time.AfterFunc per deadline (the timer
@@ -80,7 +80,7 @@ func fanout(threads int) {
 func storm(mode string) {
 	n := 1000000
 	spread := 2 * time.Second
-	lead := 1500 * time.Millisecond
+	lead := 3 * time.Second
 	if quick {
 		n, spread, lead = 10000, 200*time.Millisecond, 300*time.Millisecond
 	}
