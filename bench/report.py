@@ -91,7 +91,7 @@ SCALE_ROWS = [
     ("timer ctx: bytes requested (the node)", "mem.timer.bytes", None, "B"),
     ("timer ctx: allocations (the node)", "mem.timer.allocs", None, ""),
     ("timer ctx: bytes malloc really uses (the node)", "mem.timer.malloc_bytes", None, "B"),
-    ("timer ctx: bytes incl. timer heap, avg of 10,000 live", "mem.timer.avg_bytes",
+    ("timer ctx: bytes incl. timer structures, avg of 10,000 live", "mem.timer.avg_bytes",
      "mem.timer.avg_bytes", "B"),
     ("timer ctx: allocations, avg of 10,000 live", "mem.timer.avg_allocs",
      "mem.timer.avg_allocs", ""),

@@ -14,7 +14,7 @@ and the load average before and after.  The table goes to stdout and to
 <out>/round2.md.  Only the Python standard library is used.
 
   round2.py --bin BUILD/bench/ctx_round2 --go bench/round2_go --out BUILD/bench
-            [--rounds 5] [--quick] [--only fanout|storm|timeouts]
+            [--rounds 5] [--quick] [--only fanout|storm|timeouts] [--rt]
 """
 
 import argparse
@@ -66,8 +66,11 @@ def parse(text):
     return vals
 
 
+RT_PREFIX = []
+
+
 def run(cmd, env=None):
-    out = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    out = subprocess.run(RT_PREFIX + cmd, capture_output=True, text=True, env=env)
     if out.returncode != 0:
         sys.stderr.write("round2: %s failed (%d):\n%s" % (" ".join(cmd), out.returncode,
                                                           out.stderr))
@@ -155,7 +158,12 @@ def main():
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--only", choices=["fanout", "storm", "timeouts"])
+    ap.add_argument("--rt", action="store_true",
+                    help="run every figure under chrt -f 10 (root only), so that a loaded "
+                         "machine still runs a figure's threads at the same time")
     a = ap.parse_args()
+    if a.rt:
+        RT_PREFIX[:] = ["chrt", "-f", "10"]
     os.makedirs(a.out, exist_ok=True)
 
     m = machine()
@@ -197,6 +205,8 @@ def main():
     lines.append("- Load average (1/5/15 min) before: %s; after: %s" % (load_before, load_after))
     lines.append("- %d rounds; each cell is min / median / max over the rounds; (!) marks a "
                  "figure whose rounds spread by more than 2x" % a.rounds)
+    if a.rt:
+        lines.append("- every figure ran at real-time priority (chrt -f 10)")
     lines.append("")
     lines.append("| Figure | libctx | Go 1.19 | Go / libctx (medians) |")
     lines.append("|---|---|---|---|")
