@@ -232,9 +232,18 @@ struct ctx__fan_shard {
     _Atomic uint32_t lock;      /* a futex lock: ctx__lock/ctx__unlock */
     uint32_t closed;            /* the parent is done: link nothing here */
     uint32_t kids;              /* children whose parent reference is here */
+    uint16_t has_ref;           /* the shard holds CTX__FAN_REF in refs */
+    uint16_t dying;             /* give has_ref back when kids reaches 0 */
     struct ctx__link *children; /* under lock */
-    char pad[64 - 2 * sizeof(uint32_t) - sizeof(uint32_t) - sizeof(struct ctx__link *)];
+    char pad[64 - 4 * sizeof(uint32_t) - sizeof(struct ctx__link *)];
 };
+/* A shard's reference to its parent, in the parent's count.  A shard takes
+ * it with its first child and keeps it while children come and go, so that
+ * a thread creating and freeing one child at a time never writes the
+ * parent's line; when only shards hold the parent (the count is a multiple
+ * of this), each gives it back as soon as it has no child.  16 shards fit
+ * below 2^31; other references must stay below 2^27. */
+#define CTX__FAN_REF (1u << 27)
 struct ctx__fan {
     void *mem;                /* what ctx__alloc returned (for alignment) */
     struct ctx__link *legacy; /* under the parent's lock */

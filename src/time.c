@@ -777,7 +777,9 @@ static void fire(struct ctx__timer *t, struct ctx__chain *chain)
      * canceller's unlink that wrote the link we reuse).  Release: our use of
      * the node happens before whoever frees it. */
     uint32_t r = atomic_load_explicit(&t->base.refs, memory_order_acquire);
-    while (r > 1)
+    /* (Not when only fan-out shards would be left: that drop has work to
+     * do, which ctx_unref on the callback thread does.) */
+    while (r > 1 && (r - 1) % CTX__FAN_REF != 0)
         if (atomic_compare_exchange_weak_explicit(&t->base.refs, &r, r - 1, memory_order_acq_rel,
                                                   memory_order_acquire))
             return;

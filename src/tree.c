@@ -50,23 +50,31 @@ int ctx__try_ref(struct ctx *c)
     return 0;
 }
 
+static int fan_release(struct ctx *p);
+
 /* Drops one reference; true when it was the last one. */
 static int drop_ref(struct ctx *c)
 {
-    /* Release: everything this thread did with the node happens before the
-     * free.  Acquire: the thread that drops the last reference sees what the
-     * others did.  (acq_rel rather than release plus a fence, which
-     * ThreadSanitizer does not model; on x86 both are one locked
-     * instruction.) */
-    uint32_t old = atomic_fetch_sub_explicit(&c->refs, 1, memory_order_acq_rel);
-    if (old != 1) {
+    uint32_t r = atomic_load_explicit(&c->refs, memory_order_relaxed);
+    for (;;) {
 #ifndef NDEBUG
-        if (old == 0)
+        if (r == 0)
             ctx__misuse("ctx_unref: reference count underflow (more unrefs than refs)");
 #endif
-        return 0;
+        /* Ours is the last reference besides fan-out shards': they give
+         * theirs back, with ours held until they have looked (a shard's
+         * last child could otherwise free c under us). */
+        if (r > 1 && (r - 1) % CTX__FAN_REF == 0)
+            return fan_release(c);
+        /* Release: everything this thread did with the node happens before
+         * the free.  Acquire: the thread that drops the last reference sees
+         * what the others did.  (acq_rel rather than release plus a fence,
+         * which ThreadSanitizer does not model.)  A CAS rather than a
+         * fetch_sub, so that the check above sees the count it replaces. */
+        if (atomic_compare_exchange_weak_explicit(&c->refs, &r, r - 1, memory_order_acq_rel,
+                                                  memory_order_relaxed))
+            return r == 1;
     }
-    return 1;
 }
 
 void ctx__msg_unref(struct ctx__msg *m)
@@ -129,20 +137,53 @@ static void detach(struct ctx *c, uint32_t cstate)
     ctx__unlock(&p->lock);
 }
 
+/* Gives back a shard's reference to p.  True when it was p's last. */
+static int shard_unref(struct ctx *p)
+{
+    /* acq_rel, as in drop_ref. */
+    return atomic_fetch_sub_explicit(&p->refs, CTX__FAN_REF, memory_order_acq_rel) == CTX__FAN_REF;
+}
+
 /* Drops the reference cancel node c (state cstate) held to its parent, in
- * c's shard when it has one: the shard's own reference goes only with its
- * last child.  True when the parent's count reached zero. */
+ * c's shard when it has one: the shard's own reference stays while the
+ * parent has other holders.  True when the parent's count reached zero. */
 static int drop_parent(struct ctx *parent, uint32_t cstate)
 {
     struct ctx__fan_shard *sh = fan_shard(parent, cstate);
-    if (sh != NULL) {
+    if (sh == NULL)
+        return drop_ref(parent);
+    ctx__lock(&sh->lock);
+    int give = --sh->kids == 0 && sh->dying && sh->has_ref;
+    if (give)
+        sh->has_ref = sh->dying = 0;
+    ctx__unlock(&sh->lock);
+    return give && shard_unref(parent);
+}
+
+/* Called by the holder of p's last reference besides its shards': each
+ * shard without children gives its reference back now, each other one when
+ * its last child goes; then the caller's reference goes.  True when p's
+ * count reached zero. */
+static int fan_release(struct ctx *p)
+{
+    struct ctx__fan *f = ctx__fan_of(p);
+    for (int i = 0; i < CTX__NFAN; i++) {
+        struct ctx__fan_shard *sh = &f->sh[i];
         ctx__lock(&sh->lock);
-        int last = --sh->kids == 0;
+        int give = sh->has_ref && sh->kids == 0;
+        if (give)
+            sh->has_ref = sh->dying = 0;
+        else if (sh->has_ref)
+            sh->dying = 1;
         ctx__unlock(&sh->lock);
-        if (!last)
-            return 0;
+        if (give)
+            shard_unref(p); /* not the last: the caller holds p */
     }
-    return drop_ref(parent);
+    /* The caller's reference.  No new holder can appear (no one holds p to
+     * make one) except the timer thread's try_ref, whose drop comes back
+     * here; the shards still holding p give their references back when
+     * their last children go, and the last one frees p. */
+    return atomic_fetch_sub_explicit(&p->refs, 1, memory_order_acq_rel) == 1;
 }
 
 /*
@@ -266,8 +307,14 @@ static int fan_link(struct ctx *n, struct ctx *p, unsigned kind)
         ctx__unlock(&sh->lock);
         return 0;
     }
-    if (sh->kids++ == 0)
-        ctx__ref(p); /* the shard's one reference while it counts any */
+    if (!sh->has_ref) {
+        /* Release: pairs with the acquire of the drop that finds only shard
+         * references left and then reads the fan-out (which this creator
+         * saw installed). */
+        atomic_fetch_add_explicit(&p->refs, CTX__FAN_REF, memory_order_release);
+        sh->has_ref = 1;
+    }
+    sh->kids++;
     n->pk = (uintptr_t)p | kind;
     atomic_store_explicit(&n->u.c.state, (uint32_t)(i + 1) << CTX__FAN_SHIFT, memory_order_relaxed);
     ctx__link_insert(&sh->children, &n->u.c.link);

@@ -9,7 +9,8 @@
  *     once ctx_cancel returns, every child any thread holds is done, and
  *     every child made afterwards is born done, with the parent's cause;
  *   - the parent is freed exactly once, after its last child and its last
- *     handle are gone, and not before (a destroy hook above it says when).
+ *     handle are gone, and not before (a destroy hook above it says when),
+ *     also when the last to go is a child held in a shard.
  */
 #include "check.h"
 
@@ -172,9 +173,10 @@ static void test_shared_parent(void)
 static void *churn_main(void *arg)
 {
     (void)arg;
+    ctx_t *p = ctx_ref(parent); /* this thread's own reference */
     while (!atomic_load(&stop)) {
         ctx_cancel_t *cc;
-        ctx_t *c = ctx_with_cancel(parent, &cc);
+        ctx_t *c = ctx_with_cancel(p, &cc);
         CHECK_NOT_NULL(c);
         CHECK_EQ_INT(ctx_err(c), 0);
         ctx_t *g = ctx_with_timeout(c, CTX_HOUR, NULL);
@@ -185,6 +187,12 @@ static void *churn_main(void *arg)
         ctx_unref(g);
         atomic_fetch_add_explicit(&made, 1, memory_order_relaxed);
     }
+    /* Let go of the parent while a child of it still lives: the child's
+     * shard gives the parent back when the child goes. */
+    ctx_t *last = ctx_with_cancel(p, NULL);
+    CHECK_NOT_NULL(last);
+    ctx_unref(p);
+    ctx_unref(last);
     return NULL;
 }
 
@@ -203,12 +211,13 @@ static void test_free_without_cancel(void)
         check_thread_start(&t[i], churn_main, NULL);
     while (atomic_load(&made) < check_scale(100000))
         check_sleep_ns(CTX_MILLISECOND);
+    /* The main thread's reference goes first: the threads hold theirs. */
+    CHECK_EQ_INT(ctx_err(parent), 0);
+    ctx_unref(parent);
+    CHECK_EQ_INT(atomic_load(&destroyed), 0);
     atomic_store(&stop, 1);
     for (int i = 0; i < NTHREADS; i++)
         check_thread_join(t[i]);
-    CHECK_EQ_INT(ctx_err(parent), 0);
-    CHECK_EQ_INT(atomic_load(&destroyed), 0);
-    ctx_unref(parent);
     CHECK_EQ_INT(atomic_load(&destroyed), 1);
 }
 
