@@ -91,7 +91,7 @@ SCALE_ROWS = [
     ("timer ctx: bytes requested (the node)", "mem.timer.bytes", None, "B"),
     ("timer ctx: allocations (the node)", "mem.timer.allocs", None, ""),
     ("timer ctx: bytes malloc really uses (the node)", "mem.timer.malloc_bytes", None, "B"),
-    ("timer ctx: bytes incl. timer heap, avg of 10,000 live", "mem.timer.avg_bytes",
+    ("timer ctx: bytes incl. timer structures, avg of 10,000 live", "mem.timer.avg_bytes",
      "mem.timer.avg_bytes", "B"),
     ("timer ctx: allocations, avg of 10,000 live", "mem.timer.avg_allocs",
      "mem.timer.avg_allocs", ""),
@@ -244,7 +244,23 @@ def medians(rounds):
         for k in ("ns", "B", "allocs"):
             vals = [g[k] for g in got if g.get(k) is not None]
             res[n][k] = statistics.median(vals) if vals else None
+        # The spread of the rounds, shown beside the median: a figure whose
+        # rounds differ by more than 2x is flagged, not averaged away.
+        ns = [g["ns"] for g in got if g.get("ns") is not None]
+        res[n]["ns_min"] = min(ns) if ns else None
+        res[n]["ns_max"] = max(ns) if ns else None
     return res
+
+
+def fmt_spread(v):
+    """ns/op with the spread of its rounds: 'median (min-max)', (!) past 2x."""
+    if not v or v.get("ns") is None:
+        return fmt_ns(None)
+    lo, hi = v.get("ns_min"), v.get("ns_max")
+    if lo is None or hi is None or lo == hi:
+        return fmt_ns(v["ns"])
+    flag = " (!)" if lo > 0 and hi > 2 * lo else ""
+    return "%s (%s–%s)%s" % (fmt_ns(v["ns"]), fmt_ns(lo), fmt_ns(hi), flag)
 
 
 def run_go_scale(go, out, script, quick):
@@ -367,6 +383,13 @@ def machine():
     return "%s, %d CPUs, %s %s" % (model, cpus, platform.system(), platform.release())
 
 
+def loadavg():
+    try:
+        return "%.2f %.2f %.2f" % os.getloadavg()
+    except OSError:
+        return "?"
+
+
 def compiler():
     for cc in ("c++", "g++", "clang++"):
         if shutil.which(cc):
@@ -397,6 +420,11 @@ def build_tables(go, lib, cxx_from, static, counts, scale_c, scale_go, meta):
              "load; parallel benchmarks on %d threads (Go: GOMAXPROCS=%d)"
              % (meta["reps"], meta["go_benchtime"], meta["min_time"], meta["reps"],
                 meta["cpus"], meta["cpus"]))
+    L.append("- load average (1/5/15 min) before: %s; after: %s (a loaded machine makes "
+             "figures noisy: compare ratios within one run)" % (meta["load_before"],
+                                                                meta["load_after"]))
+    L.append("- ns/op cells: median of the rounds (min–max of the rounds); (!) marks a "
+             "figure whose rounds spread by more than 2x")
     L.append("- ratios > 1 mean libctx is faster; ✗ marks a ratio below the target "
              "(Go/libctx ≥ %gx, C++/libctx ≥ %gx)" % (GO_TARGET, CXX_TARGET))
     L.append("- memory columns: bytes per op (allocations per op); libctx: the bytes it "
@@ -421,9 +449,9 @@ def build_tables(go, lib, cxx_from, static, counts, scale_c, scale_go, meta):
         rg = ratio(g and g["ns"], l and l["ns"]) if comparable else None
         rc = ratio(c and c["ns"], l and l["ns"])
         L.append("| %s | %s | %s | %s | %s | %s | %s | %s | %s |" % (
-            label, fmt_ns(g and g["ns"]),
-            fmt_ns(c and c["ns"]) if cname else "n/a",
-            fmt_ns(l and l["ns"]),
+            label, fmt_spread(g),
+            fmt_spread(c) if cname else "n/a",
+            fmt_spread(l),
             fmt_ratio(rg, GO_TARGET) if comparable else "not comparable",
             fmt_ratio(rc, CXX_TARGET) if cname else "n/a",
             fmt_mem(g and g["B"], g and g["allocs"]),
@@ -448,8 +476,8 @@ def build_tables(go, lib, cxx_from, static, counts, scale_c, scale_go, meta):
         c = lookup(cxx_from, "cxx/" + cname) if cname else None
         rg, rc = ratio(g and g["ns"], l and l["ns"]), ratio(c and c["ns"], l and l["ns"])
         L.append("| %s | %s | %s | %s | %s | %s | %s | %s | %s |" % (
-            label, fmt_ns(g and g["ns"]) if gname else "n/a",
-            fmt_ns(c and c["ns"]) if cname else "n/a", fmt_ns(l and l["ns"]),
+            label, fmt_spread(g) if gname else "n/a",
+            fmt_spread(c) if cname else "n/a", fmt_spread(l),
             fmt_ratio(rg, GO_TARGET, mark=not lname.startswith("=")) if gname else "n/a",
             fmt_ratio(rc, CXX_TARGET) if cname else "n/a",
             fmt_mem(g and g["B"], g and g["allocs"]) if gname else "n/a",
@@ -593,6 +621,7 @@ def main():
         gov = go_version(go, a.out)
     # Rounds: Go, then C/C++, then the static checks, a.reps times over, so
     # that a burst of load on this (shared) machine hits every column alike.
+    load_before = loadavg()
     go_rounds, lib_rounds, static_rounds = [], [], []
     ctxinfo = {}
     for rnd in range(a.reps):
@@ -624,7 +653,7 @@ def main():
     meta = {"date": datetime.datetime.now().strftime("%Y-%m-%d %H:%M"), "machine": machine(),
             "go": gov, "cxx": compiler(), "git": git_describe(),
             "go_benchtime": a.go_benchtime, "reps": a.reps, "min_time": a.min_time,
-            "cpus": os.cpu_count()}
+            "cpus": os.cpu_count(), "load_before": load_before, "load_after": loadavg()}
     if ctxinfo.get("library_build_type") == "debug":
         meta["cxx"] += " (the distribution's libbenchmark says it was built as debug; that " \
                        "affects its own bookkeeping, not the timed loops)"

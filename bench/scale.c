@@ -139,7 +139,7 @@ static void mem_figures(void)
     atomic_store(&count_usable, 1);
     for (size_t i = 0; i < sizeof kinds / sizeof kinds[0]; i++) {
         enum kind k = kinds[i].k;
-        /* n of them alive at once: shared structures (the timer heap) are
+        /* n of them alive at once: shared structures (timer shards) are
          * amortized over them. */
         uint64_t a0 = t_allocs, b0 = t_bytes, u0 = t_usable;
         for (size_t j = 0; j < n; j++)

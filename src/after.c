@@ -91,7 +91,7 @@ int ctx_after_func(ctx_t *c, void (*fn)(void *arg), void *arg, ctx_after_t **sto
 
     ctx__lock(&o->lock);
     if ((atomic_load_explicit(&o->u.c.state, memory_order_relaxed) & CTX__ERR_MASK) == 0) {
-        ctx__link_insert(&o->u.c.children, &r->u.a.link);
+        ctx__link_insert(ctx__kids(o), &r->u.a.link);
         ctx__unlock(&o->lock);
         return 0;
     }
@@ -210,6 +210,10 @@ static struct ctx *take_locked(void)
     X.head = l->next;
     if (X.head == NULL)
         X.tail = &X.head;
+#if defined(__GNUC__) || defined(__clang__)
+    else
+        __builtin_prefetch(X.head, 1); /* the next one taken, likely ours */
+#endif
     X.taken++;
     return ctx__from_link(l);
 }
@@ -217,6 +221,7 @@ static struct ctx *take_locked(void)
 static void *worker_main(void *arg)
 {
     (void)arg;
+    ctx__thread_name("ctx-after");
     pthread_mutex_lock(&X.mu);
     for (;;) {
         struct ctx *r = take_locked();
@@ -243,24 +248,28 @@ static void *worker_main(void *arg)
     return NULL;
 }
 
-void ctx__after_defer(struct ctx__link *chain)
+void ctx__after_defer(struct ctx__chain *chain)
 {
+    if (chain->head == NULL)
+        return;
     pthread_mutex_lock(&X.mu);
-    *X.tail = chain;
-    while (*X.tail != NULL)
-        X.tail = &(*X.tail)->next;
+    *X.tail = chain->head;
+    X.tail = chain->tail;
     if (X.idle > 0)
         pthread_cond_signal(&X.cv);
     else if (X.workers == 0)
         spawn_locked(); /* if that fails, the timer thread's look retries */
     pthread_mutex_unlock(&X.mu);
+    chain->head = NULL;
+    chain->tail = &chain->head;
 }
 
 void ctx__after_defer_unref(struct ctx *node)
 {
     /* The node is done and out of every list: its link is free. */
     node->u.c.link.next = NULL;
-    ctx__after_defer(&node->u.c.link);
+    struct ctx__chain one = { &node->u.c.link, &node->u.c.link.next };
+    ctx__after_defer(&one);
 }
 
 int ctx__after_watch(ctx_time_t now)
@@ -284,17 +293,17 @@ int ctx__after_watch(ctx_time_t now)
     return pending;
 }
 
-void ctx__after_atfork_prepare(void)
+static void atfork_prepare(void)
 {
     pthread_mutex_lock(&X.mu);
 }
 
-void ctx__after_atfork_parent(void)
+static void atfork_parent(void)
 {
     pthread_mutex_unlock(&X.mu);
 }
 
-void ctx__after_atfork_child(void)
+static void atfork_child(void)
 {
     /* The workers did not come along.  Queued callbacks get a new one when
      * the child's timer thread next looks at the queue (no thread may be
@@ -303,3 +312,6 @@ void ctx__after_atfork_child(void)
     X.workers = X.idle = 0;
     pthread_mutex_unlock(&X.mu);
 }
+
+CTX__FORK_HOOKS(after_hooks, .rank = CTX__FORK_RANK_AFTER, .prepare = atfork_prepare,
+                .parent = atfork_parent, .child = atfork_child)

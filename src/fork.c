@@ -22,16 +22,17 @@
  * only a compiler barrier.  Where membarrier is missing, ctx__fence_needed
  * stays set and holders use a real fence.
  *
- * Then prepare takes the library's other locks, in the documented order, so
- * that the child gets consistent heaps, queues and tables.  The timer
- * thread's firing lock comes first of all: the timer thread holds it while
- * it cancels, and would otherwise back off inside it.
+ * Then prepare runs the hooks the subsystems registered (time.c, after.c,
+ * wait.c, ...; see ctx__fork_register in internal.h), which take their
+ * locks in rank order, so that the child gets consistent wheels, queues and
+ * tables.  This file calls no subsystem by name: they call it.  Early hooks
+ * run before the wait for lock holders: the timer thread's firing lock is
+ * held across holds while it cancels, and must be taken first of all.
  */
 #include "internal.h"
 
 #include <pthread.h>
 #include <sched.h>
-#include <signal.h>
 #ifdef __linux__
 #include <linux/membarrier.h>
 #include <sys/syscall.h>
@@ -112,9 +113,73 @@ void ctx__hold_slow(void)
     }
 }
 
+/* ---------------------------------------------------------------------------
+ * Hooks.  Registered in a fixed table with a CAS per slot, so registering
+ * takes no lock (a constructor, or a subsystem's init, may do it at any
+ * time), and prepare reads the table with no lock either.
+ */
+
+static _Atomic(const struct ctx__fork_hooks *) hooks[CTX__FORK_MAX];
+
+void ctx__fork_register(const struct ctx__fork_hooks *h)
+{
+    for (int i = 0; i < CTX__FORK_MAX; i++) {
+        const struct ctx__fork_hooks *cur = NULL;
+        /* Release: pairs with the acquire in sorted_hooks(); the hooks'
+         * fields are complete when prepare sees the pointer. */
+        if (atomic_compare_exchange_strong_explicit(&hooks[i], &cur, h, memory_order_release,
+                                                    memory_order_acquire) ||
+            cur == h)
+            return;
+    }
+    ctx__misuse("too many fork hook registrations (raise CTX__FORK_MAX)");
+}
+
+/* The registered hooks by increasing rank.  prepare() fills the list and
+ * parent() and child() use that same list, so a registration during the
+ * fork cannot unbalance them.  Only the forking thread touches it (fork
+ * handlers of concurrent forks are serialized by T.fire, the first early
+ * hook, and by reg_mu). */
+static const struct ctx__fork_hooks *run[CTX__FORK_MAX];
+static int nrun;
+
+static void sorted_hooks(void)
+{
+    nrun = 0;
+    for (int i = 0; i < CTX__FORK_MAX; i++) {
+        /* Acquire: pairs with the release in ctx__fork_register. */
+        const struct ctx__fork_hooks *h = atomic_load_explicit(&hooks[i], memory_order_acquire);
+        if (h == NULL)
+            continue;
+        int j = nrun++;
+        while (j > 0 && run[j - 1]->rank > h->rank) {
+            run[j] = run[j - 1];
+            j--;
+        }
+        run[j] = h;
+    }
+}
+
+static void run_prepare(int early)
+{
+    for (int i = 0; i < nrun; i++)
+        if (run[i]->early == early && run[i]->prepare != NULL)
+            run[i]->prepare();
+}
+
+static void run_after(int early, int in_child)
+{
+    for (int i = nrun - 1; i >= 0; i--) {
+        void (*f)(void) = in_child ? run[i]->child : run[i]->parent;
+        if (run[i]->early == early && f != NULL)
+            f();
+    }
+}
+
 static void prepare(void)
 {
-    ctx__time_atfork_prepare_fire();
+    sorted_hooks();
+    run_prepare(1);
     atomic_store_explicit(&ctx__forking, 1, memory_order_relaxed);
 #ifdef __linux__
     if (have_membarrier)
@@ -128,19 +193,17 @@ static void prepare(void)
          * work under its locks is complete in the memory we fork. */
         while (atomic_load_explicit(&h->depth, memory_order_acquire) != 0)
             sched_yield();
-    ctx__time_atfork_prepare();
-    ctx__wait_atfork_prepare();
+    run_prepare(0);
     ctx__futex_atfork(0);
 }
 
 static void parent(void)
 {
     ctx__futex_atfork(1);
-    ctx__wait_atfork_parent();
-    ctx__time_atfork_parent();
+    run_after(0, 0);
     pthread_mutex_unlock(&reg_mu);
     atomic_store_explicit(&ctx__forking, 0, memory_order_release);
-    ctx__time_atfork_parent_fire();
+    run_after(1, 0);
 }
 
 static void child(void)
@@ -152,30 +215,8 @@ static void child(void)
         reg_head = &ctx__me;
     }
     ctx__futex_atfork(2);
-    ctx__wait_atfork_child();
-    ctx__time_atfork_child();
+    run_after(0, 1);
     pthread_mutex_unlock(&reg_mu);
     atomic_store_explicit(&ctx__forking, 0, memory_order_release);
-    ctx__time_atfork_child_fire();
-}
-
-/* Starts a detached library thread (the timer thread, callback workers).
- * It inherits the caller's signal mask, so block every signal around the
- * creation: signals belong to the program's own threads.  stack 0 means
- * the default size.  Returns 0 or pthread_create's error. */
-int ctx__thread_start(void *(*fn)(void *), size_t stack)
-{
-    pthread_attr_t a;
-    pthread_attr_init(&a);
-    pthread_attr_setdetachstate(&a, PTHREAD_CREATE_DETACHED);
-    if (stack != 0)
-        pthread_attr_setstacksize(&a, stack);
-    sigset_t all, old;
-    sigfillset(&all);
-    pthread_sigmask(SIG_SETMASK, &all, &old);
-    pthread_t tid;
-    int e = pthread_create(&tid, &a, fn, NULL);
-    pthread_sigmask(SIG_SETMASK, &old, NULL);
-    pthread_attr_destroy(&a);
-    return e;
+    run_after(1, 1);
 }

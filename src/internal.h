@@ -89,6 +89,12 @@ static inline const char *ctx__msg_text(const struct ctx__msg *m)
 #define CTX__ERR_MASK 0xffu
 #define CTX__WAITERS  0x100u /* a thread sleeps on this word (futex) */
 #define CTX__HAS_FD   0x200u /* a done fd exists in the fd table */
+#define CTX__FANNED   0x400u /* children live in a ctx__fan (below) */
+/* Bits 16-23: 1 + the fan shard of the parent that links this node and
+ * holds its parent reference, or 0.  Set before the node is published and
+ * never changed. */
+#define CTX__FAN_SHIFT 16
+#define CTX__FAN_BITS  0xff0000u
 
 /*
  * A node.  Every kind begins with the same 24 bytes (owner, pk, refs, lock),
@@ -135,7 +141,8 @@ struct ctx {
             int32_t cause;        /* written before err is published */
             struct ctx__msg *msg; /* written before err is published */
             /* Children, newest first: cancel nodes and AFTER records that
-             * registered here.  Under lock. */
+             * registered here.  Under lock.  With CTX__FANNED in state: the
+             * node's struct ctx__fan, tagged with bit 0, set once. */
             struct ctx__link *children;
             /* Our entry in owner-of-parent's children list, under the
              * parent owner's lock.  Once a canceller has unlinked this node,
@@ -215,17 +222,60 @@ struct ctx__custom {
     void (*done)(void *data);
 };
 
-/* A timer node: a cancel node with a deadline and its place in a timer
- * heap.  96 bytes. */
+/* A timer node: a cancel node with a deadline and its place in the timer
+ * structures of its shard (time.c): a slot of the timing wheel or the due
+ * list, through the one link (wheel.pprev == NULL: in neither).  Until the
+ * node is done, base.u.c.cause and base.u.c.msg hold the cause and the
+ * message (a reference) its deadline reports.  96 bytes, and the timer
+ * structures need no memory of their own per timer. */
 struct ctx__timer {
     struct ctx base;
     ctx_time_t deadline;
-    uint32_t heap_index;     /* under the timer lock; CTX__NO_INDEX when out */
-    int32_t dl_cause;        /* cause reported when the deadline fires */
-    struct ctx__msg *dl_msg; /* its message (a reference), or NULL */
-    uint8_t shard;           /* which timer heap holds it; immutable */
+    struct ctx__link wheel; /* under the shard lock */
+    uint8_t shard;          /* which shard holds it; immutable */
+    uint8_t level;          /* wheel level, or AT_DUE: time.c */
+    uint16_t slot;          /* wheel slot */
 };
-#define CTX__NO_INDEX UINT32_MAX
+CTX__ALIGN_CHECK(sizeof(struct ctx__timer) == 96);
+
+/*
+ * A parent's fan-out: where the children of a cancel node that many threads
+ * derive from at once (a server's base context) are linked.  Installed on
+ * the first contended creation of a child; then a child made by a thread
+ * goes into that thread's shard, under the shard's lock, and its reference
+ * to the parent is counted in the shard (the shard holds one real reference
+ * while it counts any), so that creating, cancelling and freeing children
+ * touch the thread's own cache line instead of the parent's.  Children made
+ * before the install, children of value nodes over the parent, and AfterFunc
+ * records stay in the legacy list, under the parent's lock.  When the
+ * parent is cancelled, the walk closes every shard (a closed shard links
+ * nothing more) and moves its children to the legacy list, under both
+ * locks, so the rest of the walk is the ordinary one.  Freed with the
+ * parent.  tree.c has the protocol.
+ */
+#define CTX__NFAN 16
+struct ctx__fan_shard {
+    _Atomic uint32_t lock;      /* a futex lock: ctx__lock/ctx__unlock */
+    uint32_t closed;            /* the parent is done: link nothing here */
+    uint32_t kids;              /* children whose parent reference is here */
+    uint16_t has_ref;           /* the shard holds CTX__FAN_REF in refs */
+    uint16_t dying;             /* give has_ref back when kids reaches 0 */
+    struct ctx__link *children; /* under lock */
+    char pad[64 - 4 * sizeof(uint32_t) - sizeof(struct ctx__link *)];
+};
+/* A shard's reference to its parent, in the parent's count.  A shard takes
+ * it with its first child and keeps it while children come and go, so that
+ * a thread creating and freeing one child at a time never writes the
+ * parent's line; when only shards hold the parent (the count is a multiple
+ * of this), each gives it back as soon as it has no child.  16 shards fit
+ * below 2^31; other references must stay below 2^27. */
+#define CTX__FAN_REF (1u << 27)
+struct ctx__fan {
+    void *mem;                /* what ctx__alloc returned (for alignment) */
+    struct ctx__link *legacy; /* under the parent's lock */
+    char pad[64 - sizeof(void *) - sizeof(struct ctx__link *)];
+    struct ctx__fan_shard sh[CTX__NFAN]; /* each on its own cache line */
+};
 
 /* clang-format off */
 #define CTX__CONTAINER(ptr, type, member) ((type *)(void *)((char *)(ptr) - offsetof(type, member)))
@@ -289,6 +339,22 @@ static inline struct ctx__timer *ctx__dlsrc(struct ctx *c)
 static inline struct ctx *ctx__from_link(struct ctx__link *l)
 {
     return CTX__CONTAINER(l, struct ctx, u.c.link);
+}
+
+/* The fan-out of p, whose state (read by the caller: under p's lock, or
+ * with acquire) has CTX__FANNED.  The pointer is immutable once set. */
+static inline struct ctx__fan *ctx__fan_of(struct ctx *p)
+{
+    return (struct ctx__fan *)((uintptr_t)p->u.c.children & ~(uintptr_t)1);
+}
+
+/* The head of p's locked children list (the legacy list when p is fanned).
+ * Under p's lock. */
+static inline struct ctx__link **ctx__kids(struct ctx *p)
+{
+    if (atomic_load_explicit(&p->u.c.state, memory_order_relaxed) & CTX__FANNED)
+        return &ctx__fan_of(p)->legacy;
+    return &p->u.c.children;
 }
 
 /* The roots.  Their owner is themselves and their state is always 0. */
@@ -413,26 +479,66 @@ static inline void ctx__link_remove(struct ctx__link *l)
  * not consumed.  With defer set, AfterFunc callbacks go to the callback
  * threads instead of running on the caller (the timer thread uses this). */
 void ctx__cancel(struct ctx *n, uint32_t err, int cause, struct ctx__msg *msg, int defer);
+/* A chain of AFTER records and done nodes (linked through link.next) for
+ * the callback threads; tail points at the last next field (or at head). */
+struct ctx__chain {
+    struct ctx__link *head, **tail;
+};
+/* Cancels t with CTX_DEADLINE_EXCEEDED and the cause its deadline reports,
+ * appending the AfterFunc records it finds to *defer (the timer thread), or
+ * running them on the caller when defer is NULL. */
+void ctx__cancel_deadline(struct ctx__timer *t, struct ctx__chain *defer);
 void ctx__init_cancel(struct ctx *n, ctx_t *parent, unsigned kind);
 struct ctx__msg *ctx__msg_new(const char *text);
 void ctx__msg_unref(struct ctx__msg *m);
 int ctx__try_ref(struct ctx *c);
 
-/* ---- time.c: the timer heap.  remove is called with the node's lock held
- * (lock order: node locks, then the timer lock). */
-void ctx__timer_remove(struct ctx__timer *t);
-/* fork handlers of the other files, called by fork.c's. */
-void ctx__time_atfork_prepare_fire(void);
-void ctx__time_atfork_prepare(void);
-void ctx__time_atfork_parent(void);
-void ctx__time_atfork_parent_fire(void);
-void ctx__time_atfork_child(void);
-void ctx__time_atfork_child_fire(void);
-void ctx__wait_atfork_prepare(void);
-void ctx__wait_atfork_parent(void);
-void ctx__wait_atfork_child(void);
-void ctx__fork_init(void);
+/* ---- thread.c: the library's threads (the bottom layer: it calls nothing
+ * else in the library). */
+/* Starts a detached thread running fn(arg) with every signal blocked (the
+ * program's signals are for its own threads).  stack 0 means the default
+ * size.  Returns 0 or pthread_create's error. */
+int ctx__thread_start_arg(void *(*fn)(void *), void *arg, size_t stack);
+/* The same with arg NULL. */
 int ctx__thread_start(void *(*fn)(void *), size_t stack);
+/* Names the calling thread (at most 15 bytes are kept), for thread
+ * listings and debuggers: "ctx-timer", "ctx-after", ... */
+void ctx__thread_name(const char *name);
+
+/* ---- fork.c: fork(2) hooks.  A subsystem with locks or threads registers
+ * its hooks once, before its locks are first used (CTX__FORK_HOOKS below
+ * does it when the library is loaded).  prepare runs the prepare hooks in
+ * increasing rank, after every library lock holder has left (or, with early
+ * set, before that wait: for a lock held across a hold, such as the timer
+ * thread's firing lock); parent and child run in decreasing rank.  Ranks
+ * order the subsystems' locks: a subsystem whose lock may be taken while
+ * another's is held ranks after it.  Pick a free rank between the ones
+ * below; at most CTX__FORK_MAX hooks. */
+struct ctx__fork_hooks {
+    int rank;
+    int early;
+    void (*prepare)(void);
+    void (*parent)(void);
+    void (*child)(void);
+};
+#define CTX__FORK_RANK_TIMER_FIRE 10  /* time.c: T.fire (early) */
+#define CTX__FORK_RANK_TIME       100 /* time.c: T.mu, the shard locks */
+#define CTX__FORK_RANK_AFTER      110 /* after.c: the callback queue */
+#define CTX__FORK_RANK_WAIT       200 /* wait.c: the done-fd table, describe */
+#define CTX__FORK_MAX             32
+void ctx__fork_register(const struct ctx__fork_hooks *h);
+/* Defines hooks `name` and registers them when the library is loaded. */
+#define CTX__FORK_HOOKS(name, ...)                                                                 \
+    static const struct ctx__fork_hooks name = { __VA_ARGS__ };                                    \
+    __attribute__((constructor)) static void name##_register(void)                                 \
+    {                                                                                              \
+        ctx__fork_register(&name);                                                                 \
+    }
+void ctx__fork_init(void);
+
+/* ---- time.c: the timer structures.  remove is called with the node's
+ * lock held (lock order: node locks, then the timer lock). */
+void ctx__timer_remove(struct ctx__timer *t);
 /* Starts the timer thread if deadlines are pending and it is not running
  * (only after fork(2) in the child). */
 void ctx__timer_restart(void);
@@ -442,20 +548,17 @@ ctx_time_t ctx__real_now(void); /* CLOCK_MONOTONIC, whatever ctx_now() reads */
 
 /* ---- after.c */
 void ctx__run_after(struct ctx *r);
-/* Hands a chain of AFTER records (linked through link.next) to the
- * callback threads. */
-void ctx__after_defer(struct ctx__link *chain);
-/* Hands the last reference to a done cancel node to the callback thread,
- * so that freeing it (which runs destroy hooks) happens there. */
+/* Hands a chain of AFTER records and done nodes to the callback threads,
+ * in one step: they run the records' callbacks and drop the last reference
+ * to the nodes (whose freeing runs destroy hooks).  Leaves *chain empty. */
+void ctx__after_defer(struct ctx__chain *chain);
+/* Queues the drop of the reference to node (done, in no list) that the
+ * caller holds last, so that the free runs on a callback thread. */
 void ctx__after_defer_unref(struct ctx *node);
 /* The timer thread's look at the callback queue (see after.c): starts a
  * worker when the queue has not moved for a millisecond.  Returns nonzero
  * while records are queued, so that the timer thread looks again soon. */
 int ctx__after_watch(ctx_time_t now);
-/* fork(2) support: quiesce the callback threads before, reset after. */
-void ctx__after_atfork_prepare(void);
-void ctx__after_atfork_parent(void);
-void ctx__after_atfork_child(void);
 
 /* ---- track.c: tracking registry, dumps, cancel sites */
 /* Nonzero while tracking is on (ctx_track).  The flag is the exported int

@@ -204,7 +204,7 @@ static bool register_record(struct ctx *r)
     struct ctx *o = r->up;
     ctx__lock(&o->lock);
     if ((atomic_load_explicit(&o->u.c.state, memory_order_relaxed) & CTX__ERR_MASK) == 0) {
-        ctx__link_insert(&o->u.c.children, &r->u.a.link);
+        ctx__link_insert(ctx__kids(o), &r->u.a.link);
         ctx__unlock(&o->lock);
         return true;
     }

@@ -382,7 +382,7 @@ ctx_t *ctx_with_signals(ctx_t *parent, const int *signals, size_t n, ctx_cancel_
      * was done) ends at once. */
     ctx__lock(&c->lock);
     if ((atomic_load_explicit(&c->u.c.state, memory_order_relaxed) & CTX__ERR_MASK) == 0) {
-        ctx__link_insert(&c->u.c.children, &s->u.a.link);
+        ctx__link_insert(ctx__kids(c), &s->u.a.link);
         ctx__unlock(&c->lock);
     } else {
         ctx__unlock(&c->lock);

@@ -270,14 +270,41 @@ static void dur_text(ctx_duration_t d, char *buf, size_t size)
                  (a / 1000000u) % 1000u);
 }
 
+/* Calls visit(y, arg) for every entry y linked under cancel node o: its own
+ * list and, when o has a fan-out, every shard's list (see internal.h).  The
+ * caller holds o's lock; each shard's lock is taken under it, the order the
+ * cancellation walk uses.  Stops early when visit returns nonzero and
+ * returns that. */
+static int each_kid(struct ctx *o, int (*visit)(struct ctx *y, void *arg), void *arg)
+{
+    int r = 0;
+    for (struct ctx__link *l = *ctx__kids(o); l != NULL && r == 0; l = l->next)
+        r = visit(ctx__from_link(l), arg);
+    if (!(atomic_load_explicit(&o->u.c.state, memory_order_relaxed) & CTX__FANNED))
+        return r;
+    struct ctx__fan *f = ctx__fan_of(o);
+    for (int i = 0; i < CTX__NFAN && r == 0; i++) {
+        ctx__lock(&f->sh[i].lock);
+        for (struct ctx__link *l = f->sh[i].children; l != NULL && r == 0; l = l->next)
+            r = visit(ctx__from_link(l), arg);
+        ctx__unlock(&f->sh[i].lock);
+    }
+    return r;
+}
+
+static int count_one_callback(struct ctx *y, void *arg)
+{
+    if (ctx__kind(y) == CTX__AFTER)
+        ++*(int *)arg;
+    return 0;
+}
+
 /* The number of AfterFunc records on cancel node c. */
 static int count_callbacks(struct ctx *c)
 {
     int n = 0;
     ctx__lock(&c->lock);
-    for (struct ctx__link *l = c->u.c.children; l != NULL; l = l->next)
-        if (ctx__kind(ctx__from_link(l)) == CTX__AFTER)
-            n++;
+    each_kid(c, count_one_callback, &n);
     ctx__unlock(&c->lock);
     return n;
 }
@@ -524,14 +551,46 @@ static int under(struct ctx *y, struct ctx *top)
     return 0;
 }
 
+/* dump_lists' stack of contexts still to write. */
+struct item {
+    struct ctx *c;
+    int depth;
+};
+
+/* What push_kid needs: the stack, and the node whose children it pushes. */
+struct push {
+    struct item **st;
+    size_t *cap, *sp;
+    struct ctx *owner, *top;
+    int depth;
+};
+
+/* Pushes child y of p->owner that lies under p->top, holding a reference. */
+static int push_kid(struct ctx *y, void *arg)
+{
+    struct push *p = arg;
+    if (ctx__kind(y) == CTX__AFTER || (p->owner != p->top && !under(y, p->top)))
+        return 0;
+    if (*p->sp == *p->cap) {
+        struct item *bigger = ctx__alloc(*p->cap * 2 * sizeof **p->st);
+        if (bigger == NULL)
+            return ENOMEM;
+        memcpy(bigger, *p->st, *p->sp * sizeof **p->st);
+        ctx__free(*p->st);
+        *p->st = bigger;
+        *p->cap *= 2;
+    }
+    /* A node whose count reached zero is being freed by a thread that
+     * waits for this (node or shard) lock: leave it out. */
+    if (ctx__try_ref(y))
+        (*p->st)[(*p->sp)++] = (struct item){ y, p->depth };
+    return 0;
+}
+
 /* A dump without tracking: the children lists of the cancel nodes, depth
  * first, each node held by a reference while it is listed. */
 static int dump_lists(FILE *out, struct ctx *top)
 {
-    struct item {
-        struct ctx *c;
-        int depth;
-    };
     size_t cap = 64, sp = 0;
     struct item *st = ctx__alloc(cap * sizeof *st);
     if (st == NULL)
@@ -545,27 +604,9 @@ static int dump_lists(FILE *out, struct ctx *top)
             e = dump_line(out, it.c, it.depth, it.depth == 0, NULL, now);
         struct ctx *o = ctx__owner(it.c);
         if (e == 0 && ctx__is_cancel_kind(ctx__kind(o))) {
+            struct push p = { &st, &cap, &sp, o, it.c, it.depth + 1 };
             ctx__lock(&o->lock);
-            for (struct ctx__link *l = o->u.c.children; l != NULL; l = l->next) {
-                struct ctx *y = ctx__from_link(l);
-                if (ctx__kind(y) == CTX__AFTER || (o != it.c && !under(y, it.c)))
-                    continue;
-                if (sp == cap) {
-                    struct item *bigger = ctx__alloc(cap * 2 * sizeof *st);
-                    if (bigger == NULL) {
-                        e = ENOMEM;
-                        break;
-                    }
-                    memcpy(bigger, st, sp * sizeof *st);
-                    ctx__free(st);
-                    st = bigger;
-                    cap *= 2;
-                }
-                /* A node whose count reached zero is being freed by a thread
-                 * that waits for this lock: leave it out. */
-                if (ctx__try_ref(y))
-                    st[sp++] = (struct item){ y, it.depth + 1 };
-            }
+            e = each_kid(o, push_kid, &p);
             ctx__unlock(&o->lock);
         }
         if (it.c != top)

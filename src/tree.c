@@ -50,23 +50,31 @@ int ctx__try_ref(struct ctx *c)
     return 0;
 }
 
+static int fan_release(struct ctx *p);
+
 /* Drops one reference; true when it was the last one. */
 static int drop_ref(struct ctx *c)
 {
-    /* Release: everything this thread did with the node happens before the
-     * free.  Acquire: the thread that drops the last reference sees what the
-     * others did.  (acq_rel rather than release plus a fence, which
-     * ThreadSanitizer does not model; on x86 both are one locked
-     * instruction.) */
-    uint32_t old = atomic_fetch_sub_explicit(&c->refs, 1, memory_order_acq_rel);
-    if (old != 1) {
+    uint32_t r = atomic_load_explicit(&c->refs, memory_order_relaxed);
+    for (;;) {
 #ifndef NDEBUG
-        if (old == 0)
+        if (r == 0)
             ctx__misuse("ctx_unref: reference count underflow (more unrefs than refs)");
 #endif
-        return 0;
+        /* Ours is the last reference besides fan-out shards': they give
+         * theirs back, with ours held until they have looked (a shard's
+         * last child could otherwise free c under us). */
+        if (r > 1 && (r - 1) % CTX__FAN_REF == 0)
+            return fan_release(c);
+        /* Release: everything this thread did with the node happens before
+         * the free.  Acquire: the thread that drops the last reference sees
+         * what the others did.  (acq_rel rather than release plus a fence,
+         * which ThreadSanitizer does not model.)  A CAS rather than a
+         * fetch_sub, so that the check above sees the count it replaces. */
+        if (atomic_compare_exchange_weak_explicit(&c->refs, &r, r - 1, memory_order_acq_rel,
+                                                  memory_order_relaxed))
+            return r == 1;
     }
-    return 1;
 }
 
 void ctx__msg_unref(struct ctx__msg *m)
@@ -99,16 +107,86 @@ static size_t ctx__node_size(unsigned kind)
     }
 }
 
-/* Removes cancel node c from its parent's children list, if it is there. */
-static void detach(struct ctx *c)
+/* c's shard in its parent's fan-out, from c's state word, or NULL. */
+static struct ctx__fan_shard *fan_shard(struct ctx *p, uint32_t cstate)
+{
+    unsigned i = (cstate & CTX__FAN_BITS) >> CTX__FAN_SHIFT;
+    return i != 0 ? &ctx__fan_of(p)->sh[i - 1] : NULL;
+}
+
+/* Removes cancel node c (whose state word is cstate) from its parent's
+ * children, if it is there.  A child in an open shard is unlinked under the
+ * shard's lock; once the shard is closed, a canceller of the parent has
+ * moved it (or is moving it) to the legacy list under the parent's lock,
+ * which that canceller holds until it is done with c's subtree. */
+static void detach(struct ctx *c, uint32_t cstate)
 {
     struct ctx *p = ctx__owner(ctx__parent(c));
     if (ctx__kind(p) == CTX__ROOT)
         return; /* never registered */
+    struct ctx__fan_shard *sh = fan_shard(p, cstate);
+    if (sh != NULL) {
+        ctx__lock(&sh->lock);
+        int open = !sh->closed;
+        if (open && c->u.c.link.pprev != NULL)
+            ctx__link_remove(&c->u.c.link);
+        ctx__unlock(&sh->lock);
+        if (open)
+            return;
+    }
     ctx__lock(&p->lock);
     if (c->u.c.link.pprev != NULL)
         ctx__link_remove(&c->u.c.link);
     ctx__unlock(&p->lock);
+}
+
+/* Gives back a shard's reference to p.  True when it was p's last. */
+static int shard_unref(struct ctx *p)
+{
+    /* acq_rel, as in drop_ref. */
+    return atomic_fetch_sub_explicit(&p->refs, CTX__FAN_REF, memory_order_acq_rel) == CTX__FAN_REF;
+}
+
+/* Drops the reference cancel node c (state cstate) held to its parent, in
+ * c's shard when it has one: the shard's own reference stays while the
+ * parent has other holders.  True when the parent's count reached zero. */
+static int drop_parent(struct ctx *parent, uint32_t cstate)
+{
+    struct ctx__fan_shard *sh = fan_shard(parent, cstate);
+    if (sh == NULL)
+        return drop_ref(parent);
+    ctx__lock(&sh->lock);
+    int give = --sh->kids == 0 && sh->dying && sh->has_ref;
+    if (give)
+        sh->has_ref = sh->dying = 0;
+    ctx__unlock(&sh->lock);
+    return give && shard_unref(parent);
+}
+
+/* Called by the holder of p's last reference besides its shards': each
+ * shard without children gives its reference back now, each other one when
+ * its last child goes; then the caller's reference goes.  True when p's
+ * count reached zero. */
+static int fan_release(struct ctx *p)
+{
+    struct ctx__fan *f = ctx__fan_of(p);
+    for (int i = 0; i < CTX__NFAN; i++) {
+        struct ctx__fan_shard *sh = &f->sh[i];
+        ctx__lock(&sh->lock);
+        int give = sh->has_ref && sh->kids == 0;
+        if (give)
+            sh->has_ref = sh->dying = 0;
+        else if (sh->has_ref)
+            sh->dying = 1;
+        ctx__unlock(&sh->lock);
+        if (give)
+            shard_unref(p); /* not the last: the caller holds p */
+    }
+    /* The caller's reference.  No new holder can appear (no one holds p to
+     * make one) except the timer thread's try_ref, whose drop comes back
+     * here; the shards still holding p give their references back when
+     * their last children go, and the last one frees p. */
+    return atomic_fetch_sub_explicit(&p->refs, 1, memory_order_acq_rel) == 1;
 }
 
 /*
@@ -121,6 +199,7 @@ static void free_chain(struct ctx *c)
     while (c != NULL) {
         struct ctx *parent = ctx__parent(c);
         unsigned kind = ctx__kind(c);
+        uint32_t s = 0; /* a cancel node's state: its fan shard */
 
         /* Tracking (track.c): the one test it costs a free while off. */
         if (ctx__tracking_on())
@@ -130,12 +209,12 @@ static void free_chain(struct ctx *c)
             if (c->u.v.destroy != NULL)
                 c->u.v.destroy(c->u.v.value);
         } else if (ctx__is_cancel_kind(kind)) {
-            uint32_t s = atomic_load_explicit(&c->u.c.state, memory_order_acquire);
+            s = atomic_load_explicit(&c->u.c.state, memory_order_acquire);
             if ((s & CTX__ERR_MASK) == 0) {
-                /* Live: unlink under the parent's lock.  A canceller that
-                 * reaches c meanwhile holds that lock until it is done
-                 * with c's subtree. */
-                detach(c);
+                /* Live: unlink under the parent's lock (or its shard's).
+                 * A canceller that reaches c meanwhile holds that lock
+                 * until it is done with c's subtree. */
+                detach(c, s);
             } else if (atomic_load_explicit(&c->lock, memory_order_acquire) != 0) {
                 /* Done, and a canceller may still be walking below c: it
                  * holds c's lock until it leaves.  (Acquire above pairs with
@@ -145,25 +224,24 @@ static void free_chain(struct ctx *c)
             }
             if (s & CTX__HAS_FD)
                 ctx__fd_release(c);
+            /* A live timer's msg is its deadline message (see mark()). */
             ctx__msg_unref(c->u.c.msg);
-            if (kind == CTX__TIMER) {
-                struct ctx__timer *t = (struct ctx__timer *)c;
-                if ((s & CTX__ERR_MASK) == 0)
-                    ctx__timer_remove(t);
-                ctx__msg_unref(t->dl_msg);
-            }
+            if (kind == CTX__TIMER && (s & CTX__ERR_MASK) == 0)
+                ctx__timer_remove((struct ctx__timer *)c);
             if (kind == CTX__CUSTOM) {
                 struct ctx__custom *cu = (struct ctx__custom *)c;
                 if (cu->ops->destroy != NULL)
                     cu->ops->destroy(cu->data);
             }
+            if (s & CTX__FANNED)
+                ctx__free(ctx__fan_of(c)->mem); /* every child is gone */
         }
 #ifndef NDEBUG
         c->pk = (uintptr_t)parent | CTX__FREED;
 #endif
         ctx__node_free(c, ctx__node_size(kind));
 
-        if (parent == NULL || ctx__kind(parent) == CTX__ROOT || !drop_ref(parent))
+        if (parent == NULL || ctx__kind(parent) == CTX__ROOT || !drop_parent(parent, s))
             break;
         c = parent;
     }
@@ -183,7 +261,10 @@ void ctx_unref(ctx_t *c)
 
 /* Marks n done.  Called with n's lock held and n not yet done.  The cause
  * and message are written before the release that publishes err, so a
- * reader that sees err also sees them. */
+ * reader that sees err also sees them.  Until then a timer node keeps the
+ * cause and message its deadline reports in these same fields (nobody reads
+ * them while err is 0); the message it held is released here, after the new
+ * one is referenced, since the two may be the same. */
 static void mark(struct ctx *n, uint32_t err, int cause, struct ctx__msg *msg)
 {
     /* A custom node's internal hook runs before err is published, so that
@@ -193,8 +274,10 @@ static void mark(struct ctx *n, uint32_t err, int cause, struct ctx__msg *msg)
         if (cu->done != NULL)
             cu->done(cu->data);
     }
+    struct ctx__msg *held = n->u.c.msg;
     n->u.c.cause = cause;
     n->u.c.msg = msg_ref(msg);
+    ctx__msg_unref(held);
     /* Every writer of the state word holds n's lock (waiters and done fds
      * set their flags under it too), so a load and a store suffice.
      * Release: pairs with the acquire loads in ctx_err, ctx_cause, attach
@@ -216,44 +299,152 @@ static void mark_live(struct ctx *n, uint32_t err, int cause, struct ctx__msg *m
         ctx__timer_remove((struct ctx__timer *)n);
 }
 
+/* This thread's shard in a fan-out: threads are dealt out round robin. */
+static unsigned my_fan(void)
+{
+    static CTX__TLS unsigned mine;
+    static _Atomic unsigned next;
+    if (mine == 0)
+        mine = 1 + atomic_fetch_add_explicit(&next, 1, memory_order_relaxed) % CTX__NFAN;
+    return mine - 1;
+}
+
+/* Links n (whose parent is the fanned p itself) into this thread's shard,
+ * its parent reference counted there.  Returns 0, linking nothing, when the
+ * shard is closed: p is done. */
+static int fan_link(struct ctx *n, struct ctx *p, unsigned kind)
+{
+    unsigned i = my_fan();
+    struct ctx__fan_shard *sh = &ctx__fan_of(p)->sh[i];
+    ctx__lock(&sh->lock);
+    if (sh->closed) {
+        ctx__unlock(&sh->lock);
+        return 0;
+    }
+    if (!sh->has_ref) {
+        /* Release: pairs with the acquire of the drop that finds only shard
+         * references left and then reads the fan-out (which this creator
+         * saw installed). */
+        atomic_fetch_add_explicit(&p->refs, CTX__FAN_REF, memory_order_release);
+        sh->has_ref = 1;
+    }
+    sh->kids++;
+    n->pk = (uintptr_t)p | kind;
+    atomic_store_explicit(&n->u.c.state, (uint32_t)(i + 1) << CTX__FAN_SHIFT, memory_order_relaxed);
+    ctx__link_insert(&sh->children, &n->u.c.link);
+    ctx__unlock(&sh->lock);
+    return 1;
+}
+
+/* Gives cancel node p a fan-out, after a creation of a child found p's
+ * lock taken by another thread.  Without memory p stays as it is. */
+static void fan_install(struct ctx *p)
+{
+    void *mem = ctx__alloc(sizeof(struct ctx__fan) + 63);
+    if (mem == NULL)
+        return;
+    struct ctx__fan *f = (struct ctx__fan *)(((uintptr_t)mem + 63) & ~(uintptr_t)63);
+    memset(f, 0, sizeof *f);
+    f->mem = mem;
+    for (int i = 0; i < CTX__NFAN; i++)
+        atomic_init(&f->sh[i].lock, 0);
+    ctx__lock(&p->lock);
+    uint32_t s = atomic_load_explicit(&p->u.c.state, memory_order_relaxed);
+    if ((s & (CTX__ERR_MASK | CTX__FANNED)) == 0) {
+        f->legacy = p->u.c.children;
+        if (f->legacy != NULL)
+            f->legacy->pprev = &f->legacy;
+        p->u.c.children = (struct ctx__link *)((uintptr_t)f | 1);
+        /* Release: pairs with the acquire in ctx__init_cancel; a creator
+         * that sees CTX__FANNED sees the fan-out. */
+        atomic_store_explicit(&p->u.c.state, s | CTX__FANNED, memory_order_release);
+        mem = NULL;
+    }
+    ctx__unlock(&p->lock);
+    ctx__free(mem);
+}
+
+/* Closes every shard of done node x's fan-out and moves their children to
+ * the legacy list, where the cancellation walk finds them.  Under x's lock;
+ * each shard's lock is taken inside it (node lock, then shard lock). */
+static void fan_close(struct ctx *x)
+{
+    struct ctx__fan *f = ctx__fan_of(x);
+    for (int i = 0; i < CTX__NFAN; i++) {
+        struct ctx__fan_shard *sh = &f->sh[i];
+        ctx__lock(&sh->lock);
+        sh->closed = 1;
+        while (sh->children != NULL) {
+            struct ctx__link *l = sh->children;
+            ctx__link_remove(l);
+            ctx__link_insert(&f->legacy, l);
+        }
+        ctx__unlock(&sh->lock);
+    }
+}
+
 /*
  * Initializes cancel node n as a child of parent and links it into the
- * children list of parent's owner, or marks it done at birth when that owner
- * is already done.  n is not visible to any other thread yet.  Takes a
- * reference to parent.  Cannot fail.
+ * children of parent's owner, or marks it done at birth when that owner is
+ * already done.  n is not visible to any other thread yet.  Takes a
+ * reference to parent (or counts it in a fan-out shard).  Cannot fail.
  */
 void ctx__init_cancel(struct ctx *n, ctx_t *parent, unsigned kind)
 {
     struct ctx *p = ctx__owner(parent);
 
     n->up = kind == CTX__TIMER ? n : (struct ctx *)ctx__dlsrc(parent);
-    n->pk = (uintptr_t)ctx__ref(parent) | kind;
     atomic_init(&n->refs, 1);
     atomic_init(&n->lock, 0);
     atomic_init(&n->u.c.state, 0);
-    n->u.c.cause = 0;
-    n->u.c.msg = NULL;
+    if (kind != CTX__TIMER) {
+        /* A timer's creator has put its deadline's cause here already. */
+        n->u.c.cause = 0;
+        n->u.c.msg = NULL;
+    }
     n->u.c.children = NULL;
     n->u.c.link.next = NULL;
     n->u.c.link.pprev = NULL;
 
-    if (ctx__kind(p) == CTX__ROOT)
+    if (ctx__kind(p) == CTX__ROOT) {
+        n->pk = (uintptr_t)ctx__ref(parent) | kind;
         return; /* the parent can never be done: nothing to link to */
+    }
 
     /* Acquire: pairs with the release in mark(); lets us copy cause and msg
-     * without the parent's lock when the parent is already done. */
+     * without the parent's lock when the parent is already done.  Also
+     * pairs with the release in fan_install(). */
     uint32_t s = atomic_load_explicit(&p->u.c.state, memory_order_acquire);
-    if ((s & CTX__ERR_MASK) == 0) {
-        ctx__lock(&p->lock);
+    if ((s & CTX__ERR_MASK) == 0 && (s & CTX__FANNED) && parent == p) {
+        if (fan_link(n, p, kind))
+            return;
+        /* Closed: the canceller marked p before it took the shard lock we
+         * then took.  Acquire: pairs with mark()'s release. */
+        s = atomic_load_explicit(&p->u.c.state, memory_order_acquire);
+    } else if ((s & CTX__ERR_MASK) == 0) {
+        ctx__hold();
+        uint32_t unlocked = 0;
+        /* Acquire: pairs with the release in ctx__unlock_raw, as in
+         * ctx__lock_raw; done by hand to learn whether the lock was free. */
+        int contended = !atomic_compare_exchange_strong_explicit(
+            &p->lock, &unlocked, 1, memory_order_acquire, memory_order_relaxed);
+        if (contended)
+            ctx__lock_slow(&p->lock);
         s = atomic_load_explicit(&p->u.c.state, memory_order_relaxed);
         if ((s & CTX__ERR_MASK) == 0) {
-            ctx__link_insert(&p->u.c.children, &n->u.c.link);
+            n->pk = (uintptr_t)ctx__ref(parent) | kind;
+            ctx__link_insert(ctx__kids(p), &n->u.c.link);
             ctx__unlock(&p->lock);
+            /* Another thread makes children of p at the same time: give p
+             * a fan-out for the next ones. */
+            if (contended && parent == p && !(s & CTX__FANNED))
+                fan_install(p);
             return;
         }
         ctx__unlock(&p->lock);
     }
     /* Born done, with the parent's err and cause. */
+    n->pk = (uintptr_t)ctx__ref(parent) | kind;
     mark(n, s & CTX__ERR_MASK, p->u.c.cause, p->u.c.msg);
 }
 
@@ -315,7 +506,12 @@ struct ctx__msg *ctx__msg_new(const char *text)
     return msg;
 }
 
-void ctx__cancel(struct ctx *n, uint32_t err, int cause, struct ctx__msg *msg, int defer)
+/* The cancellation walk.  With own set, n's err comes with the cause and
+ * message n keeps for its deadline (read under n's lock: a concurrent
+ * cancel may replace them).  With defer set, the AfterFunc records found
+ * are appended to *defer for the callback threads instead of run here. */
+static void cancel_walk(struct ctx *n, uint32_t err, int cause, struct ctx__msg *msg, int own,
+                        struct ctx__chain *defer)
 {
     ctx__lock(&n->lock);
     if (atomic_load_explicit(&n->u.c.state, memory_order_relaxed) & CTX__ERR_MASK) {
@@ -324,12 +520,19 @@ void ctx__cancel(struct ctx *n, uint32_t err, int cause, struct ctx__msg *msg, i
         ctx__unlock(&n->lock);
         return;
     }
+    if (own) {
+        cause = n->u.c.cause;
+        msg = n->u.c.msg; /* n keeps its reference through mark() */
+    }
     mark_live(n, err, cause, msg);
+    if (atomic_load_explicit(&n->u.c.state, memory_order_relaxed) & CTX__FANNED)
+        fan_close(n);
 
     struct ctx__link *callbacks = NULL; /* AFTER records to run */
+    struct ctx__link *last = NULL;      /* the first found: the chain's end */
     struct ctx *x = n;                  /* current node: locked and done */
     for (;;) {
-        struct ctx__link *l = x->u.c.children;
+        struct ctx__link *l = *ctx__kids(x);
         if (l == NULL) {
             if (x == n)
                 break;
@@ -343,6 +546,8 @@ void ctx__cancel(struct ctx *n, uint32_t err, int cause, struct ctx__msg *msg, i
         ctx__link_remove(l);
         struct ctx *y = ctx__from_link(l);
         if (ctx__kind(y) == CTX__AFTER) {
+            if (callbacks == NULL)
+                last = l;
             l->next = callbacks;
             callbacks = l;
             continue;
@@ -359,24 +564,45 @@ void ctx__cancel(struct ctx *n, uint32_t err, int cause, struct ctx__msg *msg, i
             continue;
         }
         mark_live(y, err, cause, msg);
+        if (atomic_load_explicit(&y->u.c.state, memory_order_relaxed) & CTX__FANNED)
+            fan_close(y);
         l->next = x == n ? NULL : &x->u.c.link; /* push y on the path */
         x = y;
     }
     ctx__unlock(&n->lock);
 
     /* A cancelled node leaves its parent at once (Go's removeChild). */
-    detach(n);
+    detach(n, atomic_load_explicit(&n->u.c.state, memory_order_relaxed));
 
     /* Callbacks run with no lock held, after the whole subtree is done:
      * here, or on the callback threads when the timer thread cancels. */
-    if (defer && callbacks != NULL)
-        ctx__after_defer(callbacks);
-    else
+    if (defer != NULL && callbacks != NULL) {
+        *defer->tail = callbacks;
+        defer->tail = &last->next;
+    } else {
         while (callbacks != NULL) {
             struct ctx *r = ctx__from_link(callbacks);
             callbacks = callbacks->next;
             ctx__run_after(r);
         }
+    }
+}
+
+void ctx__cancel(struct ctx *n, uint32_t err, int cause, struct ctx__msg *msg, int defer)
+{
+    if (!defer) {
+        cancel_walk(n, err, cause, msg, 0, NULL);
+        return;
+    }
+    struct ctx__chain chain = { NULL, &chain.head };
+    cancel_walk(n, err, cause, msg, 0, &chain);
+    if (chain.head != NULL)
+        ctx__after_defer(&chain);
+}
+
+void ctx__cancel_deadline(struct ctx__timer *t, struct ctx__chain *defer)
+{
+    cancel_walk(&t->base, CTX_DEADLINE_EXCEEDED, 0, NULL, 1, defer);
 }
 
 void ctx__misuse(const char *msg)

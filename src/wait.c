@@ -303,16 +303,16 @@ int ctx_cond_wait(ctx_t *c, pthread_cond_t *cond, pthread_mutex_t *mu)
 }
 
 /* ---------------------------------------------------------------------------
- * fork(2) (fork.c calls these after every lock holder has drained)
+ * fork(2) (registered with fork.c: run after every lock holder has drained)
  */
 
-void ctx__wait_atfork_prepare(void)
+static void atfork_prepare(void)
 {
     pthread_mutex_lock(&fd_mu);
     ctx__describe_atfork(0);
 }
 
-void ctx__wait_atfork_parent(void)
+static void atfork_parent(void)
 {
     ctx__describe_atfork(1);
     pthread_mutex_unlock(&fd_mu);
@@ -322,7 +322,7 @@ void ctx__wait_atfork_parent(void)
  * processes: a cancel in either would make it readable in both.  Give the
  * child its own, at the same fd numbers (which its code may already hold),
  * readable if the context is done.  Only async-signal-safe calls. */
-void ctx__wait_atfork_child(void)
+static void atfork_child(void)
 {
     ctx__describe_atfork(1);
     for (int b = 0; b < FD_BUCKETS; b++) {
@@ -346,3 +346,6 @@ void ctx__wait_atfork_child(void)
     }
     pthread_mutex_unlock(&fd_mu);
 }
+
+CTX__FORK_HOOKS(wait_hooks, .rank = CTX__FORK_RANK_WAIT, .prepare = atfork_prepare,
+                .parent = atfork_parent, .child = atfork_child)

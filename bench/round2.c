@@ -1,0 +1,276 @@
+/*
+ * The figures of the second performance round (issue 13), one per run, for
+ * bench/round2.py, which runs them in rounds beside bench/round2_go and
+ * prints the table.  Each run prints "key<TAB>value<TAB>unit" lines.
+ *
+ *   fanout THREADS   THREADS threads each create, cancel and free children
+ *                    of one shared parent (Go's BaseContext shape), 10M in
+ *                    all: ns per operation of the whole (wall time / all
+ *                    operations), and CPU time per operation
+ *   storm MODE       1,000,000 deadlines spread over 2 s, coming due 3 s
+ *                    after they are made (time for Go to start a million
+ *                    goroutines); lateness p50/p99/max.  MODE
+ *                    "after": each has an AfterFunc recording ctx_now() -
+ *                    deadline; "state": no callbacks, the main thread waits
+ *                    (ctx_wait) on the earliest context not yet seen done
+ *   timeouts         1,000,000 live ctx_with_timeout(parent, 1 h): create
+ *                    ns/op, first touch included (fresh process), and the
+ *                    resident memory it added per timeout
+ *
+ * --quick shrinks every count (for the smoke test).
+ */
+#define _GNU_SOURCE
+#include <ctx.h>
+
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <time.h>
+#include <unistd.h>
+
+static int quick;
+
+static void put(const char *key, double v, const char *unit)
+{
+    printf("%s\t%.6g\t%s\n", key, v, unit);
+    fflush(stdout);
+}
+
+static void die(const char *what)
+{
+    fprintf(stderr, "round2: %s failed\n", what);
+    exit(1);
+}
+
+static int cmp_i64(const void *a, const void *b)
+{
+    int64_t x = *(const int64_t *)a, y = *(const int64_t *)b;
+    return x < y ? -1 : x > y;
+}
+
+static int64_t pct(const int64_t *sorted, size_t n, double p)
+{
+    size_t i = (size_t)(p * (double)(n - 1) + 0.5);
+    return sorted[i < n ? i : n - 1];
+}
+
+/* ---------------------------------------------------------------------------
+ * Fan-out from one shared parent */
+
+static ctx_t *shared;
+static long fan_ops;
+static _Atomic int fan_go;
+
+static void *fan_main(void *arg)
+{
+    (void)arg;
+    while (!atomic_load_explicit(&fan_go, memory_order_acquire))
+        ;
+    for (long i = 0; i < fan_ops; i++) {
+        ctx_cancel_t *cc;
+        ctx_t *c = ctx_with_cancel(shared, &cc);
+        if (c == NULL)
+            die("ctx_with_cancel");
+        ctx_cancel(cc);
+        ctx_unref(c);
+    }
+    return NULL;
+}
+
+/* CPU time of the whole process (every thread), in ns. */
+static double cpu_ns(void)
+{
+    struct rusage r;
+    getrusage(RUSAGE_SELF, &r);
+    return ((double)r.ru_utime.tv_sec + (double)r.ru_stime.tv_sec) * 1e9 +
+           ((double)r.ru_utime.tv_usec + (double)r.ru_stime.tv_usec) * 1e3;
+}
+
+static void fanout(int threads)
+{
+    fan_ops = quick ? 20000 : 10000000 / threads;
+    ctx_cancel_t *pc;
+    shared = ctx_with_cancel(ctx_background(), &pc);
+    pthread_t *t = calloc((size_t)threads, sizeof *t);
+    if (t == NULL)
+        die("calloc");
+    for (int i = 0; i < threads; i++)
+        if (pthread_create(&t[i], NULL, fan_main, NULL) != 0)
+            die("pthread_create");
+    ctx_time_t t0 = ctx_now();
+    double c0 = cpu_ns();
+    atomic_store_explicit(&fan_go, 1, memory_order_release);
+    for (int i = 0; i < threads; i++)
+        pthread_join(t[i], NULL);
+    ctx_time_t t1 = ctx_now();
+    double c1 = cpu_ns();
+    double ops = (double)(fan_ops * threads);
+    put("fanout.ns_per_op", (double)(t1 - t0) / ops, "ns/op");
+    /* CPU time per operation, every thread's: what contention costs, even
+     * when a loaded machine does not run the threads at the same time. */
+    put("fanout.cpu_ns_per_op", (c1 - c0) / ops, "ns/op");
+    ctx_cancel(pc);
+    ctx_unref(shared);
+    free(t);
+}
+
+/* ---------------------------------------------------------------------------
+ * Deadline storm */
+
+struct slot {
+    ctx_time_t deadline;
+    int64_t late;
+    ctx_t *ctx;
+};
+
+static _Atomic size_t fired;
+
+static void record(void *arg)
+{
+    struct slot *s = arg;
+    s->late = ctx_now() - s->deadline;
+    atomic_fetch_add_explicit(&fired, 1, memory_order_release);
+}
+
+static int cmp_slot(const void *a, const void *b)
+{
+    ctx_time_t x = ((const struct slot *)a)->deadline, y = ((const struct slot *)b)->deadline;
+    return x < y ? -1 : x > y;
+}
+
+static void storm(int callbacks)
+{
+    const size_t n = quick ? 10000 : 1000000;
+    const ctx_duration_t spread = quick ? 200 * CTX_MILLISECOND : 2 * CTX_SECOND;
+    const ctx_duration_t lead = quick ? 300 * CTX_MILLISECOND : 3 * CTX_SECOND;
+    struct slot *s = calloc(n, sizeof *s);
+    int64_t *late = malloc(n * sizeof *late);
+    if (s == NULL || late == NULL)
+        die("malloc");
+    ctx_time_t base = ctx_now() + lead;
+    uint64_t rng = 0x9E3779B97F4A7C15u;
+    for (size_t i = 0; i < n; i++) {
+        rng = rng * 6364136223846793005u + 1442695040888963407u;
+        s[i].deadline = base + (ctx_time_t)((rng >> 11) % (uint64_t)spread);
+    }
+    if (!callbacks)
+        qsort(s, n, sizeof *s, cmp_slot); /* the watcher goes in order */
+    for (size_t i = 0; i < n; i++) {
+        ctx_t *c = ctx_with_deadline(ctx_background(), s[i].deadline, NULL);
+        if (c == NULL)
+            die("ctx_with_deadline");
+        if (callbacks) {
+            /* The registration holds the context: drop ours at once. */
+            if (ctx_after_func(c, record, &s[i], NULL) != 0)
+                die("ctx_after_func");
+            ctx_unref(c);
+        } else {
+            s[i].ctx = c;
+        }
+    }
+    if (ctx_now() >= base)
+        die("making the deadlines (took longer than the lead)");
+    if (callbacks) {
+        ctx_time_t give_up = base + spread + 30 * CTX_SECOND;
+        while (atomic_load_explicit(&fired, memory_order_acquire) < n) {
+            if (ctx_now() > give_up)
+                die("firing (not all fired)");
+            struct timespec ts = { 0, 10 * 1000 * 1000 };
+            nanosleep(&ts, NULL);
+        }
+    } else {
+        /* The timer thread fires in deadline order; a context already done
+         * when we get to it was late by at most what we measure. */
+        for (size_t i = 0; i < n; i++) {
+            if (ctx_wait(s[i].ctx, 30 * CTX_SECOND) != CTX_DEADLINE_EXCEEDED)
+                die("ctx_wait");
+            s[i].late = ctx_now() - s[i].deadline;
+        }
+    }
+    for (size_t i = 0; i < n; i++) {
+        late[i] = s[i].late;
+        if (late[i] < 0)
+            die("a deadline fired early");
+        if (!callbacks)
+            ctx_unref(s[i].ctx);
+    }
+    qsort(late, n, sizeof *late, cmp_i64);
+    put("storm.p50", (double)pct(late, n, 0.50) / 1e3, "us");
+    put("storm.p99", (double)pct(late, n, 0.99) / 1e3, "us");
+    put("storm.max", (double)late[n - 1] / 1e3, "us");
+    free(s);
+    free(late);
+}
+
+/* ---------------------------------------------------------------------------
+ * 1,000,000 live timeouts */
+
+static long rss_bytes(void)
+{
+    FILE *f = fopen("/proc/self/statm", "r");
+    long pages = 0, rss = 0;
+    if (f == NULL)
+        return 0;
+    if (fscanf(f, "%ld %ld", &pages, &rss) != 2)
+        rss = 0;
+    fclose(f);
+    return rss * sysconf(_SC_PAGESIZE);
+}
+
+static void timeouts(void)
+{
+    const size_t n = quick ? 10000 : 1000000;
+    ctx_t **c = malloc(n * sizeof *c);
+    ctx_cancel_t **cc = malloc(n * sizeof *cc);
+    if (c == NULL || cc == NULL)
+        die("malloc");
+    /* The benchmark's own arrays are touched first: not the library's. */
+    memset(c, 0, n * sizeof *c);
+    memset(cc, 0, n * sizeof *cc);
+    ctx_cancel_t *pc;
+    ctx_t *parent = ctx_with_cancel(ctx_background(), &pc);
+    long r0 = rss_bytes();
+    ctx_time_t t0 = ctx_now();
+    for (size_t i = 0; i < n; i++)
+        if ((c[i] = ctx_with_timeout(parent, CTX_HOUR, &cc[i])) == NULL)
+            die("ctx_with_timeout");
+    ctx_time_t t1 = ctx_now();
+    long r1 = rss_bytes();
+    put("timeouts.create", (double)(t1 - t0) / (double)n, "ns/op");
+    put("timeouts.rss_per_timer", (double)(r1 - r0) / (double)n, "B");
+    for (size_t i = 0; i < n; i++)
+        ctx_cancel(cc[i]);
+    ctx_time_t t2 = ctx_now();
+    put("timeouts.cancel_each", (double)(t2 - t1) / (double)n, "ns/op");
+    for (size_t i = 0; i < n; i++)
+        ctx_unref(c[i]);
+    ctx_cancel(pc);
+    ctx_unref(parent);
+    free(c);
+    free(cc);
+}
+
+int main(int argc, char **argv)
+{
+    int i = 1;
+    if (i < argc && strcmp(argv[i], "--quick") == 0) {
+        quick = 1;
+        i++;
+    }
+    if (i < argc && strcmp(argv[i], "fanout") == 0 && i + 1 < argc) {
+        fanout(atoi(argv[i + 1]));
+    } else if (i < argc && strcmp(argv[i], "storm") == 0 && i + 1 < argc) {
+        storm(strcmp(argv[i + 1], "after") == 0);
+    } else if (i < argc && strcmp(argv[i], "timeouts") == 0) {
+        timeouts();
+    } else {
+        fprintf(stderr, "usage: %s [--quick] fanout THREADS | storm after|state | timeouts\n",
+                argv[0]);
+        return 2;
+    }
+    return 0;
+}
