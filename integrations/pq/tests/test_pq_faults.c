@@ -1,7 +1,8 @@
 /*
  * libctx-pq when things break: a server that accepts TCP but never answers,
  * a cancel request that PostgreSQL drops because the backend had not read
- * the command yet, a backend that stops answering while a cancel is in
+ * the command yet, the repeat of that request racing the command's end, a
+ * backend that stops answering while a cancel is in
  * flight, a connection broken while a cancel is in flight, and the server
  * stopped mid-query.
  * Every call must end with a clear error within a bound, never hang or
@@ -246,10 +247,95 @@ static void test_cancel_dropped_before_read(void)
     PQfinish(conn);
 }
 
+struct exec_run {
+    PGconn *conn;
+    ctx_t *ctx;
+    const char *sql;
+    PGresult *result;
+    int err;
+    ctx_time_t end;
+    pthread_t thread;
+};
+
+static void *exec_run(void *arg)
+{
+    struct exec_run *e = arg;
+    errno = 0;
+    e->result = ctx_pq_exec(e->ctx, e->conn, e->sql);
+    e->err = errno;
+    e->end = check_mono_now();
+    return NULL;
+}
+
+/* The repeated cancel request racing the command's end (the question the
+ * repeat raises: can a repeat that comes after the command finished hit the
+ * next statement?).  In each round the first request is certainly dropped
+ * (the backend is stopped when it comes, as above), the backend is
+ * continued 20 ms after the cancel, and the command then runs 25 to 55 ms:
+ * the first repeat, due 50 ms after the first request, lands before, during
+ * and just after its end.  The next statement runs 10 ms on the server, so
+ * a late request would cancel it; it must give 1 every time.  Both outcomes
+ * must occur, and some rounds must have finished after the repeat was due
+ * (the repeat came late), or the test proves nothing. */
+static void test_repeat_races_completion(void)
+{
+    PGconn *conn = reconnect();
+    int pid = PQbackendPID(conn);
+    check_rng_t rng = check_rng_make(check_seed());
+    long rounds = check_scale(150);
+    long cancelled = 0, finished = 0, late = 0;
+    for (long i = 0; i < rounds; i++) {
+        char sql[64];
+        snprintf(sql, sizeof sql, "SELECT pg_sleep(%u / 1000000.0), 7",
+                 25000 + check_rng_below(&rng, 30000));
+        ctx_cancel_t *cancel;
+        ctx_t *ctx = ctx_with_cancel(ctx_background(), &cancel);
+        CHECK_EQ_INT(kill(pid, SIGSTOP), 0);
+        struct exec_run e = { .conn = conn, .ctx = ctx, .sql = sql };
+        check_thread_start(&e.thread, exec_run, &e);
+        /* The command is sent (into the socket buffer) long before this. */
+        check_sleep_ns(5 * CTX_MILLISECOND);
+        ctx_time_t cancelled_at = check_mono_now();
+        ctx_cancel(cancel);
+        check_sleep_ns(20 * CTX_MILLISECOND);
+        CHECK_EQ_INT(kill(pid, SIGCONT), 0);
+        check_thread_join(e.thread);
+        if (e.result == NULL) {
+            CHECK_EQ_INT(e.err, CTX_CANCELED);
+            cancelled++;
+        } else {
+            CHECK_MSG(PQresultStatus(e.result) == PGRES_TUPLES_OK, "round %ld: %s", i,
+                      PQresultErrorMessage(e.result));
+            CHECK_STR(PQgetvalue(e.result, 0, 1), "7");
+            finished++;
+            if (e.end - cancelled_at > 52 * CTX_MILLISECOND)
+                late++;
+            PQclear(e.result);
+        }
+        ctx_unref(ctx);
+        CHECK_EQ_INT(PQtransactionStatus(conn), PQTRANS_IDLE);
+        PGresult *next = ctx_pq_exec(ctx_background(), conn, "SELECT pg_sleep(0.01), 1");
+        CHECK_NOT_NULL(next);
+        CHECK_MSG(PQresultStatus(next) == PGRES_TUPLES_OK,
+                  "round %ld: the next statement failed: %s", i, PQresultErrorMessage(next));
+        CHECK_STR(PQgetvalue(next, 0, 1), "1");
+        PQclear(next);
+    }
+    fprintf(stderr,
+            "   %ld rounds: %ld cancelled by a repeat, %ld finished first (%ld after the "
+            "repeat was due); every next statement gave 1\n",
+            rounds, cancelled, finished, late);
+    CHECK(cancelled > 0);
+    CHECK(finished > 0);
+    CHECK(late > 0);
+    PQfinish(conn);
+}
+
 static int run_tests(void)
 {
     RUN_TEST(test_silent_server);
     RUN_TEST(test_cancel_dropped_before_read);
+    RUN_TEST(test_repeat_races_completion);
     RUN_TEST(test_backend_stops_answering);
     RUN_TEST(test_broken_while_cancelling);
     RUN_TEST(test_server_stopped_mid_query);
