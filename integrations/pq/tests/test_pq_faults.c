@@ -8,7 +8,8 @@
  * Every call must end with a clear error within a bound, never hang or
  * crash.  The test stops and kills servers, so it starts a cluster of its
  * own with pgcluster.sh; a parent process stops and deletes that cluster
- * whatever happens to the tests.
+ * whatever happens to the tests, and a CTest cleanup fixture does so again
+ * should CTest kill the whole test at its timeout.
  */
 #include "check.h"
 
@@ -346,7 +347,14 @@ int main(void)
 {
     if (getenv("CTX_PGCLUSTER") == NULL)
         SKIP("CTX_PGCLUSTER is not set: run this test through CTest");
-    snprintf(state_dir, sizeof state_dir, "/tmp/ctx-pq-faults-%ld", (long)getpid());
+    /* CTest names the directory, and stops the cluster in it even when it
+     * kills this test at its timeout; run by hand, the test picks one. */
+    const char *dir = getenv("CTX_PQ_FAULTS_STATE");
+    if (dir != NULL)
+        CHECK_MSG(snprintf(state_dir, sizeof state_dir, "%s", dir) < (int)sizeof state_dir,
+                  "CTX_PQ_FAULTS_STATE is too long: %s", dir);
+    else
+        snprintf(state_dir, sizeof state_dir, "/tmp/ctx-pq-faults-%ld", (long)getpid());
     int rc = cluster("start");
     if (rc == CHECK_SKIP_CODE)
         SKIP("PostgreSQL's server binaries are not installed: the fault tests were skipped");
