@@ -581,6 +581,24 @@ static int connect_error(PGconn *conn)
     return EPROTO;
 }
 
+/* libpq's connect_timeout of c in nanoseconds, 0 for none (2 s at least, as
+ * libpq reads it).  libpq applies it only in its blocking connect;
+ * PQconnectPoll ignores it, so ctx_pq_connect applies it itself. */
+static ctx_duration_t connect_timeout_of(PGconn *c)
+{
+    PQconninfoOption *opts = PQconninfo(c);
+    ctx_duration_t t = 0;
+    for (PQconninfoOption *o = opts; o != NULL && o->keyword != NULL; o++) {
+        if (strcmp(o->keyword, "connect_timeout") == 0 && o->val != NULL) {
+            long secs = strtol(o->val, NULL, 10);
+            if (secs > 0)
+                t = (ctx_duration_t)(secs < 2 ? 2 : secs > 86400 ? 86400 : secs) * CTX_SECOND;
+        }
+    }
+    PQconninfoFree(opts);
+    return t;
+}
+
 int ctx_pq_connect(ctx_t *ctx, const char *conninfo, PGconn **conn)
 {
     if (conn == NULL)
@@ -597,17 +615,19 @@ int ctx_pq_connect(ctx_t *ctx, const char *conninfo, PGconn **conn)
     PostgresPollingStatusType st = PGRES_POLLING_WRITING;
     if (PQstatus(c) == CONNECTION_BAD)
         st = PGRES_POLLING_FAILED;
+    ctx_duration_t timeout = st == PGRES_POLLING_FAILED ? 0 : connect_timeout_of(c);
+    ctx_time_t limit = timeout != 0 ? ctx_now() + timeout : 0;
     while (st != PGRES_POLLING_OK) {
         if (st == PGRES_POLLING_FAILED) {
             err = connect_error(c);
             PQfinish(c);
             return err;
         }
-        err =
-            wait_socket(ctx, NULL, PQsocket(c), st == PGRES_POLLING_READING ? POLLIN : POLLOUT, 0);
+        err = wait_socket(ctx, NULL, PQsocket(c), st == PGRES_POLLING_READING ? POLLIN : POLLOUT,
+                          limit);
         if (err != WAIT_READY) {
             PQfinish(c);
-            return err;
+            return err == WAIT_LIMIT ? ETIMEDOUT : err;
         }
         st = PQconnectPoll(c);
     }

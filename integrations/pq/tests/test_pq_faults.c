@@ -61,6 +61,17 @@ static void test_silent_server(void)
     CHECK_EQ_INT(ctx_pq_connect(ctx, info, &conn), CTX_CANCELED);
     pq_canceller_join(&c);
     ctx_unref(ctx);
+
+    /* libpq's connect_timeout (ignored by PQconnectPoll itself) bounds the
+     * call under a context that never ends; 1 means 2 s, as in libpq. */
+    char timed[160];
+    snprintf(timed, sizeof timed, "%s connect_timeout=1", info);
+    start = check_mono_now();
+    CHECK_EQ_INT(ctx_pq_connect(ctx_background(), timed, &conn), ETIMEDOUT);
+    ctx_duration_t took = check_mono_now() - start;
+    CHECK_NULL(conn);
+    CHECK(took >= 2 * CTX_SECOND - 10 * CTX_MILLISECOND);
+    CHECK(took < 10 * CTX_SECOND);
     close(s);
 }
 

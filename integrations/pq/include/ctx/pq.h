@@ -83,8 +83,15 @@ extern "C" {
  * ctx's deadline.  Returns 0 and a connection in CONNECTION_OK in *conn (close
  * it with PQfinish), or an errno-style code with *conn NULL: ctx_err(ctx) when
  * ctx ended first; ECONNREFUSED, ENOENT (no such host, socket or database),
- * EACCES (authentication), ETIMEDOUT (libpq's own connect_timeout), ENOMEM, or
- * EPROTO for any other failure libpq reports.  EINVAL for a NULL argument.
+ * EACCES (authentication), ETIMEDOUT (connect_timeout, below), ENOMEM, or
+ * EPROTO for any other failure libpq reports (the codes are read from libpq's
+ * message, so a translated message, under a non-English LC_MESSAGES, gives
+ * EPROTO).  EINVAL for a NULL argument.
+ *
+ * libpq ignores the connect_timeout parameter under PQconnectPoll; this call
+ * applies it itself, to the whole call (PQconnectdb applies it to each host
+ * of a multi-host conninfo in turn), 2 s at least as in libpq, and returns
+ * ETIMEDOUT when it passes first.  ctx's deadline bounds the call too.
  */
 CTX_PQ_EXPORT int ctx_pq_connect(ctx_t *ctx, const char *conninfo, PGconn **conn);
 
