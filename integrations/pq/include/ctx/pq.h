@@ -49,7 +49,13 @@
  * transaction's context ends while no statement of it runs, the thread that
  * ends the context (or the library's timer thread, for a deadline) sends the
  * ROLLBACK at once.  So while a transaction is open use its connection only
- * through the ctx_pq_* calls, which coordinate with that thread.
+ * through ctx_pq_exec, ctx_pq_exec_params, ctx_pq_commit and
+ * ctx_pq_rollback, which coordinate with that thread: no PQsend* with
+ * ctx_pq_get_result (the ROLLBACK could be sent between the two), and no
+ * other libpq call on the connection, not even one that only reads its
+ * state (PQtransactionStatus, PQerrorMessage), which the ROLLBACK changes.
+ * End the transaction before PQfinish: the library keeps the connection's
+ * address while the transaction lives.
  *
  * Errors.  NULL for ctx, conn or sql gives NULL with errno EINVAL (EINVAL as
  * a return value for the calls that return a code).  A context that is
