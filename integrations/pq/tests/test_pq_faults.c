@@ -75,12 +75,15 @@ static void test_silent_server(void)
     close(s);
 }
 
+/* A statement run with ctx_pq_exec on a thread of its own. */
 struct running {
     PGconn *conn;
     ctx_t *ctx;
+    const char *sql; /* NULL: SELECT pg_sleep(60) */
     PGresult *result;
     int err;
     ctx_duration_t took;
+    ctx_time_t end;
     pthread_t thread;
 };
 
@@ -89,9 +92,10 @@ static void *run_sleep(void *arg)
     struct running *r = arg;
     ctx_time_t start = check_mono_now();
     errno = 0;
-    r->result = ctx_pq_exec(r->ctx, r->conn, "SELECT pg_sleep(60)");
+    r->result = ctx_pq_exec(r->ctx, r->conn, r->sql != NULL ? r->sql : "SELECT pg_sleep(60)");
     r->err = errno;
-    r->took = check_mono_now() - start;
+    r->end = check_mono_now();
+    r->took = r->end - start;
     return NULL;
 }
 
@@ -259,26 +263,6 @@ static void test_cancel_dropped_before_read(void)
     PQfinish(conn);
 }
 
-struct exec_run {
-    PGconn *conn;
-    ctx_t *ctx;
-    const char *sql;
-    PGresult *result;
-    int err;
-    ctx_time_t end;
-    pthread_t thread;
-};
-
-static void *exec_run(void *arg)
-{
-    struct exec_run *e = arg;
-    errno = 0;
-    e->result = ctx_pq_exec(e->ctx, e->conn, e->sql);
-    e->err = errno;
-    e->end = check_mono_now();
-    return NULL;
-}
-
 /* The repeated cancel request racing the command's end (the question the
  * repeat raises: can a repeat that comes after the command finished hit the
  * next statement?).  In each round the first request is certainly dropped
@@ -303,8 +287,8 @@ static void test_repeat_races_completion(void)
         ctx_cancel_t *cancel;
         ctx_t *ctx = ctx_with_cancel(ctx_background(), &cancel);
         CHECK_EQ_INT(kill(pid, SIGSTOP), 0);
-        struct exec_run e = { .conn = conn, .ctx = ctx, .sql = sql };
-        check_thread_start(&e.thread, exec_run, &e);
+        struct running e = { .conn = conn, .ctx = ctx, .sql = sql };
+        check_thread_start(&e.thread, run_sleep, &e);
         /* The command is sent (into the socket buffer) long before this. */
         check_sleep_ns(5 * CTX_MILLISECOND);
         ctx_time_t cancelled_at = check_mono_now();
