@@ -335,16 +335,20 @@ static struct ctx_pq_tx *registry_find(PGconn *conn)
     return tx;
 }
 
-/* Sends ROLLBACK on an idle connection and reads its result.  0 or EIO. */
-static int rollback_now(PGconn *conn)
+/* Reads the result of a ROLLBACK sent on conn.  0 or EIO. */
+static int rollback_read(PGconn *conn)
 {
-    if (!PQsendQuery(conn, "ROLLBACK"))
-        return EIO;
     bool cancelled = false;
     PGresult *r = drain(conn, NULL, &cancelled, false);
     int rc = r != NULL && PQresultStatus(r) == PGRES_COMMAND_OK ? 0 : EIO;
     PQclear(r);
     return rc;
+}
+
+/* Sends ROLLBACK on an idle connection and reads its result.  0 or EIO. */
+static int rollback_now(PGconn *conn)
+{
+    return PQsendQuery(conn, "ROLLBACK") ? rollback_read(conn) : EIO;
 }
 
 /* Brings a transaction whose context ended to TX_ROLLED_BACK; with tx->lock
@@ -353,10 +357,7 @@ static int tx_finish_rollback(struct ctx_pq_tx *tx)
 {
     int rc = 0;
     if (tx->state == TX_ROLLBACK_SENT) {
-        bool cancelled = false;
-        PGresult *r = drain(tx->conn, NULL, &cancelled, false);
-        rc = r != NULL && PQresultStatus(r) == PGRES_COMMAND_OK ? 0 : EIO;
-        PQclear(r);
+        rc = rollback_read(tx->conn);
     } else if (tx->state != TX_ROLLED_BACK) {
         rc = rollback_now(tx->conn);
     }
