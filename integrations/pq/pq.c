@@ -384,12 +384,32 @@ static void tx_ctx_ended(void *arg)
     pthread_mutex_unlock(&tx->lock);
 }
 
+/* Locks tx; returns the error of its context, 0 while it is live.  When the
+ * context has ended, its AfterFunc is first waited for (or stopped before it
+ * runs), so that the caller, which then talks to the server with the lock
+ * held, never keeps the AfterFunc waiting for the lock: it runs on the thread
+ * that ended the context, the library's timer thread for a deadline, which
+ * a round trip (up to the drain's bound on a server that does not answer)
+ * would hold up for every deadline of the process.  A context that ends
+ * after this returns finds the lock free, or held only briefly. */
+static int tx_lock(struct ctx_pq_tx *tx)
+{
+    pthread_mutex_lock(&tx->lock);
+    int err = ctx_err(tx->ctx);
+    if (err != 0 && tx->after != NULL) {
+        pthread_mutex_unlock(&tx->lock);
+        ctx_after_stop(tx->after);
+        tx->after = NULL; /* only this thread reads or writes it */
+        pthread_mutex_lock(&tx->lock);
+    }
+    return err;
+}
+
 /* Marks a statement of tx as running.  Returns 0, or the error of the
  * transaction's context once the transaction is over because of it. */
 static int tx_enter(struct ctx_pq_tx *tx)
 {
-    pthread_mutex_lock(&tx->lock);
-    int err = ctx_err(tx->ctx);
+    int err = tx_lock(tx);
     if (err != 0 || tx->state != TX_OPEN) {
         tx_finish_rollback(tx);
         pthread_mutex_unlock(&tx->lock);
@@ -401,12 +421,13 @@ static int tx_enter(struct ctx_pq_tx *tx)
 }
 
 /* The statement of tx is over.  If the transaction's context ended while it
- * ran, the transaction is rolled back now. */
+ * ran, the transaction is rolled back now; if it ends after tx_lock looked,
+ * its AfterFunc finds no statement running and sends the ROLLBACK. */
 static void tx_leave(struct ctx_pq_tx *tx)
 {
-    pthread_mutex_lock(&tx->lock);
+    int err = tx_lock(tx);
     tx->running = false;
-    if (tx->state != TX_OPEN || ctx_err(tx->ctx) != 0)
+    if (tx->state != TX_OPEN || err != 0)
         tx_finish_rollback(tx);
     pthread_mutex_unlock(&tx->lock);
 }
