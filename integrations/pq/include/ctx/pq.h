@@ -126,8 +126,9 @@ CTX_PQ_EXPORT PGresult *ctx_pq_exec_params(ctx_t *ctx, PGconn *conn, const char 
  * was complete anyway, it is returned (a late cancel is harmless), else
  * every remaining result is read and discarded and the call returns NULL
  * with errno = ctx_err(ctx).  A call under a context that is already done
- * cancels and discards without waiting for a result, so calling on until
- * NULL leaves the connection idle either way.
+ * returns no result: it cancels the command and discards its results,
+ * waiting only until the server has stopped it (bounded as in "Bounds"), so
+ * calling on until NULL leaves the connection idle either way.
  */
 CTX_PQ_EXPORT PGresult *ctx_pq_get_result(ctx_t *ctx, PGconn *conn);
 
