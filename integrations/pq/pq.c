@@ -195,6 +195,25 @@ static drain_clock_t drain_clock(bool recancel)
     return dc;
 }
 
+/* What a drain does when it has waited until dc's next instant: repeat the
+ * cancel request, or at the drain's bound give the connection up (shutting
+ * its socket down makes libpq see it broken, so PQgetResult returns at
+ * once).  Returns false when it gave up. */
+static bool drain_tick(PGconn *conn, drain_clock_t *dc, bool recancel)
+{
+    if (!recancel) {
+        shutdown(PQsocket(conn), SHUT_RDWR);
+        PQconsumeInput(conn);
+        return false;
+    }
+    send_cancel(conn);
+    dc->every *= 2;
+    if (dc->every > RECANCEL_MAX_MS * CTX_MILLISECOND)
+        dc->every = RECANCEL_MAX_MS * CTX_MILLISECOND;
+    dc->next = ctx_now() + dc->every;
+    return true;
+}
+
 /* Waits, after a cancel request, until PQgetResult will not block.  A
  * request that reaches the backend while it is still reading the command
  * is dropped by PostgreSQL (it cancels nothing that has not started), so
@@ -202,24 +221,41 @@ static drain_clock_t drain_clock(bool recancel)
  * and then at doubling intervals up to a second.  Repeating is as safe as
  * the first request: each one is complete (PQcancel has read the server's
  * close) before the drain goes on, and the drain ends only at the command's
- * end.  At the drain's bound the connection is given up: shutting its socket
- * down makes libpq see it broken, so PQgetResult returns at once. */
+ * end.  At the drain's bound the connection is given up. */
 static void wait_drained(PGconn *conn, drain_clock_t *dc)
 {
     for (;;) {
         bool recancel = dc->recancel && dc->next < dc->limit;
         if (wait_result(NULL, NULL, conn, recancel ? dc->next : dc->limit) != WAIT_LIMIT)
             return;
-        if (!recancel) {
-            shutdown(PQsocket(conn), SHUT_RDWR);
-            PQconsumeInput(conn);
+        if (!drain_tick(conn, dc, recancel))
+            return;
+    }
+}
+
+/* Reads and discards a COPY TO's data to its end, on the clock of the drain
+ * (the cancel request repeated, the connection given up at the bound): the
+ * COPY may have started after a request that was dropped, and its rows
+ * could take any time to come. */
+static void drain_copy_out(PGconn *conn, drain_clock_t *dc)
+{
+    for (;;) {
+        char *buf;
+        int n = PQgetCopyData(conn, &buf, 1);
+        if (n > 0) {
+            PQfreemem(buf);
+            continue;
+        }
+        if (n < 0)
+            return; /* -1: the COPY is over; -2: an error, which PQgetResult gives */
+        bool recancel = dc->recancel && dc->next < dc->limit;
+        int rc = wait_socket(NULL, NULL, PQsocket(conn), POLLIN, recancel ? dc->next : dc->limit);
+        if (rc == WAIT_LIMIT) {
+            if (!drain_tick(conn, dc, recancel))
+                return;
+        } else if (rc != WAIT_READY || !PQconsumeInput(conn)) {
             return;
         }
-        send_cancel(conn);
-        dc->every *= 2;
-        if (dc->every > RECANCEL_MAX_MS * CTX_MILLISECOND)
-            dc->every = RECANCEL_MAX_MS * CTX_MILLISECOND;
-        dc->next = ctx_now() + dc->every;
     }
 }
 
@@ -241,9 +277,7 @@ static PGresult *drain(PGconn *conn, PGresult *last, bool *cancelled, bool recan
             /* A COPY is ended by the client: fail a COPY FROM, read a COPY
              * TO to its end. */
             if (PQresultStatus(r) == PGRES_COPY_OUT) {
-                char *buf;
-                while (PQgetCopyData(conn, &buf, 0) > 0)
-                    PQfreemem(buf);
+                drain_copy_out(conn, &dc);
             } else {
                 PQputCopyEnd(conn, "cancelled");
             }

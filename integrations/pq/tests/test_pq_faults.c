@@ -327,11 +327,47 @@ static void test_repeat_races_completion(void)
     PQfinish(conn);
 }
 
+/* A COPY TO that starts after the first cancel request was dropped: its
+ * rows are read and discarded by the drain, which must go on repeating the
+ * request meanwhile (rows that take 20 s in all would otherwise be read to
+ * the end), and the connection is idle afterwards. */
+static void test_copy_after_dropped_cancel(void)
+{
+    PGconn *conn = reconnect();
+    int pid = PQbackendPID(conn);
+    ctx_cancel_t *cancel;
+    ctx_t *ctx = ctx_with_cancel(ctx_background(), &cancel);
+    CHECK_EQ_INT(kill(pid, SIGSTOP), 0);
+    struct running r = {
+        .conn = conn,
+        .ctx = ctx,
+        /* Rows of 10 kB, so that the server flushes each one as it comes
+         * (it buffers 8 kB); the first at once, then one every 100 ms. */
+        .sql = "COPY (SELECT repeat('x', 10000), pg_sleep(CASE WHEN i = 1 THEN 0 ELSE 0.1 END) "
+               "FROM generate_series(1, 200) i) TO STDOUT",
+    };
+    check_thread_start(&r.thread, run_sleep, &r);
+    check_sleep_ns(5 * CTX_MILLISECOND);
+    ctx_cancel(cancel);
+    check_sleep_ns(20 * CTX_MILLISECOND);
+    CHECK_EQ_INT(kill(pid, SIGCONT), 0);
+    check_thread_join(r.thread);
+    fprintf(stderr, "   returned after %lld ms\n", (long long)(r.took / CTX_MILLISECOND));
+    CHECK_NULL(r.result);
+    CHECK_EQ_INT(r.err, CTX_CANCELED);
+    CHECK(r.took < 5 * CTX_SECOND);
+    CHECK_EQ_INT(PQtransactionStatus(conn), PQTRANS_IDLE);
+    CHECK_EQ_INT(pq_int(conn, "SELECT 1"), 1);
+    ctx_unref(ctx);
+    PQfinish(conn);
+}
+
 static int run_tests(void)
 {
     RUN_TEST(test_silent_server);
     RUN_TEST(test_cancel_dropped_before_read);
     RUN_TEST(test_repeat_races_completion);
+    RUN_TEST(test_copy_after_dropped_cancel);
     RUN_TEST(test_backend_stops_answering);
     RUN_TEST(test_broken_while_cancelling);
     RUN_TEST(test_server_stopped_mid_query);
