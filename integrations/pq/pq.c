@@ -195,6 +195,25 @@ static drain_clock_t drain_clock(bool recancel)
     return dc;
 }
 
+/* What a drain does when it has waited until dc's next instant: repeat the
+ * cancel request, or at the drain's bound give the connection up (shutting
+ * its socket down makes libpq see it broken, so PQgetResult returns at
+ * once).  Returns false when it gave up. */
+static bool drain_tick(PGconn *conn, drain_clock_t *dc, bool recancel)
+{
+    if (!recancel) {
+        shutdown(PQsocket(conn), SHUT_RDWR);
+        PQconsumeInput(conn);
+        return false;
+    }
+    send_cancel(conn);
+    dc->every *= 2;
+    if (dc->every > RECANCEL_MAX_MS * CTX_MILLISECOND)
+        dc->every = RECANCEL_MAX_MS * CTX_MILLISECOND;
+    dc->next = ctx_now() + dc->every;
+    return true;
+}
+
 /* Waits, after a cancel request, until PQgetResult will not block.  A
  * request that reaches the backend while it is still reading the command
  * is dropped by PostgreSQL (it cancels nothing that has not started), so
@@ -202,24 +221,41 @@ static drain_clock_t drain_clock(bool recancel)
  * and then at doubling intervals up to a second.  Repeating is as safe as
  * the first request: each one is complete (PQcancel has read the server's
  * close) before the drain goes on, and the drain ends only at the command's
- * end.  At the drain's bound the connection is given up: shutting its socket
- * down makes libpq see it broken, so PQgetResult returns at once. */
+ * end.  At the drain's bound the connection is given up. */
 static void wait_drained(PGconn *conn, drain_clock_t *dc)
 {
     for (;;) {
         bool recancel = dc->recancel && dc->next < dc->limit;
         if (wait_result(NULL, NULL, conn, recancel ? dc->next : dc->limit) != WAIT_LIMIT)
             return;
-        if (!recancel) {
-            shutdown(PQsocket(conn), SHUT_RDWR);
-            PQconsumeInput(conn);
+        if (!drain_tick(conn, dc, recancel))
+            return;
+    }
+}
+
+/* Reads and discards a COPY TO's data to its end, on the clock of the drain
+ * (the cancel request repeated, the connection given up at the bound): the
+ * COPY may have started after a request that was dropped, and its rows
+ * could take any time to come. */
+static void drain_copy_out(PGconn *conn, drain_clock_t *dc)
+{
+    for (;;) {
+        char *buf;
+        int n = PQgetCopyData(conn, &buf, 1);
+        if (n > 0) {
+            PQfreemem(buf);
+            continue;
+        }
+        if (n < 0)
+            return; /* -1: the COPY is over; -2: an error, which PQgetResult gives */
+        bool recancel = dc->recancel && dc->next < dc->limit;
+        int rc = wait_socket(NULL, NULL, PQsocket(conn), POLLIN, recancel ? dc->next : dc->limit);
+        if (rc == WAIT_LIMIT) {
+            if (!drain_tick(conn, dc, recancel))
+                return;
+        } else if (rc != WAIT_READY || !PQconsumeInput(conn)) {
             return;
         }
-        send_cancel(conn);
-        dc->every *= 2;
-        if (dc->every > RECANCEL_MAX_MS * CTX_MILLISECOND)
-            dc->every = RECANCEL_MAX_MS * CTX_MILLISECOND;
-        dc->next = ctx_now() + dc->every;
     }
 }
 
@@ -241,9 +277,7 @@ static PGresult *drain(PGconn *conn, PGresult *last, bool *cancelled, bool recan
             /* A COPY is ended by the client: fail a COPY FROM, read a COPY
              * TO to its end. */
             if (PQresultStatus(r) == PGRES_COPY_OUT) {
-                char *buf;
-                while (PQgetCopyData(conn, &buf, 0) > 0)
-                    PQfreemem(buf);
+                drain_copy_out(conn, &dc);
             } else {
                 PQputCopyEnd(conn, "cancelled");
             }
@@ -335,16 +369,20 @@ static struct ctx_pq_tx *registry_find(PGconn *conn)
     return tx;
 }
 
-/* Sends ROLLBACK on an idle connection and reads its result.  0 or EIO. */
-static int rollback_now(PGconn *conn)
+/* Reads the result of a ROLLBACK sent on conn.  0 or EIO. */
+static int rollback_read(PGconn *conn)
 {
-    if (!PQsendQuery(conn, "ROLLBACK"))
-        return EIO;
     bool cancelled = false;
     PGresult *r = drain(conn, NULL, &cancelled, false);
     int rc = r != NULL && PQresultStatus(r) == PGRES_COMMAND_OK ? 0 : EIO;
     PQclear(r);
     return rc;
+}
+
+/* Sends ROLLBACK on an idle connection and reads its result.  0 or EIO. */
+static int rollback_now(PGconn *conn)
+{
+    return PQsendQuery(conn, "ROLLBACK") ? rollback_read(conn) : EIO;
 }
 
 /* Brings a transaction whose context ended to TX_ROLLED_BACK; with tx->lock
@@ -353,10 +391,7 @@ static int tx_finish_rollback(struct ctx_pq_tx *tx)
 {
     int rc = 0;
     if (tx->state == TX_ROLLBACK_SENT) {
-        bool cancelled = false;
-        PGresult *r = drain(tx->conn, NULL, &cancelled, false);
-        rc = r != NULL && PQresultStatus(r) == PGRES_COMMAND_OK ? 0 : EIO;
-        PQclear(r);
+        rc = rollback_read(tx->conn);
     } else if (tx->state != TX_ROLLED_BACK) {
         rc = rollback_now(tx->conn);
     }
@@ -383,12 +418,32 @@ static void tx_ctx_ended(void *arg)
     pthread_mutex_unlock(&tx->lock);
 }
 
+/* Locks tx; returns the error of its context, 0 while it is live.  When the
+ * context has ended, its AfterFunc is first waited for (or stopped before it
+ * runs), so that the caller, which then talks to the server with the lock
+ * held, never keeps the AfterFunc waiting for the lock: it runs on the thread
+ * that ended the context, the library's timer thread for a deadline, which
+ * a round trip (up to the drain's bound on a server that does not answer)
+ * would hold up for every deadline of the process.  A context that ends
+ * after this returns finds the lock free, or held only briefly. */
+static int tx_lock(struct ctx_pq_tx *tx)
+{
+    pthread_mutex_lock(&tx->lock);
+    int err = ctx_err(tx->ctx);
+    if (err != 0 && tx->after != NULL) {
+        pthread_mutex_unlock(&tx->lock);
+        ctx_after_stop(tx->after);
+        tx->after = NULL; /* only this thread reads or writes it */
+        pthread_mutex_lock(&tx->lock);
+    }
+    return err;
+}
+
 /* Marks a statement of tx as running.  Returns 0, or the error of the
  * transaction's context once the transaction is over because of it. */
 static int tx_enter(struct ctx_pq_tx *tx)
 {
-    pthread_mutex_lock(&tx->lock);
-    int err = ctx_err(tx->ctx);
+    int err = tx_lock(tx);
     if (err != 0 || tx->state != TX_OPEN) {
         tx_finish_rollback(tx);
         pthread_mutex_unlock(&tx->lock);
@@ -400,12 +455,13 @@ static int tx_enter(struct ctx_pq_tx *tx)
 }
 
 /* The statement of tx is over.  If the transaction's context ended while it
- * ran, the transaction is rolled back now. */
+ * ran, the transaction is rolled back now; if it ends after tx_lock looked,
+ * its AfterFunc finds no statement running and sends the ROLLBACK. */
 static void tx_leave(struct ctx_pq_tx *tx)
 {
-    pthread_mutex_lock(&tx->lock);
+    int err = tx_lock(tx);
     tx->running = false;
-    if (tx->state != TX_OPEN || ctx_err(tx->ctx) != 0)
+    if (tx->state != TX_OPEN || err != 0)
         tx_finish_rollback(tx);
     pthread_mutex_unlock(&tx->lock);
 }
@@ -581,6 +637,24 @@ static int connect_error(PGconn *conn)
     return EPROTO;
 }
 
+/* libpq's connect_timeout of c in nanoseconds, 0 for none (2 s at least, as
+ * libpq reads it).  libpq applies it only in its blocking connect;
+ * PQconnectPoll ignores it, so ctx_pq_connect applies it itself. */
+static ctx_duration_t connect_timeout_of(PGconn *c)
+{
+    PQconninfoOption *opts = PQconninfo(c);
+    ctx_duration_t t = 0;
+    for (PQconninfoOption *o = opts; o != NULL && o->keyword != NULL; o++) {
+        if (strcmp(o->keyword, "connect_timeout") == 0 && o->val != NULL) {
+            long secs = strtol(o->val, NULL, 10);
+            if (secs > 0)
+                t = (ctx_duration_t)(secs < 2 ? 2 : secs > 86400 ? 86400 : secs) * CTX_SECOND;
+        }
+    }
+    PQconninfoFree(opts);
+    return t;
+}
+
 int ctx_pq_connect(ctx_t *ctx, const char *conninfo, PGconn **conn)
 {
     if (conn == NULL)
@@ -597,17 +671,19 @@ int ctx_pq_connect(ctx_t *ctx, const char *conninfo, PGconn **conn)
     PostgresPollingStatusType st = PGRES_POLLING_WRITING;
     if (PQstatus(c) == CONNECTION_BAD)
         st = PGRES_POLLING_FAILED;
+    ctx_duration_t timeout = st == PGRES_POLLING_FAILED ? 0 : connect_timeout_of(c);
+    ctx_time_t limit = timeout != 0 ? ctx_now() + timeout : 0;
     while (st != PGRES_POLLING_OK) {
         if (st == PGRES_POLLING_FAILED) {
             err = connect_error(c);
             PQfinish(c);
             return err;
         }
-        err =
-            wait_socket(ctx, NULL, PQsocket(c), st == PGRES_POLLING_READING ? POLLIN : POLLOUT, 0);
+        err = wait_socket(ctx, NULL, PQsocket(c), st == PGRES_POLLING_READING ? POLLIN : POLLOUT,
+                          limit);
         if (err != WAIT_READY) {
             PQfinish(c);
-            return err;
+            return err == WAIT_LIMIT ? ETIMEDOUT : err;
         }
         st = PQconnectPoll(c);
     }

@@ -321,8 +321,12 @@ int ctx_sqlite_step(ctx_t *ctx, sqlite3_stmt *stmt)
         errno = EINVAL;
         return SQLITE_MISUSE;
     }
-    if (ctx_err(ctx) != 0)
+    if (ctx_err(ctx) != 0) {
+        /* As after an interrupt: a statement left in the middle of a scan
+         * would keep its read transaction (and its lock) open. */
+        sqlite3_reset(stmt);
         return SQLITE_INTERRUPT;
+    }
     if (never_done(ctx))
         return sqlite3_step(stmt);
 

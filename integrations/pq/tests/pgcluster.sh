@@ -16,7 +16,8 @@
 # initdb and the server as the `postgres` system user (runuser) and gives that
 # user the temporary directory.  Without PostgreSQL's server binaries
 # (/usr/lib/postgresql/*/bin/initdb, or PG_BINDIR) `start` exits 77 with a
-# message, which CTest reports as skipped.
+# message, which CTest reports as skipped; with CTX_REQUIRE_INTEGRATIONS=ON in
+# the environment (CI) it exits 1 instead, so CI cannot skip the tests.
 set -euo pipefail
 
 usage() {
@@ -99,6 +100,8 @@ start() {
     if [ -z "$bindir" ]; then
         echo "pgcluster: PostgreSQL server binaries not found (/usr/lib/postgresql/*/bin/initdb);" \
             "install Debian's postgresql package (scripts/deps.sh) to run the PostgreSQL tests" >&2
+        # CI (CTX_REQUIRE_INTEGRATIONS=ON) must run them: a failure, not a skip.
+        [ "${CTX_REQUIRE_INTEGRATIONS:-OFF}" = ON ] && exit 1
         exit 77
     fi
     mkdir -p "$state"

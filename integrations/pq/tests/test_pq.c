@@ -8,6 +8,8 @@
 #include "pq_test.h"
 
 #include <netinet/in.h>
+#include <signal.h>
+#include <stdint.h>
 #include <sys/socket.h>
 
 static PGconn *observer; /* a second connection that watches the first */
@@ -370,6 +372,73 @@ static void test_tx_running_statement_cancelled(void)
     PQfinish(conn);
 }
 
+/* An AfterFunc that holds up the thread ending its context for 100 ms. */
+static void slow_after_func(void *arg)
+{
+    (void)arg;
+    check_sleep_ns(100 * CTX_MILLISECOND);
+}
+
+struct timed_cancel {
+    ctx_cancel_t *cancel;
+    ctx_duration_t took;
+    pthread_t thread;
+};
+
+static void *timed_cancel(void *arg)
+{
+    struct timed_cancel *t = arg;
+    ctx_time_t start = check_mono_now();
+    ctx_cancel(t->cancel);
+    t->took = check_mono_now() - start;
+    return NULL;
+}
+
+static void *continue_later(void *arg)
+{
+    check_sleep_ns(1500 * CTX_MILLISECOND);
+    kill((pid_t)(intptr_t)arg, SIGCONT);
+    return NULL;
+}
+
+/* The thread that ends a transaction's context (the library's timer
+ * thread, for a deadline) runs the transaction's AfterFunc; it must not wait
+ * for a round trip that the caller's thread makes with the transaction
+ * locked.  Here the caller's statement comes just after the context ended,
+ * while the ending thread is still in another AfterFunc (one registered
+ * before and one after BEGIN, whatever order they run in), and the backend
+ * is stopped for 1.5 s, so the caller's ROLLBACK takes that long: the cancel
+ * must return long before it. */
+static void test_tx_end_not_held_by_rollback(void)
+{
+    PGconn *conn = pq_open();
+    int pid = PQbackendPID(conn);
+    ctx_cancel_t *cancel;
+    ctx_t *ctx = ctx_with_cancel(ctx_background(), &cancel);
+    CHECK_EQ_INT(ctx_after_func(ctx, slow_after_func, NULL, NULL), 0);
+    ctx_pq_tx_t *tx;
+    CHECK_EQ_INT(ctx_pq_begin(ctx, conn, &tx), 0);
+    CHECK_EQ_INT(ctx_after_func(ctx, slow_after_func, NULL, NULL), 0);
+    CHECK_EQ_INT(kill(pid, SIGSTOP), 0);
+    pthread_t resume;
+    check_thread_start(&resume, continue_later, (void *)(intptr_t)pid);
+    struct timed_cancel t = { .cancel = cancel };
+    check_thread_start(&t.thread, timed_cancel, &t);
+    while (ctx_err(ctx) == 0)
+        check_sleep_ns(100 * CTX_MICROSECOND);
+    CHECK_FAILS_WITH(ctx_pq_exec(ctx_background(), conn, "SELECT 1"), CTX_CANCELED);
+    check_thread_join(t.thread);
+    check_thread_join(resume);
+    fprintf(stderr, "   ctx_cancel took %lld ms\n", (long long)(t.took / CTX_MILLISECOND));
+    CHECK_MSG(t.took < 1000 * CTX_MILLISECOND, "ctx_cancel took %lld ms",
+              (long long)(t.took / CTX_MILLISECOND));
+    CHECK_EQ_INT(ctx_pq_commit(tx), CTX_CANCELED);
+    CHECK_EQ_INT(PQtransactionStatus(conn), PQTRANS_IDLE);
+    CHECK_EQ_INT(pq_int(conn, "SELECT 1"), 1);
+    ctx_unref(ctx);
+    PQfinish(conn);
+}
+
 int main(void)
 {
     observer = pq_open();
@@ -384,6 +453,7 @@ int main(void)
     RUN_TEST(test_tx_commit_and_rollback);
     RUN_TEST(test_tx_rolled_back_at_once);
     RUN_TEST(test_tx_running_statement_cancelled);
+    RUN_TEST(test_tx_end_not_held_by_rollback);
     pq_ok(observer, "DROP TABLE IF EXISTS ctx_pq_tx_rows");
     PQfinish(observer);
     return 0;

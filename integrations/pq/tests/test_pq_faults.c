@@ -1,13 +1,15 @@
 /*
  * libctx-pq when things break: a server that accepts TCP but never answers,
  * a cancel request that PostgreSQL drops because the backend had not read
- * the command yet, a backend that stops answering while a cancel is in
+ * the command yet, the repeat of that request racing the command's end, a
+ * backend that stops answering while a cancel is in
  * flight, a connection broken while a cancel is in flight, and the server
  * stopped mid-query.
  * Every call must end with a clear error within a bound, never hang or
  * crash.  The test stops and kills servers, so it starts a cluster of its
  * own with pgcluster.sh; a parent process stops and deletes that cluster
- * whatever happens to the tests.
+ * whatever happens to the tests, and a CTest cleanup fixture does so again
+ * should CTest kill the whole test at its timeout.
  */
 #include "check.h"
 
@@ -59,15 +61,29 @@ static void test_silent_server(void)
     CHECK_EQ_INT(ctx_pq_connect(ctx, info, &conn), CTX_CANCELED);
     pq_canceller_join(&c);
     ctx_unref(ctx);
+
+    /* libpq's connect_timeout (ignored by PQconnectPoll itself) bounds the
+     * call under a context that never ends; 1 means 2 s, as in libpq. */
+    char timed[160];
+    snprintf(timed, sizeof timed, "%s connect_timeout=1", info);
+    start = check_mono_now();
+    CHECK_EQ_INT(ctx_pq_connect(ctx_background(), timed, &conn), ETIMEDOUT);
+    ctx_duration_t took = check_mono_now() - start;
+    CHECK_NULL(conn);
+    CHECK(took >= 2 * CTX_SECOND - 10 * CTX_MILLISECOND);
+    CHECK(took < 10 * CTX_SECOND);
     close(s);
 }
 
+/* A statement run with ctx_pq_exec on a thread of its own. */
 struct running {
     PGconn *conn;
     ctx_t *ctx;
+    const char *sql; /* NULL: SELECT pg_sleep(60) */
     PGresult *result;
     int err;
     ctx_duration_t took;
+    ctx_time_t end;
     pthread_t thread;
 };
 
@@ -76,9 +92,10 @@ static void *run_sleep(void *arg)
     struct running *r = arg;
     ctx_time_t start = check_mono_now();
     errno = 0;
-    r->result = ctx_pq_exec(r->ctx, r->conn, "SELECT pg_sleep(60)");
+    r->result = ctx_pq_exec(r->ctx, r->conn, r->sql != NULL ? r->sql : "SELECT pg_sleep(60)");
     r->err = errno;
-    r->took = check_mono_now() - start;
+    r->end = check_mono_now();
+    r->took = r->end - start;
     return NULL;
 }
 
@@ -246,10 +263,111 @@ static void test_cancel_dropped_before_read(void)
     PQfinish(conn);
 }
 
+/* The repeated cancel request racing the command's end (the question the
+ * repeat raises: can a repeat that comes after the command finished hit the
+ * next statement?).  In each round the first request is certainly dropped
+ * (the backend is stopped when it comes, as above), the backend is
+ * continued 20 ms after the cancel, and the command then runs 25 to 55 ms:
+ * the first repeat, due 50 ms after the first request, lands before, during
+ * and just after its end.  The next statement runs 10 ms on the server, so
+ * a late request would cancel it; it must give 1 every time.  Both outcomes
+ * must occur, and some rounds must have finished after the repeat was due
+ * (the repeat came late), or the test proves nothing. */
+static void test_repeat_races_completion(void)
+{
+    PGconn *conn = reconnect();
+    int pid = PQbackendPID(conn);
+    check_rng_t rng = check_rng_make(check_seed());
+    long rounds = check_scale(150);
+    long cancelled = 0, finished = 0, late = 0;
+    for (long i = 0; i < rounds; i++) {
+        char sql[64];
+        snprintf(sql, sizeof sql, "SELECT pg_sleep(%u / 1000000.0), 7",
+                 25000 + check_rng_below(&rng, 30000));
+        ctx_cancel_t *cancel;
+        ctx_t *ctx = ctx_with_cancel(ctx_background(), &cancel);
+        CHECK_EQ_INT(kill(pid, SIGSTOP), 0);
+        struct running e = { .conn = conn, .ctx = ctx, .sql = sql };
+        check_thread_start(&e.thread, run_sleep, &e);
+        /* The command is sent (into the socket buffer) long before this. */
+        check_sleep_ns(5 * CTX_MILLISECOND);
+        ctx_time_t cancelled_at = check_mono_now();
+        ctx_cancel(cancel);
+        check_sleep_ns(20 * CTX_MILLISECOND);
+        CHECK_EQ_INT(kill(pid, SIGCONT), 0);
+        check_thread_join(e.thread);
+        if (e.result == NULL) {
+            CHECK_EQ_INT(e.err, CTX_CANCELED);
+            cancelled++;
+        } else {
+            CHECK_MSG(PQresultStatus(e.result) == PGRES_TUPLES_OK, "round %ld: %s", i,
+                      PQresultErrorMessage(e.result));
+            CHECK_STR(PQgetvalue(e.result, 0, 1), "7");
+            finished++;
+            if (e.end - cancelled_at > 52 * CTX_MILLISECOND)
+                late++;
+            PQclear(e.result);
+        }
+        ctx_unref(ctx);
+        CHECK_EQ_INT(PQtransactionStatus(conn), PQTRANS_IDLE);
+        PGresult *next = ctx_pq_exec(ctx_background(), conn, "SELECT pg_sleep(0.01), 1");
+        CHECK_NOT_NULL(next);
+        CHECK_MSG(PQresultStatus(next) == PGRES_TUPLES_OK,
+                  "round %ld: the next statement failed: %s", i, PQresultErrorMessage(next));
+        CHECK_STR(PQgetvalue(next, 0, 1), "1");
+        PQclear(next);
+    }
+    fprintf(stderr,
+            "   %ld rounds: %ld cancelled by a repeat, %ld finished first (%ld after the "
+            "repeat was due); every next statement gave 1\n",
+            rounds, cancelled, finished, late);
+    CHECK(cancelled > 0);
+    CHECK(finished > 0);
+    CHECK(late > 0);
+    PQfinish(conn);
+}
+
+/* A COPY TO that starts after the first cancel request was dropped: its
+ * rows are read and discarded by the drain, which must go on repeating the
+ * request meanwhile (rows that take 20 s in all would otherwise be read to
+ * the end), and the connection is idle afterwards. */
+static void test_copy_after_dropped_cancel(void)
+{
+    PGconn *conn = reconnect();
+    int pid = PQbackendPID(conn);
+    ctx_cancel_t *cancel;
+    ctx_t *ctx = ctx_with_cancel(ctx_background(), &cancel);
+    CHECK_EQ_INT(kill(pid, SIGSTOP), 0);
+    struct running r = {
+        .conn = conn,
+        .ctx = ctx,
+        /* Rows of 10 kB, so that the server flushes each one as it comes
+         * (it buffers 8 kB); the first at once, then one every 100 ms. */
+        .sql = "COPY (SELECT repeat('x', 10000), pg_sleep(CASE WHEN i = 1 THEN 0 ELSE 0.1 END) "
+               "FROM generate_series(1, 200) i) TO STDOUT",
+    };
+    check_thread_start(&r.thread, run_sleep, &r);
+    check_sleep_ns(5 * CTX_MILLISECOND);
+    ctx_cancel(cancel);
+    check_sleep_ns(20 * CTX_MILLISECOND);
+    CHECK_EQ_INT(kill(pid, SIGCONT), 0);
+    check_thread_join(r.thread);
+    fprintf(stderr, "   returned after %lld ms\n", (long long)(r.took / CTX_MILLISECOND));
+    CHECK_NULL(r.result);
+    CHECK_EQ_INT(r.err, CTX_CANCELED);
+    CHECK(r.took < 5 * CTX_SECOND);
+    CHECK_EQ_INT(PQtransactionStatus(conn), PQTRANS_IDLE);
+    CHECK_EQ_INT(pq_int(conn, "SELECT 1"), 1);
+    ctx_unref(ctx);
+    PQfinish(conn);
+}
+
 static int run_tests(void)
 {
     RUN_TEST(test_silent_server);
     RUN_TEST(test_cancel_dropped_before_read);
+    RUN_TEST(test_repeat_races_completion);
+    RUN_TEST(test_copy_after_dropped_cancel);
     RUN_TEST(test_backend_stops_answering);
     RUN_TEST(test_broken_while_cancelling);
     RUN_TEST(test_server_stopped_mid_query);
@@ -260,7 +378,14 @@ int main(void)
 {
     if (getenv("CTX_PGCLUSTER") == NULL)
         SKIP("CTX_PGCLUSTER is not set: run this test through CTest");
-    snprintf(state_dir, sizeof state_dir, "/tmp/ctx-pq-faults-%ld", (long)getpid());
+    /* CTest names the directory, and stops the cluster in it even when it
+     * kills this test at its timeout; run by hand, the test picks one. */
+    const char *dir = getenv("CTX_PQ_FAULTS_STATE");
+    if (dir != NULL)
+        CHECK_MSG(snprintf(state_dir, sizeof state_dir, "%s", dir) < (int)sizeof state_dir,
+                  "CTX_PQ_FAULTS_STATE is too long: %s", dir);
+    else
+        snprintf(state_dir, sizeof state_dir, "/tmp/ctx-pq-faults-%ld", (long)getpid());
     int rc = cluster("start");
     if (rc == CHECK_SKIP_CODE)
         SKIP("PostgreSQL's server binaries are not installed: the fault tests were skipped");

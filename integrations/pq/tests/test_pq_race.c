@@ -5,7 +5,8 @@
  * "canceling statement due to user request".  Both outcomes of the race
  * must occur, or the test proves nothing; and every SELECT 1 must return 1.
  * The races run through ctx_pq_exec (by cancel and by deadline) and through
- * PQsendQuery + ctx_pq_get_result.
+ * PQsendQuery + ctx_pq_get_result; a fourth races the end of a transaction's
+ * context against its statements and commit.
  */
 #include "check.h"
 
@@ -80,6 +81,70 @@ static void race(PGconn *conn, long rounds, bool by_deadline, bool via_get_resul
     CHECK(finished > 0);
 }
 
+/* Go's BeginTx rule racing the statements of the transaction: the
+ * transaction's context is cancelled from another thread at a random moment
+ * while the caller runs statements and commits on its own thread, so the
+ * library's ROLLBACK (sent by the cancelling thread when no statement runs)
+ * races the caller's next statement, its commit, and the statements' own
+ * cancels.  Whatever wins, the outcome must be whole: commit returns 0 and
+ * every row of the round is there, or it returns the context's error and
+ * none is; the connection is idle and SELECT 1 gives 1.  Under
+ * ThreadSanitizer this also checks that the two threads never touch the
+ * connection at the same time. */
+static void race_tx(PGconn *conn, long rounds)
+{
+    check_rng_t rng = check_rng_make(check_seed() ^ 0x7478);
+    long committed = 0, rolled_back = 0;
+    PQclear(ctx_pq_exec(ctx_background(), conn,
+                        "DROP TABLE IF EXISTS ctx_pq_race_tx; CREATE TABLE ctx_pq_race_tx(r int)"));
+    for (long i = 0; i < rounds; i++) {
+        ctx_cancel_t *cancel;
+        ctx_t *ctx = ctx_with_cancel(ctx_background(), &cancel);
+        pq_canceller_t c;
+        ctx_pq_tx_t *tx;
+        int rc = ctx_pq_begin(ctx, conn, &tx);
+        CHECK_MSG(rc == 0, "round %ld: begin: %s", i, strerror(rc));
+        pq_cancel_later(&c, cancel, (ctx_duration_t)check_rng_below(&rng, 4000) * CTX_MICROSECOND);
+        int statements = 1 + (int)check_rng_below(&rng, 4);
+        for (int k = 0; k < statements; k++) {
+            char sql[96];
+            snprintf(sql, sizeof sql,
+                     "INSERT INTO ctx_pq_race_tx SELECT %ld FROM pg_sleep(%u / 1000000.0)", i,
+                     check_rng_below(&rng, 800));
+            errno = 0;
+            PGresult *r = ctx_pq_exec(ctx, conn, sql);
+            if (r == NULL) {
+                CHECK_EQ_INT(errno, CTX_CANCELED);
+                break;
+            }
+            CHECK_MSG(PQresultStatus(r) == PGRES_COMMAND_OK, "round %ld: %s", i,
+                      PQresultErrorMessage(r));
+            PQclear(r);
+        }
+        rc = ctx_pq_commit(tx);
+        pq_canceller_join(&c);
+        CHECK_MSG(rc == 0 || rc == CTX_CANCELED, "round %ld: commit: %s", i, strerror(rc));
+        CHECK_EQ_INT(PQtransactionStatus(conn), PQTRANS_IDLE);
+        char sql[96];
+        snprintf(sql, sizeof sql, "SELECT count(*) FROM ctx_pq_race_tx WHERE r = %ld", i);
+        long long rows = pq_int(conn, sql);
+        if (rc == 0) {
+            CHECK_MSG(rows == statements, "round %ld: committed %lld rows of %d", i, rows,
+                      statements);
+            committed++;
+        } else {
+            CHECK_MSG(rows == 0, "round %ld: rolled back, yet %lld rows", i, rows);
+            rolled_back++;
+        }
+        CHECK_EQ_INT(pq_int(conn, "SELECT 1"), 1);
+        ctx_unref(ctx);
+    }
+    fprintf(stderr, "   transactions: %ld rounds, %ld committed, %ld rolled back; all whole\n",
+            rounds, committed, rolled_back);
+    CHECK(committed > 0);
+    CHECK(rolled_back > 0);
+}
+
 int main(void)
 {
     PGconn *conn = pq_open();
@@ -89,6 +154,7 @@ int main(void)
     race(conn, rounds, false, false);
     race(conn, rounds, true, false);
     race(conn, rounds, false, true);
+    race_tx(conn, rounds / 2);
     PQfinish(conn);
     return 0;
 }

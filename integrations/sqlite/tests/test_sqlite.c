@@ -99,6 +99,41 @@ static void test_already_done(void)
     sqlite3_close(db);
 }
 
+/* A scan whose context ends between two rows: the next step gives
+ * SQLITE_INTERRUPT and leaves the statement reset, as the header says, so
+ * that it holds no read transaction: another connection can write to the
+ * database (rollback journal: the reader's SHARED lock would make it BUSY). */
+static void test_done_between_rows_resets(void)
+{
+    char path[64];
+    snprintf(path, sizeof path, "/tmp/ctx-sqlite-scan-%ld.db", (long)getpid());
+    unlink(path);
+    sqlite3 *reader = NULL, *writer = NULL;
+    CHECK_EQ_INT(sqlite3_open(path, &reader), SQLITE_OK);
+    CHECK_EQ_INT(sqlite3_open(path, &writer), SQLITE_OK);
+    CHECK_EQ_INT(sqlite3_exec(reader, "CREATE TABLE t(x); INSERT INTO t VALUES (1), (2), (3)", NULL,
+                              NULL, NULL),
+                 SQLITE_OK);
+    sqlite3_stmt *stmt = prepare(reader, "SELECT x FROM t");
+    ctx_cancel_t *cancel;
+    ctx_t *ctx = ctx_with_cancel(ctx_background(), &cancel);
+    CHECK_EQ_INT(ctx_sqlite_step(ctx, stmt), SQLITE_ROW);
+    CHECK_EQ_INT(sqlite3_get_autocommit(reader), 1);
+    CHECK_EQ_INT(sqlite3_exec(writer, "INSERT INTO t VALUES (4)", NULL, NULL, NULL), SQLITE_BUSY);
+    ctx_cancel(cancel);
+    CHECK_EQ_INT(ctx_sqlite_step(ctx, stmt), SQLITE_INTERRUPT);
+    CHECK_EQ_INT(sqlite3_stmt_busy(stmt), 0);
+    CHECK_EQ_INT(sqlite3_exec(writer, "INSERT INTO t VALUES (4)", NULL, NULL, NULL), SQLITE_OK);
+    /* Reset, it may be stepped again from the first row. */
+    CHECK_EQ_INT(sqlite3_step(stmt), SQLITE_ROW);
+    CHECK_EQ_INT(sqlite3_column_int(stmt, 0), 1);
+    sqlite3_finalize(stmt);
+    ctx_unref(ctx);
+    sqlite3_close(writer);
+    sqlite3_close(reader);
+    unlink(path);
+}
+
 static void test_deadline_interrupts(void)
 {
     sqlite3 *db = open_memory();
@@ -155,7 +190,8 @@ static void test_cancel_from_another_thread(void)
 }
 
 /* The heart of the design: statement A under a context that is cancelled
- * and statement B under a live context, on ONE connection from two threads.
+ * and statement B under a live context (or none: plain sqlite3_step every
+ * other round), on ONE connection from two threads.
  * A must always be interrupted (its query has no end), B must never be (its
  * query ends by itself).  With sqlite3_interrupt, B fails now and then. */
 struct shared_conn {
@@ -195,10 +231,14 @@ static void test_scoped_to_one_statement(void)
     ctx_t *live = ctx_with_cancel(ctx_background(), &cancel);
     long b_rounds = 0;
     while (atomic_load(&s.a_done) == 0 || b_rounds < 10) {
-        int rc = ctx_sqlite_step(live, stmt);
-        CHECK_MSG(rc == SQLITE_ROW, "B round %ld: %d (%s)", b_rounds, rc, sqlite3_errmsg(s.db));
+        /* Every other round B is a plain sqlite3_step, which no context of
+         * the library's may interrupt either. */
+        bool plain = b_rounds % 2 == 1;
+        int rc = plain ? sqlite3_step(stmt) : ctx_sqlite_step(live, stmt);
+        CHECK_MSG(rc == SQLITE_ROW, "B round %ld (%s): %d (%s)", b_rounds, plain ? "plain" : "ctx",
+                  rc, sqlite3_errmsg(s.db));
         CHECK_EQ_INT(sqlite3_column_int(stmt, 0), 20000);
-        CHECK_EQ_INT(ctx_sqlite_step(live, stmt), SQLITE_DONE);
+        CHECK_EQ_INT(plain ? sqlite3_step(stmt) : ctx_sqlite_step(live, stmt), SQLITE_DONE);
         sqlite3_reset(stmt);
         b_rounds++;
     }
@@ -449,6 +489,7 @@ int main(void)
     CHECK_EQ_INT(sqlite3_threadsafe(), 1);
     RUN_TEST(test_bad_input);
     RUN_TEST(test_already_done);
+    RUN_TEST(test_done_between_rows_resets);
     RUN_TEST(test_deadline_interrupts);
     RUN_TEST(test_cancel_from_another_thread);
     RUN_TEST(test_scoped_to_one_statement);

@@ -49,7 +49,13 @@
  * transaction's context ends while no statement of it runs, the thread that
  * ends the context (or the library's timer thread, for a deadline) sends the
  * ROLLBACK at once.  So while a transaction is open use its connection only
- * through the ctx_pq_* calls, which coordinate with that thread.
+ * through ctx_pq_exec, ctx_pq_exec_params, ctx_pq_commit and
+ * ctx_pq_rollback, which coordinate with that thread: no PQsend* with
+ * ctx_pq_get_result (the ROLLBACK could be sent between the two), and no
+ * other libpq call on the connection, not even one that only reads its
+ * state (PQtransactionStatus, PQerrorMessage), which the ROLLBACK changes.
+ * End the transaction before PQfinish: the library keeps the connection's
+ * address while the transaction lives.
  *
  * Errors.  NULL for ctx, conn or sql gives NULL with errno EINVAL (EINVAL as
  * a return value for the calls that return a code).  A context that is
@@ -83,8 +89,15 @@ extern "C" {
  * ctx's deadline.  Returns 0 and a connection in CONNECTION_OK in *conn (close
  * it with PQfinish), or an errno-style code with *conn NULL: ctx_err(ctx) when
  * ctx ended first; ECONNREFUSED, ENOENT (no such host, socket or database),
- * EACCES (authentication), ETIMEDOUT (libpq's own connect_timeout), ENOMEM, or
- * EPROTO for any other failure libpq reports.  EINVAL for a NULL argument.
+ * EACCES (authentication), ETIMEDOUT (connect_timeout, below), ENOMEM, or
+ * EPROTO for any other failure libpq reports (the codes are read from libpq's
+ * message, so a translated message, under a non-English LC_MESSAGES, gives
+ * EPROTO).  EINVAL for a NULL argument.
+ *
+ * libpq ignores the connect_timeout parameter under PQconnectPoll; this call
+ * applies it itself, to the whole call (PQconnectdb applies it to each host
+ * of a multi-host conninfo in turn), 2 s at least as in libpq, and returns
+ * ETIMEDOUT when it passes first.  ctx's deadline bounds the call too.
  */
 CTX_PQ_EXPORT int ctx_pq_connect(ctx_t *ctx, const char *conninfo, PGconn **conn);
 
@@ -113,8 +126,9 @@ CTX_PQ_EXPORT PGresult *ctx_pq_exec_params(ctx_t *ctx, PGconn *conn, const char 
  * was complete anyway, it is returned (a late cancel is harmless), else
  * every remaining result is read and discarded and the call returns NULL
  * with errno = ctx_err(ctx).  A call under a context that is already done
- * cancels and discards without waiting for a result, so calling on until
- * NULL leaves the connection idle either way.
+ * returns no result: it cancels the command and discards its results,
+ * waiting only until the server has stopped it (bounded as in "Bounds"), so
+ * calling on until NULL leaves the connection idle either way.
  */
 CTX_PQ_EXPORT PGresult *ctx_pq_get_result(ctx_t *ctx, PGconn *conn);
 

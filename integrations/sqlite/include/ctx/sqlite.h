@@ -52,7 +52,10 @@
  *
  * Errors.  NULL for stmt, db or sql gives SQLITE_MISUSE and sets errno to
  * EINVAL, without touching anything.  A context that is already done gives
- * SQLITE_INTERRUPT at once, without touching the statement or connection.
+ * SQLITE_INTERRUPT at once without running anything: ctx_sqlite_step resets
+ * the statement, as after any interrupt (a statement left in the middle of a
+ * scan would keep its read transaction and lock), and ctx_sqlite_exec does
+ * not start.
  */
 #ifndef CTX_SQLITE_H
 #define CTX_SQLITE_H
