@@ -238,6 +238,7 @@ ctx_t *ctx_merge(ctx_t *const *parents, size_t n, ctx_cancel_t **cancel)
     memcpy(b->parents, parents, n * sizeof(ctx_t *));
     /* M is made as ctx_with_custom makes a custom node, in the block. */
     b->node.ops = &merge_ops;
+    b->node.done = NULL; /* no internal hook: the records do the work */
     b->node.data = b;
     struct ctx *m = &b->node.base;
     ctx__init_cancel(m, parents[0], CTX__CUSTOM);
