@@ -33,7 +33,9 @@
  * done fds keep working in both processes.  The child's timer thread starts
  * on its first call that waits (ctx_wait, ctx_sleep, ctx_cond_wait,
  * ctx_done_fd) or makes a deadline; a child that only polls ctx_err on an
- * inherited deadline must make one such call first.
+ * inherited deadline must make one such call first.  Likewise the child's
+ * signal thread (ctx_with_signals) starts on its first call that waits or
+ * makes a signal context; signals that arrive before then wait for it.
  *
  * Errors.  Constructors return NULL and set errno.  Other calls return 0 or
  * a positive errno-style code.  There is no hidden global error state.
@@ -554,8 +556,9 @@ CTX_EXPORT ctx_t *ctx_merge(ctx_t *const *parents, size_t n, ctx_cancel_t **canc
  * thread the kernel picks and whatever the other threads' masks are (a
  * signal blocked in every thread stays pending, as always); one library
  * thread reads the pipe and cancels.  The library thread blocks every
- * signal.  fork(2): the child gets its own pipe and thread, so a signal
- * sent to the child cancels the child's contexts only.  Returns NULL with
+ * signal.  fork(2): the child gets its own pipe and thread (the thread on
+ * its first call that waits or makes a signal context, see fork(2) above),
+ * so a signal sent to the child cancels the child's contexts only.  Returns NULL with
  * errno EINVAL (NULL parent or signals, n == 0, a signal that cannot be
  * caught such as SIGKILL), ENOMEM, EMFILE or EAGAIN.
  */

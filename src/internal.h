@@ -472,6 +472,10 @@ extern int (*ctx__sc_thread_start)(void *(*fn)(void *), size_t stack);
  * signal.c) has been let go by after.c, after it was stopped: its count is
  * back to the block's own 1.  Only then may the block be freed. */
 void ctx__record_quiesce(struct ctx *r);
+/* signal.c: starts the signal thread in a forked child that inherited live
+ * signal contexts, if it is not running yet (called by
+ * ctx__timer_restart, from the calls that wait). */
+void ctx__signal_restart(void);
 /* describe.c: one node's own piece of ctx_describe's text. */
 size_t ctx__describe_piece(ctx_t *c, char *buf, size_t size);
 
