@@ -462,7 +462,7 @@ static inline int ctx_wait_inline_(ctx_t *ctx, ctx_duration_t timeout)
  * failure.  The threads come from one pool shared by every group: it starts
  * a thread only when no idle one is free, so it grows to what the load
  * needs (and never beyond a group's limit for that group's tasks), and a
- * thread that stays idle for a second exits.  A task that blocks, even one
+ * thread that stays idle for two seconds exits.  A task that blocks, even one
  * that ignores its context, holds one pool thread: it delays its own
  * group's ctx_group_wait and nothing else.
  *
