@@ -171,11 +171,8 @@ static void merge_destroy(void *data)
     /* The block is M's node: the tree frees it when this returns. */
 }
 
-/* Lays out r as an AfterFunc record of fn(arg) on context c (whose owner is
- * o), as ctx_after_func does, with a count after.c never drops to zero.
- * Takes a reference to c when ref is set. */
-static void init_record(struct ctx *r, ctx_t *c, struct ctx *o, void (*fn)(void *), void *arg,
-                        int ref)
+void ctx__record_init(struct ctx *r, ctx_t *c, struct ctx *o, void (*fn)(void *), void *arg,
+                      int ref)
 {
     r->up = o;
     r->pk = (uintptr_t)(ref ? ctx__ref(c) : c) | CTX__AFTER;
@@ -197,9 +194,7 @@ static void unlisted(struct ctx *r)
     atomic_store_explicit(&r->u.a.run, CTX__RUN_DONE, memory_order_relaxed);
 }
 
-/* Registers r on its owner.  false when the owner is already done (r is
- * then unlisted). */
-static bool register_record(struct ctx *r)
+bool ctx__record_register(struct ctx *r)
 {
     struct ctx *o = r->up;
     ctx__lock(&o->lock);
@@ -261,7 +256,7 @@ ctx_t *ctx_merge(ctx_t *const *parents, size_t n, ctx_cancel_t **cancel)
      * in place, and that a cancel that came before finds the self record
      * unregistered, so that this function stops the links itself.  A
      * parent already done cancels M, with its err and cause. */
-    init_record(&b->self, m, m, merge_done, b, 0);
+    ctx__record_init(&b->self, m, m, merge_done, b, 0);
     bool m_done = (atomic_load_explicit(&m->u.c.state, memory_order_relaxed) & CTX__ERR_MASK) != 0;
     bool fire = false;
     for (size_t i = 1; i < n; i++) {
@@ -274,13 +269,13 @@ ctx_t *ctx_merge(ctx_t *const *parents, size_t n, ctx_cancel_t **cancel)
             ctx__ref(parents[i]);
             continue;
         }
-        init_record(r, parents[i], o, merge_fire, b, 1);
+        ctx__record_init(r, parents[i], o, merge_fire, b, 1);
         if (m_done || fire)
             unlisted(r); /* M is or will be done: no need to link */
-        else if (!register_record(r))
+        else if (!ctx__record_register(r))
             fire = true;
     }
-    if (register_record(&b->self)) {
+    if (ctx__record_register(&b->self)) {
         /* From here merge_done (once M is done) or the destroy hook stops
          * the links. */
         if (fire)

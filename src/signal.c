@@ -356,16 +356,7 @@ ctx_t *ctx_with_signals(ctx_t *parent, const int *signals, size_t n, ctx_cancel_
      * after.c never drops to zero (the block is freed by the destroy
      * hook). */
     struct ctx *s = &r->self;
-    s->up = c;
-    s->pk = (uintptr_t)c | CTX__AFTER;
-    atomic_init(&s->refs, 3);
-    atomic_init(&s->lock, 0);
-    atomic_init(&s->u.a.run, CTX__RUN_PENDING);
-    s->u.a.handle = CTX__HANDLE_LIVE;
-    s->u.a.fn = sig_done;
-    s->u.a.arg = r;
-    s->u.a.link.next = NULL;
-    s->u.a.link.pprev = NULL;
+    ctx__record_init(s, c, c, sig_done, r, 0);
 
     pthread_mutex_lock(&S.mu);
     int e = start_locked();
@@ -413,17 +404,8 @@ ctx_t *ctx_with_signals(ctx_t *parent, const int *signals, size_t n, ctx_cancel_
 
     /* Register the record on the node; a node done at birth (its parent
      * was done) ends at once. */
-    ctx__lock(&c->lock);
-    if ((atomic_load_explicit(&c->u.c.state, memory_order_relaxed) & CTX__ERR_MASK) == 0) {
-        ctx__link_insert(&c->u.c.children, &s->u.a.link);
-        ctx__unlock(&c->lock);
-    } else {
-        ctx__unlock(&c->lock);
-        /* Never listed: no list reference, and already "run". */
-        atomic_store_explicit(&s->refs, 2, memory_order_relaxed);
-        atomic_store_explicit(&s->u.a.run, CTX__RUN_DONE, memory_order_relaxed);
+    if (!ctx__record_register(s))
         sig_done(r);
-    }
     if (cancel != NULL)
         *cancel = h;
     return c;
