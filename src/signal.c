@@ -378,6 +378,11 @@ ctx_t *ctx_with_signals(ctx_t *parent, const int *signals, size_t n, ctx_cancel_
                 break;
             }
         }
+        /* A signal read while the last contexts for sig were being freed
+         * waits (pending) to be sent again once they are gone.  This
+         * context takes over sig first: without this, the signal would be
+         * sent whenever this one ended, however much later. */
+        S.pending[sig] = 0;
         S.count[sig]++;
         done_sig = sig;
     }
