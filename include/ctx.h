@@ -33,7 +33,9 @@
  * done fds keep working in both processes.  The child's timer thread starts
  * on its first call that waits (ctx_wait, ctx_sleep, ctx_cond_wait,
  * ctx_done_fd) or makes a deadline; a child that only polls ctx_err on an
- * inherited deadline must make one such call first.
+ * inherited deadline must make one such call first.  Likewise the child's
+ * signal thread (ctx_with_signals) starts on its first call that waits or
+ * makes a signal context; signals that arrive before then wait for it.
  *
  * Errors.  Constructors return NULL and set errno.  Other calls return 0 or
  * a positive errno-style code.  There is no hidden global error state.
@@ -460,7 +462,7 @@ static inline int ctx_wait_inline_(ctx_t *ctx, ctx_duration_t timeout)
  * failure.  The threads come from one pool shared by every group: it starts
  * a thread only when no idle one is free, so it grows to what the load
  * needs (and never beyond a group's limit for that group's tasks), and a
- * thread that stays idle for a second exits.  A task that blocks, even one
+ * thread that stays idle for two seconds exits.  A task that blocks, even one
  * that ignores its context, holds one pool thread: it delays its own
  * group's ctx_group_wait and nothing else.
  *
@@ -554,8 +556,9 @@ CTX_EXPORT ctx_t *ctx_merge(ctx_t *const *parents, size_t n, ctx_cancel_t **canc
  * thread the kernel picks and whatever the other threads' masks are (a
  * signal blocked in every thread stays pending, as always); one library
  * thread reads the pipe and cancels.  The library thread blocks every
- * signal.  fork(2): the child gets its own pipe and thread, so a signal
- * sent to the child cancels the child's contexts only.  Returns NULL with
+ * signal.  fork(2): the child gets its own pipe and thread (the thread on
+ * its first call that waits or makes a signal context, see fork(2) above),
+ * so a signal sent to the child cancels the child's contexts only.  Returns NULL with
  * errno EINVAL (NULL parent or signals, n == 0, a signal that cannot be
  * caught such as SIGKILL), ENOMEM, EMFILE or EAGAIN.
  */
@@ -587,9 +590,9 @@ CTX_EXPORT void ctx_cancel_cause_at(ctx_cancel_t *cancel, int cause, const char 
  * context ended by a deadline, func is "deadline" and file/line are where
  * the deadline's context was created when tracking is on, else NULL/0.
  * The library's own cancels name themselves: func is "ctx_group" (a task
- * failed), "ctx_group_wait", "signal" or "ctx_merge" (the parent's own site
- * when it had one).  A site that was not recorded (a call through the plain
- * functions, or no memory) gives NULL/0/NULL.  Returns false while ctx is
+ * failed), "ctx_group_wait" or "signal".  A merged context reports the
+ * site of the parent that ended it (none when that parent has none).  A site that was not recorded
+ * (a call through the plain functions, or no memory) gives NULL/0/NULL.  Returns false while ctx is
  * not done, and for NULL.  Any out pointer may be NULL; strings are
  * static.  Lock-free. */
 CTX_EXPORT bool ctx_cancel_site(ctx_t *ctx, const char **file, int *line, const char **func);

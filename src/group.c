@@ -63,8 +63,12 @@ struct ctx_group {
     /* The owner's reference plus one per active task. */
     _Atomic uint32_t refs;
     _Atomic uint32_t state; /* GROUP_LIVE, _WAITING, _WAITED: misuse checks */
-    int limit;              /* < 0: none; written only while active == 0 */
-    pthread_mutex_t mu;     /* the first failure */
+    /* < 0: none.  Written by ctx_group_set_limit only while active == 0,
+     * but a misused concurrent ctx_group_go may read it meanwhile: atomic
+     * (relaxed; it publishes nothing) so that this stays a wrong answer
+     * and not undefined behaviour. */
+    _Atomic int limit;
+    pthread_mutex_t mu; /* the first failure */
     int err;
 };
 
@@ -195,7 +199,8 @@ static int take_slot(struct ctx_group *g, int block)
     ctx_time_t spin_until = 0;
     for (;;) {
         uint32_t a = atomic_load_explicit(&g->active, memory_order_relaxed);
-        if (g->limit < 0 || a < (uint32_t)g->limit) {
+        int limit = atomic_load_explicit(&g->limit, memory_order_relaxed);
+        if (limit < 0 || a < (uint32_t)limit) {
             if (atomic_compare_exchange_weak_explicit(&g->active, &a, a + 1, memory_order_relaxed,
                                                       memory_order_relaxed))
                 return 0;
@@ -392,7 +397,7 @@ ctx_group_t *ctx_group_new(ctx_t *parent, ctx_t **out)
     atomic_init(&g->sleepers, 0);
     atomic_init(&g->refs, 1);
     atomic_init(&g->state, GROUP_LIVE);
-    g->limit = -1;
+    atomic_init(&g->limit, -1);
     g->err = 0;
     pthread_mutex_init(&g->mu, NULL);
     if (out != NULL)
@@ -408,7 +413,7 @@ int ctx_group_set_limit(ctx_group_t *g, int n)
      * tasks that ended are really gone. */
     if (atomic_load_explicit(&g->active, memory_order_acquire) != 0)
         return EBUSY;
-    g->limit = n < 0 ? -1 : n;
+    atomic_store_explicit(&g->limit, n < 0 ? -1 : n, memory_order_relaxed);
     return 0;
 }
 

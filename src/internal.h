@@ -577,10 +577,23 @@ struct ctx__msg *ctx__msg_site(const char *file, int line, const char *func);
 /* group.c: how the pool and the signal thread start threads (normally
  * ctx__thread_start).  Tests replace it to make thread creation fail. */
 extern int (*ctx__sc_thread_start)(void *(*fn)(void *), size_t stack);
-/* merge.c: waits until an AfterFunc record embedded in a block (merge.c,
- * signal.c) has been let go by after.c, after it was stopped: its count is
- * back to the block's own 1.  Only then may the block be freed. */
+/* merge.c: AfterFunc records embedded in a block (merge.c, signal.c).
+ * init lays out r as a record of fn(arg) on context c (whose owner is o),
+ * as ctx_after_func does, with a count after.c never drops to zero (the
+ * block's own); it takes a reference to c when ref is set.  register puts
+ * r in its owner's list; false when the owner is already done (r is then
+ * marked run and unlisted, so that stopping it returns false at once).
+ * quiesce waits until r, after it was stopped, has been let go by
+ * after.c: its count is back to the block's own 1.  Only then may the
+ * block be freed. */
+void ctx__record_init(struct ctx *r, ctx_t *c, struct ctx *o, void (*fn)(void *), void *arg,
+                      int ref);
+bool ctx__record_register(struct ctx *r);
 void ctx__record_quiesce(struct ctx *r);
+/* signal.c: starts the signal thread in a forked child that inherited live
+ * signal contexts, if it is not running yet (called by
+ * ctx__timer_restart, from the calls that wait). */
+void ctx__signal_restart(void);
 /* describe.c: one node's own piece of ctx_describe's text. */
 size_t ctx__describe_piece(ctx_t *c, char *buf, size_t size);
 

@@ -171,11 +171,8 @@ static void merge_destroy(void *data)
     /* The block is M's node: the tree frees it when this returns. */
 }
 
-/* Lays out r as an AfterFunc record of fn(arg) on context c (whose owner is
- * o), as ctx_after_func does, with a count after.c never drops to zero.
- * Takes a reference to c when ref is set. */
-static void init_record(struct ctx *r, ctx_t *c, struct ctx *o, void (*fn)(void *), void *arg,
-                        int ref)
+void ctx__record_init(struct ctx *r, ctx_t *c, struct ctx *o, void (*fn)(void *), void *arg,
+                      int ref)
 {
     r->up = o;
     r->pk = (uintptr_t)(ref ? ctx__ref(c) : c) | CTX__AFTER;
@@ -197,9 +194,7 @@ static void unlisted(struct ctx *r)
     atomic_store_explicit(&r->u.a.run, CTX__RUN_DONE, memory_order_relaxed);
 }
 
-/* Registers r on its owner.  false when the owner is already done (r is
- * then unlisted). */
-static bool register_record(struct ctx *r)
+bool ctx__record_register(struct ctx *r)
 {
     struct ctx *o = r->up;
     ctx__lock(&o->lock);
@@ -255,10 +250,15 @@ ctx_t *ctx_merge(ctx_t *const *parents, size_t n, ctx_cancel_t **cancel)
     }
     m->up = (struct ctx *)dl;
 
-    /* The record on M itself, then one per further parent.  A parent
-     * already done cancels M at once, with its err and cause. */
-    init_record(&b->self, m, m, merge_done, b, 0);
-    bool m_live = register_record(&b->self);
+    /* The records on the other parents first, the one on M last.  M can
+     * be cancelled (through parents[0] or a linked parent) at any moment
+     * from here on; registering the self record last means that
+     * merge_done, which stops the links, can only run once every link is
+     * in place, and that a cancel that came before finds the self record
+     * unregistered, so that this function stops the links itself.  A
+     * parent already done cancels M, with its err and cause. */
+    ctx__record_init(&b->self, m, m, merge_done, b, 0);
+    bool m_done = (atomic_load_explicit(&m->u.c.state, memory_order_relaxed) & CTX__ERR_MASK) != 0;
     bool fire = false;
     for (size_t i = 1; i < n; i++) {
         struct ctx *r = &b->rec[i - 1];
@@ -270,20 +270,24 @@ ctx_t *ctx_merge(ctx_t *const *parents, size_t n, ctx_cancel_t **cancel)
             ctx__ref(parents[i]);
             continue;
         }
-        init_record(r, parents[i], o, merge_fire, b, 1);
-        if (!m_live)
-            unlisted(r);
-        else if (!register_record(r))
+        ctx__record_init(r, parents[i], o, merge_fire, b, 1);
+        if (m_done || fire)
+            unlisted(r); /* M is or will be done: no need to link */
+        else if (!ctx__record_register(r))
             fire = true;
     }
-    /* A parent already done cancels M now, which runs merge_done. */
-    if (fire)
-        cancel_from_parents(b);
-    /* M done at birth: no record is in any list.  stop_links only marks
-     * their handles stopped, once, as merge_done would have; the destroy
-     * hook sees the self record as run and leaves them alone. */
-    if (!m_live)
+    if (ctx__record_register(&b->self)) {
+        /* From here merge_done (once M is done) or the destroy hook stops
+         * the links. */
+        if (fire)
+            cancel_from_parents(b);
+    } else {
+        /* M is already done and merge_done will never run: stop the links
+         * here (for an unlisted one, that only marks its handle stopped,
+         * as merge_done would have; the destroy hook sees the self record
+         * as run and leaves them alone). */
         stop_links(b);
+    }
     if (cancel != NULL)
         *cancel = h;
     return m;

@@ -21,9 +21,14 @@
  * handling (a second Ctrl-C kills).
  *
  * fork(2): the handlers hold the list's mutex and block every signal in
- * the forking thread across the fork.  The child makes its own pipe (so a
- * signal sent to the child never reaches the parent's thread) and its own
- * reading thread, then unblocks.
+ * the forking thread across the fork.  The child makes its own pipe in its
+ * fork handler (so a signal sent to the child never reaches the parent's
+ * thread, and one that arrives from then on waits in the pipe), but not its
+ * reading thread: only async-signal-safe calls are allowed there, and
+ * sanitizer runtimes strand a thread made at that point (time.c's timer
+ * thread is restarted the same way).  The thread starts on the child's
+ * first call that waits (through ctx__timer_restart) or makes a signal
+ * context.
  *
  * Lock order: S.mu, then node locks (ctx__cancel is called without S.mu,
  * but the reading thread takes references under it).
@@ -62,6 +67,11 @@ static struct {
 static _Atomic int wfd = -1;
 
 static pthread_once_t once = PTHREAD_ONCE_INIT;
+
+/* Set in a forked child that inherited live signal contexts and has no
+ * reading thread yet; cleared once it runs.  Relaxed: a hint, read and
+ * acted on under S.mu. */
+static _Atomic int restart_needed;
 
 static void on_signal(int sig)
 {
@@ -209,19 +219,29 @@ static void *watch_main(void *arg)
     }
 }
 
+/* The pipe.  Under S.mu, or in the child's fork handler: pipe2 and fcntl
+ * are plain system calls, safe there. */
+static int make_pipe_locked(void)
+{
+    int fds[2];
+    if (pipe2(fds, O_CLOEXEC) != 0)
+        return errno;
+    /* The handler must never block. */
+    fcntl(fds[1], F_SETFL, fcntl(fds[1], F_GETFL) | O_NONBLOCK);
+    S.rfd = fds[0];
+    atomic_store_explicit(&wfd, fds[1], memory_order_relaxed);
+    return 0;
+}
+
 /* Makes the pipe and starts the reading thread.  Under S.mu. */
 static int start_locked(void)
 {
     if (S.thread)
         return 0;
     if (S.rfd < 0) {
-        int fds[2];
-        if (pipe2(fds, O_CLOEXEC) != 0)
-            return errno;
-        /* The handler must never block. */
-        fcntl(fds[1], F_SETFL, fcntl(fds[1], F_GETFL) | O_NONBLOCK);
-        S.rfd = fds[0];
-        atomic_store_explicit(&wfd, fds[1], memory_order_relaxed);
+        int e = make_pipe_locked();
+        if (e != 0)
+            return e;
     }
     int e = ctx__sc_thread_start(watch_main, 0); /* runs AfterFunc callbacks */
     if (e != 0)
@@ -248,7 +268,8 @@ static void fork_child(void)
 {
     /* The parent's reading thread did not come along, and its pipe is
      * shared with the parent: a signal sent to the child must not wake
-     * the parent.  The child gets its own of both. */
+     * the parent.  The child gets its own pipe now, and its own thread
+     * on first use (see the top of the file). */
     int old_w = atomic_exchange_explicit(&wfd, -1, memory_order_relaxed);
     if (S.rfd >= 0)
         close(S.rfd);
@@ -256,10 +277,22 @@ static void fork_child(void)
         close(old_w);
     S.rfd = -1;
     S.thread = 0;
-    if (S.head != NULL)
-        start_locked(); /* signals stay blocked until it is ready */
+    if (S.head != NULL) {
+        make_pipe_locked(); /* on failure, start_locked tries again */
+        atomic_store_explicit(&restart_needed, 1, memory_order_relaxed);
+    }
     pthread_mutex_unlock(&S.mu);
     pthread_sigmask(SIG_SETMASK, &S.fork_mask, NULL);
+}
+
+void ctx__signal_restart(void)
+{
+    if (!atomic_load_explicit(&restart_needed, memory_order_relaxed))
+        return;
+    pthread_mutex_lock(&S.mu);
+    if (start_locked() == 0)
+        atomic_store_explicit(&restart_needed, 0, memory_order_relaxed);
+    pthread_mutex_unlock(&S.mu);
 }
 
 static void init_once(void)
@@ -323,16 +356,7 @@ ctx_t *ctx_with_signals(ctx_t *parent, const int *signals, size_t n, ctx_cancel_
      * after.c never drops to zero (the block is freed by the destroy
      * hook). */
     struct ctx *s = &r->self;
-    s->up = c;
-    s->pk = (uintptr_t)c | CTX__AFTER;
-    atomic_init(&s->refs, 3);
-    atomic_init(&s->lock, 0);
-    atomic_init(&s->u.a.run, CTX__RUN_PENDING);
-    s->u.a.handle = CTX__HANDLE_LIVE;
-    s->u.a.fn = sig_done;
-    s->u.a.arg = r;
-    s->u.a.link.next = NULL;
-    s->u.a.link.pprev = NULL;
+    ctx__record_init(s, c, c, sig_done, r, 0);
 
     pthread_mutex_lock(&S.mu);
     int e = start_locked();
@@ -354,6 +378,11 @@ ctx_t *ctx_with_signals(ctx_t *parent, const int *signals, size_t n, ctx_cancel_
                 break;
             }
         }
+        /* A signal read while the last contexts for sig were being freed
+         * waits (pending) to be sent again once they are gone.  This
+         * context takes over sig first: without this, the signal would be
+         * sent whenever this one ended, however much later. */
+        S.pending[sig] = 0;
         S.count[sig]++;
         done_sig = sig;
     }
@@ -380,17 +409,8 @@ ctx_t *ctx_with_signals(ctx_t *parent, const int *signals, size_t n, ctx_cancel_
 
     /* Register the record on the node; a node done at birth (its parent
      * was done) ends at once. */
-    ctx__lock(&c->lock);
-    if ((atomic_load_explicit(&c->u.c.state, memory_order_relaxed) & CTX__ERR_MASK) == 0) {
-        ctx__link_insert(ctx__kids(c), &s->u.a.link);
-        ctx__unlock(&c->lock);
-    } else {
-        ctx__unlock(&c->lock);
-        /* Never listed: no list reference, and already "run". */
-        atomic_store_explicit(&s->refs, 2, memory_order_relaxed);
-        atomic_store_explicit(&s->u.a.run, CTX__RUN_DONE, memory_order_relaxed);
+    if (!ctx__record_register(s))
         sig_done(r);
-    }
     if (cancel != NULL)
         *cancel = h;
     return c;

@@ -1018,9 +1018,11 @@ CTX__FORK_HOOKS(time_hooks, .rank = CTX__FORK_RANK_TIME, .prepare = atfork_prepa
  * handler: POSIX allows only async-signal-safe calls there, and sanitizer
  * runtimes do strand a thread made at that point.  So the child starts it
  * here, from the first call that waits or makes a deadline (T.started is 0
- * in the child while deadlines are pending). */
+ * in the child while deadlines are pending).  The signal thread (signal.c)
+ * is restarted from here too, for the same reasons. */
 void ctx__timer_restart(void)
 {
+    ctx__signal_restart();
     if (atomic_load_explicit(&T.started, memory_order_relaxed) ||
         !atomic_load_explicit(&T.ready, memory_order_acquire))
         return;

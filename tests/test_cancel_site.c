@@ -2,7 +2,8 @@
  * Cancel sites: ctx_cancel and ctx_cancel_cause record where they were
  * called, every context the cancel reaches reports that site, the plain
  * functions record none, and a deadline reports "deadline" with the
- * creation site of its context when tracking is on.
+ * creation site of its context when tracking is on; the site table
+ * filled past its size.
  */
 #include "check.h"
 
@@ -148,6 +149,43 @@ static void test_threads(void)
         check_thread_join(t[i]);
 }
 
+/* More sites than the static table holds: each cancel reports its own
+ * site or none (once its slots are taken), never another's; sites seen
+ * before stay; a cancel with no site to record still cancels.  Last: it
+ * fills the table for the rest of the process. */
+static void test_table_full(void)
+{
+    static const char file[] = "filled.c";
+    int recorded = 0, missed = 0;
+    for (int line = 1; line <= 20000; line++) {
+        ctx_cancel_t *h;
+        ctx_t *c = ctx_with_cancel(ctx_background(), &h);
+        ctx_cancel_at(h, file, line, "fill");
+        CHECK_CANCELED(c);
+        const char *f, *fn;
+        int l;
+        CHECK(ctx_cancel_site(c, &f, &l, &fn));
+        if (f == NULL) {
+            CHECK_EQ_INT(l, 0);
+            CHECK_NULL(fn);
+            missed++;
+        } else {
+            CHECK(f == file);
+            CHECK_EQ_INT(l, line);
+            CHECK_STR(fn, "fill");
+            recorded++;
+        }
+        ctx_unref(c);
+    }
+    CHECK_MSG(recorded > 1000 && missed > 0, "recorded %d, missed %d", recorded, missed);
+    /* An early site is found again, in its slot. */
+    ctx_cancel_t *h;
+    ctx_t *c = ctx_with_cancel(ctx_background(), &h);
+    ctx_cancel_at(h, file, 1, "fill");
+    check_site(c, file, 1, "fill");
+    ctx_unref(c);
+}
+
 int main(void)
 {
     RUN_TEST(test_plain_cancel_records_site);
@@ -155,5 +193,6 @@ int main(void)
     RUN_TEST(test_functions_record_nothing);
     RUN_TEST(test_deadline_site);
     RUN_TEST(test_threads);
+    RUN_TEST(test_table_full);
     return 0;
 }

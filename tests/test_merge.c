@@ -2,7 +2,8 @@
  * ctx_merge: done with the first parent that is done (its err, cause and
  * cancel site), earliest deadline, values in parent order, no trace left
  * in any parent once done or freed, the same parent twice, parents already
- * done, bad input, and merges cancelled from many threads at once.
+ * done, bad input, merges cancelled from many threads at once, and a merge
+ * cancelled while ctx_merge is still linking it.
  */
 #include "check.h"
 
@@ -235,6 +236,69 @@ static void test_same_parent_twice_and_done_parents(void)
     ctx_unref(a);
 }
 
+/* The merge cancelled through its first parent while ctx_merge is still
+ * linking it to the others: whatever the moment, no link may stay on the
+ * long-lived parent once the merge is freed. */
+struct birth {
+    _Atomic(ctx_cancel_t *) h;
+    atomic_long taken;
+    atomic_int stop;
+};
+
+static void *birth_canceller(void *arg)
+{
+    struct birth *b = arg;
+    while (!atomic_load(&b->stop)) {
+        ctx_cancel_t *h = atomic_exchange(&b->h, NULL);
+        if (h != NULL) {
+            /* A delay that sweeps the moments of ctx_merge's work. */
+            long spins = (atomic_load(&b->taken) * 37) % 2000;
+            for (volatile long k = 0; k < spins; k++)
+                ;
+            ctx_cancel(h);
+            atomic_fetch_add(&b->taken, 1);
+        }
+    }
+    return NULL;
+}
+
+static void test_cancel_during_birth(void)
+{
+    struct birth b;
+    atomic_init(&b.h, NULL);
+    atomic_init(&b.taken, 0);
+    atomic_init(&b.stop, 0);
+    pthread_t t;
+    check_thread_start(&t, birth_canceller, &b);
+    ctx_cancel_t *hl;
+    ctx_t *longlived = ctx_with_cancel(ctx_background(), &hl);
+    long rounds = check_scale(5000);
+    for (long i = 0; i < rounds; i++) {
+        ctx_cancel_t *h0;
+        ctx_t *p0 = ctx_with_cancel(ctx_background(), &h0);
+        /* Many links make ctx_merge's linking a window worth hitting. */
+        ctx_t *ps[32];
+        ps[0] = p0;
+        for (int j = 1; j < 32; j++)
+            ps[j] = longlived;
+        atomic_store(&b.h, h0);
+        ctx_t *m = ctx_merge(ps, 32, NULL);
+        CHECK_NOT_NULL(m);
+        while (atomic_load(&b.taken) != i + 1)
+            ;
+        CHECK_CANCELED(m);
+        ctx_unref(m);
+        ctx_unref(p0);
+        CHECK_MSG(callbacks_of(longlived) == 0, "round %ld: %d links left", i,
+                  callbacks_of(longlived));
+    }
+    atomic_store(&b.stop, 1);
+    check_thread_join(t);
+    /* A link left behind would now run on a freed merge. */
+    ctx_cancel(hl);
+    ctx_unref(longlived);
+}
+
 /* The idiom of a compound literal passes through the call-site macro. */
 static void test_compound_literal(void)
 {
@@ -316,5 +380,6 @@ int main(void)
     RUN_TEST(test_compound_literal);
     RUN_TEST(test_bad_input);
     RUN_TEST(test_races);
+    RUN_TEST(test_cancel_during_birth);
     return 0;
 }

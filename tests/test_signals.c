@@ -11,7 +11,8 @@
 #include <sys/wait.h>
 
 #if CHECK_TSAN
-/* The child of a fork starts its own signal thread; ThreadSanitizer kills
+/* The child of a fork starts its own signal thread (on first use after
+ * the fork, not in its fork handler); ThreadSanitizer kills
  * such a child unless told otherwise (test_fork.c does the same). */
 const char *__tsan_default_options(void);
 const char *__tsan_default_options(void)
