@@ -89,7 +89,10 @@ tsan:
 	$(CMAKE) --build build-tsan -j $(JOBS)
 	$(NO_ASLR) $(CTEST) --test-dir build-tsan --output-on-failure -j $(TEST_JOBS)
 
+# The benchmarks' peers (Google Benchmark, Go's database drivers, wrk, hey)
+# are in deps.sh's ci list.
 bench:
+	@scripts/deps.sh ci
 	@if [ -f bench/CMakeLists.txt ]; then \
 	    set -e; \
 	    $(CMAKE) -S . -B $(BUILD_DIR) -DCMAKE_BUILD_TYPE=$(BUILD_TYPE); \
