@@ -28,6 +28,7 @@
 #include <limits.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/time.h>
 #include <sys/uio.h>
 #include <time.h>
 #include <unistd.h>
@@ -483,13 +484,29 @@ static int connect_wait(ctx_t *c, int fd)
     return 0;
 }
 
-/* The AfterFunc that cuts a blocking connect short: shutdown(2) of a socket
- * whose SYN is unanswered aborts the attempt and wakes the connecting
- * thread. */
-static void abort_connect(void *arg)
+/* connect(2) on a blocking socket, with the socket's send timeout
+ * (SO_SNDTIMEO, which Linux's connect honours) lowered to `usec` for the
+ * one call and then restored.  A TCP attempt that has not finished by then
+ * goes on in the background and the call says EINPROGRESS; an AF_UNIX
+ * listener whose backlog stays full gives EAGAIN.  Either way the caller
+ * gets its thread back, to wait on the context. */
+static int connect_slice(int fd, const struct sockaddr *addr, socklen_t len, long usec)
 {
-    shutdown(*(int *)arg, SHUT_RDWR);
+    struct timeval old, slice = { 0, usec };
+    socklen_t ol = sizeof old;
+    if (getsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &old, &ol) != 0 ||
+        setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &slice, sizeof slice) != 0)
+        return -1;
+    int r = connect(fd, addr, len);
+    int err = errno;
+    setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &old, sizeof old);
+    errno = err;
+    return r;
 }
+
+/* How long one AF_UNIX attempt waits for room in a full backlog before the
+ * context is looked at again: the latency of a cancel in that case. */
+#define UNIX_SLICE_USEC 10000
 
 int ctx_connect(ctx_t *c, int fd, const struct sockaddr *addr, socklen_t len)
 {
@@ -514,27 +531,35 @@ int ctx_connect(ctx_t *c, int fd, const struct sockaddr *addr, socklen_t len)
         /* EINTR: the attempt goes on in the background, as EINPROGRESS. */
         return connect_wait(c, fd);
     }
-    /* A blocking socket: let connect(2) block and have ctx's end abort it.
-     * If the AfterFunc ran at all, the attempt counts as abandoned, even
-     * when connect won the race: the socket may have been shut down. */
-    int fdcopy = fd;
-    ctx_after_t *stop;
-    e = ctx_after_func(c, abort_connect, &fdcopy, &stop);
-    if (e != 0) {
-        errno = e;
-        return -1;
+    /* A blocking socket, whose flags are not ours to change.  Letting
+     * connect(2) block and aborting it from an AfterFunc with shutdown(2)
+     * cannot work: a cancel that lands before the kernel has sent the SYN
+     * finds the socket not yet connecting (ENOTCONN, no effect), and the
+     * connect then blocks for the whole SYN timeout.  Instead the connect
+     * itself is made short (connect_slice) and the rest of the handshake
+     * is waited for with poll, like a non-blocking connect. */
+    long usec = 1; /* one clock tick, the shortest the kernel keeps */
+    int again = 0; /* a connect of ours went before this one */
+    for (;;) {
+        int r = connect_slice(fd, addr, len, usec);
+        if (r == 0)
+            return 0;
+        int err = errno;
+        if (err == EINPROGRESS || (again && err == EALREADY))
+            return connect_wait(c, fd);
+        if (again && err == EISCONN)
+            return 0; /* finished between our two calls */
+        if (err != EAGAIN && err != EINTR)
+            return -1;
+        /* EAGAIN: AF_UNIX with a full backlog, where connect(2) would wait
+         * for room; wait in slices and look at the context between them.
+         * EINTR: a signal; the next call says how far the attempt got. */
+        e = ctx_err(c);
+        if (e != 0) {
+            errno = e;
+            return -1;
+        }
+        again = 1;
+        usec = err == EAGAIN ? UNIX_SLICE_USEC : 1;
     }
-    int r = connect(fd, addr, len);
-    int err = errno;
-    if (r != 0 && err == EINTR && ctx_err(c) == 0) {
-        r = connect_wait(c, fd);
-        err = errno;
-    }
-    if (!ctx_after_stop(stop)) {
-        errno = ctx_err(c);
-        return -1;
-    }
-    if (r != 0)
-        errno = err;
-    return r;
 }

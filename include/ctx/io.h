@@ -108,11 +108,13 @@ CTX_EXPORT int ctx_accept(ctx_t *ctx, int fd, struct sockaddr *addr, socklen_t *
 /* connect(2) that waits as long as ctx allows.  0 once connected.  On a ctx
  * end (-1, errno = ctx_err(ctx)) the connection attempt is abandoned and fd
  * must be closed, as after a failed connect(2).  A non-blocking socket is
- * waited for with poll; on a blocking TCP socket the attempt runs as a
- * plain connect(2), which a ctx end aborts with shutdown(2) (an AfterFunc
- * on ctx, so the call may allocate: ENOMEM).  A blocking AF_UNIX connect to
- * a listener whose backlog is full cannot be aborted that way: give such a
- * socket O_NONBLOCK. */
+ * waited for with poll.  On a blocking socket the call lowers the socket's
+ * SO_SNDTIMEO (which Linux's connect(2) honours) to one clock tick for the
+ * connect(2) itself and restores it before returning; the rest of a TCP
+ * handshake is then waited for with poll, and an AF_UNIX listener whose
+ * backlog is full is retried every 10 ms until it has room or ctx ends.  A
+ * thread reading SO_SNDTIMEO of that socket meanwhile sees the short value.
+ * The call makes no allocation and leaves nothing behind on the context. */
 CTX_EXPORT int ctx_connect(ctx_t *ctx, int fd, const struct sockaddr *addr, socklen_t len);
 
 /* Whole buffers (Go's io.ReadFull and net.Conn.Write).  Return 0 when all n
