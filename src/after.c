@@ -263,6 +263,20 @@ void ctx__after_defer_unref(struct ctx *node)
     ctx__after_defer(&node->u.c.link);
 }
 
+void ctx__unref_deferred(struct ctx *node)
+{
+    /* Acquire: when we see ours is the last reference, every other
+     * holder's release decrement happens before what we do next (such as a
+     * canceller's unlink that wrote the link we reuse).  Release: our use of
+     * the node happens before whoever frees it. */
+    uint32_t r = atomic_load_explicit(&node->refs, memory_order_acquire);
+    while (r > 1)
+        if (atomic_compare_exchange_weak_explicit(&node->refs, &r, r - 1, memory_order_acq_rel,
+                                                  memory_order_acquire))
+            return;
+    ctx__after_defer_unref(node);
+}
+
 int ctx__after_watch(ctx_time_t now)
 {
     pthread_mutex_lock(&X.mu);

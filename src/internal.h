@@ -428,6 +428,10 @@ void ctx__after_defer(struct ctx__link *chain);
 /* Hands the last reference to a done cancel node to the callback thread,
  * so that freeing it (which runs destroy hooks) happens there. */
 void ctx__after_defer_unref(struct ctx *node);
+/* Drops a library thread's reference to a done cancel node (one that it
+ * cancelled with defer set): at once, unless it is the last one, which
+ * ctx__after_defer_unref hands on.  For threads that must run no user code. */
+void ctx__unref_deferred(struct ctx *node);
 /* The timer thread's look at the callback queue (see after.c): starts a
  * worker when the queue has not moved for a millisecond.  Returns nonzero
  * while records are queued, so that the timer thread looks again soon. */

@@ -138,12 +138,20 @@ static void *watcher(void *arg)
             s->gen++;
         }
         unlock();
+        /* As the timer thread does for deadlines: the contexts' AfterFunc
+         * callbacks, and the freeing of a context whose last reference is
+         * ours (destroy hooks), run on the callback threads, never here,
+         * so that user code that blocks (or waits for another client's
+         * disconnect) cannot stop the watching of every socket. */
         while (fire != NULL) {
             struct watch *w = fire;
             fire = w->fire_next; /* before the unref, which may free w */
             struct ctx *c = w->ctx;
-            ctx_cancel_cause((ctx_cancel_t *)c, ECONNRESET, "client disconnected");
-            ctx_unref(c);
+            /* Without memory for the text the cause keeps its code only. */
+            struct ctx__msg *msg = ctx__msg_new("client disconnected");
+            ctx__cancel(c, CTX_CANCELED, ECONNRESET, msg, 1);
+            ctx__msg_unref(msg);
+            ctx__unref_deferred(c);
         }
     }
     return NULL;

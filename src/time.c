@@ -383,19 +383,9 @@ static void fire(struct ctx__timer *t, int defer)
         ctx_unref(&t->base);
         return;
     }
-    /* Drop our reference, unless it is the last one: freeing runs user
-     * code (value and custom destroy hooks, up the chain), which must never
-     * run on the timer thread.  The callback thread drops that one. */
-    /* Acquire: when we see ours is the last reference, every other
-     * holder's release decrement happens before what we do next (such as a
-     * canceller's unlink that wrote the link we reuse).  Release: our use of
-     * the node happens before whoever frees it. */
-    uint32_t r = atomic_load_explicit(&t->base.refs, memory_order_acquire);
-    while (r > 1)
-        if (atomic_compare_exchange_weak_explicit(&t->base.refs, &r, r - 1, memory_order_acq_rel,
-                                                  memory_order_acquire))
-            return;
-    ctx__after_defer_unref(&t->base);
+    /* Freeing runs user code (value and custom destroy hooks, up the
+     * chain), which must never run on the timer thread. */
+    ctx__unref_deferred(&t->base);
 }
 
 static void *timer_main(void *arg)

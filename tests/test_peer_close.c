@@ -141,6 +141,51 @@ static void test_done_otherwise(void)
     close(sv);
 }
 
+/* An AfterFunc of a watched context runs on a callback thread, never on
+ * the watcher: one that blocks until another client hangs up (here: until
+ * the second context is done) would otherwise stop all watching, and the
+ * second context would never end.  The last reference dropped by the
+ * watcher is freed there too, with the destroy hook off the watcher. */
+struct block_arg {
+    ctx_t *other;
+    _Atomic int ran, returned;
+};
+
+static void block_until_other(void *arg)
+{
+    struct block_arg *b = arg;
+    atomic_store(&b->ran, 1);
+    ctx_wait(b->other, 10 * CTX_SECOND);
+    atomic_store(&b->returned, ctx_err(b->other) != 0 ? 1 : -1);
+}
+
+static void test_callback_off_watcher(void)
+{
+    int cl1, sv1, cl2, sv2;
+    io_tcp_pair(&cl1, &sv1);
+    io_tcp_pair(&cl2, &sv2);
+    ctx_t *c1 = ctx_with_peer_close(ctx_background(), sv1, NULL);
+    ctx_t *c2 = ctx_with_peer_close(ctx_background(), sv2, NULL);
+    CHECK_NOT_NULL(c1);
+    CHECK_NOT_NULL(c2);
+    struct block_arg b = { .other = c2 };
+    ctx_after_t *stop;
+    CHECK_EQ_INT(ctx_after_func(c1, block_until_other, &b, &stop), 0);
+    close(cl1);
+    CHECK_PEER_GONE(c1);
+    for (int i = 0; i < 10000 && !atomic_load(&b.ran); i++)
+        usleep(1000);
+    CHECK(atomic_load(&b.ran));
+    close(cl2);
+    CHECK_PEER_GONE(c2);
+    CHECK(!ctx_after_stop(stop)); /* waits for the callback to return */
+    CHECK_EQ_INT(atomic_load(&b.returned), 1);
+    ctx_unref(c1);
+    ctx_unref(c2);
+    close(sv1);
+    close(sv2);
+}
+
 static void test_bad_input(void)
 {
     CHECK_FAILS_WITH(ctx_with_peer_close(NULL, 0, NULL), EINVAL);
@@ -293,6 +338,7 @@ int main(void)
     RUN_TEST(test_shutdown_and_unix);
     RUN_TEST(test_already);
     RUN_TEST(test_done_otherwise);
+    RUN_TEST(test_callback_off_watcher);
     RUN_TEST(test_bad_input);
     RUN_TEST(test_no_fd_per_watch);
     RUN_TEST(test_churn);

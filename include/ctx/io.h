@@ -150,7 +150,10 @@ CTX_EXPORT int ctx_dial(ctx_t *ctx, const char *host, const char *port);
  * a pipelined request is never consumed: one library thread waits in epoll
  * (EPOLLRDHUP, EPOLLHUP, EPOLLERR; never EPOLLIN) for every watched socket
  * of the process, so a watch costs no thread and no fd of its own.  The
- * watch ends when the context is done (for any reason) or freed.  fd must
+ * watch ends when the context is done (for any reason) or freed.  On a
+ * hang-up, AfterFunc callbacks of the context and its descendants run on
+ * the library's callback threads, as for a deadline, never on the watcher
+ * thread.  fd must
  * stay open until then.  Several contexts may watch one fd.  Returns a new
  * reference, or NULL with errno: EINVAL (NULL parent, negative fd), EBADF,
  * ENOTSOCK or EPERM (epoll refuses the fd), ENOMEM, EMFILE (no fd for the
