@@ -191,6 +191,35 @@ struct op {
     int checked; /* fstat was done for this call */
 };
 
+/* The most a plain write (M_PLAIN) moves per call. */
+#define PLAIN_PIECE PIPE_BUF
+
+/* A blocking write(2) does not return after writing what fits: it waits
+ * until all of it is written.  So where poll must stand in for a per-call
+ * "do not block" (M_PLAIN), the write is cut to PLAIN_PIECE bytes, which
+ * a pipe or FIFO that polls writable always has room for, and which makes
+ * a terminal's write, whose poll promises less, very likely to fit.  The
+ * caller gets the short count, as write(2) may give. */
+static ssize_t plain_write(const struct op *o)
+{
+    struct iovec v[8];
+    int n = 0;
+    size_t total = 0;
+    for (int i = 0; i < o->iovcnt && n < (int)(sizeof v / sizeof v[0]) && total < PLAIN_PIECE;
+         i++) {
+        if (o->iov[i].iov_len == 0)
+            continue;
+        v[n] = o->iov[i];
+        if (v[n].iov_len > PLAIN_PIECE - total)
+            v[n].iov_len = PLAIN_PIECE - total;
+        total += v[n].iov_len;
+        n++;
+    }
+    if (n == 0)
+        return writev(o->fd, o->iov, o->iovcnt); /* nothing to write: as write(2) says */
+    return writev(o->fd, v, n);
+}
+
 /* One attempt in the current mode.  Moves to the next mode where the fd
  * refuses this one, and returns -1 with errno EAGAIN for "would block". */
 static ssize_t attempt(struct op *o)
@@ -237,6 +266,9 @@ static ssize_t attempt(struct op *o)
             return -1;
         }
         case M_PLAIN:
+            if (o->write)
+                return plain_write(o);
+            return readv(o->fd, o->iov, o->iovcnt);
         case M_FILE:
             return o->write ? writev(o->fd, o->iov, o->iovcnt) : readv(o->fd, o->iov, o->iovcnt);
         }

@@ -48,12 +48,17 @@
  *   files and block devices, which poll(2) always calls ready, get the
  *   plain system call, as read(2) would.  It does not hold for (a)
  *   ctx_accept on a BLOCKING listening socket, since accept4 has no
- *   per-call non-blocking flag, and (b) ctx_read/ctx_write on a blocking fd
- *   whose file type refuses RWF_NOWAIT (terminals, some character
- *   devices): there the call waits with poll and then makes the plain
- *   system call, which can block, past the context's end, when another
- *   thread consumed the event in between.  Give such fds O_NONBLOCK (the calls still wait for you)
- * or keep one reader per fd.
+ *   per-call non-blocking flag, and (b) the read and write calls on a
+ *   blocking fd whose file type refuses RWF_NOWAIT (terminals, some
+ *   character devices; pipes and FIFOs on kernels without RWF_NOWAIT for
+ *   them).  There the call waits with poll and then makes the plain system
+ *   call.  A read can block, past the context's end, when another thread
+ *   consumed the data in between.  A write is cut to PIPE_BUF bytes per
+ *   call (a short count, as write(2) may give; ctx_write_all goes on), which
+ *   a pipe or FIFO that polls writable always takes at once; a terminal
+ *   promises less, and a write to one whose reader has fallen behind can
+ *   block until the reader makes room.  Give such fds O_NONBLOCK (the
+ *   calls still wait for you) or keep one reader and one writer per fd.
  *
  *   SIGPIPE.  On sockets every write-side call (ctx_write, ctx_writev,
  *   ctx_send, ctx_write_all) sends with MSG_NOSIGNAL: a peer that reset the
