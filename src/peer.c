@@ -292,12 +292,17 @@ ctx_t *ctx_with_peer_close(ctx_t *parent, int fd, ctx_cancel_t **cancel)
         e = start();
         if (e == 0)
             e = grow(fd);
-        if (e == 0 && slots[fd].head == NULL) {
+        if (e == 0) {
+            /* Added even when fd has watches already: their socket may be
+             * gone, closed by an owner that had not ended its context yet
+             * (the kernel then dropped it from epoll), and this fd number
+             * a new socket.  EEXIST means the same socket is there: an
+             * armed entry, or a disarmed one left by a watch that fired;
+             * MOD (re-)arms it. */
             struct epoll_event ev = { .events = PEER_EVENTS };
             ev.data.u64 = event_key(fd);
             if (epoll_ctl(epfd, EPOLL_CTL_ADD, fd, &ev) != 0) {
                 e = errno;
-                /* A disarmed entry left by an earlier watch that fired. */
                 if (e == EEXIST && epoll_ctl(epfd, EPOLL_CTL_MOD, fd, &ev) == 0)
                     e = 0;
             }

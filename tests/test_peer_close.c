@@ -186,6 +186,41 @@ static void test_callback_off_watcher(void)
     close(sv2);
 }
 
+/* An owner that closes its socket before ending the context (the fd must
+ * stay open until then, but this is an easy mistake), while another
+ * connection gets the same fd number and is watched: the new connection's
+ * hang-up is still seen. */
+static void test_closed_early_and_reused(void)
+{
+    /* A number far above what the calls here allocate, so that only the
+     * dup3 calls below put a socket there. */
+    const int num = 200;
+    int cl1, tmp;
+    io_tcp_pair(&cl1, &tmp);
+    int sv1 = dup3(tmp, num, O_CLOEXEC);
+    CHECK_EQ_INT(sv1, num);
+    close(tmp);
+    ctx_cancel_t *cancel1;
+    ctx_t *c1 = ctx_with_peer_close(ctx_background(), sv1, &cancel1);
+    CHECK_NOT_NULL(c1);
+    close(sv1); /* too early: c1 still watches */
+    int cl2;
+    io_tcp_pair(&cl2, &tmp);
+    int sv2 = dup3(tmp, num, O_CLOEXEC); /* the number a new accept could get */
+    CHECK_EQ_INT(sv2, num);
+    close(tmp);
+    ctx_t *c2 = ctx_with_peer_close(ctx_background(), sv2, NULL);
+    CHECK_NOT_NULL(c2);
+    CHECK_EQ_INT(ctx_wait(c2, 50 * CTX_MILLISECOND), 0);
+    close(cl2);
+    CHECK_PEER_GONE(c2);
+    ctx_cancel(cancel1);
+    ctx_unref(c1);
+    ctx_unref(c2);
+    close(sv2);
+    close(cl1);
+}
+
 static void test_bad_input(void)
 {
     CHECK_FAILS_WITH(ctx_with_peer_close(NULL, 0, NULL), EINVAL);
@@ -339,6 +374,7 @@ int main(void)
     RUN_TEST(test_already);
     RUN_TEST(test_done_otherwise);
     RUN_TEST(test_callback_off_watcher);
+    RUN_TEST(test_closed_early_and_reused);
     RUN_TEST(test_bad_input);
     RUN_TEST(test_no_fd_per_watch);
     RUN_TEST(test_churn);

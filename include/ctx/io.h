@@ -155,16 +155,18 @@ CTX_EXPORT int ctx_dial(ctx_t *ctx, const char *host, const char *port);
  * a pipelined request is never consumed: one library thread waits in epoll
  * (EPOLLRDHUP, EPOLLHUP, EPOLLERR; never EPOLLIN) for every watched socket
  * of the process, so a watch costs no thread and no fd of its own.  The
- * watch ends when the context is done (for any reason) or freed.  On a
- * hang-up, AfterFunc callbacks of the context and its descendants run on
- * the library's callback threads, as for a deadline, never on the watcher
- * thread.  fd must
- * stay open until then.  Several contexts may watch one fd.  Returns a new
- * reference, or NULL with errno: EINVAL (NULL parent, negative fd), EBADF,
- * ENOTSOCK or EPERM (epoll refuses the fd), ENOMEM, EMFILE (no fd for the
- * watcher's epoll instance), EAGAIN (its thread cannot start).  On a parent
- * that is already done the child is done at birth and nothing is watched.
- * Linux only; elsewhere it fails with ENOSYS.
+ * watch ends when the context is done (for any reason) or freed, and fd
+ * must stay open until then; if it is closed earlier, a new socket that
+ * gets the same number is still watched correctly, but the early context
+ * may end when that socket's peer hangs up.  Several contexts may watch
+ * one fd.  On a hang-up, AfterFunc callbacks of the context and its
+ * descendants run on the library's callback threads, as for a deadline,
+ * never on the watcher thread.  Returns a new reference, or NULL with
+ * errno: EINVAL (NULL parent, negative fd), EBADF, ENOTSOCK or EPERM
+ * (epoll refuses the fd), ENOMEM, EMFILE (no fd for the watcher's epoll
+ * instance), EAGAIN (its thread cannot start).  On a parent that is
+ * already done the child is done at birth and nothing is watched.  Linux
+ * only; elsewhere it fails with ENOSYS.
  *
  * fork(2): the child process gets its own watcher on its first call of
  * ctx_with_peer_close; the watches it inherited resume then. */
