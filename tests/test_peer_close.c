@@ -8,6 +8,7 @@
  */
 #include "io_helpers.h"
 
+#include <dirent.h>
 #include <sys/wait.h>
 
 #if CHECK_TSAN
@@ -106,6 +107,39 @@ static void test_already(void)
     close(sv);
 }
 
+/* Whether an epoll instance of this process (the watcher's: the tests make
+ * none) has fd in its interest list, from /proc/self/fdinfo. */
+static int in_epoll(int fd)
+{
+    DIR *d = opendir("/proc/self/fd");
+    CHECK_NOT_NULL(d);
+    int found = 0;
+    struct dirent *de;
+    while ((de = readdir(d)) != NULL && !found) {
+        char path[320], link[64];
+        snprintf(path, sizeof path, "/proc/self/fd/%s", de->d_name);
+        ssize_t n = readlink(path, link, sizeof link - 1);
+        if (n <= 0)
+            continue;
+        link[n] = 0;
+        if (strcmp(link, "anon_inode:[eventpoll]") != 0)
+            continue;
+        snprintf(path, sizeof path, "/proc/self/fdinfo/%s", de->d_name);
+        FILE *f = fopen(path, "r");
+        if (f == NULL)
+            continue;
+        char line[256];
+        while (fgets(line, sizeof line, f) != NULL) {
+            int t;
+            if (sscanf(line, "tfd: %d", &t) == 1 && t == fd)
+                found = 1;
+        }
+        fclose(f);
+    }
+    closedir(d);
+    return found;
+}
+
 /* Done for another reason first (own cancel, ancestor, deadline) or freed
  * while live: the watch ends; a later hang-up changes nothing. */
 static void test_done_otherwise(void)
@@ -121,12 +155,14 @@ static void test_done_otherwise(void)
     ctx_t *e = ctx_with_peer_close(ctx_background(), sv, NULL);
     ctx_t *f = ctx_with_peer_close(ctx_background(), sv, NULL);
     CHECK(a && b && d && e && f);
+    CHECK(in_epoll(sv));
     ctx_unref(e); /* freed while live */
     ctx_cancel(pc);
     ctx_cancel(cc);
     CHECK_CANCELED(a);
     CHECK_CANCELED(b);
     CHECK_EQ_INT(ctx_wait(d, 30 * CTX_SECOND), CTX_DEADLINE_EXCEEDED);
+    CHECK(in_epoll(sv)); /* f still watches */
     close(cl);
     CHECK_PEER_GONE(f); /* the one watch left still works */
     CHECK_CANCELED(a);
@@ -138,6 +174,36 @@ static void test_done_otherwise(void)
     ctx_unref(tp);
     ctx_unref(f);
     ctx_unref(p);
+
+    /* The last watch of an fd leaves epoll as soon as its context is done,
+     * by cancel, by an ancestor or by a deadline, or freed: before the
+     * owner, seeing it done, may close the fd. */
+    io_tcp_pair(&cl, &sv);
+    for (int how = 0; how < 4; how++) {
+        ctx_cancel_t *own, *anc;
+        ctx_t *parent = ctx_with_cancel(ctx_background(), &anc);
+        ctx_t *tp2 = ctx_with_timeout(parent, how == 2 ? CTX_MILLISECOND : CTX_HOUR, NULL);
+        ctx_t *w = ctx_with_peer_close(tp2, sv, &own);
+        CHECK_NOT_NULL(w);
+        CHECK(in_epoll(sv));
+        if (how == 0)
+            ctx_cancel(own);
+        else if (how == 1)
+            ctx_cancel(anc);
+        else if (how == 2)
+            CHECK_EQ_INT(ctx_wait(w, 30 * CTX_SECOND), CTX_DEADLINE_EXCEEDED);
+        else
+            ctx_unref(w);
+        if (how != 3)
+            CHECK(ctx_err(w) != 0);
+        CHECK_MSG(!in_epoll(sv), "how %d", how); /* while w may still live */
+        if (how != 3)
+            ctx_unref(w);
+        ctx_cancel(anc);
+        ctx_unref(tp2);
+        ctx_unref(parent);
+    }
+    close(cl);
     close(sv);
 }
 
