@@ -383,7 +383,27 @@ ssize_t ctx_writev(ctx_t *c, int fd, const struct iovec *iov, int iovcnt)
 
 ssize_t ctx_recv(ctx_t *c, int fd, void *buf, size_t n, int flags)
 {
-    return run_one(c, fd, buf, n, 0, M_SOCK, flags, 1);
+    ssize_t r = run_one(c, fd, buf, n, 0, M_SOCK, flags, 1);
+    if (r <= 0 || (size_t)r == n ||
+        (flags & (MSG_WAITALL | MSG_DONTWAIT | MSG_PEEK)) != MSG_WAITALL)
+        return r;
+    /* MSG_WAITALL: the non-blocking attempt returned what was there, where
+     * recv(2) would have waited for all n bytes.  On a stream socket, go on
+     * until they are in, end of file, an error or ctx's end; what arrived
+     * is returned in every case.  (On datagram sockets the flag means
+     * nothing, and one datagram is one call.) */
+    int type;
+    socklen_t tl = sizeof type;
+    if (getsockopt(fd, SOL_SOCKET, SO_TYPE, &type, &tl) != 0 || type != SOCK_STREAM)
+        return r;
+    size_t got = (size_t)r;
+    while (got < n) {
+        r = run_one(c, fd, (char *)buf + got, n - got, 0, M_SOCK, flags, 1);
+        if (r <= 0)
+            break;
+        got += (size_t)r;
+    }
+    return (ssize_t)got;
 }
 
 ssize_t ctx_send(ctx_t *c, int fd, const void *buf, size_t n, int flags)

@@ -301,6 +301,14 @@ static void test_write_full_pipe(void)
 
 /* Vectors and sockets: readv/writev on a socketpair and a pipe,
  * recv/send with flags, and MSG_DONTWAIT keeping its meaning. */
+/* Writes "late" to *arg after 20 ms. */
+static void *late_writer(void *arg)
+{
+    check_sleep_ns(20 * CTX_MILLISECOND);
+    CHECK_EQ_INT(write(*(int *)arg, "late", 4), 4);
+    return NULL;
+}
+
 static void test_vectors_and_sockets(void)
 {
     int s[2];
@@ -326,6 +334,21 @@ static void test_vectors_and_sockets(void)
     errno = 0;
     CHECK_EQ_INT(ctx_recv(c, s[1], b, 2, MSG_DONTWAIT), -1);
     CHECK_EQ_INT(errno, EAGAIN);
+
+    /* MSG_WAITALL waits for every byte, as recv(2) does; when the context
+     * ends first, the bytes that arrived are returned. */
+    char w[8] = { 0 };
+    CHECK_EQ_INT(write(s[0], "on", 2), 2);
+    pthread_t t;
+    check_thread_start(&t, late_writer, &s[0]);
+    CHECK_EQ_INT(ctx_recv(c, s[1], w, 6, MSG_WAITALL), 6);
+    CHECK(memcmp(w, "onlate", 6) == 0);
+    check_thread_join(t);
+    CHECK_EQ_INT(write(s[0], "xy", 2), 2);
+    ctx_t *d = ctx_with_timeout(ctx_background(), 50 * CTX_MILLISECOND, NULL);
+    CHECK_EQ_INT(ctx_recv(d, s[1], w, 6, MSG_WAITALL), 2);
+    CHECK(memcmp(w, "xy", 2) == 0);
+    ctx_unref(d);
     ctx_unref(c);
     close(s[0]);
     close(s[1]);
@@ -677,13 +700,6 @@ static void test_poll(void)
 }
 
 /* The background context can never be done: waiting on it makes no fd. */
-static void *late_writer(void *arg)
-{
-    check_sleep_ns(20 * CTX_MILLISECOND);
-    CHECK_EQ_INT(write(*(int *)arg, "late", 4), 4);
-    return NULL;
-}
-
 static void test_background_wait(void)
 {
     int p[2];

@@ -21,7 +21,10 @@
  *   Flags.  The calls never change an fd's flags (O_NONBLOCK stays as it
  *   was).  They wait, as long as ctx allows, where the POSIX call would
  *   block, on blocking and non-blocking fds alike; only an explicit
- *   MSG_DONTWAIT passed to ctx_recv/ctx_send keeps its "never wait" meaning.
+ *   MSG_DONTWAIT passed to ctx_recv/ctx_send keeps its "never wait" meaning,
+ *   and MSG_WAITALL passed to ctx_recv on a stream socket waits for all n
+ *   bytes as recv(2) does (fewer only at end of file, an error or ctx's
+ *   end, and then the count of what arrived).
  *
  *   How they wait.  The operation is first tried without blocking and
  *   without changing the fd: reads with preadv2(RWF_NOWAIT), which works on
