@@ -113,6 +113,12 @@ static void *watcher(void *arg)
         if (n < 0)
             continue; /* EINTR; epfd stays valid for the thread's life */
         struct watch *fire = NULL;
+        /* One hold from taking watches off the table to having cancelled
+         * them: a fork waits for the whole of it, so a child never inherits
+         * watches that left the table (and took a reference) but whose
+         * contexts nobody will cancel there.  Nothing in it runs user code,
+         * which could fork inside the hold. */
+        ctx__hold();
         lock();
         for (int i = 0; i < n; i++) {
             int fd = (int)(uint32_t)ev[i].data.u64;
@@ -153,6 +159,7 @@ static void *watcher(void *arg)
             ctx__msg_unref(msg);
             ctx__unref_deferred(c);
         }
+        ctx__release();
     }
     return NULL;
 }
