@@ -601,11 +601,13 @@ int ctx_connect(ctx_t *c, int fd, const struct sockaddr *addr, socklen_t len)
             return connect_wait(c, fd);
         if (again && err == EISCONN)
             return 0; /* finished between our two calls */
-        if (err != EAGAIN && err != EINTR)
-            return -1;
-        /* EAGAIN: AF_UNIX with a full backlog, where connect(2) would wait
+        /* EAGAIN from AF_UNIX: a full backlog, where connect(2) would wait
          * for room; wait in slices and look at the context between them.
-         * EINTR: a signal; the next call says how far the attempt got. */
+         * (Elsewhere, such as TCP out of local ports, connect(2) fails at
+         * once with it, and so do we.)  EINTR: a signal; the next call
+         * says how far the attempt got. */
+        if (err != EINTR && !(err == EAGAIN && addr->sa_family == AF_UNIX))
+            return -1;
         e = ctx_err(c);
         if (e != 0) {
             errno = e;
