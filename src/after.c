@@ -272,6 +272,32 @@ void ctx__after_defer_unref(struct ctx *node)
     ctx__after_defer(&one);
 }
 
+void ctx__unref_chain(struct ctx *node, struct ctx__chain *chain)
+{
+    /* Acquire: when we see ours is the last reference, every other
+     * holder's release decrement happens before what we do next (such as a
+     * canceller's unlink that wrote the link we reuse).  Release: our use of
+     * the node happens before whoever frees it. */
+    uint32_t r = atomic_load_explicit(&node->refs, memory_order_acquire);
+    /* (Not when only fan-out shards would be left: that drop has work to
+     * do, which ctx_unref on the callback thread does.) */
+    while (r > 1 && (r - 1) % CTX__FAN_REF != 0)
+        if (atomic_compare_exchange_weak_explicit(&node->refs, &r, r - 1, memory_order_acq_rel,
+                                                  memory_order_acquire))
+            return;
+    /* The node is done and out of every list: its link is free. */
+    node->u.c.link.next = NULL;
+    *chain->tail = &node->u.c.link;
+    chain->tail = &node->u.c.link.next;
+}
+
+void ctx__unref_deferred(struct ctx *node)
+{
+    struct ctx__chain one = { NULL, &one.head };
+    ctx__unref_chain(node, &one);
+    ctx__after_defer(&one);
+}
+
 int ctx__after_watch(ctx_time_t now)
 {
     pthread_mutex_lock(&X.mu);

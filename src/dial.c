@@ -6,7 +6,9 @@
  * of its own while the caller waits on a child of its context.  The lookup
  * ends that child when it finishes; the caller's context ends it when it is
  * done first.  Whoever comes second in the race on `state` cleans up: an
- * abandoned lookup frees its own result when getaddrinfo finally returns.
+ * abandoned lookup frees its own result when getaddrinfo finally returns,
+ * while the caller's context is released at once (the caller drops the
+ * thread's reference to the child).
  * A thread per lookup, rather than a pool, keeps a hung name server from
  * holding up unrelated lookups, and costs nothing when nobody dials names.
  */
@@ -72,13 +74,16 @@ static void *lookup_thread(void *arg)
     lk->res = res;
     uint32_t expected = L_RUNNING;
     /* Release: publishes rc and res to the caller's acquire in
-     * wait_lookup.  When the caller abandoned the lookup first, the result
-     * stays in lk and lookup_unref frees it. */
-    atomic_compare_exchange_strong_explicit(&lk->state, &expected, L_FINISHED, memory_order_acq_rel,
-                                            memory_order_acquire);
-    ctx_t *wake = lk->wake;
-    ctx_cancel(lk->wake_cancel);
-    ctx_unref(wake);
+     * resolve_name.  When the caller abandoned the lookup first, the
+     * result stays in lk and lookup_unref frees it, and the caller has
+     * dropped this thread's reference to wake already: wake is not ours
+     * to touch. */
+    if (atomic_compare_exchange_strong_explicit(&lk->state, &expected, L_FINISHED,
+                                                memory_order_acq_rel, memory_order_acquire)) {
+        ctx_t *wake = lk->wake;
+        ctx_cancel(lk->wake_cancel);
+        ctx_unref(wake);
+    }
     lookup_unref(lk);
     return NULL;
 }
@@ -166,7 +171,13 @@ static int resolve_name(ctx_t *c, const char *host, const char *port, struct add
      * are its. */
     if (atomic_compare_exchange_strong_explicit(&lk->state, &expected, L_ABANDONED,
                                                 memory_order_acq_rel, memory_order_acquire)) {
-        rc = ctx_err(c); /* c ended first: the thread cleans up */
+        /* c ended first: the thread cleans up its result.  Its reference
+         * to wake is dropped here, now, since it will never use it: wake
+         * holds c (and so c's ancestors and values) alive, and a name
+         * server that never answers must not pin them until getaddrinfo
+         * gives up, which can take minutes. */
+        rc = ctx_err(c);
+        ctx_unref(lk->wake);
     } else if (lk->rc != 0) {
         rc = gai_errno(lk->rc, lk->sys_errno);
     } else {

@@ -555,6 +555,13 @@ void ctx__after_defer(struct ctx__chain *chain);
 /* Queues the drop of the reference to node (done, in no list) that the
  * caller holds last, so that the free runs on a callback thread. */
 void ctx__after_defer_unref(struct ctx *node);
+/* Drops a library thread's reference to a done cancel node (one that it
+ * cancelled with defer set): at once, unless it is the last one, which goes
+ * on chain for the callback threads to drop.  For threads that must run no
+ * user code (the timer thread, the peer-close watcher). */
+void ctx__unref_chain(struct ctx *node, struct ctx__chain *chain);
+/* ctx__unref_chain with a chain of its own, handed off at once. */
+void ctx__unref_deferred(struct ctx *node);
 /* The timer thread's look at the callback queue (see after.c): starts a
  * worker when the queue has not moved for a millisecond.  Returns nonzero
  * while records are queued, so that the timer thread looks again soon. */

@@ -28,6 +28,7 @@
 #include <limits.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/time.h>
 #include <sys/uio.h>
 #include <time.h>
 #include <unistd.h>
@@ -190,6 +191,35 @@ struct op {
     int checked; /* fstat was done for this call */
 };
 
+/* The most a plain write (M_PLAIN) moves per call. */
+#define PLAIN_PIECE PIPE_BUF
+
+/* A blocking write(2) does not return after writing what fits: it waits
+ * until all of it is written.  So where poll must stand in for a per-call
+ * "do not block" (M_PLAIN), the write is cut to PLAIN_PIECE bytes, which
+ * a pipe or FIFO that polls writable always has room for, and which makes
+ * a terminal's write, whose poll promises less, very likely to fit.  The
+ * caller gets the short count, as write(2) may give. */
+static ssize_t plain_write(const struct op *o)
+{
+    struct iovec v[8];
+    int n = 0;
+    size_t total = 0;
+    for (int i = 0; i < o->iovcnt && n < (int)(sizeof v / sizeof v[0]) && total < PLAIN_PIECE;
+         i++) {
+        if (o->iov[i].iov_len == 0)
+            continue;
+        v[n] = o->iov[i];
+        if (v[n].iov_len > PLAIN_PIECE - total)
+            v[n].iov_len = PLAIN_PIECE - total;
+        total += v[n].iov_len;
+        n++;
+    }
+    if (n == 0)
+        return writev(o->fd, o->iov, o->iovcnt); /* nothing to write: as write(2) says */
+    return writev(o->fd, v, n);
+}
+
 /* One attempt in the current mode.  Moves to the next mode where the fd
  * refuses this one, and returns -1 with errno EAGAIN for "would block". */
 static ssize_t attempt(struct op *o)
@@ -236,6 +266,9 @@ static ssize_t attempt(struct op *o)
             return -1;
         }
         case M_PLAIN:
+            if (o->write)
+                return plain_write(o);
+            return readv(o->fd, o->iov, o->iovcnt);
         case M_FILE:
             return o->write ? writev(o->fd, o->iov, o->iovcnt) : readv(o->fd, o->iov, o->iovcnt);
         }
@@ -350,7 +383,27 @@ ssize_t ctx_writev(ctx_t *c, int fd, const struct iovec *iov, int iovcnt)
 
 ssize_t ctx_recv(ctx_t *c, int fd, void *buf, size_t n, int flags)
 {
-    return run_one(c, fd, buf, n, 0, M_SOCK, flags, 1);
+    ssize_t r = run_one(c, fd, buf, n, 0, M_SOCK, flags, 1);
+    if (r <= 0 || (size_t)r == n ||
+        (flags & (MSG_WAITALL | MSG_DONTWAIT | MSG_PEEK)) != MSG_WAITALL)
+        return r;
+    /* MSG_WAITALL: the non-blocking attempt returned what was there, where
+     * recv(2) would have waited for all n bytes.  On a stream socket, go on
+     * until they are in, end of file, an error or ctx's end; what arrived
+     * is returned in every case.  (On datagram sockets the flag means
+     * nothing, and one datagram is one call.) */
+    int type;
+    socklen_t tl = sizeof type;
+    if (getsockopt(fd, SOL_SOCKET, SO_TYPE, &type, &tl) != 0 || type != SOCK_STREAM)
+        return r;
+    size_t got = (size_t)r;
+    while (got < n) {
+        r = run_one(c, fd, (char *)buf + got, n - got, 0, M_SOCK, flags, 1);
+        if (r <= 0)
+            break;
+        got += (size_t)r;
+    }
+    return (ssize_t)got;
 }
 
 ssize_t ctx_send(ctx_t *c, int fd, const void *buf, size_t n, int flags)
@@ -483,13 +536,29 @@ static int connect_wait(ctx_t *c, int fd)
     return 0;
 }
 
-/* The AfterFunc that cuts a blocking connect short: shutdown(2) of a socket
- * whose SYN is unanswered aborts the attempt and wakes the connecting
- * thread. */
-static void abort_connect(void *arg)
+/* connect(2) on a blocking socket, with the socket's send timeout
+ * (SO_SNDTIMEO, which Linux's connect honours) lowered to `usec` for the
+ * one call and then restored.  A TCP attempt that has not finished by then
+ * goes on in the background and the call says EINPROGRESS; an AF_UNIX
+ * listener whose backlog stays full gives EAGAIN.  Either way the caller
+ * gets its thread back, to wait on the context. */
+static int connect_slice(int fd, const struct sockaddr *addr, socklen_t len, long usec)
 {
-    shutdown(*(int *)arg, SHUT_RDWR);
+    struct timeval old, slice = { 0, usec };
+    socklen_t ol = sizeof old;
+    if (getsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &old, &ol) != 0 ||
+        setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &slice, sizeof slice) != 0)
+        return -1;
+    int r = connect(fd, addr, len);
+    int err = errno;
+    setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &old, sizeof old);
+    errno = err;
+    return r;
 }
+
+/* How long one AF_UNIX attempt waits for room in a full backlog before the
+ * context is looked at again: the latency of a cancel in that case. */
+#define UNIX_SLICE_USEC 10000
 
 int ctx_connect(ctx_t *c, int fd, const struct sockaddr *addr, socklen_t len)
 {
@@ -514,27 +583,37 @@ int ctx_connect(ctx_t *c, int fd, const struct sockaddr *addr, socklen_t len)
         /* EINTR: the attempt goes on in the background, as EINPROGRESS. */
         return connect_wait(c, fd);
     }
-    /* A blocking socket: let connect(2) block and have ctx's end abort it.
-     * If the AfterFunc ran at all, the attempt counts as abandoned, even
-     * when connect won the race: the socket may have been shut down. */
-    int fdcopy = fd;
-    ctx_after_t *stop;
-    e = ctx_after_func(c, abort_connect, &fdcopy, &stop);
-    if (e != 0) {
-        errno = e;
-        return -1;
+    /* A blocking socket, whose flags are not ours to change.  Letting
+     * connect(2) block and aborting it from an AfterFunc with shutdown(2)
+     * cannot work: a cancel that lands before the kernel has sent the SYN
+     * finds the socket not yet connecting (ENOTCONN, no effect), and the
+     * connect then blocks for the whole SYN timeout.  Instead the connect
+     * itself is made short (connect_slice) and the rest of the handshake
+     * is waited for with poll, like a non-blocking connect. */
+    long usec = 1; /* one clock tick, the shortest the kernel keeps */
+    int again = 0; /* a connect of ours went before this one */
+    for (;;) {
+        int r = connect_slice(fd, addr, len, usec);
+        if (r == 0)
+            return 0;
+        int err = errno;
+        if (err == EINPROGRESS || (again && err == EALREADY))
+            return connect_wait(c, fd);
+        if (again && err == EISCONN)
+            return 0; /* finished between our two calls */
+        /* EAGAIN from AF_UNIX: a full backlog, where connect(2) would wait
+         * for room; wait in slices and look at the context between them.
+         * (Elsewhere, such as TCP out of local ports, connect(2) fails at
+         * once with it, and so do we.)  EINTR: a signal; the next call
+         * says how far the attempt got. */
+        if (err != EINTR && !(err == EAGAIN && addr->sa_family == AF_UNIX))
+            return -1;
+        e = ctx_err(c);
+        if (e != 0) {
+            errno = e;
+            return -1;
+        }
+        again = 1;
+        usec = err == EAGAIN ? UNIX_SLICE_USEC : 1;
     }
-    int r = connect(fd, addr, len);
-    int err = errno;
-    if (r != 0 && err == EINTR && ctx_err(c) == 0) {
-        r = connect_wait(c, fd);
-        err = errno;
-    }
-    if (!ctx_after_stop(stop)) {
-        errno = ctx_err(c);
-        return -1;
-    }
-    if (r != 0)
-        errno = err;
-    return r;
 }

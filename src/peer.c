@@ -113,6 +113,12 @@ static void *watcher(void *arg)
         if (n < 0)
             continue; /* EINTR; epfd stays valid for the thread's life */
         struct watch *fire = NULL;
+        /* One hold from taking watches off the table to having cancelled
+         * them: a fork waits for the whole of it, so a child never inherits
+         * watches that left the table (and took a reference) but whose
+         * contexts nobody will cancel there.  Nothing in it runs user code,
+         * which could fork inside the hold. */
+        ctx__hold();
         lock();
         for (int i = 0; i < n; i++) {
             int fd = (int)(uint32_t)ev[i].data.u64;
@@ -138,13 +144,22 @@ static void *watcher(void *arg)
             s->gen++;
         }
         unlock();
+        /* As the timer thread does for deadlines: the contexts' AfterFunc
+         * callbacks, and the freeing of a context whose last reference is
+         * ours (destroy hooks), run on the callback threads, never here,
+         * so that user code that blocks (or waits for another client's
+         * disconnect) cannot stop the watching of every socket. */
         while (fire != NULL) {
             struct watch *w = fire;
             fire = w->fire_next; /* before the unref, which may free w */
             struct ctx *c = w->ctx;
-            ctx_cancel_cause((ctx_cancel_t *)c, ECONNRESET, "client disconnected");
-            ctx_unref(c);
+            /* Without memory for the text the cause keeps its code only. */
+            struct ctx__msg *msg = ctx__msg_new("client disconnected");
+            ctx__cancel(c, CTX_CANCELED, ECONNRESET, msg, 1);
+            ctx__msg_unref(msg);
+            ctx__unref_deferred(c);
         }
+        ctx__release();
     }
     return NULL;
 }
@@ -284,12 +299,17 @@ ctx_t *ctx_with_peer_close(ctx_t *parent, int fd, ctx_cancel_t **cancel)
         e = start();
         if (e == 0)
             e = grow(fd);
-        if (e == 0 && slots[fd].head == NULL) {
+        if (e == 0) {
+            /* Added even when fd has watches already: their socket may be
+             * gone, closed by an owner that had not ended its context yet
+             * (the kernel then dropped it from epoll), and this fd number
+             * a new socket.  EEXIST means the same socket is there: an
+             * armed entry, or a disarmed one left by a watch that fired;
+             * MOD (re-)arms it. */
             struct epoll_event ev = { .events = PEER_EVENTS };
             ev.data.u64 = event_key(fd);
             if (epoll_ctl(epfd, EPOLL_CTL_ADD, fd, &ev) != 0) {
                 e = errno;
-                /* A disarmed entry left by an earlier watch that fired. */
                 if (e == EEXIST && epoll_ctl(epfd, EPOLL_CTL_MOD, fd, &ev) == 0)
                     e = 0;
             }

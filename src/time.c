@@ -772,21 +772,7 @@ static void fire(struct ctx__timer *t, struct ctx__chain *chain)
         ctx_unref(&t->base);
         return;
     }
-    /* Acquire: when we see ours is the last reference, every other
-     * holder's release decrement happens before what we do next (such as a
-     * canceller's unlink that wrote the link we reuse).  Release: our use of
-     * the node happens before whoever frees it. */
-    uint32_t r = atomic_load_explicit(&t->base.refs, memory_order_acquire);
-    /* (Not when only fan-out shards would be left: that drop has work to
-     * do, which ctx_unref on the callback thread does.) */
-    while (r > 1 && (r - 1) % CTX__FAN_REF != 0)
-        if (atomic_compare_exchange_weak_explicit(&t->base.refs, &r, r - 1, memory_order_acq_rel,
-                                                  memory_order_acquire))
-            return;
-    /* The node is done and out of every list: its link is free. */
-    t->base.u.c.link.next = NULL;
-    *chain->tail = &t->base.u.c.link;
-    chain->tail = &t->base.u.c.link.next;
+    ctx__unref_chain(&t->base, chain);
 }
 
 /* One round of the timer thread: every shard whose time has come gives up

@@ -134,6 +134,17 @@ static void *canceller_main(void *arg)
     return NULL;
 }
 
+/* A parent that says when it is freed. */
+static atomic_int parent_freed;
+
+static void note_freed(void *data)
+{
+    (void)data;
+    atomic_store(&parent_freed, 1);
+}
+
+static const ctx_custom_ops_t note_ops = { .name = "Note", .destroy = note_freed };
+
 /* Allocation failure at every site of a dial by name: success or ENOMEM,
  * and nothing leaks (the lookup thread frees its record after it wakes the
  * caller, so the count is awaited). */
@@ -264,6 +275,29 @@ int main(void)
         CHECK_EQ_INT(errno, CTX_CANCELED);
         check_thread_join(kt);
         ctx_unref(c);
+    }
+
+    fprintf(stderr, "-- an abandoned lookup does not keep the caller's context alive\n");
+    {
+        /* The query still hangs (for 30 s) after the dial returns; the
+         * dial's context and its parent must be freed when the caller
+         * drops them, not when getaddrinfo gives up. */
+        struct canceller k;
+        atomic_store(&parent_freed, 0);
+        ctx_t *parent = ctx_with_custom(ctx_background(), &note_ops, NULL, NULL);
+        CHECK_NOT_NULL(parent);
+        c = ctx_with_cancel(parent, &k.cancel);
+        ctx_unref(parent);
+        k.seen = atomic_load(&queries_hang);
+        pthread_t kt;
+        check_thread_start(&kt, canceller_main, &k);
+        errno = 0;
+        CHECK_EQ_INT(ctx_dial(c, "hang.example", ps), -1);
+        CHECK_EQ_INT(errno, CTX_CANCELED);
+        check_thread_join(kt);
+        CHECK_EQ_INT(atomic_load(&parent_freed), 0);
+        ctx_unref(c);
+        CHECK_EQ_INT(atomic_load(&parent_freed), 1);
     }
     fprintf(stderr, "-- allocation failures\n");
     sweep_dial(ps);

@@ -8,7 +8,7 @@
  * what it held before, and the process has the fds it had before.
  *
  * Sites: the done fd's table entry (the first wait on a context), ctx_poll's
- * copy of a long array, the AfterFunc of a blocking connect, and
+ * copy of a long array, the done fd of a blocking connect that waits, and
  * ctx_with_peer_close's node, watch and fd table.  ctx_dial's lookup
  * record is swept in test_dial_resolver.c, which can resolve names without
  * a real name server.

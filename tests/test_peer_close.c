@@ -8,6 +8,7 @@
  */
 #include "io_helpers.h"
 
+#include <dirent.h>
 #include <sys/wait.h>
 
 #if CHECK_TSAN
@@ -106,6 +107,39 @@ static void test_already(void)
     close(sv);
 }
 
+/* Whether an epoll instance of this process (the watcher's: the tests make
+ * none) has fd in its interest list, from /proc/self/fdinfo. */
+static int in_epoll(int fd)
+{
+    DIR *d = opendir("/proc/self/fd");
+    CHECK_NOT_NULL(d);
+    int found = 0;
+    struct dirent *de;
+    while ((de = readdir(d)) != NULL && !found) {
+        char path[320], link[64];
+        snprintf(path, sizeof path, "/proc/self/fd/%s", de->d_name);
+        ssize_t n = readlink(path, link, sizeof link - 1);
+        if (n <= 0)
+            continue;
+        link[n] = 0;
+        if (strcmp(link, "anon_inode:[eventpoll]") != 0)
+            continue;
+        snprintf(path, sizeof path, "/proc/self/fdinfo/%s", de->d_name);
+        FILE *f = fopen(path, "r");
+        if (f == NULL)
+            continue;
+        char line[256];
+        while (fgets(line, sizeof line, f) != NULL) {
+            int t;
+            if (sscanf(line, "tfd: %d", &t) == 1 && t == fd)
+                found = 1;
+        }
+        fclose(f);
+    }
+    closedir(d);
+    return found;
+}
+
 /* Done for another reason first (own cancel, ancestor, deadline) or freed
  * while live: the watch ends; a later hang-up changes nothing. */
 static void test_done_otherwise(void)
@@ -121,12 +155,14 @@ static void test_done_otherwise(void)
     ctx_t *e = ctx_with_peer_close(ctx_background(), sv, NULL);
     ctx_t *f = ctx_with_peer_close(ctx_background(), sv, NULL);
     CHECK(a && b && d && e && f);
+    CHECK(in_epoll(sv));
     ctx_unref(e); /* freed while live */
     ctx_cancel(pc);
     ctx_cancel(cc);
     CHECK_CANCELED(a);
     CHECK_CANCELED(b);
     CHECK_EQ_INT(ctx_wait(d, 30 * CTX_SECOND), CTX_DEADLINE_EXCEEDED);
+    CHECK(in_epoll(sv)); /* f still watches */
     close(cl);
     CHECK_PEER_GONE(f); /* the one watch left still works */
     CHECK_CANCELED(a);
@@ -138,7 +174,117 @@ static void test_done_otherwise(void)
     ctx_unref(tp);
     ctx_unref(f);
     ctx_unref(p);
+
+    /* The last watch of an fd leaves epoll as soon as its context is done,
+     * by cancel, by an ancestor or by a deadline, or freed: before the
+     * owner, seeing it done, may close the fd. */
+    io_tcp_pair(&cl, &sv);
+    for (int how = 0; how < 4; how++) {
+        ctx_cancel_t *own, *anc;
+        ctx_t *parent = ctx_with_cancel(ctx_background(), &anc);
+        ctx_t *tp2 = ctx_with_timeout(parent, how == 2 ? CTX_MILLISECOND : CTX_HOUR, NULL);
+        ctx_t *w = ctx_with_peer_close(tp2, sv, &own);
+        CHECK_NOT_NULL(w);
+        CHECK(in_epoll(sv));
+        if (how == 0)
+            ctx_cancel(own);
+        else if (how == 1)
+            ctx_cancel(anc);
+        else if (how == 2)
+            CHECK_EQ_INT(ctx_wait(w, 30 * CTX_SECOND), CTX_DEADLINE_EXCEEDED);
+        else
+            ctx_unref(w);
+        if (how != 3)
+            CHECK(ctx_err(w) != 0);
+        CHECK_MSG(!in_epoll(sv), "how %d", how); /* while w may still live */
+        if (how != 3)
+            ctx_unref(w);
+        ctx_cancel(anc);
+        ctx_unref(tp2);
+        ctx_unref(parent);
+    }
+    close(cl);
     close(sv);
+}
+
+/* An AfterFunc of a watched context runs on a callback thread, never on
+ * the watcher: one that blocks until another client hangs up (here: until
+ * the second context is done) would otherwise stop all watching, and the
+ * second context would never end.  The last reference dropped by the
+ * watcher is freed there too, with the destroy hook off the watcher. */
+struct block_arg {
+    ctx_t *other;
+    _Atomic int ran, returned;
+};
+
+static void block_until_other(void *arg)
+{
+    struct block_arg *b = arg;
+    atomic_store(&b->ran, 1);
+    ctx_wait(b->other, 10 * CTX_SECOND);
+    atomic_store(&b->returned, ctx_err(b->other) != 0 ? 1 : -1);
+}
+
+static void test_callback_off_watcher(void)
+{
+    int cl1, sv1, cl2, sv2;
+    io_tcp_pair(&cl1, &sv1);
+    io_tcp_pair(&cl2, &sv2);
+    ctx_t *c1 = ctx_with_peer_close(ctx_background(), sv1, NULL);
+    ctx_t *c2 = ctx_with_peer_close(ctx_background(), sv2, NULL);
+    CHECK_NOT_NULL(c1);
+    CHECK_NOT_NULL(c2);
+    struct block_arg b = { .other = c2 };
+    ctx_after_t *stop;
+    CHECK_EQ_INT(ctx_after_func(c1, block_until_other, &b, &stop), 0);
+    close(cl1);
+    CHECK_PEER_GONE(c1);
+    for (int i = 0; i < 10000 && !atomic_load(&b.ran); i++)
+        usleep(1000);
+    CHECK(atomic_load(&b.ran));
+    close(cl2);
+    CHECK_PEER_GONE(c2);
+    CHECK(!ctx_after_stop(stop)); /* waits for the callback to return */
+    CHECK_EQ_INT(atomic_load(&b.returned), 1);
+    ctx_unref(c1);
+    ctx_unref(c2);
+    close(sv1);
+    close(sv2);
+}
+
+/* An owner that closes its socket before ending the context (the fd must
+ * stay open until then, but this is an easy mistake), while another
+ * connection gets the same fd number and is watched: the new connection's
+ * hang-up is still seen. */
+static void test_closed_early_and_reused(void)
+{
+    /* A number far above what the calls here allocate, so that only the
+     * dup3 calls below put a socket there. */
+    const int num = 200;
+    int cl1, tmp;
+    io_tcp_pair(&cl1, &tmp);
+    int sv1 = dup3(tmp, num, O_CLOEXEC);
+    CHECK_EQ_INT(sv1, num);
+    close(tmp);
+    ctx_cancel_t *cancel1;
+    ctx_t *c1 = ctx_with_peer_close(ctx_background(), sv1, &cancel1);
+    CHECK_NOT_NULL(c1);
+    close(sv1); /* too early: c1 still watches */
+    int cl2;
+    io_tcp_pair(&cl2, &tmp);
+    int sv2 = dup3(tmp, num, O_CLOEXEC); /* the number a new accept could get */
+    CHECK_EQ_INT(sv2, num);
+    close(tmp);
+    ctx_t *c2 = ctx_with_peer_close(ctx_background(), sv2, NULL);
+    CHECK_NOT_NULL(c2);
+    CHECK_EQ_INT(ctx_wait(c2, 50 * CTX_MILLISECOND), 0);
+    close(cl2);
+    CHECK_PEER_GONE(c2);
+    ctx_cancel(cancel1);
+    ctx_unref(c1);
+    ctx_unref(c2);
+    close(sv2);
+    close(cl1);
 }
 
 static void test_bad_input(void)
@@ -293,6 +439,8 @@ int main(void)
     RUN_TEST(test_shutdown_and_unix);
     RUN_TEST(test_already);
     RUN_TEST(test_done_otherwise);
+    RUN_TEST(test_callback_off_watcher);
+    RUN_TEST(test_closed_early_and_reused);
     RUN_TEST(test_bad_input);
     RUN_TEST(test_no_fd_per_watch);
     RUN_TEST(test_churn);

@@ -21,7 +21,10 @@
  *   Flags.  The calls never change an fd's flags (O_NONBLOCK stays as it
  *   was).  They wait, as long as ctx allows, where the POSIX call would
  *   block, on blocking and non-blocking fds alike; only an explicit
- *   MSG_DONTWAIT passed to ctx_recv/ctx_send keeps its "never wait" meaning.
+ *   MSG_DONTWAIT passed to ctx_recv/ctx_send keeps its "never wait" meaning,
+ *   and MSG_WAITALL passed to ctx_recv on a stream socket waits for all n
+ *   bytes as recv(2) does (fewer only at end of file, an error or ctx's
+ *   end, and then the count of what arrived).
  *
  *   How they wait.  The operation is first tried without blocking and
  *   without changing the fd: reads with preadv2(RWF_NOWAIT), which works on
@@ -48,12 +51,17 @@
  *   files and block devices, which poll(2) always calls ready, get the
  *   plain system call, as read(2) would.  It does not hold for (a)
  *   ctx_accept on a BLOCKING listening socket, since accept4 has no
- *   per-call non-blocking flag, and (b) ctx_read/ctx_write on a blocking fd
- *   whose file type refuses RWF_NOWAIT (terminals, some character
- *   devices): there the call waits with poll and then makes the plain
- *   system call, which can block, past the context's end, when another
- *   thread consumed the event in between.  Give such fds O_NONBLOCK (the calls still wait for you)
- * or keep one reader per fd.
+ *   per-call non-blocking flag, and (b) the read and write calls on a
+ *   blocking fd whose file type refuses RWF_NOWAIT (terminals, some
+ *   character devices; pipes and FIFOs on kernels without RWF_NOWAIT for
+ *   them).  There the call waits with poll and then makes the plain system
+ *   call.  A read can block, past the context's end, when another thread
+ *   consumed the data in between.  A write is cut to PIPE_BUF bytes per
+ *   call (a short count, as write(2) may give; ctx_write_all goes on), which
+ *   a pipe or FIFO that polls writable always takes at once; a terminal
+ *   promises less, and a write to one whose reader has fallen behind can
+ *   block until the reader makes room.  Give such fds O_NONBLOCK (the
+ *   calls still wait for you) or keep one reader and one writer per fd.
  *
  *   SIGPIPE.  On sockets every write-side call (ctx_write, ctx_writev,
  *   ctx_send, ctx_write_all) sends with MSG_NOSIGNAL: a peer that reset the
@@ -108,11 +116,13 @@ CTX_EXPORT int ctx_accept(ctx_t *ctx, int fd, struct sockaddr *addr, socklen_t *
 /* connect(2) that waits as long as ctx allows.  0 once connected.  On a ctx
  * end (-1, errno = ctx_err(ctx)) the connection attempt is abandoned and fd
  * must be closed, as after a failed connect(2).  A non-blocking socket is
- * waited for with poll; on a blocking TCP socket the attempt runs as a
- * plain connect(2), which a ctx end aborts with shutdown(2) (an AfterFunc
- * on ctx, so the call may allocate: ENOMEM).  A blocking AF_UNIX connect to
- * a listener whose backlog is full cannot be aborted that way: give such a
- * socket O_NONBLOCK. */
+ * waited for with poll.  On a blocking socket the call lowers the socket's
+ * SO_SNDTIMEO (which Linux's connect(2) honours) to one clock tick for the
+ * connect(2) itself and restores it before returning; the rest of a TCP
+ * handshake is then waited for with poll, and an AF_UNIX listener whose
+ * backlog is full is retried every 10 ms until it has room or ctx ends.  A
+ * thread reading SO_SNDTIMEO of that socket meanwhile sees the short value.
+ * The call makes no allocation and leaves nothing behind on the context. */
 CTX_EXPORT int ctx_connect(ctx_t *ctx, int fd, const struct sockaddr *addr, socklen_t len);
 
 /* Whole buffers (Go's io.ReadFull and net.Conn.Write).  Return 0 when all n
@@ -148,13 +158,18 @@ CTX_EXPORT int ctx_dial(ctx_t *ctx, const char *host, const char *port);
  * a pipelined request is never consumed: one library thread waits in epoll
  * (EPOLLRDHUP, EPOLLHUP, EPOLLERR; never EPOLLIN) for every watched socket
  * of the process, so a watch costs no thread and no fd of its own.  The
- * watch ends when the context is done (for any reason) or freed.  fd must
- * stay open until then.  Several contexts may watch one fd.  Returns a new
- * reference, or NULL with errno: EINVAL (NULL parent, negative fd), EBADF,
- * ENOTSOCK or EPERM (epoll refuses the fd), ENOMEM, EMFILE (no fd for the
- * watcher's epoll instance), EAGAIN (its thread cannot start).  On a parent
- * that is already done the child is done at birth and nothing is watched.
- * Linux only; elsewhere it fails with ENOSYS.
+ * watch ends when the context is done (for any reason) or freed, and fd
+ * must stay open until then; if it is closed earlier, a new socket that
+ * gets the same number is still watched correctly, but the early context
+ * may end when that socket's peer hangs up.  Several contexts may watch
+ * one fd.  On a hang-up, AfterFunc callbacks of the context and its
+ * descendants run on the library's callback threads, as for a deadline,
+ * never on the watcher thread.  Returns a new reference, or NULL with
+ * errno: EINVAL (NULL parent, negative fd), EBADF, ENOTSOCK or EPERM
+ * (epoll refuses the fd), ENOMEM, EMFILE (no fd for the watcher's epoll
+ * instance), EAGAIN (its thread cannot start).  On a parent that is
+ * already done the child is done at birth and nothing is watched.  Linux
+ * only; elsewhere it fails with ENOSYS.
  *
  * fork(2): the child process gets its own watcher on its first call of
  * ctx_with_peer_close; the watches it inherited resume then. */
