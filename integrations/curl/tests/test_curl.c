@@ -7,6 +7,7 @@
 #include "check.h"
 
 #include <ctx/curl.h>
+#include <ctx/propagation.h>
 
 #include <arpa/inet.h>
 #include <microhttpd.h>
@@ -45,6 +46,17 @@ static enum MHD_Result handler(void *cls, struct MHD_Connection *conn, const cha
     if (strcmp(url, "/hang") == 0) {
         ctx_wait(release_ctx, 30 * CTX_SECOND);
         r = MHD_create_response_from_buffer(4, (void *)"late", MHD_RESPMEM_PERSISTENT);
+    } else if (strcmp(url, "/echo") == 0) {
+        /* The propagation headers as received, one a line. */
+        char text[1024];
+        const char *names[] = { "grpc-timeout", "traceparent", "baggage", "x-request-id" };
+        size_t len = 0;
+        for (int i = 0; i < 4; i++) {
+            const char *v = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, names[i]);
+            len += (size_t)snprintf(text + len, sizeof text - len, "%s=%s\n", names[i],
+                                    v != NULL ? v : "");
+        }
+        r = MHD_create_response_from_buffer(strlen(text), text, MHD_RESPMEM_MUST_COPY);
     } else if (strcmp(url, "/body") == 0) {
         r = MHD_create_response_from_callback(MHD_SIZE_UNKNOWN, 64, held_body, NULL, NULL);
     } else {
@@ -290,6 +302,80 @@ static void test_already_done(void)
     curl_easy_cleanup(easy);
 }
 
+static const char *get_header(void *headers, const char *name)
+{
+    const char *const *kv = headers;
+    for (; kv[0] != NULL; kv += 2)
+        if (strcmp(kv[0], name) == 0)
+            return kv[1];
+    return NULL;
+}
+
+/* The headers reach the server and say what the context says. */
+static void test_headers(void)
+{
+    const char *in_headers[] = { "traceparent",
+                                 "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01", NULL,
+                                 NULL };
+    const ctx_carrier_t in = { .get = get_header, .headers = in_headers };
+    ctx_t *extracted = ctx_extract(ctx_background(), &in, NULL);
+    CHECK_NOT_NULL(extracted);
+    ctx_t *timed = ctx_with_timeout(extracted, 5 * CTX_SECOND, NULL);
+    ctx_t *ctx = ctx_with_baggage(timed, "request-id", "abc 1");
+    CHECK_NOT_NULL(ctx);
+
+    struct curl_slist *list = curl_slist_append(NULL, "X-Request-Id: abc");
+    CHECK_PTR_EQ(ctx_curl_headers(ctx, list), list);
+    int n = 0;
+    for (struct curl_slist *p = list; p != NULL; p = p->next)
+        n++;
+    CHECK_EQ_INT(n, 4); /* X-Request-Id, grpc-timeout, traceparent, baggage */
+
+    struct body b = { 0 };
+    CURL *easy = easy_for("/echo", &b);
+    curl_easy_setopt(easy, CURLOPT_HTTPHEADER, list);
+    CHECK_EQ_INT(ctx_curl_perform(ctx, easy), CURLE_OK);
+    fprintf(stderr, "%s", b.buf);
+    CHECK(strstr(b.buf, "traceparent=00-4bf92f3577b34da6a3ce929d0e0e4736-") != NULL);
+    /* A fresh span id for the call, not the caller's. */
+    CHECK(strstr(b.buf, "00f067aa0ba902b7") == NULL);
+    CHECK(strstr(b.buf, "baggage=request-id=abc%201") != NULL);
+    CHECK(strstr(b.buf, "x-request-id=abc\n") != NULL);
+    /* 5 s less the little time spent: a value in milliseconds or seconds. */
+    const char *gt = strstr(b.buf, "grpc-timeout=");
+    CHECK_NOT_NULL(gt);
+    long v = strtol(gt + strlen("grpc-timeout="), NULL, 10);
+    CHECK(v > 0);
+    curl_easy_cleanup(easy);
+    curl_slist_free_all(list);
+
+    /* No headers of the caller's: the new list alone. */
+    list = ctx_curl_headers(ctx, NULL);
+    CHECK_NOT_NULL(list);
+    curl_slist_free_all(list);
+
+    /* A context with nothing to carry adds nothing. */
+    errno = EBADF;
+    CHECK_NULL(ctx_curl_headers(ctx_background(), NULL));
+    CHECK_EQ_INT(errno, 0);
+
+    /* A done context: NULL with its error, the list unchanged. */
+    ctx_cancel_t *cancel;
+    ctx_t *gone = ctx_with_cancel(ctx, &cancel);
+    ctx_cancel(cancel);
+    list = curl_slist_append(NULL, "Accept: */*");
+    errno = 0;
+    CHECK_NULL(ctx_curl_headers(gone, list));
+    CHECK_EQ_INT(errno, CTX_CANCELED);
+    CHECK_NULL(list->next);
+    curl_slist_free_all(list);
+    ctx_unref(gone);
+
+    ctx_unref(ctx);
+    ctx_unref(timed);
+    ctx_unref(extracted);
+}
+
 static void test_bad_arguments(void)
 {
     CURL *easy = curl_easy_init();
@@ -302,6 +388,9 @@ static void test_bad_arguments(void)
     curl_multi_remove_handle(m, easy);
     curl_multi_cleanup(m);
     curl_easy_cleanup(easy);
+    errno = 0;
+    CHECK_NULL(ctx_curl_headers(NULL, NULL));
+    CHECK_EQ_INT(errno, EINVAL);
 }
 
 /* Many threads at once, each with its own handle and its own cancel. */
@@ -334,6 +423,7 @@ int main(void)
     start_server();
     RUN_TEST(test_plain);
     RUN_TEST(test_bad_arguments);
+    RUN_TEST(test_headers);
     RUN_TEST(test_already_done);
     RUN_TEST(test_cancel_waiting_for_response);
     RUN_TEST(test_cancel_during_body);
