@@ -1,0 +1,112 @@
+/*
+ * libctx-sqlite: SQLite statements under a context (Go's database/sql
+ * ExecContext and QueryContext over the embedded database).
+ *
+ * A cancel or a deadline of the context interrupts the statement that runs
+ * under it, and only that one.  SQLite's own sqlite3_interrupt() is not used:
+ * it stops every statement running on the connection and stays in effect until
+ * all of them have finished, so a cancel meant for one request would fail
+ * another request sharing the connection.  Instead each call installs, for its
+ * own duration, a progress handler that looks at its own context, and holds
+ * the connection's mutex from installing it until restoring it.  SQLite
+ * serialises calls on a connection with that same (recursive) mutex, so the
+ * handler in effect while a statement steps is always the one of the call that
+ * steps it.  In SQLITE_CONFIG_MULTITHREAD mode (no connection mutex) the
+ * application already may not use one connection from two threads at once, so
+ * the same reasoning holds.
+ *
+ * The progress handler is called every CTX_SQLITE_PROGRESS_OPS virtual machine
+ * instructions.  A cancel therefore stops a statement after at most that many
+ * instructions, a few microseconds of work, and costs one load of the
+ * context's state per call of the handler.
+ *
+ * While the database is locked by another connection (SQLITE_BUSY) the call
+ * waits for the lock as long as the context allows, and at most as long as the
+ * connection's busy timeout (sqlite3_busy_timeout, read once per connection;
+ * see ctx_sqlite_busy_timeout).  A cancel ends that wait at once.
+ *
+ * What the connection keeps.  SQLite has no way to read back a progress
+ * handler or a busy handler, so the library cannot restore one it did not
+ * install: after a call on a context that can be cancelled, the connection has
+ * no progress handler and its busy timeout (not a custom busy handler) as
+ * before the call.  An application that needs its own progress handler should
+ * not share the connection with these calls.  Calls on ctx_background() or
+ * ctx_todo(), which can never be cancelled, leave the connection untouched and
+ * cost nothing beyond sqlite3_step.
+ *
+ * Transactions.  A statement interrupted inside an explicit transaction
+ * (BEGIN ... COMMIT) follows SQLite's rule for interrupts: if the statement
+ * writes (INSERT, UPDATE, DELETE, ...), SQLite rolls the whole transaction
+ * back and the connection is in autocommit mode again (sqlite3_get_autocommit
+ * returns 1); an interrupted read-only statement (SELECT) leaves the
+ * transaction open.  Go's database/sql gives the same outcome for a write
+ * cancelled inside Tx.ExecContext.
+ *
+ * Threading.  Every function is safe to call from any thread, under the same
+ * rules as the SQLite functions it wraps (serialized mode: any thread at any
+ * time; multi-thread mode: one thread per connection at a time).
+ *
+ * Errors.  NULL for stmt, db or sql gives SQLITE_MISUSE and sets errno to
+ * EINVAL, without touching anything.  A context that is already done gives
+ * SQLITE_INTERRUPT at once, without touching the statement or connection.
+ */
+#ifndef CTX_SQLITE_H
+#define CTX_SQLITE_H
+
+#include <ctx.h>
+#include <sqlite3.h>
+
+#if defined(CTX_STATIC_DEFINE)
+#define CTX_SQLITE_EXPORT
+#elif defined(__GNUC__)
+#define CTX_SQLITE_EXPORT __attribute__((visibility("default")))
+#else
+#define CTX_SQLITE_EXPORT
+#endif
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* The interval, in SQLite virtual machine instructions, at which the progress
+ * handler of a running call checks its context. */
+#define CTX_SQLITE_PROGRESS_OPS 1000
+
+/*
+ * sqlite3_step(stmt) under ctx.  Returns what sqlite3_step returns, or
+ * SQLITE_INTERRUPT when ctx ended first: the statement has then been reset and
+ * may be stepped again (its bindings are kept), and ctx_err(ctx) says why.  A
+ * cancel that comes after the step finished is harmless: the caller gets the
+ * real result.  Blocks as sqlite3_step does, plus the busy waits described
+ * above; never longer than ctx allows.
+ */
+CTX_SQLITE_EXPORT int ctx_sqlite_step(ctx_t *ctx, sqlite3_stmt *stmt);
+
+/*
+ * sqlite3_exec(db, sql, row, arg, errmsg) under ctx, with the rules of
+ * ctx_sqlite_step for every statement in sql.  Returns what sqlite3_exec
+ * returns, or SQLITE_INTERRUPT when ctx ended first; then *errmsg (if errmsg is
+ * not NULL) is a message that names the context's error, to be freed with
+ * sqlite3_free like any sqlite3_exec message.  The row callback runs on the
+ * calling thread while the connection's mutex is held, as with sqlite3_exec.
+ */
+CTX_SQLITE_EXPORT int ctx_sqlite_exec(ctx_t *ctx, sqlite3 *db, const char *sql,
+                                      int (*row)(void *arg, int ncols, char **values, char **names),
+                                      void *arg, char **errmsg);
+
+/*
+ * sqlite3_busy_timeout(db, ms), and tells this library the new value.  The
+ * library reads a connection's busy timeout (PRAGMA busy_timeout) the first
+ * time a call on a cancellable context uses the connection and remembers it
+ * until the connection is closed; a later change made with plain
+ * sqlite3_busy_timeout is not seen, so change it with this function instead.
+ * Returns SQLITE_OK, SQLITE_MISUSE (errno EINVAL) for a NULL db, or
+ * SQLITE_NOMEM.
+ */
+CTX_SQLITE_EXPORT int ctx_sqlite_busy_timeout(sqlite3 *db, int ms);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* CTX_SQLITE_H */
