@@ -46,6 +46,7 @@
 #include <pthread.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <time.h>
 
 #if defined(CTX_STATIC_DEFINE)
@@ -443,6 +444,209 @@ static inline int ctx_wait_inline_(ctx_t *ctx, ctx_duration_t timeout)
     return (ctx_wait)(ctx, timeout);
 }
 #define ctx_wait(ctx, timeout) ctx_wait_inline_((ctx), (timeout))
+#endif
+
+/* ===========================================================================
+ * Structured concurrency
+ */
+
+/* ---------------------------------------------------------------------------
+ * Groups (Go's golang.org/x/sync/errgroup)
+ *
+ * A group runs tasks on threads the library manages and remembers the first
+ * failure.  The threads come from one pool shared by every group: it starts
+ * a thread only when no idle one is free, so it grows to what the load
+ * needs (and never beyond a group's limit for that group's tasks), and a
+ * thread that stays idle for a second exits.  A task that blocks, even one
+ * that ignores its context, holds one pool thread: it delays its own
+ * group's ctx_group_wait and nothing else.
+ *
+ * Thread safety: ctx_group_go and ctx_group_try_go may be called from any
+ * thread, including from a task of the same group; ctx_group_set_limit and
+ * ctx_group_wait belong to the group's owner.  A task runs with no library
+ * lock held.  After fork(2), a group of the parent is not usable in the
+ * child (its tasks run in the parent); the child makes its own.
+ */
+typedef struct ctx_group ctx_group_t;
+
+/* A task: returns 0 for success, else an errno-style code. */
+typedef int (*ctx_task_fn)(ctx_t *ctx, void *arg);
+
+/* errgroup.WithContext.  The group's context is a child of parent: it is
+ * cancelled with the first task failure as its cause (the code, and the
+ * message "task failed: <strerror text>"), or with CTX_CANCELED once
+ * ctx_group_wait returns.  If ctx is not NULL, *ctx receives a new
+ * reference to it (drop it with ctx_unref).  NULL with errno EINVAL (NULL
+ * parent) or ENOMEM on failure. */
+CTX_EXPORT ctx_group_t *ctx_group_new(ctx_t *parent, ctx_t **ctx);
+
+/* At most n tasks of this group run at once; n < 0 means no limit (the
+ * default).  0, or EINVAL for a NULL group or n == 0, or EBUSY while tasks
+ * of the group are active (Go panics there). */
+CTX_EXPORT int ctx_group_set_limit(ctx_group_t *g, int n);
+
+/* Starts fn(ctx, arg) on a pool thread, ctx being the group's context
+ * (borrowed: valid while the task runs).  Blocks while the group's limit is
+ * reached.  Returns 0 once the task is handed to a thread, or, and then fn
+ * never runs and the group records no failure: EINVAL for a NULL g or fn;
+ * ctx_err(group context) when the group's context is already done (Go would
+ * start the task anyway and leave the check to it); ENOMEM or EAGAIN when
+ * no memory or no thread could be had. */
+CTX_EXPORT int ctx_group_go(ctx_group_t *g, ctx_task_fn fn, void *arg);
+
+/* As ctx_group_go, but returns EBUSY instead of blocking when the limit is
+ * reached (errgroup.TryGo). */
+CTX_EXPORT int ctx_group_try_go(ctx_group_t *g, ctx_task_fn fn, void *arg);
+
+/* Waits for every task, cancels the group's context, frees g and returns
+ * the first task failure (0 if none).  If msg is not NULL, *msg receives
+ * its text (NULL when there was none), valid until the next
+ * ctx_group_wait on this thread.  Call exactly once per group and not
+ * from one of its tasks: a second call is misuse (debug builds abort with
+ * a message; release builds return EINVAL when they can tell).  EINVAL
+ * for a NULL group. */
+CTX_EXPORT int ctx_group_wait(ctx_group_t *g, const char **msg);
+
+/* ---------------------------------------------------------------------------
+ * Merged parents (.NET CreateLinkedTokenSource, folly's merge)
+ *
+ * A context with n parents: done as soon as any parent is done, with that
+ * parent's err and cause (and cancel site); its deadline is the earliest of
+ * theirs; ctx_value looks in parents[0]'s chain first, then parents[1]'s,
+ * and so on.  It holds a reference to every parent.  It is a child of
+ * parents[0] like any other and is linked to each other parent by a record
+ * inside one extra allocation; those records leave the parents' lists as
+ * soon as the merged context is done or freed, so a long-lived parent's
+ * child set never grows with merges that ended.  The same parent may be
+ * given twice; parents already done make a context done at birth.  NULL
+ * with errno EINVAL (n == 0, NULL parents or a NULL parent) or ENOMEM.
+ */
+CTX_EXPORT ctx_t *ctx_merge(ctx_t *const *parents, size_t n, ctx_cancel_t **cancel);
+
+/* ---------------------------------------------------------------------------
+ * Signals (Go's signal.NotifyContext)
+ *
+ * A child of parent that is done, with err CTX_CANCELED, cause EINTR and a
+ * message naming the signal ("interrupt signal received" for SIGINT,
+ * "terminated signal received" for SIGTERM, ...), when the process receives
+ * one of the n signals.  While it lives and is not done, those signals no
+ * longer terminate the process.  Once it is done (by a signal, its cancel or
+ * its parent) or freed, their previous handling is restored, so a second
+ * Ctrl-C kills as usual; a signal that arrives in the short moment between
+ * a cancel and the restoration is handed to the previous handling too.
+ * Several may be live at once, for the same signals or others.
+ *
+ * How: a handler (sigaction) writes the signal number to a pipe, whatever
+ * thread the kernel picks and whatever the other threads' masks are (a
+ * signal blocked in every thread stays pending, as always); one library
+ * thread reads the pipe and cancels.  The library thread blocks every
+ * signal.  fork(2): the child gets its own pipe and thread, so a signal
+ * sent to the child cancels the child's contexts only.  Returns NULL with
+ * errno EINVAL (NULL parent or signals, n == 0, a signal that cannot be
+ * caught such as SIGKILL), ENOMEM, EMFILE or EAGAIN.
+ */
+CTX_EXPORT ctx_t *ctx_with_signals(ctx_t *parent, const int *signals, size_t n,
+                                   ctx_cancel_t **cancel);
+
+/* ===========================================================================
+ * Seeing inside
+ */
+
+/* ---------------------------------------------------------------------------
+ * Cancel sites
+ *
+ * ctx_cancel and ctx_cancel_cause are macros that call these with the call
+ * site (file, line, function), so plain calls record where a context was
+ * cancelled.  The functions ctx_cancel and ctx_cancel_cause stay exported
+ * under their names: (ctx_cancel)(c) and function pointers work, and record
+ * no site.  The site is kept with the cause, which every node the cancel
+ * reaches shares; recording it costs one small allocation per cancel
+ * (none when the context is already done), and if that allocation fails
+ * the cancel still happens without a site.
+ */
+CTX_EXPORT void ctx_cancel_at(ctx_cancel_t *cancel, const char *file, int line, const char *func);
+CTX_EXPORT void ctx_cancel_cause_at(ctx_cancel_t *cancel, int cause, const char *msg,
+                                    const char *file, int line, const char *func);
+
+/* Where ctx was cancelled: file, line and function of the ctx_cancel or
+ * ctx_cancel_cause call that reached it (its own or an ancestor's).  For a
+ * context ended by a deadline, func is "deadline" and file/line are where
+ * the deadline's context was created when tracking is on, else NULL/0.
+ * The library's own cancels name themselves: func is "ctx_group" (a task
+ * failed), "ctx_group_wait", "signal" or "ctx_merge" (the parent's own site
+ * when it had one).  A site that was not recorded (a call through the plain
+ * functions, or no memory) gives NULL/0/NULL.  Returns false while ctx is
+ * not done, and for NULL.  Any out pointer may be NULL; strings are
+ * static.  Lock-free. */
+CTX_EXPORT bool ctx_cancel_site(ctx_t *ctx, const char **file, int *line, const char **func);
+
+/* ---------------------------------------------------------------------------
+ * Dumps and tracking
+ *
+ * ctx_dump writes the live subtree under ctx to out, one context a line,
+ * indented by depth: its own part of ctx_describe's text (values through
+ * their key's format), its age, the time left to its deadline, err and
+ * cause, where it was created and cancelled, and whether it has waiters, a
+ * done fd and AfterFunc callbacks.  Without tracking only the cancellable
+ * contexts can be found (value contexts hang off no list) and ages and
+ * creation sites are unknown; with tracking on every context under ctx is
+ * listed.  Returns 0, EINVAL (NULL), ENOMEM or EIO (a write failed).
+ * Custom describe hooks and key formatters run with the tracking lock held:
+ * they must not create or free contexts.
+ *
+ * Tracking: with CTX_TRACK=1 in the environment when the library loads, or
+ * after ctx_track(true), every context created through this header's
+ * macros is kept in a registry with its creation site and time.
+ * ctx_dump_all writes every live tree; at exit, the contexts still alive
+ * are reported on stderr with their creation sites (the exit status is
+ * unchanged).  ctx_track(false) empties the registry.  With tracking off it
+ * costs one predictable branch where a context is created (the macros
+ * below) and one where it is freed, and nothing else.  ctx_dump_all
+ * returns 0, ENOTSUP when tracking is off, ENOMEM or EIO.
+ */
+CTX_EXPORT int ctx_dump(ctx_t *ctx, FILE *out);
+CTX_EXPORT void ctx_track(bool on);
+CTX_EXPORT int ctx_dump_all(FILE *out);
+
+/* The tracking flag and the registration call behind the creation macros.
+ * Not for direct use. */
+CTX_EXPORT extern int ctx_tracking_;
+CTX_EXPORT ctx_t *ctx_track_new_(ctx_t *ctx, const char *file, int line, const char *func);
+
+/* ---------------------------------------------------------------------------
+ * Call-site macros.  Define CTX_NO_SITE_MACROS before including this header
+ * to call the plain functions (the library's own sources do).
+ */
+#ifndef CTX_NO_SITE_MACROS
+#if defined(__GNUC__) || defined(__clang__)
+#define CTX_TRACKING_() __builtin_expect(__atomic_load_n(&ctx_tracking_, __ATOMIC_RELAXED), 0)
+#else
+#define CTX_TRACKING_() (ctx_tracking_ != 0)
+#endif
+#define CTX_TRACK_(call)                                                                           \
+    (CTX_TRACKING_() ? ctx_track_new_((call), __FILE__, __LINE__, __func__) : (call))
+
+#define ctx_cancel(cancel) ctx_cancel_at((cancel), __FILE__, __LINE__, __func__)
+#define ctx_cancel_cause(cancel, cause, msg)                                                       \
+    ctx_cancel_cause_at((cancel), (cause), (msg), __FILE__, __LINE__, __func__)
+
+#define ctx_with_cancel(parent, cancel) CTX_TRACK_((ctx_with_cancel)((parent), (cancel)))
+#define ctx_with_deadline(parent, deadline, cancel)                                                \
+    CTX_TRACK_((ctx_with_deadline)((parent), (deadline), (cancel)))
+#define ctx_with_timeout(parent, timeout, cancel)                                                  \
+    CTX_TRACK_((ctx_with_timeout)((parent), (timeout), (cancel)))
+#define ctx_with_deadline_cause(parent, deadline, cause, msg, cancel)                              \
+    CTX_TRACK_((ctx_with_deadline_cause)((parent), (deadline), (cause), (msg), (cancel)))
+#define ctx_with_timeout_cause(parent, timeout, cause, msg, cancel)                                \
+    CTX_TRACK_((ctx_with_timeout_cause)((parent), (timeout), (cause), (msg), (cancel)))
+#define ctx_with_value(parent, key, value, destroy)                                                \
+    CTX_TRACK_((ctx_with_value)((parent), (key), (value), (destroy)))
+#define ctx_without_cancel(parent) CTX_TRACK_((ctx_without_cancel)((parent)))
+#define ctx_with_custom(parent, ops, data, cancel)                                                 \
+    CTX_TRACK_((ctx_with_custom)((parent), (ops), (data), (cancel)))
+#define ctx_merge(parents, n, cancel) CTX_TRACK_((ctx_merge)((parents), (n), (cancel)))
+#define ctx_with_signals(parent, signals, n, cancel)                                               \
+    CTX_TRACK_((ctx_with_signals)((parent), (signals), (n), (cancel)))
 #endif
 
 #ifdef __cplusplus

@@ -110,6 +110,20 @@ static void piece(struct sink *s, const struct ctx *c)
     }
 }
 
+/* One node's own piece of ctx_describe's text (".WithCancel", ...), for
+ * ctx_dump (track.c), which indents pieces instead of chaining them. */
+size_t ctx__describe_piece(ctx_t *c, char *buf, size_t size)
+{
+    struct timespec rt;
+    clock_gettime(CLOCK_REALTIME, &rt);
+    struct sink s = { buf, buf != NULL ? size : 0, 0, ctx_now(),
+                      (int64_t)rt.tv_sec * CTX_SECOND + rt.tv_nsec };
+    piece(&s, c);
+    if (s.size > 0)
+        buf[s.pos < s.size ? s.pos : s.size - 1] = '\0';
+    return s.pos;
+}
+
 size_t ctx_describe(ctx_t *c, char *buf, size_t size)
 {
     if (buf == NULL)

@@ -13,6 +13,8 @@
 #define _GNU_SOURCE
 #endif
 
+/* The library calls its own functions, not the call-site macros. */
+#define CTX_NO_SITE_MACROS
 #include "ctx.h"
 
 #include <stdatomic.h>
@@ -56,11 +58,29 @@ struct ctx__link {
     struct ctx__link **pprev;
 };
 
-/* A cancellation message, shared by every node a cancellation reaches. */
+/* A cancellation message, shared by every node a cancellation reaches.
+ * It also carries the cancel site (file, line, function of the ctx_cancel
+ * call: static strings), so that recording the site costs the 64-byte node
+ * nothing.  has_text is 0 for a block that carries only a site.  size is 0
+ * for a block from ctx__alloc, or CTX__MSG_STATIC for a site-only block of
+ * track.c's static table, which is never counted nor freed. */
 struct ctx__msg {
     _Atomic uint32_t refs;
+    uint16_t has_text;
+    uint16_t size;
+    const char *file;
+    const char *func;
+    int line;
     char text[];
 };
+
+#define CTX__MSG_STATIC 0xffffu
+
+/* The message text of m, or NULL when m is NULL or carries only a site. */
+static inline const char *ctx__msg_text(const struct ctx__msg *m)
+{
+    return m != NULL && m->has_text ? m->text : NULL;
+}
 
 /* Bits of the done-state word.  The low byte is the err code (0, ECANCELED
  * or ETIMEDOUT; both fit in a byte on every supported platform), set once.
@@ -430,6 +450,23 @@ int ctx__after_watch(ctx_time_t now);
 void ctx__after_atfork_prepare(void);
 void ctx__after_atfork_parent(void);
 void ctx__after_atfork_child(void);
+
+/* ---- track.c: tracking registry, dumps, cancel sites */
+/* Nonzero while tracking is on (ctx_track).  The flag is the exported int
+ * ctx_tracking_, which ctx.h's creation macros test with one load; C++
+ * includes ctx.h too, so it cannot be _Atomic there, and the library reads
+ * and writes it with the GNU atomic builtins (relaxed: it is a hint whose
+ * changes need not order anything else; the registry's lock does that). */
+#define ctx__tracking_on() __atomic_load_n(&ctx_tracking_, __ATOMIC_RELAXED)
+/* Forgets c, which is being freed.  Called by free_chain only while
+ * tracking is on, before any part of c is torn down. */
+void ctx__track_forget(struct ctx *c);
+/* The site-only message block for a cancel at (file, line, func): static,
+ * one per call site, never allocated; NULL when the table is full (the
+ * cancel then records no site). */
+struct ctx__msg *ctx__msg_site(const char *file, int line, const char *func);
+/* describe.c: one node's own piece of ctx_describe's text. */
+size_t ctx__describe_piece(ctx_t *c, char *buf, size_t size);
 
 /* ---- wait.c */
 void ctx__fd_signal(struct ctx *n);

@@ -71,13 +71,16 @@ static int drop_ref(struct ctx *c)
 
 void ctx__msg_unref(struct ctx__msg *m)
 {
-    if (m != NULL && atomic_fetch_sub_explicit(&m->refs, 1, memory_order_acq_rel) == 1)
+    /* A static site block (track.c) is shared by every cancel at its site
+     * and never freed: no count, so no shared cache line either. */
+    if (m != NULL && m->size != CTX__MSG_STATIC &&
+        atomic_fetch_sub_explicit(&m->refs, 1, memory_order_acq_rel) == 1)
         ctx__free(m);
 }
 
 static struct ctx__msg *msg_ref(struct ctx__msg *m)
 {
-    if (m != NULL)
+    if (m != NULL && m->size != CTX__MSG_STATIC)
         atomic_fetch_add_explicit(&m->refs, 1, memory_order_relaxed);
     return m;
 }
@@ -118,6 +121,10 @@ static void free_chain(struct ctx *c)
     while (c != NULL) {
         struct ctx *parent = ctx__parent(c);
         unsigned kind = ctx__kind(c);
+
+        /* Tracking (track.c): the one test it costs a free while off. */
+        if (ctx__tracking_on())
+            ctx__track_forget(c);
 
         if (kind == CTX__VALUE) {
             if (c->u.v.destroy != NULL)
@@ -292,6 +299,10 @@ struct ctx__msg *ctx__msg_new(const char *text)
     struct ctx__msg *msg = ctx__alloc(sizeof *msg + len + 1);
     if (msg != NULL) {
         atomic_init(&msg->refs, 1);
+        msg->has_text = 1;
+        msg->size = 0;
+        msg->file = msg->func = NULL;
+        msg->line = 0;
         memcpy(msg->text, text, len + 1);
     }
     return msg;
@@ -375,7 +386,9 @@ static void check_handle(const struct ctx *n)
     (void)n;
 }
 
-void ctx_cancel(ctx_cancel_t *cancel)
+/* The parentheses keep ctx.h's call-site macros from expanding here: these
+ * are the exported functions that record no site. */
+void(ctx_cancel)(ctx_cancel_t *cancel)
 {
     if (cancel == NULL)
         return;
@@ -383,7 +396,7 @@ void ctx_cancel(ctx_cancel_t *cancel)
     ctx__cancel((struct ctx *)cancel, CTX_CANCELED, 0, NULL, 0);
 }
 
-void ctx_cancel_cause(ctx_cancel_t *cancel, int cause, const char *text)
+void(ctx_cancel_cause)(ctx_cancel_t *cancel, int cause, const char *text)
 {
     if (cancel == NULL)
         return;
@@ -421,7 +434,9 @@ int ctx_cause(ctx_t *c, const char **msg)
     if (err == 0)
         return 0;
     int code = o->u.c.cause != 0 ? o->u.c.cause : err;
-    if (msg != NULL)
-        *msg = o->u.c.msg != NULL ? o->u.c.msg->text : ctx_strerror(code);
+    if (msg != NULL) {
+        const char *text = ctx__msg_text(o->u.c.msg);
+        *msg = text != NULL ? text : ctx_strerror(code);
+    }
     return code;
 }
