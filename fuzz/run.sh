@@ -4,6 +4,10 @@
 #
 #   fuzz/run.sh [SECONDS]            default 60
 #
+# Then each header-format harness of propagation (fuzz_grpc_timeout,
+# fuzz_traceparent, fuzz_baggage, fuzz_extract) runs for WIRE_SECONDS
+# (default 20) on a scratch copy of its fuzz/corpus_<name>.
+#
 # Environment: BUILD_DIR (default build-fuzz), JOBS, FUZZ_ARGS (extra
 # libFuzzer flags, e.g. "-jobs=4 -workers=4" or "-seed=1").
 # Exits non-zero when the fuzzer finds a crash, a leak, a sanitizer report,
@@ -28,7 +32,8 @@ fi
 
 cmake -S . -B "$BUILD_DIR" -DCMAKE_C_COMPILER="$CC_FUZZ" -DCMAKE_BUILD_TYPE=RelWithDebInfo \
     -DCTX_FUZZ=ON -DCTX_BUILD_EXAMPLES=OFF -DCTX_BUILD_BENCH=OFF >/dev/null
-cmake --build "$BUILD_DIR" -j "$JOBS" --target fuzz_ops fuzz_replay
+cmake --build "$BUILD_DIR" -j "$JOBS" --target fuzz_ops fuzz_replay \
+    fuzz_grpc_timeout fuzz_traceparent fuzz_baggage fuzz_extract
 
 # The fuzzer adds what it finds to its first corpus directory: use a scratch
 # copy so that the checked-in corpus changes only on purpose.
@@ -45,3 +50,16 @@ export UBSAN_OPTIONS="${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1}"
     -max_len=1024 -print_final_stats=1 -artifact_prefix="$BUILD_DIR/artifacts/" ${FUZZ_ARGS:-} \
     "$work" fuzz/corpus
 echo "fuzz/run.sh: no failure in ${SECONDS_TO_RUN} s; corpus $(find "$work" -type f | wc -l) inputs in $work"
+
+# The header formats of propagation, each on its own corpus.
+WIRE_SECONDS="${WIRE_SECONDS:-20}"
+for name in grpc_timeout traceparent baggage extract; do
+    wwork="$BUILD_DIR/fuzz-corpus-$name"
+    mkdir -p "$wwork"
+    cp -n "fuzz/corpus_$name"/* "$wwork/" 2>/dev/null || true
+    # shellcheck disable=SC2086
+    "$BUILD_DIR/fuzz/fuzz_$name" -max_total_time="$WIRE_SECONDS" -timeout=10 -rss_limit_mb=2048 \
+        -max_len=9000 -print_final_stats=1 -artifact_prefix="$BUILD_DIR/artifacts/$name-" \
+        ${FUZZ_ARGS:-} "$wwork" "fuzz/corpus_$name"
+    echo "fuzz/run.sh: fuzz_$name: no failure in ${WIRE_SECONDS} s"
+done

@@ -420,8 +420,10 @@ int ctx__baggage_parse(const char *s, size_t n, struct ctx__bag_member m[CTX__BA
     if (skip_ows(s, 0, lim) == lim && !cut)
         return 0; /* an empty header */
     int count = 0;
-    for (size_t pos = 0;;) {
-        const char *comma = memchr(s + pos, ',', lim - pos);
+    for (size_t pos = 0; pos <= lim;) {
+        /* A comma right at the limit still ends the member before it, and
+         * the input has that byte when it was cut. */
+        const char *comma = memchr(s + pos, ',', lim - pos + cut);
         size_t end = comma != NULL ? (size_t)(comma - s) : lim;
         if (comma == NULL && cut)
             break;

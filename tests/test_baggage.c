@@ -1,0 +1,155 @@
+/*
+ * W3C Baggage, one table per rule: member and property grammar, optional
+ * white space, percent-encoding (UTF-8, "%" always encoded), escapes of
+ * NUL refused, and the limits of 64 members and 8192 bytes with whole
+ * members dropped beyond them.
+ */
+#include "check.h"
+
+#include "wire.h"
+
+struct want {
+    const char *key, *value, *props; /* value decoded; props NULL: none */
+};
+
+static void check_parse(const char *in, int count, const struct want *w)
+{
+    struct ctx__bag_member m[CTX__BAGGAGE_MAX_MEMBERS];
+    int n = ctx__baggage_parse(in, strlen(in), m);
+    CHECK_MSG(n == count, "\"%s\": %d members, want %d", in, n, count);
+    for (int i = 0; i < n && w != NULL; i++) {
+        char key[256], value[1024], props[256];
+        snprintf(key, sizeof key, "%.*s", (int)m[i].key_len, m[i].key);
+        CHECK(m[i].value_len_decoded < sizeof value);
+        ctx__baggage_decode(m[i].value, m[i].value_len, value);
+        CHECK_EQ_INT(strlen(value), m[i].value_len_decoded);
+        CHECK_MSG(strcmp(key, w[i].key) == 0 && strcmp(value, w[i].value) == 0,
+                  "\"%s\" member %d: %s=%s", in, i, key, value);
+        if (w[i].props == NULL) {
+            CHECK_MSG(m[i].props == NULL, "\"%s\" member %d has properties", in, i);
+        } else {
+            CHECK(m[i].props != NULL);
+            snprintf(props, sizeof props, "%.*s", (int)m[i].props_len, m[i].props);
+            CHECK_STR(props, w[i].props);
+        }
+    }
+}
+
+static void test_grammar(void)
+{
+    check_parse("", 0, NULL);
+    check_parse("   ", 0, NULL);
+    check_parse("k=v", 1, (struct want[]){ { "k", "v", NULL } });
+    check_parse(" k = v ", 1, (struct want[]){ { "k", "v", NULL } });
+    check_parse("k=", 1, (struct want[]){ { "k", "", NULL } });
+    check_parse("a=1,b=2", 2, (struct want[]){ { "a", "1", NULL }, { "b", "2", NULL } });
+    check_parse("a=1 ,\tb=2", 2, (struct want[]){ { "a", "1", NULL }, { "b", "2", NULL } });
+    check_parse("k=v;p", 1, (struct want[]){ { "k", "v", "p" } });
+    check_parse("k=v;p=1;q", 1, (struct want[]){ { "k", "v", "p=1;q" } });
+    check_parse("k=v ; p = 1", 1, (struct want[]){ { "k", "v", "p = 1" } });
+    check_parse("user!#$&'*+-.^_`|~9=x", 1,
+                (struct want[]){ { "user!#$&'*+-.^_`|~9", "x", NULL } });
+    check_parse("k=!#$&'()*+-./:<=>?@[]^_`{|}~", 1,
+                (struct want[]){ { "k", "!#$&'()*+-./:<=>?@[]^_`{|}~", NULL } });
+    /* Percent-encoding: UTF-8, either case of hex. */
+    check_parse("k=%20%c3%A9%25", 1, (struct want[]){ { "k", " \xc3\xa9%", NULL } });
+    /* Malformed: the header is ignored whole. */
+    static const char *const bad[] = {
+        "=v",      "k",       "k v=1",  "k=v,",     ",k=v",          "k=v,,j=w",
+        "k=v v",   "k=\"q\"", "k=a\\b", "k=%",      "k=%2",          "k=%zz",
+        "k=%00",   "k=v;",    "k=v;=1", "k=v;p=\"", "k=caf\xc3\xa9", "k=\x01",
+        "k\x80=v", "k=v;p q", "(k)=v",  "k=v,j",
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++)
+        check_parse(bad[i], -1, NULL);
+    /* The given length is obeyed. */
+    struct ctx__bag_member m[CTX__BAGGAGE_MAX_MEMBERS];
+    CHECK_EQ_INT(ctx__baggage_parse("k=v,garbage", 3, m), 1);
+    CHECK_EQ_INT(ctx__baggage_parse(NULL, 3, m), 0);
+}
+
+static void test_limits(void)
+{
+    static char s[20000];
+    struct ctx__bag_member m[CTX__BAGGAGE_MAX_MEMBERS];
+    /* 65 members: the 65th is dropped, whole. */
+    size_t n = 0;
+    for (int i = 0; i < 65; i++)
+        n += (size_t)sprintf(s + n, "%sk%d=%d", i ? "," : "", i, i);
+    CHECK_EQ_INT(ctx__baggage_parse(s, n, m), 64);
+    CHECK(m[63].key_len == 3 && memcmp(m[63].key, "k63", 3) == 0);
+
+    /* 8192 bytes exactly: kept.  One more byte: the last member is cut by
+     * the limit and dropped whole. */
+    n = (size_t)sprintf(s, "a=%0*d,b=", 4000, 0);
+    memset(s + n, 'x', 8192 - n);
+    s[8192] = '\0';
+    CHECK_EQ_INT(ctx__baggage_parse(s, 8192, m), 2);
+    CHECK_EQ_INT(m[1].value_len, 8192 - n);
+    s[8192] = 'x';
+    s[8193] = '\0';
+    CHECK_EQ_INT(ctx__baggage_parse(s, 8193, m), 1);
+    /* Whatever follows the limit is not read, valid or not. */
+    s[8192] = ',';
+    memcpy(s + 8193, "\x01\x02 garbage", 11);
+    CHECK_EQ_INT(ctx__baggage_parse(s, 8193 + 11, m), 2);
+}
+
+static void test_encoding(void)
+{
+    /* Every byte round-trips, and the encoded text is baggage octets. */
+    char in[256], enc[3 * 256], out[256];
+    for (int i = 1; i < 256; i++)
+        in[i - 1] = (char)i;
+    in[255] = '\0';
+    size_t n = ctx__baggage_encode(in, enc);
+    CHECK_EQ_INT(n, ctx__baggage_encoded_len(in));
+    enc[n] = '\0';
+    struct ctx__bag_member m[CTX__BAGGAGE_MAX_MEMBERS];
+    char member[3 * 256 + 3] = "k=";
+    strcat(member, enc);
+    CHECK_EQ_INT(ctx__baggage_parse(member, strlen(member), m), 1);
+    CHECK_EQ_INT(m[0].value_len_decoded, 255);
+    ctx__baggage_decode(m[0].value, m[0].value_len, out);
+    CHECK(memcmp(in, out, 256) == 0);
+
+    static const struct {
+        const char *in, *want;
+    } rows[] = {
+        { "plain", "plain" },
+        { "a b", "a%20b" },
+        { "100%", "100%25" },
+        { "a,b;c\"d\\e", "a%2Cb%3Bc%22d%5Ce" },
+        { "caf\xc3\xa9", "caf%C3%A9" },
+        { "=/:?@", "=/:?@" },
+        { "", "" },
+    };
+    for (size_t i = 0; i < sizeof rows / sizeof rows[0]; i++) {
+        n = ctx__baggage_encode(rows[i].in, enc);
+        enc[n] = '\0';
+        CHECK_STR(enc, rows[i].want);
+    }
+}
+
+static void test_token(void)
+{
+    CHECK(ctx__token_valid("request-id", 10));
+    CHECK(ctx__token_valid("A1!#$%&'*+-.^_`|~", 17));
+    CHECK(!ctx__token_valid("", 0));
+    static const char *const bad[] = { "a b", "a=b", "a,b", "a;b", "a\"",   "a\\",       "a(",
+                                       "a)",  "a/",  "a:",  "a<",  "a>",    "a?",        "a@",
+                                       "a[",  "a]",  "a{",  "a}",  "a\x7f", "a\xc3\xa9", "a\t" };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++)
+        CHECK_MSG(!ctx__token_valid(bad[i], strlen(bad[i])), "\"%s\"", bad[i]);
+    CHECK(!ctx__token_valid("a\0b", 3));
+}
+
+int main(void)
+{
+    test_grammar();
+    test_limits();
+    test_encoding();
+    test_token();
+    printf("test_baggage: ok\n");
+    return 0;
+}
