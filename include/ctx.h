@@ -473,8 +473,8 @@ typedef struct ctx_group ctx_group_t;
 typedef int (*ctx_task_fn)(ctx_t *ctx, void *arg);
 
 /* errgroup.WithContext.  The group's context is a child of parent: it is
- * cancelled with the first task failure as its cause (the code, and the
- * message "task failed: <strerror text>"), or with CTX_CANCELED once
+ * cancelled with the first task failure as its cause (the task's code, and
+ * ctx_strerror of it as the message), or with CTX_CANCELED once
  * ctx_group_wait returns.  If ctx is not NULL, *ctx receives a new
  * reference to it (drop it with ctx_unref).  NULL with errno EINVAL (NULL
  * parent) or ENOMEM on failure. */
@@ -500,11 +500,14 @@ CTX_EXPORT int ctx_group_try_go(ctx_group_t *g, ctx_task_fn fn, void *arg);
 
 /* Waits for every task, cancels the group's context, frees g and returns
  * the first task failure (0 if none).  If msg is not NULL, *msg receives
- * its text (NULL when there was none), valid until the next
- * ctx_group_wait on this thread.  Call exactly once per group and not
- * from one of its tasks: a second call is misuse (debug builds abort with
- * a message; release builds return EINVAL when they can tell).  EINVAL
- * for a NULL group. */
+ * its text, ctx_strerror(code) (static), or NULL when there was none.
+ * Blocks; while it waits, tasks may still start tasks of the group.  Call
+ * exactly once per group and not from one of its tasks: a second call is
+ * misuse (debug builds abort with a message as long as the group's memory
+ * was not reused; release builds return EINVAL when they can tell).
+ * EINVAL for a NULL group.  A task that calls ctx_group_go on its own
+ * group at the limit waits for a slot like any caller (with a limit of 1
+ * that is a deadlock, as in Go). */
 CTX_EXPORT int ctx_group_wait(ctx_group_t *g, const char **msg);
 
 /* ---------------------------------------------------------------------------

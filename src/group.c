@@ -1,0 +1,419 @@
+/*
+ * Groups (errgroup) and the thread pool their tasks run on.
+ *
+ * The pool is shared by every group.  A task goes into one FIFO queue; it is
+ * taken by an idle thread when there is one, else a new thread is started
+ * for it, so a task never waits behind another group's blocked task.  Idle
+ * threads exit after IDLE_NS.  To hand over trivial tasks without a system
+ * call each time, one idle thread at a time (the "spinner") polls the queue
+ * for a while before it sleeps; a submitter that sees a spinner queues
+ * without waking anyone.
+ *
+ * A group counts its active tasks (queued or running) in one futex word:
+ * ctx_group_go waits on it while the limit is reached, ctx_group_wait until
+ * it is zero.  The group is freed by whichever of ctx_group_wait and the
+ * last task lets go of it last (a reference count), so a worker may touch
+ * the group after waking the waiter.
+ *
+ * Lock order: the pool mutex and a group's mutex are never held together,
+ * and neither is held while a task runs or while a context is cancelled.
+ *
+ * fork(2): the pool's handlers (registered here with pthread_atfork) hold
+ * the pool mutex across the fork; the child starts with an empty pool.
+ * The parent's queued tasks are the parent's: the child forgets them.
+ */
+#include "internal.h"
+
+#include <pthread.h>
+#include <sched.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define IDLE_NS     (2 * CTX_SECOND)
+#define SPIN_ROUNDS 200
+#define MAX_THREADS 4096
+
+#define GROUP_LIVE   0x4c495645u /* "LIVE" */
+#define GROUP_WAITED 0x57414954u /* "WAIT" */
+
+struct task {
+    ctx_task_fn fn;
+    void *arg;
+    struct ctx_group *g;
+    struct task *next;
+};
+
+struct ctx_group {
+    ctx_t *ctx;
+    ctx_cancel_t *cancel;
+    /* Tasks handed to the pool and not finished.  A futex word. */
+    _Atomic uint32_t active;
+    /* Threads sleeping on active (submitters at the limit, the waiter). */
+    _Atomic uint32_t sleepers;
+    /* The owner's reference plus one per active task. */
+    _Atomic uint32_t refs;
+    _Atomic uint32_t state; /* GROUP_LIVE, GROUP_WAITED: misuse checks */
+    int limit;              /* < 0: none; written only while active == 0 */
+    pthread_mutex_t mu;     /* the first failure */
+    int err;
+};
+
+static struct {
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    struct task *head, **tail;
+    int threads; /* pool threads alive */
+    int idle;    /* of which sleeping on cv */
+    int wakes;   /* signals sent to cv not yet taken */
+    /* An idle thread polls `queued` instead of sleeping (at most one at a
+     * time); spin_free says no submitter has counted on it yet, so the
+     * next one may queue without a wake-up.  Both under mu. */
+    int spinning, spin_free;
+    _Atomic uint32_t queued; /* tasks in the queue, for the spinner's polls */
+} P = { PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, NULL, &P.head, 0, 0, 0, 0, 0, 0 };
+
+static pthread_once_t pool_once = PTHREAD_ONCE_INIT;
+
+/* The pool's condition variable measures its idle timeout on
+ * CLOCK_MONOTONIC, like every wait in the library. */
+static void cv_make(void)
+{
+    pthread_condattr_t a;
+    pthread_condattr_init(&a);
+    pthread_condattr_setclock(&a, CLOCK_MONOTONIC);
+    pthread_cond_init(&P.cv, &a);
+    pthread_condattr_destroy(&a);
+}
+
+/* ---------------------------------------------------------------------------
+ * fork(2)
+ */
+
+static void pool_prepare(void)
+{
+    pthread_mutex_lock(&P.mu);
+}
+
+static void pool_parent(void)
+{
+    pthread_mutex_unlock(&P.mu);
+}
+
+static void pool_child(void)
+{
+    /* Only the forking thread exists here: no pool thread came along, and
+     * the queue's tasks belong to the parent's groups. */
+    P.head = NULL;
+    P.tail = &P.head;
+    P.threads = P.idle = P.wakes = P.spinning = P.spin_free = 0;
+    atomic_store_explicit(&P.queued, 0, memory_order_relaxed);
+    cv_make();
+    pthread_mutex_unlock(&P.mu);
+}
+
+static void pool_init(void)
+{
+    pthread_cond_destroy(&P.cv);
+    cv_make();
+    pthread_atfork(pool_prepare, pool_parent, pool_child);
+}
+
+/* ---------------------------------------------------------------------------
+ * Groups' counters
+ */
+
+static void group_unref(struct ctx_group *g)
+{
+    /* acq_rel: the last holder sees what every task and the owner did. */
+    if (atomic_fetch_sub_explicit(&g->refs, 1, memory_order_acq_rel) == 1) {
+        ctx_unref(g->ctx);
+        pthread_mutex_destroy(&g->mu);
+        ctx__free(g);
+    }
+}
+
+/* One task fewer.  seq_cst with the sleepers count: a sleeper increments
+ * sleepers then reads active, we write active then read sleepers, so one of
+ * us sees the other (Dekker), and the futex wait re-checks the value. */
+static void release_slot(struct ctx_group *g)
+{
+    atomic_fetch_sub_explicit(&g->active, 1, memory_order_seq_cst);
+    if (atomic_load_explicit(&g->sleepers, memory_order_seq_cst) != 0)
+        ctx__futex_wake(&g->active, INT32_MAX);
+}
+
+/* Sleeps while active == a (a spurious return is fine: callers loop). */
+static void sleep_on_active(struct ctx_group *g, uint32_t a)
+{
+    atomic_fetch_add_explicit(&g->sleepers, 1, memory_order_seq_cst);
+    if (atomic_load_explicit(&g->active, memory_order_seq_cst) == a)
+        ctx__futex_wait(&g->active, a, NULL);
+    atomic_fetch_sub_explicit(&g->sleepers, 1, memory_order_relaxed);
+}
+
+/* Takes a slot under the limit.  Returns 0, or EBUSY when !block and the
+ * limit is reached. */
+static int take_slot(struct ctx_group *g, int block)
+{
+    int spins = 0;
+    for (;;) {
+        uint32_t a = atomic_load_explicit(&g->active, memory_order_relaxed);
+        if (g->limit < 0 || a < (uint32_t)g->limit) {
+            if (atomic_compare_exchange_weak_explicit(&g->active, &a, a + 1, memory_order_relaxed,
+                                                      memory_order_relaxed))
+                return 0;
+            continue;
+        }
+        if (!block)
+            return EBUSY;
+        /* Tasks are often short: let a pool thread finish one before
+         * paying for a sleep and a wake-up. */
+        if (spins++ < SPIN_ROUNDS) {
+            sched_yield();
+            continue;
+        }
+        sleep_on_active(g, a);
+    }
+}
+
+/* ---------------------------------------------------------------------------
+ * The pool
+ */
+
+static void run_task(struct task *t)
+{
+    struct ctx_group *g = t->g;
+    int r = t->fn(g->ctx, t->arg);
+    ctx__free(t);
+    if (r != 0) {
+        pthread_mutex_lock(&g->mu);
+        int first = g->err == 0;
+        if (first)
+            g->err = r;
+        pthread_mutex_unlock(&g->mu);
+        if (first)
+            ctx_cancel_cause_at(g->cancel, r, ctx_strerror(r), __FILE__, __LINE__, "ctx_group");
+    }
+    release_slot(g);
+    group_unref(g);
+}
+
+/* Pops a task.  Under P.mu. */
+static struct task *pop_locked(void)
+{
+    struct task *t = P.head;
+    if (t != NULL) {
+        P.head = t->next;
+        if (P.head == NULL)
+            P.tail = &P.head;
+        atomic_fetch_sub_explicit(&P.queued, 1, memory_order_relaxed);
+    }
+    return t;
+}
+
+static void *pool_main(void *arg)
+{
+    (void)arg;
+    int spun = 0; /* polled since the last task: sleep next time */
+    pthread_mutex_lock(&P.mu);
+    for (;;) {
+        struct task *t = pop_locked();
+        if (t != NULL) {
+            pthread_mutex_unlock(&P.mu);
+            run_task(t);
+            spun = 0;
+            pthread_mutex_lock(&P.mu);
+            continue;
+        }
+        if (!P.spinning && !spun) {
+            /* Poll for a short while before sleeping; the next submitter
+             * that sees us queues without a wake-up. */
+            P.spinning = P.spin_free = 1;
+            spun = 1;
+            pthread_mutex_unlock(&P.mu);
+            for (int i = 0; i < SPIN_ROUNDS; i++) {
+                if (atomic_load_explicit(&P.queued, memory_order_relaxed) != 0)
+                    break;
+                sched_yield();
+            }
+            pthread_mutex_lock(&P.mu);
+            P.spinning = P.spin_free = 0;
+            continue; /* look at the queue under the lock before sleeping */
+        }
+        spun = 0;
+        P.idle++;
+        struct timespec until = ctx__timespec(ctx__add_sat(ctx__real_now(), IDLE_NS));
+        int rc = 0;
+        while (P.head == NULL && P.wakes == 0 && rc != ETIMEDOUT)
+            rc = pthread_cond_timedwait(&P.cv, &P.mu, &until);
+        P.idle--;
+        if (P.wakes > 0)
+            P.wakes--;
+        if (P.head == NULL && rc == ETIMEDOUT) {
+            P.threads--;
+            pthread_mutex_unlock(&P.mu);
+            return NULL;
+        }
+    }
+}
+
+/* Queues t and makes sure a thread will take it.  0, or EAGAIN when no
+ * thread is free and none can be started (t is then not queued). */
+static int submit(struct task *t)
+{
+    pthread_mutex_lock(&P.mu);
+    t->next = NULL;
+    *P.tail = t;
+    P.tail = &t->next;
+    atomic_fetch_add_explicit(&P.queued, 1, memory_order_relaxed);
+    int e = 0;
+    if (P.spin_free) {
+        /* The spinner sees `queued`, or looks at the queue under the lock
+         * when it stops; it takes this task, and nobody counts on it for
+         * another. */
+        P.spin_free = 0;
+    } else if (P.idle > P.wakes) {
+        P.wakes++;
+        pthread_cond_signal(&P.cv);
+    } else if (P.threads >= MAX_THREADS || (e = ctx__thread_start(pool_main, 0)) != 0) {
+        /* No thread for it.  It is the queue's last entry (we hold the
+         * lock): take it back out. */
+        struct task **pp = &P.head;
+        while (*pp != t)
+            pp = &(*pp)->next;
+        *pp = NULL;
+        P.tail = pp;
+        atomic_fetch_sub_explicit(&P.queued, 1, memory_order_relaxed);
+        e = EAGAIN;
+    } else {
+        P.threads++;
+    }
+    pthread_mutex_unlock(&P.mu);
+    return e;
+}
+
+/* ---------------------------------------------------------------------------
+ * The API
+ */
+
+ctx_group_t *ctx_group_new(ctx_t *parent, ctx_t **out)
+{
+    if (out != NULL)
+        *out = NULL;
+    if (parent == NULL) {
+        errno = EINVAL;
+        return NULL;
+    }
+    pthread_once(&pool_once, pool_init);
+    struct ctx_group *g = ctx__alloc(sizeof *g);
+    if (g == NULL) {
+        errno = ENOMEM;
+        return NULL;
+    }
+    g->ctx = ctx_with_cancel(parent, &g->cancel);
+    if (g->ctx == NULL) {
+        ctx__free(g);
+        errno = ENOMEM;
+        return NULL;
+    }
+    if (ctx__tracking_on())
+        ctx_track_new_(g->ctx, NULL, 0, "ctx_group_new");
+    atomic_init(&g->active, 0);
+    atomic_init(&g->sleepers, 0);
+    atomic_init(&g->refs, 1);
+    atomic_init(&g->state, GROUP_LIVE);
+    g->limit = -1;
+    g->err = 0;
+    pthread_mutex_init(&g->mu, NULL);
+    if (out != NULL)
+        *out = ctx__ref(g->ctx);
+    return g;
+}
+
+int ctx_group_set_limit(ctx_group_t *g, int n)
+{
+    if (g == NULL || n == 0)
+        return EINVAL;
+    /* Acquire: pairs with release_slot's seq_cst decrement, so that the
+     * tasks that ended are really gone. */
+    if (atomic_load_explicit(&g->active, memory_order_acquire) != 0)
+        return EBUSY;
+    g->limit = n < 0 ? -1 : n;
+    return 0;
+}
+
+static int go(ctx_group_t *g, ctx_task_fn fn, void *arg, int block)
+{
+    if (g == NULL || fn == NULL)
+        return EINVAL;
+    CTX__MISUSE(atomic_load_explicit(&g->state, memory_order_relaxed) != GROUP_LIVE,
+                "ctx_group_go: the group was already waited for");
+    int e = ctx_err(g->ctx);
+    if (e != 0)
+        return e; /* Go would start it and leave the check to the task */
+    if ((e = take_slot(g, block)) != 0)
+        return e;
+    /* The group may have ended while we waited for the slot. */
+    if ((e = ctx_err(g->ctx)) == 0) {
+        struct task *t = ctx__alloc(sizeof *t);
+        if (t == NULL) {
+            e = ENOMEM;
+        } else {
+            t->fn = fn;
+            t->arg = arg;
+            t->g = g;
+            atomic_fetch_add_explicit(&g->refs, 1, memory_order_relaxed);
+            if ((e = submit(t)) != 0) {
+                atomic_fetch_sub_explicit(&g->refs, 1, memory_order_relaxed);
+                ctx__free(t);
+            }
+        }
+    }
+    if (e != 0)
+        release_slot(g);
+    return e;
+}
+
+int ctx_group_go(ctx_group_t *g, ctx_task_fn fn, void *arg)
+{
+    return go(g, fn, arg, 1);
+}
+
+int ctx_group_try_go(ctx_group_t *g, ctx_task_fn fn, void *arg)
+{
+    return go(g, fn, arg, 0);
+}
+
+int ctx_group_wait(ctx_group_t *g, const char **msg)
+{
+    if (msg != NULL)
+        *msg = NULL;
+    if (g == NULL)
+        return EINVAL;
+    uint32_t live = GROUP_LIVE;
+    if (!atomic_compare_exchange_strong_explicit(&g->state, &live, GROUP_WAITED,
+                                                 memory_order_relaxed, memory_order_relaxed)) {
+        CTX__MISUSE(1, "ctx_group_wait: called twice on one group (call it exactly once)");
+        return EINVAL;
+    }
+    int spins = 0;
+    for (;;) {
+        /* Acquire: pairs with the tasks' release_slot; what they did
+         * (the first failure) happens before we read it. */
+        uint32_t a = atomic_load_explicit(&g->active, memory_order_acquire);
+        if (a == 0)
+            break;
+        if (spins++ < SPIN_ROUNDS)
+            sched_yield();
+        else
+            sleep_on_active(g, a);
+    }
+    pthread_mutex_lock(&g->mu);
+    int err = g->err;
+    pthread_mutex_unlock(&g->mu);
+    ctx_cancel_at(g->cancel, __FILE__, __LINE__, "ctx_group_wait");
+    if (msg != NULL && err != 0)
+        *msg = ctx_strerror(err);
+    group_unref(g);
+    return err;
+}
