@@ -275,6 +275,17 @@ static inline long in_flight(struct svc *s)
            metric(s, "reportd_parts_in_flight{part=\"upstream\"}");
 }
 
+/* Waits (up to 5 s) until nothing is in flight; true when so.  A request
+ * counts until libmicrohttpd has finished sending its answer, which may be
+ * a moment after the client has read it. */
+static inline bool settled(struct svc *s)
+{
+    ctx_time_t until = ctx_now() + 5 * CTX_SECOND;
+    while (in_flight(s) != 0 && ctx_now() < until)
+        ctx_sleep(ctx_background(), 2 * CTX_MILLISECOND);
+    return in_flight(s) == 0;
+}
+
 #define RUN_TEST_ARG(fn, arg)                                                                      \
     do {                                                                                           \
         fprintf(stderr, "-- %s\n", #fn);                                                           \

@@ -113,7 +113,7 @@ static void test_bad_headers(struct svc *s)
 
 static void test_metrics_and_debug(struct svc *s)
 {
-    CHECK_EQ_INT(in_flight(s), 0);
+    CHECK(settled(s));
     CHECK(metric(s, "reportd_requests_total{outcome=\"ok\"}") >= 4);
     CHECK(metric(s, "reportd_live_contexts") >= 0);
     char url[256];
@@ -164,7 +164,7 @@ static void test_upstream_garbage(void)
     char *line = SVC_LINE(&s, 5000, "request_id=garbage-1 ", "status=502", "outcome=error");
     CHECK_NOT_NULL(line);
     free(line);
-    CHECK_EQ_INT(in_flight(&s), 0);
+    CHECK(settled(&s));
     CHECK_EQ_INT(svc_stop(&s), 0);
     MHD_stop_daemon(d);
 }

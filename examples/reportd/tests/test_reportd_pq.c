@@ -67,7 +67,7 @@ int main(int argc, char **argv)
                 active, idle, (long long)((ctx_now() - gone) / CTX_MILLISECOND));
         CHECK_EQ_INT(active, 0);
         CHECK(idle >= 1);
-        CHECK_EQ_INT(in_flight(&s), 0);
+        CHECK(settled(&s));
         /* And the pooled connection serves the next request. */
         snprintf(url, sizeof url, "%s/report?db_ms=20", s.url);
         CHECK_EQ_INT(HTTP_GET(url, 0, NULL).status, 200);
