@@ -74,6 +74,8 @@ static struct {
 
 static pthread_once_t pool_once = PTHREAD_ONCE_INIT;
 
+int (*ctx__sc_thread_start)(void *(*fn)(void *), size_t stack) = ctx__thread_start;
+
 /* The pool's condition variable measures its idle timeout on
  * CLOCK_MONOTONIC, like every wait in the library. */
 static void cv_make(void)
@@ -275,7 +277,7 @@ static int submit(struct task *t)
     } else if (P.idle > P.wakes) {
         P.wakes++;
         pthread_cond_signal(&P.cv);
-    } else if (P.threads >= MAX_THREADS || (e = ctx__thread_start(pool_main, 0)) != 0) {
+    } else if (P.threads >= MAX_THREADS || (e = ctx__sc_thread_start(pool_main, 0)) != 0) {
         /* No thread for it.  It is the queue's last entry (we hold the
          * lock): take it back out. */
         struct task **pp = &P.head;

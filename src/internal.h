@@ -465,6 +465,9 @@ void ctx__track_forget(struct ctx *c);
  * one per call site, never allocated; NULL when the table is full (the
  * cancel then records no site). */
 struct ctx__msg *ctx__msg_site(const char *file, int line, const char *func);
+/* group.c: how the pool and the signal thread start threads (normally
+ * ctx__thread_start).  Tests replace it to make thread creation fail. */
+extern int (*ctx__sc_thread_start)(void *(*fn)(void *), size_t stack);
 /* describe.c: one node's own piece of ctx_describe's text. */
 size_t ctx__describe_piece(ctx_t *c, char *buf, size_t size);
 

@@ -1,0 +1,263 @@
+/*
+ * Merged contexts: one context with several parents.
+ *
+ * The merged context M is a custom node, a child of parents[0] like any
+ * other.  Each further parent gets a link record: an AfterFunc record
+ * (after.c's layout and protocol) whose function cancels M with that
+ * parent's err and cause.  The records live in one block beside M, with
+ * one more record registered on M itself: when M is done, that one stops
+ * (unlinks) the records on the other parents, so a long-lived parent keeps
+ * no trace of a merge that ended.  When M is freed first, its destroy hook
+ * does the same.
+ *
+ * The records are never freed through their reference counts: each starts
+ * with one count more than after.c ever drops (the block's own), and the
+ * block is freed with M.  M holds a reference to every parent (through its
+ * record, or plainly for a parent that can never be done), which the
+ * destroy hook drops.  The record on M holds none, so that M can be
+ * freed while it is registered.
+ */
+#include "internal.h"
+
+#include <stdio.h>
+#include <string.h>
+
+struct merge {
+    struct ctx *m; /* the merged context */
+    size_t n;
+    ctx_t **parents;  /* n entries, after the records */
+    struct ctx self;  /* registered on M: unlinks the others when M is done */
+    struct ctx rec[]; /* rec[i - 1] links parents[i]; kind 0 when unused */
+};
+
+/* A value lookup that reports a binding to NULL as found, unlike
+ * ctx_value: the nearest binding in c's chain, custom hooks included. */
+static bool find_value(ctx_t *c, const ctx_key_t *key, void **out)
+{
+    for (struct ctx *x = c; x != NULL; x = ctx__parent(x)) {
+        switch (ctx__kind(x)) {
+        case CTX__ROOT:
+            return false;
+        case CTX__VALUE:
+            if (x->u.v.key == key) {
+                *out = x->u.v.value;
+                return true;
+            }
+            break;
+        case CTX__CUSTOM: {
+            /* A merge below another merge recurses once per level of
+             * merging, never per level of the tree. */
+            const struct ctx__custom *cu = (const struct ctx__custom *)x;
+            if (cu->ops->value != NULL && cu->ops->value(cu->data, key, out))
+                return true;
+            break;
+        }
+        default:
+            break;
+        }
+    }
+    return false;
+}
+
+static bool merge_value(void *data, const ctx_key_t *key, void **value)
+{
+    struct merge *b = data;
+    for (size_t i = 0; i < b->n; i++)
+        if (find_value(b->parents[i], key, value))
+            return true;
+    return false;
+}
+
+static size_t merge_describe(void *data, char *buf, size_t size)
+{
+    struct merge *b = data;
+    return (size_t)snprintf(buf, size, "Merge(%zu parents)", b->n);
+}
+
+static void merge_destroy(void *data);
+
+static const ctx_custom_ops_t merge_ops = {
+    .name = "Merge",
+    .value = merge_value,
+    .describe = merge_describe,
+    .destroy = merge_destroy,
+};
+
+/* Drops a reference to M; the last one is handed to the callback thread,
+ * because freeing M stops these records, and a record's function must not
+ * wait for another record's. */
+static void drop_m(struct ctx *m)
+{
+    uint32_t r = atomic_load_explicit(&m->refs, memory_order_relaxed);
+    while (r > 1) {
+        /* Release: our use of M happens before whoever frees it. */
+        if (atomic_compare_exchange_weak_explicit(&m->refs, &r, r - 1, memory_order_release,
+                                                  memory_order_relaxed))
+            return;
+    }
+    ctx__after_defer_unref(m);
+}
+
+/* Cancels M with the err and cause of the first parent that is done. */
+static void cancel_from_parents(struct merge *b)
+{
+    for (size_t i = 0; i < b->n; i++) {
+        struct ctx *o = ctx__owner(b->parents[i]);
+        /* Acquire: pairs with the release in mark(); cause and msg were
+         * written before it. */
+        uint32_t err = atomic_load_explicit(&o->u.c.state, memory_order_acquire) & CTX__ERR_MASK;
+        if (err != 0) {
+            ctx__cancel(b->m, err, o->u.c.cause, o->u.c.msg, 0);
+            return;
+        }
+    }
+}
+
+/* A record on parents[i] fired. */
+static void merge_fire(void *arg)
+{
+    struct merge *b = arg;
+    /* M may be being freed (count zero): then its destroy hook is about to
+     * stop this record, and there is nothing left to cancel. */
+    if (!ctx__try_ref(b->m))
+        return;
+    cancel_from_parents(b);
+    drop_m(b->m);
+}
+
+static void stop_links(struct merge *b)
+{
+    for (size_t i = 1; i < b->n; i++)
+        if (b->rec[i - 1].pk != 0)
+            ctx_after_stop((ctx_after_t *)&b->rec[i - 1]);
+}
+
+/* M is done: leave the other parents' lists. */
+static void merge_done(void *arg)
+{
+    stop_links(arg);
+}
+
+static void merge_destroy(void *data)
+{
+    struct merge *b = data;
+    /* true: M never ended, so merge_done never ran and the links are still
+     * registered; false: merge_done ran (stop waited for it to return). */
+    if (ctx_after_stop((ctx_after_t *)&b->self))
+        stop_links(b);
+    for (size_t i = 1; i < b->n; i++)
+        ctx_unref(b->parents[i]); /* the record's, or the plain one below */
+    ctx__free(b);
+}
+
+/* Lays out r as an AfterFunc record of fn(arg) on context c (whose owner is
+ * o), as ctx_after_func does, with a count after.c never drops to zero.
+ * Takes a reference to c when ref is set. */
+static void init_record(struct ctx *r, ctx_t *c, struct ctx *o, void (*fn)(void *), void *arg,
+                        int ref)
+{
+    r->up = o;
+    r->pk = (uintptr_t)(ref ? ctx__ref(c) : c) | CTX__AFTER;
+    atomic_init(&r->refs, 3); /* the list's, the handle's, the block's */
+    atomic_init(&r->lock, 0);
+    atomic_init(&r->u.a.run, CTX__RUN_PENDING);
+    r->u.a.handle = CTX__HANDLE_LIVE;
+    r->u.a.fn = fn;
+    r->u.a.arg = arg;
+    r->u.a.link.next = NULL;
+    r->u.a.link.pprev = NULL;
+}
+
+/* Registers r on its owner.  false when the owner is already done (r is
+ * then marked run, so that stopping it returns at once). */
+static bool register_record(struct ctx *r)
+{
+    struct ctx *o = r->up;
+    ctx__lock(&o->lock);
+    if ((atomic_load_explicit(&o->u.c.state, memory_order_relaxed) & CTX__ERR_MASK) == 0) {
+        ctx__link_insert(&o->u.c.children, &r->u.a.link);
+        ctx__unlock(&o->lock);
+        return true;
+    }
+    ctx__unlock(&o->lock);
+    atomic_store_explicit(&r->u.a.run, CTX__RUN_DONE, memory_order_relaxed);
+    return false;
+}
+
+ctx_t *ctx_merge(ctx_t *const *parents, size_t n, ctx_cancel_t **cancel)
+{
+    if (cancel != NULL)
+        *cancel = NULL;
+    if (parents == NULL || n == 0 || n > (SIZE_MAX - sizeof(struct merge)) / 128) {
+        errno = EINVAL;
+        return NULL;
+    }
+    for (size_t i = 0; i < n; i++) {
+        if (parents[i] == NULL) {
+            errno = EINVAL;
+            return NULL;
+        }
+    }
+    size_t recs = sizeof(struct merge) + (n - 1) * sizeof(struct ctx);
+    struct merge *b = ctx__alloc(recs + n * sizeof(ctx_t *));
+    if (b == NULL) {
+        errno = ENOMEM;
+        return NULL;
+    }
+    b->n = n;
+    b->parents = (ctx_t **)(void *)((char *)b + recs);
+    memcpy(b->parents, parents, n * sizeof(ctx_t *));
+    ctx_cancel_t *h;
+    struct ctx *m = ctx_with_custom(parents[0], &merge_ops, b, &h);
+    if (m == NULL) {
+        ctx__free(b);
+        errno = ENOMEM;
+        return NULL;
+    }
+    b->m = m;
+    /* The earliest deadline of all parents: M's deadline slot points at
+     * the timer node that has it.  M holds every parent, and so that
+     * node, alive. */
+    struct ctx__timer *dl = ctx__dlsrc(m);
+    for (size_t i = 1; i < n; i++) {
+        struct ctx__timer *t = ctx__dlsrc(parents[i]);
+        if (t != NULL && (dl == NULL || t->deadline < dl->deadline))
+            dl = t;
+    }
+    m->up = (struct ctx *)dl;
+
+    /* The record on M itself, then one per further parent.  A parent
+     * already done cancels M at once, with its err and cause. */
+    init_record(&b->self, m, m, merge_done, b, 0);
+    bool m_live = register_record(&b->self);
+    bool fire = false;
+    for (size_t i = 1; i < n; i++) {
+        struct ctx *r = &b->rec[i - 1];
+        struct ctx *o = ctx__owner(parents[i]);
+        if (ctx__kind(o) == CTX__ROOT) {
+            /* Never done: nothing to link, but M still holds the parent
+             * for its values. */
+            r->pk = 0;
+            ctx__ref(parents[i]);
+            continue;
+        }
+        init_record(r, parents[i], o, merge_fire, b, 1);
+        if (!m_live || !register_record(r))
+            fire = true;
+    }
+    if (fire || !m_live) {
+        cancel_from_parents(b);
+        /* M is done now; if it was already done at birth, its record on
+         * itself never ran: unlink the others here. */
+        if (!m_live)
+            stop_links(b);
+    }
+    /* stop_links stopped each record once; the destroy hook must not stop
+     * them again, and merge_done (run by the cancel above, or to come)
+     * does the same.  Both paths use the self record's outcome to decide. */
+    if (!m_live)
+        atomic_store_explicit(&b->self.u.a.run, CTX__RUN_DONE, memory_order_relaxed);
+    if (cancel != NULL)
+        *cancel = h;
+    return m;
+}

@@ -1,0 +1,384 @@
+/*
+ * Signal contexts (Go's signal.NotifyContext).
+ *
+ * The kernel delivers a process-directed signal to any thread that does not
+ * block it, so the library cannot rely on masks (sigwaitinfo would need the
+ * signal blocked in every thread, which only the program can arrange).
+ * Instead a handler installed with sigaction writes the signal's number to
+ * a pipe, whichever thread it runs on, and one library thread (which blocks
+ * every signal) reads the pipe and cancels the live contexts that asked for
+ * that signal.
+ *
+ * Each signal context is a custom node with a record in one list.  The
+ * first live context for a signal saves the previous action and installs
+ * the handler; the last one to end restores it.  A context ends for this
+ * purpose when it is done (an AfterFunc-style record on the node itself,
+ * which, like merge.c's, holds no reference, runs in the cancelling
+ * thread) or freed (the destroy hook), whichever comes first.
+ *
+ * A signal that the thread reads after every context for it has ended is
+ * sent again with kill(2) once the previous action is back, so it gets that
+ * handling (a second Ctrl-C kills).
+ *
+ * fork(2): the handlers hold the list's mutex and block every signal in
+ * the forking thread across the fork.  The child makes its own pipe (so a
+ * signal sent to the child never reaches the parent's thread) and its own
+ * reading thread, then unblocks.
+ *
+ * Lock order: S.mu, then node locks (ctx__cancel is called without S.mu,
+ * but the reading thread takes references under it).
+ */
+#include "internal.h"
+
+#include <fcntl.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+struct sigctx {
+    struct ctx self; /* AFTER record on the node: first, for its alignment */
+    struct ctx *c;
+    sigset_t set;
+    int registered; /* holds its counts in S.count */
+    struct sigctx *next, **pprev;
+};
+
+static struct {
+    pthread_mutex_t mu;
+    struct sigctx *head;
+    int count[NSIG];   /* live contexts per signal */
+    int pending[NSIG]; /* read after its contexts ended: send again */
+    struct sigaction old[NSIG];
+    struct ctx__msg *msg[NSIG]; /* "<name> signal received", kept for ever */
+    int rfd;
+    int thread; /* the reading thread runs */
+    sigset_t fork_mask;
+} S = { .mu = PTHREAD_MUTEX_INITIALIZER, .rfd = -1 };
+
+/* The pipe's write end, read by the handler: lock-free, so async-signal
+ * safe. */
+static _Atomic int wfd = -1;
+
+static pthread_once_t once = PTHREAD_ONCE_INIT;
+
+static void on_signal(int sig)
+{
+    int saved = errno;
+    unsigned char b = (unsigned char)sig;
+    int fd = atomic_load_explicit(&wfd, memory_order_relaxed);
+    if (fd >= 0 && write(fd, &b, 1) < 0) {
+        /* A full pipe already holds wake-ups for the reading thread. */
+    }
+    errno = saved;
+}
+
+/* Restores sig's previous action if no live context wants it any more.
+ * Under S.mu. */
+static void release_signal_locked(int sig)
+{
+    if (--S.count[sig] != 0)
+        return;
+    sigaction(sig, &S.old[sig], NULL);
+    if (S.pending[sig]) {
+        S.pending[sig] = 0;
+        kill(getpid(), sig);
+    }
+}
+
+static void deregister_locked(struct sigctx *r)
+{
+    if (!r->registered)
+        return;
+    r->registered = 0;
+    for (int sig = 1; sig < NSIG; sig++)
+        if (sigismember(&r->set, sig) == 1)
+            release_signal_locked(sig);
+    *r->pprev = r->next;
+    if (r->next != NULL)
+        r->next->pprev = r->pprev;
+}
+
+/* The record on the node ran: the context is done. */
+static void sig_done(void *arg)
+{
+    pthread_mutex_lock(&S.mu);
+    deregister_locked(arg);
+    pthread_mutex_unlock(&S.mu);
+}
+
+static void sig_destroy(void *data)
+{
+    struct sigctx *r = data;
+    /* true: never done, so sig_done never ran and never will; false: it
+     * ran (ctx_after_stop waited for it). */
+    if (ctx_after_stop((ctx_after_t *)&r->self)) {
+        pthread_mutex_lock(&S.mu);
+        deregister_locked(r);
+        pthread_mutex_unlock(&S.mu);
+    }
+    ctx__free(r);
+}
+
+static size_t sig_describe(void *data, char *buf, size_t size)
+{
+    struct sigctx *r = data;
+    size_t pos = 0;
+    int first = 1;
+    const char *p = "WithSignals(";
+    for (; *p; p++, pos++)
+        if (pos + 1 < size)
+            buf[pos] = *p;
+    for (int sig = 1; sig < NSIG; sig++) {
+        if (sigismember(&r->set, sig) != 1)
+            continue;
+        char num[16];
+        int len = snprintf(num, sizeof num, "%s%d", first ? "" : ",", sig);
+        for (int i = 0; i < len; i++, pos++)
+            if (pos + 1 < size)
+                buf[pos] = num[i];
+        first = 0;
+    }
+    if (pos + 1 < size)
+        buf[pos] = ')';
+    pos++;
+    if (size > 0)
+        buf[pos < size ? pos : size - 1] = '\0';
+    return pos;
+}
+
+static const ctx_custom_ops_t sig_ops = {
+    .name = "WithSignals",
+    .describe = sig_describe,
+    .destroy = sig_destroy,
+};
+
+/* Cancels every live context that wants sig.  Called without S.mu. */
+static void deliver(int sig)
+{
+    struct ctx *found[64];
+    int n;
+    do {
+        n = 0;
+        pthread_mutex_lock(&S.mu);
+        for (struct sigctx *r = S.head; r != NULL && n < 64; r = r->next) {
+            /* A node whose count reached zero is being freed; its destroy
+             * hook waits for S.mu to take it off the list. */
+            if (sigismember(&r->set, sig) == 1 && ctx__try_ref(r->c))
+                found[n++] = r->c;
+        }
+        if (n == 0 && S.count[sig] > 0)
+            S.pending[sig] = 1; /* ending, not yet ended: see release */
+        else if (n == 0)
+            kill(getpid(), sig); /* the previous action is back */
+        pthread_mutex_unlock(&S.mu);
+        for (int i = 0; i < n; i++) {
+            ctx__cancel(found[i], CTX_CANCELED, EINTR, S.msg[sig], 0);
+            ctx_unref(found[i]);
+        }
+        /* Cancelling took them off the list; more than 64 take turns. */
+    } while (n == 64);
+}
+
+static void *watch_main(void *arg)
+{
+    (void)arg;
+    for (;;) {
+        unsigned char buf[64];
+        pthread_mutex_lock(&S.mu);
+        int fd = S.rfd;
+        pthread_mutex_unlock(&S.mu);
+        ssize_t got = read(fd, buf, sizeof buf);
+        if (got < 0 && errno == EINTR)
+            continue;
+        if (got <= 0)
+            return NULL; /* the pipe is gone: a forked child replaced it */
+        for (ssize_t i = 0; i < got; i++)
+            if (buf[i] > 0 && buf[i] < NSIG)
+                deliver(buf[i]);
+    }
+}
+
+/* Makes the pipe and starts the reading thread.  Under S.mu. */
+static int start_locked(void)
+{
+    if (S.thread)
+        return 0;
+    if (S.rfd < 0) {
+        int fds[2];
+        if (pipe2(fds, O_CLOEXEC) != 0)
+            return errno;
+        /* The handler must never block. */
+        fcntl(fds[1], F_SETFL, fcntl(fds[1], F_GETFL) | O_NONBLOCK);
+        S.rfd = fds[0];
+        atomic_store_explicit(&wfd, fds[1], memory_order_relaxed);
+    }
+    int e = ctx__sc_thread_start(watch_main, 0); /* runs AfterFunc callbacks */
+    if (e != 0)
+        return e;
+    S.thread = 1;
+    return 0;
+}
+
+static void fork_prepare(void)
+{
+    sigset_t all;
+    sigfillset(&all);
+    pthread_sigmask(SIG_SETMASK, &all, &S.fork_mask);
+    pthread_mutex_lock(&S.mu);
+}
+
+static void fork_parent(void)
+{
+    pthread_mutex_unlock(&S.mu);
+    pthread_sigmask(SIG_SETMASK, &S.fork_mask, NULL);
+}
+
+static void fork_child(void)
+{
+    /* The parent's reading thread did not come along, and its pipe is
+     * shared with the parent: a signal sent to the child must not wake
+     * the parent.  The child gets its own of both. */
+    int old_w = atomic_exchange_explicit(&wfd, -1, memory_order_relaxed);
+    if (S.rfd >= 0)
+        close(S.rfd);
+    if (old_w >= 0)
+        close(old_w);
+    S.rfd = -1;
+    S.thread = 0;
+    if (S.head != NULL)
+        start_locked(); /* signals stay blocked until it is ready */
+    pthread_mutex_unlock(&S.mu);
+    pthread_sigmask(SIG_SETMASK, &S.fork_mask, NULL);
+}
+
+static void init_once(void)
+{
+    pthread_atfork(fork_prepare, fork_parent, fork_child);
+}
+
+/* "interrupt signal received": strsignal's text in lower case, as Go
+ * names signals.  Under S.mu. */
+static struct ctx__msg *msg_locked(int sig)
+{
+    if (S.msg[sig] != NULL)
+        return S.msg[sig];
+    char text[128];
+    const char *name = strsignal(sig);
+    snprintf(text, sizeof text, "%s signal received", name != NULL ? name : "unknown");
+    text[0] = (char)(text[0] >= 'A' && text[0] <= 'Z' ? text[0] - 'A' + 'a' : text[0]);
+    struct ctx__msg *m = ctx__msg_new(text);
+    if (m != NULL) {
+        m->func = "signal"; /* the cancel site ctx_cancel_site reports */
+        S.msg[sig] = m;     /* kept for ever: its one reference is ours */
+    }
+    return m;
+}
+
+ctx_t *ctx_with_signals(ctx_t *parent, const int *signals, size_t n, ctx_cancel_t **cancel)
+{
+    if (cancel != NULL)
+        *cancel = NULL;
+    if (parent == NULL || signals == NULL || n == 0) {
+        errno = EINVAL;
+        return NULL;
+    }
+    sigset_t set;
+    sigemptyset(&set);
+    for (size_t i = 0; i < n; i++) {
+        int sig = signals[i];
+        if (sig <= 0 || sig >= NSIG || sig == SIGKILL || sig == SIGSTOP) {
+            errno = EINVAL;
+            return NULL;
+        }
+        sigaddset(&set, sig);
+    }
+    pthread_once(&once, init_once);
+    struct sigctx *r = ctx__alloc(sizeof *r);
+    if (r == NULL) {
+        errno = ENOMEM;
+        return NULL;
+    }
+    r->set = set;
+    r->registered = 0;
+    ctx_cancel_t *h;
+    struct ctx *c = ctx_with_custom(parent, &sig_ops, r, &h);
+    if (c == NULL) {
+        ctx__free(r);
+        errno = ENOMEM;
+        return NULL;
+    }
+    r->c = c;
+    /* The record on the node, as merge.c's: no reference, a count that
+     * after.c never drops to zero (the block is freed by the destroy
+     * hook). */
+    struct ctx *s = &r->self;
+    s->up = c;
+    s->pk = (uintptr_t)c | CTX__AFTER;
+    atomic_init(&s->refs, 3);
+    atomic_init(&s->lock, 0);
+    atomic_init(&s->u.a.run, CTX__RUN_PENDING);
+    s->u.a.handle = CTX__HANDLE_LIVE;
+    s->u.a.fn = sig_done;
+    s->u.a.arg = r;
+    s->u.a.link.next = NULL;
+    s->u.a.link.pprev = NULL;
+
+    pthread_mutex_lock(&S.mu);
+    int e = start_locked();
+    for (int sig = 1; e == 0 && sig < NSIG; sig++)
+        if (sigismember(&set, sig) == 1 && msg_locked(sig) == NULL)
+            e = ENOMEM;
+    int done_sig = 0; /* signals whose count was taken, for a rollback */
+    for (int sig = 1; e == 0 && sig < NSIG; sig++) {
+        if (sigismember(&set, sig) != 1)
+            continue;
+        if (S.count[sig] == 0) {
+            struct sigaction sa;
+            memset(&sa, 0, sizeof sa);
+            sa.sa_handler = on_signal;
+            sigfillset(&sa.sa_mask);
+            sa.sa_flags = SA_RESTART;
+            if (sigaction(sig, &sa, &S.old[sig]) != 0) {
+                e = EINVAL;
+                break;
+            }
+        }
+        S.count[sig]++;
+        done_sig = sig;
+    }
+    if (e != 0) {
+        for (int sig = 1; sig <= done_sig; sig++)
+            if (sigismember(&set, sig) == 1)
+                release_signal_locked(sig);
+        pthread_mutex_unlock(&S.mu);
+        /* Freeing the node runs the destroy hook, which frees r; the
+         * record was never registered, so stopping it returns true. */
+        ctx_unref(c);
+        errno = e;
+        return NULL;
+    }
+    r->registered = 1;
+    r->next = S.head;
+    if (r->next != NULL)
+        r->next->pprev = &r->next;
+    r->pprev = &S.head;
+    S.head = r;
+    pthread_mutex_unlock(&S.mu);
+
+    /* Register the record on the node; a node done at birth (its parent
+     * was done) ends at once. */
+    ctx__lock(&c->lock);
+    if ((atomic_load_explicit(&c->u.c.state, memory_order_relaxed) & CTX__ERR_MASK) == 0) {
+        ctx__link_insert(&c->u.c.children, &s->u.a.link);
+        ctx__unlock(&c->lock);
+    } else {
+        ctx__unlock(&c->lock);
+        atomic_store_explicit(&s->u.a.run, CTX__RUN_DONE, memory_order_relaxed);
+        sig_done(r);
+    }
+    if (cancel != NULL)
+        *cancel = h;
+    return c;
+}
