@@ -88,6 +88,48 @@ static char sqlite_path[4096];
 static const char *pg_conninfo;
 
 /* ------------------------------------------------------------------------
+ * Slots: how many computations and SQLite queries run at once.
+ *
+ * Both are CPU work.  Started for every request at once, hundreds of them
+ * would share two cores, each would crawl, and a request whose budget ended
+ * would wait for the scheduler before its parts could even notice.  Like a
+ * database pool, a few slots (one per core) keep the work that runs fast and
+ * let the rest wait, and that wait is itself cancellable: a request that
+ * runs out of budget or whose client leaves stops waiting at once.
+ */
+struct slots {
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    int free;
+};
+
+static struct slots compute_slots = { PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, 0 };
+static struct slots db_slots = { PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, 0 };
+
+/* 0 with a slot taken, or ctx_err(ctx) when ctx ended first. */
+static int slot_take(ctx_t *ctx, struct slots *s)
+{
+    int err = 0;
+    pthread_mutex_lock(&s->mu);
+    while (s->free == 0 && err == 0)
+        err = cfg.no_ctx ? pthread_cond_wait(&s->cv, &s->mu) : ctx_cond_wait(ctx, &s->cv, &s->mu);
+    if (err == 0)
+        s->free--;
+    else if (s->free > 0)
+        pthread_cond_signal(&s->cv); /* pass on a wake-up this waiter may have taken */
+    pthread_mutex_unlock(&s->mu);
+    return err;
+}
+
+static void slot_give(struct slots *s)
+{
+    pthread_mutex_lock(&s->mu);
+    s->free++;
+    pthread_cond_signal(&s->cv);
+    pthread_mutex_unlock(&s->mu);
+}
+
+/* ------------------------------------------------------------------------
  * The three parts.  Each runs on a thread of the request's ctx_group and
  * returns 0, the context's error when the context ended first, or another
  * errno-style code for a real failure (which cancels its siblings).
@@ -136,16 +178,19 @@ static int compute_part(ctx_t *ctx, void *arg)
     struct request *r = arg;
     part_begin(COMPUTE);
     ctx_time_t start = ctx_now();
-    uint64_t units = (uint64_t)(r->ms[COMPUTE] * compute_per_ms), x = start;
-    int rc = 0;
-    for (uint64_t i = 0; i < units; i++) {
-        /* A check costs a few ns; every 256 units (tens of microseconds)
-         * keeps a cancelled computation from running on noticeably. */
-        if ((i & 255) == 0 && !cfg.no_ctx && (rc = ctx_err(ctx)) != 0)
-            break;
-        x = work_unit(x + i);
+    int rc = slot_take(ctx, &compute_slots);
+    if (rc == 0) {
+        uint64_t units = (uint64_t)(r->ms[COMPUTE] * compute_per_ms), x = (uint64_t)start;
+        for (uint64_t i = 0; i < units; i++) {
+            /* A check costs a few ns; every 256 units (tens of microseconds)
+             * keeps a cancelled computation from running on noticeably. */
+            if ((i & 255) == 0 && !cfg.no_ctx && (rc = ctx_err(ctx)) != 0)
+                break;
+            x = work_unit(x + i);
+        }
+        work_sink = x;
+        slot_give(&compute_slots);
     }
-    work_sink = x;
     return part_end(r, COMPUTE, start, ctx, rc);
 }
 
@@ -221,12 +266,13 @@ static int db_part(ctx_t *ctx, void *arg)
         rc = pg_sleep_part(ctx, r->ms[DB]);
     } else
 #endif
-    {
+        if ((rc = slot_take(ctx, &db_slots)) == 0) {
         sqlite3 *db;
         rc = EIO;
         if (sqlite3_open_v2(sqlite_path, &db, SQLITE_OPEN_READONLY, NULL) == SQLITE_OK)
             rc = sqlite_count(ctx, db, (long long)(r->ms[DB] * rows_per_ms) + 1);
         sqlite3_close(db);
+        slot_give(&db_slots);
     }
     return part_end(r, DB, start, ctx, rc);
 }
@@ -267,7 +313,9 @@ static int upstream_part(ctx_t *ctx, void *arg)
         curl_easy_setopt(easy, CURLOPT_WRITEFUNCTION, on_body);
         curl_easy_setopt(easy, CURLOPT_WRITEDATA, &b);
         curl_easy_setopt(easy, CURLOPT_NOSIGNAL, 1L);
-        CURLcode cc = cfg.no_ctx ? curl_easy_perform(easy) : ctx_curl_perform(ctx, easy);
+        /* The baseline performs under a context that never ends: the same
+         * transfer on the same per-thread connection cache, not cancellable. */
+        CURLcode cc = ctx_curl_perform(cfg.no_ctx ? ctx_background() : ctx, easy);
         long status = 0;
         curl_easy_getinfo(easy, CURLINFO_RESPONSE_CODE, &status);
         r->status = (int)status;
@@ -800,6 +848,8 @@ int main(int argc, char **argv)
         usage();
     }
     calibrate_compute();
+    long cores = sysconf(_SC_NPROCESSORS_ONLN);
+    compute_slots.free = db_slots.free = cores > 0 ? (int)cores : 1;
 
     /* One thread per connection: a handler blocks while its parts run (see
      * <ctx/mhd.h>).  poll() instead of select() has no FD_SETSIZE limit.

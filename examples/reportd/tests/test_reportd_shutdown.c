@@ -32,10 +32,12 @@ static void await_in_flight(struct svc *s, long n)
 static void test_drain(void)
 {
     struct svc s;
-    SVC_START(&s, "drain", reportd, "--drain-ms", "5000", "--budget-ms", "10000");
+    SVC_START(&s, "drain", reportd, "--drain-ms", "20000", "--budget-ms", "30000");
     struct call calls[3];
     for (int i = 0; i < 3; i++) {
-        snprintf(calls[i].url, sizeof calls[i].url, "%s/report?compute_ms=600&db_ms=600", s.url);
+        /* Waits, not CPU work, so that a loaded machine cannot stretch
+         * them past the drain. */
+        snprintf(calls[i].url, sizeof calls[i].url, "%s/task?ms=800", s.url);
         CHECK_EQ_INT(pthread_create(&calls[i].thread, NULL, call_main, &calls[i]), 0);
     }
     await_in_flight(&s, 3);
