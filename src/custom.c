@@ -22,6 +22,7 @@ ctx_t *ctx_with_custom(ctx_t *parent, const ctx_custom_ops_t *ops, void *data,
     }
     cu->ops = ops;
     cu->data = data;
+    cu->done = NULL;
     ctx__init_cancel(&cu->base, parent, CTX__CUSTOM);
     if (cancel != NULL)
         *cancel = (ctx_cancel_t *)&cu->base;

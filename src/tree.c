@@ -198,6 +198,11 @@ static void mark(struct ctx *n, uint32_t err, int cause, struct ctx__msg *msg)
         ctx__futex_wake(&n->u.c.state, INT32_MAX);
     if (old & CTX__HAS_FD)
         ctx__fd_signal(n);
+    if (ctx__kind(n) == CTX__CUSTOM) {
+        struct ctx__custom *cu = (struct ctx__custom *)n;
+        if (cu->done != NULL)
+            cu->done(cu->data);
+    }
 }
 
 /* mark() for a node that may have a timer: a done node's timer is removed at

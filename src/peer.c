@@ -1,0 +1,315 @@
+/*
+ * ctx_with_peer_close: a context that ends when the peer of a socket hangs
+ * up, Go's net/http background read without the read.
+ *
+ * One watcher thread per process waits in epoll_wait on every watched
+ * socket, for EPOLLRDHUP (the peer closed or shut down its writing side),
+ * EPOLLHUP and EPOLLERR, never EPOLLIN: it never reads, so bytes the peer
+ * sent (a pipelined request) stay for the program.  Interest is
+ * level-triggered, so a socket whose peer is already gone reports at once.
+ *
+ * Data.  A table indexed by fd holds, per watched fd, the list of watches
+ * (several contexts may watch one fd) and a generation number, which goes
+ * into the epoll event's data beside the fd: an event that the watcher
+ * collected just before the fd's last watch went away (and perhaps a new
+ * one came) is recognised as stale and dropped.  Everything in the table is
+ * under `mu`.
+ *
+ * A watch is the data of a custom context (tree.c's CUSTOM node with the
+ * internal `done` hook).  It leaves the table in exactly one of three ways,
+ * all under `mu`: the watcher fires it (the peer hung up), the hook sees the
+ * context done for another reason (cancel, ancestor, deadline), or the
+ * context is freed (its destroy hook).  The watcher cancels only contexts
+ * it could take a reference to while holding `mu`, so a context that is
+ * being freed is never cancelled, and its memory stays until the watcher
+ * drops that reference.
+ *
+ * Locks.  `mu` nests inside node locks (the hook runs in mark() with the
+ * node's lock held), so the watcher never takes a node lock while holding
+ * `mu`: it cancels after releasing it.  `mu` is always taken inside a
+ * ctx__hold(), so fork's prepare handler (fork.c) waits until nobody holds
+ * it; the child handler here only forgets the parent's watcher thread and
+ * epoll instance, and the child's first ctx_with_peer_close makes its own
+ * and watches the inherited sockets again.
+ */
+#include "internal.h"
+
+#include "ctx/io.h"
+
+#include <pthread.h>
+#include <stdio.h>
+#include <string.h>
+#include <unistd.h>
+
+#ifdef __linux__
+#include <sys/epoll.h>
+
+enum { W_NEW, W_LISTED, W_GONE };
+
+struct watch {
+    struct watch *next;      /* in its fd's list, under mu */
+    struct watch *fire_next; /* the watcher's private list of contexts to cancel */
+    struct ctx *ctx;
+    int fd;
+    int state; /* W_NEW, W_LISTED, W_GONE; under mu */
+};
+
+struct slot {
+    struct watch *head;
+    uint32_t gen;
+};
+
+static pthread_mutex_t mu = PTHREAD_MUTEX_INITIALIZER;
+static struct slot *slots; /* indexed by fd */
+static size_t nslots;
+static int epfd = -1;
+static int running; /* the watcher thread exists (in this process) */
+static pthread_once_t atfork_once = PTHREAD_ONCE_INIT;
+
+#define PEER_EVENTS (EPOLLRDHUP | EPOLLHUP | EPOLLERR)
+
+static void lock(void)
+{
+    ctx__hold();
+    pthread_mutex_lock(&mu);
+}
+
+static void unlock(void)
+{
+    pthread_mutex_unlock(&mu);
+    ctx__release();
+}
+
+static uint64_t event_key(int fd)
+{
+    return (uint64_t)(uint32_t)fd | (uint64_t)slots[fd].gen << 32;
+}
+
+/* Removes w from its fd's list; the last watch of an fd leaves epoll.
+ * Under mu. */
+static void unlist(struct watch *w)
+{
+    struct slot *s = &slots[w->fd];
+    struct watch **p = &s->head;
+    while (*p != w)
+        p = &(*p)->next;
+    *p = w->next;
+    if (s->head == NULL) {
+        if (epfd >= 0)
+            epoll_ctl(epfd, EPOLL_CTL_DEL, w->fd, NULL);
+        s->gen++;
+    }
+    w->state = W_GONE;
+}
+
+static void *watcher(void *arg)
+{
+    (void)arg;
+    struct epoll_event ev[64];
+    for (;;) {
+        int n = epoll_wait(epfd, ev, 64, -1);
+        if (n < 0)
+            continue; /* EINTR; epfd stays valid for the thread's life */
+        struct watch *fire = NULL;
+        lock();
+        for (int i = 0; i < n; i++) {
+            int fd = (int)(uint32_t)ev[i].data.u64;
+            uint32_t gen = (uint32_t)(ev[i].data.u64 >> 32);
+            if ((size_t)fd >= nslots || slots[fd].gen != gen || slots[fd].head == NULL)
+                continue; /* stale: that fd's watches went away meanwhile */
+            struct slot *s = &slots[fd];
+            for (struct watch *w = s->head; w != NULL; w = w->next) {
+                w->state = W_GONE;
+                /* A context whose count reached zero is being freed; its
+                 * destroy hook waits for mu and finds the watch gone. */
+                if (ctx__try_ref(w->ctx)) {
+                    w->fire_next = fire;
+                    fire = w;
+                }
+            }
+            s->head = NULL;
+            s->gen++;
+            epoll_ctl(epfd, EPOLL_CTL_DEL, fd, NULL);
+        }
+        unlock();
+        while (fire != NULL) {
+            struct watch *w = fire;
+            fire = w->fire_next; /* before the unref, which may free w */
+            struct ctx *c = w->ctx;
+            ctx_cancel_cause((ctx_cancel_t *)c, ECONNRESET, "client disconnected");
+            ctx_unref(c);
+        }
+    }
+    return NULL;
+}
+
+/* fork(2) child: the watcher thread did not come along, and the epoll
+ * instance is shared with the parent, so changing it here would change the
+ * parent's.  Forget both; start() makes new ones. */
+static void peer_atfork_child(void)
+{
+    if (epfd >= 0)
+        close(epfd);
+    epfd = -1;
+    running = 0;
+}
+
+static void register_atfork(void)
+{
+    pthread_atfork(NULL, NULL, peer_atfork_child);
+}
+
+/* Makes the epoll instance and the watcher thread, once per process.  Under
+ * mu.  Returns 0 or an errno-style code. */
+static int start(void)
+{
+    if (running)
+        return 0;
+    pthread_once(&atfork_once, register_atfork);
+    if (epfd < 0) {
+        epfd = epoll_create1(EPOLL_CLOEXEC);
+        if (epfd < 0)
+            return errno;
+        /* After a fork: watch the inherited sockets again. */
+        for (size_t fd = 0; fd < nslots; fd++) {
+            if (slots[fd].head == NULL)
+                continue;
+            struct epoll_event ev = { .events = PEER_EVENTS };
+            ev.data.u64 = event_key((int)fd);
+            epoll_ctl(epfd, EPOLL_CTL_ADD, (int)fd, &ev);
+        }
+    }
+    if (ctx__thread_start(watcher, 64 * 1024) != 0)
+        return EAGAIN;
+    running = 1;
+    return 0;
+}
+
+/* Grows the table to hold fd.  Under mu. */
+static int grow(int fd)
+{
+    if ((size_t)fd < nslots)
+        return 0;
+    size_t n = nslots < 64 ? 64 : nslots;
+    while (n <= (size_t)fd)
+        n *= 2;
+    struct slot *t = ctx__alloc(n * sizeof *t);
+    if (t == NULL)
+        return ENOMEM;
+    if (nslots != 0)
+        memcpy(t, slots, nslots * sizeof *t);
+    memset(t + nslots, 0, (n - nslots) * sizeof *t);
+    ctx__free(slots);
+    slots = t;
+    nslots = n;
+    return 0;
+}
+
+/* The context is done (any cause): stop watching.  Runs in mark() with the
+ * node's lock held, or at creation when the context is born done. */
+static void peer_done(void *data)
+{
+    struct watch *w = data;
+    lock();
+    if (w->state == W_LISTED)
+        unlist(w);
+    w->state = W_GONE;
+    unlock();
+}
+
+static void peer_destroy(void *data)
+{
+    struct watch *w = data;
+    lock();
+    if (w->state == W_LISTED)
+        unlist(w);
+    unlock();
+    ctx__free(w);
+}
+
+static size_t peer_describe(void *data, char *buf, size_t size)
+{
+    struct watch *w = data;
+    return (size_t)snprintf(buf, size, "WithPeerClose(fd %d)", w->fd);
+}
+
+static const ctx_custom_ops_t peer_ops = {
+    .name = "WithPeerClose",
+    .describe = peer_describe,
+    .destroy = peer_destroy,
+};
+
+ctx_t *ctx_with_peer_close(ctx_t *parent, int fd, ctx_cancel_t **cancel)
+{
+    if (cancel != NULL)
+        *cancel = NULL;
+    if (parent == NULL || fd < 0) {
+        errno = EINVAL;
+        return NULL;
+    }
+    int type;
+    socklen_t tl = sizeof type;
+    if (getsockopt(fd, SOL_SOCKET, SO_TYPE, &type, &tl) != 0)
+        return NULL; /* EBADF, ENOTSOCK */
+    struct watch *w = ctx__alloc(sizeof *w);
+    if (w == NULL) {
+        errno = ENOMEM;
+        return NULL;
+    }
+    struct ctx__custom *cu = ctx__node_alloc(sizeof *cu);
+    if (cu == NULL) {
+        ctx__free(w);
+        errno = ENOMEM;
+        return NULL;
+    }
+    w->next = w->fire_next = NULL;
+    w->ctx = &cu->base;
+    w->fd = fd;
+    w->state = W_NEW;
+    cu->ops = &peer_ops;
+    cu->data = w;
+    cu->done = peer_done;
+    ctx__init_cancel(&cu->base, parent, CTX__CUSTOM);
+
+    int e = 0;
+    lock();
+    if (w->state == W_NEW) { /* else: done at birth, or already cancelled by an ancestor */
+        e = start();
+        if (e == 0)
+            e = grow(fd);
+        if (e == 0 && slots[fd].head == NULL) {
+            struct epoll_event ev = { .events = PEER_EVENTS };
+            ev.data.u64 = event_key(fd);
+            if (epoll_ctl(epfd, EPOLL_CTL_ADD, fd, &ev) != 0)
+                e = errno;
+        }
+        if (e == 0) {
+            w->next = slots[fd].head;
+            slots[fd].head = w;
+            w->state = W_LISTED;
+        }
+    }
+    unlock();
+    if (e != 0) {
+        ctx_unref(&cu->base); /* runs peer_destroy */
+        errno = e;
+        return NULL;
+    }
+    if (cancel != NULL)
+        *cancel = (ctx_cancel_t *)&cu->base;
+    return &cu->base;
+}
+
+#else /* !__linux__ */
+
+ctx_t *ctx_with_peer_close(ctx_t *parent, int fd, ctx_cancel_t **cancel)
+{
+    (void)parent;
+    (void)fd;
+    if (cancel != NULL)
+        *cancel = NULL;
+    errno = ENOSYS;
+    return NULL;
+}
+
+#endif

@@ -1,0 +1,194 @@
+/*
+ * ctx_dial with names, in a private mount and network namespace so that
+ * nothing here can reach a real name server: /etc/resolv.conf, /etc/hosts
+ * and /etc/nsswitch.conf are bind-mounted (in this process's namespace
+ * only) over files that point the resolver at a UDP socket this test owns
+ * on 127.0.0.1:53, inside a network namespace with only the loopback
+ * interface.  The socket answers "no such name" for names whose first label
+ * starts with "nx" and never answers anything else, which is exactly a
+ * name server that hangs.
+ *
+ * Checks: a name from the hosts file dials; a name the server denies gives
+ * ENOENT; a lookup that never gets an answer is cut short by the context's
+ * deadline and by a cancel, promptly, while the server saw the query; the
+ * abandoned lookups clean up after themselves (ASan's leak check at exit).
+ *
+ * Skipped (exit 77) when the namespaces cannot be made (no privilege, no
+ * user namespaces).
+ */
+#include "io_helpers.h"
+
+#include <net/if.h>
+#include <sched.h>
+#include <sys/ioctl.h>
+#include <sys/mount.h>
+
+static int write_file(const char *path, const char *text)
+{
+    FILE *f = fopen(path, "w");
+    if (f == NULL)
+        return -1;
+    fputs(text, f);
+    return fclose(f);
+}
+
+static void enter_namespaces(void)
+{
+    if (unshare(CLONE_NEWNS | CLONE_NEWNET) != 0) {
+        uid_t uid = getuid();
+        gid_t gid = getgid();
+        if (unshare(CLONE_NEWUSER | CLONE_NEWNS | CLONE_NEWNET) != 0)
+            SKIP("cannot make a private mount and network namespace: %s", strerror(errno));
+        char m[64];
+        write_file("/proc/self/setgroups", "deny");
+        snprintf(m, sizeof m, "0 %d 1", (int)uid);
+        if (write_file("/proc/self/uid_map", m) != 0)
+            SKIP("cannot map the user id in a user namespace");
+        snprintf(m, sizeof m, "0 %d 1", (int)gid);
+        if (write_file("/proc/self/gid_map", m) != 0)
+            SKIP("cannot map the group id in a user namespace");
+    }
+    if (mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL) != 0)
+        SKIP("cannot make the mounts private: %s", strerror(errno));
+    int s = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+    CHECK(s >= 0);
+    struct ifreq ifr;
+    memset(&ifr, 0, sizeof ifr);
+    snprintf(ifr.ifr_name, sizeof ifr.ifr_name, "lo");
+    CHECK_EQ_INT(ioctl(s, SIOCGIFFLAGS, &ifr), 0);
+    ifr.ifr_flags |= IFF_UP;
+    if (ioctl(s, SIOCSIFFLAGS, &ifr) != 0)
+        SKIP("cannot bring up lo in the new network namespace: %s", strerror(errno));
+    close(s);
+
+    static char dir[] = "/tmp/ctx-resolver-XXXXXX";
+    CHECK_NOT_NULL(mkdtemp(dir));
+    const char *files[3][2] = {
+        { "resolv.conf", "nameserver 127.0.0.1\noptions timeout:30 attempts:1\n" },
+        { "hosts", "127.0.0.1 localhost\n127.0.0.1 dialtest.example\n" },
+        { "nsswitch.conf", "hosts: files dns\n" },
+    };
+    for (int i = 0; i < 3; i++) {
+        char src[128], dst[64];
+        snprintf(src, sizeof src, "%s/%s", dir, files[i][0]);
+        snprintf(dst, sizeof dst, "/etc/%s", files[i][0]);
+        CHECK_EQ_INT(write_file(src, files[i][1]), 0);
+        if (mount(src, dst, NULL, MS_BIND, NULL) != 0)
+            SKIP("cannot bind-mount %s: %s", dst, strerror(errno));
+        /* The mount holds the file; the directory entry is not needed. */
+        unlink(src);
+    }
+    rmdir(dir);
+}
+
+/* The name server: denies "nx*" names, ignores everything else. */
+static int dns_fd;
+static atomic_int queries_hang;
+
+static void *dns_main(void *arg)
+{
+    (void)arg;
+    unsigned char q[512];
+    for (;;) {
+        struct sockaddr_in from;
+        socklen_t fl = sizeof from;
+        ssize_t n = recvfrom(dns_fd, q, sizeof q, 0, (struct sockaddr *)&from, &fl);
+        if (n < 0) {
+            if (errno == EINTR)
+                continue;
+            return NULL;
+        }
+        if (n < 13)
+            continue;
+        /* The question's name starts at byte 12 as length-prefixed labels. */
+        size_t end = 12;
+        while (end < (size_t)n && q[end] != 0)
+            end += 1 + q[end];
+        end += 1 + 4; /* the root label, then type and class */
+        if (end > (size_t)n)
+            continue;
+        if (q[12] >= 2 && q[13] == 'n' && q[14] == 'x') {
+            q[2] = (unsigned char)(0x80 | (q[2] & 0x79)); /* QR, opcode and RD kept */
+            q[3] = 0x83;                                  /* RA, rcode 3: no such name */
+            memset(q + 6, 0, 6);                          /* no answer, authority, additional */
+            sendto(dns_fd, q, end, 0, (struct sockaddr *)&from, fl);
+        } else {
+            atomic_fetch_add(&queries_hang, 1);
+        }
+    }
+}
+
+/* Cancels once the name server has seen one more query: the lookup is
+ * then certainly in flight. */
+struct canceller {
+    ctx_cancel_t *cancel;
+    int seen;
+};
+
+static void *canceller_main(void *arg)
+{
+    struct canceller *k = arg;
+    CHECK(check_wait_flag(&queries_hang, k->seen + 1, 10 * CTX_SECOND));
+    ctx_cancel(k->cancel);
+    return NULL;
+}
+
+int main(void)
+{
+    enter_namespaces();
+    dns_fd = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+    CHECK(dns_fd >= 0);
+    struct sockaddr_in a = io_addr(53);
+    if (bind(dns_fd, (struct sockaddr *)&a, sizeof a) != 0)
+        SKIP("cannot bind 127.0.0.1:53 in the namespace: %s", strerror(errno));
+    pthread_t t;
+    check_thread_start(&t, dns_main, NULL);
+
+    int port;
+    int l = io_listen(64, &port);
+    char ps[16];
+    snprintf(ps, sizeof ps, "%d", port);
+
+    fprintf(stderr, "-- a name from the hosts file\n");
+    ctx_t *c = ctx_with_timeout(ctx_background(), 20 * CTX_SECOND, NULL);
+    int fd = ctx_dial(c, "dialtest.example", ps);
+    CHECK_MSG(fd >= 0, "errno %d", errno);
+    CHECK_EQ_INT(fcntl(fd, F_GETFD), FD_CLOEXEC);
+    close(fd);
+    ctx_unref(c);
+
+    fprintf(stderr, "-- a name the server denies\n");
+    c = ctx_with_timeout(ctx_background(), 20 * CTX_SECOND, NULL);
+    errno = 0;
+    CHECK_EQ_INT(ctx_dial(c, "nxdomain.example", ps), -1);
+    CHECK_EQ_INT(errno, ENOENT);
+    ctx_unref(c);
+
+    fprintf(stderr, "-- a server that never answers: the deadline\n");
+    ctx_time_t t0 = check_mono_now();
+    c = ctx_with_timeout(ctx_background(), 200 * CTX_MILLISECOND, NULL);
+    errno = 0;
+    CHECK_EQ_INT(ctx_dial(c, "hang.example", ps), -1);
+    CHECK_EQ_INT(errno, CTX_DEADLINE_EXCEEDED);
+    ctx_duration_t took = check_mono_now() - t0;
+    /* The resolver would wait 30 s; a few seconds bound a loaded machine. */
+    CHECK_MSG(took < 10 * CTX_SECOND, "took %lld ms", (long long)(took / CTX_MILLISECOND));
+    CHECK(check_wait_flag(&queries_hang, 1, 10 * CTX_SECOND));
+    ctx_unref(c);
+
+    fprintf(stderr, "-- a server that never answers: cancel while the query is out\n");
+    for (int i = 0; i < 10; i++) {
+        struct canceller k;
+        c = ctx_with_cancel(ctx_background(), &k.cancel);
+        k.seen = atomic_load(&queries_hang);
+        pthread_t kt;
+        check_thread_start(&kt, canceller_main, &k);
+        errno = 0;
+        CHECK_EQ_INT(ctx_dial(c, "hang.example", ps), -1);
+        CHECK_EQ_INT(errno, CTX_CANCELED);
+        check_thread_join(kt);
+        ctx_unref(c);
+    }
+    close(l);
+    return 0;
+}

@@ -1,0 +1,598 @@
+/*
+ * Cancellable I/O on real pipes and sockets: ctx_read/ctx_write and their
+ * vector, socket, accept, connect, poll and whole-buffer forms.  Checks the
+ * contract of <ctx/io.h>: results as in POSIX, -1 with ctx_err when the
+ * context ends first, bytes never lost, fd flags untouched, EINTR retried,
+ * a done context failing without touching the fd, no done fd on the fast
+ * path, no SIGPIPE on sockets, and clear errors for bad input.
+ */
+#include "io_helpers.h"
+
+#include <signal.h>
+#include <sys/ioctl.h>
+
+static void make_pipe(int p[2], int flags)
+{
+    CHECK_EQ_INT(pipe2(p, O_CLOEXEC | flags), 0);
+}
+
+/* Data that is ready is read with one call: no done fd is made. */
+static void test_fast_path(void)
+{
+    int p[2];
+    make_pipe(p, 0);
+    ctx_cancel_t *cancel;
+    ctx_t *c = ctx_with_cancel(ctx_background(), &cancel);
+    CHECK_NOT_NULL(c);
+    int before = io_fd_count();
+    char buf[64] = "hello";
+    CHECK_EQ_INT(ctx_write(c, p[1], buf, 64), 64);
+    memset(buf, 0, sizeof buf);
+    CHECK_EQ_INT(ctx_read(c, p[0], buf, 64), 64);
+    CHECK_STR(buf, "hello");
+    CHECK_EQ_INT(io_fd_count(), before);
+    /* A short read is a success, as in read(2). */
+    CHECK_EQ_INT(ctx_write(c, p[1], "abc", 3), 3);
+    CHECK_EQ_INT(ctx_read(c, p[0], buf, sizeof buf), 3);
+    ctx_unref(c);
+    close(p[0]);
+    close(p[1]);
+}
+
+struct reader {
+    ctx_t *ctx;
+    int fd;
+    ssize_t r;
+    int err;
+    long tid;
+    atomic_int started;
+    char buf[16];
+};
+
+static void *reader_main(void *arg)
+{
+    struct reader *rd = arg;
+    rd->tid = check_gettid();
+    atomic_store(&rd->started, 1);
+    rd->r = ctx_read(rd->ctx, rd->fd, rd->buf, sizeof rd->buf);
+    rd->err = rd->r < 0 ? errno : 0;
+    return NULL;
+}
+
+/* A reader blocked on an empty pipe returns when the context is cancelled
+ * and when its deadline passes; on a blocking and a non-blocking pipe. */
+static void test_cancel_and_deadline(void)
+{
+    for (int nb = 0; nb < 2; nb++) {
+        int p[2];
+        make_pipe(p, nb ? O_NONBLOCK : 0);
+        int fl = fcntl(p[0], F_GETFL);
+
+        ctx_cancel_t *cancel;
+        ctx_t *c = ctx_with_cancel(ctx_background(), &cancel);
+        struct reader rd = { .ctx = c, .fd = p[0] };
+        pthread_t t;
+        check_thread_start(&t, reader_main, &rd);
+        CHECK(check_wait_flag(&rd.started, 1, 10 * CTX_SECOND));
+        check_wait_sleeping(rd.tid, 1000);
+        ctx_cancel(cancel);
+        check_thread_join(t);
+        CHECK_EQ_INT(rd.r, -1);
+        CHECK_EQ_INT(rd.err, CTX_CANCELED);
+        ctx_unref(c);
+
+        ctx_time_t t0 = check_mono_now();
+        c = ctx_with_timeout(ctx_background(), 50 * CTX_MILLISECOND, NULL);
+        char b[4];
+        errno = 0;
+        CHECK_EQ_INT(ctx_read(c, p[0], b, sizeof b), -1);
+        CHECK_EQ_INT(errno, CTX_DEADLINE_EXCEEDED);
+        CHECK(check_mono_now() - t0 >= 50 * CTX_MILLISECOND);
+        ctx_unref(c);
+
+        /* The flags were never changed. */
+        CHECK_EQ_INT(fcntl(p[0], F_GETFL), fl);
+        close(p[0]);
+        close(p[1]);
+    }
+}
+
+/* A context that is already done fails at once without touching the fd:
+ * even an invalid fd gives ctx_err, and the pipe keeps its data. */
+static void test_done_first(void)
+{
+    int p[2];
+    make_pipe(p, 0);
+    CHECK_EQ_INT(write(p[1], "x", 1), 1);
+    ctx_cancel_t *cancel;
+    ctx_t *c = ctx_with_cancel(ctx_background(), &cancel);
+    ctx_cancel(cancel);
+    char b[4];
+    struct iovec v = { b, sizeof b };
+    errno = 0;
+    CHECK_EQ_INT(ctx_read(c, p[0], b, 1), -1);
+    CHECK_EQ_INT(errno, CTX_CANCELED);
+    errno = 0;
+    CHECK_EQ_INT(ctx_read(c, -1, b, 1), -1);
+    CHECK_EQ_INT(errno, CTX_CANCELED);
+    errno = 0;
+    CHECK_EQ_INT(ctx_write(c, p[1], b, 1), -1);
+    CHECK_EQ_INT(errno, CTX_CANCELED);
+    CHECK_EQ_INT(ctx_readv(c, p[0], &v, 1), -1);
+    CHECK_EQ_INT(ctx_writev(c, p[1], &v, 1), -1);
+    CHECK_EQ_INT(ctx_recv(c, p[0], b, 1, 0), -1);
+    CHECK_EQ_INT(ctx_send(c, p[1], b, 1, 0), -1);
+    CHECK_EQ_INT(ctx_accept(c, p[0], NULL, NULL, 0), -1);
+    CHECK_EQ_INT(errno, CTX_CANCELED);
+    struct sockaddr_in a = io_addr(1);
+    CHECK_EQ_INT(ctx_connect(c, p[0], (struct sockaddr *)&a, sizeof a), -1);
+    CHECK_EQ_INT(errno, CTX_CANCELED);
+    struct pollfd pf = { p[0], POLLIN, 0 };
+    CHECK_EQ_INT(ctx_poll(c, &pf, 1, 0), -1);
+    CHECK_EQ_INT(errno, CTX_CANCELED);
+    size_t done = 99;
+    CHECK_EQ_INT(ctx_read_full(c, p[0], b, 1, &done), CTX_CANCELED);
+    CHECK_EQ_INT(done, 0);
+    CHECK_EQ_INT(ctx_write_all(c, p[1], b, 1, &done), CTX_CANCELED);
+    CHECK_EQ_INT(done, 0);
+    CHECK_EQ_INT(ctx_dial(c, "127.0.0.1", "1"), -1);
+    CHECK_EQ_INT(errno, CTX_CANCELED);
+    /* Nothing was consumed. */
+    CHECK_EQ_INT(read(p[0], b, sizeof b), 1);
+    ctx_unref(c);
+    close(p[0]);
+    close(p[1]);
+}
+
+/* Bad input gives a clear error and loses nothing. */
+static void test_bad_input(void)
+{
+    int p[2];
+    make_pipe(p, 0);
+    char b[4];
+    errno = 0;
+    CHECK_EQ_INT(ctx_read(NULL, p[0], b, 1), -1);
+    CHECK_EQ_INT(errno, EINVAL);
+    errno = 0;
+    CHECK_EQ_INT(ctx_read(ctx_background(), p[0], NULL, 1), -1);
+    CHECK_EQ_INT(errno, EINVAL);
+    errno = 0;
+    CHECK_EQ_INT(ctx_write(ctx_background(), p[1], NULL, 1), -1);
+    CHECK_EQ_INT(errno, EINVAL);
+    CHECK_EQ_INT(ctx_readv(ctx_background(), p[0], NULL, 1), -1);
+    CHECK_EQ_INT(errno, EINVAL);
+    struct iovec v = { b, 1 };
+    CHECK_EQ_INT(ctx_writev(ctx_background(), p[1], &v, -1), -1);
+    CHECK_EQ_INT(errno, EINVAL);
+    CHECK_EQ_INT(ctx_poll(NULL, NULL, 0, 0), -1);
+    CHECK_EQ_INT(errno, EINVAL);
+    CHECK_EQ_INT(ctx_poll(ctx_background(), NULL, 1, 0), -1);
+    CHECK_EQ_INT(errno, EINVAL);
+    CHECK_EQ_INT(ctx_read_full(NULL, p[0], b, 1, NULL), EINVAL);
+    CHECK_EQ_INT(ctx_write_all(ctx_background(), p[1], NULL, 1, NULL), EINVAL);
+    CHECK_EQ_INT(ctx_accept(NULL, p[0], NULL, NULL, 0), -1);
+    CHECK_EQ_INT(errno, EINVAL);
+    CHECK_EQ_INT(ctx_connect(ctx_background(), p[0], NULL, 0), -1);
+    CHECK_EQ_INT(errno, EINVAL);
+    CHECK_EQ_INT(ctx_dial(NULL, "127.0.0.1", "1"), -1);
+    CHECK_EQ_INT(errno, EINVAL);
+    CHECK_EQ_INT(ctx_dial(ctx_background(), "127.0.0.1", NULL), -1);
+    CHECK_EQ_INT(errno, EINVAL);
+
+    /* A closed fd gives EBADF, as the system call says, with a live
+     * cancellable context as well as with the background. */
+    ctx_cancel_t *cancel;
+    ctx_t *c = ctx_with_cancel(ctx_background(), &cancel);
+    /* Above any descriptor limit, so never open (a closed low number could
+     * be reused by the context's own done fd). */
+    int bad = 1 << 24;
+    ctx_t *cs[2] = { ctx_background(), c };
+    for (int i = 0; i < 2; i++) {
+        errno = 0;
+        CHECK_EQ_INT(ctx_read(cs[i], bad, b, 1), -1);
+        CHECK_EQ_INT(errno, EBADF);
+        errno = 0;
+        CHECK_EQ_INT(ctx_write(cs[i], bad, b, 1), -1);
+        CHECK_EQ_INT(errno, EBADF);
+        errno = 0;
+        CHECK_EQ_INT(ctx_recv(cs[i], bad, b, 1, 0), -1);
+        CHECK_EQ_INT(errno, EBADF);
+        errno = 0;
+        CHECK_EQ_INT(ctx_accept(cs[i], bad, NULL, NULL, 0), -1);
+        CHECK_EQ_INT(errno, EBADF);
+        struct pollfd pf = { bad, POLLIN, 0 };
+        CHECK_EQ_INT(ctx_poll(cs[i], &pf, 1, 0), 1);
+        CHECK(pf.revents & POLLNVAL);
+    }
+    /* recv on a pipe: the system call's ENOTSOCK. */
+    errno = 0;
+    CHECK_EQ_INT(ctx_recv(c, p[0], b, 1, 0), -1);
+    CHECK_EQ_INT(errno, ENOTSOCK);
+    ctx_unref(c);
+    close(p[0]);
+    close(p[1]);
+}
+
+/* Two threads block in ctx_read on one blocking pipe; one byte arrives.
+ * One reader gets it; the other must not be stuck in a blocking read: it
+ * returns when the context is cancelled. */
+static void test_two_readers(void)
+{
+    int p[2];
+    make_pipe(p, 0);
+    ctx_cancel_t *cancel;
+    ctx_t *c = ctx_with_cancel(ctx_background(), &cancel);
+    struct reader rd[2] = { { .ctx = c, .fd = p[0] }, { .ctx = c, .fd = p[0] } };
+    pthread_t t[2];
+    for (int i = 0; i < 2; i++)
+        check_thread_start(&t[i], reader_main, &rd[i]);
+    for (int i = 0; i < 2; i++) {
+        CHECK(check_wait_flag(&rd[i].started, 1, 10 * CTX_SECOND));
+        check_wait_sleeping(rd[i].tid, 1000);
+    }
+    CHECK_EQ_INT(write(p[1], "z", 1), 1);
+    /* Wait until one of them has it, then cancel the other. */
+    for (int i = 0; i < 10000; i++) {
+        int avail = 0;
+        CHECK_EQ_INT(ioctl(p[0], FIONREAD, &avail), 0);
+        if (avail == 0)
+            break;
+        check_sleep_ns(CTX_MILLISECOND);
+    }
+    ctx_cancel(cancel);
+    for (int i = 0; i < 2; i++)
+        check_thread_join(t[i]);
+    int got = (rd[0].r == 1) + (rd[1].r == 1);
+    int canceled =
+        (rd[0].r == -1 && rd[0].err == CTX_CANCELED) + (rd[1].r == -1 && rd[1].err == CTX_CANCELED);
+    CHECK_EQ_INT(got, 1);
+    CHECK_EQ_INT(canceled, 1);
+    ctx_unref(c);
+    close(p[0]);
+    close(p[1]);
+}
+
+/* Writes: a full pipe makes ctx_write wait until the deadline; a pipe with
+ * some room takes a short count; whole buffers move with ctx_write_all and
+ * ctx_read_full, which reports end of file as ENODATA with the count. */
+static void test_write_full_pipe(void)
+{
+    int p[2];
+    make_pipe(p, 0);
+    int size = fcntl(p[1], F_GETPIPE_SZ);
+    CHECK(size > 0);
+    char *big = calloc(1, (size_t)size * 2);
+    CHECK_NOT_NULL(big);
+    ctx_t *c = ctx_with_timeout(ctx_background(), 100 * CTX_MILLISECOND, NULL);
+    size_t done = 0;
+    CHECK_EQ_INT(ctx_write_all(c, p[1], big, (size_t)size * 2, &done), CTX_DEADLINE_EXCEEDED);
+    CHECK_EQ_INT(done, size); /* exactly what the pipe holds */
+    errno = 0;
+    CHECK_EQ_INT(ctx_write(c, p[1], big, 1), -1);
+    CHECK_EQ_INT(errno, CTX_DEADLINE_EXCEEDED);
+    ctx_unref(c);
+
+    /* Room for one page: a larger write takes what fits and says so. */
+    CHECK_EQ_INT(read(p[0], big, 4096), 4096);
+    ssize_t w = ctx_write(ctx_background(), p[1], big, 3 * 4096);
+    CHECK(w > 0 && w < 3 * 4096);
+    CHECK_EQ_INT(read(p[0], big, (size_t)w), w); /* size - 4096 bytes left */
+
+    /* Drain, then read_full meets end of file after 10 bytes. */
+    c = ctx_with_timeout(ctx_background(), 10 * CTX_SECOND, NULL);
+    CHECK_EQ_INT(ctx_read_full(c, p[0], big, (size_t)size - 4096, &done), 0);
+    CHECK_EQ_INT(done, size - 4096);
+    CHECK_EQ_INT(write(p[1], big, 10), 10);
+    close(p[1]);
+    CHECK_EQ_INT(ctx_read_full(c, p[0], big, 20, &done), ENODATA);
+    CHECK_EQ_INT(done, 10);
+    CHECK_EQ_INT(ctx_read(c, p[0], big, 20), 0); /* end of file: 0, as read(2) */
+    ctx_unref(c);
+    close(p[0]);
+    free(big);
+}
+
+/* Vectors and sockets: readv/writev on a socketpair and a pipe,
+ * recv/send with flags, and MSG_DONTWAIT keeping its meaning. */
+static void test_vectors_and_sockets(void)
+{
+    int s[2];
+    CHECK_EQ_INT(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, s), 0);
+    int p[2];
+    make_pipe(p, 0);
+    ctx_t *c = ctx_with_timeout(ctx_background(), 10 * CTX_SECOND, NULL);
+    int pairs[2][2] = { { s[0], s[1] }, { p[1], p[0] } };
+    for (int i = 0; i < 2; i++) {
+        struct iovec out[2] = { { "ab", 2 }, { "cde", 3 } };
+        CHECK_EQ_INT(ctx_writev(c, pairs[i][0], out, 2), 5);
+        char x[2], y[8] = { 0 };
+        struct iovec in[2] = { { x, 2 }, { y, sizeof y } };
+        CHECK_EQ_INT(ctx_readv(c, pairs[i][1], in, 2), 5);
+        CHECK(memcmp(x, "ab", 2) == 0);
+        CHECK_STR(y, "cde");
+    }
+    CHECK_EQ_INT(ctx_send(c, s[0], "pk", 2, 0), 2);
+    char b[4] = { 0 };
+    CHECK_EQ_INT(ctx_recv(c, s[1], b, 2, MSG_PEEK), 2);
+    CHECK_EQ_INT(ctx_recv(c, s[1], b, 2, 0), 2);
+    CHECK(memcmp(b, "pk", 2) == 0);
+    errno = 0;
+    CHECK_EQ_INT(ctx_recv(c, s[1], b, 2, MSG_DONTWAIT), -1);
+    CHECK_EQ_INT(errno, EAGAIN);
+    ctx_unref(c);
+    close(s[0]);
+    close(s[1]);
+    close(p[0]);
+    close(p[1]);
+}
+
+/* A peer reset in the middle of ctx_write_all gives EPIPE or ECONNRESET,
+ * *done exact, and no SIGPIPE (which would kill this process: SIGPIPE is
+ * at its default disposition here). */
+static void test_peer_reset(void)
+{
+    signal(SIGPIPE, SIG_DFL);
+    int cl, sv;
+    io_tcp_pair(&cl, &sv);
+    int one = 1;
+    CHECK_EQ_INT(setsockopt(cl, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one), 0);
+    size_t n = 64u << 20;
+    char *big = calloc(1, n);
+    CHECK_NOT_NULL(big);
+    /* The server reads a little, then resets the connection. */
+    char rb[1000];
+    ctx_t *c = ctx_with_timeout(ctx_background(), 30 * CTX_SECOND, NULL);
+    size_t done = 0;
+    CHECK_EQ_INT(ctx_write(c, cl, big, 1000), 1000);
+    CHECK_EQ_INT(ctx_read_full(c, sv, rb, sizeof rb, &done), 0);
+    struct linger lg = { 1, 0 };
+    CHECK_EQ_INT(setsockopt(sv, SOL_SOCKET, SO_LINGER, &lg, sizeof lg), 0);
+    close(sv);
+    int rc = ctx_write_all(c, cl, big, n, &done);
+    CHECK_MSG(rc == EPIPE || rc == ECONNRESET, "rc %d", rc);
+    CHECK(done < n);
+    /* Sending again gives the error again, still without a signal. */
+    errno = 0;
+    CHECK_EQ_INT(ctx_write(c, cl, big, 10), -1);
+    CHECK(errno == EPIPE || errno == ECONNRESET);
+    ctx_unref(c);
+    close(cl);
+    free(big);
+}
+
+/* accept and connect: waiting, success, the deadline, blocking and
+ * non-blocking sockets; a connect to a listener whose backlog is full
+ * hangs on loopback until the context ends it. */
+static void test_accept_connect(void)
+{
+    for (int nb = 0; nb < 2; nb++) {
+        int port;
+        int l = io_listen(8, &port);
+        if (nb)
+            fcntl(l, F_SETFL, fcntl(l, F_GETFL) | O_NONBLOCK);
+        ctx_t *c = ctx_with_timeout(ctx_background(), 50 * CTX_MILLISECOND, NULL);
+        errno = 0;
+        CHECK_EQ_INT(ctx_accept(c, l, NULL, NULL, 0), -1);
+        CHECK_EQ_INT(errno, CTX_DEADLINE_EXCEEDED);
+        ctx_unref(c);
+
+        c = ctx_with_timeout(ctx_background(), 10 * CTX_SECOND, NULL);
+        int cl = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC | (nb ? SOCK_NONBLOCK : 0), 0);
+        struct sockaddr_in a = io_addr(port);
+        CHECK_EQ_INT(ctx_connect(c, cl, (struct sockaddr *)&a, sizeof a), 0);
+        struct sockaddr_in peer;
+        socklen_t pl = sizeof peer;
+        int sv = ctx_accept(c, l, (struct sockaddr *)&peer, &pl, SOCK_CLOEXEC);
+        CHECK(sv >= 0);
+        CHECK_EQ_INT(pl, sizeof peer);
+        CHECK_EQ_INT(fcntl(sv, F_GETFD), FD_CLOEXEC);
+        CHECK_EQ_INT(ctx_write(c, cl, "hi", 2), 2);
+        char b[2];
+        CHECK_EQ_INT(ctx_read_full(c, sv, b, 2, NULL), 0);
+        ctx_unref(c);
+        close(sv);
+        close(cl);
+        close(l);
+    }
+
+    /* Backlog full: fill the queue of a listener that never accepts. */
+    int port;
+    int l = io_listen(0, &port);
+    struct sockaddr_in a = io_addr(port);
+    int fill[8], nfill = 0;
+    for (; nfill < 8; nfill++) {
+        fill[nfill] = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+        int r = connect(fill[nfill], (struct sockaddr *)&a, sizeof a);
+        CHECK(r == 0 || errno == EINPROGRESS);
+    }
+    for (int nb = 0; nb < 2; nb++) {
+        ctx_time_t t0 = check_mono_now();
+        ctx_t *c = ctx_with_timeout(ctx_background(), 200 * CTX_MILLISECOND, NULL);
+        int cl = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC | (nb ? SOCK_NONBLOCK : 0), 0);
+        errno = 0;
+        CHECK_EQ_INT(ctx_connect(c, cl, (struct sockaddr *)&a, sizeof a), -1);
+        CHECK_EQ_INT(errno, CTX_DEADLINE_EXCEEDED);
+        ctx_time_t took = check_mono_now() - t0;
+        CHECK_MSG(took < 20 * CTX_SECOND, "took %lld ns", (long long)took);
+        close(cl);
+        ctx_unref(c);
+
+        c = ctx_with_timeout(ctx_background(), 200 * CTX_MILLISECOND, NULL);
+        char portstr[16];
+        snprintf(portstr, sizeof portstr, "%d", port);
+        errno = 0;
+        CHECK_EQ_INT(ctx_dial(c, "127.0.0.1", portstr), -1);
+        CHECK_EQ_INT(errno, CTX_DEADLINE_EXCEEDED);
+        ctx_unref(c);
+    }
+    for (int i = 0; i < nfill; i++)
+        close(fill[i]);
+    close(l);
+}
+
+/* ctx_poll: readiness, timeout, cancel, deadline, no fds, many fds. */
+static void test_poll(void)
+{
+    int p[2];
+    make_pipe(p, 0);
+    ctx_cancel_t *cancel;
+    ctx_t *c = ctx_with_cancel(ctx_background(), &cancel);
+    struct pollfd pf = { p[0], POLLIN, 0 };
+    ctx_time_t t0 = check_mono_now();
+    CHECK_EQ_INT(ctx_poll(c, &pf, 1, 20 * CTX_MILLISECOND), 0);
+    CHECK(check_mono_now() - t0 >= 20 * CTX_MILLISECOND);
+    CHECK_EQ_INT(ctx_poll(ctx_background(), &pf, 1, 0), 0);
+    CHECK_EQ_INT(write(p[1], "x", 1), 1);
+    CHECK_EQ_INT(ctx_poll(c, &pf, 1, CTX_FOREVER), 1);
+    CHECK_EQ_INT(pf.revents, POLLIN);
+    CHECK_EQ_INT(ctx_poll(ctx_background(), &pf, 1, -5), 1);
+
+    /* Many fds: 40 entries, the last one ready. */
+    struct pollfd many[40];
+    for (int i = 0; i < 40; i++) {
+        many[i].fd = i == 39 ? p[0] : -1;
+        many[i].events = POLLIN;
+    }
+    CHECK_EQ_INT(ctx_poll(c, many, 40, CTX_FOREVER), 1);
+    CHECK_EQ_INT(many[39].revents, POLLIN);
+    CHECK_EQ_INT(read(p[0], &pf, 1), 1);
+
+    /* No fds: a sleep the deadline cuts short, reported as the deadline. */
+    ctx_t *d = ctx_with_timeout(c, 30 * CTX_MILLISECOND, NULL);
+    errno = 0;
+    CHECK_EQ_INT(ctx_poll(d, NULL, 0, CTX_FOREVER), -1);
+    CHECK_EQ_INT(errno, CTX_DEADLINE_EXCEEDED);
+    ctx_unref(d);
+
+    struct reader rd = { .ctx = c, .fd = p[0] };
+    pthread_t t;
+    check_thread_start(&t, reader_main, &rd);
+    CHECK(check_wait_flag(&rd.started, 1, 10 * CTX_SECOND));
+    ctx_cancel(cancel);
+    check_thread_join(t);
+    CHECK_EQ_INT(rd.err, CTX_CANCELED);
+    errno = 0;
+    CHECK_EQ_INT(ctx_poll(c, &pf, 1, CTX_FOREVER), -1);
+    CHECK_EQ_INT(errno, CTX_CANCELED);
+    ctx_unref(c);
+    close(p[0]);
+    close(p[1]);
+}
+
+/* The background context can never be done: waiting on it makes no fd. */
+static void *late_writer(void *arg)
+{
+    check_sleep_ns(20 * CTX_MILLISECOND);
+    CHECK_EQ_INT(write(*(int *)arg, "late", 4), 4);
+    return NULL;
+}
+
+static void test_background_wait(void)
+{
+    int p[2];
+    make_pipe(p, 0);
+    pthread_t t;
+    check_thread_start(&t, late_writer, &p[1]);
+    char b[8];
+    CHECK_EQ_INT(ctx_read_full(ctx_background(), p[0], b, 4, NULL), 0);
+    CHECK(memcmp(b, "late", 4) == 0);
+    check_thread_join(t);
+    close(p[0]);
+    close(p[1]);
+}
+
+/* A signal interrupting the wait is retried, not reported. */
+static void on_usr1(int sig)
+{
+    (void)sig;
+}
+
+static void test_eintr(void)
+{
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = on_usr1; /* no SA_RESTART: poll returns EINTR */
+    sigaction(SIGUSR1, &sa, NULL);
+    int p[2];
+    make_pipe(p, 0);
+    ctx_cancel_t *cancel;
+    ctx_t *c = ctx_with_cancel(ctx_background(), &cancel);
+    struct reader rd = { .ctx = c, .fd = p[0] };
+    pthread_t t;
+    check_thread_start(&t, reader_main, &rd);
+    CHECK(check_wait_flag(&rd.started, 1, 10 * CTX_SECOND));
+    for (int i = 0; i < 5; i++) {
+        check_wait_sleeping(rd.tid, 1000);
+        pthread_kill(t, SIGUSR1);
+    }
+    CHECK_EQ_INT(write(p[1], "ok", 2), 2);
+    check_thread_join(t);
+    CHECK_EQ_INT(rd.r, 2);
+    ctx_unref(c);
+    close(p[0]);
+    close(p[1]);
+}
+
+/* No fd left for the done fd: the wait fails with EMFILE, the data and
+ * the descriptors are untouched, and all works again afterwards. */
+static void test_fd_exhaustion(void)
+{
+    int p[2];
+    make_pipe(p, 0);
+    struct rlimit old, low;
+    CHECK_EQ_INT(getrlimit(RLIMIT_NOFILE, &old), 0);
+    int maxfd = p[0] > p[1] ? p[0] : p[1];
+    DIR *d = opendir("/proc/self/fd");
+    struct dirent *de;
+    while ((de = readdir(d)) != NULL) {
+        int fd = atoi(de->d_name);
+        if (fd > maxfd)
+            maxfd = fd;
+    }
+    closedir(d);
+    low = old;
+    low.rlim_cur = (rlim_t)maxfd + 1;
+    ctx_cancel_t *cancel;
+    ctx_t *c = ctx_with_cancel(ctx_background(), &cancel);
+    int before = io_fd_count();
+    CHECK_EQ_INT(setrlimit(RLIMIT_NOFILE, &low), 0);
+    /* Fill every free number below the limit. */
+    static int fillers[65536];
+    int nfill = 0;
+    while (nfill < 65536 && (fillers[nfill] = dup(p[0])) >= 0)
+        nfill++;
+    CHECK_EQ_INT(errno, EMFILE);
+    char b[4];
+    errno = 0;
+    ssize_t r = ctx_read(c, p[0], b, sizeof b);
+    int e = errno;
+    CHECK_EQ_INT(setrlimit(RLIMIT_NOFILE, &old), 0);
+    CHECK_EQ_INT(r, -1);
+    CHECK_EQ_INT(e, EMFILE);
+    for (int i = 0; i < nfill; i++)
+        close(fillers[i]);
+    CHECK_EQ_INT(io_fd_count(), before);
+    CHECK_EQ_INT(write(p[1], "y", 1), 1);
+    CHECK_EQ_INT(ctx_read(c, p[0], b, sizeof b), 1);
+    ctx_unref(c);
+    close(p[0]);
+    close(p[1]);
+}
+
+int main(void)
+{
+    RUN_TEST(test_fast_path);
+    RUN_TEST(test_cancel_and_deadline);
+    RUN_TEST(test_done_first);
+    RUN_TEST(test_bad_input);
+    RUN_TEST(test_two_readers);
+    RUN_TEST(test_write_full_pipe);
+    RUN_TEST(test_vectors_and_sockets);
+    RUN_TEST(test_peer_reset);
+    RUN_TEST(test_accept_connect);
+    RUN_TEST(test_poll);
+    RUN_TEST(test_background_wait);
+    RUN_TEST(test_eintr);
+    RUN_TEST(test_fd_exhaustion);
+    return 0;
+}
