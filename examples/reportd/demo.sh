@@ -112,6 +112,7 @@ curl -s "$F/metrics" | grep -E '^reportd_.*(_in_flight|_cancelled_total|live_con
 bold "6. Graceful shutdown: a request in flight still gets its answer"
 say "A 300 ms request is running when the front gets SIGTERM: it stops accepting,"
 say "lets the request finish, then exits 0."
+printf '   $ curl -H "X-Request-Id: demo-drain" %s &\n' "'$F/report?compute_ms=20&db_ms=20&upstream_ms=300'"
 get demo-drain "$F/report?compute_ms=20&db_ms=20&upstream_ms=300" >"$tmp/drain.txt" &
 drain_pid=$!
 for _ in $(seq 50); do
@@ -122,7 +123,7 @@ front_pid="${pids[1]}"
 say "\$ kill -TERM $front_pid"
 kill -TERM "$front_pid"
 wait "$drain_pid" || true
-cat "$tmp/drain.txt"
+tail -n +2 "$tmp/drain.txt"
 status=0
 wait "$front_pid" || status=$?
 log front demo-drain
