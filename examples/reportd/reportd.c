@@ -140,7 +140,6 @@ struct request {
     long took[NPARTS];    /* measured, in ms */
     bool stopped[NPARTS]; /* the part was still running when the context ended */
     char request_id[65];
-    int status; /* upstream's HTTP status, for the log of a failure */
 };
 
 static void part_begin(enum part p)
@@ -318,7 +317,6 @@ static int upstream_part(ctx_t *ctx, void *arg)
         CURLcode cc = ctx_curl_perform(cfg.no_ctx ? ctx_background() : ctx, easy);
         long status = 0;
         curl_easy_getinfo(easy, CURLINFO_RESPONSE_CODE, &status);
-        r->status = (int)status;
         if (cc != CURLE_OK)
             rc = ctx_err(ctx) != 0 ? ctx_err(ctx) : ECONNREFUSED;
         else if (status != 200 || b.buf[0] != '{' || strstr(b.buf, "\"ms\":") == NULL)
@@ -462,7 +460,7 @@ static void completed(void *cls, struct MHD_Connection *conn, void **state,
 
 static enum MHD_Result serve_report(struct MHD_Connection *conn, const char *id, ctx_time_t start)
 {
-    struct request r = { .status = 0 };
+    struct request r = { .ms = { 0 } };
     memcpy(r.request_id, id, strlen(id) + 1);
     if (!param(conn, "compute_ms", &r.ms[COMPUTE]) || !param(conn, "db_ms", &r.ms[DB]) ||
         !param(conn, "upstream_ms", &r.ms[UPSTREAM])) {
@@ -482,11 +480,16 @@ static enum MHD_Result serve_report(struct MHD_Connection *conn, const char *id,
     ctx_group_t *g = ctx_group_new(rc.ctx, &gctx);
     int err = g == NULL ? errno : 0;
     if (g != NULL) {
-        ctx_group_go(g, compute_part, &r);
-        ctx_group_go(g, db_part, &r);
-        if (cfg.upstream != NULL)
-            ctx_group_go(g, upstream_part, &r);
+        /* A part that cannot start (no thread to run it) fails the request
+         * as out of resources, after the parts that did start end. */
+        int start_err = ctx_group_go(g, compute_part, &r);
+        if (start_err == 0)
+            start_err = ctx_group_go(g, db_part, &r);
+        if (start_err == 0 && cfg.upstream != NULL)
+            start_err = ctx_group_go(g, upstream_part, &r);
         err = ctx_group_wait(g, NULL);
+        if (err == 0 && start_err != 0)
+            err = EAGAIN;
     }
     ctx_unref(gctx);
 
@@ -505,11 +508,16 @@ static enum MHD_Result serve_report(struct MHD_Connection *conn, const char *id,
     } else if (o == CLIENT_GONE) {
         ret = MHD_NO; /* nobody to answer: close the connection */
     } else {
-        /* 503 for the database, 502 for the upstream, 504 for the budget. */
-        if (o == ERROR && err == EIO)
-            status = 503;
-        snprintf(body, sizeof body, "{\"request_id\":\"%s\",\"error\":\"%s\"}\n", id,
-                 o == ERROR ? strerror(err) : outcome_names[o]);
+        /* 503 for the database or no resources, 502 for the upstream. */
+        const char *why = outcome_names[o];
+        if (o == ERROR) {
+            status = err == EIO || err == EAGAIN ? 503 : 502;
+            why = err == EIO      ? "database unavailable"
+                  : err == EAGAIN ? "out of resources"
+                  : err == EPROTO ? "upstream answered garbage"
+                                  : "upstream failed";
+        }
+        snprintf(body, sizeof body, "{\"request_id\":\"%s\",\"error\":\"%s\"}\n", id, why);
         ret = respond(conn, status, "application/json", body, id);
     }
     char cancelled[64] = "";
