@@ -207,10 +207,10 @@ struct ctx__custom {
     struct ctx base;
     const ctx_custom_ops_t *ops;
     void *data;
-    /* Library-internal: called with data once the node is done (by any
-     * cause), from mark() with the node's lock held, or from its creation
-     * when it is born done.  Set before the node is linked; NULL for the
-     * public ctx_with_custom.  peer.c uses it to stop watching a socket. */
+    /* Library-internal: called with data when the node becomes done (by
+     * any cause), from mark() with the node's lock held just before err is
+     * published, or from its creation when it is born done.  Set before the node is linked; NULL
+     * for the public ctx_with_custom.  peer.c uses it to stop watching a socket. */
     void (*done)(void *data);
 };
 

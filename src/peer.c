@@ -6,7 +6,9 @@
  * socket, for EPOLLRDHUP (the peer closed or shut down its writing side),
  * EPOLLHUP and EPOLLERR, never EPOLLIN: it never reads, so bytes the peer
  * sent (a pipelined request) stay for the program.  Interest is
- * level-triggered, so a socket whose peer is already gone reports at once.
+ * level-triggered, so a socket whose peer is already gone reports at once,
+ * and one-shot, so that the watcher never has to remove an fd that the
+ * program may already have closed.
  *
  * Data.  A table indexed by fd holds, per watched fd, the list of watches
  * (several contexts may watch one fd) and a generation number, which goes
@@ -66,7 +68,7 @@ static int epfd = -1;
 static int running; /* the watcher thread exists (in this process) */
 static pthread_once_t atfork_once = PTHREAD_ONCE_INIT;
 
-#define PEER_EVENTS (EPOLLRDHUP | EPOLLHUP | EPOLLERR)
+#define PEER_EVENTS (EPOLLRDHUP | EPOLLHUP | EPOLLERR | EPOLLONESHOT)
 
 static void lock(void)
 {
@@ -127,9 +129,13 @@ static void *watcher(void *arg)
                     fire = w;
                 }
             }
+            /* No EPOLL_CTL_DEL here: the interest is one-shot, so it is
+             * disarmed already, and once these contexts are done their
+             * owners may close fd (and the number may be reused) at any
+             * moment.  The kernel drops the entry when the socket closes;
+             * a new watch on a still-open fd re-arms it (EEXIST, MOD). */
             s->head = NULL;
             s->gen++;
-            epoll_ctl(epfd, EPOLL_CTL_DEL, fd, NULL);
         }
         unlock();
         while (fire != NULL) {
@@ -206,7 +212,8 @@ static int grow(int fd)
 }
 
 /* The context is done (any cause): stop watching.  Runs in mark() with the
- * node's lock held, or at creation when the context is born done. */
+ * node's lock held, before the context is seen done (so before its owner
+ * may close fd), or at creation when the context is born done. */
 static void peer_done(void *data)
 {
     struct watch *w = data;
@@ -280,8 +287,12 @@ ctx_t *ctx_with_peer_close(ctx_t *parent, int fd, ctx_cancel_t **cancel)
         if (e == 0 && slots[fd].head == NULL) {
             struct epoll_event ev = { .events = PEER_EVENTS };
             ev.data.u64 = event_key(fd);
-            if (epoll_ctl(epfd, EPOLL_CTL_ADD, fd, &ev) != 0)
+            if (epoll_ctl(epfd, EPOLL_CTL_ADD, fd, &ev) != 0) {
                 e = errno;
+                /* A disarmed entry left by an earlier watch that fired. */
+                if (e == EEXIST && epoll_ctl(epfd, EPOLL_CTL_MOD, fd, &ev) == 0)
+                    e = 0;
+            }
         }
         if (e == 0) {
             w->next = slots[fd].head;

@@ -186,6 +186,13 @@ void ctx_unref(ctx_t *c)
  * reader that sees err also sees them. */
 static void mark(struct ctx *n, uint32_t err, int cause, struct ctx__msg *msg)
 {
+    /* A custom node's internal hook runs before err is published, so that
+     * whatever it undoes is undone before anybody can see the node done. */
+    if (ctx__kind(n) == CTX__CUSTOM) {
+        struct ctx__custom *cu = (struct ctx__custom *)n;
+        if (cu->done != NULL)
+            cu->done(cu->data);
+    }
     n->u.c.cause = cause;
     n->u.c.msg = msg_ref(msg);
     /* Every writer of the state word holds n's lock (waiters and done fds
@@ -198,11 +205,6 @@ static void mark(struct ctx *n, uint32_t err, int cause, struct ctx__msg *msg)
         ctx__futex_wake(&n->u.c.state, INT32_MAX);
     if (old & CTX__HAS_FD)
         ctx__fd_signal(n);
-    if (ctx__kind(n) == CTX__CUSTOM) {
-        struct ctx__custom *cu = (struct ctx__custom *)n;
-        if (cu->done != NULL)
-            cu->done(cu->data);
-    }
 }
 
 /* mark() for a node that may have a timer: a done node's timer is removed at

@@ -133,9 +133,42 @@ static void *canceller_main(void *arg)
     return NULL;
 }
 
+/* Allocation failure at every site of a dial by name: success or ENOMEM,
+ * and nothing leaks (the lookup thread frees its record after it wakes the
+ * caller, so the count is awaited). */
+static void sweep_dial(const char *port)
+{
+    long live = check_alloc_live();
+    int runs = 0;
+    for (int sticky = 0; sticky < 2; sticky++) {
+        for (long n = 0;; n++) {
+            long failed = check_alloc_failed();
+            check_alloc_fail_at(n, sticky);
+            errno = 0;
+            int fd = ctx_dial(ctx_background(), "dialtest.example", port);
+            int e = errno;
+            check_alloc_fail_none();
+            long refused = check_alloc_failed() - failed;
+            if (fd >= 0)
+                close(fd);
+            else
+                CHECK_EQ_INT(e, ENOMEM);
+            for (int i = 0; i < 10000 && check_alloc_live() != live; i++)
+                check_sleep_ns(CTX_MILLISECOND);
+            CHECK_EQ_INT(check_alloc_live(), live);
+            if (refused == 0)
+                break;
+            runs++;
+        }
+    }
+    CHECK(runs > 0);
+    fprintf(stderr, "%d dials with a refused allocation\n", runs);
+}
+
 int main(void)
 {
     enter_namespaces();
+    check_alloc_install();
     dns_fd = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
     CHECK(dns_fd >= 0);
     struct sockaddr_in a = io_addr(53);
@@ -189,6 +222,8 @@ int main(void)
         check_thread_join(kt);
         ctx_unref(c);
     }
+    fprintf(stderr, "-- allocation failures\n");
+    sweep_dial(ps);
     close(l);
     return 0;
 }

@@ -1,0 +1,546 @@
+/*
+ * bench/io.c: the cost of cancellable I/O, side by side with its peers in
+ * one invocation, in rounds (min / median / max of the rounds):
+ *
+ *   fast path   ctx_read / ctx_write of 64 bytes on a pipe that has data
+ *               (room) under a context with a deadline, against the bare
+ *               read(2) / write(2), and against Go's os.Pipe with a read
+ *               deadline (bench/io_go, run with `go run` as a coprocess, one
+ *               round of Go after each round of C);
+ *   cancel      1,000 threads blocked in ctx_read on 1,000 idle pipes under
+ *               one context: from ctx_cancel to each thread's return, p50,
+ *               p99 and max; beside it the floor, 1,000 threads in a bare
+ *               futex wait woken by one FUTEX_WAKE;
+ *   peer close  10,000 connections watched by ctx_with_peer_close: from the
+ *               close() of a client end (in a child process, which holds
+ *               the client ends) to the context being done, p50/p99/max;
+ *               plus fds and bytes per watched connection.
+ *
+ * Usage: io [--quick] [--go DIR] [--out FILE.md]
+ * The Markdown table goes to stdout and to FILE.md.
+ */
+#define _GNU_SOURCE
+#include <ctx.h>
+#include <ctx/io.h>
+
+#include <arpa/inet.h>
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <linux/futex.h>
+#include <netinet/in.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <sched.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#define MSG 64
+
+static int quick;
+static int rounds = 5;
+
+static void die(const char *what)
+{
+    fprintf(stderr, "bench io: %s: %s\n", what, strerror(errno));
+    exit(1);
+}
+
+static int64_t now_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+}
+
+static int cmp_double(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+    return x < y ? -1 : x > y;
+}
+
+static int cmp_i64(const void *a, const void *b)
+{
+    int64_t x = *(const int64_t *)a, y = *(const int64_t *)b;
+    return x < y ? -1 : x > y;
+}
+
+/* min / median / max of n values (sorted in place). */
+struct spread {
+    double min, med, max;
+};
+
+static struct spread spread_of(double *v, int n)
+{
+    qsort(v, (size_t)n, sizeof *v, cmp_double);
+    struct spread s = { v[0], v[n / 2], v[n - 1] };
+    return s;
+}
+
+/* ---------------------------------------------------------------------------
+ * Fast path
+ */
+
+enum { BARE, CTX };
+
+/* ns per 64-byte read and write, one round. */
+static void fast_round(int kind, int rfd, int wfd, ctx_t *c, long ops, double *rd, double *wr)
+{
+    static char buf[MSG];
+    long batch = (1 << 20) / MSG;
+    int64_t tr = 0, tw = 0;
+    long done = 0;
+    for (; done < ops; done += batch) {
+        int64_t t0 = now_ns();
+        for (long i = 0; i < batch; i++)
+            if ((kind == BARE ? write(wfd, buf, MSG) : ctx_write(c, wfd, buf, MSG)) != MSG)
+                die("write");
+        int64_t t1 = now_ns();
+        for (long i = 0; i < batch; i++)
+            if ((kind == BARE ? read(rfd, buf, MSG) : ctx_read(c, rfd, buf, MSG)) != MSG)
+                die("read");
+        int64_t t2 = now_ns();
+        tw += t1 - t0;
+        tr += t2 - t1;
+    }
+    *rd = (double)tr / (double)done;
+    *wr = (double)tw / (double)done;
+}
+
+/* ---------------------------------------------------------------------------
+ * Cancel latency
+ */
+
+#define NTHREADS 1000
+
+struct blocked {
+    int fd;
+    ctx_t *ctx;
+    _Atomic int64_t woke;
+};
+
+static _Atomic int ready;
+static _Atomic uint32_t futex_word;
+
+static void *read_main(void *arg)
+{
+    struct blocked *b = arg;
+    char x;
+    atomic_fetch_add(&ready, 1);
+    if (ctx_read(b->ctx, b->fd, &x, 1) != -1 || errno != CTX_CANCELED)
+        die("ctx_read did not end with the context");
+    atomic_store_explicit(&b->woke, now_ns(), memory_order_release);
+    return NULL;
+}
+
+static void *futex_main(void *arg)
+{
+    struct blocked *b = arg;
+    atomic_fetch_add(&ready, 1);
+    while (atomic_load(&futex_word) == 0)
+        syscall(SYS_futex, &futex_word, FUTEX_WAIT_PRIVATE, 0, NULL, NULL, 0);
+    atomic_store_explicit(&b->woke, now_ns(), memory_order_release);
+    return NULL;
+}
+
+/* A benchmark's pause, not a test's synchronisation: once every thread has
+ * said it is about to block, give them time to get there. */
+static void await_ready(int n)
+{
+    while (atomic_load(&ready) < n) {
+        struct timespec ts = { 0, 1000 * 1000 };
+        nanosleep(&ts, NULL);
+    }
+    struct timespec settle = { 0, 300 * 1000 * 1000 };
+    nanosleep(&settle, NULL);
+}
+
+/* One round: p50, p99, max in microseconds. */
+static void cancel_round(int futex, double out[3])
+{
+    int n = quick ? 100 : NTHREADS;
+    struct blocked *b = calloc((size_t)n, sizeof *b);
+    int(*p)[2] = calloc((size_t)n, sizeof *p);
+    pthread_t *t = calloc((size_t)n, sizeof *t);
+    int64_t *lat = calloc((size_t)n, sizeof *lat);
+    if (b == NULL || p == NULL || t == NULL || lat == NULL)
+        die("calloc");
+    ctx_cancel_t *cancel;
+    ctx_t *c = ctx_with_cancel(ctx_background(), &cancel);
+    atomic_store(&ready, 0);
+    atomic_store(&futex_word, 0);
+    pthread_attr_t a;
+    pthread_attr_init(&a);
+    pthread_attr_setstacksize(&a, 64 * 1024);
+    for (int i = 0; i < n; i++) {
+        if (!futex && pipe2(p[i], O_CLOEXEC) != 0)
+            die("pipe2");
+        b[i].fd = futex ? -1 : p[i][0];
+        b[i].ctx = c;
+        if (pthread_create(&t[i], &a, futex ? futex_main : read_main, &b[i]) != 0)
+            die("pthread_create");
+    }
+    pthread_attr_destroy(&a);
+    await_ready(n);
+    int64_t t0 = now_ns();
+    if (futex) {
+        atomic_store(&futex_word, 1);
+        syscall(SYS_futex, &futex_word, FUTEX_WAKE_PRIVATE, INT32_MAX, NULL, NULL, 0);
+    } else {
+        ctx_cancel(cancel);
+    }
+    for (int i = 0; i < n; i++) {
+        pthread_join(t[i], NULL);
+        lat[i] = atomic_load(&b[i].woke) - t0;
+        if (!futex) {
+            close(p[i][0]);
+            close(p[i][1]);
+        }
+    }
+    qsort(lat, (size_t)n, sizeof *lat, cmp_i64);
+    out[0] = (double)lat[n / 2] / 1e3;
+    out[1] = (double)lat[(n * 99) / 100] / 1e3;
+    out[2] = (double)lat[n - 1] / 1e3;
+    ctx_unref(c);
+    free(b);
+    free(p);
+    free(t);
+    free(lat);
+}
+
+/* ---------------------------------------------------------------------------
+ * Peer close
+ */
+
+static _Atomic size_t heap_bytes;
+
+static void *count_malloc(size_t size)
+{
+    size_t *p = malloc(size + 16);
+    if (p == NULL)
+        return NULL;
+    p[0] = size;
+    atomic_fetch_add(&heap_bytes, size);
+    return (char *)p + 16;
+}
+
+static void count_free(void *ptr)
+{
+    if (ptr == NULL)
+        return;
+    size_t *p = (size_t *)(void *)((char *)ptr - 16);
+    atomic_fetch_sub(&heap_bytes, p[0]);
+    free(p);
+}
+
+static int fd_count(void)
+{
+    int n = 0;
+    DIR *d = opendir("/proc/self/fd");
+    if (d == NULL)
+        return -1;
+    while (readdir(d) != NULL)
+        n++;
+    closedir(d);
+    return n - 3;
+}
+
+static _Atomic int64_t *done_at;
+
+static void record_done(void *arg)
+{
+    atomic_store_explicit(&done_at[(intptr_t)arg], now_ns(), memory_order_release);
+}
+
+/* The child: connects n times, then closes the connection the parent names
+ * and answers with the time just before close(). */
+static void client_process(int port, int n, int cmd, int reply)
+{
+    int *fds = malloc((size_t)n * sizeof *fds);
+    struct sockaddr_in a = { .sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
+    a.sin_port = htons((uint16_t)port);
+    for (int i = 0; i < n; i++) {
+        fds[i] = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+        if (fds[i] < 0 || connect(fds[i], (struct sockaddr *)&a, sizeof a) != 0)
+            _exit(3);
+    }
+    int k;
+    while (read(cmd, &k, sizeof k) == sizeof k) {
+        int64_t t = now_ns();
+        close(fds[k]);
+        if (write(reply, &t, sizeof t) != sizeof t)
+            _exit(4);
+    }
+    _exit(0);
+}
+
+struct peer_result {
+    int watched;
+    double p50[8], p99[8], max[8];
+    double fds_per_watch, bytes_per_watch;
+    int ok;
+};
+
+static void peer_bench(struct peer_result *r)
+{
+    int n = quick ? 500 : 10000;
+    int samples = quick ? 50 : 300;
+    struct rlimit rl;
+    getrlimit(RLIMIT_NOFILE, &rl);
+    rlim_t want = (rlim_t)n + 200;
+    if (rl.rlim_cur < want) {
+        rl.rlim_cur = rl.rlim_max < want ? rl.rlim_max : want;
+        setrlimit(RLIMIT_NOFILE, &rl);
+        getrlimit(RLIMIT_NOFILE, &rl);
+    }
+    if (rl.rlim_cur < want) {
+        fprintf(stderr, "bench io: peer close skipped: RLIMIT_NOFILE %lu < %lu\n",
+                (unsigned long)rl.rlim_cur, (unsigned long)want);
+        return;
+    }
+    int l = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    struct sockaddr_in a = { .sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
+    socklen_t al = sizeof a;
+    if (l < 0 || bind(l, (struct sockaddr *)&a, sizeof a) != 0 || listen(l, 4096) != 0 ||
+        getsockname(l, (struct sockaddr *)&a, &al) != 0)
+        die("listen");
+    int cmd[2], reply[2];
+    if (pipe2(cmd, O_CLOEXEC) != 0 || pipe2(reply, O_CLOEXEC) != 0)
+        die("pipe2");
+    pid_t pid = fork();
+    if (pid < 0)
+        die("fork");
+    if (pid == 0) {
+        close(l);
+        close(cmd[1]); /* else the child never sees the end of its commands */
+        close(reply[0]);
+        client_process(ntohs(a.sin_port), n, cmd[0], reply[1]);
+    }
+    close(cmd[0]);
+    close(reply[1]);
+    int *sv = malloc((size_t)n * sizeof *sv);
+    ctx_t **c = malloc((size_t)n * sizeof *c);
+    done_at = calloc((size_t)n, sizeof *done_at);
+    for (int i = 0; i < n; i++) {
+        sv[i] = accept4(l, NULL, NULL, SOCK_CLOEXEC);
+        if (sv[i] < 0)
+            die("accept");
+    }
+    /* Accepted in the child's connect order, so sv[i] pairs with its fds[i]. */
+    ctx_t *warm = ctx_with_peer_close(ctx_background(), sv[0], NULL); /* starts the watcher */
+    ctx_unref(warm);
+    int fds0 = fd_count();
+    size_t bytes0 = atomic_load(&heap_bytes);
+    for (int i = 0; i < n; i++) {
+        c[i] = ctx_with_peer_close(ctx_background(), sv[i], NULL);
+        if (c[i] == NULL)
+            die("ctx_with_peer_close");
+    }
+    r->fds_per_watch = (double)(fd_count() - fds0) / n;
+    r->bytes_per_watch = (double)(atomic_load(&heap_bytes) - bytes0) / n;
+    for (int i = 0; i < n; i++)
+        if (ctx_after_func(c[i], record_done, (void *)(intptr_t)i, NULL) != 0)
+            die("ctx_after_func");
+    r->watched = n;
+    int next = 0;
+    int64_t *lat = malloc((size_t)samples * sizeof *lat);
+    for (int round = 0; round < rounds; round++) {
+        for (int s = 0; s < samples; s++, next++) {
+            int k = next * 7 % n; /* spread over the table */
+            int64_t t0;
+            if (write(cmd[1], &k, sizeof k) != sizeof k ||
+                read(reply[0], &t0, sizeof t0) != sizeof t0)
+                die("child");
+            ctx_wait(c[k], CTX_FOREVER);
+            int64_t t1;
+            while ((t1 = atomic_load_explicit(&done_at[k], memory_order_acquire)) == 0)
+                sched_yield(); /* the AfterFunc runs right after the cancel */
+            lat[s] = t1 - t0;
+        }
+        qsort(lat, (size_t)samples, sizeof *lat, cmp_i64);
+        r->p50[round] = (double)lat[samples / 2] / 1e3;
+        r->p99[round] = (double)lat[(samples * 99) / 100] / 1e3;
+        r->max[round] = (double)lat[samples - 1] / 1e3;
+    }
+    close(cmd[1]);
+    waitpid(pid, NULL, 0);
+    close(reply[0]);
+    for (int i = 0; i < n; i++) {
+        ctx_unref(c[i]);
+        close(sv[i]);
+    }
+    close(l);
+    free(lat);
+    free(sv);
+    free(c);
+    r->ok = 1;
+}
+
+/* ---------------------------------------------------------------------------
+ * The report
+ */
+
+static FILE *out_md;
+
+static void emit(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+static void emit(const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    vprintf(fmt, ap);
+    va_end(ap);
+    if (out_md != NULL) {
+        va_start(ap, fmt);
+        vfprintf(out_md, fmt, ap);
+        va_end(ap);
+    }
+}
+
+static void row(const char *name, const char *unit, double *v, int n)
+{
+    struct spread s = spread_of(v, n);
+    emit("| %s | %.1f | %.1f | %.1f | %s |\n", name, s.min, s.med, s.max, unit);
+}
+
+int main(int argc, char **argv)
+{
+    const char *go_dir = NULL, *out = NULL;
+    for (int i = 1; i < argc; i++) {
+        if (strcmp(argv[i], "--quick") == 0)
+            quick = 1;
+        else if (strcmp(argv[i], "--go") == 0 && i + 1 < argc)
+            go_dir = argv[++i];
+        else if (strcmp(argv[i], "--out") == 0 && i + 1 < argc)
+            out = argv[++i];
+    }
+    if (quick)
+        rounds = 3;
+    /* Count the library's heap bytes (for bytes per watched connection). */
+    ctx_replace_allocator(count_malloc, count_free);
+    signal(SIGPIPE, SIG_IGN);
+    long ops = quick ? 20000 : 200000;
+
+    /* The Go peer, one round per line we send it. */
+    FILE *go_in = NULL, *go_out = NULL;
+    pid_t go_pid = -1;
+    if (go_dir != NULL) {
+        int to[2], from[2];
+        if (pipe2(to, O_CLOEXEC) != 0 || pipe2(from, O_CLOEXEC) != 0)
+            die("pipe2");
+        go_pid = fork();
+        if (go_pid == 0) {
+            dup2(to[0], 0);
+            dup2(from[1], 1);
+            if (chdir(go_dir) != 0)
+                _exit(127);
+            char opsarg[32];
+            snprintf(opsarg, sizeof opsarg, "%ld", ops);
+            execlp("go", "go", "run", "main.go", opsarg, (char *)NULL);
+            _exit(127);
+        }
+        close(to[0]);
+        close(from[1]);
+        go_in = fdopen(to[1], "w");
+        go_out = fdopen(from[0], "r");
+    }
+
+    int p[2];
+    if (pipe2(p, O_CLOEXEC) != 0)
+        die("pipe2");
+    if (fcntl(p[1], F_SETPIPE_SZ, 1 << 20) < 0)
+        die("F_SETPIPE_SZ (1 MiB)");
+    ctx_t *c = ctx_with_timeout(ctx_background(), CTX_HOUR, NULL);
+    double br[8], bw[8], cr[8], cw[8], gr[8], gw[8], rr[8], rw[8], grr[8], grw[8];
+    int have_go = go_in != NULL;
+    fast_round(CTX, p[0], p[1], c, ops / 4, &cr[0], &cw[0]); /* warm up */
+    for (int r = 0; r < rounds; r++) {
+        fast_round(BARE, p[0], p[1], c, ops, &br[r], &bw[r]);
+        fast_round(CTX, p[0], p[1], c, ops, &cr[r], &cw[r]);
+        rr[r] = cr[r] / br[r];
+        rw[r] = cw[r] / bw[r];
+        if (have_go) {
+            fprintf(go_in, "round\n");
+            fflush(go_in);
+            if (fscanf(go_out, "%lf %lf", &gr[r], &gw[r]) != 2) {
+                fprintf(stderr, "bench io: the Go peer did not answer; Go figures left out\n");
+                have_go = 0;
+            } else {
+                grr[r] = gr[r] / br[r];
+                grw[r] = gw[r] / bw[r];
+            }
+        }
+    }
+    ctx_unref(c);
+    close(p[0]);
+    close(p[1]);
+    if (go_in != NULL) {
+        fclose(go_in);
+        fclose(go_out);
+        waitpid(go_pid, NULL, 0);
+    }
+
+    double lat[3][8], flat[3][8];
+    for (int r = 0; r < rounds; r++) {
+        double v[3], f[3];
+        cancel_round(0, v);
+        cancel_round(1, f);
+        for (int k = 0; k < 3; k++) {
+            lat[k][r] = v[k];
+            flat[k][r] = f[k];
+        }
+    }
+
+    struct peer_result pr;
+    memset(&pr, 0, sizeof pr);
+    peer_bench(&pr);
+
+    if (out != NULL && (out_md = fopen(out, "w")) == NULL)
+        die(out);
+    emit("## I/O (bench/io.c, %d rounds%s)\n\n", rounds, quick ? ", --quick" : "");
+    emit("| measure | min | median | max | unit |\n|---|---|---|---|---|\n");
+    row("bare read(2), 64 B from a pipe with data", "ns/op", br, rounds);
+    row("ctx_read, 64 B, context with a deadline", "ns/op", cr, rounds);
+    row("ratio ctx_read / read", "x", rr, rounds);
+    row("bare write(2), 64 B to a pipe with room", "ns/op", bw, rounds);
+    row("ctx_write, 64 B, context with a deadline", "ns/op", cw, rounds);
+    row("ratio ctx_write / write", "x", rw, rounds);
+    if (have_go) {
+        row("Go os.Pipe Read, 64 B, read deadline set", "ns/op", gr, rounds);
+        row("ratio Go Read / bare read", "x", grr, rounds);
+        row("Go os.Pipe Write, 64 B", "ns/op", gw, rounds);
+        row("ratio Go Write / bare write", "x", grw, rounds);
+    }
+    int nt = quick ? 100 : NTHREADS;
+    char name[128];
+    const char *pct[3] = { "p50", "p99", "max" };
+    for (int k = 0; k < 3; k++) {
+        snprintf(name, sizeof name, "cancel -> return, %d threads in ctx_read, %s", nt, pct[k]);
+        row(name, "us", lat[k], rounds);
+    }
+    for (int k = 0; k < 3; k++) {
+        snprintf(name, sizeof name, "floor: FUTEX_WAKE -> return, %d threads, %s", nt, pct[k]);
+        row(name, "us", flat[k], rounds);
+    }
+    if (pr.ok) {
+        snprintf(name, sizeof name, "peer close() -> ctx done, %d watched, p50", pr.watched);
+        row(name, "us", pr.p50, rounds);
+        snprintf(name, sizeof name, "peer close() -> ctx done, %d watched, p99", pr.watched);
+        row(name, "us", pr.p99, rounds);
+        snprintf(name, sizeof name, "peer close() -> ctx done, %d watched, max", pr.watched);
+        row(name, "us", pr.max, rounds);
+        emit("| fds per watched connection | %.3f | | | fd |\n", pr.fds_per_watch);
+        emit("| library heap bytes per watched connection | %.1f | | | B |\n", pr.bytes_per_watch);
+    }
+    emit("\nRatios are per round (each C round against the bare call of the same round).\n");
+    if (out_md != NULL)
+        fclose(out_md);
+    return 0;
+}
