@@ -461,6 +461,13 @@ static inline int ctx_wait_inline_(ctx_t *ctx, ctx_duration_t timeout)
  * that ignores its context, holds one pool thread: it delays its own
  * group's ctx_group_wait and nothing else.
  *
+ * A caller that has to wait (ctx_group_go at the limit, ctx_group_wait)
+ * runs queued tasks of its own group itself meanwhile, as TBB and Java's
+ * ForkJoinPool do: those tasks already hold slots, so the limit holds, and
+ * a burst of short tasks needs no hand-over between threads.  So a task
+ * may run on the thread that called ctx_group_go or ctx_group_wait on its
+ * group; it never runs on a thread of another group's caller.
+ *
  * Thread safety: ctx_group_go and ctx_group_try_go may be called from any
  * thread, including from a task of the same group; ctx_group_set_limit and
  * ctx_group_wait belong to the group's owner.  A task runs with no library

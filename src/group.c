@@ -1,13 +1,21 @@
 /*
  * Groups (errgroup) and the thread pool their tasks run on.
  *
- * The pool is shared by every group.  A task goes into one FIFO queue; it is
- * taken by an idle thread when there is one, else a new thread is started
- * for it, so a task never waits behind another group's blocked task.  Idle
- * threads exit after IDLE_NS.  To hand over trivial tasks without a system
- * call each time, one idle thread at a time (the "spinner") polls the queue
- * for a while before it sleeps; a submitter that sees a spinner queues
- * without waking anyone.
+ * The pool is shared by every group.  A task goes into one FIFO queue, and
+ * every queued task is covered by a thread that is not inside a task: a
+ * "looking" thread (between tasks: it takes from the queue until the queue
+ * is empty before it may sleep), a sleeping thread woken for it, or a new
+ * thread.  A submitter wakes or starts a thread only when the queue is
+ * longer than the looking and woken threads can cover.  So a task never
+ * waits behind a task that blocks (a thread inside a task covers nothing),
+ * and a burst of short tasks is handed over without a system call each:
+ * a thread that finds the queue empty polls it for SPIN_NS before it
+ * sleeps.  Idle threads exit after IDLE_NS.
+ *
+ * A caller that must wait (ctx_group_go at the group's limit,
+ * ctx_group_wait) runs its own group's queued tasks meanwhile instead of
+ * sleeping: they hold slots already, so the limit holds, and a burst of
+ * short tasks then costs no hand-over at all.
  *
  * A group counts its active tasks (queued or running) in one futex word:
  * ctx_group_go waits on it while the limit is reached, ctx_group_wait until
@@ -30,11 +38,13 @@
 #include <string.h>
 
 #define IDLE_NS     (2 * CTX_SECOND)
-#define SPIN_ROUNDS 200
+#define SPIN_NS     (50 * CTX_MICROSECOND)
+#define MAX_POLLING 2
 #define MAX_THREADS 4096
 
-#define GROUP_LIVE   0x4c495645u /* "LIVE" */
-#define GROUP_WAITED 0x57414954u /* "WAIT" */
+#define GROUP_LIVE    0x4c495645u /* "LIVE" */
+#define GROUP_WAITING 0x57414954u /* "WAIT": in ctx_group_wait */
+#define GROUP_WAITED  0x444f4e45u /* "DONE": ctx_group_wait returned */
 
 struct task {
     ctx_task_fn fn;
@@ -52,7 +62,7 @@ struct ctx_group {
     _Atomic uint32_t sleepers;
     /* The owner's reference plus one per active task. */
     _Atomic uint32_t refs;
-    _Atomic uint32_t state; /* GROUP_LIVE, GROUP_WAITED: misuse checks */
+    _Atomic uint32_t state; /* GROUP_LIVE, _WAITING, _WAITED: misuse checks */
     int limit;              /* < 0: none; written only while active == 0 */
     pthread_mutex_t mu;     /* the first failure */
     int err;
@@ -62,15 +72,24 @@ static struct {
     pthread_mutex_t mu;
     pthread_cond_t cv;
     struct task *head, **tail;
-    int threads; /* pool threads alive */
-    int idle;    /* of which sleeping on cv */
-    int wakes;   /* signals sent to cv not yet taken */
-    /* An idle thread polls `queued` instead of sleeping (at most one at a
-     * time); spin_free says no submitter has counted on it yet, so the
-     * next one may queue without a wake-up.  Both under mu. */
-    int spinning, spin_free;
-    _Atomic uint32_t queued; /* tasks in the queue, for the spinner's polls */
-} P = { PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, NULL, &P.head, 0, 0, 0, 0, 0, 0 };
+    int threads;             /* pool threads alive */
+    int looking;             /* of which outside tasks and awake: they drain the queue */
+    int idle;                /* of which sleeping on cv */
+    int wakes;               /* signals sent to cv not yet taken */
+    int qlen;                /* tasks in the queue */
+    int polling;             /* looking threads polling `queued` (<= MAX_POLLING) */
+    _Atomic uint32_t queued; /* qlen, for the polls of looking threads */
+} P = { PTHREAD_ADAPTIVE_MUTEX_INITIALIZER_NP,
+        PTHREAD_COND_INITIALIZER,
+        NULL,
+        &P.head,
+        0,
+        0,
+        0,
+        0,
+        0,
+        0,
+        0 };
 
 static pthread_once_t pool_once = PTHREAD_ONCE_INIT;
 
@@ -107,7 +126,7 @@ static void pool_child(void)
      * the queue's tasks belong to the parent's groups. */
     P.head = NULL;
     P.tail = &P.head;
-    P.threads = P.idle = P.wakes = P.spinning = P.spin_free = 0;
+    P.threads = P.looking = P.idle = P.wakes = P.qlen = P.polling = 0;
     atomic_store_explicit(&P.queued, 0, memory_order_relaxed);
     cv_make();
     pthread_mutex_unlock(&P.mu);
@@ -153,11 +172,27 @@ static void sleep_on_active(struct ctx_group *g, uint32_t a)
     atomic_fetch_sub_explicit(&g->sleepers, 1, memory_order_relaxed);
 }
 
+static void run_task(struct task *t);
+static struct task *pop_own(struct ctx_group *g);
+
+/* Polls for SPIN_NS from the first call (*until == 0), yielding the CPU
+ * between polls; false once the time is up. */
+static int spin(ctx_time_t *until)
+{
+    ctx_time_t now = ctx__real_now();
+    if (*until == 0)
+        *until = now + SPIN_NS;
+    if (now >= *until)
+        return 0;
+    sched_yield();
+    return 1;
+}
+
 /* Takes a slot under the limit.  Returns 0, or EBUSY when !block and the
  * limit is reached. */
 static int take_slot(struct ctx_group *g, int block)
 {
-    int spins = 0;
+    ctx_time_t spin_until = 0;
     for (;;) {
         uint32_t a = atomic_load_explicit(&g->active, memory_order_relaxed);
         if (g->limit < 0 || a < (uint32_t)g->limit) {
@@ -168,12 +203,18 @@ static int take_slot(struct ctx_group *g, int block)
         }
         if (!block)
             return EBUSY;
-        /* Tasks are often short: let a pool thread finish one before
-         * paying for a sleep and a wake-up. */
-        if (spins++ < SPIN_ROUNDS) {
-            sched_yield();
+        /* Rather than wait for a pool thread to get round to one of our
+         * queued tasks, run it here: it holds a slot already, so the
+         * limit still holds, and the slot is ours when it returns. */
+        struct task *t = pop_own(g);
+        if (t != NULL) {
+            run_task(t);
             continue;
         }
+        /* Tasks are often short: let a pool thread finish one before
+         * paying for a sleep and a wake-up. */
+        if (spin(&spin_until))
+            continue;
         sleep_on_active(g, a);
     }
 }
@@ -208,46 +249,71 @@ static struct task *pop_locked(void)
         P.head = t->next;
         if (P.head == NULL)
             P.tail = &P.head;
-        atomic_fetch_sub_explicit(&P.queued, 1, memory_order_relaxed);
+        P.qlen--;
+        atomic_store_explicit(&P.queued, (uint32_t)P.qlen, memory_order_relaxed);
     }
+    return t;
+}
+
+/* Takes the first queued task of g, or NULL. */
+static struct task *pop_own(struct ctx_group *g)
+{
+    /* Relaxed: a hint; the queue is read under the lock. */
+    if (atomic_load_explicit(&P.queued, memory_order_relaxed) == 0)
+        return NULL;
+    pthread_mutex_lock(&P.mu);
+    struct task **pp = &P.head;
+    while (*pp != NULL && (*pp)->g != g)
+        pp = &(*pp)->next;
+    struct task *t = *pp;
+    if (t != NULL) {
+        *pp = t->next;
+        if (P.tail == &t->next)
+            P.tail = pp;
+        P.qlen--;
+        atomic_store_explicit(&P.queued, (uint32_t)P.qlen, memory_order_relaxed);
+    }
+    pthread_mutex_unlock(&P.mu);
     return t;
 }
 
 static void *pool_main(void *arg)
 {
     (void)arg;
-    int spun = 0; /* polled since the last task: sleep next time */
-    pthread_mutex_lock(&P.mu);
+    int spun = 0;              /* polled since the last task: sleep next time */
+    pthread_mutex_lock(&P.mu); /* counted as looking by whoever started us */
     for (;;) {
         struct task *t = pop_locked();
         if (t != NULL) {
+            P.looking--;
             pthread_mutex_unlock(&P.mu);
             run_task(t);
             spun = 0;
             pthread_mutex_lock(&P.mu);
+            P.looking++;
             continue;
         }
-        if (!P.spinning && !spun) {
-            /* Poll for a short while before sleeping; the next submitter
-             * that sees us queues without a wake-up. */
-            P.spinning = P.spin_free = 1;
+        if (!spun && P.polling < MAX_POLLING) {
+            /* Still looking: poll a while, then look again under the
+             * lock before sleeping.  One poller is enough to catch a
+             * burst; more would only fight over the lock. */
             spun = 1;
+            P.polling++;
             pthread_mutex_unlock(&P.mu);
-            for (int i = 0; i < SPIN_ROUNDS; i++) {
-                if (atomic_load_explicit(&P.queued, memory_order_relaxed) != 0)
-                    break;
-                sched_yield();
-            }
+            ctx_time_t until = 0;
+            while (atomic_load_explicit(&P.queued, memory_order_relaxed) == 0 && spin(&until))
+                ;
             pthread_mutex_lock(&P.mu);
-            P.spinning = P.spin_free = 0;
-            continue; /* look at the queue under the lock before sleeping */
+            P.polling--;
+            continue;
         }
         spun = 0;
+        P.looking--;
         P.idle++;
-        struct timespec until = ctx__timespec(ctx__add_sat(ctx__real_now(), IDLE_NS));
+        struct timespec end = ctx__timespec(ctx__add_sat(ctx__real_now(), IDLE_NS));
         int rc = 0;
         while (P.head == NULL && P.wakes == 0 && rc != ETIMEDOUT)
-            rc = pthread_cond_timedwait(&P.cv, &P.mu, &until);
+            rc = pthread_cond_timedwait(&P.cv, &P.mu, &end);
         P.idle--;
         if (P.wakes > 0)
             P.wakes--;
@@ -256,6 +322,7 @@ static void *pool_main(void *arg)
             pthread_mutex_unlock(&P.mu);
             return NULL;
         }
+        P.looking++;
     }
 }
 
@@ -267,13 +334,12 @@ static int submit(struct task *t)
     t->next = NULL;
     *P.tail = t;
     P.tail = &t->next;
-    atomic_fetch_add_explicit(&P.queued, 1, memory_order_relaxed);
+    P.qlen++;
+    atomic_store_explicit(&P.queued, (uint32_t)P.qlen, memory_order_relaxed);
     int e = 0;
-    if (P.spin_free) {
-        /* The spinner sees `queued`, or looks at the queue under the lock
-         * when it stops; it takes this task, and nobody counts on it for
-         * another. */
-        P.spin_free = 0;
+    if (P.qlen <= P.looking + P.wakes) {
+        /* Covered: each queued task has a looking or woken thread that
+         * will take from the queue before it sleeps. */
     } else if (P.idle > P.wakes) {
         P.wakes++;
         pthread_cond_signal(&P.cv);
@@ -285,10 +351,12 @@ static int submit(struct task *t)
             pp = &(*pp)->next;
         *pp = NULL;
         P.tail = pp;
-        atomic_fetch_sub_explicit(&P.queued, 1, memory_order_relaxed);
+        P.qlen--;
+        atomic_store_explicit(&P.queued, (uint32_t)P.qlen, memory_order_relaxed);
         e = EAGAIN;
     } else {
         P.threads++;
+        P.looking++; /* from its first instant */
     }
     pthread_mutex_unlock(&P.mu);
     return e;
@@ -348,7 +416,9 @@ static int go(ctx_group_t *g, ctx_task_fn fn, void *arg, int block)
 {
     if (g == NULL || fn == NULL)
         return EINVAL;
-    CTX__MISUSE(atomic_load_explicit(&g->state, memory_order_relaxed) != GROUP_LIVE,
+    /* Tasks may start tasks while ctx_group_wait waits; after it returned
+     * the group is gone. */
+    CTX__MISUSE(atomic_load_explicit(&g->state, memory_order_relaxed) == GROUP_WAITED,
                 "ctx_group_go: the group was already waited for");
     int e = ctx_err(g->ctx);
     if (e != 0)
@@ -393,21 +463,22 @@ int ctx_group_wait(ctx_group_t *g, const char **msg)
     if (g == NULL)
         return EINVAL;
     uint32_t live = GROUP_LIVE;
-    if (!atomic_compare_exchange_strong_explicit(&g->state, &live, GROUP_WAITED,
+    if (!atomic_compare_exchange_strong_explicit(&g->state, &live, GROUP_WAITING,
                                                  memory_order_relaxed, memory_order_relaxed)) {
         CTX__MISUSE(1, "ctx_group_wait: called twice on one group (call it exactly once)");
         return EINVAL;
     }
-    int spins = 0;
+    ctx_time_t spin_until = 0;
     for (;;) {
         /* Acquire: pairs with the tasks' release_slot; what they did
          * (the first failure) happens before we read it. */
         uint32_t a = atomic_load_explicit(&g->active, memory_order_acquire);
         if (a == 0)
             break;
-        if (spins++ < SPIN_ROUNDS)
-            sched_yield();
-        else
+        struct task *t = pop_own(g); /* as in take_slot */
+        if (t != NULL)
+            run_task(t);
+        else if (!spin(&spin_until))
             sleep_on_active(g, a);
     }
     pthread_mutex_lock(&g->mu);
@@ -416,6 +487,7 @@ int ctx_group_wait(ctx_group_t *g, const char **msg)
     ctx_cancel_at(g->cancel, __FILE__, __LINE__, "ctx_group_wait");
     if (msg != NULL && err != 0)
         *msg = ctx_strerror(err);
+    atomic_store_explicit(&g->state, GROUP_WAITED, memory_order_relaxed);
     group_unref(g);
     return err;
 }

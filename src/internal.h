@@ -473,6 +473,10 @@ struct ctx__msg *ctx__msg_site(const char *file, int line, const char *func);
 /* group.c: how the pool and the signal thread start threads (normally
  * ctx__thread_start).  Tests replace it to make thread creation fail. */
 extern int (*ctx__sc_thread_start)(void *(*fn)(void *), size_t stack);
+/* merge.c: waits until an AfterFunc record embedded in a block (merge.c,
+ * signal.c) has been let go by after.c, after it was stopped: its count is
+ * back to the block's own 1.  Only then may the block be freed. */
+void ctx__record_quiesce(struct ctx *r);
 /* describe.c: one node's own piece of ctx_describe's text. */
 size_t ctx__describe_piece(ctx_t *c, char *buf, size_t size);
 

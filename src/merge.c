@@ -19,6 +19,7 @@
  */
 #include "internal.h"
 
+#include <sched.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -138,6 +139,15 @@ static void merge_done(void *arg)
     stop_links(arg);
 }
 
+void ctx__record_quiesce(struct ctx *r)
+{
+    /* Acquire: pairs with the acq_rel decrement in ctx__after_release,
+     * after.c's last touch of the record (a canceller that ran fn may still
+     * be between fn's return and that decrement). */
+    while (atomic_load_explicit(&r->refs, memory_order_acquire) != 1)
+        sched_yield();
+}
+
 static void merge_destroy(void *data)
 {
     struct merge *b = data;
@@ -145,8 +155,12 @@ static void merge_destroy(void *data)
      * registered; false: merge_done ran (stop waited for it to return). */
     if (ctx_after_stop((ctx_after_t *)&b->self))
         stop_links(b);
-    for (size_t i = 1; i < b->n; i++)
+    ctx__record_quiesce(&b->self);
+    for (size_t i = 1; i < b->n; i++) {
+        if (b->rec[i - 1].pk != 0)
+            ctx__record_quiesce(&b->rec[i - 1]);
         ctx_unref(b->parents[i]); /* the record's, or the plain one below */
+    }
     ctx__free(b);
 }
 
@@ -168,8 +182,16 @@ static void init_record(struct ctx *r, ctx_t *c, struct ctx *o, void (*fn)(void 
     r->u.a.link.pprev = NULL;
 }
 
+/* A record that never enters a list: no list reference, and marked run,
+ * so that stopping it returns at once. */
+static void unlisted(struct ctx *r)
+{
+    atomic_store_explicit(&r->refs, 2, memory_order_relaxed);
+    atomic_store_explicit(&r->u.a.run, CTX__RUN_DONE, memory_order_relaxed);
+}
+
 /* Registers r on its owner.  false when the owner is already done (r is
- * then marked run, so that stopping it returns at once). */
+ * then unlisted). */
 static bool register_record(struct ctx *r)
 {
     struct ctx *o = r->up;
@@ -180,7 +202,7 @@ static bool register_record(struct ctx *r)
         return true;
     }
     ctx__unlock(&o->lock);
-    atomic_store_explicit(&r->u.a.run, CTX__RUN_DONE, memory_order_relaxed);
+    unlisted(r);
     return false;
 }
 
@@ -242,21 +264,19 @@ ctx_t *ctx_merge(ctx_t *const *parents, size_t n, ctx_cancel_t **cancel)
             continue;
         }
         init_record(r, parents[i], o, merge_fire, b, 1);
-        if (!m_live || !register_record(r))
+        if (!m_live)
+            unlisted(r);
+        else if (!register_record(r))
             fire = true;
     }
-    if (fire || !m_live) {
+    /* A parent already done cancels M now, which runs merge_done. */
+    if (fire)
         cancel_from_parents(b);
-        /* M is done now; if it was already done at birth, its record on
-         * itself never ran: unlink the others here. */
-        if (!m_live)
-            stop_links(b);
-    }
-    /* stop_links stopped each record once; the destroy hook must not stop
-     * them again, and merge_done (run by the cancel above, or to come)
-     * does the same.  Both paths use the self record's outcome to decide. */
+    /* M done at birth: no record is in any list.  stop_links only marks
+     * their handles stopped, once, as merge_done would have; the destroy
+     * hook sees the self record as run and leaves them alone. */
     if (!m_live)
-        atomic_store_explicit(&b->self.u.a.run, CTX__RUN_DONE, memory_order_relaxed);
+        stop_links(b);
     if (cancel != NULL)
         *cancel = h;
     return m;

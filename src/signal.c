@@ -118,6 +118,7 @@ static void sig_destroy(void *data)
         deregister_locked(r);
         pthread_mutex_unlock(&S.mu);
     }
+    ctx__record_quiesce(&r->self);
     ctx__free(r);
 }
 
@@ -158,26 +159,34 @@ static const ctx_custom_ops_t sig_ops = {
 static void deliver(int sig)
 {
     struct ctx *found[64];
-    int n;
+    int n, first = 1;
     do {
         n = 0;
         pthread_mutex_lock(&S.mu);
-        for (struct sigctx *r = S.head; r != NULL && n < 64; r = r->next) {
+        struct sigctx *r = S.head;
+        while (r != NULL && n < 64) {
+            struct sigctx *next = r->next;
             /* A node whose count reached zero is being freed; its destroy
              * hook waits for S.mu to take it off the list. */
-            if (sigismember(&r->set, sig) == 1 && ctx__try_ref(r->c))
+            if (sigismember(&r->set, sig) == 1 && ctx__try_ref(r->c)) {
                 found[n++] = r->c;
+                /* Restore the previous handling before the context is
+                 * seen done, as a cancel by hand does before it returns. */
+                deregister_locked(r);
+            }
+            r = next;
         }
-        if (n == 0 && S.count[sig] > 0)
+        if (n == 0 && first && S.count[sig] > 0)
             S.pending[sig] = 1; /* ending, not yet ended: see release */
-        else if (n == 0)
+        else if (n == 0 && first)
             kill(getpid(), sig); /* the previous action is back */
+        first = 0;
         pthread_mutex_unlock(&S.mu);
         for (int i = 0; i < n; i++) {
             ctx__cancel(found[i], CTX_CANCELED, EINTR, S.msg[sig], 0);
             ctx_unref(found[i]);
         }
-        /* Cancelling took them off the list; more than 64 take turns. */
+        /* More than 64 take turns; the ones done are off the list. */
     } while (n == 64);
 }
 
@@ -354,7 +363,9 @@ ctx_t *ctx_with_signals(ctx_t *parent, const int *signals, size_t n, ctx_cancel_
                 release_signal_locked(sig);
         pthread_mutex_unlock(&S.mu);
         /* Freeing the node runs the destroy hook, which frees r; the
-         * record was never registered, so stopping it returns true. */
+         * record was never listed (no list reference), so stopping it
+         * returns true. */
+        atomic_store_explicit(&s->refs, 2, memory_order_relaxed);
         ctx_unref(c);
         errno = e;
         return NULL;
@@ -375,6 +386,8 @@ ctx_t *ctx_with_signals(ctx_t *parent, const int *signals, size_t n, ctx_cancel_
         ctx__unlock(&c->lock);
     } else {
         ctx__unlock(&c->lock);
+        /* Never listed: no list reference, and already "run". */
+        atomic_store_explicit(&s->refs, 2, memory_order_relaxed);
         atomic_store_explicit(&s->u.a.run, CTX__RUN_DONE, memory_order_relaxed);
         sig_done(r);
     }

@@ -610,6 +610,9 @@ static void report_at_exit(void)
 {
     if (!ctx__tracking_on())
         return;
+    /* exit() flushes stdio after the atexit handlers: flush the program's
+     * own output first, so that the report reads after it. */
+    fflush(stdout);
     ctx__lock(&R.lock);
     if (R.count > 0) {
         fprintf(stderr, "libctx: %zu context%s still alive at exit:\n", R.count,

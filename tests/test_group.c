@@ -195,19 +195,17 @@ struct tree_arg {
     int depth;
 };
 
+static struct tree_arg levels[7]; /* levels[d]: a task with d levels below */
+
 static int fan(ctx_t *ctx, void *arg)
 {
     (void)ctx;
-    struct tree_arg *t = arg;
+    const struct tree_arg *t = arg;
     atomic_fetch_add(&ran, 1);
     if (t->depth == 0)
         return 0;
-    static struct tree_arg args[8];
-    struct tree_arg *child = &args[t->depth - 1];
-    child->g = t->g;
-    child->depth = t->depth - 1;
-    CHECK_EQ_INT(ctx_group_go(t->g, fan, child), 0);
-    CHECK_EQ_INT(ctx_group_go(t->g, fan, child), 0);
+    CHECK_EQ_INT(ctx_group_go(t->g, fan, &levels[t->depth - 1]), 0);
+    CHECK_EQ_INT(ctx_group_go(t->g, fan, &levels[t->depth - 1]), 0);
     return 0;
 }
 
@@ -215,10 +213,9 @@ static void test_task_starts_tasks(void)
 {
     atomic_store(&ran, 0);
     ctx_group_t *g = ctx_group_new(ctx_background(), NULL);
-    static struct tree_arg top;
-    top.g = g;
-    top.depth = 6;
-    CHECK_EQ_INT(ctx_group_go(g, fan, &top), 0);
+    for (int d = 0; d < 7; d++)
+        levels[d] = (struct tree_arg){ g, d };
+    CHECK_EQ_INT(ctx_group_go(g, fan, &levels[6]), 0);
     CHECK_EQ_INT(ctx_group_wait(g, NULL), 0);
     CHECK_EQ_INT(atomic_load(&ran), 127); /* 2^7 - 1 */
 }
