@@ -25,7 +25,8 @@ case "$what" in
     demo) packages=("${core[@]}" libsqlite3-dev libcurl4-openssl-dev libmicrohttpd-dev curl) ;;
     test) packages=("${core[@]}" "${libs[@]}" "${peers[@]}") ;;
     ci)   packages=("${core[@]}" "${libs[@]}" "${peers[@]}" clang clang-format
-                    libclang-rt-14-dev libbenchmark-dev wrk hey) ;;
+                    libclang-rt-14-dev libbenchmark-dev wrk hey
+                    golang-github-lib-pq-dev) ;;
     *) echo "usage: scripts/deps.sh [test|demo|ci]" >&2; exit 2 ;;
 esac
 

@@ -20,8 +20,8 @@ static inline const char *pq_conninfo_in(const char *dir, const char *name)
     snprintf(path, sizeof path, "%s/%s", dir, name);
     FILE *f = fopen(path, "r");
     if (f == NULL)
-        SKIP("no PostgreSQL cluster (%s is missing): PostgreSQL's server binaries are "
-             "not installed, so the PostgreSQL tests were skipped",
+        SKIP("no PostgreSQL cluster (%s is missing): the fixture found no PostgreSQL "
+             "server binaries (Debian: postgresql), so the PostgreSQL tests were skipped",
              path);
     size_t n = fread(buf, 1, sizeof buf - 1, f);
     fclose(f);

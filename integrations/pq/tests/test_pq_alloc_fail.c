@@ -1,6 +1,6 @@
 /*
  * libctx-pq when memory runs out.  The integration's own allocations are
- * the transaction (malloc) and, through the core, the AfterFunc that rolls
+ * the transaction (calloc) and, through the core, the AfterFunc that rolls
  * it back and the done fd a wait polls.  The core's allocator is replaced by
  * one that fails the Nth allocation, for every N until a round meets no
  * failure: each call must succeed or fail cleanly with ENOMEM, leave the
@@ -11,6 +11,53 @@
 #include "check.h"
 
 #include "pq_test.h"
+
+/* The transaction itself comes from calloc.  Outside the sanitizers (whose
+ * runtimes own calloc) this program interposes calloc with one that can
+ * fail once on request, which reaches libctx-pq's call too: glibc exports
+ * the real one as __libc_calloc. */
+#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
+#define INTERPOSE_CALLOC 0
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer) || __has_feature(thread_sanitizer) ||                         \
+    __has_feature(memory_sanitizer)
+#define INTERPOSE_CALLOC 0
+#endif
+#endif
+#if !defined(INTERPOSE_CALLOC) && defined(__GLIBC__)
+#define INTERPOSE_CALLOC 1
+#endif
+
+#if INTERPOSE_CALLOC
+extern void *__libc_calloc(size_t n, size_t size);
+static atomic_int fail_next_calloc;
+
+void *calloc(size_t n, size_t size)
+{
+    if (atomic_exchange(&fail_next_calloc, 0))
+        return NULL;
+    return __libc_calloc(n, size);
+}
+
+static void test_tx_allocation_fails(PGconn *conn)
+{
+    ctx_pq_tx_t *tx = (ctx_pq_tx_t *)1;
+    atomic_store(&fail_next_calloc, 1);
+    CHECK_EQ_INT(ctx_pq_begin(ctx_background(), conn, &tx), ENOMEM);
+    CHECK_EQ_INT(atomic_load(&fail_next_calloc), 0);
+    CHECK_NULL(tx);
+    /* BEGIN was never sent. */
+    CHECK_EQ_INT(PQtransactionStatus(conn), PQTRANS_IDLE);
+    CHECK_EQ_INT(ctx_pq_begin(ctx_background(), conn, &tx), 0);
+    CHECK_EQ_INT(ctx_pq_rollback(tx), 0);
+}
+#else
+static void test_tx_allocation_fails(PGconn *conn)
+{
+    (void)conn;
+    fprintf(stderr, "   (calloc cannot be interposed under a sanitizer: not run)\n");
+}
+#endif
 
 static bool round_fails_at(PGconn *conn, long n)
 {
@@ -72,6 +119,7 @@ int main(void)
     CHECK(n > 0);
     CHECK_EQ_INT(pq_int(conn, "SELECT count(*) FROM ctx_pq_alloc"), 0);
     test_cancel_without_done_fd(conn);
+    test_tx_allocation_fails(conn);
     PQfinish(conn);
     return 0;
 }

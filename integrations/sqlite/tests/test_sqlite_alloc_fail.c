@@ -70,14 +70,10 @@ static bool round_fails_at(long n)
     atomic_store(&countdown, -1);
     bool clean = atomic_load(&failures) == before;
 
-    /* The connection still works, with its busy timeout. */
+    /* The connection still works. */
     sqlite3_reset(stmt);
     CHECK_EQ_INT(ctx_sqlite_step(ctx, stmt), SQLITE_DONE);
-    sqlite3_stmt *q = NULL;
-    CHECK_EQ_INT(sqlite3_prepare_v2(db, "PRAGMA busy_timeout", -1, &q, NULL), SQLITE_OK);
-    CHECK_EQ_INT(ctx_sqlite_step(ctx, q), SQLITE_ROW);
-    CHECK_EQ_INT(sqlite3_column_int(q, 0), 1234);
-    sqlite3_finalize(q);
+    CHECK_EQ_INT(ctx_sqlite_exec(ctx, db, "SELECT count(*) FROM t", NULL, NULL, NULL), SQLITE_OK);
 
     sqlite3_finalize(stmt);
     ctx_unref(ctx);

@@ -6,33 +6,35 @@
  * under it, and only that one.  SQLite's own sqlite3_interrupt() is not used:
  * it stops every statement running on the connection and stays in effect until
  * all of them have finished, so a cancel meant for one request would fail
- * another request sharing the connection.  Instead each call installs, for its
- * own duration, a progress handler that looks at its own context, and holds
- * the connection's mutex from installing it until restoring it.  SQLite
- * serialises calls on a connection with that same (recursive) mutex, so the
- * handler in effect while a statement steps is always the one of the call that
- * steps it.  In SQLITE_CONFIG_MULTITHREAD mode (no connection mutex) the
- * application already may not use one connection from two threads at once, so
- * the same reasoning holds.
+ * another request sharing the connection.  Instead the library gives the
+ * connection a progress handler, and each call publishes its context to that
+ * handler in a thread-local variable for the duration of the call.  SQLite runs
+ * the handler on the thread that executes the statement, which is the thread
+ * that made the call, so the handler always sees the context of the statement
+ * it interrupts, whatever other threads do on the same connection (serialized
+ * mode) and with no shared state written per call.
  *
- * The progress handler is called every CTX_SQLITE_PROGRESS_OPS virtual machine
+ * The progress handler runs every CTX_SQLITE_PROGRESS_OPS virtual machine
  * instructions.  A cancel therefore stops a statement after at most that many
- * instructions, a few microseconds of work, and costs one load of the
+ * instructions (microseconds of work), and the check costs one load of the
  * context's state per call of the handler.
  *
  * While the database is locked by another connection (SQLITE_BUSY) the call
  * waits for the lock as long as the context allows, and at most as long as the
- * connection's busy timeout (sqlite3_busy_timeout, read once per connection;
- * see ctx_sqlite_busy_timeout).  A cancel ends that wait at once.
+ * connection's busy timeout; a cancel ends that wait at once.
  *
- * What the connection keeps.  SQLite has no way to read back a progress
- * handler or a busy handler, so the library cannot restore one it did not
- * install: after a call on a context that can be cancelled, the connection has
- * no progress handler and its busy timeout (not a custom busy handler) as
- * before the call.  An application that needs its own progress handler should
- * not share the connection with these calls.  Calls on ctx_background() or
- * ctx_todo(), which can never be cancelled, leave the connection untouched and
- * cost nothing beyond sqlite3_step.
+ * What the library installs.  The first call on a cancellable context that
+ * uses a connection installs the library's progress handler and busy handler
+ * on it, for the life of the connection (SQLite has no way to read back a
+ * handler, so none could be restored per call).  The busy timeout the
+ * connection had then (sqlite3_busy_timeout) is read once and kept: plain
+ * SQLite calls on the connection keep waiting that long, the library's busy
+ * handler waiting as SQLite's own would.  From then on do not set a progress
+ * handler, a busy handler or a busy timeout on the connection (not even with
+ * PRAGMA busy_timeout, which would replace the library's busy handler and
+ * reads 0 once it is installed); change the timeout with
+ * ctx_sqlite_busy_timeout.  Calls on ctx_background() or ctx_todo(), which can
+ * never be cancelled, install nothing and cost nothing beyond sqlite3_step.
  *
  * Transactions.  A statement interrupted inside an explicit transaction
  * (BEGIN ... COMMIT) follows SQLite's rule for interrupts: if the statement
@@ -95,13 +97,11 @@ CTX_SQLITE_EXPORT int ctx_sqlite_exec(ctx_t *ctx, sqlite3 *db, const char *sql,
                                       void *arg, char **errmsg);
 
 /*
- * sqlite3_busy_timeout(db, ms), and tells this library the new value.  The
- * library reads a connection's busy timeout (PRAGMA busy_timeout) the first
- * time a call on a cancellable context uses the connection and remembers it
- * until the connection is closed; a later change made with plain
- * sqlite3_busy_timeout is not seen, so change it with this function instead.
- * Returns SQLITE_OK, SQLITE_MISUSE (errno EINVAL) for a NULL db, or
- * SQLITE_NOMEM.
+ * Sets the busy timeout of a connection that the library's handlers serve
+ * (installing them if needed): what sqlite3_busy_timeout(db, ms) does for a
+ * plain connection, for plain calls and calls under a context alike.  A
+ * negative ms means 0 (SQLITE_BUSY at once).  Returns SQLITE_OK, SQLITE_MISUSE
+ * (errno EINVAL) for a NULL db, or SQLITE_NOMEM.
  */
 CTX_SQLITE_EXPORT int ctx_sqlite_busy_timeout(sqlite3 *db, int ms);
 
