@@ -2,18 +2,18 @@
  * A deadline and a request ID crossing two hops: client -> gateway ->
  * backend, three processes talking over sockets.
  *
- * The client gives the request 500 ms and a request-id.  ctx_inject writes
+ * The client gives the request one second and a request-id.  ctx_inject writes
  * them (grpc-timeout, traceparent, baggage) as header lines; each service
  * rebuilds the context with ctx_extract, so the gateway sees what is left
- * of the 500 ms, spends 100 ms, and passes on the rest; the backend, whose
- * work would take a second, stops when the client's budget is spent
+ * of the second, spends 100 ms, and passes on the rest; the backend, whose
+ * work would take three seconds, stops when the client's budget is spent
  * instead of working for nobody.  Every hop logs the same request-id and
  * trace id.  The wire format here is "name: value" lines ended by an empty
  * line: any HTTP or RPC library's header map works the same way through a
  * carrier.
  *
  * Build and run:  make demo   (or: cc -std=c11 propagation.c -lctx -pthread)
- * Go: ctx, cancel := context.WithTimeout(ctx, 500*time.Millisecond) in the
+ * Go: ctx, cancel := context.WithTimeout(ctx, time.Second) in the
  * client, and a gRPC server reading grpc-timeout in each service.
  */
 #define _POSIX_C_SOURCE 200809L
@@ -99,8 +99,8 @@ static void backend(FILE *in, FILE *out)
     ctx_carrier_t carrier = { get, set, &h };
     ctx_t *ctx = ctx_extract(ctx_background(), &carrier, NULL);
     log_hop("backend", ctx);
-    /* A second of work, cut short by the caller's deadline. */
-    int err = ctx_sleep(ctx, CTX_SECOND);
+    /* Three seconds of work, cut short by the caller's deadline. */
+    int err = ctx_sleep(ctx, 3 * CTX_SECOND);
     printf("backend  stopped: %s\n", err ? ctx_strerror(err) : "finished");
     fflush(stdout);
     char trace[33];
@@ -123,6 +123,7 @@ static void gateway(FILE *in, FILE *out, FILE *next_in, FILE *next_out)
     if (err != 0) {
         fprintf(out, "gateway-failed %s\n", ctx_strerror(err));
         fflush(out);
+        ctx_unref(ctx);
         return;
     }
     send_headers(next_out, &down);
@@ -167,7 +168,7 @@ int main(void)
     static struct headers none, out;
     ctx_carrier_t empty = { get, set, &none }, carrier = { get, set, &out };
     ctx_t *root = ctx_extract(ctx_background(), &empty, NULL);
-    ctx_t *timed = ctx_with_timeout(root, 500 * CTX_MILLISECOND, NULL);
+    ctx_t *timed = ctx_with_timeout(root, CTX_SECOND, NULL);
     ctx_t *ctx = ctx_with_baggage(timed, "request-id", "req-42");
     log_hop("client", ctx);
     if (ctx_inject(ctx, &carrier) != 0)

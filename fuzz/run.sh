@@ -6,7 +6,10 @@
 #
 # Then each header-format harness of propagation (fuzz_grpc_timeout,
 # fuzz_traceparent, fuzz_baggage, fuzz_extract) runs for WIRE_SECONDS
-# (default 20) on a scratch copy of its fuzz/corpus_<name>.
+# (default 20) on a scratch copy of its fuzz/corpus_<name>; to grow that
+# corpus, merge into an empty NEW directory and copy NEW's files over:
+#   $BUILD_DIR/fuzz/fuzz_<name> -set_cover_merge=1 -use_counters=0 NEW \
+#       fuzz/corpus_<name> $BUILD_DIR/fuzz-corpus-<name>
 #
 # Environment: BUILD_DIR (default build-fuzz), JOBS, FUZZ_ARGS (extra
 # libFuzzer flags, e.g. "-jobs=4 -workers=4" or "-seed=1").

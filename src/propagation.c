@@ -79,7 +79,10 @@ static size_t prop_format(const void *value, char *buf, size_t size)
 
 #define POOL_SIZE 256
 
-static CTX__TLS struct {
+/* Plain _Thread_local, not CTX__TLS: 260 bytes would be a large share of
+ * the static TLS surplus that a dlopen'ed libctx.so may use, and one
+ * __tls_get_addr per id costs little beside the rest of an inject. */
+static _Thread_local struct {
     uint8_t bytes[POOL_SIZE];
     uint32_t left;
 } pool;
@@ -332,13 +335,6 @@ static const ctx_custom_ops_t extract_ops = {
     .destroy = prop_free,
 };
 
-/* strnlen, which C11 lacks: the length of s, or max when s is longer. */
-static size_t bounded_len(const char *s, size_t max)
-{
-    const char *z = memchr(s, '\0', max);
-    return z != NULL ? (size_t)(z - s) : max;
-}
-
 ctx_t *ctx_extract(ctx_t *parent, const ctx_carrier_t *in, ctx_cancel_t **cancel)
 {
     if (cancel != NULL)
@@ -348,22 +344,24 @@ ctx_t *ctx_extract(ctx_t *parent, const ctx_carrier_t *in, ctx_cancel_t **cancel
         return NULL;
     }
 
-    /* Each header is read through a bounded length: whatever get returns,
-     * no more than a fixed prefix is looked at. */
+    /* Each header's length is taken with strnlen and a bound one past the
+     * longest value its parser accepts, so whatever get returns, no more
+     * than a fixed prefix is looked at, and an over-long value still looks
+     * over-long to the parser. */
     ctx_duration_t timeout = 0;
     const char *h = in->get(in->headers, "grpc-timeout");
-    bool has_timeout = h != NULL && ctx__grpc_timeout_parse(
-                                        h, bounded_len(h, CTX__GRPC_TIMEOUT_SIZE), &timeout) == 0;
+    bool has_timeout =
+        h != NULL && ctx__grpc_timeout_parse(h, strnlen(h, CTX__GRPC_TIMEOUT_SIZE), &timeout) == 0;
 
     struct trace t = { .tracestate = "" };
     char tracestate[CTX__TRACESTATE_MAX + 1];
     size_t ts_len = 0;
     h = in->get(in->headers, "traceparent");
-    if (h != NULL && ctx__traceparent_parse(h, bounded_len(h, 4096), &t.tp) == 0) {
+    if (h != NULL && ctx__traceparent_parse(h, strnlen(h, CTX__TRACEPARENT_READ_MAX), &t.tp) == 0) {
         h = in->get(in->headers, "tracestate");
         if (h != NULL)
             ts_len =
-                ctx__tracestate_filter(h, bounded_len(h, CTX__TRACESTATE_READ_MAX + 1), tracestate);
+                ctx__tracestate_filter(h, strnlen(h, CTX__TRACESTATE_READ_MAX + 1), tracestate);
     } else {
         int e = random_id(t.tp.trace_id, sizeof t.tp.trace_id);
         if (e == 0)
@@ -378,8 +376,7 @@ ctx_t *ctx_extract(ctx_t *parent, const ctx_carrier_t *in, ctx_cancel_t **cancel
     struct ctx__bag_member m[CTX__BAGGAGE_MAX_MEMBERS];
     int nb = 0;
     h = in->get(in->headers, "baggage");
-    if (h != NULL &&
-        (nb = ctx__baggage_parse(h, bounded_len(h, CTX__BAGGAGE_MAX_BYTES + 1), m)) < 0)
+    if (h != NULL && (nb = ctx__baggage_parse(h, strnlen(h, CTX__BAGGAGE_MAX_BYTES + 1), m)) < 0)
         nb = 0; /* malformed: ignored whole */
 
     /* One block: the header, the entries, then the strings. */

@@ -38,8 +38,11 @@ int ctx__grpc_timeout_parse(const char *s, size_t n, ctx_duration_t *out);
  */
 
 #define CTX__TRACEPARENT_LEN 55
-#define CTX__TRACE_SAMPLED   0x01u
-#define CTX__TRACE_RANDOM    0x02u
+/* What ctx_extract reads of a traceparent: a later version may append
+ * fields, which are not looked at beyond this. */
+#define CTX__TRACEPARENT_READ_MAX 4096
+#define CTX__TRACE_SAMPLED        0x01u
+#define CTX__TRACE_RANDOM         0x02u
 
 struct ctx__traceparent {
     uint8_t trace_id[16];
@@ -76,7 +79,8 @@ void ctx__hex(const uint8_t *bytes, size_t n, char *out);
 /* Validates s[0..n) and writes the members to keep into out (at most
  * CTX__TRACESTATE_MAX bytes and a NUL), joined by ",", without the optional
  * white space.  When the members do not fit, those longer than 128 bytes are
- * dropped first, then members from the end.  Returns the length written;
+ * dropped first, then any member, both from the end (the leftmost member,
+ * the most recently updated, is kept longest).  Returns the length written;
  * 0 (out = "") for an empty, invalid or over-long header: a key or value
  * that breaks the W3C grammar, a duplicate key, more than 32 members. */
 size_t ctx__tracestate_filter(const char *s, size_t n, char out[CTX__TRACESTATE_MAX + 1]);

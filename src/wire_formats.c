@@ -27,6 +27,9 @@ static const struct {
 };
 #define GRPC_NUNITS (sizeof grpc_units / sizeof grpc_units[0])
 
+/* Any duration, rounded up to hours, fits in the 8 digits of the format. */
+_Static_assert(INT64_MAX / CTX_HOUR + 1 <= GRPC_MAX_VALUE, "hours always fit in 8 digits");
+
 size_t ctx__grpc_timeout_format(ctx_duration_t d, char buf[CTX__GRPC_TIMEOUT_SIZE])
 {
     if (d <= 0) {
@@ -34,14 +37,14 @@ size_t ctx__grpc_timeout_format(ctx_duration_t d, char buf[CTX__GRPC_TIMEOUT_SIZ
         return 2;
     }
     /* grpc-go's encodeTimeout: round up in each unit, finest first, and take
-     * the first that fits.  The last unit always fits: INT64_MAX ns is about
-     * 2.6 million hours. */
+     * the first that fits, else hours without a check: INT64_MAX ns is
+     * 2562048 hours, which fits.  The index thus never leaves the table. */
     size_t u = 0;
     int64_t v = 0;
-    for (u = 0; u < GRPC_NUNITS; u++) {
+    for (;; u++) {
         ctx_duration_t s = grpc_units[u].scale;
         v = d / s + (d % s != 0);
-        if (v <= GRPC_MAX_VALUE)
+        if (v <= GRPC_MAX_VALUE || u == GRPC_NUNITS - 1)
             break;
     }
     char digits[8];
@@ -49,7 +52,7 @@ size_t ctx__grpc_timeout_format(ctx_duration_t d, char buf[CTX__GRPC_TIMEOUT_SIZ
     do {
         digits[n++] = (char)('0' + v % 10);
         v /= 10;
-    } while (v > 0 && n < sizeof digits);
+    } while (v > 0);
     for (size_t i = 0; i < n; i++)
         buf[i] = digits[n - 1 - i];
     buf[n] = grpc_units[u].unit;
@@ -254,23 +257,26 @@ size_t ctx__tracestate_filter(const char *s, size_t n, char out[CTX__TRACESTATE_
     }
 
     /* Keep what fits in CTX__TRACESTATE_MAX: first drop the long members,
-     * then members from the end (the W3C's order of truncation). */
+     * then any member, both from the end (the W3C's order of truncation;
+     * the leftmost member is the most recently updated).  need counts each
+     * kept member with the comma before it, so the joined length is need - 1
+     * while a member is kept, and dropping the last one cannot wrap. */
     bool keep[CTX__TRACESTATE_MEMBERS];
-    size_t total = 0;
+    size_t need = 0;
     for (size_t i = 0; i < count; i++) {
         keep[i] = true;
-        total += m[i].n + (i > 0);
+        need += m[i].n + 1;
     }
-    for (size_t i = 0; i < count && total > CTX__TRACESTATE_MAX; i++) {
+    for (size_t i = count; i-- > 0 && need > CTX__TRACESTATE_MAX + 1;) {
         if (m[i].n > CTX__TRACESTATE_LONG_MEMBER) {
             keep[i] = false;
-            total -= m[i].n + 1;
+            need -= m[i].n + 1;
         }
     }
-    for (size_t i = count; i-- > 0 && total > CTX__TRACESTATE_MAX;) {
+    for (size_t i = count; i-- > 0 && need > CTX__TRACESTATE_MAX + 1;) {
         if (keep[i]) {
             keep[i] = false;
-            total -= m[i].n + 1;
+            need -= m[i].n + 1;
         }
     }
     size_t len = 0;

@@ -8,6 +8,8 @@
 
 #include "carrier.h"
 
+#include <sys/wait.h>
+
 static headers_t hdr;
 
 static ctx_carrier_t fresh(void)
@@ -98,12 +100,17 @@ static void test_round_trip(void)
     memcpy(first_span, tp + 36, 16);
     first_span[16] = '\0';
 
-    /* The other side. */
+    /* The other side: its deadline is the written budget from the moment
+     * it extracts, not merely some deadline. */
+    ctx_time_t t0 = ctx_now();
     ctx_t *d = ctx_extract(ctx_background(), &c, NULL);
+    ctx_time_t t1 = ctx_now();
     CHECK(d != NULL);
     ctx_time_t dl;
     CHECK(ctx_deadline(d, &dl));
-    CHECK(dl > before && dl <= ctx_now() + 2 * CTX_SECOND);
+    CHECK_MSG(dl >= t0 + us * CTX_MICROSECOND && dl <= t1 + us * CTX_MICROSECOND,
+              "deadline %" PRId64 " ns after extract for a budget of %s", (int64_t)(dl - t0), gt);
+    CHECK(dl > before);
     char t3[33], s3[17];
     CHECK(ctx_trace_id(d, t3) && strcmp(t3, trace) == 0);
     CHECK(ctx_span_id(d, s3) && strcmp(s3, first_span) == 0);
@@ -164,18 +171,8 @@ static void test_deadline_clamping(void)
     ctx_unref(x);
 
     /* Malformed: ignored, no deadline. */
-    const char *bad[] = { "",
-                          "1",
-                          "m",
-                          "-1S",
-                          "+1S",
-                          " 1S",
-                          "1S ",
-                          "123456789n",
-                          "1x",
-                          "1.5S",
-                          "\xff"
-                          "1S" };
+    const char *bad[] = { "",    "1",          "m",  "-1S",  "+1S",   " 1S",
+                          "1S ", "123456789n", "1x", "1.5S", "\3771S" };
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
         headers_put(&hdr, "grpc-timeout", bad[i]);
         x = ctx_extract(ctx_background(), &c, NULL);
@@ -184,6 +181,100 @@ static void test_deadline_clamping(void)
     }
     ctx_unref(q);
     ctx_unref(p);
+    headers_clear(&hdr);
+}
+
+/* A budget too large for int64_t nanoseconds saturates: a deadline far
+ * away, never one that wrapped into the past. */
+static void test_deadline_saturates(void)
+{
+    ctx_carrier_t c = fresh();
+    headers_put(&hdr, "grpc-timeout", "99999999H");
+    ctx_t *x = ctx_extract(ctx_background(), &c, NULL);
+    ctx_time_t d;
+    CHECK(x != NULL && ctx_deadline(x, &d));
+    CHECK(d > ctx_now() + 100000 * CTX_HOUR);
+    CHECK_EQ_INT(ctx_err(x), 0);
+    /* And it goes out again as the largest budget grpc-go would write. */
+    ctx_carrier_t o = { headers_get_, headers_set_, &(headers_t){ 0 } };
+    CHECK_EQ_INT(ctx_inject(x, &o), 0);
+    const char *gt = headers_find(o.headers, "grpc-timeout");
+    CHECK_MSG(gt != NULL && gt[strlen(gt) - 1] == 'H' && strlen(gt) <= 9, "%s", gt);
+    headers_clear(o.headers);
+    ctx_unref(x);
+    headers_clear(&hdr);
+}
+
+/* Incoming baggage hides a key bound above the extract, without changing
+ * the parent; properties and duplicate keys (the last wins) travel on. */
+static void test_baggage_layers(void)
+{
+    ctx_t *p = ctx_with_baggage(ctx_background(), "tenant", "parent");
+    ctx_t *q = ctx_with_baggage(p, "only-above", "1");
+    ctx_carrier_t c = fresh();
+    headers_put(&hdr, "baggage", "tenant=incoming;ttl=3, k=first , k=last;p;q=%25");
+    ctx_t *x = ctx_extract(q, &c, NULL);
+    CHECK(x != NULL);
+    CHECK_STR(ctx_baggage(x, "tenant"), "incoming");
+    CHECK_STR(ctx_baggage(x, "only-above"), "1");
+    CHECK_STR(ctx_baggage(x, "k"), "last");
+    CHECK_STR(ctx_baggage(q, "tenant"), "parent");
+    c = fresh();
+    CHECK_EQ_INT(ctx_inject(x, &c), 0);
+    CHECK_STR(headers_find(&hdr, "baggage"), "only-above=1,tenant=incoming;ttl=3,k=last;p;q=%25");
+
+    /* A malformed header adds nothing, and the baggage above still goes. */
+    c = fresh();
+    headers_put(&hdr, "baggage", "good=1,bad");
+    ctx_t *y = ctx_extract(q, &c, NULL);
+    CHECK(y != NULL && ctx_baggage(y, "good") == NULL);
+    c = fresh();
+    CHECK_EQ_INT(ctx_inject(y, &c), 0);
+    CHECK_STR(headers_find(&hdr, "baggage"), "tenant=parent,only-above=1");
+    ctx_unref(y);
+    ctx_unref(x);
+    ctx_unref(q);
+    ctx_unref(p);
+    headers_clear(&hdr);
+}
+
+/* tracestate goes out as it came in once filtered: dropped whole when it
+ * breaks the grammar (the trace itself kept), truncated from the end when
+ * long. */
+static void test_tracestate_passthrough(void)
+{
+    const char *tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    /* 620 bytes; without the 204-byte member, 415 fit. */
+    char long_ts[1024], want[600];
+    snprintf(long_ts, sizeof long_ts, "m0=%0100d,big=%0200d,m1=%0100d,m2=%0100d,m3=%0100d", 0, 0, 0,
+             0, 0);
+    snprintf(want, sizeof want, "m0=%0100d,m1=%0100d,m2=%0100d,m3=%0100d", 0, 0, 0, 0);
+    const struct {
+        const char *in, *out; /* out NULL: no tracestate sent */
+    } rows[] = {
+        { " congo=t61rcWkgMzE , rojo=00f067aa0ba902b7", "congo=t61rcWkgMzE,rojo=00f067aa0ba902b7" },
+        { "congo=t61rcWkgMzE,Bad=1", NULL },
+        { "a=1,a=2", NULL },
+        { long_ts, want },
+    };
+    for (size_t i = 0; i < sizeof rows / sizeof rows[0]; i++) {
+        ctx_carrier_t c = fresh();
+        headers_put(&hdr, "traceparent", tp);
+        headers_put(&hdr, "tracestate", rows[i].in);
+        ctx_t *x = ctx_extract(ctx_background(), &c, NULL);
+        char id[33];
+        CHECK(x != NULL && ctx_trace_id(x, id));
+        CHECK_STR(id, "4bf92f3577b34da6a3ce929d0e0e4736");
+        c = fresh();
+        CHECK_EQ_INT(ctx_inject(x, &c), 0);
+        const char *ts = headers_find(&hdr, "tracestate");
+        if (rows[i].out == NULL)
+            CHECK_MSG(ts == NULL, "row %zu sent tracestate %s", i, ts);
+        else
+            CHECK_MSG(ts != NULL && strcmp(ts, rows[i].out) == 0, "row %zu sent %s", i,
+                      ts != NULL ? ts : "nothing");
+        ctx_unref(x);
+    }
     headers_clear(&hdr);
 }
 
@@ -277,17 +368,16 @@ static void test_invalid_traceparent(void)
 {
     const char *bad[] = {
         "",
-        "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-0",   /* short */
-        "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-", /* 00 + more */
-        "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01",  /* uppercase */
-        "00-00000000000000000000000000000000-00f067aa0ba902b7-01",  /* zero trace */
-        "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01",  /* zero parent */
-        "ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",  /* version ff */
-        "01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01x", /* no dash */
-        "00_4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",  /* separator */
-        "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-0g",  /* flags */
-        "\xc3\xa9"
-        "0-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01", /* not ASCII */
+        "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-0",         /* short */
+        "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-",       /* 00 + more */
+        "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01",        /* uppercase */
+        "00-00000000000000000000000000000000-00f067aa0ba902b7-01",        /* zero trace */
+        "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01",        /* zero parent */
+        "ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",        /* version ff */
+        "01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01x",       /* no dash */
+        "00_4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",        /* separator */
+        "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-0g",        /* flags */
+        "\303\2510-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01", /* not ASCII */
     };
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
         ctx_carrier_t c = fresh();
@@ -416,17 +506,106 @@ static void test_inject_limits(void)
     headers_clear(&hdr);
 }
 
+/* Many threads inject from and extract under one shared context: no race
+ * (TSan), and no span id is handed out twice. */
+#define THREADS 4
+#define ROUNDS  2000
+static ctx_t *shared;
+static char spans[THREADS * ROUNDS][17];
+
+static void *worker(void *arg)
+{
+    int me = (int)(intptr_t)arg;
+    headers_t h = { 0 };
+    ctx_carrier_t c = headers_carrier(&h);
+    for (int i = 0; i < ROUNDS; i++) {
+        CHECK_EQ_INT(ctx_inject(shared, &c), 0);
+        const char *tp = headers_find(&h, "traceparent");
+        CHECK(tp != NULL);
+        memcpy(spans[me * ROUNDS + i], tp + 36, 16);
+        spans[me * ROUNDS + i][16] = '\0';
+        ctx_t *x = ctx_extract(shared, &c, NULL);
+        ctx_t *v = ctx_with_baggage(x, "worker", "w");
+        CHECK_STR(ctx_baggage(v, "request-id"), "r-1");
+        CHECK_STR(ctx_baggage(v, "worker"), "w");
+        ctx_unref(v);
+        ctx_unref(x);
+    }
+    headers_clear(&h);
+    return NULL;
+}
+
+static int by_str(const void *a, const void *b)
+{
+    return strcmp(a, b);
+}
+
+static void test_concurrent(void)
+{
+    ctx_carrier_t c = fresh();
+    ctx_t *x = ctx_extract(ctx_background(), &c, NULL);
+    shared = ctx_with_baggage(x, "request-id", "r-1");
+    pthread_t t[THREADS];
+    for (int i = 0; i < THREADS; i++)
+        check_thread_start(&t[i], worker, (void *)(intptr_t)i);
+    for (int i = 0; i < THREADS; i++)
+        check_thread_join(t[i]);
+    qsort(spans, THREADS * ROUNDS, sizeof spans[0], by_str);
+    for (int i = 1; i < THREADS * ROUNDS; i++)
+        CHECK_MSG(strcmp(spans[i - 1], spans[i]) != 0, "span id %s given twice", spans[i]);
+    ctx_unref(shared);
+    ctx_unref(x);
+    headers_clear(&hdr);
+}
+
+/* A forked child must not hand out the span ids its parent will. */
+static void test_fork_ids(void)
+{
+    ctx_carrier_t c = fresh();
+    ctx_t *x = ctx_extract(ctx_background(), &c, NULL);
+    CHECK_EQ_INT(ctx_inject(x, &c), 0); /* the parent's pool is filled */
+    int p[2];
+    CHECK(pipe(p) == 0);
+    fflush(stdout);
+    pid_t pid = fork();
+    CHECK(pid >= 0);
+    if (pid == 0) {
+        headers_t h = { 0 };
+        ctx_carrier_t hc = headers_carrier(&h);
+        int ok = ctx_inject(x, &hc) == 0 && write(p[1], headers_find(&h, "traceparent"), 55) == 55;
+        _exit(ok ? 0 : 1);
+    }
+    CHECK_EQ_INT(ctx_inject(x, &c), 0);
+    char child[56] = { 0 };
+    CHECK_EQ_INT(read(p[0], child, 55), 55);
+    int st;
+    CHECK(waitpid(pid, &st, 0) == pid && WIFEXITED(st) && WEXITSTATUS(st) == 0);
+    close(p[0]);
+    close(p[1]);
+    const char *mine = headers_find(&hdr, "traceparent");
+    CHECK(strncmp(mine, child, 36) == 0);              /* the same trace */
+    CHECK_MSG(strncmp(mine + 36, child + 36, 16) != 0, /* different spans */
+              "parent and child both drew span %.16s", mine + 36);
+    ctx_unref(x);
+    headers_clear(&hdr);
+}
+
 int main(void)
 {
     test_null_arguments();
     test_round_trip();
     test_deadline_clamping();
+    test_deadline_saturates();
+    test_baggage_layers();
+    test_tracestate_passthrough();
     test_cancel_handle();
     test_done_writes_nothing();
     test_set_failure();
     test_invalid_traceparent();
     test_huge_and_binary();
     test_inject_limits();
+    test_concurrent();
+    test_fork_ids();
     headers_clear(&hdr);
     printf("test_propagation: ok\n");
     return 0;

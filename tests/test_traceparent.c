@@ -29,7 +29,11 @@ static void test_traceparent_parse(void)
         { "00-" TRACE "-" SPAN "-01-", -1 },        /* version 00 with trailing data */
         { "00-" TRACE "-" SPAN "-01 ", -1 },
         { "01-" TRACE "-" SPAN "-01x", -1 }, /* later version: no dash after flags */
-        { "00-" TRACE "-" SPAN "-1", -1 },   /* short */
+        { "01-" TRACE "-" SPAN "-1", -1 },   /* later version shorter than 55 */
+        { "01-00000000000000000000000000000000-" SPAN "-01-x", -1 }, /* zero ids, */
+        { "01-" TRACE "-0000000000000000-01-x", -1 },                /* any version */
+        { "01-" TRACE "-" SPAN "-0g-x", -1 },
+        { "00-" TRACE "-" SPAN "-1", -1 }, /* short */
         { "00-" TRACE "-" SPAN, -1 },
         { "", -1 },
         { "0g-" TRACE "-" SPAN "-01", -1 },
@@ -100,6 +104,16 @@ static void check_filter(const char *in, const char *want)
     size_t n = ctx__tracestate_filter(in, strlen(in), out);
     CHECK_MSG(strcmp(out, want) == 0 && n == strlen(out), "\"%s\" -> \"%s\", want \"%s\"", in, out,
               want);
+}
+
+/* The filter keeps the first len bytes of in, which end at a member. */
+static void check_filter_prefix(const char *in, size_t len)
+{
+    char want[CTX__TRACESTATE_MAX + 1];
+    CHECK(len <= CTX__TRACESTATE_MAX && (in[len] == ',' || in[len] == '\0'));
+    memcpy(want, in, len);
+    want[len] = '\0';
+    check_filter(in, want);
 }
 
 static void test_tracestate(void)
@@ -175,6 +189,27 @@ static void test_tracestate(void)
     snprintf(want, sizeof want, "m0=%s,m2=%s,m3=%s,m4=%s", repeat('x', 117), repeat('x', 117),
              repeat('x', 117), repeat('x', 117));
     check_filter(in, want);
+    /* Two long members: only the later one goes when that is enough, so
+     * the leftmost (newest) member survives. */
+    n = 0;
+    n += (size_t)sprintf(in + n, "first=%s", repeat('y', 200));
+    n += (size_t)sprintf(in + n, ",m1=%s", repeat('x', 117));
+    n += (size_t)sprintf(in + n, ",last=%s", repeat('z', 200));
+    snprintf(want, sizeof want, "first=%s,m1=%s", repeat('y', 200), repeat('x', 117));
+    check_filter(in, want);
+    /* One member of 513 bytes (the longest the grammar allows) never fits:
+     * nothing is left, and the count of what remains must not wrap. */
+    snprintf(in, sizeof in, "%s=%s", repeat('k', 256), repeat('v', 256));
+    CHECK_EQ_INT(strlen(in), 513);
+    check_filter(in, "");
+    snprintf(want, sizeof want, "a=1,%s", in);
+    check_filter(want, "a=1");
+    /* Only short members: dropped from the end, whole. */
+    n = 0;
+    for (int i = 0; i < 26; i++) /* 26 x 20 + 25 commas = 545 */
+        n += (size_t)sprintf(in + n, "%sk%02d=%s", i ? "," : "", i, repeat('s', 16));
+    CHECK_EQ_INT(strlen(in), 545);
+    check_filter_prefix(in, 24 * 21 - 1);
     /* Exactly 512 bytes pass whole. */
     n = 0;
     for (int i = 0; i < 4; i++)

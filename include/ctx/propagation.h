@@ -75,7 +75,8 @@ typedef struct ctx_carrier {
  * and the caller may send or drop them.
  *
  * Returns 0, EINVAL for a NULL ctx, out or out->set, ctx's error, set's
- * code, or the random source's error.  Thread-safe; does not block.
+ * code, or the random source's error.  Thread-safe; does not block; uses
+ * about 9 KiB of stack (the largest baggage header it may write).
  */
 CTX_EXPORT int ctx_inject(ctx_t *ctx, const ctx_carrier_t *out);
 
@@ -93,8 +94,8 @@ CTX_EXPORT int ctx_inject(ctx_t *ctx, const ctx_carrier_t *out);
  * grpc-timeout or baggage header is ignored whole; an invalid traceparent
  * starts a new trace and its tracestate is not read; a tracestate that
  * breaks the W3C grammar or has more than 32 members is dropped, and one
- * longer than 512 bytes loses whole members (those over 128 bytes first,
- * then from the end); baggage members beyond 64 members or 8192 bytes are
+ * longer than 512 bytes loses whole members, from the end (those over 128
+ * bytes first, then any); baggage members beyond 64 members or 8192 bytes are
  * dropped whole.  At most a bounded prefix of each header is read, whatever
  * get returns.  They shorten nothing but the child's own deadline and never
  * change parent.
