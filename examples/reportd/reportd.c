@@ -488,8 +488,10 @@ static enum MHD_Result serve_report(struct MHD_Connection *conn, const char *id,
         if (start_err == 0 && cfg.upstream != NULL)
             start_err = ctx_group_go(g, upstream_part, &r);
         err = ctx_group_wait(g, NULL);
+        /* ctx_group_go also refuses once the request's context has ended:
+         * that is the context's outcome, not a lack of resources. */
         if (err == 0 && start_err != 0)
-            err = EAGAIN;
+            err = ctx_err(rc.ctx) != 0 ? ctx_err(rc.ctx) : EAGAIN;
     }
     ctx_unref(gctx);
 
