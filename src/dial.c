@@ -31,6 +31,7 @@ struct lookup {
     ctx_cancel_t *wake_cancel;
     struct addrinfo *res; /* the thread's result, until the caller takes it */
     int rc;               /* getaddrinfo's return value */
+    int sys_errno;        /* errno after it, for EAI_SYSTEM */
     char *host;           /* copies: the caller may be gone when they are used */
     char *port;
 };
@@ -67,6 +68,7 @@ static void *lookup_thread(void *arg)
     struct lookup *lk = arg;
     struct addrinfo *res = NULL;
     lk->rc = getaddrinfo(lk->host, lk->port, &dial_hints, &res);
+    lk->sys_errno = errno;
     lk->res = res;
     uint32_t expected = L_RUNNING;
     /* Release: publishes rc and res to the caller's acquire in
@@ -166,7 +168,7 @@ static int resolve_name(ctx_t *c, const char *host, const char *port, struct add
                                                 memory_order_acq_rel, memory_order_acquire)) {
         rc = ctx_err(c); /* c ended first: the thread cleans up */
     } else if (lk->rc != 0) {
-        rc = gai_errno(lk->rc, ENOENT);
+        rc = gai_errno(lk->rc, lk->sys_errno);
     } else {
         *res = lk->res;
         lk->res = NULL;

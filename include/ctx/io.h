@@ -24,11 +24,16 @@
  *   MSG_DONTWAIT passed to ctx_recv/ctx_send keeps its "never wait" meaning.
  *
  *   How they wait.  The operation is first tried without blocking and
- *   without changing the fd: recv/send with MSG_DONTWAIT on sockets,
- *   preadv2/pwritev2 with RWF_NOWAIT on pipes and other files.  When data is
- *   ready that is the whole call: one system call, no fd made, no poll, no
- *   allocation.  Only when the operation would block does the call poll(2)
- *   on the fd and on ctx_done_fd(ctx), then try again.  A context that can
+ *   without changing the fd: reads with preadv2(RWF_NOWAIT), which works on
+ *   pipes, FIFOs and sockets alike; writes with send(MSG_DONTWAIT |
+ *   MSG_NOSIGNAL) and, when that says ENOTSOCK, pwritev2(RWF_NOWAIT).  When
+ *   data (or room) is ready that is the whole call: one system call (two for
+ *   a write to a pipe), no fd made, no poll, no allocation.  The extra
+ *   ENOTSOCK probe is the price of never raising SIGPIPE on a socket: the
+ *   call cannot know an fd's type without asking the kernel, and a cached
+ *   answer would go stale when the fd number is reused.  recv/send go to
+ *   the socket call at once.  Only when the operation would block does
+ *   the call poll(2) on the fd and on ctx_done_fd(ctx), then try again.  A context that can
  *   never be done (ctx_background(), ctx_without_cancel()) is waited for
  *   with no done fd at all.  The first wait on a cancellable context creates
  *   its done fd (an eventfd, kept until the context is freed); when no fd
