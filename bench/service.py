@@ -298,12 +298,15 @@ def main():
                "SQLite, budget %d ms. The machine has %d cores shared by the services, the load "
                "generators and other work: the figures are what one run measured.\n"
                % (go_version, BUDGET_MS, os.cpu_count())]
+        load_before = open("/proc/loadavg").read().split()[0]
         print("phase 1: throughput", file=sys.stderr)
         phase_throughput(args, tmp, out)
         print("phase 2: faults", file=sys.stderr)
         phase_faults(args, tmp, out)
         print("phase 3: avalanche", file=sys.stderr)
         phase_avalanche(args, tmp, out)
+        out.append("Load average (1 min) when the run started: %s; when it ended: %s.\n"
+                   % (load_before, open("/proc/loadavg").read().split()[0]))
         text = "\n".join(out)
         print(text)
         with open(os.path.join(args.out, "service.md"), "w") as f:
