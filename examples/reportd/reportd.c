@@ -96,36 +96,76 @@ static const char *pg_conninfo;
  * database pool, a few slots (one per core) keep the work that runs fast and
  * let the rest wait, and that wait is itself cancellable: a request that
  * runs out of budget or whose client leaves stops waiting at once.
+ *
+ * A freed slot goes to the newest waiter.  Under overload the oldest
+ * waiters have the least budget left and would most likely run out before
+ * finishing, so serving the newest first finishes the most requests within
+ * their budgets, and the old ones end at their deadline without having
+ * cost any CPU.  The same order for both kinds of slot keeps the parts of
+ * one request together.  Without contexts (--no-ctx) there is no budget to
+ * lose, and first come, first served is the fair order.
  */
-struct slots {
-    pthread_mutex_t mu;
+struct waiter {
     pthread_cond_t cv;
-    int free;
+    bool granted; /* slot_give handed this waiter its slot */
+    struct waiter *next;
 };
 
-static struct slots compute_slots = { PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, 0 };
-static struct slots db_slots = { PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, 0 };
+struct slots {
+    pthread_mutex_t mu;
+    int free;
+    struct waiter *head; /* waiters, newest first */
+};
+
+static struct slots compute_slots = { PTHREAD_MUTEX_INITIALIZER, 0, NULL };
+static struct slots db_slots = { PTHREAD_MUTEX_INITIALIZER, 0, NULL };
 
 /* 0 with a slot taken, or ctx_err(ctx) when ctx ended first. */
 static int slot_take(ctx_t *ctx, struct slots *s)
 {
-    int err = 0;
     pthread_mutex_lock(&s->mu);
-    while (s->free == 0 && err == 0)
-        err = cfg.no_ctx ? pthread_cond_wait(&s->cv, &s->mu) : ctx_cond_wait(ctx, &s->cv, &s->mu);
-    if (err == 0)
+    if (s->free > 0) {
         s->free--;
-    else if (s->free > 0)
-        pthread_cond_signal(&s->cv); /* pass on a wake-up this waiter may have taken */
+        pthread_mutex_unlock(&s->mu);
+        return 0;
+    }
+    struct waiter w = { .granted = false, .next = NULL };
+    pthread_cond_init(&w.cv, NULL);
+    struct waiter **at = &s->head;
+    if (cfg.no_ctx) {
+        while (*at != NULL)
+            at = &(*at)->next;
+    }
+    w.next = *at;
+    *at = &w;
+    int err = 0;
+    while (!w.granted && err == 0)
+        err = cfg.no_ctx ? pthread_cond_wait(&w.cv, &s->mu) : ctx_cond_wait(ctx, &w.cv, &s->mu);
+    if (!w.granted) {
+        for (at = &s->head; *at != &w; at = &(*at)->next) {
+        }
+        *at = w.next;
+    }
     pthread_mutex_unlock(&s->mu);
-    return err;
+    /* ctx_cond_wait has stopped its wake-up callback before returning, so
+     * nothing touches w.cv any more. */
+    pthread_cond_destroy(&w.cv);
+    /* A slot granted as the context ended is kept: the part sees the
+     * context's end at its first check and gives the slot back. */
+    return w.granted ? 0 : err;
 }
 
 static void slot_give(struct slots *s)
 {
     pthread_mutex_lock(&s->mu);
-    s->free++;
-    pthread_cond_signal(&s->cv);
+    struct waiter *w = s->head;
+    if (w != NULL) {
+        s->head = w->next;
+        w->granted = true;
+        pthread_cond_signal(&w->cv);
+    } else {
+        s->free++;
+    }
     pthread_mutex_unlock(&s->mu);
 }
 
