@@ -18,7 +18,8 @@ static long stopped_after(struct svc *s, ctx_time_t since)
     return (long)((ctx_now() - since) / CTX_MILLISECOND);
 }
 
-static void hang_up(const char *id)
+/* Returns how long the front logged the request as lasting. */
+static long hang_up(const char *id)
 {
     char url[256], hdr[80];
     snprintf(url, sizeof url, "%s/report?compute_ms=3000&db_ms=3000&upstream_ms=3000", front.url);
@@ -30,7 +31,7 @@ static void hang_up(const char *id)
     long ms = stopped_after(&front, gone);
     fprintf(stderr, "   the client left after %ld ms; the front's gauges read 0 %ld ms later\n",
             r.ms, ms);
-    CHECK_LE_INT(ms, 1000); /* generous: the target is 20 ms, measured below */
+    CHECK_LE_INT(ms, 1000 * SLACK); /* generous: the target is 20 ms, checked below */
 
     char needle[80];
     snprintf(needle, sizeof needle, "request_id=%s ", id);
@@ -42,7 +43,7 @@ static void hang_up(const char *id)
      * stop: the log's ms bounds the stop latency from above. */
     long total = field_long(line, "ms");
     fprintf(stderr, "   front log: request lasted %ld ms (client gave up at 200 ms)\n", total);
-    CHECK_LE_INT(total, 200 + 150);
+    CHECK_LE_INT(total, 200 + 1000 * SLACK);
     free(line);
 
     line = SVC_LINE(&down, 5000, needle, "path=/task");
@@ -54,6 +55,7 @@ static void hang_up(const char *id)
     stopped_after(&down, ctx_now());
 
     CHECK_EQ_INT(metric(&front, "reportd_live_contexts"), zero_before);
+    return total;
 }
 
 int main(int argc, char **argv)
@@ -65,8 +67,12 @@ int main(int argc, char **argv)
     snprintf(up, sizeof up, "http://127.0.0.1:%u", down.port);
     SVC_START(&front, "front", argv[1], "--upstream", up, "--budget-ms", "10000");
     long before = metric(&front, "reportd_parts_cancelled_total{part=\"db\"}");
-    hang_up("gone-1");
-    hang_up("gone-2");
+    /* All three parts stop within 20 ms of the client leaving: the best of
+     * two tries lasts at most 200 ms + 20 ms + the time the client's close
+     * takes to arrive (a generous 30 ms on a loaded machine). */
+    long a = hang_up("gone-1");
+    long b = hang_up("gone-2");
+    CHECK_LE_INT(a < b ? a : b, 200 + 50 * SLACK);
     CHECK_EQ_INT(metric(&front, "reportd_parts_cancelled_total{part=\"db\"}"), before + 2);
     CHECK_EQ_INT(metric(&front, "reportd_requests_total{outcome=\"client_gone\"}"), 2);
     CHECK_EQ_INT(svc_stop(&front), 0);
