@@ -452,20 +452,21 @@ static void log_line(const char *id, ctx_t *ctx, const char *path, unsigned stat
  * grpc-timeout, traceparent, baggage), then the budget, then the request ID
  * in baggage for the next service. */
 struct request_ctx {
-    ctx_t *req;    /* ctx_mhd_request: cancelled when the client goes */
+    ctx_t *req; /* ctx_mhd_request: cancelled when the client goes */
+    ctx_cancel_t *req_cancel;
     ctx_t *budget; /* + --budget-ms */
     ctx_t *ctx;    /* + baggage request-id: what the work runs under */
 };
 
 static bool request_ctx(struct MHD_Connection *conn, const char *id, struct request_ctx *rc)
 {
-    *rc = (struct request_ctx){ NULL, NULL, NULL };
+    *rc = (struct request_ctx){ NULL, NULL, NULL, NULL };
     if (cfg.no_ctx) {
         /* The baseline: a context that only carries the request ID. */
         rc->ctx = ctx_with_baggage(ctx_background(), "request-id", id);
         return rc->ctx != NULL;
     }
-    rc->req = ctx_mhd_request(base, conn, NULL);
+    rc->req = ctx_mhd_request(base, conn, &rc->req_cancel);
     if (rc->req != NULL)
         rc->budget = ctx_with_timeout(rc->req, cfg.budget_ms * CTX_MILLISECOND, NULL);
     if (rc->budget != NULL)
@@ -475,6 +476,12 @@ static bool request_ctx(struct MHD_Connection *conn, const char *id, struct requ
 
 static void request_ctx_free(struct request_ctx *rc)
 {
+    /* Go's `defer cancel()`, and more than tidiness here: the context
+     * watches the connection's socket until it is done, and a reference
+     * that a part's thread still holds could keep it alive past the moment
+     * libmicrohttpd closes that socket. */
+    if (rc->req_cancel != NULL)
+        ctx_cancel(rc->req_cancel);
     ctx_unref(rc->ctx);
     ctx_unref(rc->budget);
     ctx_unref(rc->req);

@@ -85,11 +85,13 @@ static enum MHD_Result blocking_handler(void *cls, struct MHD_Connection *conn, 
         *state = conn;
         return MHD_YES;
     }
-    ctx_t *ctx = ctx_mhd_request(base, conn, NULL);
+    ctx_cancel_t *cancel;
+    ctx_t *ctx = ctx_mhd_request(base, conn, &cancel);
     CHECK_NOT_NULL(ctx);
     note_start(ctx);
     int err = ctx_wait(ctx, 10 * CTX_SECOND);
     note_end(ctx);
+    ctx_cancel(cancel); /* as <ctx/mhd.h> asks, before the socket can close */
     ctx_unref(ctx);
     if (err == CTX_CANCELED)
         return MHD_NO;
@@ -102,6 +104,7 @@ static enum MHD_Result blocking_handler(void *cls, struct MHD_Connection *conn, 
 struct suspended {
     struct MHD_Connection *conn;
     ctx_t *ctx;
+    ctx_cancel_t *cancel;
 };
 
 static void resume(void *arg)
@@ -125,7 +128,7 @@ static enum MHD_Result suspending_handler(void *cls, struct MHD_Connection *conn
     }
     if (s->ctx == NULL) {
         s->conn = conn;
-        s->ctx = ctx_mhd_request(base, conn, NULL);
+        s->ctx = ctx_mhd_request(base, conn, &s->cancel);
         CHECK_NOT_NULL(s->ctx);
         note_start(s->ctx);
         MHD_suspend_connection(conn);
@@ -136,13 +139,15 @@ static enum MHD_Result suspending_handler(void *cls, struct MHD_Connection *conn
 }
 
 /* Frees the per-request state when libmicrohttpd is done with the request;
- * the context is dropped here at the latest, before the socket closes. */
+ * the context is ended here at the latest, before the socket closes. */
 static void completed(void *cls, struct MHD_Connection *conn, void **state,
                       enum MHD_RequestTerminationCode code)
 {
     (void)cls, (void)conn, (void)code;
     struct suspended *s = *state;
     if (cls != NULL && s != NULL) {
+        if (s->cancel != NULL)
+            ctx_cancel(s->cancel);
         ctx_unref(s->ctx);
         free(s);
     }

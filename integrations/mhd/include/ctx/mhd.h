@@ -28,9 +28,13 @@
  * All modes are supported by ctx_mhd_request itself; the tests run the first
  * and the second.
  *
- * Lifetime.  The context watches the connection's socket by its number, so
- * drop it (ctx_unref) before libmicrohttpd can close that socket: at the
- * latest in the MHD_OPTION_NOTIFY_COMPLETED callback of the request.
+ * Lifetime.  The context watches the connection's socket by its number
+ * until it is done, so end it with the cancel handle (Go's `defer
+ * cancel()`) before libmicrohttpd can close that socket: when the handler
+ * has its answer, or at the latest in the MHD_OPTION_NOTIFY_COMPLETED
+ * callback of the request.  Dropping the reference is not enough when
+ * others may still hold one (a task of a ctx_group under the request, an
+ * AfterFunc): the watch would outlive the socket.
  */
 #ifndef CTX_MHD_H
 #define CTX_MHD_H
