@@ -35,6 +35,7 @@
 #include <arpa/inet.h>
 #include <inttypes.h>
 #include <netdb.h>
+#include <poll.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stdatomic.h>
@@ -933,7 +934,15 @@ int main(int argc, char **argv)
            host, info != NULL ? (unsigned)info->port : 0u);
     fflush(stdout);
 
-    ctx_wait(stop, CTX_FOREVER);
+    /* Wait for the signal in poll(2) on the context's done fd.  ctx_wait
+     * would do as well, except under ThreadSanitizer, which holds a signal
+     * back from a thread blocked outside the calls it intercepts (ctx_wait
+     * sleeps on a futex), so the signal context would never end. */
+    struct pollfd done = { .fd = ctx_done_fd(stop), .events = POLLIN, .revents = 0 };
+    if (done.fd < 0)
+        ctx_wait(stop, CTX_FOREVER);
+    while (ctx_err(stop) == 0)
+        poll(&done, 1, -1);
     /* Stop accepting: the listening socket is now ours to close. */
     MHD_socket lfd = MHD_quiesce_daemon(d);
     if (lfd != MHD_INVALID_SOCKET)
