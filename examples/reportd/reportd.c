@@ -191,7 +191,7 @@ static void part_begin(enum part p)
 static int part_end(struct request *r, enum part p, ctx_time_t start, ctx_t *ctx, int rc)
 {
     r->took[p] = (long)((ctx_now() - start) / CTX_MILLISECOND);
-    if (rc != 0 && ctx_err(ctx) != 0) {
+    if (rc != 0 && (ctx_err(ctx) != 0 || rc == CTX_DEADLINE_EXCEEDED)) {
         r->stopped[p] = true;
         atomic_fetch_add_explicit(&parts_cancelled_total[p], 1, memory_order_relaxed);
     }
@@ -360,6 +360,10 @@ static int upstream_part(ctx_t *ctx, void *arg)
         curl_easy_getinfo(easy, CURLINFO_RESPONSE_CODE, &status);
         if (cc != CURLE_OK)
             rc = ctx_err(ctx) != 0 ? ctx_err(ctx) : ECONNREFUSED;
+        else if (status == 504)
+            /* The upstream ran out of the time we gave it (grpc-timeout):
+             * our own deadline, seen from the other side a moment early. */
+            rc = CTX_DEADLINE_EXCEEDED;
         else if (status != 200 || b.buf[0] != '{' || strstr(b.buf, "\"ms\":") == NULL)
             rc = EPROTO; /* an upstream that answers garbage */
         else
@@ -421,14 +425,14 @@ static enum MHD_Result respond(struct MHD_Connection *conn, unsigned status, con
     return ret;
 }
 
-/* Why a request's context ended, in the words of the metrics. */
-static enum outcome ended_because(ctx_t *req, ctx_t *budget)
+/* Why a request failed with err, in the words of the metrics. */
+static enum outcome ended_because(ctx_t *req, ctx_t *budget, int err)
 {
     if (ctx_err(base) != 0)
         return SHUTDOWN;
     if (ctx_err(req) != 0 && ctx_cause(req, NULL) == ECONNRESET)
         return CLIENT_GONE;
-    if (ctx_err(budget) == CTX_DEADLINE_EXCEEDED)
+    if (ctx_err(budget) == CTX_DEADLINE_EXCEEDED || err == CTX_DEADLINE_EXCEEDED)
         return DEADLINE;
     return ERROR;
 }
@@ -543,7 +547,7 @@ static enum MHD_Result serve_report(struct MHD_Connection *conn, const char *id,
     }
     ctx_unref(gctx);
 
-    enum outcome o = err == 0 ? OK : ended_because(rc.req != NULL ? rc.req : rc.ctx, rc.ctx);
+    enum outcome o = err == 0 ? OK : ended_because(rc.req != NULL ? rc.req : rc.ctx, rc.ctx, err);
     unsigned status = outcome_status[o];
     enum MHD_Result ret;
     char body[512];
@@ -600,7 +604,7 @@ static enum MHD_Result serve_task(struct MHD_Connection *conn, const char *id, c
     }
     int err =
         cfg.no_ctx ? (usleep((useconds_t)ms * 1000), 0) : ctx_sleep(rc.ctx, ms * CTX_MILLISECOND);
-    enum outcome o = err == 0 ? OK : ended_because(rc.req, rc.ctx);
+    enum outcome o = err == 0 ? OK : ended_because(rc.req, rc.ctx, err);
     enum MHD_Result ret = MHD_NO;
     char body[256];
     if (o == OK) {

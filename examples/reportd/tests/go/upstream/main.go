@@ -50,6 +50,9 @@ func task(w http.ResponseWriter, r *http.Request) {
 	case <-ctx.Done():
 		fmt.Printf("task request_id=%s ms=%d err=%v after_ms=%d\n", id, ms, ctx.Err(),
 			time.Since(start).Milliseconds())
+		// As grpc-go would: the caller's deadline passed (if the caller
+		// is still there to read it).
+		http.Error(w, ctx.Err().Error(), http.StatusGatewayTimeout)
 	}
 }
 
