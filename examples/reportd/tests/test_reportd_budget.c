@@ -30,7 +30,10 @@ static long hung_once(int i)
     CHECK_NOT_NULL(line);
     CHECK(strstr(line, " status=504 ") != NULL);
     CHECK(strstr(line, " outcome=deadline ") != NULL);
-    CHECK(strstr(line, "cancelled=upstream") != NULL);
+    /* The upstream call was stopped (a slow machine may have stopped the
+     * other parts too). */
+    char cancelled[64];
+    CHECK(strstr(field(line, "cancelled", cancelled, sizeof cancelled), "upstream") != NULL);
     long ms = field_long(line, "ms");
     CHECK(ms >= 500);
     free(line);
