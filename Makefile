@@ -4,7 +4,8 @@
 #   make / make build     configure build/ (RelWithDebInfo) once, then build
 #   make deps             install the Debian packages the tests need (scripts/deps.sh)
 #   make test             install what is missing, build, then run the test suite
-#   make demo             install what is missing, build, then play the demo
+#   make demo             install what is missing, build reportd, then play the
+#                         seed scenarios with two of them (examples/reportd/demo.sh)
 #   make asan             test suite under AddressSanitizer + UBSan (build-asan/)
 #   make tsan             test suite under ThreadSanitizer (build-tsan/)
 #   make bench            build and run the benchmarks, when bench/ exists
@@ -71,10 +72,19 @@ test: deps
 	@$(MAKE) build
 	$(CTEST) --test-dir $(BUILD_DIR) --output-on-failure -j $(TEST_JOBS)
 
+# The demo builds only what it runs (the library, its integrations and
+# reportd), so that a fresh clone plays it in well under a minute.  Without
+# libcurl, libmicrohttpd or SQLite it plays the small examples instead.
 demo:
 	@scripts/deps.sh demo
-	@$(MAKE) build
-	$(CMAKE) --build $(BUILD_DIR) --target demo
+	$(call configure,$(BUILD_DIR),-DCMAKE_BUILD_TYPE=$(BUILD_TYPE) $(COMMON_CMAKE_ARGS))
+	@if $(CMAKE) --build $(BUILD_DIR) --target help | grep -q 'reportd-demo'; then \
+	    $(CMAKE) --build $(BUILD_DIR) -j $(JOBS) --target reportd-demo; \
+	else \
+	    echo 'make demo: reportd needs libcurl, libmicrohttpd and SQLite (scripts/deps.sh demo);'; \
+	    echo '           playing the small examples instead.'; \
+	    $(CMAKE) --build $(BUILD_DIR) -j $(JOBS) --target demo; \
+	fi
 
 asan: export ASAN_OPTIONS := detect_leaks=1
 asan: export UBSAN_OPTIONS := print_stacktrace=1:halt_on_error=1

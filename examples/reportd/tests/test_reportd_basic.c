@@ -1,0 +1,193 @@
+/*
+ * reportd serves what SERVICE.md promises and survives bad input: a report
+ * within budget, request IDs (kept, or made when absent or unfit), 400 for
+ * malformed parameters, malformed propagation headers ignored, huge headers
+ * refused without harm, a database that disappears (503) and comes back,
+ * an upstream that answers garbage (502), /metrics and /debug/ctx.
+ */
+#include "harness.h"
+
+#include <microhttpd.h>
+
+static const char *reportd;
+
+/* An upstream that answers 200 with something that is not the JSON reportd
+ * expects. */
+static enum MHD_Result garbage(void *cls, struct MHD_Connection *conn, const char *url,
+                               const char *method, const char *version, const char *upload,
+                               size_t *upload_size, void **state)
+{
+    (void)cls, (void)url, (void)method, (void)version, (void)upload, (void)upload_size;
+    (void)state;
+    static const char text[] = "\x01\x02<html>not json";
+    struct MHD_Response *r =
+        MHD_create_response_from_buffer(sizeof text - 1, (void *)text, MHD_RESPMEM_PERSISTENT);
+    enum MHD_Result ret = MHD_queue_response(conn, 200, r);
+    MHD_destroy_response(r);
+    return ret;
+}
+
+static void test_report(struct svc *s)
+{
+    char url[256];
+    snprintf(url, sizeof url, "%s/report?compute_ms=20&db_ms=20", s->url);
+    struct reply r = HTTP_GET(url, 0, "X-Request-Id: basic-1");
+    CHECK_EQ_INT(r.rc, CURLE_OK);
+    CHECK_EQ_INT(r.status, 200);
+    CHECK_STR(r.request_id, "basic-1");
+    CHECK(strstr(r.body, "\"request_id\":\"basic-1\"") != NULL);
+    CHECK(strstr(r.body, "\"trace_id\":\"") != NULL);
+    CHECK(strstr(r.body, "\"compute_ms\":") != NULL);
+    CHECK(strstr(r.body, "\"db_ms\":") != NULL);
+    CHECK(strstr(r.body, "\"upstream_ms\":0") != NULL);
+    char *line = SVC_LINE(s, 5000, "request_id=basic-1 ", "outcome=ok");
+    CHECK_NOT_NULL(line);
+    CHECK(strstr(line, "path=/report status=200 ") != NULL);
+    CHECK(strstr(line, "cancelled=") != NULL);
+    free(line);
+
+    /* No ID, or one unfit for a log line: a new one, sent back. */
+    const char *bad_ids[] = { NULL, "X-Request-Id: has space", "X-Request-Id: a\"b" };
+    for (int i = 0; i < 3; i++) {
+        r = HTTP_GET(url, 0, bad_ids[i]);
+        CHECK_EQ_INT(r.status, 200);
+        CHECK_EQ_INT(strlen(r.request_id), 16);
+        CHECK_EQ_INT(strspn(r.request_id, "0123456789abcdef"), 16);
+        char needle[64];
+        snprintf(needle, sizeof needle, "request_id=%s ", r.request_id);
+        line = SVC_LINE(s, 5000, needle);
+        CHECK_NOT_NULL(line);
+        free(line);
+    }
+}
+
+static void test_bad_parameters(struct svc *s)
+{
+    const char *queries[] = { "compute_ms=-1",     "db_ms=abc",
+                              "upstream_ms=60001", "compute_ms=1e3",
+                              "compute_ms=",       "db_ms=99999999999999999999",
+                              "compute_ms=%00",    "compute_ms=5&&&==&db_ms=%zz" };
+    long before = metric(s, "reportd_requests_total{outcome=\"bad_request\"}");
+    for (size_t i = 0; i < sizeof queries / sizeof queries[0]; i++) {
+        char url[256];
+        snprintf(url, sizeof url, "%s/report?%s", s->url, queries[i]);
+        struct reply r = HTTP_GET(url, 0, NULL);
+        CHECK_EQ_INT(r.rc, CURLE_OK);
+        CHECK_MSG(r.status == 400, "%s gave %ld", queries[i], r.status);
+    }
+    CHECK_EQ_INT(metric(s, "reportd_requests_total{outcome=\"bad_request\"}"),
+                 before + (long)(sizeof queries / sizeof queries[0]));
+    char url[256];
+    snprintf(url, sizeof url, "%s/task?ms=x", s->url);
+    CHECK_EQ_INT(HTTP_GET(url, 0, NULL).status, 400);
+    snprintf(url, sizeof url, "%s/nowhere", s->url);
+    CHECK_EQ_INT(HTTP_GET(url, 0, NULL).status, 404);
+}
+
+static void test_bad_headers(struct svc *s)
+{
+    char url[256];
+    snprintf(url, sizeof url, "%s/report?compute_ms=1", s->url);
+    struct reply r = HTTP_GET(url, 0, "grpc-timeout: -5x", "traceparent: 00-zzzz-nonsense-01",
+                              "baggage: ===;;;,,%%%", "tracestate: \x7f\x7f");
+    CHECK_EQ_INT(r.status, 200);
+    r = HTTP_GET(url, 0, "grpc-timeout: 999999999999H",
+                 "traceparent: ff-" /* version ff */
+                 "4bf92f3577b34da6a3ce929d0e0e4736-"
+                 "00f067aa0ba902b7-01");
+    CHECK_EQ_INT(r.status, 200);
+
+    /* 64 KiB of header: refused (431 or a closed connection), and the
+     * service goes on. */
+    size_t big = 64 * 1024;
+    char *h = malloc(big + 16);
+    CHECK_NOT_NULL(h);
+    memcpy(h, "X-Big: ", 7);
+    memset(h + 7, 'a', big);
+    h[7 + big] = '\0';
+    r = HTTP_GET(url, 0, h);
+    CHECK(r.status == 431 || r.status == 413 || r.rc != CURLE_OK);
+    free(h);
+    CHECK_EQ_INT(HTTP_GET(url, 0, NULL).status, 200);
+}
+
+static void test_metrics_and_debug(struct svc *s)
+{
+    CHECK(settled(s));
+    CHECK(metric(s, "reportd_requests_total{outcome=\"ok\"}") >= 4);
+    CHECK(metric(s, "reportd_live_contexts") >= 0);
+    char url[256];
+    snprintf(url, sizeof url, "%s/debug/ctx", s->url);
+    struct reply r = HTTP_GET(url, 0, NULL);
+    CHECK_EQ_INT(r.status, 200);
+}
+
+static void test_database_disappears(const char *dir)
+{
+    char path[256], moved[300], db[300];
+    snprintf(path, sizeof path, "%s/reportd-basic.db", dir);
+    snprintf(moved, sizeof moved, "%s.away", path);
+    snprintf(db, sizeof db, "sqlite:%s", path);
+    struct svc s;
+    SVC_START(&s, "db", reportd, "--db", db);
+    char url[256];
+    snprintf(url, sizeof url, "%s/report?db_ms=5", s.url);
+    CHECK_EQ_INT(HTTP_GET(url, 0, NULL).status, 200);
+
+    CHECK_EQ_INT(rename(path, moved), 0);
+    struct reply r = HTTP_GET(url, 0, "X-Request-Id: db-gone");
+    CHECK_EQ_INT(r.status, 503);
+    char *line = SVC_LINE(&s, 5000, "request_id=db-gone ", "status=503");
+    CHECK_NOT_NULL(line);
+    free(line);
+
+    CHECK_EQ_INT(rename(moved, path), 0);
+    CHECK_EQ_INT(HTTP_GET(url, 0, NULL).status, 200);
+    CHECK_EQ_INT(svc_stop(&s), 0);
+    unlink(path);
+}
+
+static void test_upstream_garbage(void)
+{
+    struct MHD_Daemon *d = MHD_start_daemon(MHD_USE_INTERNAL_POLLING_THREAD, 0, NULL, NULL, garbage,
+                                            NULL, MHD_OPTION_END);
+    CHECK_NOT_NULL(d);
+    char up[64];
+    snprintf(up, sizeof up, "http://127.0.0.1:%u",
+             (unsigned)MHD_get_daemon_info(d, MHD_DAEMON_INFO_BIND_PORT)->port);
+    struct svc s;
+    SVC_START(&s, "garbage", reportd, "--upstream", up);
+    char url[256];
+    snprintf(url, sizeof url, "%s/report?upstream_ms=1", s.url);
+    struct reply r = HTTP_GET(url, 0, "X-Request-Id: garbage-1");
+    CHECK_EQ_INT(r.status, 502);
+    char *line = SVC_LINE(&s, 5000, "request_id=garbage-1 ", "status=502", "outcome=error");
+    CHECK_NOT_NULL(line);
+    free(line);
+    CHECK(settled(&s));
+    CHECK_EQ_INT(svc_stop(&s), 0);
+    MHD_stop_daemon(d);
+}
+
+int main(int argc, char **argv)
+{
+    CHECK(argc == 2);
+    reportd = argv[1];
+    CHECK_EQ_INT(curl_global_init(CURL_GLOBAL_DEFAULT), CURLE_OK);
+    char dir[] = "/tmp/reportd-basic-XXXXXX";
+    CHECK_NOT_NULL(mkdtemp(dir));
+
+    struct svc s;
+    SVC_START(&s, "reportd", reportd, NULL);
+    RUN_TEST_ARG(test_report, &s);
+    RUN_TEST_ARG(test_bad_parameters, &s);
+    RUN_TEST_ARG(test_bad_headers, &s);
+    RUN_TEST_ARG(test_metrics_and_debug, &s);
+    CHECK_EQ_INT(svc_stop(&s), 0);
+
+    RUN_TEST_ARG(test_database_disappears, dir);
+    RUN_TEST(test_upstream_garbage);
+    rmdir(dir);
+    curl_global_cleanup();
+    return 0;
+}

@@ -1,0 +1,142 @@
+/*
+ * ctx_curl_perform: a libcurl transfer that ends when its context ends.
+ *
+ * The transfer runs on a multi handle so that this thread can wait in
+ * curl_multi_poll() on the transfer's sockets and on the context's done fd at
+ * once: a cancel or a deadline makes the done fd readable, the poll returns,
+ * and the easy handle is taken out of the multi handle, which abandons the
+ * transfer in whatever phase it was.  No callback of the user's is replaced,
+ * so the easy handle keeps all of its options.
+ */
+#include <ctx/curl.h>
+
+#include <errno.h>
+#include <pthread.h>
+#include <stdbool.h>
+#include <stdlib.h>
+
+/* Each thread keeps one multi handle between calls: making one costs little,
+ * but its connection cache is what lets consecutive calls from a thread reuse
+ * keep-alive connections instead of opening a new one per request. */
+struct thread_multi {
+    CURLM *multi;
+    bool busy; /* a callback of a running transfer calls ctx_curl_perform again */
+};
+
+static pthread_key_t multi_key;
+static pthread_once_t multi_once = PTHREAD_ONCE_INIT;
+static int multi_key_err;
+
+static void free_thread_multi(void *p)
+{
+    struct thread_multi *tm = p;
+    curl_multi_cleanup(tm->multi);
+    free(tm);
+}
+
+static void make_multi_key(void)
+{
+    multi_key_err = pthread_key_create(&multi_key, free_thread_multi);
+}
+
+/* The calling thread's multi handle, or NULL when it is in use by a transfer
+ * further up this thread's stack or cannot be made; the caller then makes a
+ * multi handle of its own for this one call. */
+static struct thread_multi *thread_multi(void)
+{
+    if (pthread_once(&multi_once, make_multi_key) != 0 || multi_key_err != 0)
+        return NULL;
+    struct thread_multi *tm = pthread_getspecific(multi_key);
+    if (tm != NULL)
+        return tm->busy ? NULL : tm;
+    tm = calloc(1, sizeof *tm);
+    if (tm == NULL)
+        return NULL;
+    tm->multi = curl_multi_init();
+    if (tm->multi == NULL || pthread_setspecific(multi_key, tm) != 0) {
+        curl_multi_cleanup(tm->multi);
+        free(tm);
+        return NULL;
+    }
+    return tm;
+}
+
+/* The result a transfer cut short by ctx reports. */
+static CURLcode ended_code(int err)
+{
+    return err == CTX_DEADLINE_EXCEEDED ? CURLE_OPERATION_TIMEDOUT : CURLE_ABORTED_BY_CALLBACK;
+}
+
+/* Runs the transfer already added to multi until it finishes or ctx ends. */
+static CURLcode run(ctx_t *ctx, CURLM *multi, CURL *easy, int done_fd)
+{
+    struct curl_waitfd extra = { .fd = done_fd, .events = CURL_WAIT_POLLIN, .revents = 0 };
+    for (;;) {
+        int running = 0;
+        CURLMcode mc = curl_multi_perform(multi, &running);
+        if (mc != CURLM_OK)
+            return mc == CURLM_OUT_OF_MEMORY ? CURLE_OUT_OF_MEMORY : CURLE_FAILED_INIT;
+
+        int queued;
+        CURLMsg *msg;
+        while ((msg = curl_multi_info_read(multi, &queued)) != NULL) {
+            if (msg->msg == CURLMSG_DONE && msg->easy_handle == easy)
+                return msg->data.result;
+        }
+        /* A transfer that finished in the same round as the cancel keeps its
+         * real result (above); only one still running is cut short. */
+        int err = ctx_err(ctx);
+        if (err != 0)
+            return ended_code(err);
+
+        /* curl_multi_poll caps the wait by libcurl's own next timeout, so
+         * this limit only matters when libcurl has nothing scheduled. */
+        mc = curl_multi_poll(multi, done_fd >= 0 ? &extra : NULL, done_fd >= 0 ? 1 : 0, 1000, NULL);
+        if (mc != CURLM_OK)
+            return mc == CURLM_OUT_OF_MEMORY ? CURLE_OUT_OF_MEMORY : CURLE_FAILED_INIT;
+    }
+}
+
+CURLcode ctx_curl_perform(ctx_t *ctx, CURL *easy)
+{
+    if (ctx == NULL || easy == NULL)
+        return CURLE_BAD_FUNCTION_ARGUMENT;
+    int err = ctx_err(ctx);
+    if (err != 0)
+        return ended_code(err);
+
+    /* -1 with errno 0 means ctx can never end: the transfer then runs as
+     * curl_easy_perform would. */
+    errno = 0;
+    int done_fd = ctx_done_fd(ctx);
+    if (done_fd < 0 && errno != 0)
+        return CURLE_OUT_OF_MEMORY;
+
+    /* Without this, removing a transfer that is still resolving joins the
+     * resolver thread, i.e. waits for getaddrinfo() to give up. */
+    curl_easy_setopt(easy, CURLOPT_QUICK_EXIT, 1L);
+
+    struct thread_multi *tm = thread_multi();
+    CURLM *multi = tm != NULL ? tm->multi : curl_multi_init();
+    if (multi == NULL)
+        return CURLE_OUT_OF_MEMORY;
+    CURLMcode mc = curl_multi_add_handle(multi, easy);
+    if (mc != CURLM_OK) {
+        if (tm == NULL)
+            curl_multi_cleanup(multi);
+        return mc == CURLM_OUT_OF_MEMORY ? CURLE_OUT_OF_MEMORY : CURLE_BAD_FUNCTION_ARGUMENT;
+    }
+    if (tm != NULL)
+        tm->busy = true;
+
+    CURLcode rc = run(ctx, multi, easy, done_fd);
+
+    /* Removing the handle ends a transfer still in progress and closes its
+     * connection, so nothing half-done is left for the next call to meet. */
+    curl_multi_remove_handle(multi, easy);
+    if (tm != NULL)
+        tm->busy = false;
+    else
+        curl_multi_cleanup(multi);
+    return rc;
+}
