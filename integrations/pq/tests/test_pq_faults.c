@@ -132,6 +132,38 @@ static PGconn *reconnect(void)
     }
 }
 
+/* A killed backend makes the postmaster end every other backend and
+ * recover.  observer, connected before the kill, is certain to be ended by
+ * that reset: once it is, the reset has begun, and a connection that then
+ * answers a query comes from after it.  Without this wait, the next test
+ * could connect in the moment before the reset and lose its connection to
+ * it.  Frees observer. */
+static void await_crash_reset(PGconn *observer)
+{
+    ctx_time_t end = check_mono_now() + 60 * CTX_SECOND;
+    for (;;) {
+        PGresult *r = ctx_pq_exec(ctx_background(), observer, "SELECT 1");
+        int alive = r != NULL && PQresultStatus(r) == PGRES_TUPLES_OK;
+        PQclear(r);
+        if (!alive)
+            break;
+        CHECK(check_mono_now() < end);
+        check_sleep_ns(20 * CTX_MILLISECOND);
+    }
+    PQfinish(observer);
+    for (;;) {
+        PGconn *conn = reconnect();
+        PGresult *r = ctx_pq_exec(ctx_background(), conn, "SELECT 1");
+        int ok = r != NULL && PQresultStatus(r) == PGRES_TUPLES_OK;
+        PQclear(r);
+        PQfinish(conn);
+        if (ok)
+            return;
+        CHECK(check_mono_now() < end);
+        check_sleep_ns(50 * CTX_MILLISECOND);
+    }
+}
+
 /* The backend stops (SIGSTOP) during a statement and the context is
  * cancelled: the cancel request is sent, but no result ever comes.  The
  * drain gives up after CTX_PQ_DRAIN_TIMEOUT_MS and the connection is
@@ -188,7 +220,7 @@ static void test_broken_while_cancelling(void)
     PQclear(r.result);
     check_broken(conn);
     PQfinish(conn);
-    PQfinish(observer);
+    await_crash_reset(observer);
     ctx_unref(ctx);
 }
 
