@@ -385,7 +385,10 @@ static bool param(struct MHD_Connection *conn, const char *name, long *out)
     *out = 0;
     if (v == NULL)
         return true;
-    if (*v == '\0' || strlen(v) > 5 || strspn(v, "0123456789") != strlen(v))
+    if (*v == '\0' || strspn(v, "0123456789") != strlen(v))
+        return false;
+    v += strspn(v, "0"); /* 007 is 7; past the zeros, 5 digits at most */
+    if (strlen(v) > 5)
         return false;
     *out = strtol(v, NULL, 10);
     return *out <= 60000;

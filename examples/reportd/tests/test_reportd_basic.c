@@ -77,7 +77,20 @@ static void test_bad_parameters(struct svc *s)
     }
     CHECK_EQ_INT(metric(s, "reportd_requests_total{outcome=\"bad_request\"}"),
                  before + (long)(sizeof queries / sizeof queries[0]));
+    /* Well-formed values, leading zeros included, are served. */
+    const char *good[] = { "compute_ms=0&db_ms=0&upstream_ms=0", "compute_ms=000001&db_ms=0002",
+                           "db_ms=0000000000001" };
+    for (size_t i = 0; i < sizeof good / sizeof good[0]; i++) {
+        char url[256];
+        snprintf(url, sizeof url, "%s/report?%s", s->url, good[i]);
+        struct reply r = HTTP_GET(url, 0, NULL);
+        CHECK_MSG(r.status == 200, "%s gave %ld", good[i], r.status);
+    }
     char url[256];
+    snprintf(url, sizeof url, "%s/report?compute_ms=060001", s->url);
+    CHECK_EQ_INT(HTTP_GET(url, 0, NULL).status, 400);
+    snprintf(url, sizeof url, "%s/task?ms=0001", s->url);
+    CHECK_EQ_INT(HTTP_GET(url, 0, NULL).status, 200);
     snprintf(url, sizeof url, "%s/task?ms=x", s->url);
     CHECK_EQ_INT(HTTP_GET(url, 0, NULL).status, 400);
     snprintf(url, sizeof url, "%s/nowhere", s->url);
