@@ -176,11 +176,14 @@ static void slot_give(struct slots *s)
  * errno-style code for a real failure (which cancels its siblings).
  */
 
+/* The longest incoming X-Request-Id kept (see request_id). */
+#define ID_MAX 128
+
 struct request {
     long ms[NPARTS];      /* what the request asked for */
     long took[NPARTS];    /* measured, in ms */
     bool stopped[NPARTS]; /* the part was still running when the context ended */
-    char request_id[65];
+    char request_id[ID_MAX + 1];
 };
 
 static void part_begin(enum part p)
@@ -340,7 +343,7 @@ static int upstream_part(ctx_t *ctx, void *arg)
     part_begin(UPSTREAM);
     ctx_time_t start = ctx_now();
     int rc = ENOMEM;
-    char url[4200], id_header[96];
+    char url[4200], id_header[ID_MAX + 32];
     snprintf(url, sizeof url, "%s/task?ms=%ld", cfg.upstream, r->ms[UPSTREAM]);
     snprintf(id_header, sizeof id_header, "X-Request-Id: %s", r->request_id);
     struct body b = { .len = 0 };
@@ -394,14 +397,19 @@ static bool param(struct MHD_Connection *conn, const char *name, long *out)
     return *out <= 60000;
 }
 
-/* The incoming X-Request-Id when it is a sane token, else a new random one:
- * the ID goes into logs and headers, so it is never trusted blindly. */
-static void request_id(struct MHD_Connection *conn, char id[65])
+/* The incoming X-Request-Id, else a new random one.  The ID goes into the
+ * log line, a JSON body and headers, so it is never trusted blindly: one
+ * longer than ID_MAX or with a byte that could break any of them (a space,
+ * a control or non-ASCII byte, '"' or '\\') is replaced by a new one. */
+static void request_id(struct MHD_Connection *conn, char id[ID_MAX + 1])
 {
     const char *in = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "X-Request-Id");
-    static const char ok[] = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._:-";
-    if (in != NULL && *in != '\0' && strlen(in) <= 64 && strspn(in, ok) == strlen(in)) {
-        strcpy(id, in);
+    size_t len = in != NULL ? strlen(in) : 0;
+    bool fit = len > 0 && len <= ID_MAX;
+    for (size_t i = 0; fit && i < len; i++)
+        fit = in[i] > ' ' && in[i] < 0x7f && in[i] != '"' && in[i] != '\\';
+    if (fit) {
+        memcpy(id, in, len + 1);
         return;
     }
     unsigned char raw[8] = { 0 };
@@ -712,7 +720,7 @@ static enum MHD_Result handler(void *cls, struct MHD_Connection *conn, const cha
         return respond(conn, 404, "text/plain", "not found\n", NULL);
 
     ctx_time_t start = ctx_now();
-    char id[65];
+    char id[ID_MAX + 1];
     request_id(conn, id);
     atomic_fetch_add_explicit(&requests_in_flight, 1, memory_order_relaxed);
     *state = &counted;

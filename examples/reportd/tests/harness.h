@@ -211,7 +211,7 @@ struct reply {
     long ms;
     char body[4096];
     size_t len;
-    char request_id[80];
+    char request_id[160];
 };
 
 static inline size_t reply_body(char *p, size_t size, size_t n, void *arg)

@@ -46,9 +46,34 @@ static void test_report(struct svc *s)
     CHECK(strstr(line, "cancelled=") != NULL);
     free(line);
 
-    /* No ID, or one unfit for a log line: a new one, sent back. */
-    const char *bad_ids[] = { NULL, "X-Request-Id: has space", "X-Request-Id: a\"b" };
-    for (int i = 0; i < 3; i++) {
+    /* Any ID of printable ASCII without spaces or quotes, up to 128
+     * characters, is kept: sent back, in the body and in the log line. */
+    char long_id[129];
+    memset(long_id, 'L', 128);
+    long_id[128] = '\0';
+    const char *kept[] = { "550e8400-e29b-41d4-a716-446655440000", "a/b+c=d;e,f", "{x}@[y]#1%",
+                           long_id };
+    for (size_t i = 0; i < sizeof kept / sizeof kept[0]; i++) {
+        char header[160], needle[160];
+        snprintf(header, sizeof header, "X-Request-Id: %s", kept[i]);
+        r = HTTP_GET(url, 0, header);
+        CHECK_EQ_INT(r.status, 200);
+        CHECK_STR(r.request_id, kept[i]);
+        snprintf(needle, sizeof needle, "\"request_id\":\"%s\"", kept[i]);
+        CHECK(strstr(r.body, needle) != NULL);
+        snprintf(needle, sizeof needle, "request_id=%s ", kept[i]);
+        line = SVC_LINE(s, 5000, needle);
+        CHECK_NOT_NULL(line);
+        free(line);
+    }
+
+    /* No ID, or one unfit for a log line or a JSON string: a new one, sent
+     * back. */
+    char too_long[160];
+    snprintf(too_long, sizeof too_long, "X-Request-Id: %sL", long_id);
+    const char *bad_ids[] = { NULL, "X-Request-Id: has space", "X-Request-Id: a\"b",
+                              "X-Request-Id: a\\b", too_long };
+    for (size_t i = 0; i < sizeof bad_ids / sizeof bad_ids[0]; i++) {
         r = HTTP_GET(url, 0, bad_ids[i]);
         CHECK_EQ_INT(r.status, 200);
         CHECK_EQ_INT(strlen(r.request_id), 16);
