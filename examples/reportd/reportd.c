@@ -59,8 +59,8 @@ static const char *const outcome_names[NOUTCOMES] = { "ok",       "deadline",   
 static struct {
     struct sockaddr_storage listen;
     char listen_text[128];
-    const char *db;       /* "sqlite:PATH" or "postgres:CONNINFO" */
-    const char *upstream; /* base URL, or NULL */
+    const char *db; /* "sqlite:PATH" or "postgres:CONNINFO" */
+    char *upstream; /* base URL without a trailing slash, or NULL */
     long budget_ms;
     long drain_ms;
     bool no_ctx; /* benchmark baseline: parts run without cancellation */
@@ -785,7 +785,7 @@ static void parse_args(int argc, char **argv)
         }
         if (i + 1 >= argc)
             usage();
-        const char *v = argv[++i];
+        char *v = argv[++i];
         if (strcmp(a, "--listen") == 0)
             parse_listen(v);
         else if (strcmp(a, "--db") == 0)
@@ -804,6 +804,11 @@ static void parse_args(int argc, char **argv)
         fprintf(stderr, "reportd: --upstream must be an http:// or https:// URL\n");
         exit(2);
     }
+    /* http://host:8081/ names the same service as http://host:8081: the
+     * call goes to <upstream>/task, never to //task. */
+    for (size_t n = cfg.upstream != NULL ? strlen(cfg.upstream) : 0;
+         n > 0 && cfg.upstream[n - 1] == '/'; n--)
+        cfg.upstream[n - 1] = '\0';
 }
 
 static void die(const char *what)

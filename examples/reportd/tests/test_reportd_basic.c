@@ -207,6 +207,25 @@ static void test_upstream_garbage(void)
     MHD_stop_daemon(d);
 }
 
+/* --upstream with a trailing slash calls <upstream>/task all the same. */
+static void test_upstream_slash(void)
+{
+    struct svc down, front;
+    SVC_START(&down, "down", reportd, NULL);
+    char up[80];
+    snprintf(up, sizeof up, "%s/", down.url);
+    SVC_START(&front, "front", reportd, "--upstream", up);
+    char url[256];
+    snprintf(url, sizeof url, "%s/report?upstream_ms=1", front.url);
+    struct reply r = HTTP_GET(url, 0, "X-Request-Id: slash-1");
+    CHECK_EQ_INT(r.status, 200);
+    char *line = SVC_LINE(&down, 5000, "request_id=slash-1 ", "path=/task status=200 ");
+    CHECK_NOT_NULL(line);
+    free(line);
+    CHECK_EQ_INT(svc_stop(&front), 0);
+    CHECK_EQ_INT(svc_stop(&down), 0);
+}
+
 int main(int argc, char **argv)
 {
     CHECK(argc == 2);
@@ -225,6 +244,7 @@ int main(int argc, char **argv)
 
     RUN_TEST_ARG(test_database_disappears, dir);
     RUN_TEST(test_upstream_garbage);
+    RUN_TEST(test_upstream_slash);
     rmdir(dir);
     curl_global_cleanup();
     return 0;
