@@ -525,17 +525,20 @@ static enum MHD_Result serve_report(struct MHD_Connection *conn, const char *id,
 {
     struct request r = { .ms = { 0 } };
     memcpy(r.request_id, id, strlen(id) + 1);
-    if (!param(conn, "compute_ms", &r.ms[COMPUTE]) || !param(conn, "db_ms", &r.ms[DB]) ||
-        !param(conn, "upstream_ms", &r.ms[UPSTREAM])) {
-        log_line(id, NULL, "/report", 400, start, BAD_REQUEST, "");
-        return respond(conn, 400, "text/plain",
-                       "compute_ms, db_ms and upstream_ms must be integers from 0 to 60000\n", id);
-    }
     struct request_ctx rc;
     if (!request_ctx(conn, id, &rc)) {
         request_ctx_free(&rc);
         log_line(id, NULL, "/report", 503, start, ERROR, "");
         return respond(conn, 503, "text/plain", "out of resources\n", id);
+    }
+    /* Checked under the request's context, so that even a bad request's
+     * log line has the caller's trace id. */
+    if (!param(conn, "compute_ms", &r.ms[COMPUTE]) || !param(conn, "db_ms", &r.ms[DB]) ||
+        !param(conn, "upstream_ms", &r.ms[UPSTREAM])) {
+        log_line(id, rc.ctx, "/report", 400, start, BAD_REQUEST, "");
+        request_ctx_free(&rc);
+        return respond(conn, 400, "text/plain",
+                       "compute_ms, db_ms and upstream_ms must be integers from 0 to 60000\n", id);
     }
 
     /* The three parts at once; the first failure cancels the others. */
@@ -602,16 +605,17 @@ static enum MHD_Result serve_report(struct MHD_Connection *conn, const char *id,
  * context that the caller's cancel (connection closed, grpc-timeout) ends. */
 static enum MHD_Result serve_task(struct MHD_Connection *conn, const char *id, ctx_time_t start)
 {
-    long ms;
-    if (!param(conn, "ms", &ms)) {
-        log_line(id, NULL, "/task", 400, start, BAD_REQUEST, "");
-        return respond(conn, 400, "text/plain", "ms must be an integer from 0 to 60000\n", id);
-    }
     struct request_ctx rc;
     if (!request_ctx(conn, id, &rc)) {
         request_ctx_free(&rc);
         log_line(id, NULL, "/task", 503, start, ERROR, "");
         return respond(conn, 503, "text/plain", "out of resources\n", id);
+    }
+    long ms;
+    if (!param(conn, "ms", &ms)) {
+        log_line(id, rc.ctx, "/task", 400, start, BAD_REQUEST, "");
+        request_ctx_free(&rc);
+        return respond(conn, 400, "text/plain", "ms must be an integer from 0 to 60000\n", id);
     }
     int err =
         cfg.no_ctx ? (usleep((useconds_t)ms * 1000), 0) : ctx_sleep(rc.ctx, ms * CTX_MILLISECOND);

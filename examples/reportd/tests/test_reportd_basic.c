@@ -118,6 +118,23 @@ static void test_bad_parameters(struct svc *s)
     CHECK_EQ_INT(HTTP_GET(url, 0, NULL).status, 200);
     snprintf(url, sizeof url, "%s/task?ms=x", s->url);
     CHECK_EQ_INT(HTTP_GET(url, 0, NULL).status, 400);
+
+    /* A bad request's log line has the caller's trace id too. */
+    const char *paths[] = { "/report?db_ms=-1", "/task?ms=-1" };
+    for (int i = 0; i < 2; i++) {
+        snprintf(url, sizeof url, "%s%s", s->url, paths[i]);
+        char id[32];
+        snprintf(id, sizeof id, "X-Request-Id: bad-trace-%d", i);
+        struct reply r = HTTP_GET(url, 0, id,
+                                  "traceparent: 00-4bf92f3577b34da6a3ce929d0e0e4736-"
+                                  "00f067aa0ba902b7-01");
+        CHECK_EQ_INT(r.status, 400);
+        char *line =
+            SVC_LINE(s, 5000, id + strlen("X-Request-Id: "), "status=400 ", "outcome=bad_request ");
+        CHECK_NOT_NULL(line);
+        CHECK_MSG(strstr(line, " trace_id=4bf92f3577b34da6a3ce929d0e0e4736 ") != NULL, "%s", line);
+        free(line);
+    }
     snprintf(url, sizeof url, "%s/nowhere", s->url);
     CHECK_EQ_INT(HTTP_GET(url, 0, NULL).status, 404);
 }
