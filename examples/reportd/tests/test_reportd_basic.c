@@ -27,6 +27,34 @@ static enum MHD_Result garbage(void *cls, struct MHD_Connection *conn, const cha
     return ret;
 }
 
+/* Before any request: every series SERVICE.md names is there, at 0, and
+ * /debug/ctx is text/plain. */
+static void test_metrics_at_start(struct svc *s)
+{
+    const char *names[] = { "reportd_requests_in_flight",
+                            "reportd_parts_in_flight{part=\"compute\"}",
+                            "reportd_parts_in_flight{part=\"db\"}",
+                            "reportd_parts_in_flight{part=\"upstream\"}",
+                            "reportd_requests_total{outcome=\"ok\"}",
+                            "reportd_requests_total{outcome=\"deadline\"}",
+                            "reportd_requests_total{outcome=\"client_gone\"}",
+                            "reportd_requests_total{outcome=\"shutdown\"}",
+                            "reportd_requests_total{outcome=\"bad_request\"}",
+                            "reportd_parts_cancelled_total{part=\"compute\"}",
+                            "reportd_parts_cancelled_total{part=\"db\"}",
+                            "reportd_parts_cancelled_total{part=\"upstream\"}" };
+    for (size_t i = 0; i < sizeof names / sizeof names[0]; i++)
+        CHECK_MSG(metric(s, names[i]) == 0, "%s", names[i]);
+    CHECK(metric(s, "reportd_live_contexts") > 0);
+    char url[256];
+    snprintf(url, sizeof url, "%s/metrics", s->url);
+    CHECK(strncmp(HTTP_GET(url, 0, NULL).content_type, "text/plain", 10) == 0);
+    snprintf(url, sizeof url, "%s/debug/ctx", s->url);
+    struct reply r = HTTP_GET(url, 0, NULL);
+    CHECK_EQ_INT(r.status, 200);
+    CHECK(strncmp(r.content_type, "text/plain", 10) == 0);
+}
+
 static void test_report(struct svc *s)
 {
     char url[256];
@@ -253,6 +281,7 @@ int main(int argc, char **argv)
 
     struct svc s;
     SVC_START(&s, "reportd", reportd, NULL);
+    RUN_TEST_ARG(test_metrics_at_start, &s);
     RUN_TEST_ARG(test_report, &s);
     RUN_TEST_ARG(test_bad_parameters, &s);
     RUN_TEST_ARG(test_bad_headers, &s);
