@@ -821,15 +821,24 @@ static void die(const char *what)
     exit(1);
 }
 
+/* The embedded default database is reportd's own: removed at every exit,
+ * an error at start-up included (not when a second signal kills it). */
+static void remove_default_db(void)
+{
+    unlink(sqlite_path);
+}
+
 /* Opens (creating and filling when new) the SQLite file, then measures how
  * many rows of the counting query make a millisecond. */
 static void open_sqlite(void)
 {
-    if (cfg.db == NULL)
+    if (cfg.db == NULL) {
         snprintf(sqlite_path, sizeof sqlite_path, "%s/reportd-%d.db",
                  getenv("TMPDIR") != NULL ? getenv("TMPDIR") : "/tmp", (int)getpid());
-    else
+        atexit(remove_default_db);
+    } else {
         snprintf(sqlite_path, sizeof sqlite_path, "%s", cfg.db + strlen("sqlite:"));
+    }
     sqlite3 *db;
     if (sqlite3_open(sqlite_path, &db) != SQLITE_OK)
         die("cannot open the SQLite database");
@@ -988,8 +997,6 @@ int main(int argc, char **argv)
         PQfinish(pool[--pool_len]);
     pthread_mutex_unlock(&pool_mu);
 #endif
-    if (cfg.db == NULL)
-        unlink(sqlite_path);
     curl_global_cleanup();
     ctx_unref(base);
     ctx_unref(stop);

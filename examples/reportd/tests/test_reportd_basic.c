@@ -7,6 +7,7 @@
  */
 #include "harness.h"
 
+#include <dirent.h>
 #include <microhttpd.h>
 
 static const char *reportd;
@@ -271,6 +272,57 @@ static void test_upstream_slash(void)
     CHECK_EQ_INT(svc_stop(&down), 0);
 }
 
+/* True when dir holds nothing. */
+static bool empty_dir(const char *dir)
+{
+    DIR *d = opendir(dir);
+    CHECK_NOT_NULL(d);
+    struct dirent *e;
+    int n = 0;
+    while ((e = readdir(d)) != NULL)
+        n += strcmp(e->d_name, ".") != 0 && strcmp(e->d_name, "..") != 0;
+    closedir(d);
+    return n == 0;
+}
+
+/* Without --db, reportd makes its own SQLite file in $TMPDIR and removes it
+ * when it exits: after a graceful shutdown, and when it cannot start. */
+static void test_default_db_removed(void)
+{
+    char dir[] = "/tmp/reportd-defaultdb-XXXXXX";
+    CHECK_NOT_NULL(mkdtemp(dir));
+    CHECK_EQ_INT(setenv("TMPDIR", dir, 1), 0);
+    struct svc s;
+    SVC_START(&s, "default-db", reportd, NULL);
+    CHECK(!empty_dir(dir));
+    char url[256];
+    snprintf(url, sizeof url, "%s/report?db_ms=1", s.url);
+    CHECK_EQ_INT(HTTP_GET(url, 0, NULL).status, 200);
+
+    /* A second one on the same port cannot listen: exit 1, nothing left. */
+    char listen[32];
+    snprintf(listen, sizeof listen, "127.0.0.1:%u", s.port);
+    const char *argv[] = { reportd, "--listen", listen, NULL };
+    posix_spawn_file_actions_t fa;
+    posix_spawn_file_actions_init(&fa);
+    posix_spawn_file_actions_addopen(&fa, 1, "/dev/null", O_WRONLY, 0);
+    posix_spawn_file_actions_addopen(&fa, 2, "/dev/null", O_WRONLY, 0);
+    pid_t pid;
+    CHECK_EQ_INT(posix_spawn(&pid, reportd, &fa, NULL, (char **)argv, environ), 0);
+    posix_spawn_file_actions_destroy(&fa);
+    int st;
+    CHECK_EQ_INT(waitpid(pid, &st, 0), pid);
+    CHECK(WIFEXITED(st) && WEXITSTATUS(st) == 1);
+    char theirs[300];
+    snprintf(theirs, sizeof theirs, "%s/reportd-%d.db", dir, (int)pid);
+    CHECK_MSG(access(theirs, F_OK) != 0, "%s left behind", theirs);
+
+    CHECK_EQ_INT(svc_stop(&s), 0);
+    CHECK_MSG(empty_dir(dir), "%s not empty after a graceful shutdown", dir);
+    CHECK_EQ_INT(unsetenv("TMPDIR"), 0);
+    CHECK_EQ_INT(rmdir(dir), 0);
+}
+
 int main(int argc, char **argv)
 {
     CHECK(argc == 2);
@@ -291,6 +343,7 @@ int main(int argc, char **argv)
     RUN_TEST_ARG(test_database_disappears, dir);
     RUN_TEST(test_upstream_garbage);
     RUN_TEST(test_upstream_slash);
+    RUN_TEST(test_default_db_removed);
     rmdir(dir);
     curl_global_cleanup();
     return 0;
