@@ -253,6 +253,70 @@ static void test_upstream_garbage(void)
     MHD_stop_daemon(d);
 }
 
+/* An upstream that keeps the propagation headers of the last /task call. */
+static struct {
+    pthread_mutex_t mu;
+    char url[256], request_id[160], baggage[512], traceparent[128];
+    bool grpc_timeout;
+} seen = { .mu = PTHREAD_MUTEX_INITIALIZER };
+
+static void keep(struct MHD_Connection *conn, const char *name, char *buf, size_t size)
+{
+    const char *v = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, name);
+    snprintf(buf, size, "%s", v != NULL ? v : "");
+}
+
+static enum MHD_Result recorder(void *cls, struct MHD_Connection *conn, const char *url,
+                                const char *method, const char *version, const char *upload,
+                                size_t *upload_size, void **state)
+{
+    (void)cls, (void)method, (void)version, (void)upload, (void)upload_size, (void)state;
+    pthread_mutex_lock(&seen.mu);
+    snprintf(seen.url, sizeof seen.url, "%s", url);
+    keep(conn, "X-Request-Id", seen.request_id, sizeof seen.request_id);
+    keep(conn, "baggage", seen.baggage, sizeof seen.baggage);
+    keep(conn, "traceparent", seen.traceparent, sizeof seen.traceparent);
+    seen.grpc_timeout = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "grpc-timeout") != NULL;
+    pthread_mutex_unlock(&seen.mu);
+    static const char text[] = "{\"ms\":1}";
+    struct MHD_Response *r =
+        MHD_create_response_from_buffer(sizeof text - 1, (void *)text, MHD_RESPMEM_PERSISTENT);
+    enum MHD_Result ret = MHD_queue_response(conn, 200, r);
+    MHD_destroy_response(r);
+    return ret;
+}
+
+/* What goes downstream: the request ID in X-Request-Id and in baggage
+ * (request-id), the caller's trace in traceparent, the budget in
+ * grpc-timeout. */
+static void test_downstream_headers(void)
+{
+    struct MHD_Daemon *d = MHD_start_daemon(MHD_USE_INTERNAL_POLLING_THREAD, 0, NULL, NULL,
+                                            recorder, NULL, MHD_OPTION_END);
+    CHECK_NOT_NULL(d);
+    char up[64];
+    snprintf(up, sizeof up, "http://127.0.0.1:%u",
+             (unsigned)MHD_get_daemon_info(d, MHD_DAEMON_INFO_BIND_PORT)->port);
+    struct svc s;
+    SVC_START(&s, "headers", reportd, "--upstream", up);
+    char url[256];
+    snprintf(url, sizeof url, "%s/report?upstream_ms=7", s.url);
+    struct reply r = HTTP_GET(url, 0, "X-Request-Id: hdr-1",
+                              "traceparent: 00-4bf92f3577b34da6a3ce929d0e0e4736-"
+                              "00f067aa0ba902b7-01");
+    CHECK_EQ_INT(r.status, 200);
+    pthread_mutex_lock(&seen.mu);
+    CHECK_STR(seen.url, "/task");
+    CHECK_STR(seen.request_id, "hdr-1");
+    CHECK_MSG(strstr(seen.baggage, "request-id=hdr-1") != NULL, "baggage: %s", seen.baggage);
+    CHECK_MSG(strncmp(seen.traceparent, "00-4bf92f3577b34da6a3ce929d0e0e4736-", 36) == 0,
+              "traceparent: %s", seen.traceparent);
+    CHECK(seen.grpc_timeout);
+    pthread_mutex_unlock(&seen.mu);
+    CHECK_EQ_INT(svc_stop(&s), 0);
+    MHD_stop_daemon(d);
+}
+
 /* --upstream with a trailing slash calls <upstream>/task all the same. */
 static void test_upstream_slash(void)
 {
@@ -342,6 +406,7 @@ int main(int argc, char **argv)
 
     RUN_TEST_ARG(test_database_disappears, dir);
     RUN_TEST(test_upstream_garbage);
+    RUN_TEST(test_downstream_headers);
     RUN_TEST(test_upstream_slash);
     RUN_TEST(test_default_db_removed);
     rmdir(dir);
