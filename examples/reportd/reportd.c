@@ -81,10 +81,6 @@ static atomic_long parts_cancelled_total[NPARTS];
 static pthread_mutex_t drain_mu = PTHREAD_MUTEX_INITIALIZER;
 static pthread_cond_t drain_cv = PTHREAD_COND_INITIALIZER;
 
-/* Calibrated at start: work units per millisecond of the CPU part, and rows
- * per millisecond of the SQLite query. */
-static double compute_per_ms;
-static double rows_per_ms;
 static char sqlite_path[4096];
 static const char *pg_conninfo;
 
@@ -223,11 +219,14 @@ static int compute_part(ctx_t *ctx, void *arg)
     ctx_time_t start = ctx_now();
     int rc = slot_take(ctx, &compute_slots);
     if (rc == 0) {
-        uint64_t units = (uint64_t)(r->ms[COMPUTE] * compute_per_ms), x = (uint64_t)start;
-        for (uint64_t i = 0; i < units; i++) {
-            /* A check costs a few ns; every 256 units (tens of microseconds)
-             * keeps a cancelled computation from running on noticeably. */
-            if ((i & 255) == 0 && !cfg.no_ctx && (rc = ctx_err(ctx)) != 0)
+        /* Work until the asked time has passed: about that long on an idle
+         * machine or a busy one alike.  A check costs a few ns; every 256
+         * units (tens of microseconds) keeps a cancelled computation from
+         * running on noticeably. */
+        ctx_time_t end = ctx_now() + r->ms[COMPUTE] * CTX_MILLISECOND;
+        uint64_t x = (uint64_t)start;
+        for (uint64_t i = 0;; i++) {
+            if ((i & 255) == 0 && (ctx_now() >= end || (!cfg.no_ctx && (rc = ctx_err(ctx)) != 0)))
                 break;
             x = work_unit(x + i);
         }
@@ -237,19 +236,29 @@ static int compute_part(ctx_t *ctx, void *arg)
     return part_end(r, COMPUTE, start, ctx, rc);
 }
 
-/* SQLite: a recursive query that counts to n, n sized to take the asked ms.
- * Each call opens the database file anew, so a file that disappears fails
- * the requests (503) and one that comes back serves them again. */
+/* SQLite: a recursive query that counts until the clock passes ?1, so that
+ * it runs about the asked ms however busy the machine is.  reportd_now() is
+ * the monotonic clock, in ns.  Each call opens the database file anew, so
+ * a file that disappears fails the requests (503) and one that comes back
+ * serves them again. */
 static const char count_sql[] =
-    "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c "
-    "WHERE x < ?1) SELECT count(*) FROM c, (SELECT 1 FROM items LIMIT 1)";
+    "WITH RECURSIVE c(x) AS (SELECT min(id) FROM items UNION ALL SELECT x + 1 FROM c "
+    "WHERE reportd_now() < ?1) SELECT count(*) FROM c";
 
-static int sqlite_count(ctx_t *ctx, sqlite3 *db, long long n)
+static void sql_now(sqlite3_context *c, int argc, sqlite3_value **argv)
+{
+    (void)argc, (void)argv;
+    sqlite3_result_int64(c, ctx_now());
+}
+
+static int sqlite_query(ctx_t *ctx, sqlite3 *db, long ms)
 {
     sqlite3_stmt *stmt;
-    if (sqlite3_prepare_v2(db, count_sql, -1, &stmt, NULL) != SQLITE_OK)
+    if (sqlite3_create_function(db, "reportd_now", 0, SQLITE_UTF8, NULL, sql_now, NULL, NULL) !=
+            SQLITE_OK ||
+        sqlite3_prepare_v2(db, count_sql, -1, &stmt, NULL) != SQLITE_OK)
         return EIO;
-    sqlite3_bind_int64(stmt, 1, n);
+    sqlite3_bind_int64(stmt, 1, ctx_now() + ms * CTX_MILLISECOND);
     int src = cfg.no_ctx ? sqlite3_step(stmt) : ctx_sqlite_step(ctx, stmt);
     sqlite3_finalize(stmt);
     if (src == SQLITE_ROW)
@@ -313,7 +322,7 @@ static int db_part(ctx_t *ctx, void *arg)
         sqlite3 *db;
         rc = EIO;
         if (sqlite3_open_v2(sqlite_path, &db, SQLITE_OPEN_READONLY, NULL) == SQLITE_OK)
-            rc = sqlite_count(ctx, db, (long long)(r->ms[DB] * rows_per_ms) + 1);
+            rc = sqlite_query(ctx, db, r->ms[DB]);
         sqlite3_close(db);
         slot_give(&db_slots);
     }
@@ -732,7 +741,7 @@ static enum MHD_Result handler(void *cls, struct MHD_Connection *conn, const cha
 }
 
 /* ------------------------------------------------------------------------
- * Start-up: the command line, the database, calibration
+ * Start-up: the command line, the database
  */
 
 static void usage(void)
@@ -828,8 +837,8 @@ static void remove_default_db(void)
     unlink(sqlite_path);
 }
 
-/* Opens (creating and filling when new) the SQLite file, then measures how
- * many rows of the counting query make a millisecond. */
+/* Opens (creating and filling when new) the SQLite file and checks that the
+ * report's query runs on it. */
 static void open_sqlite(void)
 {
     if (cfg.db == NULL) {
@@ -850,33 +859,9 @@ static void open_sqlite(void)
         fprintf(stderr, "reportd: %s: %s\n", sqlite_path, msg);
         exit(1);
     }
-    const long long n = 200000;
-    ctx_time_t best = INT64_MAX;
-    for (int i = 0; i < 3; i++) {
-        ctx_time_t t = ctx_now();
-        if (sqlite_count(ctx_background(), db, n) != 0)
-            die("the calibration query failed");
-        t = ctx_now() - t;
-        best = t < best ? t : best;
-    }
-    rows_per_ms = (double)n * CTX_MILLISECOND / (double)(best > 0 ? best : 1);
+    if (sqlite_query(ctx_background(), db, 0) != 0)
+        die("the report query fails on this database");
     sqlite3_close(db);
-}
-
-static void calibrate_compute(void)
-{
-    ctx_time_t best = INT64_MAX;
-    const uint64_t n = 20000;
-    for (int i = 0; i < 3; i++) {
-        ctx_time_t t = ctx_now();
-        uint64_t x = (uint64_t)t;
-        for (uint64_t k = 0; k < n; k++)
-            x = work_unit(x + k);
-        work_sink = x;
-        t = ctx_now() - t;
-        best = t < best ? t : best;
-    }
-    compute_per_ms = (double)n * CTX_MILLISECOND / (double)(best > 0 ? best : 1);
 }
 
 /* libmicrohttpd's error messages, marked as such in the log.  It reports a
@@ -938,7 +923,6 @@ int main(int argc, char **argv)
     } else {
         usage();
     }
-    calibrate_compute();
     long cores = sysconf(_SC_NPROCESSORS_ONLN);
     compute_slots.free = db_slots.free = cores > 0 ? (int)cores : 1;
 

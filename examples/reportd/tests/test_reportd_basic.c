@@ -8,6 +8,8 @@
 #include "harness.h"
 
 #include <dirent.h>
+#include <limits.h>
+#include <stdatomic.h>
 #include <microhttpd.h>
 
 static const char *reportd;
@@ -336,6 +338,51 @@ static void test_upstream_slash(void)
     CHECK_EQ_INT(svc_stop(&down), 0);
 }
 
+/* Busy threads: a machine whose cores have other work to do. */
+static atomic_bool spinning;
+
+static void *spin(void *arg)
+{
+    (void)arg;
+    volatile uint64_t x = 1;
+    while (atomic_load_explicit(&spinning, memory_order_relaxed))
+        x = x * 6364136223846793005u + 1;
+    return NULL;
+}
+
+/* The computation and the query take about the ms asked, on a busy machine
+ * too: SERVICE.md's "about A ms", and what decides 200 or 504. */
+static void test_parts_take_their_time(void)
+{
+    struct svc s;
+    SVC_START(&s, "busy", reportd, "--budget-ms", "5000");
+    long n = sysconf(_SC_NPROCESSORS_ONLN);
+    n = n < 1 ? 1 : n > 16 ? 16 : n;
+    pthread_t spinners[16];
+    atomic_store(&spinning, true);
+    for (long i = 0; i < n; i++)
+        CHECK_EQ_INT(pthread_create(&spinners[i], NULL, spin, NULL), 0);
+    char url[256];
+    snprintf(url, sizeof url, "%s/report?compute_ms=250&db_ms=250", s.url);
+    long best = LONG_MAX;
+    for (int i = 0; i < 3 && best > 100 * SLACK; i++) {
+        struct reply r = HTTP_GET(url, 0, NULL);
+        CHECK_EQ_INT(r.status, 200);
+        long compute = strtol(strstr(r.body, "\"compute_ms\":") + 13, NULL, 10);
+        long db = strtol(strstr(r.body, "\"db_ms\":") + 8, NULL, 10);
+        fprintf(stderr, "   asked 250 ms each on %ld busy cores: compute %ld ms, db %ld ms\n", n,
+                compute, db);
+        CHECK(compute >= 250 && db >= 250);
+        long over = (compute > db ? compute : db) - 250;
+        best = over < best ? over : best;
+    }
+    atomic_store(&spinning, false);
+    for (long i = 0; i < n; i++)
+        CHECK_EQ_INT(pthread_join(spinners[i], NULL), 0);
+    CHECK_MSG(best <= 100 * SLACK, "the parts ran %ld ms over the 250 asked", best);
+    CHECK_EQ_INT(svc_stop(&s), 0);
+}
+
 /* True when dir holds nothing. */
 static bool empty_dir(const char *dir)
 {
@@ -409,6 +456,7 @@ int main(int argc, char **argv)
     RUN_TEST(test_downstream_headers);
     RUN_TEST(test_upstream_slash);
     RUN_TEST(test_default_db_removed);
+    RUN_TEST(test_parts_take_their_time);
     rmdir(dir);
     curl_global_cleanup();
     return 0;
