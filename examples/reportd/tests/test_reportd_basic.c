@@ -1,9 +1,12 @@
 /*
- * reportd serves what SERVICE.md promises and survives bad input: a report
- * within budget, request IDs (kept, or made when absent or unfit), 400 for
- * malformed parameters, malformed propagation headers ignored, huge headers
- * refused without harm, a database that disappears (503) and comes back,
- * an upstream that answers garbage (502), /metrics and /debug/ctx.
+ * reportd serves what SERVICE.md promises and survives bad input: every
+ * metric from the start, a report within budget, request IDs (kept, or
+ * made when absent or unfit), 400 for malformed parameters (with the
+ * caller's trace in the log), malformed propagation headers ignored, huge
+ * headers refused without harm, a database that disappears (503) and comes
+ * back, an upstream that answers garbage (502), the headers sent
+ * downstream, --upstream with a trailing slash, the default database
+ * removed at exit, and parts that last the ms asked on a busy machine.
  */
 #include "harness.h"
 
