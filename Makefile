@@ -78,7 +78,7 @@ test: deps
 demo:
 	@scripts/deps.sh demo
 	$(call configure,$(BUILD_DIR),-DCMAKE_BUILD_TYPE=$(BUILD_TYPE) $(COMMON_CMAKE_ARGS))
-	@if $(CMAKE) --build $(BUILD_DIR) --target help | grep -q 'reportd-demo'; then \
+	@if $(CMAKE) --build $(BUILD_DIR) --target help | grep 'reportd-demo' >/dev/null; then \
 	    $(CMAKE) --build $(BUILD_DIR) -j $(JOBS) --target reportd-demo; \
 	else \
 	    echo 'make demo: reportd needs libcurl, libmicrohttpd and SQLite (scripts/deps.sh demo);'; \

@@ -59,8 +59,8 @@ static const char *const outcome_names[NOUTCOMES] = { "ok",       "deadline",   
 static struct {
     struct sockaddr_storage listen;
     char listen_text[128];
-    const char *db;       /* "sqlite:PATH" or "postgres:CONNINFO" */
-    const char *upstream; /* base URL, or NULL */
+    const char *db; /* "sqlite:PATH" or "postgres:CONNINFO" */
+    char *upstream; /* base URL without a trailing slash, or NULL */
     long budget_ms;
     long drain_ms;
     bool no_ctx; /* benchmark baseline: parts run without cancellation */
@@ -81,10 +81,6 @@ static atomic_long parts_cancelled_total[NPARTS];
 static pthread_mutex_t drain_mu = PTHREAD_MUTEX_INITIALIZER;
 static pthread_cond_t drain_cv = PTHREAD_COND_INITIALIZER;
 
-/* Calibrated at start: work units per millisecond of the CPU part, and rows
- * per millisecond of the SQLite query. */
-static double compute_per_ms;
-static double rows_per_ms;
 static char sqlite_path[4096];
 static const char *pg_conninfo;
 
@@ -176,11 +172,14 @@ static void slot_give(struct slots *s)
  * errno-style code for a real failure (which cancels its siblings).
  */
 
+/* The longest incoming X-Request-Id kept (see request_id). */
+#define ID_MAX 128
+
 struct request {
     long ms[NPARTS];      /* what the request asked for */
     long took[NPARTS];    /* measured, in ms */
     bool stopped[NPARTS]; /* the part was still running when the context ended */
-    char request_id[65];
+    char request_id[ID_MAX + 1];
 };
 
 static void part_begin(enum part p)
@@ -220,11 +219,14 @@ static int compute_part(ctx_t *ctx, void *arg)
     ctx_time_t start = ctx_now();
     int rc = slot_take(ctx, &compute_slots);
     if (rc == 0) {
-        uint64_t units = (uint64_t)(r->ms[COMPUTE] * compute_per_ms), x = (uint64_t)start;
-        for (uint64_t i = 0; i < units; i++) {
-            /* A check costs a few ns; every 256 units (tens of microseconds)
-             * keeps a cancelled computation from running on noticeably. */
-            if ((i & 255) == 0 && !cfg.no_ctx && (rc = ctx_err(ctx)) != 0)
+        /* Work until the asked time has passed: about that long on an idle
+         * machine or a busy one alike.  A check costs a few ns; every 256
+         * units (tens of microseconds) keeps a cancelled computation from
+         * running on noticeably. */
+        ctx_time_t end = ctx_now() + r->ms[COMPUTE] * CTX_MILLISECOND;
+        uint64_t x = (uint64_t)start;
+        for (uint64_t i = 0;; i++) {
+            if ((i & 255) == 0 && (ctx_now() >= end || (!cfg.no_ctx && (rc = ctx_err(ctx)) != 0)))
                 break;
             x = work_unit(x + i);
         }
@@ -234,19 +236,29 @@ static int compute_part(ctx_t *ctx, void *arg)
     return part_end(r, COMPUTE, start, ctx, rc);
 }
 
-/* SQLite: a recursive query that counts to n, n sized to take the asked ms.
- * Each call opens the database file anew, so a file that disappears fails
- * the requests (503) and one that comes back serves them again. */
+/* SQLite: a recursive query that counts until the clock passes ?1, so that
+ * it runs about the asked ms however busy the machine is.  reportd_now() is
+ * the monotonic clock, in ns.  Each call opens the database file anew, so
+ * a file that disappears fails the requests (503) and one that comes back
+ * serves them again. */
 static const char count_sql[] =
-    "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c "
-    "WHERE x < ?1) SELECT count(*) FROM c, (SELECT 1 FROM items LIMIT 1)";
+    "WITH RECURSIVE c(x) AS (SELECT min(id) FROM items UNION ALL SELECT x + 1 FROM c "
+    "WHERE reportd_now() < ?1) SELECT count(*) FROM c";
 
-static int sqlite_count(ctx_t *ctx, sqlite3 *db, long long n)
+static void sql_now(sqlite3_context *c, int argc, sqlite3_value **argv)
+{
+    (void)argc, (void)argv;
+    sqlite3_result_int64(c, ctx_now());
+}
+
+static int sqlite_query(ctx_t *ctx, sqlite3 *db, long ms)
 {
     sqlite3_stmt *stmt;
-    if (sqlite3_prepare_v2(db, count_sql, -1, &stmt, NULL) != SQLITE_OK)
+    if (sqlite3_create_function(db, "reportd_now", 0, SQLITE_UTF8, NULL, sql_now, NULL, NULL) !=
+            SQLITE_OK ||
+        sqlite3_prepare_v2(db, count_sql, -1, &stmt, NULL) != SQLITE_OK)
         return EIO;
-    sqlite3_bind_int64(stmt, 1, n);
+    sqlite3_bind_int64(stmt, 1, ctx_now() + ms * CTX_MILLISECOND);
     int src = cfg.no_ctx ? sqlite3_step(stmt) : ctx_sqlite_step(ctx, stmt);
     sqlite3_finalize(stmt);
     if (src == SQLITE_ROW)
@@ -310,7 +322,7 @@ static int db_part(ctx_t *ctx, void *arg)
         sqlite3 *db;
         rc = EIO;
         if (sqlite3_open_v2(sqlite_path, &db, SQLITE_OPEN_READONLY, NULL) == SQLITE_OK)
-            rc = sqlite_count(ctx, db, (long long)(r->ms[DB] * rows_per_ms) + 1);
+            rc = sqlite_query(ctx, db, r->ms[DB]);
         sqlite3_close(db);
         slot_give(&db_slots);
     }
@@ -340,7 +352,7 @@ static int upstream_part(ctx_t *ctx, void *arg)
     part_begin(UPSTREAM);
     ctx_time_t start = ctx_now();
     int rc = ENOMEM;
-    char url[4200], id_header[96];
+    char url[4200], id_header[ID_MAX + 32];
     snprintf(url, sizeof url, "%s/task?ms=%ld", cfg.upstream, r->ms[UPSTREAM]);
     snprintf(id_header, sizeof id_header, "X-Request-Id: %s", r->request_id);
     struct body b = { .len = 0 };
@@ -385,20 +397,28 @@ static bool param(struct MHD_Connection *conn, const char *name, long *out)
     *out = 0;
     if (v == NULL)
         return true;
-    if (*v == '\0' || strlen(v) > 5 || strspn(v, "0123456789") != strlen(v))
+    if (*v == '\0' || strspn(v, "0123456789") != strlen(v))
+        return false;
+    v += strspn(v, "0"); /* 007 is 7; past the zeros, 5 digits at most */
+    if (strlen(v) > 5)
         return false;
     *out = strtol(v, NULL, 10);
     return *out <= 60000;
 }
 
-/* The incoming X-Request-Id when it is a sane token, else a new random one:
- * the ID goes into logs and headers, so it is never trusted blindly. */
-static void request_id(struct MHD_Connection *conn, char id[65])
+/* The incoming X-Request-Id, else a new random one.  The ID goes into the
+ * log line, a JSON body and headers, so it is never trusted blindly: one
+ * longer than ID_MAX or with a byte that could break any of them (a space,
+ * a control or non-ASCII byte, '"' or '\\') is replaced by a new one. */
+static void request_id(struct MHD_Connection *conn, char id[ID_MAX + 1])
 {
     const char *in = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "X-Request-Id");
-    static const char ok[] = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._:-";
-    if (in != NULL && *in != '\0' && strlen(in) <= 64 && strspn(in, ok) == strlen(in)) {
-        strcpy(id, in);
+    size_t len = in != NULL ? strlen(in) : 0;
+    bool fit = len > 0 && len <= ID_MAX;
+    for (size_t i = 0; fit && i < len; i++)
+        fit = in[i] > ' ' && in[i] < 0x7f && in[i] != '"' && in[i] != '\\';
+    if (fit) {
+        memcpy(id, in, len + 1);
         return;
     }
     unsigned char raw[8] = { 0 };
@@ -514,17 +534,20 @@ static enum MHD_Result serve_report(struct MHD_Connection *conn, const char *id,
 {
     struct request r = { .ms = { 0 } };
     memcpy(r.request_id, id, strlen(id) + 1);
-    if (!param(conn, "compute_ms", &r.ms[COMPUTE]) || !param(conn, "db_ms", &r.ms[DB]) ||
-        !param(conn, "upstream_ms", &r.ms[UPSTREAM])) {
-        log_line(id, NULL, "/report", 400, start, BAD_REQUEST, "");
-        return respond(conn, 400, "text/plain",
-                       "compute_ms, db_ms and upstream_ms must be integers from 0 to 60000\n", id);
-    }
     struct request_ctx rc;
     if (!request_ctx(conn, id, &rc)) {
         request_ctx_free(&rc);
         log_line(id, NULL, "/report", 503, start, ERROR, "");
         return respond(conn, 503, "text/plain", "out of resources\n", id);
+    }
+    /* Checked under the request's context, so that even a bad request's
+     * log line has the caller's trace id. */
+    if (!param(conn, "compute_ms", &r.ms[COMPUTE]) || !param(conn, "db_ms", &r.ms[DB]) ||
+        !param(conn, "upstream_ms", &r.ms[UPSTREAM])) {
+        log_line(id, rc.ctx, "/report", 400, start, BAD_REQUEST, "");
+        request_ctx_free(&rc);
+        return respond(conn, 400, "text/plain",
+                       "compute_ms, db_ms and upstream_ms must be integers from 0 to 60000\n", id);
     }
 
     /* The three parts at once; the first failure cancels the others. */
@@ -591,16 +614,17 @@ static enum MHD_Result serve_report(struct MHD_Connection *conn, const char *id,
  * context that the caller's cancel (connection closed, grpc-timeout) ends. */
 static enum MHD_Result serve_task(struct MHD_Connection *conn, const char *id, ctx_time_t start)
 {
-    long ms;
-    if (!param(conn, "ms", &ms)) {
-        log_line(id, NULL, "/task", 400, start, BAD_REQUEST, "");
-        return respond(conn, 400, "text/plain", "ms must be an integer from 0 to 60000\n", id);
-    }
     struct request_ctx rc;
     if (!request_ctx(conn, id, &rc)) {
         request_ctx_free(&rc);
         log_line(id, NULL, "/task", 503, start, ERROR, "");
         return respond(conn, 503, "text/plain", "out of resources\n", id);
+    }
+    long ms;
+    if (!param(conn, "ms", &ms)) {
+        log_line(id, rc.ctx, "/task", 400, start, BAD_REQUEST, "");
+        request_ctx_free(&rc);
+        return respond(conn, 400, "text/plain", "ms must be an integer from 0 to 60000\n", id);
     }
     int err =
         cfg.no_ctx ? (usleep((useconds_t)ms * 1000), 0) : ctx_sleep(rc.ctx, ms * CTX_MILLISECOND);
@@ -709,7 +733,7 @@ static enum MHD_Result handler(void *cls, struct MHD_Connection *conn, const cha
         return respond(conn, 404, "text/plain", "not found\n", NULL);
 
     ctx_time_t start = ctx_now();
-    char id[65];
+    char id[ID_MAX + 1];
     request_id(conn, id);
     atomic_fetch_add_explicit(&requests_in_flight, 1, memory_order_relaxed);
     *state = &counted;
@@ -717,7 +741,7 @@ static enum MHD_Result handler(void *cls, struct MHD_Connection *conn, const cha
 }
 
 /* ------------------------------------------------------------------------
- * Start-up: the command line, the database, calibration
+ * Start-up: the command line, the database
  */
 
 static void usage(void)
@@ -774,7 +798,7 @@ static void parse_args(int argc, char **argv)
         }
         if (i + 1 >= argc)
             usage();
-        const char *v = argv[++i];
+        char *v = argv[++i];
         if (strcmp(a, "--listen") == 0)
             parse_listen(v);
         else if (strcmp(a, "--db") == 0)
@@ -793,6 +817,11 @@ static void parse_args(int argc, char **argv)
         fprintf(stderr, "reportd: --upstream must be an http:// or https:// URL\n");
         exit(2);
     }
+    /* http://host:8081/ names the same service as http://host:8081: the
+     * call goes to <upstream>/task, never to //task. */
+    for (size_t n = cfg.upstream != NULL ? strlen(cfg.upstream) : 0;
+         n > 0 && cfg.upstream[n - 1] == '/'; n--)
+        cfg.upstream[n - 1] = '\0';
 }
 
 static void die(const char *what)
@@ -801,15 +830,24 @@ static void die(const char *what)
     exit(1);
 }
 
-/* Opens (creating and filling when new) the SQLite file, then measures how
- * many rows of the counting query make a millisecond. */
+/* The embedded default database is reportd's own: removed at every exit,
+ * an error at start-up included (not when a second signal kills it). */
+static void remove_default_db(void)
+{
+    unlink(sqlite_path);
+}
+
+/* Opens (creating and filling when new) the SQLite file and checks that the
+ * report's query runs on it. */
 static void open_sqlite(void)
 {
-    if (cfg.db == NULL)
+    if (cfg.db == NULL) {
         snprintf(sqlite_path, sizeof sqlite_path, "%s/reportd-%d.db",
                  getenv("TMPDIR") != NULL ? getenv("TMPDIR") : "/tmp", (int)getpid());
-    else
+        atexit(remove_default_db);
+    } else {
         snprintf(sqlite_path, sizeof sqlite_path, "%s", cfg.db + strlen("sqlite:"));
+    }
     sqlite3 *db;
     if (sqlite3_open(sqlite_path, &db) != SQLITE_OK)
         die("cannot open the SQLite database");
@@ -821,33 +859,9 @@ static void open_sqlite(void)
         fprintf(stderr, "reportd: %s: %s\n", sqlite_path, msg);
         exit(1);
     }
-    const long long n = 200000;
-    ctx_time_t best = INT64_MAX;
-    for (int i = 0; i < 3; i++) {
-        ctx_time_t t = ctx_now();
-        if (sqlite_count(ctx_background(), db, n) != 0)
-            die("the calibration query failed");
-        t = ctx_now() - t;
-        best = t < best ? t : best;
-    }
-    rows_per_ms = (double)n * CTX_MILLISECOND / (double)(best > 0 ? best : 1);
+    if (sqlite_query(ctx_background(), db, 0) != 0)
+        die("the report query fails on this database");
     sqlite3_close(db);
-}
-
-static void calibrate_compute(void)
-{
-    ctx_time_t best = INT64_MAX;
-    const uint64_t n = 20000;
-    for (int i = 0; i < 3; i++) {
-        ctx_time_t t = ctx_now();
-        uint64_t x = (uint64_t)t;
-        for (uint64_t k = 0; k < n; k++)
-            x = work_unit(x + k);
-        work_sink = x;
-        t = ctx_now() - t;
-        best = t < best ? t : best;
-    }
-    compute_per_ms = (double)n * CTX_MILLISECOND / (double)(best > 0 ? best : 1);
 }
 
 /* libmicrohttpd's error messages, marked as such in the log.  It reports a
@@ -909,7 +923,6 @@ int main(int argc, char **argv)
     } else {
         usage();
     }
-    calibrate_compute();
     long cores = sysconf(_SC_NPROCESSORS_ONLN);
     compute_slots.free = db_slots.free = cores > 0 ? (int)cores : 1;
 
@@ -968,8 +981,6 @@ int main(int argc, char **argv)
         PQfinish(pool[--pool_len]);
     pthread_mutex_unlock(&pool_mu);
 #endif
-    if (cfg.db == NULL)
-        unlink(sqlite_path);
     curl_global_cleanup();
     ctx_unref(base);
     ctx_unref(stop);

@@ -211,7 +211,8 @@ struct reply {
     long ms;
     char body[4096];
     size_t len;
-    char request_id[80];
+    char request_id[160];
+    char content_type[64];
 };
 
 static inline size_t reply_body(char *p, size_t size, size_t n, void *arg)
@@ -259,6 +260,9 @@ static inline struct reply http_get(const char *url, const char *const *headers,
     r.rc = curl_easy_perform(easy);
     r.ms = (long)((ctx_now() - start) / CTX_MILLISECOND);
     curl_easy_getinfo(easy, CURLINFO_RESPONSE_CODE, &r.status);
+    const char *type = NULL;
+    if (curl_easy_getinfo(easy, CURLINFO_CONTENT_TYPE, &type) == CURLE_OK && type != NULL)
+        snprintf(r.content_type, sizeof r.content_type, "%s", type);
     curl_easy_cleanup(easy);
     curl_slist_free_all(h);
     return r;
