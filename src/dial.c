@@ -216,11 +216,8 @@ int ctx_dial(ctx_t *c, const char *host, const char *port)
         errno = EINVAL;
         return -1;
     }
-    int e = ctx_err(c);
-    if (e != 0) {
-        errno = e;
+    if (ctx__ended(c))
         return -1;
-    }
     /* A numeric address (or NULL: the loopback address) needs no name
      * server and is parsed here. */
     struct addrinfo hints = dial_hints;
@@ -228,7 +225,7 @@ int ctx_dial(ctx_t *c, const char *host, const char *port)
     struct addrinfo *res = NULL;
     int rc = getaddrinfo(host, port, &hints, &res);
     if (rc == EAI_NONAME && host != NULL) {
-        e = resolve_name(c, host, port, &res);
+        int e = resolve_name(c, host, port, &res);
         if (e != 0) {
             errno = e;
             return -1;
@@ -245,7 +242,7 @@ int ctx_dial(ctx_t *c, const char *host, const char *port)
     int last = ECONNREFUSED;
     int fd = -1;
     for (struct addrinfo *ai = res; ai != NULL; ai = ai->ai_next, left--) {
-        e = ctx_err(c);
+        int e = ctx_err(c);
         if (e != 0) {
             last = e;
             break;

@@ -609,6 +609,18 @@ void ctx__signal_restart(void);
 /* describe.c: one node's own piece of ctx_describe's text. */
 size_t ctx__describe_piece(ctx_t *c, char *buf, size_t size);
 
+/* io.c, dial.c: true, with errno set to ctx_err(c), when c is done.  The
+ * I/O calls look before each system call and after each interrupted or
+ * waited one, and report a context that ended as -1 with that errno. */
+static inline bool ctx__ended(ctx_t *c)
+{
+    int e = ctx_err(c);
+    if (e == 0)
+        return false;
+    errno = e;
+    return true;
+}
+
 /* ---- wait.c */
 void ctx__fd_signal(struct ctx *n);
 void ctx__fd_release(struct ctx *n);
