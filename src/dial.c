@@ -47,6 +47,13 @@ static char *dup_str(const char *s)
     return d;
 }
 
+static void lookup_free(struct lookup *lk)
+{
+    ctx__free(lk->host);
+    ctx__free(lk->port);
+    ctx__free(lk);
+}
+
 static void lookup_unref(struct lookup *lk)
 {
     /* acq_rel: the last side sees everything the other side wrote. */
@@ -54,9 +61,7 @@ static void lookup_unref(struct lookup *lk)
         return;
     if (lk->res != NULL)
         freeaddrinfo(lk->res); /* abandoned: nobody took it */
-    ctx__free(lk->host);
-    ctx__free(lk->port);
-    ctx__free(lk);
+    lookup_free(lk);
 }
 
 static const struct addrinfo dial_hints = {
@@ -149,9 +154,7 @@ static int resolve_name(ctx_t *c, const char *host, const char *port, struct add
     lk->wake = ctx_with_cancel(c, &lk->wake_cancel);
     if (lk->host == NULL || lk->port == NULL || lk->wake == NULL) {
         ctx_unref(lk->wake);
-        ctx__free(lk->host);
-        ctx__free(lk->port);
-        ctx__free(lk);
+        lookup_free(lk);
         return ENOMEM;
     }
     ctx__ref(lk->wake); /* the thread's reference */
@@ -159,9 +162,7 @@ static int resolve_name(ctx_t *c, const char *host, const char *port, struct add
     if (e != 0) {
         ctx_unref(lk->wake);
         ctx_unref(lk->wake);
-        ctx__free(lk->host);
-        ctx__free(lk->port);
-        ctx__free(lk);
+        lookup_free(lk);
         return EAGAIN;
     }
     ctx_wait(lk->wake, CTX_FOREVER);
