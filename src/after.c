@@ -76,9 +76,21 @@ int ctx_after_func(ctx_t *c, void (*fn)(void *arg), void *arg, ctx_after_t **sto
     struct ctx *r = ctx__node_alloc(sizeof *r);
     if (r == NULL)
         return ENOMEM;
+    /* The list's reference, and the handle's if there is one. */
+    ctx__after_init(r, o, ctx__ref(c), stop != NULL ? 2u : 1u, fn, arg);
+    if (stop != NULL)
+        *stop = (ctx_after_t *)r;
+    if (!ctx__after_register(r))
+        ctx__run_after(r); /* already done: run here, now */
+    return 0;
+}
+
+void ctx__after_init(struct ctx *r, struct ctx *o, ctx_t *c, uint32_t refs, void (*fn)(void *),
+                     void *arg)
+{
     r->up = o;
-    r->pk = (uintptr_t)ctx__ref(c) | CTX__AFTER;
-    atomic_init(&r->refs, stop != NULL ? 2u : 1u);
+    r->pk = (uintptr_t)c | CTX__AFTER;
+    atomic_init(&r->refs, refs);
     atomic_init(&r->lock, 0);
     atomic_init(&r->u.a.run, CTX__RUN_PENDING);
     r->u.a.handle = CTX__HANDLE_LIVE;
@@ -86,18 +98,22 @@ int ctx_after_func(ctx_t *c, void (*fn)(void *arg), void *arg, ctx_after_t **sto
     r->u.a.arg = arg;
     r->u.a.link.next = NULL;
     r->u.a.link.pprev = NULL;
-    if (stop != NULL)
-        *stop = (ctx_after_t *)r;
+}
 
+bool ctx__after_register(struct ctx *r)
+{
+    struct ctx *o = r->up;
     ctx__lock(&o->lock);
+    /* Relaxed: every writer of the state word holds the owner's lock
+     * (mark() in tree.c), so under it this load sees the latest err; a
+     * canceller that marks o afterwards finds r in the list. */
     if ((atomic_load_explicit(&o->u.c.state, memory_order_relaxed) & CTX__ERR_MASK) == 0) {
         ctx__link_insert(ctx__kids(o), &r->u.a.link);
         ctx__unlock(&o->lock);
-        return 0;
+        return true;
     }
     ctx__unlock(&o->lock);
-    ctx__run_after(r); /* already done: run here, now */
-    return 0;
+    return false;
 }
 
 static int inside(const struct ctx *r)

@@ -47,6 +47,13 @@ static char *dup_str(const char *s)
     return d;
 }
 
+static void lookup_free(struct lookup *lk)
+{
+    ctx__free(lk->host);
+    ctx__free(lk->port);
+    ctx__free(lk);
+}
+
 static void lookup_unref(struct lookup *lk)
 {
     /* acq_rel: the last side sees everything the other side wrote. */
@@ -54,9 +61,7 @@ static void lookup_unref(struct lookup *lk)
         return;
     if (lk->res != NULL)
         freeaddrinfo(lk->res); /* abandoned: nobody took it */
-    ctx__free(lk->host);
-    ctx__free(lk->port);
-    ctx__free(lk);
+    lookup_free(lk);
 }
 
 static const struct addrinfo dial_hints = {
@@ -149,9 +154,7 @@ static int resolve_name(ctx_t *c, const char *host, const char *port, struct add
     lk->wake = ctx_with_cancel(c, &lk->wake_cancel);
     if (lk->host == NULL || lk->port == NULL || lk->wake == NULL) {
         ctx_unref(lk->wake);
-        ctx__free(lk->host);
-        ctx__free(lk->port);
-        ctx__free(lk);
+        lookup_free(lk);
         return ENOMEM;
     }
     ctx__ref(lk->wake); /* the thread's reference */
@@ -159,9 +162,7 @@ static int resolve_name(ctx_t *c, const char *host, const char *port, struct add
     if (e != 0) {
         ctx_unref(lk->wake);
         ctx_unref(lk->wake);
-        ctx__free(lk->host);
-        ctx__free(lk->port);
-        ctx__free(lk);
+        lookup_free(lk);
         return EAGAIN;
     }
     ctx_wait(lk->wake, CTX_FOREVER);
@@ -216,11 +217,8 @@ int ctx_dial(ctx_t *c, const char *host, const char *port)
         errno = EINVAL;
         return -1;
     }
-    int e = ctx_err(c);
-    if (e != 0) {
-        errno = e;
+    if (ctx__ended(c))
         return -1;
-    }
     /* A numeric address (or NULL: the loopback address) needs no name
      * server and is parsed here. */
     struct addrinfo hints = dial_hints;
@@ -228,7 +226,7 @@ int ctx_dial(ctx_t *c, const char *host, const char *port)
     struct addrinfo *res = NULL;
     int rc = getaddrinfo(host, port, &hints, &res);
     if (rc == EAI_NONAME && host != NULL) {
-        e = resolve_name(c, host, port, &res);
+        int e = resolve_name(c, host, port, &res);
         if (e != 0) {
             errno = e;
             return -1;
@@ -245,7 +243,7 @@ int ctx_dial(ctx_t *c, const char *host, const char *port)
     int last = ECONNREFUSED;
     int fd = -1;
     for (struct addrinfo *ai = res; ai != NULL; ai = ai->ai_next, left--) {
-        e = ctx_err(c);
+        int e = ctx_err(c);
         if (e != 0) {
             last = e;
             break;

@@ -584,18 +584,23 @@ struct ctx__msg *ctx__msg_site(const char *file, int line, const char *func);
 /* group.c: how the pool and the signal thread start threads (normally
  * ctx__thread_start).  Tests replace it to make thread creation fail. */
 extern int (*ctx__sc_thread_start)(void *(*fn)(void *), size_t stack);
-/* merge.c: AfterFunc records embedded in a block (merge.c, signal.c).
- * init lays out r as a record of fn(arg) on context c (whose owner is o),
- * as ctx_after_func does, with a count after.c never drops to zero (the
- * block's own); it takes a reference to c when ref is set.  register puts
- * r in its owner's list; false when the owner is already done (r is then
- * marked run and unlisted, so that stopping it returns false at once).
- * quiesce waits until r, after it was stopped, has been let go by
- * after.c: its count is back to the block's own 1.  Only then may the
- * block be freed. */
-void ctx__record_init(struct ctx *r, ctx_t *c, struct ctx *o, void (*fn)(void *), void *arg,
-                      int ref);
-bool ctx__record_register(struct ctx *r);
+/* after.c: the AfterFunc record, for ctx_after_func and the records
+ * embedded in a block (merge.c, signal.c).  init lays out r as a record of
+ * fn(arg) on context c (whose owner is o), pending, unlisted, with refs as
+ * its count; any reference to c is the caller's to take.  register puts r
+ * in its owner's children list under the owner's lock and returns true;
+ * false, leaving r untouched, when the owner is already done (then the
+ * caller decides: ctx_after_func runs fn, a block marks r unlisted). */
+void ctx__after_init(struct ctx *r, struct ctx *o, ctx_t *c, uint32_t refs, void (*fn)(void *),
+                     void *arg);
+bool ctx__after_register(struct ctx *r);
+/* merge.c: AfterFunc records embedded in a block (merge.c, signal.c) start
+ * with a count after.c never drops to zero (the block's own).  unlisted
+ * marks such a record, never listed, as run with no list reference, so
+ * that stopping it returns false at once.  quiesce waits until r, after it
+ * was stopped, has been let go by after.c: its count is back to the
+ * block's own 1.  Only then may the block be freed. */
+void ctx__record_unlisted(struct ctx *r);
 void ctx__record_quiesce(struct ctx *r);
 /* signal.c: starts the signal thread in a forked child that inherited live
  * signal contexts, if it is not running yet (called by
@@ -603,6 +608,18 @@ void ctx__record_quiesce(struct ctx *r);
 void ctx__signal_restart(void);
 /* describe.c: one node's own piece of ctx_describe's text. */
 size_t ctx__describe_piece(ctx_t *c, char *buf, size_t size);
+
+/* io.c, dial.c: true, with errno set to ctx_err(c), when c is done.  The
+ * I/O calls look before each system call and after each interrupted or
+ * waited one, and report a context that ended as -1 with that errno. */
+static inline bool ctx__ended(ctx_t *c)
+{
+    int e = ctx_err(c);
+    if (e == 0)
+        return false;
+    errno = e;
+    return true;
+}
 
 /* ---- wait.c */
 void ctx__fd_signal(struct ctx *n);

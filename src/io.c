@@ -48,39 +48,78 @@ static int never_done(ctx_t *c)
     return ctx__kind(ctx__owner(c)) == CTX__ROOT;
 }
 
+/* Puts c's done fd in p[*n] and counts it, unless c can never be done.
+ * Returns 0, or why no done fd could be made. */
+static int add_done_fd(ctx_t *c, struct pollfd *p, nfds_t *n)
+{
+    if (never_done(c))
+        return 0;
+    int dfd = ctx_done_fd(c);
+    if (dfd < 0)
+        return errno != 0 ? errno : ENOMEM;
+    p[*n].fd = dfd;
+    p[*n].events = POLLIN;
+    p[*n].revents = 0;
+    (*n)++;
+    return 0;
+}
+
+/* Polls p (the caller's entries, then c's done fd if add_done_fd put it
+ * there) until an entry is ready, c is done, or `end` passes; with a
+ * timeout of CTX_FOREVER there is no end.  Returns poll's count, 0 at the
+ * timeout, or -1 with errno: ctx_err(c) once c is done, whatever poll
+ * said, or why poll failed.  The done fd is readable only once c is done,
+ * which this rules out before it returns a count, so every ready entry is
+ * the caller's. */
+static int poll_until(ctx_t *c, struct pollfd *p, nfds_t n, ctx_duration_t timeout, ctx_time_t end)
+{
+    for (;;) {
+        int ms = -1;
+        if (timeout != CTX_FOREVER) {
+            ctx_time_t left = end - ctx__real_now();
+            if (left < 0)
+                left = 0;
+            /* Round up, so that poll never returns before the timeout. */
+            ctx_time_t m = (left + CTX_MILLISECOND - 1) / CTX_MILLISECOND;
+            ms = m > INT_MAX ? INT_MAX : (int)m;
+        }
+        int r = poll(p, n, ms);
+        if (ctx__ended(c))
+            return -1;
+        if (r < 0) {
+            if (errno == EINTR || errno == EAGAIN)
+                continue;
+            return -1;
+        }
+        if (r == 0 && timeout != CTX_FOREVER && ctx__real_now() < end)
+            continue; /* woke early: keep waiting for what is left */
+        return r;
+    }
+}
+
 /* Waits until fd reports one of events (or an error or hang-up, which the
  * next attempt turns into a result) or c is done.  Returns 0 to try again,
- * else an errno-style code: ctx_err(c), or why the wait failed (EBADF for
- * an fd poll calls invalid, EMFILE when no done fd can be made, ...). */
+ * else -1 with errno: ctx_err(c), or why the wait failed (EBADF for an fd
+ * poll calls invalid, EMFILE when no done fd can be made, ...). */
 static int wait_fd(ctx_t *c, int fd, short events)
 {
     struct pollfd p[2];
     nfds_t n = 1;
     p[0].fd = fd;
     p[0].events = events;
-    if (!never_done(c)) {
-        int dfd = ctx_done_fd(c);
-        if (dfd < 0)
-            return errno != 0 ? errno : ENOMEM;
-        p[1].fd = dfd;
-        p[1].events = POLLIN;
-        n = 2;
+    p[0].revents = 0;
+    int e = add_done_fd(c, p, &n);
+    if (e != 0) {
+        errno = e;
+        return -1;
     }
     for (;;) {
-        p[0].revents = 0;
-        if (n == 2)
-            p[1].revents = 0;
-        int r = poll(p, n, -1);
-        int e = ctx_err(c);
-        if (e != 0)
-            return e;
-        if (r < 0) {
-            if (errno == EINTR || errno == EAGAIN)
-                continue;
-            return errno;
+        if (poll_until(c, p, n, CTX_FOREVER, 0) < 0)
+            return -1;
+        if (p[0].revents & POLLNVAL) {
+            errno = EBADF;
+            return -1;
         }
-        if (p[0].revents & POLLNVAL)
-            return EBADF;
         if (p[0].revents != 0)
             return 0;
     }
@@ -92,11 +131,8 @@ int ctx_poll(ctx_t *c, struct pollfd *fds, nfds_t nfds, ctx_duration_t timeout)
         errno = EINVAL;
         return -1;
     }
-    int e = ctx_err(c);
-    if (e != 0) {
-        errno = e;
+    if (ctx__ended(c))
         return -1;
-    }
     /* The caller's array plus one slot for the done fd: on the stack when
      * small, which is the common case. */
     struct pollfd small[16];
@@ -111,56 +147,20 @@ int ctx_poll(ctx_t *c, struct pollfd *fds, nfds_t nfds, ctx_duration_t timeout)
     if (nfds != 0)
         memcpy(p, fds, nfds * sizeof *p);
     nfds_t n = nfds;
-    int result = -1, err = 0;
-    if (!never_done(c)) {
-        int dfd = ctx_done_fd(c);
-        if (dfd < 0) {
-            err = errno != 0 ? errno : ENOMEM;
-            goto out;
-        }
-        p[n].fd = dfd;
-        p[n].events = POLLIN;
-        p[n].revents = 0;
-        n++;
-    }
+    int result = -1, err = add_done_fd(c, p, &n);
+    if (err != 0)
+        goto out;
     if (timeout < 0 && timeout != CTX_FOREVER)
         timeout = 0;
     ctx_time_t end = timeout == CTX_FOREVER ? 0 : ctx__add_sat(ctx__real_now(), timeout);
-    for (;;) {
-        int ms = -1;
-        if (timeout != CTX_FOREVER) {
-            ctx_time_t left = end - ctx__real_now();
-            if (left < 0)
-                left = 0;
-            /* Round up, so that poll never returns before the timeout. */
-            ctx_time_t m = (left + CTX_MILLISECOND - 1) / CTX_MILLISECOND;
-            ms = m > INT_MAX ? INT_MAX : (int)m;
-        }
-        int r = poll(p, n, ms);
-        e = ctx_err(c);
-        if (e != 0) {
-            err = e;
-            break;
-        }
-        if (r < 0) {
-            if (errno == EINTR || errno == EAGAIN)
-                continue;
-            err = errno;
-            break;
-        }
-        if (r == 0) {
-            if (timeout != CTX_FOREVER && ctx__real_now() < end)
-                continue; /* woke early: keep waiting for what is left */
-            result = 0;
-            break;
-        }
-        /* The done fd is readable only once c is done, which ctx_err
-         * above has ruled out, so every ready entry is the caller's. */
+    result = poll_until(c, p, n, timeout, end);
+    if (result < 0) {
+        err = errno;
+        goto out;
+    }
+    if (result > 0)
         for (nfds_t i = 0; i < nfds; i++)
             fds[i].revents = p[i].revents;
-        result = r;
-        break;
-    }
 out:
     if (p != small)
         ctx__free(p);
@@ -278,11 +278,8 @@ static ssize_t attempt(struct op *o)
 /* The loop every call of the family shares. */
 static ssize_t run(ctx_t *c, struct op *o)
 {
-    int e = ctx_err(c);
-    if (e != 0) {
-        errno = e;
+    if (ctx__ended(c))
         return -1;
-    }
     if (o->iovcnt < 0 || o->iovcnt > IOV_MAX || (o->iov == NULL && o->iovcnt != 0)) {
         errno = EINVAL;
         return -1;
@@ -292,11 +289,8 @@ static ssize_t run(ctx_t *c, struct op *o)
         if (o->mode == M_PLAIN && !waited) {
             /* A blocking fd without RWF_NOWAIT: the call itself would
              * block, so wait for readiness first. */
-            e = wait_fd(c, o->fd, o->write ? POLLOUT : POLLIN);
-            if (e != 0) {
-                errno = e;
+            if (wait_fd(c, o->fd, o->write ? POLLOUT : POLLIN) != 0)
                 return -1;
-            }
         }
         waited = 0;
         ssize_t r = attempt(o);
@@ -304,11 +298,8 @@ static ssize_t run(ctx_t *c, struct op *o)
             return r;
         int err = errno;
         if (err == EINTR) {
-            e = ctx_err(c);
-            if (e != 0) {
-                errno = e;
+            if (ctx__ended(c))
                 return -1;
-            }
             continue;
         }
         if (err != EAGAIN && err != EWOULDBLOCK) {
@@ -330,11 +321,8 @@ static ssize_t run(ctx_t *c, struct op *o)
                 continue;
             }
         }
-        e = wait_fd(c, o->fd, o->write ? POLLOUT : POLLIN);
-        if (e != 0) {
-            errno = e;
+        if (wait_fd(c, o->fd, o->write ? POLLOUT : POLLIN) != 0)
             return -1;
-        }
         waited = 1;
     }
 }
@@ -473,11 +461,8 @@ int ctx_accept(ctx_t *c, int fd, struct sockaddr *addr, socklen_t *len, int flag
         errno = EINVAL;
         return -1;
     }
-    int e = ctx_err(c);
-    if (e != 0) {
-        errno = e;
+    if (ctx__ended(c))
         return -1;
-    }
     int fl = fcntl(fd, F_GETFL);
     if (fl < 0)
         return -1;
@@ -485,46 +470,30 @@ int ctx_accept(ctx_t *c, int fd, struct sockaddr *addr, socklen_t *len, int flag
      * may only be called once poll says a connection waits. */
     int wait_first = !(fl & O_NONBLOCK);
     for (;;) {
-        if (wait_first) {
-            e = wait_fd(c, fd, POLLIN);
-            if (e != 0) {
-                errno = e;
-                return -1;
-            }
-        }
+        if (wait_first && wait_fd(c, fd, POLLIN) != 0)
+            return -1;
         int s = accept4(fd, addr, len, flags);
         if (s >= 0)
             return s;
         if (errno == EINTR) {
-            e = ctx_err(c);
-            if (e != 0) {
-                errno = e;
+            if (ctx__ended(c))
                 return -1;
-            }
             continue;
         }
         /* ECONNABORTED: a connection died in the queue; accept(2) on a
          * blocking socket would wait for the next one, and so do we. */
         if (errno != EAGAIN && errno != EWOULDBLOCK && errno != ECONNABORTED)
             return -1;
-        if (!wait_first) {
-            e = wait_fd(c, fd, POLLIN);
-            if (e != 0) {
-                errno = e;
-                return -1;
-            }
-        }
+        if (!wait_first && wait_fd(c, fd, POLLIN) != 0)
+            return -1;
     }
 }
 
 /* Waits for a connection attempt under way (EINPROGRESS) to finish. */
 static int connect_wait(ctx_t *c, int fd)
 {
-    int e = wait_fd(c, fd, POLLOUT);
-    if (e != 0) {
-        errno = e;
+    if (wait_fd(c, fd, POLLOUT) != 0)
         return -1;
-    }
     int soerr = 0;
     socklen_t sl = sizeof soerr;
     if (getsockopt(fd, SOL_SOCKET, SO_ERROR, &soerr, &sl) != 0)
@@ -566,11 +535,8 @@ int ctx_connect(ctx_t *c, int fd, const struct sockaddr *addr, socklen_t len)
         errno = EINVAL;
         return -1;
     }
-    int e = ctx_err(c);
-    if (e != 0) {
-        errno = e;
+    if (ctx__ended(c))
         return -1;
-    }
     int fl = fcntl(fd, F_GETFL);
     if (fl < 0)
         return -1;
@@ -608,11 +574,8 @@ int ctx_connect(ctx_t *c, int fd, const struct sockaddr *addr, socklen_t len)
          * says how far the attempt got. */
         if (err != EINTR && !(err == EAGAIN && addr->sa_family == AF_UNIX))
             return -1;
-        e = ctx_err(c);
-        if (e != 0) {
-            errno = e;
+        if (ctx__ended(c))
             return -1;
-        }
         again = 1;
         usec = err == EAGAIN ? UNIX_SLICE_USEC : 1;
     }

@@ -171,40 +171,21 @@ static void merge_destroy(void *data)
     /* The block is M's node: the tree frees it when this returns. */
 }
 
-void ctx__record_init(struct ctx *r, ctx_t *c, struct ctx *o, void (*fn)(void *), void *arg,
-                      int ref)
-{
-    r->up = o;
-    r->pk = (uintptr_t)(ref ? ctx__ref(c) : c) | CTX__AFTER;
-    atomic_init(&r->refs, 3); /* the list's, the handle's, the block's */
-    atomic_init(&r->lock, 0);
-    atomic_init(&r->u.a.run, CTX__RUN_PENDING);
-    r->u.a.handle = CTX__HANDLE_LIVE;
-    r->u.a.fn = fn;
-    r->u.a.arg = arg;
-    r->u.a.link.next = NULL;
-    r->u.a.link.pprev = NULL;
-}
-
 /* A record that never enters a list: no list reference, and marked run,
  * so that stopping it returns at once. */
-static void unlisted(struct ctx *r)
+void ctx__record_unlisted(struct ctx *r)
 {
     atomic_store_explicit(&r->refs, 2, memory_order_relaxed);
     atomic_store_explicit(&r->u.a.run, CTX__RUN_DONE, memory_order_relaxed);
 }
 
-bool ctx__record_register(struct ctx *r)
+/* Registers a record of the block; one the owner is already done for is
+ * left unlisted.  Returns whether it was listed. */
+static bool register_record(struct ctx *r)
 {
-    struct ctx *o = r->up;
-    ctx__lock(&o->lock);
-    if ((atomic_load_explicit(&o->u.c.state, memory_order_relaxed) & CTX__ERR_MASK) == 0) {
-        ctx__link_insert(ctx__kids(o), &r->u.a.link);
-        ctx__unlock(&o->lock);
+    if (ctx__after_register(r))
         return true;
-    }
-    ctx__unlock(&o->lock);
-    unlisted(r);
+    ctx__record_unlisted(r);
     return false;
 }
 
@@ -257,7 +238,9 @@ ctx_t *ctx_merge(ctx_t *const *parents, size_t n, ctx_cancel_t **cancel)
      * in place, and that a cancel that came before finds the self record
      * unregistered, so that this function stops the links itself.  A
      * parent already done cancels M, with its err and cause. */
-    ctx__record_init(&b->self, m, m, merge_done, b, 0);
+    /* Each record's count: the list's, the handle's, the block's.  The
+     * self record holds no reference to M; the others hold their parent. */
+    ctx__after_init(&b->self, m, m, 3, merge_done, b);
     bool m_done = (atomic_load_explicit(&m->u.c.state, memory_order_relaxed) & CTX__ERR_MASK) != 0;
     bool fire = false;
     for (size_t i = 1; i < n; i++) {
@@ -270,13 +253,13 @@ ctx_t *ctx_merge(ctx_t *const *parents, size_t n, ctx_cancel_t **cancel)
             ctx__ref(parents[i]);
             continue;
         }
-        ctx__record_init(r, parents[i], o, merge_fire, b, 1);
+        ctx__after_init(r, o, ctx__ref(parents[i]), 3, merge_fire, b);
         if (m_done || fire)
-            unlisted(r); /* M is or will be done: no need to link */
-        else if (!ctx__record_register(r))
+            ctx__record_unlisted(r); /* M is or will be done: no need to link */
+        else if (!register_record(r))
             fire = true;
     }
-    if (ctx__record_register(&b->self)) {
+    if (register_record(&b->self)) {
         /* From here merge_done (once M is done) or the destroy hook stops
          * the links. */
         if (fire)

@@ -356,7 +356,7 @@ ctx_t *ctx_with_signals(ctx_t *parent, const int *signals, size_t n, ctx_cancel_
      * after.c never drops to zero (the block is freed by the destroy
      * hook). */
     struct ctx *s = &r->self;
-    ctx__record_init(s, c, c, sig_done, r, 0);
+    ctx__after_init(s, c, c, 3, sig_done, r); /* the list's, the handle's, the block's */
 
     pthread_mutex_lock(&S.mu);
     int e = start_locked();
@@ -409,8 +409,10 @@ ctx_t *ctx_with_signals(ctx_t *parent, const int *signals, size_t n, ctx_cancel_
 
     /* Register the record on the node; a node done at birth (its parent
      * was done) ends at once. */
-    if (!ctx__record_register(s))
+    if (!ctx__after_register(s)) {
+        ctx__record_unlisted(s);
         sig_done(r);
+    }
     if (cancel != NULL)
         *cancel = h;
     return c;

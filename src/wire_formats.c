@@ -351,6 +351,16 @@ static size_t token_run(const char *s, size_t n)
     return i;
 }
 
+/* The length of the run of baggage octets at the start of s[0..n): a value
+ * ends at the first byte that is not one. */
+static size_t octet_run(const char *s, size_t n)
+{
+    size_t i = 0;
+    while (i < n && is_baggage_octet((unsigned char)s[i]))
+        i++;
+    return i;
+}
+
 static size_t skip_ows(const char *s, size_t i, size_t n)
 {
     while (i < n && is_ows(s[i]))
@@ -370,12 +380,10 @@ static bool baggage_props_valid(const char *p, size_t n)
         i = skip_ows(p, i + kl, n);
         if (i < n && p[i] == '=') {
             i = skip_ows(p, i + 1, n);
-            size_t vb = i;
-            while (i < n && is_baggage_octet((unsigned char)p[i]))
-                i++;
-            if (!baggage_value_valid(p + vb, i - vb))
+            size_t vl = octet_run(p + i, n - i);
+            if (!baggage_value_valid(p + i, vl))
                 return false;
-            i = skip_ows(p, i, n);
+            i = skip_ows(p, i + vl, n);
         }
         if (i == n)
             return true;
@@ -394,15 +402,13 @@ static bool baggage_member(const char *s, size_t n, struct ctx__bag_member *m)
     size_t i = skip_ows(s, kl, n);
     if (i == n || s[i] != '=')
         return false;
-    i = skip_ows(s, i + 1, n);
-    size_t vb = i;
-    while (i < n && is_baggage_octet((unsigned char)s[i]))
-        i++;
-    if (!baggage_value_valid(s + vb, i - vb))
+    size_t vb = skip_ows(s, i + 1, n);
+    size_t vl = octet_run(s + vb, n - vb);
+    if (!baggage_value_valid(s + vb, vl))
         return false;
-    size_t decoded = ctx__baggage_decode(s + vb, i - vb, NULL);
-    *m = (struct ctx__bag_member){ s, kl, s + vb, i - vb, decoded, NULL, 0 };
-    i = skip_ows(s, i, n);
+    size_t decoded = ctx__baggage_decode(s + vb, vl, NULL);
+    *m = (struct ctx__bag_member){ s, kl, s + vb, vl, decoded, NULL, 0 };
+    i = skip_ows(s, vb + vl, n);
     if (i == n)
         return true;
     if (s[i] != ';' || !baggage_props_valid(s + i + 1, n - i - 1))
