@@ -471,7 +471,10 @@ static inline int ctx_wait_inline_(ctx_t *ctx, ctx_duration_t timeout)
  * ForkJoinPool do: those tasks already hold slots, so the limit holds, and
  * a burst of short tasks needs no hand-over between threads.  So a task
  * may run on the thread that called ctx_group_go or ctx_group_wait on its
- * group; it never runs on a thread of another group's caller.
+ * group; it never runs on a thread of another group's caller.  Go's
+ * errgroup never does this, so one rule is new: do not hold a lock that a
+ * task of the group takes while calling ctx_group_go or ctx_group_wait, as
+ * the task may run inside that call and deadlock on it.
  *
  * Thread safety: ctx_group_go and ctx_group_try_go may be called from any
  * thread, including from a task of the same group; ctx_group_set_limit and
