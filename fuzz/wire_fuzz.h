@@ -10,7 +10,7 @@
 #define _GNU_SOURCE
 #endif
 
-#include "wire.h"
+#include "propagation/wire.h"
 
 #include <stdint.h>
 #include <stdio.h>

@@ -63,7 +63,7 @@ struct ctx__link {
  * call: static strings), so that recording the site costs the 64-byte node
  * nothing.  has_text is 0 for a block that carries only a site.  size is 0
  * for a block from ctx__alloc, or CTX__MSG_STATIC for a site-only block of
- * track.c's static table, which is never counted nor freed. */
+ * cancel.c's static table, which is never counted nor freed. */
 struct ctx__msg {
     _Atomic uint32_t refs;
     uint16_t has_text;
@@ -223,7 +223,7 @@ struct ctx__custom {
 };
 
 /* A timer node: a cancel node with a deadline and its place in the timer
- * structures of its shard (time.c): a slot of the timing wheel or the due
+ * structures of its shard (timer.c): a slot of the timing wheel or the due
  * list, through the one link (wheel.pprev == NULL: in neither).  Until the
  * node is done, base.u.c.cause and base.u.c.msg hold the cause and the
  * message (a reference) its deadline reports.  96 bytes, and the timer
@@ -233,7 +233,7 @@ struct ctx__timer {
     ctx_time_t deadline;
     struct ctx__link wheel; /* under the shard lock */
     uint8_t shard;          /* which shard holds it; immutable */
-    uint8_t level;          /* wheel level, or AT_DUE: time.c */
+    uint8_t level;          /* wheel level, or AT_DUE: timer.c */
     uint16_t slot;          /* wheel slot */
 };
 CTX__ALIGN_CHECK(sizeof(struct ctx__timer) == 96);
@@ -521,8 +521,8 @@ struct ctx__fork_hooks {
     void (*parent)(void);
     void (*child)(void);
 };
-#define CTX__FORK_RANK_TIMER_FIRE 10  /* time.c: T.fire (early) */
-#define CTX__FORK_RANK_TIME       100 /* time.c: T.mu, the shard locks */
+#define CTX__FORK_RANK_TIMER_FIRE 10  /* timer.c: T.fire (early) */
+#define CTX__FORK_RANK_TIME       100 /* timer.c: T.mu, the shard locks */
 #define CTX__FORK_RANK_AFTER      110 /* after.c: the callback queue */
 #define CTX__FORK_RANK_WAIT       200 /* wait.c: the done-fd table, describe */
 #define CTX__FORK_MAX             32
@@ -536,13 +536,28 @@ void ctx__fork_register(const struct ctx__fork_hooks *h);
     }
 void ctx__fork_init(void);
 
-/* ---- time.c: the timer structures.  remove is called with the node's
- * lock held (lock order: node locks, then the timer lock). */
+/* ---- core/timer.c: the timer structures.  remove is called with the
+ * node's lock held (lock order: node locks, then the timer lock). */
 void ctx__timer_remove(struct ctx__timer *t);
 /* Starts the timer thread if deadlines are pending and it is not running
  * (only after fork(2) in the child). */
 void ctx__timer_restart(void);
+/* For core/deadline.c: set the structures up once; the shard this thread
+ * inserts into; start the timer thread if it is not running (0 or an
+ * errno); insert a timer whose deadline and shard are set. */
+void ctx__timer_init(void);
+unsigned ctx__timer_shard(void);
+int ctx__timer_need_thread(void);
+void ctx__timer_insert(struct ctx__timer *t);
 void ctx__describe_atfork(int release);
+
+/* ---- core/clock.c: the mode and the manual clock's time, which the
+ * timers' manual clock sets (relaxed: see clock.c). */
+struct ctx__clock {
+    _Atomic int manual;   /* the manual clock is in force */
+    _Atomic int64_t mnow; /* the manual clock's time */
+};
+extern struct ctx__clock ctx__clock;
 int ctx__clock_is_manual(void);
 ctx_time_t ctx__real_now(void); /* CLOCK_MONOTONIC, whatever ctx_now() reads */
 
@@ -567,7 +582,8 @@ void ctx__unref_deferred(struct ctx *node);
  * while records are queued, so that the timer thread looks again soon. */
 int ctx__after_watch(ctx_time_t now);
 
-/* ---- track.c: tracking registry, dumps, cancel sites */
+/* ---- introspect/track.c: tracking registry and dumps; core/cancel.c:
+ * cancel sites */
 /* Nonzero while tracking is on (ctx_track).  The flag is the exported int
  * ctx_tracking_, which ctx.h's creation macros test with one load; C++
  * includes ctx.h too, so it cannot be _Atomic there, and the library reads

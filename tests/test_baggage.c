@@ -6,7 +6,7 @@
  */
 #include "check.h"
 
-#include "wire.h"
+#include "propagation/wire.h"
 
 struct want {
     const char *key, *value, *props; /* value decoded; props NULL: none */

@@ -1,7 +1,7 @@
 /*
  * Many threads deriving children from one shared parent (a server's base
  * context), which gives the parent a fan-out (per-thread shards of its
- * children and of their references to it; src/tree.c):
+ * children and of their references to it; src/core/tree.c):
  *   - children of every kind (cancel, timeout, custom-free AfterFunc, value
  *     over the parent, grandchildren) are created, cancelled and freed from
  *     several threads at once, with no error and no leak (ASan);

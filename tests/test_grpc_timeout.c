@@ -6,7 +6,7 @@
  */
 #include "check.h"
 
-#include "wire.h"
+#include "propagation/wire.h"
 
 #include <limits.h>
 

@@ -1,5 +1,5 @@
 /*
- * The timer structures behind deadlines (src/time.c): a hierarchical timing
+ * The timer structures behind deadlines (src/core/timer.c): a hierarchical timing
  * wheel per shard, whose slots cascade down as time reaches them, and a
  * sorted due list for the next fraction of a millisecond.  test_clock
  * checks firing order on a few thousand deadlines; this test reaches every

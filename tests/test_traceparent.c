@@ -7,7 +7,7 @@
  */
 #include "check.h"
 
-#include "wire.h"
+#include "propagation/wire.h"
 
 #define TRACE "4bf92f3577b34da6a3ce929d0e0e4736"
 #define SPAN  "00f067aa0ba902b7"

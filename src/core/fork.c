@@ -22,7 +22,7 @@
  * only a compiler barrier.  Where membarrier is missing, ctx__fence_needed
  * stays set and holders use a real fence.
  *
- * Then prepare runs the hooks the subsystems registered (time.c, after.c,
+ * Then prepare runs the hooks the subsystems registered (timer.c, after.c,
  * wait.c, ...; see ctx__fork_register in internal.h), which take their
  * locks in rank order, so that the child gets consistent wheels, queues and
  * tables.  This file calls no subsystem by name: they call it.  Early hooks

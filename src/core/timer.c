@@ -1,6 +1,7 @@
 /*
- * Time: the clock (real or manual), deadline contexts, and the timer
- * mechanism behind them.
+ * Timers: the structures that hold every live deadline, the timer thread
+ * that fires them, and the manual clock that tests use to drive them.
+ * The clock itself is in clock.c, deadline contexts in deadline.c.
  *
  * Live deadlines are kept in NSHARDS shards, each with its own lock; a
  * thread always inserts into the same one, so threads creating and
@@ -89,8 +90,6 @@ static struct {
     pthread_mutex_t fire;
     int64_t wake;          /* under mu: when the timer thread will wake */
     _Atomic int started;   /* the timer thread runs; set under mu */
-    _Atomic int manual;    /* the manual clock is in force */
-    _Atomic int64_t mnow;  /* the manual clock's time */
     _Atomic unsigned next; /* round robin for assigning shards to threads */
     struct shard shard[NSHARDS];
 } T = {
@@ -99,61 +98,6 @@ static struct {
     .fire = PTHREAD_MUTEX_INITIALIZER, /* made recursive by init_once */
     .wake = INT64_MAX,
 };
-
-/* ---------------------------------------------------------------------------
- * The clock
- */
-
-static ctx_time_t real_now(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (ctx_time_t)ts.tv_sec * CTX_SECOND + ts.tv_nsec;
-}
-
-ctx_time_t ctx_now(void)
-{
-    /* Relaxed: the mode and the manual time are set by the test driving the
-     * clock, which orders them with its own synchronization. */
-    if (atomic_load_explicit(&T.manual, memory_order_relaxed))
-        return atomic_load_explicit(&T.mnow, memory_order_relaxed);
-    return real_now();
-}
-
-ctx_time_t ctx__real_now(void)
-{
-    return real_now();
-}
-
-int ctx__clock_is_manual(void)
-{
-    return atomic_load_explicit(&T.manual, memory_order_relaxed);
-}
-
-ctx_time_t ctx_time_from_wall(const struct timespec *wall)
-{
-    if (wall == NULL)
-        return ctx_now();
-    struct timespec rt;
-    clock_gettime(CLOCK_REALTIME, &rt);
-    /* Seconds first, in unsigned arithmetic (the difference of two time_t
-     * can overflow int64_t), so that a far-away instant saturates. */
-    const uint64_t lim = INT64_MAX / CTX_SECOND - 1;
-    int64_t ws = (int64_t)wall->tv_sec, rs = (int64_t)rt.tv_sec, ds;
-    if (ws >= rs) {
-        uint64_t diff = (uint64_t)ws - (uint64_t)rs;
-        if (diff > lim)
-            return INT64_MAX;
-        ds = (int64_t)diff;
-    } else {
-        uint64_t diff = (uint64_t)rs - (uint64_t)ws;
-        if (diff > lim)
-            return INT64_MIN;
-        ds = -(int64_t)diff;
-    }
-    ctx_duration_t d = ds * CTX_SECOND + ((int64_t)wall->tv_nsec - rt.tv_nsec);
-    return ctx__add_sat(ctx_now(), d);
-}
 
 /* ---------------------------------------------------------------------------
  * The wheel and the due list (each under its shard's lock)
@@ -540,7 +484,7 @@ static void init_once(void)
     pthread_condattr_setclock(&a, CLOCK_MONOTONIC);
     pthread_cond_init(&T.cv, &a);
     pthread_condattr_destroy(&a);
-    uint64_t g = gran(real_now());
+    uint64_t g = gran(ctx__real_now());
     for (int i = 0; i < NSHARDS; i++) {
         T.shard[i].base = g;
         atomic_store_explicit(&T.shard[i].min, INT64_MAX, memory_order_relaxed);
@@ -572,7 +516,7 @@ static void *timer_main(void *arg);
 static int start_thread_locked(void)
 {
     if (atomic_load_explicit(&T.started, memory_order_relaxed) ||
-        atomic_load_explicit(&T.manual, memory_order_relaxed))
+        atomic_load_explicit(&ctx__clock.manual, memory_order_relaxed))
         return 0;
     int e = ctx__thread_start(timer_main, 64 * 1024);
     if (e == 0)
@@ -807,14 +751,14 @@ static void *timer_main(void *arg)
     for (;;) {
         pthread_mutex_lock(&T.mu);
         for (;;) {
-            if (atomic_load_explicit(&T.manual, memory_order_relaxed)) {
+            if (atomic_load_explicit(&ctx__clock.manual, memory_order_relaxed)) {
                 T.wake = INT64_MAX;
                 pthread_cond_wait(&T.cv, &T.mu);
                 continue;
             }
             int64_t m;
             earliest_shard(&m);
-            ctx_time_t now = real_now();
+            ctx_time_t now = ctx__real_now();
             if (m <= now)
                 break;
             T.wake = m;
@@ -833,7 +777,8 @@ static void *timer_main(void *arg)
         pthread_mutex_unlock(&T.mu);
 
         pthread_mutex_lock(&T.fire);
-        while (!atomic_load_explicit(&T.manual, memory_order_relaxed) && fire_round(real_now()))
+        while (!atomic_load_explicit(&ctx__clock.manual, memory_order_relaxed) &&
+               fire_round(ctx__real_now()))
             ;
         pthread_mutex_unlock(&T.fire);
     }
@@ -893,8 +838,8 @@ int ctx_clock_manual(ctx_time_t start)
     init();
     pthread_mutex_lock(&T.fire);
     pthread_mutex_lock(&T.mu);
-    atomic_store_explicit(&T.mnow, start, memory_order_relaxed);
-    atomic_store_explicit(&T.manual, 1, memory_order_relaxed);
+    atomic_store_explicit(&ctx__clock.mnow, start, memory_order_relaxed);
+    atomic_store_explicit(&ctx__clock.manual, 1, memory_order_relaxed);
     pthread_cond_broadcast(&T.cv);
     pthread_mutex_unlock(&T.mu);
     rebase(start);
@@ -906,10 +851,10 @@ void ctx_clock_real(void)
 {
     init();
     pthread_mutex_lock(&T.fire);
-    rebase(real_now());
+    rebase(ctx__real_now());
     pthread_mutex_unlock(&T.fire);
     pthread_mutex_lock(&T.mu);
-    atomic_store_explicit(&T.manual, 0, memory_order_relaxed);
+    atomic_store_explicit(&ctx__clock.manual, 0, memory_order_relaxed);
     int64_t m;
     earliest_shard(&m);
     if (m != INT64_MAX)
@@ -930,11 +875,11 @@ int ctx_clock_advance(ctx_duration_t d)
     while (pop_due(target, &t)) {
         if (t == NULL)
             continue;
-        if (t->deadline > atomic_load_explicit(&T.mnow, memory_order_relaxed))
-            atomic_store_explicit(&T.mnow, t->deadline, memory_order_relaxed);
+        if (t->deadline > atomic_load_explicit(&ctx__clock.mnow, memory_order_relaxed))
+            atomic_store_explicit(&ctx__clock.mnow, t->deadline, memory_order_relaxed);
         fire(t, NULL); /* in order, callbacks included, before we return */
     }
-    atomic_store_explicit(&T.mnow, target, memory_order_relaxed);
+    atomic_store_explicit(&ctx__clock.mnow, target, memory_order_relaxed);
     pthread_mutex_unlock(&T.fire);
     return 0;
 }
@@ -1017,103 +962,29 @@ void ctx__timer_restart(void)
     if (m != INT64_MAX)
         ensure_thread();
     else
-        ctx__after_watch(real_now()); /* queued callbacks get a worker */
+        ctx__after_watch(ctx__real_now()); /* queued callbacks get a worker */
 }
 
 /* ---------------------------------------------------------------------------
- * Deadline contexts
+ * For deadline.c
  */
 
-/* now is ctx_now() when the caller already read it, else NOT_READ. */
-#define NOT_READ INT64_MIN
-
-static ctx_t *with_deadline(ctx_t *parent, ctx_time_t d, ctx_time_t now, int cause,
-                            const char *text, ctx_cancel_t **cancel)
+void ctx__timer_init(void)
 {
-    if (cancel != NULL)
-        *cancel = NULL;
-    if (parent == NULL) {
-        errno = EINVAL;
-        return NULL;
-    }
-    ctx_time_t cur;
-    if (ctx_deadline(parent, &cur) && cur <= d)
-        return ctx_with_cancel(parent, cancel); /* the parent's comes first */
-
     init();
-    struct ctx__timer *t = ctx__node_alloc(sizeof *t);
-    if (t == NULL) {
-        errno = ENOMEM;
-        return NULL;
-    }
-    t->deadline = d;
-    t->wheel.next = NULL;
-    t->wheel.pprev = NULL;
-    t->level = 0;
-    t->slot = 0;
-    /* The deadline's cause waits in the node's own cause fields until the
-     * node is done (see mark() in tree.c). */
-    t->base.u.c.cause = cause;
-    t->base.u.c.msg = NULL;
-    if (text != NULL && (t->base.u.c.msg = ctx__msg_new(text)) == NULL) {
-        ctx__node_free(t, sizeof *t);
-        errno = ENOMEM;
-        return NULL;
-    }
-    t->shard = (uint8_t)my_shard();
-    int past = d <= (now != NOT_READ ? now : ctx_now());
-    int e = past ? 0 : ensure_thread();
-    if (e != 0) {
-        ctx__msg_unref(t->base.u.c.msg);
-        ctx__node_free(t, sizeof *t);
-        errno = e;
-        return NULL;
-    }
-    ctx__init_cancel(&t->base, parent, CTX__TIMER);
-    if (past)
-        ctx__cancel_deadline(t, NULL);
-    else
-        timer_insert(t);
-    if (cancel != NULL)
-        *cancel = (ctx_cancel_t *)&t->base;
-    return &t->base;
 }
 
-ctx_t *ctx_with_deadline(ctx_t *parent, ctx_time_t deadline, ctx_cancel_t **cancel)
+unsigned ctx__timer_shard(void)
 {
-    return with_deadline(parent, deadline, NOT_READ, 0, NULL, cancel);
+    return my_shard();
 }
 
-ctx_t *ctx_with_timeout(ctx_t *parent, ctx_duration_t timeout, ctx_cancel_t **cancel)
+int ctx__timer_need_thread(void)
 {
-    ctx_time_t now = ctx_now();
-    return with_deadline(parent, ctx__add_sat(now, timeout), now, 0, NULL, cancel);
+    return ensure_thread();
 }
 
-ctx_t *ctx_with_deadline_cause(ctx_t *parent, ctx_time_t deadline, int cause, const char *msg,
-                               ctx_cancel_t **cancel)
+void ctx__timer_insert(struct ctx__timer *t)
 {
-    return with_deadline(parent, deadline, NOT_READ, cause, msg, cancel);
-}
-
-ctx_t *ctx_with_timeout_cause(ctx_t *parent, ctx_duration_t timeout, int cause, const char *msg,
-                              ctx_cancel_t **cancel)
-{
-    ctx_time_t now = ctx_now();
-    return with_deadline(parent, ctx__add_sat(now, timeout), now, cause, msg, cancel);
-}
-
-bool ctx_deadline(ctx_t *c, ctx_time_t *deadline)
-{
-    if (c == NULL)
-        return false;
-    /* Every cancel node records its nearest timer ancestor-or-self, whose
-     * deadline is the earliest of the chain (a later one would have made a
-     * plain cancel node instead). */
-    struct ctx__timer *t = ctx__dlsrc(c);
-    if (t == NULL)
-        return false;
-    if (deadline != NULL)
-        *deadline = t->deadline;
-    return true;
+    timer_insert(t);
 }

@@ -35,7 +35,7 @@ int(ctx_wait)(ctx_t *c, ctx_duration_t timeout)
         return (int)(s & CTX__ERR_MASK);
     if (timeout == 0 || (timeout < 0 && timeout != CTX_FOREVER))
         return 0;
-    ctx__timer_restart(); /* see time.c: after fork, in the child */
+    ctx__timer_restart(); /* see timer.c: after fork, in the child */
 
     /* Under the manual clock a timeout is a deadline like any other: wait
      * on a child that ctx_clock_advance() ends.  Without memory for the
@@ -206,7 +206,7 @@ int ctx_done_fd(ctx_t *c)
         errno = 0; /* can never be done: like Go's nil Done channel */
         return -1;
     }
-    ctx__timer_restart(); /* see time.c: after fork, in the child */
+    ctx__timer_restart(); /* see timer.c: after fork, in the child */
     /* Acquire: pairs with the release that set HAS_FD after the entry was
      * in the table. */
     if (atomic_load_explicit(&o->u.c.state, memory_order_acquire) & CTX__HAS_FD)
@@ -285,7 +285,7 @@ int ctx_cond_wait(ctx_t *c, pthread_cond_t *cond, pthread_mutex_t *mu)
     int e = ctx_err(c);
     if (e != 0)
         return e;
-    ctx__timer_restart(); /* see time.c: after fork, in the child */
+    ctx__timer_restart(); /* see timer.c: after fork, in the child */
     struct condw w = { cond, mu, pthread_self(), 1 };
     ctx_after_t *stop;
     e = ctx_after_func(c, condw_fn, &w, &stop);

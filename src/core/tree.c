@@ -79,7 +79,7 @@ static int drop_ref(struct ctx *c)
 
 void ctx__msg_unref(struct ctx__msg *m)
 {
-    /* A static site block (track.c) is shared by every cancel at its site
+    /* A static site block (cancel.c) is shared by every cancel at its site
      * and never freed: no count, so no shared cache line either. */
     if (m != NULL && m->size != CTX__MSG_STATIC &&
         atomic_fetch_sub_explicit(&m->refs, 1, memory_order_acq_rel) == 1)
@@ -603,41 +603,6 @@ void ctx__cancel(struct ctx *n, uint32_t err, int cause, struct ctx__msg *msg, i
 void ctx__cancel_deadline(struct ctx__timer *t, struct ctx__chain *defer)
 {
     cancel_walk(&t->base, CTX_DEADLINE_EXCEEDED, 0, NULL, 1, defer);
-}
-
-void ctx__misuse(const char *msg)
-{
-    fprintf(stderr, "libctx: misuse: %s\n", msg);
-    abort();
-}
-
-/* The handle of a freed context: its memory says so in debug builds. */
-static void check_handle(const struct ctx *n)
-{
-    CTX__MISUSE(!ctx__is_cancel_kind(ctx__kind(n)),
-                "ctx_cancel: the handle's context was freed (or this is not a cancel handle)");
-    (void)n;
-}
-
-/* The parentheses keep ctx.h's call-site macros from expanding here: these
- * are the exported functions that record no site. */
-void(ctx_cancel)(ctx_cancel_t *cancel)
-{
-    if (cancel == NULL)
-        return;
-    check_handle((struct ctx *)cancel);
-    ctx__cancel((struct ctx *)cancel, CTX_CANCELED, 0, NULL, 0);
-}
-
-void(ctx_cancel_cause)(ctx_cancel_t *cancel, int cause, const char *text)
-{
-    if (cancel == NULL)
-        return;
-    check_handle((struct ctx *)cancel);
-    /* Without memory for the copy the cause keeps its code only. */
-    struct ctx__msg *msg = ctx__msg_new(text);
-    ctx__cancel((struct ctx *)cancel, CTX_CANCELED, cause, msg, 0);
-    ctx__msg_unref(msg);
 }
 
 /* ---------------------------------------------------------------------------

@@ -25,7 +25,7 @@
  * fork handler (so a signal sent to the child never reaches the parent's
  * thread, and one that arrives from then on waits in the pipe), but not its
  * reading thread: only async-signal-safe calls are allowed there, and
- * sanitizer runtimes strand a thread made at that point (time.c's timer
+ * sanitizer runtimes strand a thread made at that point (timer.c's timer
  * thread is restarted the same way).  The thread starts on the child's
  * first call that waits (through ctx__timer_restart) or makes a signal
  * context.

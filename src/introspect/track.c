@@ -1,11 +1,7 @@
 /*
- * Seeing inside: cancel sites, the tracking registry, dumps and the leak
- * report at exit.
- *
- * Cancel sites ride on the cause block (struct ctx__msg) that a cancel
- * already shares with every node it reaches, so they cost the 64-byte node
- * nothing.  A site-only block is static, one per call site, in a table
- * that is filled once and never freed, so ctx_cancel allocates nothing.
+ * Seeing inside: the tracking registry, dumps, the cancel site a context
+ * reports (the sites themselves are recorded by core/cancel.c) and the
+ * leak report at exit.
  *
  * Tracking keeps a record per context (creation site and time) in a hash
  * table keyed by the node's address.  The creation macros in ctx.h add
@@ -24,87 +20,6 @@
 #include <string.h>
 
 int ctx_tracking_;
-
-/* ---------------------------------------------------------------------------
- * Cancel sites
- */
-
-/* The site table: open addressing on (file pointer, line), filled lock-free
- * and never emptied, so a cancel through the macros allocates nothing.  A
- * slot's word goes 0 (empty) -> 1 (being written) -> 2 (ready). */
-#define SITES      4096
-#define SITE_PROBE 32
-
-static _Atomic uint32_t site_state[SITES];
-/* Raw storage: a struct with a flexible array member cannot be an array
- * element.  A site-only block has no text, so the header is all it needs. */
-static _Alignas(struct ctx__msg) unsigned char site_mem[SITES][sizeof(struct ctx__msg)];
-
-struct ctx__msg *ctx__msg_site(const char *file, int line, const char *func)
-{
-    uint64_t h =
-        ((uint64_t)(uintptr_t)file ^ ((uint64_t)(unsigned)line << 40)) * 0x9E3779B97F4A7C15u;
-    for (unsigned i = 0; i < SITE_PROBE; i++) {
-        size_t k = (size_t)((h >> 40) + i) & (SITES - 1);
-        struct ctx__msg *m = (struct ctx__msg *)(void *)site_mem[k];
-        /* Acquire (load and failed CAS): pairs with the release store of 2
-         * below; the fields were written before it. */
-        uint32_t st = atomic_load_explicit(&site_state[k], memory_order_acquire);
-        if (st == 0 && atomic_compare_exchange_strong_explicit(
-                           &site_state[k], &st, 1, memory_order_acquire, memory_order_acquire)) {
-            atomic_init(&m->refs, 1);
-            m->has_text = 0;
-            m->size = CTX__MSG_STATIC;
-            m->file = file;
-            m->func = func;
-            m->line = line;
-            /* Release: pairs with the acquire loads above. */
-            atomic_store_explicit(&site_state[k], 2, memory_order_release);
-            return m;
-        }
-        if (st == 2 && m->file == file && m->line == line)
-            return m;
-        /* 1: another thread is filling this slot for some site; a
-         * collision on the same site gives that site a second slot. */
-    }
-    return NULL;
-}
-
-static void check_handle(const struct ctx *n)
-{
-    CTX__MISUSE(!ctx__is_cancel_kind(ctx__kind(n)),
-                "ctx_cancel: the handle's context was freed (or this is not a cancel handle)");
-    (void)n;
-}
-
-void ctx_cancel_at(ctx_cancel_t *cancel, const char *file, int line, const char *func)
-{
-    struct ctx *n = (struct ctx *)cancel;
-    if (n == NULL)
-        return;
-    check_handle(n);
-    ctx__cancel(n, CTX_CANCELED, 0, ctx__msg_site(file, line, func), 0);
-}
-
-void ctx_cancel_cause_at(ctx_cancel_t *cancel, int cause, const char *text, const char *file,
-                         int line, const char *func)
-{
-    struct ctx *n = (struct ctx *)cancel;
-    if (n == NULL)
-        return;
-    check_handle(n);
-    struct ctx__msg *m = text != NULL ? ctx__msg_new(text) : NULL;
-    if (m != NULL) {
-        m->file = file; /* a fresh block: nobody else sees it yet */
-        m->func = func;
-        m->line = line;
-    } else {
-        /* No text, or no memory for it: the site alone. */
-        m = ctx__msg_site(file, line, func);
-    }
-    ctx__cancel(n, CTX_CANCELED, cause, m, 0);
-    ctx__msg_unref(m);
-}
 
 /* ---------------------------------------------------------------------------
  * The registry
