@@ -593,7 +593,8 @@ CTX_EXPORT void ctx_cancel_cause_at(ctx_cancel_t *cancel, int cause, const char 
  * context ended by a deadline, func is "deadline" and file/line are where
  * the deadline's context was created when tracking is on, else NULL/0.
  * The library's own cancels name themselves: func is "ctx_group" (a task
- * failed), "ctx_group_wait" or "signal".  A merged context reports the
+ * failed), "ctx_group_wait", "signal" or "peer_close" (the peer of a
+ * ctx_with_peer_close socket went away).  A merged context reports the
  * site of the parent that ended it (none when that parent has none).  A site that was not recorded
  * (a call through the plain functions, or no memory) gives NULL/0/NULL.  Returns false while ctx is
  * not done, and for NULL.  Any out pointer may be NULL; strings are
