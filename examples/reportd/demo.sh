@@ -75,6 +75,7 @@ down="$port"
 start front --upstream "http://127.0.0.1:$down" --budget-ms 500
 front="$port"
 F="http://127.0.0.1:$front"
+say "The page: $F/ (open it in a browser to watch the requests below as a context tree)"
 
 bold "1. A request that fits its 500 ms budget"
 say "Three parts run at once: 50 ms of computing, a 50 ms query, a 50 ms call downstream."

@@ -45,6 +45,8 @@
 #include <sys/random.h>
 #include <unistd.h>
 
+#include "page.h"
+
 /* ------------------------------------------------------------------------
  * Configuration and shared state
  */
@@ -470,6 +472,8 @@ static void log_line(const char *id, ctx_t *ctx, const char *path, unsigned stat
     fprintf(stderr, "request_id=%s trace_id=%s path=%s status=%u ms=%lld outcome=%s cancelled=%s\n",
             id, trace, path, status, (long long)((ctx_now() - start) / CTX_MILLISECOND),
             outcome_names[o], cancelled);
+    page_request_ended(id, ctx, path, status, outcome_names[o], cancelled,
+                       (long long)((ctx_now() - start) / CTX_MILLISECOND));
     atomic_fetch_add_explicit(&requests_total[o], 1, memory_order_relaxed);
 }
 
@@ -724,6 +728,9 @@ static enum MHD_Result handler(void *cls, struct MHD_Connection *conn, const cha
     }
     if (strcmp(method, "GET") != 0)
         return respond(conn, 405, "text/plain", "only GET\n", NULL);
+    enum MHD_Result page_ret;
+    if (page_route(conn, url, base, &page_ret)) /* GET / and /debug/ctx?format=json */
+        return page_ret;
     if (strcmp(url, "/metrics") == 0)
         return serve_metrics(conn);
     if (strcmp(url, "/debug/ctx") == 0)
