@@ -207,6 +207,8 @@ def parse_header(path):
             raw = "\n".join(lines[start : i + 1])
             i += 1
             c = Comment(strip_comment_markers(raw))
+            if all("SPDX-License-Identifier:" in l for l in c.lines if l.strip()):
+                continue  # the licence line, not documentation
             if top is None and not seen_code:
                 top = c
                 continue
