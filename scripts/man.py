@@ -48,18 +48,28 @@ class Comment:
         self.lines = lines  # text lines with the comment markers removed
         self.banner = bool(lines) and BANNER_RE.match(lines[0]) is not None
 
+    def _split(self):
+        """A banner's title line, cut after its first sentence when the
+        text goes on in the same line ("Call-site macros.  Define ...")."""
+        lines = self.lines[1:]
+        while lines and not lines[0].strip():
+            lines = lines[1:]
+        if not lines:
+            return "", []
+        first = lines[0].strip()
+        m = re.match(r"(.+?)\.\s+(\S.*)$", first)
+        if m:
+            return m.group(1), [m.group(2)] + lines[1:]
+        return first, lines[1:]
+
     def title(self):
-        body = [l for l in self.lines[1:] if l.strip()]
-        return body[0].strip() if body else ""
+        return self._split()[0]
 
     def text(self):
         """The documentation text: for a banner, what follows its title."""
         if not self.banner:
             return self.lines
-        lines = self.lines[1:]
-        while lines and not lines[0].strip():
-            lines = lines[1:]
-        return lines[1:] if lines else []
+        return self._split()[1]
 
 
 class Decl:
@@ -174,12 +184,13 @@ def text_for_synopsis(text):
 
 
 def parse_header(path):
-    """Returns (top comment lines, [Group]) of a header."""
+    """Returns (top Comment, [Group], [banner Comment]) of a header."""
     src = open(path, encoding="utf-8").read()
     lines = src.split("\n")
     i, n = 0, len(lines)
     top = None
     groups = []
+    banners = []
     section = None  # the current banner Comment
     pending = None  # the comment directly above the current run
     run = []  # declarations of the current run
@@ -215,6 +226,7 @@ def parse_header(path):
             close_run()
             if c.banner:
                 section = c
+                banners.append(c)
             pending = c
             continue
         if stripped.startswith("//"):
@@ -271,7 +283,21 @@ def parse_header(path):
         pending = None
         run.append(d if d is not None else Decl("skip", [], "", None))
     close_run()
-    return top, groups
+    return top, groups, banners
+
+
+def config_macros(path):
+    """The CTX_ macros a program may define before including the header:
+    tested by #if lines, never defined by the header, named in a comment
+    (so documented there)."""
+    src = open(path, encoding="utf-8").read()
+    tested = set()
+    for line in src.split("\n"):
+        if re.match(r"\s*#\s*if", line):
+            tested.update(re.findall(r"\b(CTX_[A-Z0-9_]+)\b", line))
+    defined = set(re.findall(r"^\s*#\s*define\s+(\w+)", src, re.M))
+    comments = " ".join(re.findall(r"/\*.*?\*/", src, re.S))
+    return sorted(m for m in tested - defined if not m.endswith("_H") and re.search(r"\b%s\b" % m, comments))
 
 
 # ---------------------------------------------------------------------------
@@ -402,12 +428,13 @@ def main():
     written = {}  # name -> page file it resolves to
     for spec in args.headers:
         path, include, library = spec.split(":")
-        top, groups = parse_header(path)
+        top, groups, banners = parse_header(path)
         over = overview_name(include)
         functions = {nm for g in groups for d in g.decls if d.kind in ("function", "inline") for nm in d.names}
 
         pages = []
         page_sections = []
+        carried = set()  # the banners whose text some page carries
         listing = []  # (section title, [names]) for the overview page
         for g in groups:
             decls = [d for d in g.decls if d.kind != "skip" and d.names]
@@ -467,6 +494,9 @@ def main():
                     synopsis.append(t)
             see = [over]
             pages.append(Page(primary, names, summary, include, library, synopsis, body, see))
+            carried.add(id(section))
+            if own is not None:
+                carried.add(id(own))
             title = section.title() if section is not None else ""
             page_sections.append(title)
             if listing and listing[-1][0] == title:
@@ -488,6 +518,14 @@ def main():
 
         # The overview page of the header.
         body = render_text(top.lines if top else [])
+        # The sections of the header whose text no page carries (those that
+        # only hold macros documented elsewhere, such as the fast path).
+        notes = [b for b in banners if b.text() and id(b) not in carried]
+        if notes:
+            body.append(".SH NOTES")
+            for b in notes:
+                body.append(".SS %s" % esc_text(b.title()))
+                body.extend(render_text(b.text()))
         body.append(".SH CONTENTS")
         for title, names in listing:
             if title:
@@ -500,6 +538,12 @@ def main():
         see = [overview_name(s.split(":")[1]) for s in args.headers]
         write_page(outdir, Page(over, [over], summary, include, library, [], body, see), args.version)
         written[over] = over
+        # `man CTX_NO_INLINE` and the like open the overview, which explains them.
+        for m in config_macros(path):
+            if m not in written:
+                with open(os.path.join(outdir, m + ".3"), "w", encoding="utf-8") as f:
+                    f.write(".so man3/%s.3\n" % over)
+                written[m] = over
         del all_names
 
     if args.list:
