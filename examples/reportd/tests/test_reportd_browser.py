@@ -14,8 +14,9 @@ chromium-driver, through python3-selenium), and:
     it when asked, and presses Cancel.
 
 Each time reportd must log the client as gone with every part stopped
-within 50 ms of the browser dropping the connection (the best of the three
-tries), and its gauges must read zero.  The browser reaches reportd through
+within 50 ms of the browser dropping the connection, and after Cancel also
+within 50 ms of the page's abort (the best of the three tries), and its
+gauges must read zero.  The browser reaches reportd through
 a small relay in this script that notes when the browser closes each
 request's connection; the page notes when it left the request (Cancel, or
 the tab's pagehide), and the time from there is shown too.  The page's
@@ -280,7 +281,7 @@ def main():
         # that holds; every other check holds for every try.
         for how in ("tab closed", "Cancel pressed"):
             print(f"-- {how} after 300 ms", file=sys.stderr)
-            best = None
+            best = best_page = None
             for _ in range(3):
                 open_page(driver, obs.url)
                 rid, started = start_report(driver, False)
@@ -294,17 +295,24 @@ def main():
                     left = driver.execute_script("return localStorage.getItem('reportd-left-at')")
                     assert left is not None, "the page did not note its closing"
                     driver.execute_script("localStorage.removeItem('reportd-left-at')")
-                    latency, _ = check_gone(front, down, obs, rid, float(left), how)
+                    latency, from_page = check_gone(front, down, obs, rid, float(left), how)
                 else:
                     driver.find_element(By.ID, "cancel").click()
-                    latency, _ = check_gone(front, down, obs, rid, aborted_at(driver), how)
+                    latency, from_page = check_gone(front, down, obs, rid, aborted_at(driver), how)
                     check_ended_list(driver, rid)
                     assert "cancelled by you" in driver.find_element(By.ID, "status").text
                     driver.close()
                     driver.switch_to.window(home)
                 best = latency if best is None else min(best, latency)
-            print(f"   {how}: best {best:.1f} ms", file=sys.stderr)
+                best_page = from_page if best_page is None else min(best_page, from_page)
+            print(f"   {how}: best {best:.1f} ms from the connection's close, {best_page:.1f} ms "
+                  "from the page's", file=sys.stderr)
             assert best <= STOP_BOUND_MS, f"{how}: {best:.1f} ms > {STOP_BOUND_MS} ms"
+            # After Cancel the page's own moment bounds it too.  When a tab
+            # closes, Chromium takes tens to hundreds of milliseconds to drop
+            # the connection of a page it tears down, which no server sees.
+            if how == "Cancel pressed":
+                assert best_page <= STOP_BOUND_MS, f"{how}: {best_page:.1f} ms > {STOP_BOUND_MS} ms"
 
         # 3. The live tree while a report runs (the requests above in the list
         # of ended ones), then Cancel.
