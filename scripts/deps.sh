@@ -15,12 +15,13 @@ what="${1:-test}"
 
 # The core needs a C compiler, CMake and pkg-config.  The integrations need
 # their libraries; the tests need the real peers: a PostgreSQL server, Go
-# (for the interoperability tests), curl, and the event loops the examples
+# (for the interoperability tests), curl, Python's grpcio (a gRPC server
+# for the HTTP/2 tests of libctx-curl), and the event loops the examples
 # use.
 core=(build-essential cmake pkg-config)
 libs=(libsqlite3-dev libpq-dev libcurl4-openssl-dev libmicrohttpd-dev
       libuv1-dev libevent-dev liburing-dev)
-peers=(postgresql golang-go golang-golang-x-sync-dev curl)
+peers=(postgresql golang-go golang-golang-x-sync-dev curl python3-grpcio)
 case "$what" in
     demo) packages=("${core[@]}" libsqlite3-dev libcurl4-openssl-dev libmicrohttpd-dev curl) ;;
     test) packages=("${core[@]}" "${libs[@]}" "${peers[@]}") ;;
