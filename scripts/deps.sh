@@ -21,7 +21,8 @@ what="${1:-test}"
 core=(build-essential cmake pkg-config)
 libs=(libsqlite3-dev libpq-dev libcurl4-openssl-dev libmicrohttpd-dev
       libuv1-dev libevent-dev liburing-dev)
-peers=(postgresql golang-go golang-golang-x-sync-dev curl python3-grpcio)
+peers=(postgresql golang-go golang-golang-x-sync-dev golang-golang-x-net-dev curl
+       python3-grpcio)
 case "$what" in
     demo) packages=("${core[@]}" libsqlite3-dev libcurl4-openssl-dev libmicrohttpd-dev curl) ;;
     test) packages=("${core[@]}" "${libs[@]}" "${peers[@]}") ;;

@@ -15,7 +15,7 @@
 #include <signal.h>
 #include <sys/wait.h>
 
-#define PEER_PROC_MAX_LINES 512
+#define PEER_PROC_MAX_LINES 1024
 
 struct peer_proc {
     pid_t pid;
@@ -44,6 +44,8 @@ static void *peer_proc_read_(void *arg)
         char *nl;
         while ((nl = memchr(buf, '\n', len)) != NULL) {
             *nl = '\0';
+            if (getenv("CTX_TEST_VERBOSE") != NULL)
+                fprintf(stderr, "   [peer %d] %s\n", (int)p->pid, buf);
             char *line = strdup(buf);
             CHECK_NOT_NULL(line);
             pthread_mutex_lock(&p->mu);
