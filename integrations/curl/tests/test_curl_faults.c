@@ -281,7 +281,8 @@ static CURLcode bounded_perform(CURL *easy, ctx_duration_t budget, bool early_er
     CURLcode rc = ctx_curl_perform(ctx, easy);
     ctx_time_t returned = ctx_now();
     *us = (long)((returned - deadline) / CTX_MICROSECOND);
-    CHECK_LE_INT(returned - deadline, 100 * CTX_MILLISECOND);
+    CHECK_MSG(returned - deadline <= 100 * CTX_MILLISECOND,
+              "returned %ld us after the deadline (%s)", *us, curl_easy_strerror(rc));
     if (early_error) {
         CHECK_MSG(rc != CURLE_OK && rc != CURLE_OPERATION_TIMEDOUT,
                   "the fault should end the transfer with an error: %s", curl_easy_strerror(rc));
