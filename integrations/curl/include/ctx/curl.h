@@ -16,6 +16,14 @@
  * thread at a time.  A thread that calls ctx_curl_perform keeps one libcurl
  * multi handle (and with it a connection cache, so keep-alive connections are
  * reused between calls of the same thread); it is freed when the thread exits.
+ *
+ * gRPC.  A unary call with raw bytes over HTTP/2 (h2c with prior knowledge,
+ * or TLS) is one ctx_curl_perform: a POST whose body has gRPC's 5-byte
+ * prefix, with content-type application/grpc, te: trailers and the
+ * grpc-timeout of ctx_curl_headers; grpc-status and grpc-message arrive in
+ * the trailers, which libcurl passes to CURLOPT_HEADERFUNCTION.  Streaming
+ * calls and protobuf are not covered.  docs/grpc.md and examples/grpc_call.c
+ * show it, and how a context's end maps to a gRPC status.
  */
 #ifndef CTX_CURL_H
 #define CTX_CURL_H
