@@ -141,16 +141,50 @@ static void prepare(CURL *easy, const char *path, struct xfer *x, bool upload)
     }
 }
 
-/* The worst return after the context's end, per fault and protocol. */
-#define NFAULTS 9
+/* Every return's distance from the context's end, per fault and protocol,
+ * for the summary (and the benchmark's table). */
+#define NFAULTS    9
+#define MAX_ROUNDS 200
 static const char *fault_name[NFAULTS];
-static long worst_us[NFAULTS][2];
+static long samples_us[NFAULTS][2][MAX_ROUNDS];
+static int nsamples[NFAULTS][2];
 
 static void note(int fault, const char *name, enum proto p, long us)
 {
     fault_name[fault] = name;
-    if (us > worst_us[fault][p])
-        worst_us[fault][p] = us;
+    CHECK(nsamples[fault][p] < MAX_ROUNDS);
+    samples_us[fault][p][nsamples[fault][p]++] = us;
+}
+
+static int cmp_long(const void *a, const void *b)
+{
+    long x = *(const long *)a, y = *(const long *)b;
+    return (x > y) - (x < y);
+}
+
+/* The q-th quantile (nearest rank) of fault's samples over protocol p. */
+static long quantile(int fault, enum proto p, double q)
+{
+    int n = nsamples[fault][p];
+    qsort(samples_us[fault][p], (size_t)n, sizeof(long), cmp_long);
+    int k = (int)(q * n + 0.999999) - 1;
+    return samples_us[fault][p][k < 0 ? 0 : k >= n ? n - 1 : k];
+}
+
+/* Prints p50, p99 and max per fault and protocol, as a Markdown table. */
+static void print_table(FILE *f)
+{
+    fprintf(f, "| fault | protocol | p50 | p99 | max |\n|---|---|---:|---:|---:|\n");
+    for (int i = 0; i < NFAULTS; i++) {
+        for (int p = H1; p <= H2C; p++) {
+            if (nsamples[i][p] == 0)
+                continue;
+            fprintf(f, "| %s | %s | %.2f ms | %.2f ms | %.2f ms |\n", fault_name[i], proto_name[p],
+                    quantile(i, (enum proto)p, 0.5) / 1000.0,
+                    quantile(i, (enum proto)p, 0.99) / 1000.0,
+                    quantile(i, (enum proto)p, 1.0) / 1000.0);
+        }
+    }
 }
 
 /* The TCP connections of this process to the proxy that are still
@@ -232,6 +266,7 @@ struct trigger {
     const char *cmd; /* a proxy command, or NULL to kill the server */
     atomic_bool stop;
     int fired;
+    _Atomic ctx_time_t at; /* when the last fault took effect */
 };
 
 static void *trigger_main(void *arg)
@@ -247,6 +282,7 @@ static void *trigger_main(void *arg)
             proxy(t->cmd);
         else
             peer_proc_kill(&peer);
+        atomic_store(&t->at, ctx_now());
     }
     return NULL;
 }
@@ -257,6 +293,7 @@ static void trigger_on(struct trigger *t, const char *event, const char *id, con
     t->cmd = cmd;
     t->fired = 0;
     atomic_init(&t->stop, false);
+    atomic_init(&t->at, 0);
     CHECK_EQ_INT(pthread_create(&t->thread, NULL, trigger_main, t), 0);
 }
 
@@ -267,6 +304,8 @@ static void trigger_join(struct trigger *t)
     CHECK_EQ_INT(pthread_join(t->thread, NULL), 0);
     CHECK_MSG(t->fired > 0, "the server never said \"%s\"", t->line);
 }
+
+static ctx_time_t last_return; /* when the last bounded_perform returned */
 
 /* Performs easy under a deadline budget away and checks the bound: the
  * return is within 100 ms of the deadline, or before it with an error of the
@@ -280,6 +319,7 @@ static CURLcode bounded_perform(CURL *easy, ctx_duration_t budget, bool early_er
     CHECK(ctx_deadline(ctx, &deadline));
     CURLcode rc = ctx_curl_perform(ctx, easy);
     ctx_time_t returned = ctx_now();
+    last_return = returned;
     *us = (long)((returned - deadline) / CTX_MICROSECOND);
     CHECK_MSG(returned - deadline <= 100 * CTX_MILLISECOND,
               "returned %ld us after the deadline (%s)", *us, curl_easy_strerror(rc));
@@ -416,7 +456,10 @@ static void fault_ending(CURL *easy, enum proto p, int round, int slot, const ch
     long us;
     CURLcode rc = bounded_perform(easy, 5 * CTX_SECOND, true, &us);
     trigger_join(&t);
-    fprintf(stderr, "   %s, %s: %s\n", name, proto_name[p], curl_easy_strerror(rc));
+    /* For these the figure is the time from the fault to the return. */
+    us = (long)((last_return - atomic_load(&t.at)) / CTX_MICROSECOND);
+    fprintf(stderr, "   %s, %s: %s, %ld us after the fault\n", name, proto_name[p],
+            curl_easy_strerror(rc), us);
     note(slot, name, p, us);
 }
 
@@ -455,19 +498,28 @@ static void fault_killed(CURL *easy, enum proto p, int round)
     check_after(easy, p, NULL);
 }
 
-int main(void)
+/* With "--rounds N [--table FILE]" (the benchmark bench-curl-faults) it
+ * runs N rounds of each fault and writes the table to FILE as well. */
+int main(int argc, char **argv)
 {
+    const char *table = NULL;
+    int want_rounds = 0;
+    for (int i = 1; i + 1 < argc; i += 2) {
+        if (strcmp(argv[i], "--rounds") == 0)
+            want_rounds = atoi(argv[i + 1]);
+        else if (strcmp(argv[i], "--table") == 0)
+            table = argv[i + 1];
+    }
     if (access(HTTPPEER_EXE, X_OK) != 0) {
         if (CTX_CURL_TEST_REQUIRE)
             CHECK_MSG(false, "the Go peer %s was not built", HTTPPEER_EXE);
         SKIP("the Go peer was not built (Debian: golang-go, golang-golang-x-net-dev)");
     }
     CHECK_EQ_INT(curl_global_init(CURL_GLOBAL_DEFAULT), CURLE_OK);
-    for (int f = 0; f < NFAULTS; f++)
-        worst_us[f][H1] = worst_us[f][H2C] = LONG_MIN;
-    rounds = (int)check_scale(3);
+    rounds = want_rounds > 0 ? want_rounds : (int)check_scale(3);
     if (rounds < 1)
         rounds = 1;
+    CHECK(rounds <= MAX_ROUNDS);
     start_peer_and_proxy();
 
     void (*const faults[])(CURL *, enum proto, int) = {
@@ -487,11 +539,21 @@ int main(void)
         curl_easy_cleanup(easy);
     }
 
-    fprintf(stderr, "worst return after the context's end (negative: before it), %d rounds:\n",
+    fprintf(stderr,
+            "return after the context's end (reset, half-close, kill: after the fault), %d "
+            "rounds:\n",
             rounds);
-    for (int f = 0; f < NFAULTS; f++)
-        fprintf(stderr, "   %-34s HTTP/1.1 %+8ld us   h2c %+8ld us\n", fault_name[f],
-                worst_us[f][H1], worst_us[f][H2C]);
+    print_table(stderr);
+    if (table != NULL) {
+        FILE *f = fopen(table, "w");
+        CHECK_NOT_NULL(f);
+        fprintf(f,
+                "libctx-curl under faults, %d rounds each, libcurl %s: the return after the "
+                "context's end (reset, half-close, kill: after the fault)\n\n",
+                rounds, curl_version_info(CURLVERSION_NOW)->version);
+        print_table(f);
+        fclose(f);
+    }
 
     stop_peer_and_proxy();
     curl_global_cleanup();
