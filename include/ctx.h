@@ -112,6 +112,8 @@ typedef int64_t ctx_time_t;
 /* A span of time in nanoseconds. */
 typedef int64_t ctx_duration_t;
 
+/* Units of ctx_duration_t, as Go's time.Nanosecond ... time.Hour, and
+ * CTX_FOREVER: no time limit, for ctx_wait and ctx_poll. */
 #define CTX_NANOSECOND  ((ctx_duration_t)1)
 #define CTX_MICROSECOND (1000 * CTX_NANOSECOND)
 #define CTX_MILLISECOND (1000 * CTX_MICROSECOND)

@@ -13,12 +13,14 @@ set -euo pipefail
 
 what="${1:-test}"
 
-# The core needs a C compiler, CMake and pkg-config.  The integrations need
+# The core needs a C compiler, CMake and pkg-config; its manual pages need
+# python3 (scripts/man.py writes them) and groff (their test reads them).
+# The integrations need
 # their libraries; the tests need the real peers: a PostgreSQL server, Go
 # (for the interoperability tests), curl, Python's grpcio (a gRPC server
 # for the HTTP/2 tests of libctx-curl), and the event loops the examples
 # use.
-core=(build-essential cmake pkg-config)
+core=(build-essential cmake pkg-config python3 groff-base)
 libs=(libsqlite3-dev libpq-dev libcurl4-openssl-dev libmicrohttpd-dev
       libuv1-dev libevent-dev liburing-dev)
 peers=(postgresql golang-go golang-golang-x-sync-dev golang-golang-x-net-dev curl
@@ -27,7 +29,7 @@ case "$what" in
     demo) packages=("${core[@]}" libsqlite3-dev libcurl4-openssl-dev libmicrohttpd-dev curl) ;;
     test) packages=("${core[@]}" "${libs[@]}" "${peers[@]}") ;;
     ci)   packages=("${core[@]}" "${libs[@]}" "${peers[@]}" clang clang-format
-                    libclang-rt-14-dev libbenchmark-dev wrk hey
+                    libclang-rt-14-dev libbenchmark-dev wrk hey man-db
                     golang-github-lib-pq-dev golang-github-mattn-go-sqlite3-dev) ;;
     *) echo "usage: scripts/deps.sh [test|demo|ci]" >&2; exit 2 ;;
 esac

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The seed scenarios, played against two real reportd processes: `make demo`.
+# A budget, a hang-up, request IDs and a shutdown, played against two real reportd processes: `make demo`.
 #
 #   examples/reportd/demo.sh path/to/reportd
 #

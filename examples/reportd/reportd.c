@@ -1,5 +1,5 @@
 /*
- * reportd: the seed scenarios of libctx as a small real HTTP service.
+ * reportd: libctx's budgets, hang-ups and shutdown in a small real HTTP service.
  *
  * Every request gets a context (ctx_mhd_request) that ends when the first of
  * these happens: its time budget runs out, the client goes away, or the
@@ -16,10 +16,10 @@
  *     curl -i 'http://127.0.0.1:8080/report?compute_ms=50&db_ms=50&upstream_ms=50'
  *     curl -i 'http://127.0.0.1:8080/report?upstream_ms=5000'    # 504 at 500 ms
  *
- * The command line, endpoints, headers, log line and metrics are those of
- * ../shared/SERVICE.md; README.md ("reportd") explains them and `make demo`
- * plays the scenarios.  Built from libmicrohttpd (server), libcurl (client)
- * and SQLite or PostgreSQL, each through its libctx integration.
+ * docs/http.md ("reportd") describes the command line, endpoints, headers,
+ * log line and metrics, and `make demo` plays the scenarios.  Built from
+ * libmicrohttpd (server), libcurl (client) and SQLite or PostgreSQL, each
+ * through its libctx integration.
  */
 #define _GNU_SOURCE
 

@@ -22,7 +22,7 @@
  * prefix, with content-type application/grpc, te: trailers and the
  * grpc-timeout of ctx_curl_headers; grpc-status and grpc-message arrive in
  * the trailers, which libcurl passes to CURLOPT_HEADERFUNCTION.  Streaming
- * calls and protobuf are not covered.  docs/grpc.md and examples/grpc_call.c
+ * calls and protobuf are not covered.  docs/http.md and examples/grpc_call.c
  * show it, and how a context's end maps to a gRPC status.
  */
 #ifndef CTX_CURL_H
