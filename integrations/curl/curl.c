@@ -177,15 +177,16 @@ CURLcode ctx_curl_perform(ctx_t *ctx, CURL *easy)
             retire_h2c_connection(easy);
     } else {
         /* A transfer cut short.  Removing the handle ends it: over HTTP/1.1
-         * libcurl closes the connection; over HTTP/2 it resets the stream
-         * (RST_STREAM) but keeps the connection for the next transfer, which
-         * libcurl 7.88 then cannot use (see h2c_reuse_broken) and which may
-         * still deliver frames of the reset stream.  Forbidding reuse makes
-         * the removal reset the stream and then close the connection, so the
-         * server learns of the cancel at once and the next call starts on a
-         * fresh connection.  libcurl offers no way to read an option back,
-         * so it cannot be restored to the caller's value: it is left at 0,
-         * libcurl's default, as curl.h documents. */
+         * libcurl closes the connection; over HTTP/2 it queues an RST_STREAM
+         * for the stream (which libcurl 7.88 never writes out: it sits in a
+         * buffer that only the connection's next use flushes) and keeps the
+         * connection for the next transfer, which libcurl 7.88 then cannot
+         * use over h2c (see h2c_reuse_broken) and which may still deliver
+         * frames of the abandoned stream.  Forbidding reuse makes the removal
+         * close the connection, so the server learns of the cancel at once
+         * and the next call starts on a fresh connection.  libcurl offers no way to read an option
+         * back, so it cannot be restored to the caller's value: it is left at 0, libcurl's default,
+         * as curl.h documents. */
         curl_easy_setopt(easy, CURLOPT_FORBID_REUSE, 1L);
     }
     curl_multi_remove_handle(multi, easy);
