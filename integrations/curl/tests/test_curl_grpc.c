@@ -10,7 +10,9 @@
  *     calling thread lives on, and the next calls on the same thread (same
  *     multi handle, same connection cache) succeed;
  *   - a deadline does the same and maps to DEADLINE_EXCEEDED;
- *   - grpc-status and grpc-message from the trailers reach the caller.
+ *   - grpc-status and grpc-message from the trailers reach the caller;
+ *   - a server killed mid-call fails the call at once, and the handle works
+ *     with the server that replaces it.
  *
  * Skipped (exit 77) when /usr/bin/python3 has no grpc module, unless the
  * build requires every integration (CTX_REQUIRE_INTEGRATIONS, as in CI).
@@ -29,6 +31,17 @@
 
 static struct peer_proc server;
 static char base_url[64];
+
+/* Starts grpc_server.py and notes its address. */
+static void start_server(void)
+{
+    char *server_argv[] = { "/usr/bin/python3", GRPC_SERVER_PY, NULL };
+    CHECK(peer_proc_start(&server, server_argv));
+    char *line = peer_proc_wait_line(&server, "port ", 30 * CTX_SECOND);
+    CHECK_MSG(line != NULL, "the gRPC server did not start");
+    snprintf(base_url, sizeof base_url, "http://127.0.0.1:%s", line + 5);
+    free(line);
+}
 
 /* gRPC status codes the test names. */
 enum { GRPC_OK = 0, GRPC_CANCELLED = 1, GRPC_DEADLINE_EXCEEDED = 4, GRPC_NOT_FOUND = 5 };
@@ -354,6 +367,42 @@ static void test_threads(void)
         CHECK_EQ_INT(pthread_join(t[i], NULL), 0);
 }
 
+/* The server dies while it works on a call: the call fails at once with
+ * curl's error, long before its deadline, and once a new server runs, the
+ * next call on the same thread and handle succeeds. */
+static void *kill_main(void *arg)
+{
+    (void)arg;
+    char *line = peer_proc_wait_line(&server, "started doomed", 10 * CTX_SECOND);
+    CHECK_NOT_NULL(line);
+    free(line);
+    peer_proc_kill(&server);
+    return NULL;
+}
+
+static void test_server_killed(void)
+{
+    CURL *easy = curl_easy_init();
+    check_echo(easy, "before");
+    ctx_t *ctx = ctx_with_timeout(ctx_background(), 5 * CTX_SECOND, NULL);
+    pthread_t t;
+    CHECK_EQ_INT(pthread_create(&t, NULL, kill_main, NULL), 0);
+    struct call c;
+    ctx_time_t start = ctx_now();
+    CURLcode rc = grpc_call(ctx, easy, "Hang", "doomed", &c);
+    ctx_duration_t took = ctx_now() - start;
+    CHECK_EQ_INT(pthread_join(t, NULL), 0);
+    fprintf(stderr, "   server killed: %s after %lld ms\n", curl_easy_strerror(rc),
+            (long long)(took / CTX_MILLISECOND));
+    CHECK(rc != CURLE_OK && rc != CURLE_OPERATION_TIMEDOUT);
+    CHECK_EQ_INT(ctx_err(ctx), 0);
+    ctx_unref(ctx);
+    peer_proc_stop(&server);
+    start_server();
+    check_echo(easy, "after a new server");
+    curl_easy_cleanup(easy);
+}
+
 /* Runs examples/grpc_call against the server and returns its output. */
 static char *run_example(const char *exe, const char *method, const char *payload,
                          const char *timeout_ms, int *status)
@@ -398,12 +447,7 @@ int main(int argc, char **argv)
             CHECK_MSG(false, "/usr/bin/python3 lacks grpc (Debian: python3-grpcio)");
         SKIP("/usr/bin/python3 lacks grpc (Debian: python3-grpcio)");
     }
-    char *server_argv[] = { "/usr/bin/python3", GRPC_SERVER_PY, NULL };
-    CHECK(peer_proc_start(&server, server_argv));
-    char *line = peer_proc_wait_line(&server, "port ", 30 * CTX_SECOND);
-    CHECK_MSG(line != NULL, "the gRPC server did not start");
-    snprintf(base_url, sizeof base_url, "http://127.0.0.1:%s", line + 5);
-    free(line);
+    start_server();
     CHECK_EQ_INT(curl_global_init(CURL_GLOBAL_DEFAULT), CURLE_OK);
 
     if (argc == 3 && strcmp(argv[1], "--example") == 0) {
@@ -418,6 +462,7 @@ int main(int argc, char **argv)
     RUN_TEST(test_cancel_then_reuse);
     RUN_TEST(test_deadline_then_reuse);
     RUN_TEST(test_threads);
+    RUN_TEST(test_server_killed);
 
     curl_global_cleanup();
     peer_proc_stop(&server);
