@@ -178,25 +178,40 @@ static void test_echo(void)
     curl_easy_cleanup(easy);
 }
 
-/* The server's deadline is the caller's, within 5 ms. */
+/* The server's deadline is the caller's, within 5 ms.
+ *
+ * The header carries the time left when it was made, so the server's
+ * deadline is later than the caller's by the time the header takes to be
+ * read there (and earlier by at most the age of grpcio's cached clock).  On
+ * a loaded machine that time includes the server waiting for a CPU, which no
+ * client can help: a round whose server deadline is late by more than 5 ms
+ * is tried again, up to three times.  A server deadline more than 5 ms early
+ * would be an error of the encoding (grpc-timeout rounds up), and fails at
+ * once. */
 static void test_deadline_propagates(void)
 {
     CURL *easy = curl_easy_init();
     for (int i = 0; i < 5; i++) {
         ctx_duration_t budget = (ctx_duration_t)(300 + 700 * i) * CTX_MILLISECOND;
-        ctx_t *ctx = ctx_with_timeout(ctx_background(), budget, NULL);
-        CHECK_NOT_NULL(ctx);
-        ctx_time_t mine;
-        CHECK(ctx_deadline(ctx, &mine));
-        struct call c;
-        CHECK_EQ_INT(grpc_call(ctx, easy, "Deadline", "", &c), CURLE_OK);
-        CHECK_EQ_INT(c.status, GRPC_OK);
-        long long theirs = strtoll((char *)c.body, NULL, 10);
-        long long diff_us = (theirs - (long long)mine) / 1000;
-        fprintf(stderr, "   budget %lld ms: server's deadline %+lld us from the caller's\n",
-                (long long)(budget / CTX_MILLISECOND), diff_us);
-        CHECK_LE_INT(llabs(diff_us), 5000);
-        ctx_unref(ctx);
+        long long diff_us = 0;
+        for (int attempt = 0; attempt < 3; attempt++) {
+            ctx_t *ctx = ctx_with_timeout(ctx_background(), budget, NULL);
+            CHECK_NOT_NULL(ctx);
+            ctx_time_t mine;
+            CHECK(ctx_deadline(ctx, &mine));
+            struct call c;
+            CHECK_EQ_INT(grpc_call(ctx, easy, "Deadline", "", &c), CURLE_OK);
+            CHECK_EQ_INT(c.status, GRPC_OK);
+            long long theirs = strtoll((char *)c.body, NULL, 10);
+            diff_us = (theirs - (long long)mine) / 1000;
+            fprintf(stderr, "   budget %lld ms: server's deadline %+lld us from the caller's\n",
+                    (long long)(budget / CTX_MILLISECOND), diff_us);
+            CHECK(diff_us >= -5000);
+            ctx_unref(ctx);
+            if (diff_us <= 5000)
+                break;
+        }
+        CHECK_LE_INT(diff_us, 5000);
     }
     /* No deadline, no grpc-timeout: the server sees none. */
     struct call c;
