@@ -49,6 +49,14 @@ static void *peer_proc_read_(void *arg)
             char *line = strdup(buf);
             CHECK_NOT_NULL(line);
             pthread_mutex_lock(&p->mu);
+            if (p->nlines == PEER_PROC_MAX_LINES) {
+                /* Full: drop the slots of lines already taken. */
+                int kept = 0;
+                for (int i = 0; i < p->nlines; i++)
+                    if (p->lines[i] != NULL)
+                        p->lines[kept++] = p->lines[i];
+                p->nlines = kept;
+            }
             CHECK(p->nlines < PEER_PROC_MAX_LINES);
             p->lines[p->nlines++] = line;
             pthread_cond_broadcast(&p->cv);
