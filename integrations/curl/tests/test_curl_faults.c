@@ -307,6 +307,19 @@ static void trigger_join(struct trigger *t)
 
 static ctx_time_t last_return; /* when the last bounded_perform returned */
 
+/* The benchmark (--rounds) measures and reports; the test checks the bound:
+ * a call returns within 100 ms of its context's end. */
+static bool measuring;
+static int late_returns;
+
+static void check_bound(long us, CURLcode rc)
+{
+    if (us <= 100000)
+        return;
+    CHECK_MSG(measuring, "returned %ld us after the deadline (%s)", us, curl_easy_strerror(rc));
+    late_returns++;
+}
+
 /* Performs easy under a deadline budget away and checks the bound: the
  * return is within 100 ms of the deadline, or before it with an error of the
  * transfer's own when the fault ends it (early_error).  Returns curl's code
@@ -321,8 +334,7 @@ static CURLcode bounded_perform(CURL *easy, ctx_duration_t budget, bool early_er
     ctx_time_t returned = ctx_now();
     last_return = returned;
     *us = (long)((returned - deadline) / CTX_MICROSECOND);
-    CHECK_MSG(returned - deadline <= 100 * CTX_MILLISECOND,
-              "returned %ld us after the deadline (%s)", *us, curl_easy_strerror(rc));
+    check_bound(*us, rc);
     if (early_error) {
         CHECK_MSG(rc != CURLE_OK && rc != CURLE_OPERATION_TIMEDOUT,
                   "the fault should end the transfer with an error: %s", curl_easy_strerror(rc));
@@ -367,7 +379,7 @@ static void fault_dark_sending(CURL *easy, enum proto p, int round)
     curl_easy_setopt(easy, CURLOPT_HTTPHEADER, NULL);
     curl_slist_free_all(h);
     note(1, "dark while the request is sent", p, us);
-    check_after(easy, p, NULL);
+    check_after(easy, p, id);
 }
 
 static void fault_dark_working(CURL *easy, enum proto p, int round)
@@ -431,7 +443,7 @@ static void fault_dark_at_deadline(CURL *easy, enum proto p, int round)
     CURLcode rc = ctx_curl_perform(ctx, easy);
     long us = (long)((ctx_now() - deadline) / CTX_MICROSECOND);
     CHECK_EQ_INT(pthread_join(a.thread, NULL), 0);
-    CHECK_LE_INT(us, 100000);
+    check_bound(us, rc);
     CHECK_MSG(rc == CURLE_OK || rc == CURLE_OPERATION_TIMEDOUT, "%s", curl_easy_strerror(rc));
     if (rc == CURLE_OK)
         CHECK_STR(x.head, "ok");
@@ -499,7 +511,8 @@ static void fault_killed(CURL *easy, enum proto p, int round)
 }
 
 /* With "--rounds N [--table FILE]" (the benchmark bench-curl-faults) it
- * runs N rounds of each fault and writes the table to FILE as well. */
+ * runs N rounds of each fault, counts late returns instead of failing on
+ * them, and writes the table to FILE as well. */
 int main(int argc, char **argv)
 {
     const char *table = NULL;
@@ -516,6 +529,7 @@ int main(int argc, char **argv)
         SKIP("the Go peer was not built (Debian: golang-go, golang-golang-x-net-dev)");
     }
     CHECK_EQ_INT(curl_global_init(CURL_GLOBAL_DEFAULT), CURLE_OK);
+    measuring = want_rounds > 0;
     rounds = want_rounds > 0 ? want_rounds : (int)check_scale(3);
     if (rounds < 1)
         rounds = 1;
@@ -552,6 +566,8 @@ int main(int argc, char **argv)
                 "context's end (reset, half-close, kill: after the fault)\n\n",
                 rounds, curl_version_info(CURLVERSION_NOW)->version);
         print_table(f);
+        fprintf(f, "\n%d of the returns came more than 100 ms after the context's end.\n",
+                late_returns);
         fclose(f);
     }
 
