@@ -17,12 +17,14 @@ what="${1:-test}"
 # python3 (scripts/man.py writes them) and groff (their test reads them).
 # The integrations need
 # their libraries; the tests need the real peers: a PostgreSQL server, Go
-# (for the interoperability tests), curl, and the event loops the examples
+# (for the interoperability tests), curl, Python's grpcio (a gRPC server
+# for the HTTP/2 tests of libctx-curl), and the event loops the examples
 # use.
 core=(build-essential cmake pkg-config python3 groff-base)
 libs=(libsqlite3-dev libpq-dev libcurl4-openssl-dev libmicrohttpd-dev
       libuv1-dev libevent-dev liburing-dev)
-peers=(postgresql golang-go golang-golang-x-sync-dev curl)
+peers=(postgresql golang-go golang-golang-x-sync-dev golang-golang-x-net-dev curl
+       python3-grpcio)
 # The reverse proxies and the browser of the interoperability tests: nginx
 # and HAProxy in front of reportd, headless Chromium driven through
 # Selenium (Debian's module, for /usr/bin/python3) on reportd's page.
