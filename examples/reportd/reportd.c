@@ -149,10 +149,12 @@ struct request {
  *     deadline is nearer than the work it asked for.  It stays in line
  *     until its context ends (504 at its budget) without costing any CPU,
  *     and the slot goes to the next waiter that can still make it.
- *   - Once the oldest waiter has waited a quarter of the budget the queue
- *     is backed up, which happens only past saturation, and the newest
- *     waiter goes first: the newest have the most budget left, so more
- *     requests finish in time, and the old ones end at their deadline.
+ *   - Once every waiter granted a slot for 100 ms has waited more than a
+ *     tenth of the budget, the queue is standing, not a burst draining
+ *     (CoDel's test: the least wait over an interval, not the last one),
+ *     which happens only past saturation.  Then the newest waiter goes
+ *     first: the newest have the most budget left, so more requests finish
+ *     in time and with less wait, and the old ones end at their deadline.
  * Without contexts (--no-ctx) there is no budget: first come, first served.
  */
 #define MAX_SLOTS 64
@@ -167,6 +169,7 @@ struct waiter {
 
 struct slots {
     pthread_mutex_t mu;
+    ctx_time_t short_wait; /* when a waiter last got its slot quickly */
     int nfree;
     int free[MAX_SLOTS]; /* the numbers of the free slots */
     struct waiter *oldest, *newest;
@@ -177,6 +180,7 @@ static struct slots db_slots = { .mu = PTHREAD_MUTEX_INITIALIZER };
 
 static void slots_init(struct slots *s, int n)
 {
+    s->short_wait = ctx_now();
     for (s->nfree = 0; s->nfree < n && s->nfree < MAX_SLOTS; s->nfree++)
         s->free[s->nfree] = s->nfree;
 }
@@ -221,17 +225,19 @@ static void slot_give(struct slots *s, int slot)
 {
     pthread_mutex_lock(&s->mu);
     ctx_time_t now = ctx_now();
-    bool backed_up = !cfg.no_ctx && s->oldest != NULL &&
-                     now - s->oldest->since > cfg.budget_ms * CTX_MILLISECOND / 4;
-    struct waiter *w = backed_up ? s->newest : s->oldest;
+    bool standing = !cfg.no_ctx && now - s->short_wait > 100 * CTX_MILLISECOND;
+    struct waiter *w = standing ? s->newest : s->oldest;
     while (w != NULL && w->latest < now)
-        w = backed_up ? w->prev : w->next;
+        w = standing ? w->prev : w->next;
     if (w != NULL) {
         waiter_unlink(s, w);
         w->slot = slot;
         pthread_cond_signal(&w->cv);
+        if (now - w->since <= cfg.budget_ms * CTX_MILLISECOND / 10)
+            s->short_wait = now;
     } else {
         s->free[s->nfree++] = slot;
+        s->short_wait = now; /* no one waits at all */
     }
     pthread_mutex_unlock(&s->mu);
 }
@@ -277,8 +283,10 @@ static int compute_part(ctx_t *ctx, void *arg)
     struct request *r = arg;
     part_begin(COMPUTE);
     ctx_time_t start = ctx_now();
-    int slot, rc = slot_take(ctx, &compute_slots, r->ms[COMPUTE] * CTX_MILLISECOND, &slot);
-    if (rc == 0) {
+    /* No work asked, no slot needed: nothing would run on it. */
+    int slot, rc = 0;
+    if (r->ms[COMPUTE] > 0 &&
+        (rc = slot_take(ctx, &compute_slots, r->ms[COMPUTE] * CTX_MILLISECOND, &slot)) == 0) {
         /* Work until the asked time has passed: about that long on an idle
          * machine or a busy one alike.  A check costs a few ns; every 256
          * units (tens of microseconds) keeps a cancelled computation from
