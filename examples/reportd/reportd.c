@@ -1170,13 +1170,16 @@ static void open_sqlite(void)
 
 /* libmicrohttpd's error messages, marked as such in the log.  It reports a
  * handler returning MHD_NO as an "internal error", but reportd does that on
- * purpose for a client that has gone, so that message is left out. */
+ * purpose for a client that has gone, so that message is left out, and so
+ * is the one for a connection closed while its request was coming in: the
+ * read deadline does that on purpose too (the metrics count them). */
 static void mhd_log(void *cls, const char *fmt, va_list ap)
 {
     (void)cls;
     char msg[512];
     vsnprintf(msg, sizeof msg, fmt, ap);
-    if (strstr(msg, "Application reported internal error") != NULL)
+    if (strstr(msg, "Application reported internal error") != NULL ||
+        strstr(msg, "disconnected when reading request") != NULL)
         return;
     fprintf(stderr, "reportd: libmicrohttpd: %s%s", msg,
             msg[0] != '\0' && msg[strlen(msg) - 1] == '\n' ? "" : "\n");
