@@ -1,0 +1,206 @@
+/*
+ * test_faultproxy.c: the fault proxy the fault tests stand on, driven
+ * against an echo server on 127.0.0.1.  Every command is checked for the
+ * effect it promises: pass forwards, dark holds everything (open and new
+ * connections) and heal delivers what was held, trickle spaces the bytes,
+ * halfclose gives the client EOF, reset gives it ECONNRESET, kill gives it
+ * EOF, count counts, and stop leaves no proxy listening.
+ */
+#include "check.h"
+#include "faultproxy/faultproxy.h"
+#include "io_helpers.h"
+
+#include <poll.h>
+#include <sys/socket.h>
+
+static int echo_listener;
+
+static void *echo_conn(void *arg)
+{
+    int fd = (int)(intptr_t)arg;
+    char buf[4096];
+    for (;;) {
+        ssize_t n = read(fd, buf, sizeof buf);
+        if (n <= 0)
+            break;
+        ssize_t off = 0;
+        while (off < n) {
+            ssize_t w = write(fd, buf + off, (size_t)(n - off));
+            if (w <= 0)
+                goto out;
+            off += w;
+        }
+    }
+out:
+    close(fd);
+    return NULL;
+}
+
+/* Accepts until the listener is shut down at the end of the test. */
+static void *echo_server(void *arg)
+{
+    (void)arg;
+    for (;;) {
+        int fd = accept4(echo_listener, NULL, NULL, SOCK_CLOEXEC);
+        if (fd < 0)
+            return NULL;
+        pthread_t t;
+        CHECK_EQ_INT(pthread_create(&t, NULL, echo_conn, (void *)(intptr_t)fd), 0);
+        pthread_detach(t);
+    }
+}
+
+static int connect_to(int port)
+{
+    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    CHECK(fd >= 0);
+    struct sockaddr_in a = io_addr(port);
+    CHECK_EQ_INT(connect(fd, (struct sockaddr *)&a, sizeof a), 0);
+    return fd;
+}
+
+/* Whether fd becomes readable within ms. */
+static bool readable_within(int fd, int ms)
+{
+    struct pollfd p = { .fd = fd, .events = POLLIN };
+    return poll(&p, 1, ms) == 1;
+}
+
+static void send_all(int fd, const char *s)
+{
+    CHECK_EQ_INT((int)write(fd, s, strlen(s)), (int)strlen(s));
+}
+
+/* Reads exactly strlen(want) bytes within 5 s and compares them. */
+static void expect(int fd, const char *want)
+{
+    char buf[256];
+    size_t len = strlen(want), got = 0;
+    while (got < len) {
+        CHECK_MSG(readable_within(fd, 5000), "no echo of '%s' after %zu bytes", want, got);
+        ssize_t n = read(fd, buf + got, len - got);
+        CHECK_MSG(n > 0, "read %zd errno %d", n, errno);
+        got += (size_t)n;
+    }
+    buf[got] = 0;
+    CHECK_STR(buf, want);
+}
+
+/* The proxy's connection count reaches `want` (it learns of closes by poll). */
+static void wait_count(faultproxy_t *fp, int want)
+{
+    for (int i = 0; i < 500; i++) {
+        int n = faultproxy_count(fp);
+        CHECK(n >= 0);
+        if (n == want)
+            return;
+        check_sleep_ns(CTX_MILLISECOND * 10);
+    }
+    CHECK_MSG(0, "count stayed at %d, want %d", faultproxy_count(fp), want);
+}
+
+int main(void)
+{
+    int eport;
+    echo_listener = io_listen(16, &eport);
+    pthread_t srv;
+    check_thread_start(&srv, echo_server, NULL);
+    char target[64];
+    snprintf(target, sizeof target, "127.0.0.1:%d", eport);
+
+    faultproxy_t fp;
+    CHECK_EQ_INT(faultproxy_start(&fp, FAULTPROXY_EXE, target), 0);
+    CHECK(fp.port > 0 && fp.port != eport);
+
+    /* pass */
+    int a = connect_to(fp.port);
+    send_all(a, "hello");
+    expect(a, "hello");
+    CHECK_EQ_INT(faultproxy_count(&fp), 1);
+
+    /* dark: nothing moves on the open connection, and a new one is accepted
+     * by the kernel but gets nothing either. */
+    CHECK_EQ_INT(faultproxy_cmd(&fp, "dark"), 0);
+    send_all(a, "held");
+    int b = connect_to(fp.port);
+    send_all(b, "new");
+    CHECK(!readable_within(a, 300));
+    CHECK(!readable_within(b, 10));
+    CHECK_EQ_INT(faultproxy_count(&fp), 1);
+    /* heal: what was held is delivered, the waiting connection served. */
+    CHECK_EQ_INT(faultproxy_cmd(&fp, "heal"), 0);
+    expect(a, "held");
+    expect(b, "new");
+    wait_count(&fp, 2);
+    close(b);
+    wait_count(&fp, 1);
+
+    /* trickle: 4 bytes there and back at one byte per 50 ms in each
+     * direction take at least 4 periods. */
+    CHECK_EQ_INT(faultproxy_cmd(&fp, "trickle 50"), 0);
+    ctx_time_t t0 = check_mono_now();
+    send_all(a, "slow");
+    expect(a, "slow");
+    ctx_duration_t took = check_mono_now() - t0;
+    CHECK_MSG(took >= 4 * 50 * CTX_MILLISECOND, "trickled echo took %lld ms",
+              (long long)took / 1000000);
+    CHECK_EQ_INT(faultproxy_cmd(&fp, "pass"), 0);
+    send_all(a, "fast");
+    expect(a, "fast");
+
+    /* halfclose: the client reads EOF but may still write. */
+    CHECK_EQ_INT(faultproxy_cmd(&fp, "halfclose"), 0);
+    CHECK(readable_within(a, 5000));
+    char c;
+    CHECK_EQ_INT((int)read(a, &c, 1), 0);
+    send_all(a, "after");
+    close(a);
+    wait_count(&fp, 0);
+
+    /* reset: the client sees ECONNRESET. */
+    a = connect_to(fp.port);
+    send_all(a, "x");
+    expect(a, "x");
+    CHECK_EQ_INT(faultproxy_cmd(&fp, "reset"), 0);
+    CHECK_EQ_INT(faultproxy_count(&fp), 0);
+    CHECK(readable_within(a, 5000));
+    errno = 0;
+    CHECK_EQ_INT((int)read(a, &c, 1), -1);
+    CHECK_EQ_INT(errno, ECONNRESET);
+    close(a);
+
+    /* kill: the client sees EOF. */
+    a = connect_to(fp.port);
+    send_all(a, "y");
+    expect(a, "y");
+    CHECK_EQ_INT(faultproxy_cmd(&fp, "kill"), 0);
+    CHECK_EQ_INT(faultproxy_count(&fp), 0);
+    CHECK(readable_within(a, 5000));
+    CHECK_EQ_INT((int)read(a, &c, 1), 0);
+    close(a);
+
+    /* Bad commands get an error, not silence. */
+    CHECK_EQ_INT(faultproxy_cmd(&fp, "bogus"), -1);
+    CHECK_EQ_INT(faultproxy_cmd(&fp, "trickle"), -1);
+    CHECK_EQ_INT(faultproxy_cmd(&fp, "trickle 0"), -1);
+    CHECK_EQ_INT(faultproxy_cmd(&fp, "pass"), 0);
+
+    /* stop: reaped, and nobody listens on its port any more. */
+    int port = fp.port;
+    faultproxy_stop(&fp);
+    faultproxy_stop(&fp);
+    int d = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    struct sockaddr_in sa = io_addr(port);
+    CHECK_EQ_INT(connect(d, (struct sockaddr *)&sa, sizeof sa), -1);
+    CHECK_EQ_INT(errno, ECONNREFUSED);
+    close(d);
+
+    /* A proxy that cannot start says so. */
+    CHECK_EQ_INT(faultproxy_start(&fp, "/nonexistent/faultproxy", target), -1);
+
+    shutdown(echo_listener, SHUT_RDWR);
+    check_thread_join(srv);
+    close(echo_listener);
+    printf("test_faultproxy: ok\n");
+    return 0;
+}
