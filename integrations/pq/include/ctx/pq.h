@@ -82,7 +82,7 @@ extern "C" {
 /* How long a call goes on after its context ended, to let the server confirm
  * the cancel and send what it owes, before it gives the connection up (see
  * "Bounds" above).  The call returns within this much of the end. */
-#define CTX_PQ_CANCEL_GRACE_MS 45
+#define CTX_PQ_CANCEL_GRACE_MS 35
 
 /* How long cancel requests may go on in the background after a call gave its
  * connection up (see "Bounds" above). */
