@@ -86,6 +86,18 @@ static void expect(int fd, const char *want)
     CHECK_STR(buf, want);
 }
 
+/* Writes BULK bytes on the fd given, for the bulk check. */
+#define BULK (4 << 20)
+static void *bulk_writer(void *arg)
+{
+    int fd = (int)(intptr_t)arg;
+    static char data[65536];
+    memset(data, 'b', sizeof data);
+    for (size_t sent = 0; sent < BULK; sent += sizeof data)
+        CHECK_EQ_INT((int)write(fd, data, sizeof data), (int)sizeof data);
+    return NULL;
+}
+
 /* The proxy's connection count reaches `want` (it learns of closes by poll). */
 static void wait_count(faultproxy_t *fp, int want)
 {
@@ -117,6 +129,28 @@ int main(void)
     send_all(a, "hello");
     expect(a, "hello");
     CHECK_EQ_INT(faultproxy_count(&fp), 1);
+
+    /* Bulk: many times the proxy's buffer each way, going dark and healing
+     * midway; every byte arrives. */
+    pthread_t w;
+    check_thread_start(&w, bulk_writer, (void *)(intptr_t)a);
+    size_t got = 0;
+    bool darkened = false;
+    static char bulk[65536];
+    while (got < BULK) {
+        CHECK(readable_within(a, 5000));
+        ssize_t n = read(a, bulk, sizeof bulk);
+        CHECK(n > 0);
+        for (ssize_t k = 0; k < n; k++)
+            CHECK(bulk[k] == 'b');
+        got += (size_t)n;
+        if (!darkened && got > BULK / 4) {
+            CHECK_EQ_INT(faultproxy_cmd(&fp, "dark"), 0);
+            CHECK_EQ_INT(faultproxy_cmd(&fp, "heal"), 0);
+            darkened = true;
+        }
+    }
+    check_thread_join(w);
 
     /* dark: nothing moves on the open connection, and a new one is accepted
      * by the kernel but gets nothing either. */

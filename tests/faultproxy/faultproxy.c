@@ -180,12 +180,13 @@ static void accept_one(int lfd)
 /* How many bytes a read may take now, given the mode. */
 static size_t read_room(const struct fp_dir *d)
 {
-    if (d->eof || d->off + d->len == FP_BUF)
+    if (d->eof)
         return 0;
-    if (mode == FP_TRICKLE)
-        return d->len == 0 ? 1 : 0;
+    /* An empty buffer starts again at its beginning (pump resets off). */
     if (d->len == 0)
-        return FP_BUF;
+        return mode == FP_TRICKLE ? 1 : FP_BUF;
+    if (mode == FP_TRICKLE)
+        return 0;
     return FP_BUF - (d->off + d->len);
 }
 
@@ -220,6 +221,8 @@ static int pump(struct fp_dir *d, int from, int to, short rev_from, short rev_to
         if (n > 0) {
             d->off += (size_t)n;
             d->len -= (size_t)n;
+            if (d->len == 0)
+                d->off = 0;
             if (mode == FP_TRICKLE)
                 d->due_ms = now + trickle_ms;
         } else if (n < 0 && errno != EAGAIN && errno != EINTR) {
