@@ -103,8 +103,11 @@ def wrk(url, conns, seconds):
                           "--timeout", "5s", url], capture_output=True, text=True).stdout
 
     def ms(text):
-        v, unit = re.match(r"([\d.]+)(us|ms|s)", text).groups()
-        return float(v) * {"us": 0.001, "ms": 1, "s": 1000}[unit]
+        m = re.match(r"([\d.]+)(us|ms|s|m)", text)
+        if not m:
+            return float("nan")
+        v, unit = m.groups()
+        return float(v) * {"us": 0.001, "ms": 1, "s": 1000, "m": 60000}[unit]
 
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
     total = int(re.search(r"(\d+) requests in", out).group(1))
@@ -262,6 +265,8 @@ def main():
     ap.add_argument("--quick", action="store_true", help="fewer points and connections")
     ap.add_argument("--no-plot", action="store_true")
     ap.add_argument("--skip", default="", help="comma-separated: closed,wide,curve,slow")
+    ap.add_argument("--saturating", type=float, default=0,
+                    help="the saturating rate for the curve when the closed loop is skipped")
     args = ap.parse_args()
     os.makedirs(args.out, exist_ok=True)
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -289,7 +294,7 @@ def main():
         if "wide" not in skip:
             closed_loop(args, tmp, sides, 500, md)
         if "curve" not in skip:
-            s = sat.get(LOADS[1][0]) or 900
+            s = sat.get(LOADS[1][0]) or args.saturating or 900
             curve = open_loop(args, tmp, sides, load, s, md)
             png = os.path.join(args.out, "service_twin_curve.png")
             if not args.no_plot:
