@@ -276,7 +276,9 @@ static uint64_t work_unit(uint64_t x)
     return x;
 }
 
-static volatile uint64_t work_sink;
+/* Where the computation's result goes, so that it is not optimised away;
+ * atomic, as parts on several threads store to it. */
+static _Atomic uint64_t work_sink;
 
 static int compute_part(ctx_t *ctx, void *arg)
 {
@@ -298,7 +300,7 @@ static int compute_part(ctx_t *ctx, void *arg)
                 break;
             x = work_unit(x + i);
         }
-        work_sink = x;
+        atomic_store_explicit(&work_sink, x, memory_order_relaxed);
         slot_give(&compute_slots, slot);
     }
     return part_end(r, COMPUTE, start, ctx, rc);

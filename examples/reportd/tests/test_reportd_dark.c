@@ -141,7 +141,7 @@ static void dark_scenario(faultproxy_t *fp, const char *what, const char *url_ar
     CHECK_EQ_INT(svc_stop(&front), 0);
     long ms = (long)((ctx_now() - sig) / CTX_MILLISECOND);
     fprintf(stderr, "   SIGTERM with %d requests in the dark: exit 0 after %ld ms\n", N, ms);
-    CHECK_LE_INT(ms, 300 + 1000);
+    CHECK_LE_INT(ms, 300 + 1000 * SLACK);
     for (int i = 0; i < N; i++) {
         CHECK_EQ_INT(pthread_join(calls[i].thread, NULL), 0);
         CHECK_EQ_INT(calls[i].r.status, 503); /* outcome shutdown */

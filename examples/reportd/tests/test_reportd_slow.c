@@ -78,7 +78,7 @@ int main(int argc, char **argv)
     ctx_time_t next_normal = ctx_now();
     int normal = 0;
     ctx_time_t until = opened + (READ_MS + 4000) * CTX_MILLISECOND;
-    while (closed < SLOW && ctx_now() < until) {
+    while ((closed < SLOW || normal < 10) && ctx_now() < until) {
         for (int i = 0; i < SLOW; i++) {
             if (fds[i].fd < 0)
                 continue;
