@@ -655,7 +655,8 @@ static void serve_report(struct request *r)
     ctx_group_t *g = ctx_group_new(ctx, &gctx);
     int err = g == NULL ? EAGAIN : 0;
     if (g != NULL) {
-        int go = ctx_group_go(g, compute_part, r);
+        /* A computation of 0 ms has nothing to run: no task for it. */
+        int go = r->ms[COMPUTE] > 0 ? ctx_group_go(g, compute_part, r) : 0;
         if (go == 0)
             go = ctx_group_go(g, db_part, r);
         if (go == 0 && cfg.upstream != NULL)
