@@ -18,10 +18,11 @@
  *
  * How it is built.  libmicrohttpd's event loop (epoll, one thread per core)
  * reads requests and writes answers for any number of connections, with no
- * thread held by an idle or slow client.  A request with work to do is
- * suspended there and run by a worker thread as plain blocking code under its
- * context (serve_report: the request path on one screen); the answer goes
- * back to the event loop.  Computations and SQLite queries wait for a slot,
+ * thread held by an idle or slow client.  A /report is suspended there and
+ * run by a worker thread as plain blocking code under its context
+ * (serve_report: the request path on one screen); the answer goes back to
+ * the event loop.  A /task, a mere wait, holds no thread: an AfterFunc on
+ * its context answers it.  Computations and SQLite queries wait for a slot,
  * in an order chosen so that below saturation no request waits out its
  * budget (see "Slots").  SQLite connections and their prepared statement are
  * kept per slot, PostgreSQL connections in a pool: nothing is opened or
@@ -123,6 +124,7 @@ struct request {
     char id[ID_MAX + 1];
     ctx_time_t start;
     struct request_ctx rc;
+    ctx_t *wait;          /* /task: the wait of ms[UPSTREAM] */
     long ms[NPARTS];      /* what /report asked for (/task: ms[UPSTREAM]) */
     long took[NPARTS];    /* measured, in ms */
     bool stopped[NPARTS]; /* the part was still running when the context ended */
@@ -685,13 +687,25 @@ static void serve_report(struct request *r)
     log_line(r->id, ctx, "/report", r->status != 0 ? r->status : 499, r->start, o, cancelled);
 }
 
-/* GET /task?ms=N: the downstream service's work, a wait under its request
- * context that the caller's cancel (connection closed, grpc-timeout) ends. */
-static void serve_task(struct request *r)
+/* Ends the request's context before the event loop may close the socket
+ * it watches, then hands the connection back with its answer. */
+static void finish(struct request *r)
 {
+    request_ctx_free(&r->rc);
+    r->ran = true;
+    MHD_resume_connection(r->conn);
+}
+
+/* GET /task?ms=N: the downstream service's work, a wait of N ms under the
+ * request's context, which the caller's cancel (its connection closing, or
+ * grpc-timeout) ends early.  Nothing blocks on it: a context of N ms under
+ * the request's, and a function that runs when that one ends (AfterFunc,
+ * on the thread that ended it), answer whichever comes first. */
+static void task_done(void *arg)
+{
+    struct request *r = arg;
     long ms = r->ms[UPSTREAM];
-    int err = cfg.no_ctx ? (usleep((useconds_t)ms * 1000), 0)
-                         : ctx_sleep(r->rc.ctx, ms * CTX_MILLISECOND);
+    int err = ctx_err(r->rc.ctx); /* 0: the N ms passed */
     enum outcome o = err == 0 ? OK : ended_because(r->rc.req, r->rc.ctx, err);
     char trace[33] = "";
     ctx_trace_id(r->rc.ctx, trace);
@@ -701,16 +715,27 @@ static void serve_task(struct request *r)
     else
         answer_failure(r, o, err);
     log_line(r->id, r->rc.ctx, "/task", outcome_status[o], r->start, o, o == OK ? "" : "task");
+    ctx_unref(r->wait);
+    r->wait = NULL;
+    finish(r);
+}
+
+static bool start_task(struct request *r)
+{
+    r->wait = ctx_with_timeout(r->rc.ctx, r->ms[UPSTREAM] * CTX_MILLISECOND, NULL);
+    if (r->wait != NULL && ctx_after_func(r->wait, task_done, r, NULL) == 0)
+        return true;
+    ctx_unref(r->wait);
+    r->wait = NULL;
+    return false;
 }
 
 /* ------------------------------------------------------------------------
- * Workers.  The event loop suspends a request that has work to do and
- * queues it here; a worker runs it as blocking code under its context,
- * leaves the answer in the request and resumes the connection, and the
- * event loop sends the answer.  A worker serves one request at a time, so
- * there are about as many as requests in flight; idle ones stay a while for
- * the next request, then leave, so that a burst leaves no crowd behind.
- * First come, first served: the order that matters under load is that of
+ * Workers.  The event loop suspends a /report and queues it here; a worker runs it as blocking code
+ * under its context, leaves the answer in the request and resumes the connection, and the event
+ * loop sends the answer.  A worker serves one request at a time, so there are about as many as
+ * requests in flight; idle ones stay a while for the next request, then leave, so that a burst
+ * leaves no crowd behind. First come, first served: the order that matters under load is that of
  * the slots above, where the work waits.
  */
 static struct {
@@ -726,15 +751,8 @@ static pthread_attr_t worker_attr; /* detached, small stacks (main) */
 
 static void serve(struct request *r)
 {
-    if (r->report)
-        serve_report(r);
-    else
-        serve_task(r);
-    /* End the context before the event loop may close the socket it
-     * watches; then hand the connection back. */
-    request_ctx_free(&r->rc);
-    r->ran = true;
-    MHD_resume_connection(r->conn);
+    serve_report(r);
+    finish(r);
 }
 
 static void *worker(void *arg)
@@ -964,7 +982,8 @@ static enum MHD_Result serve_debug(struct MHD_Connection *conn)
 }
 
 /* /report and /task: the request's context and parameters are read here,
- * then the connection is suspended and the request goes to a worker. */
+ * then the connection is suspended while a worker runs the report, or
+ * while the task's wait runs with no thread at all. */
 static enum MHD_Result start(struct request *r)
 {
     struct MHD_Connection *conn = r->conn;
@@ -993,7 +1012,7 @@ static enum MHD_Result start(struct request *r)
                        r->id);
     }
     MHD_suspend_connection(conn);
-    if (!dispatch(r)) {
+    if (!(r->report ? dispatch(r) : start_task(r))) {
         MHD_resume_connection(conn);
         log_line(r->id, r->rc.ctx, path, 503, r->start, ERROR, "");
         request_ctx_free(&r->rc);
