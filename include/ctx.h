@@ -666,6 +666,12 @@ CTX_EXPORT int ctx_dump_json(ctx_t *ctx, FILE *out);
 CTX_EXPORT void ctx_track(bool on);
 CTX_EXPORT int ctx_dump_all(FILE *out);
 
+/* The number of contexts alive in the process now (the roots excluded),
+ * tracking on or off: a few relaxed loads, no lock, so a metrics endpoint
+ * may read it on every scrape.  Made and freed concurrently, contexts move
+ * the figure while it is summed; it is exact once they settle.  Any thread. */
+CTX_EXPORT size_t ctx_live_count(void);
+
 /* The tracking flag and the registration call behind the creation macros.
  * Not for direct use. */
 CTX_EXPORT extern int ctx_tracking_;

@@ -590,6 +590,22 @@ int ctx__after_watch(ctx_time_t now);
  * and writes it with the GNU atomic builtins (relaxed: it is a hint whose
  * changes need not order anything else; the registry's lock does that). */
 #define ctx__tracking_on() __atomic_load_n(&ctx_tracking_, __ATOMIC_RELAXED)
+/* The live-context count behind ctx_live_count: one counter per shard,
+ * each on its own cache line, a thread adding to the shard it was dealt
+ * (round robin, as the fan-out does).  A context created on one thread and
+ * freed on another leaves one shard up and another down; only the sum means
+ * anything.  Relaxed: a count read on its own, ordering nothing. */
+#define CTX__NLIVE 16
+struct ctx__live_shard {
+    _Atomic long n;
+    char pad[64 - sizeof(long)];
+};
+extern struct ctx__live_shard ctx__live[CTX__NLIVE];
+unsigned ctx__live_slot(void);
+static inline void ctx__live_add(long d)
+{
+    atomic_fetch_add_explicit(&ctx__live[ctx__live_slot()].n, d, memory_order_relaxed);
+}
 /* Forgets c, which is being freed.  Called by free_chain only while
  * tracking is on, before any part of c is torn down. */
 void ctx__track_forget(struct ctx *c);

@@ -16,8 +16,20 @@
  *     curl -i 'http://127.0.0.1:8080/report?compute_ms=50&db_ms=50&upstream_ms=50'
  *     curl -i 'http://127.0.0.1:8080/report?upstream_ms=5000'    # 504 at 500 ms
  *
- * docs/http.md ("reportd") describes the command line, endpoints, headers,
- * log line and metrics, and `make demo` plays the scenarios.  Built from
+ * How it is built.  libmicrohttpd's event loop (epoll, one thread per core)
+ * reads requests and writes answers for any number of connections, with no
+ * thread held by an idle or slow client.  A /report is suspended there and
+ * run by a worker thread as plain blocking code under its context
+ * (serve_report: the request path on one screen); the answer goes back to
+ * the event loop.  A /task, a mere wait, holds no thread: an AfterFunc on
+ * its context answers it.  Computations and SQLite queries wait for a slot,
+ * in an order chosen so that below saturation no request waits out its
+ * budget (see "Slots").  SQLite connections and their prepared statement are
+ * kept per slot, PostgreSQL connections in a pool: nothing is opened or
+ * prepared per request.
+ *
+ * The command line, endpoints, headers, log line and metrics are described
+ * in docs/http.md ("reportd"); `make demo` plays the scenarios.  Built from
  * libmicrohttpd (server), libcurl (client) and SQLite or PostgreSQL, each
  * through its libctx integration.
  */
@@ -43,6 +55,9 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/random.h>
+#include <sys/resource.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "page.h"
@@ -60,13 +75,14 @@ static const char *const outcome_names[NOUTCOMES] = { "ok",       "deadline",   
 
 static struct {
     struct sockaddr_storage listen;
-    char listen_text[128];
     const char *db; /* "sqlite:PATH" or "postgres:CONNINFO" */
     char *upstream; /* base URL without a trailing slash, or NULL */
     long budget_ms;
     long drain_ms;
-    bool no_ctx; /* benchmark baseline: parts run without cancellation */
-} cfg = { .budget_ms = 500, .drain_ms = 5000 };
+    long read_ms; /* a request's headers and body must be in within this */
+    bool track;   /* ctx_track: every context with its creation site */
+    bool no_ctx;  /* benchmark baseline: parts run without cancellation */
+} cfg = { .budget_ms = 500, .drain_ms = 5000, .read_ms = 10000 };
 
 /* Cancelled at shutdown, after the drain: every request context is a child. */
 static ctx_t *base;
@@ -78,6 +94,7 @@ static atomic_long requests_in_flight;
 static atomic_long parts_in_flight[NPARTS];
 static atomic_long requests_total[NOUTCOMES];
 static atomic_long parts_cancelled_total[NPARTS];
+static atomic_long connections_open, connections_read_timeout_total;
 
 /* The drain at shutdown waits on this for requests_in_flight to reach 0. */
 static pthread_mutex_t drain_mu = PTHREAD_MUTEX_INITIALIZER;
@@ -86,84 +103,145 @@ static pthread_cond_t drain_cv = PTHREAD_COND_INITIALIZER;
 static char sqlite_path[4096];
 static const char *pg_conninfo;
 
+/* The longest incoming X-Request-Id kept (see request_id). */
+#define ID_MAX 128
+
+/* One /report or /task request, from its headers to its answer. */
+struct request_ctx {
+    ctx_t *req; /* ctx_mhd_request: cancelled when the client goes */
+    ctx_cancel_t *req_cancel;
+    ctx_t *budget; /* + --budget-ms */
+    ctx_t *ctx;    /* + baggage request-id: what the work runs under */
+};
+
+struct request {
+    struct MHD_Connection *conn;
+    struct request *next; /* in the run queue */
+    bool counted;         /* counted in requests_in_flight */
+    bool report;          /* /report, else /task */
+    bool ran;             /* a worker ran it: send its answer, or close */
+    unsigned status;      /* the answer; 0 when the client has gone */
+    const char *type;
+    char body[512];
+    char id[ID_MAX + 1];
+    ctx_time_t start;
+    struct request_ctx rc;
+    ctx_t *wait;          /* /task: the wait of ms[UPSTREAM] */
+    long ms[NPARTS];      /* what /report asked for (/task: ms[UPSTREAM]) */
+    long took[NPARTS];    /* measured, in ms */
+    bool stopped[NPARTS]; /* the part was still running when the context ended */
+};
+
 /* ------------------------------------------------------------------------
- * Slots: how many computations and SQLite queries run at once.
+ * Slots: how many computations and SQLite queries run at once, and in
+ * which order the others wait.
  *
  * Both are CPU work.  Started for every request at once, hundreds of them
  * would share two cores, each would crawl, and a request whose budget ended
  * would wait for the scheduler before its parts could even notice.  Like a
- * database pool, a few slots (one per core) keep the work that runs fast and
- * let the rest wait, and that wait is itself cancellable: a request that
- * runs out of budget or whose client leaves stops waiting at once.
+ * database pool, a few slots per core keep the work that runs fast and let
+ * the rest wait, and that wait is itself cancellable: a request that runs
+ * out of budget or whose client leaves stops waiting at once.
  *
- * A freed slot goes to the newest waiter.  Under overload the oldest
- * waiters have the least budget left and would most likely run out before
- * finishing, so serving the newest first finishes the most requests within
- * their budgets, and the old ones end at their deadline without having
- * cost any CPU.  The same order for both kinds of slot keeps the parts of
- * one request together.  Without contexts (--no-ctx) there is no budget to
- * lose, and first come, first served is the fair order.
+ * The order decides who makes its budget (docs/PERFORMANCE.md, "reportd's
+ * queue", has the measurements):
+ *   - First come, first served while the queue is young.  Below saturation
+ *     every waiter then gets its slot within a few service times.  Serving
+ *     the newest first instead (LIFO) lets a waiter that a burst pushed
+ *     down wait out its whole budget while the machine still has room.
+ *   - A slot never goes to a waiter that cannot finish in time, one whose
+ *     deadline is nearer than the work it asked for.  It stays in line
+ *     until its context ends (504 at its budget) without costing any CPU,
+ *     and the slot goes to the next waiter that can still make it.
+ *   - Once every waiter granted a slot for 100 ms has waited more than a
+ *     tenth of the budget, the queue is standing, not a burst draining
+ *     (CoDel's test: the least wait over an interval, not the last one),
+ *     which happens only past saturation.  Then the newest waiter goes
+ *     first: the newest have the most budget left, so more requests finish
+ *     in time and with less wait, and the old ones end at their deadline.
+ * Without contexts (--no-ctx) there is no budget: first come, first served.
  */
+#define MAX_SLOTS 64
+
 struct waiter {
     pthread_cond_t cv;
-    bool granted; /* slot_give handed this waiter its slot */
-    struct waiter *next;
+    int slot;                   /* the slot granted, or -1 */
+    ctx_time_t since;           /* when it began to wait */
+    ctx_time_t latest;          /* the latest start that still finishes in time */
+    struct waiter *prev, *next; /* toward the older, toward the newer */
 };
 
 struct slots {
     pthread_mutex_t mu;
-    int free;
-    struct waiter *head; /* waiters, newest first */
+    ctx_time_t short_wait; /* when a waiter last got its slot quickly */
+    int nfree;
+    int free[MAX_SLOTS]; /* the numbers of the free slots */
+    struct waiter *oldest, *newest;
 };
 
-static struct slots compute_slots = { PTHREAD_MUTEX_INITIALIZER, 0, NULL };
-static struct slots db_slots = { PTHREAD_MUTEX_INITIALIZER, 0, NULL };
+static struct slots compute_slots = { .mu = PTHREAD_MUTEX_INITIALIZER };
+static struct slots db_slots = { .mu = PTHREAD_MUTEX_INITIALIZER };
 
-/* 0 with a slot taken, or ctx_err(ctx) when ctx ended first. */
-static int slot_take(ctx_t *ctx, struct slots *s)
+static void slots_init(struct slots *s, int n)
+{
+    s->short_wait = ctx_now();
+    for (s->nfree = 0; s->nfree < n && s->nfree < MAX_SLOTS; s->nfree++)
+        s->free[s->nfree] = s->nfree;
+}
+
+static void waiter_unlink(struct slots *s, struct waiter *w)
+{
+    *(w->prev != NULL ? &w->prev->next : &s->oldest) = w->next;
+    *(w->next != NULL ? &w->next->prev : &s->newest) = w->prev;
+}
+
+/* 0 with *slot taken, or ctx_err(ctx) when ctx ended first.  work is how
+ * long the caller will hold the slot. */
+static int slot_take(ctx_t *ctx, struct slots *s, ctx_duration_t work, int *slot)
 {
     pthread_mutex_lock(&s->mu);
-    if (s->free > 0) {
-        s->free--;
+    if (s->nfree > 0) {
+        *slot = s->free[--s->nfree];
         pthread_mutex_unlock(&s->mu);
         return 0;
     }
-    struct waiter w = { .granted = false, .next = NULL };
+    ctx_time_t deadline;
+    struct waiter w = { .slot = -1, .since = ctx_now(), .prev = s->newest, .next = NULL };
+    w.latest = !cfg.no_ctx && ctx_deadline(ctx, &deadline) ? deadline - work : INT64_MAX;
     pthread_cond_init(&w.cv, NULL);
-    struct waiter **at = &s->head;
-    if (cfg.no_ctx) {
-        while (*at != NULL)
-            at = &(*at)->next;
-    }
-    w.next = *at;
-    *at = &w;
+    *(s->newest != NULL ? &s->newest->next : &s->oldest) = &w;
+    s->newest = &w;
     int err = 0;
-    while (!w.granted && err == 0)
+    while (w.slot < 0 && err == 0)
         err = cfg.no_ctx ? pthread_cond_wait(&w.cv, &s->mu) : ctx_cond_wait(ctx, &w.cv, &s->mu);
-    if (!w.granted) {
-        for (at = &s->head; *at != &w; at = &(*at)->next) {
-        }
-        *at = w.next;
-    }
+    if (w.slot < 0)
+        waiter_unlink(s, &w);
     pthread_mutex_unlock(&s->mu);
     /* ctx_cond_wait has stopped its wake-up callback before returning, so
-     * nothing touches w.cv any more. */
+     * nothing touches w.cv any more.  A slot granted as the context ended
+     * is kept: the part sees the end at its first check and gives it back. */
     pthread_cond_destroy(&w.cv);
-    /* A slot granted as the context ended is kept: the part sees the
-     * context's end at its first check and gives the slot back. */
-    return w.granted ? 0 : err;
+    *slot = w.slot;
+    return w.slot >= 0 ? 0 : err;
 }
 
-static void slot_give(struct slots *s)
+static void slot_give(struct slots *s, int slot)
 {
     pthread_mutex_lock(&s->mu);
-    struct waiter *w = s->head;
+    ctx_time_t now = ctx_now();
+    bool standing = !cfg.no_ctx && now - s->short_wait > 100 * CTX_MILLISECOND;
+    struct waiter *w = standing ? s->newest : s->oldest;
+    while (w != NULL && w->latest < now)
+        w = standing ? w->prev : w->next;
     if (w != NULL) {
-        s->head = w->next;
-        w->granted = true;
+        waiter_unlink(s, w);
+        w->slot = slot;
         pthread_cond_signal(&w->cv);
+        if (now - w->since <= cfg.budget_ms * CTX_MILLISECOND / 10)
+            s->short_wait = now;
     } else {
-        s->free++;
+        s->free[s->nfree++] = slot;
+        s->short_wait = now; /* no one waits at all */
     }
     pthread_mutex_unlock(&s->mu);
 }
@@ -173,16 +251,6 @@ static void slot_give(struct slots *s)
  * returns 0, the context's error when the context ended first, or another
  * errno-style code for a real failure (which cancels its siblings).
  */
-
-/* The longest incoming X-Request-Id kept (see request_id). */
-#define ID_MAX 128
-
-struct request {
-    long ms[NPARTS];      /* what the request asked for */
-    long took[NPARTS];    /* measured, in ms */
-    bool stopped[NPARTS]; /* the part was still running when the context ended */
-    char request_id[ID_MAX + 1];
-};
 
 static void part_begin(enum part p)
 {
@@ -212,15 +280,19 @@ static uint64_t work_unit(uint64_t x)
     return x;
 }
 
-static volatile uint64_t work_sink;
+/* Where the computation's result goes, so that it is not optimised away;
+ * atomic, as parts on several threads store to it. */
+static _Atomic uint64_t work_sink;
 
 static int compute_part(ctx_t *ctx, void *arg)
 {
     struct request *r = arg;
     part_begin(COMPUTE);
     ctx_time_t start = ctx_now();
-    int rc = slot_take(ctx, &compute_slots);
-    if (rc == 0) {
+    /* No work asked, no slot needed: nothing would run on it. */
+    int slot, rc = 0;
+    if (r->ms[COMPUTE] > 0 &&
+        (rc = slot_take(ctx, &compute_slots, r->ms[COMPUTE] * CTX_MILLISECOND, &slot)) == 0) {
         /* Work until the asked time has passed: about that long on an idle
          * machine or a busy one alike.  A check costs a few ns; every 256
          * units (tens of microseconds) keeps a cancelled computation from
@@ -232,17 +304,15 @@ static int compute_part(ctx_t *ctx, void *arg)
                 break;
             x = work_unit(x + i);
         }
-        work_sink = x;
-        slot_give(&compute_slots);
+        atomic_store_explicit(&work_sink, x, memory_order_relaxed);
+        slot_give(&compute_slots, slot);
     }
     return part_end(r, COMPUTE, start, ctx, rc);
 }
 
 /* SQLite: a recursive query that counts until the clock passes ?1, so that
  * it runs about the asked ms however busy the machine is.  reportd_now() is
- * the monotonic clock, in ns.  Each call opens the database file anew, so
- * a file that disappears fails the requests (503) and one that comes back
- * serves them again. */
+ * the monotonic clock, in ns. */
 static const char count_sql[] =
     "WITH RECURSIVE c(x) AS (SELECT min(id) FROM items UNION ALL SELECT x + 1 FROM c "
     "WHERE reportd_now() < ?1) SELECT count(*) FROM c";
@@ -253,24 +323,73 @@ static void sql_now(sqlite3_context *c, int argc, sqlite3_value **argv)
     sqlite3_result_int64(c, ctx_now());
 }
 
-static int sqlite_query(ctx_t *ctx, sqlite3 *db, long ms)
-{
+/* One SQLite connection per database slot, kept open with its function
+ * registered and its statement prepared: taking the slot takes the
+ * connection, and only the thread holding the slot uses it.  Before each
+ * use the file is looked up again, so a database file that disappears fails
+ * the requests (503) and one that comes back, or is replaced, is opened
+ * anew and serves them again. */
+struct sqlite_conn {
+    sqlite3 *db;
     sqlite3_stmt *stmt;
-    if (sqlite3_create_function(db, "reportd_now", 0, SQLITE_UTF8, NULL, sql_now, NULL, NULL) !=
-            SQLITE_OK ||
-        sqlite3_prepare_v2(db, count_sql, -1, &stmt, NULL) != SQLITE_OK)
+    dev_t dev; /* the file it has open */
+    ino_t ino;
+};
+
+static struct sqlite_conn sqlite_conns[MAX_SLOTS];
+
+static void sqlite_conn_close(struct sqlite_conn *c)
+{
+    sqlite3_finalize(c->stmt);
+    sqlite3_close(c->db);
+    c->stmt = NULL;
+    c->db = NULL;
+}
+
+static int sqlite_conn_ready(struct sqlite_conn *c)
+{
+    struct stat st;
+    bool there = stat(sqlite_path, &st) == 0;
+    if (c->db != NULL && (!there || st.st_dev != c->dev || st.st_ino != c->ino))
+        sqlite_conn_close(c);
+    if (!there)
         return EIO;
-    sqlite3_bind_int64(stmt, 1, ctx_now() + ms * CTX_MILLISECOND);
-    int src = cfg.no_ctx ? sqlite3_step(stmt) : ctx_sqlite_step(ctx, stmt);
-    sqlite3_finalize(stmt);
+    if (c->db == NULL) {
+        /* NOMUTEX: the slot already keeps the connection to one thread. */
+        if (sqlite3_open_v2(sqlite_path, &c->db, SQLITE_OPEN_READONLY | SQLITE_OPEN_NOMUTEX,
+                            NULL) != SQLITE_OK ||
+            sqlite3_create_function(c->db, "reportd_now", 0, SQLITE_UTF8, NULL, sql_now, NULL,
+                                    NULL) != SQLITE_OK ||
+            sqlite3_prepare_v3(c->db, count_sql, -1, SQLITE_PREPARE_PERSISTENT, &c->stmt, NULL) !=
+                SQLITE_OK) {
+            sqlite_conn_close(c);
+            return EIO;
+        }
+        c->dev = st.st_dev;
+        c->ino = st.st_ino;
+    }
+    return 0;
+}
+
+static int sqlite_query(ctx_t *ctx, struct sqlite_conn *c, long ms)
+{
+    int rc = sqlite_conn_ready(c);
+    if (rc != 0)
+        return rc;
+    sqlite3_bind_int64(c->stmt, 1, ctx_now() + ms * CTX_MILLISECOND);
+    int src = cfg.no_ctx ? sqlite3_step(c->stmt) : ctx_sqlite_step(ctx, c->stmt);
+    sqlite3_reset(c->stmt);
     if (src == SQLITE_ROW)
         return 0;
     return src == SQLITE_INTERRUPT && ctx_err(ctx) != 0 ? ctx_err(ctx) : EIO;
 }
 
 #ifdef REPORTD_WITH_PQ
-/* PostgreSQL: a small pool, so that a connection outlives its request and a
- * cancelled query visibly leaves its backend idle. */
+/* PostgreSQL: a pool of idle connections.  A request takes one or connects;
+ * a connection that ctx_pq_exec left usable goes back, a broken one (the
+ * server or the network went away, or a cancel that could not be
+ * delivered) is dropped, so the pool heals by itself once the database
+ * answers again. */
 static pthread_mutex_t pool_mu = PTHREAD_MUTEX_INITIALIZER;
 static PGconn *pool[64];
 static int pool_len;
@@ -294,8 +413,6 @@ static int pg_sleep_part(ctx_t *ctx, long ms)
              : PQresultStatus(res) == PGRES_TUPLES_OK ? 0
                                                       : EIO;
     PQclear(res);
-    /* ctx_pq_exec leaves the connection idle even after a cancel; a broken
-     * one (the server went away) is dropped so the next request reconnects. */
     bool keep = PQstatus(conn) == CONNECTION_OK && PQtransactionStatus(conn) == PQTRANS_IDLE;
     pthread_mutex_lock(&pool_mu);
     if (keep && pool_len < (int)(sizeof pool / sizeof pool[0])) {
@@ -306,7 +423,6 @@ static int pg_sleep_part(ctx_t *ctx, long ms)
     PQfinish(conn);
     return rc;
 }
-
 #endif
 
 static int db_part(ctx_t *ctx, void *arg)
@@ -314,19 +430,15 @@ static int db_part(ctx_t *ctx, void *arg)
     struct request *r = arg;
     part_begin(DB);
     ctx_time_t start = ctx_now();
-    int rc;
+    int slot, rc;
 #ifdef REPORTD_WITH_PQ
     if (pg_conninfo != NULL) {
         rc = pg_sleep_part(ctx, r->ms[DB]);
     } else
 #endif
-        if ((rc = slot_take(ctx, &db_slots)) == 0) {
-        sqlite3 *db;
-        rc = EIO;
-        if (sqlite3_open_v2(sqlite_path, &db, SQLITE_OPEN_READONLY, NULL) == SQLITE_OK)
-            rc = sqlite_query(ctx, db, r->ms[DB]);
-        sqlite3_close(db);
-        slot_give(&db_slots);
+        if ((rc = slot_take(ctx, &db_slots, r->ms[DB] * CTX_MILLISECOND, &slot)) == 0) {
+        rc = sqlite_query(ctx, &sqlite_conns[slot], r->ms[DB]);
+        slot_give(&db_slots, slot);
     }
     return part_end(r, DB, start, ctx, rc);
 }
@@ -356,7 +468,7 @@ static int upstream_part(ctx_t *ctx, void *arg)
     int rc = ENOMEM;
     char url[4200], id_header[ID_MAX + 32];
     snprintf(url, sizeof url, "%s/task?ms=%ld", cfg.upstream, r->ms[UPSTREAM]);
-    snprintf(id_header, sizeof id_header, "X-Request-Id: %s", r->request_id);
+    snprintf(id_header, sizeof id_header, "X-Request-Id: %s", r->id);
     struct body b = { .len = 0 };
     struct curl_slist *headers = curl_slist_append(NULL, id_header);
     CURL *easy = curl_easy_init();
@@ -480,13 +592,6 @@ static void log_line(const char *id, ctx_t *ctx, const char *path, unsigned stat
 /* The context of one request: the request's own (client gone, incoming
  * grpc-timeout, traceparent, baggage), then the budget, then the request ID
  * in baggage for the next service. */
-struct request_ctx {
-    ctx_t *req; /* ctx_mhd_request: cancelled when the client goes */
-    ctx_cancel_t *req_cancel;
-    ctx_t *budget; /* + --budget-ms */
-    ctx_t *ctx;    /* + baggage request-id: what the work runs under */
-};
-
 static bool request_ctx(struct MHD_Connection *conn, const char *id, struct request_ctx *rc)
 {
     *rc = (struct request_ctx){ NULL, NULL, NULL, NULL };
@@ -514,158 +619,311 @@ static void request_ctx_free(struct request_ctx *rc)
     ctx_unref(rc->ctx);
     ctx_unref(rc->budget);
     ctx_unref(rc->req);
+    *rc = (struct request_ctx){ NULL, NULL, NULL, NULL };
 }
 
-/* A /report or /task request counts as in flight from its first handler
- * call until libmicrohttpd has sent its answer (or given up on the client),
- * so that the drain at shutdown never closes a connection whose answer is
- * still on its way. */
-static char counted; /* *state of a request that is counted */
-
-static void completed(void *cls, struct MHD_Connection *conn, void **state,
-                      enum MHD_RequestTerminationCode code)
+/* The answer a worker leaves for the event loop to send. */
+static void answer(struct request *r, unsigned status, const char *type, const char *fmt, ...)
 {
-    (void)cls, (void)conn, (void)code;
-    if (*state != &counted)
-        return;
-    pthread_mutex_lock(&drain_mu);
-    atomic_fetch_sub_explicit(&requests_in_flight, 1, memory_order_relaxed);
-    pthread_cond_broadcast(&drain_cv);
-    pthread_mutex_unlock(&drain_mu);
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(r->body, sizeof r->body, fmt, ap);
+    va_end(ap);
+    r->status = status;
+    r->type = type;
 }
 
-static enum MHD_Result serve_report(struct MHD_Connection *conn, const char *id, ctx_time_t start)
+/* A request that did not end well: the status and error of its outcome
+ * (nothing for a client that has gone). */
+static void answer_failure(struct request *r, enum outcome o, int err)
 {
-    struct request r = { .ms = { 0 } };
-    memcpy(r.request_id, id, strlen(id) + 1);
-    struct request_ctx rc;
-    if (!request_ctx(conn, id, &rc)) {
-        request_ctx_free(&rc);
-        log_line(id, NULL, "/report", 503, start, ERROR, "");
-        return respond(conn, 503, "text/plain", "out of resources\n", id);
+    unsigned status = outcome_status[o];
+    const char *why = outcome_names[o];
+    if (o == CLIENT_GONE)
+        return; /* nobody to answer: the connection is closed */
+    if (o == ERROR) {
+        /* 503 for the database or no resources, 502 for the upstream. */
+        status = err == EIO || err == EAGAIN ? 503 : 502;
+        why = err == EIO      ? "database unavailable"
+              : err == EAGAIN ? "out of resources"
+              : err == EPROTO ? "upstream answered garbage"
+                              : "upstream failed";
     }
-    /* Checked under the request's context, so that even a bad request's
-     * log line has the caller's trace id. */
-    if (!param(conn, "compute_ms", &r.ms[COMPUTE]) || !param(conn, "db_ms", &r.ms[DB]) ||
-        !param(conn, "upstream_ms", &r.ms[UPSTREAM])) {
-        log_line(id, rc.ctx, "/report", 400, start, BAD_REQUEST, "");
-        request_ctx_free(&rc);
-        return respond(conn, 400, "text/plain",
-                       "compute_ms, db_ms and upstream_ms must be integers from 0 to 60000\n", id);
-    }
+    answer(r, status, "application/json", "{\"request_id\":\"%s\",\"error\":\"%s\"}\n", r->id, why);
+}
 
-    /* The three parts at once; the first failure cancels the others. */
-    ctx_t *gctx = NULL;
-    ctx_group_t *g = ctx_group_new(rc.ctx, &gctx);
-    int err = g == NULL ? errno : 0;
+/* GET /report: the request path.  The three parts run at once in a group
+ * under the request's context; the first failure cancels the others, and
+ * so does the budget, the client leaving or the shutdown. */
+static void serve_report(struct request *r)
+{
+    ctx_t *ctx = r->rc.ctx, *gctx = NULL;
+    ctx_group_t *g = ctx_group_new(ctx, &gctx);
+    int err = g == NULL ? EAGAIN : 0;
     if (g != NULL) {
-        /* A part that cannot start (no thread to run it) fails the request
-         * as out of resources, after the parts that did start end. */
-        int start_err = ctx_group_go(g, compute_part, &r);
-        if (start_err == 0)
-            start_err = ctx_group_go(g, db_part, &r);
-        if (start_err == 0 && cfg.upstream != NULL)
-            start_err = ctx_group_go(g, upstream_part, &r);
+        /* A computation of 0 ms has nothing to run: no task for it. */
+        int go = r->ms[COMPUTE] > 0 ? ctx_group_go(g, compute_part, r) : 0;
+        if (go == 0)
+            go = ctx_group_go(g, db_part, r);
+        if (go == 0 && cfg.upstream != NULL)
+            go = ctx_group_go(g, upstream_part, r);
         err = ctx_group_wait(g, NULL);
-        /* ctx_group_go also refuses once the request's context has ended:
-         * that is the context's outcome, not a lack of resources. */
-        if (err == 0 && start_err != 0)
-            err = ctx_err(rc.ctx) != 0 ? ctx_err(rc.ctx) : EAGAIN;
+        /* A part that could not start: the context's end, or no thread. */
+        if (err == 0 && go != 0)
+            err = ctx_err(ctx) != 0 ? ctx_err(ctx) : EAGAIN;
     }
     ctx_unref(gctx);
 
-    enum outcome o = err == 0 ? OK : ended_because(rc.req != NULL ? rc.req : rc.ctx, rc.ctx, err);
-    unsigned status = outcome_status[o];
-    enum MHD_Result ret;
-    char body[512];
-    if (o == OK) {
-        char trace[33] = "";
-        ctx_trace_id(rc.ctx, trace);
-        snprintf(body, sizeof body,
-                 "{\"request_id\":\"%s\",\"trace_id\":\"%s\",\"compute_ms\":%ld,\"db_ms\":%ld,"
-                 "\"upstream_ms\":%ld}\n",
-                 id, trace, r.took[COMPUTE], r.took[DB], r.took[UPSTREAM]);
-        ret = respond(conn, status, "application/json", body, id);
-    } else if (o == CLIENT_GONE) {
-        ret = MHD_NO; /* nobody to answer: close the connection */
-    } else {
-        /* 503 for the database or no resources, 502 for the upstream. */
-        const char *why = outcome_names[o];
-        if (o == ERROR) {
-            status = err == EIO || err == EAGAIN ? 503 : 502;
-            why = err == EIO      ? "database unavailable"
-                  : err == EAGAIN ? "out of resources"
-                  : err == EPROTO ? "upstream answered garbage"
-                                  : "upstream failed";
-        }
-        snprintf(body, sizeof body, "{\"request_id\":\"%s\",\"error\":\"%s\"}\n", id, why);
-        ret = respond(conn, status, "application/json", body, id);
-    }
+    enum outcome o = err == 0 ? OK : ended_because(r->rc.req != NULL ? r->rc.req : ctx, ctx, err);
+    char trace[33] = "";
+    ctx_trace_id(ctx, trace);
+    if (o == OK)
+        answer(r, 200, "application/json",
+               "{\"request_id\":\"%s\",\"trace_id\":\"%s\",\"compute_ms\":%ld,\"db_ms\":%ld,"
+               "\"upstream_ms\":%ld}\n",
+               r->id, trace, r->took[COMPUTE], r->took[DB], r->took[UPSTREAM]);
+    else
+        answer_failure(r, o, err);
     char cancelled[64] = "";
-    for (int p = 0; p < NPARTS; p++) {
-        if (r.stopped[p]) {
-            if (cancelled[0] != '\0')
-                strcat(cancelled, ",");
-            strcat(cancelled, part_names[p]);
+    for (int p = 0; p < NPARTS; p++)
+        if (r->stopped[p])
+            strcat(strcat(cancelled, cancelled[0] != '\0' ? "," : ""), part_names[p]);
+    log_line(r->id, ctx, "/report", r->status != 0 ? r->status : 499, r->start, o, cancelled);
+}
+
+/* Ends the request's context before the event loop may close the socket
+ * it watches, then hands the connection back with its answer. */
+static void finish(struct request *r)
+{
+    request_ctx_free(&r->rc);
+    r->ran = true;
+    MHD_resume_connection(r->conn);
+}
+
+/* GET /task?ms=N: the downstream service's work, a wait of N ms under the
+ * request's context, which the caller's cancel (its connection closing, or
+ * grpc-timeout) ends early.  Nothing blocks on it: a context of N ms under
+ * the request's, and a function that runs when that one ends (AfterFunc,
+ * on the thread that ended it), answer whichever comes first. */
+static void task_done(void *arg)
+{
+    struct request *r = arg;
+    long ms = r->ms[UPSTREAM];
+    int err = ctx_err(r->rc.ctx); /* 0: the N ms passed */
+    enum outcome o = err == 0 ? OK : ended_because(r->rc.req, r->rc.ctx, err);
+    char trace[33] = "";
+    ctx_trace_id(r->rc.ctx, trace);
+    if (o == OK)
+        answer(r, 200, "application/json",
+               "{\"request_id\":\"%s\",\"trace_id\":\"%s\",\"ms\":%ld}\n", r->id, trace, ms);
+    else
+        answer_failure(r, o, err);
+    log_line(r->id, r->rc.ctx, "/task", outcome_status[o], r->start, o, o == OK ? "" : "task");
+    ctx_unref(r->wait);
+    r->wait = NULL;
+    finish(r);
+}
+
+static bool start_task(struct request *r)
+{
+    r->wait = ctx_with_timeout(r->rc.ctx, r->ms[UPSTREAM] * CTX_MILLISECOND, NULL);
+    if (r->wait != NULL && ctx_after_func(r->wait, task_done, r, NULL) == 0)
+        return true;
+    ctx_unref(r->wait);
+    r->wait = NULL;
+    return false;
+}
+
+/* ------------------------------------------------------------------------
+ * Workers.  The event loop suspends a /report and queues it here; a worker runs it as blocking code
+ * under its context, leaves the answer in the request and resumes the connection, and the event
+ * loop sends the answer.  A worker serves one request at a time, so there are about as many as
+ * requests in flight; idle ones stay a while for the next request, then leave, so that a burst
+ * leaves no crowd behind. First come, first served: the order that matters under load is that of
+ * the slots above, where the work waits.
+ */
+static struct {
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    struct request *head, *tail;
+    int queued;  /* requests in the queue */
+    int idle;    /* workers waiting for one */
+    int threads; /* workers alive */
+} run = { PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, NULL, NULL, 0, 0, 0 };
+
+static pthread_attr_t worker_attr; /* detached, small stacks (main) */
+
+static void serve(struct request *r)
+{
+    serve_report(r);
+    finish(r);
+}
+
+static void *worker(void *arg)
+{
+    (void)arg;
+    pthread_mutex_lock(&run.mu);
+    for (;;) {
+        int rc = 0;
+        run.idle++;
+        while (run.head == NULL && rc == 0) {
+            struct timespec until;
+            clock_gettime(CLOCK_REALTIME, &until);
+            until.tv_sec += 2;
+            rc = pthread_cond_timedwait(&run.cv, &run.mu, &until);
+        }
+        run.idle--;
+        struct request *r = run.head;
+        if (r == NULL)
+            break; /* idle for 2 s */
+        run.head = r->next;
+        if (run.head == NULL)
+            run.tail = NULL;
+        run.queued--;
+        pthread_mutex_unlock(&run.mu);
+        serve(r);
+        pthread_mutex_lock(&run.mu);
+    }
+    run.threads--;
+    pthread_mutex_unlock(&run.mu);
+    return NULL;
+}
+
+/* Queues r for a worker, starting one when none is idle.  False when there
+ * is no worker at all and none can start. */
+static bool dispatch(struct request *r)
+{
+    pthread_mutex_lock(&run.mu);
+    r->next = NULL;
+    *(run.tail != NULL ? &run.tail->next : &run.head) = r;
+    run.tail = r;
+    run.queued++;
+    bool ok = true;
+    if (run.idle >= run.queued) {
+        pthread_cond_signal(&run.cv);
+    } else {
+        pthread_t t;
+        if (pthread_create(&t, &worker_attr, worker, NULL) == 0) {
+            run.threads++;
+        } else if (run.threads == 0) {
+            /* Every earlier request found or started a worker or left, so
+             * r is the only one queued. */
+            run.head = run.tail = NULL;
+            run.queued = 0;
+            ok = false;
         }
     }
-    log_line(id, rc.ctx, "/report", status, start, o, cancelled);
-    request_ctx_free(&rc);
-    return ret;
+    pthread_mutex_unlock(&run.mu);
+    return ok;
 }
 
-/* /task?ms=N: the downstream service's work, a wait under its request
- * context that the caller's cancel (connection closed, grpc-timeout) ends. */
-static enum MHD_Result serve_task(struct MHD_Connection *conn, const char *id, ctx_time_t start)
+/* ------------------------------------------------------------------------
+ * Slow clients.  libmicrohttpd's connection timeout counts idle time, so a
+ * client that sends a byte a second never trips it.  Every connection gets
+ * a read deadline instead: its request, headers and body, must be in within
+ * --read-ms of the connection's start or of the previous answer on it.  A
+ * sweep four times a second shuts down the connections past it; the event
+ * loop sees the socket end and closes the connection.  The record of a
+ * connection is removed (under the lock the sweep holds) when
+ * libmicrohttpd reports it closed, before it closes the socket, so the
+ * sweep never touches a socket number that has been reused.
+ */
+struct conn {
+    int fd;
+    _Atomic ctx_time_t deadline; /* 0 while a request is being served */
+    struct conn *prev, *next;
+};
+
+static struct {
+    pthread_mutex_t mu;
+    struct conn *head;
+} conns = { PTHREAD_MUTEX_INITIALIZER, NULL };
+
+static void read_deadline(struct MHD_Connection *conn, bool on)
 {
-    struct request_ctx rc;
-    if (!request_ctx(conn, id, &rc)) {
-        request_ctx_free(&rc);
-        log_line(id, NULL, "/task", 503, start, ERROR, "");
-        return respond(conn, 503, "text/plain", "out of resources\n", id);
-    }
-    long ms;
-    if (!param(conn, "ms", &ms)) {
-        log_line(id, rc.ctx, "/task", 400, start, BAD_REQUEST, "");
-        request_ctx_free(&rc);
-        return respond(conn, 400, "text/plain", "ms must be an integer from 0 to 60000\n", id);
-    }
-    int err =
-        cfg.no_ctx ? (usleep((useconds_t)ms * 1000), 0) : ctx_sleep(rc.ctx, ms * CTX_MILLISECOND);
-    enum outcome o = err == 0 ? OK : ended_because(rc.req, rc.ctx, err);
-    enum MHD_Result ret = MHD_NO;
-    char body[256];
-    if (o == OK) {
-        char trace[33] = "";
-        ctx_trace_id(rc.ctx, trace);
-        snprintf(body, sizeof body, "{\"request_id\":\"%s\",\"trace_id\":\"%s\",\"ms\":%ld}\n", id,
-                 trace, ms);
-        ret = respond(conn, 200, "application/json", body, id);
-    } else if (o != CLIENT_GONE) {
-        snprintf(body, sizeof body, "{\"request_id\":\"%s\",\"error\":\"%s\"}\n", id,
-                 outcome_names[o]);
-        ret = respond(conn, outcome_status[o], "application/json", body, id);
-    }
-    log_line(id, rc.ctx, "/task", outcome_status[o], start, o, o == OK ? "" : "task");
-    request_ctx_free(&rc);
-    return ret;
+    const union MHD_ConnectionInfo *ci =
+        MHD_get_connection_info(conn, MHD_CONNECTION_INFO_SOCKET_CONTEXT);
+    struct conn *c = ci != NULL ? ci->socket_context : NULL;
+    if (c != NULL)
+        atomic_store_explicit(&c->deadline, on ? ctx_now() + cfg.read_ms * CTX_MILLISECOND : 0,
+                              memory_order_relaxed);
 }
 
-/* The number of live contexts, from the library's own registry. */
-static long live_contexts(void)
+static void on_connection(void *cls, struct MHD_Connection *conn, void **socket_context,
+                          enum MHD_ConnectionNotificationCode code)
 {
-    char *text = NULL;
-    size_t len = 0;
-    FILE *f = open_memstream(&text, &len);
-    if (f == NULL)
-        return -1;
-    ctx_dump_all(f);
-    fclose(f);
-    long n = 0;
-    for (size_t i = 0; i < len; i++)
-        n += text[i] == '\n';
-    free(text);
-    return n;
+    (void)cls;
+    struct conn *c = *socket_context;
+    if (code == MHD_CONNECTION_NOTIFY_STARTED) {
+        const union MHD_ConnectionInfo *ci =
+            MHD_get_connection_info(conn, MHD_CONNECTION_INFO_CONNECTION_FD);
+        if (ci == NULL || (c = calloc(1, sizeof *c)) == NULL)
+            return; /* no deadline for this one: only the idle timeout */
+        c->fd = ci->connect_fd;
+        atomic_init(&c->deadline, ctx_now() + cfg.read_ms * CTX_MILLISECOND);
+        pthread_mutex_lock(&conns.mu);
+        if ((c->next = conns.head) != NULL)
+            c->next->prev = c;
+        conns.head = c;
+        pthread_mutex_unlock(&conns.mu);
+        *socket_context = c;
+        atomic_fetch_add_explicit(&connections_open, 1, memory_order_relaxed);
+    } else if (c != NULL) {
+        pthread_mutex_lock(&conns.mu);
+        *(c->prev != NULL ? &c->prev->next : &conns.head) = c->next;
+        if (c->next != NULL)
+            c->next->prev = c->prev;
+        pthread_mutex_unlock(&conns.mu);
+        free(c);
+        *socket_context = NULL;
+        atomic_fetch_sub_explicit(&connections_open, 1, memory_order_relaxed);
+    }
+}
+
+static void *sweeper(void *arg)
+{
+    ctx_t *until = arg;
+    while (ctx_sleep(until, 250 * CTX_MILLISECOND) == 0) {
+        ctx_time_t now = ctx_now();
+        pthread_mutex_lock(&conns.mu);
+        for (struct conn *c = conns.head; c != NULL; c = c->next) {
+            ctx_time_t d = atomic_load_explicit(&c->deadline, memory_order_relaxed);
+            if (d != 0 && d < now) {
+                shutdown(c->fd, SHUT_RDWR);
+                atomic_store_explicit(&c->deadline, 0, memory_order_relaxed);
+                atomic_fetch_add_explicit(&connections_read_timeout_total, 1, memory_order_relaxed);
+            }
+        }
+        pthread_mutex_unlock(&conns.mu);
+    }
+    return NULL;
+}
+
+/* ------------------------------------------------------------------------
+ * The event loop's side: routes, quick answers, and the hand-off of a
+ * request to a worker.
+ */
+
+/* A request counts as in flight from its route until libmicrohttpd has
+ * sent its answer (or given up on the client), so that the drain at
+ * shutdown never closes a connection whose answer is still on its way. */
+static void completed(void *cls, struct MHD_Connection *conn, void **state,
+                      enum MHD_RequestTerminationCode code)
+{
+    (void)cls, (void)code;
+    struct request *r = *state;
+    if (r == NULL)
+        return;
+    *state = NULL;
+    if (r->counted) {
+        pthread_mutex_lock(&drain_mu);
+        atomic_fetch_sub_explicit(&requests_in_flight, 1, memory_order_relaxed);
+        pthread_cond_broadcast(&drain_cv);
+        pthread_mutex_unlock(&drain_mu);
+    }
+    request_ctx_free(&r->rc);
+    free(r);
+    read_deadline(conn, true); /* the next request on it must come in time too */
 }
 
 static enum MHD_Result serve_metrics(struct MHD_Connection *conn)
@@ -689,7 +947,17 @@ static enum MHD_Result serve_metrics(struct MHD_Connection *conn)
     for (int p = 0; p < NPARTS; p++)
         fprintf(f, "reportd_parts_cancelled_total{part=\"%s\"} %ld\n", part_names[p],
                 atomic_load_explicit(&parts_cancelled_total[p], memory_order_relaxed));
-    fprintf(f, "# TYPE reportd_live_contexts gauge\nreportd_live_contexts %ld\n", live_contexts());
+    fprintf(f, "# TYPE reportd_live_contexts gauge\nreportd_live_contexts %zu\n", ctx_live_count());
+    fprintf(f, "# TYPE reportd_connections gauge\nreportd_connections %ld\n",
+            atomic_load_explicit(&connections_open, memory_order_relaxed));
+    fprintf(f,
+            "# TYPE reportd_connections_read_timeout_total counter\n"
+            "reportd_connections_read_timeout_total %ld\n",
+            atomic_load_explicit(&connections_read_timeout_total, memory_order_relaxed));
+    pthread_mutex_lock(&run.mu);
+    int workers = run.threads;
+    pthread_mutex_unlock(&run.mu);
+    fprintf(f, "# TYPE reportd_workers gauge\nreportd_workers %d\n", workers);
     fclose(f);
     enum MHD_Result ret =
         text != NULL ? respond(conn, 200, "text/plain; version=0.0.4", text, NULL) : MHD_NO;
@@ -697,6 +965,9 @@ static enum MHD_Result serve_metrics(struct MHD_Connection *conn)
     return ret;
 }
 
+/* The live contexts: every one with its creation site when tracking is on
+ * (--track or CTX_TRACK=1), else the cancellable ones under the server's
+ * base context. */
 static enum MHD_Result serve_debug(struct MHD_Connection *conn)
 {
     char *text = NULL;
@@ -704,11 +975,73 @@ static enum MHD_Result serve_debug(struct MHD_Connection *conn)
     FILE *f = open_memstream(&text, &len);
     if (f == NULL)
         return MHD_NO;
-    ctx_dump_all(f);
+    if (ctx_dump_all(f) == ENOTSUP) {
+        fprintf(f, "# tracking is off (reportd --track): the cancellable contexts only\n");
+        ctx_dump(base, f);
+    }
     fclose(f);
     enum MHD_Result ret = text != NULL ? respond(conn, 200, "text/plain", text, NULL) : MHD_NO;
     free(text);
     return ret;
+}
+
+/* /report and /task: the request's context and parameters are read here,
+ * then the connection is suspended while a worker runs the report, or
+ * while the task's wait runs with no thread at all. */
+static enum MHD_Result start(struct request *r)
+{
+    struct MHD_Connection *conn = r->conn;
+    const char *path = r->report ? "/report" : "/task";
+    r->start = ctx_now();
+    request_id(conn, r->id);
+    atomic_fetch_add_explicit(&requests_in_flight, 1, memory_order_relaxed);
+    r->counted = true;
+    if (!request_ctx(conn, r->id, &r->rc)) {
+        log_line(r->id, NULL, path, 503, r->start, ERROR, "");
+        return respond(conn, 503, "text/plain", "out of resources\n", r->id);
+    }
+    /* Checked under the request's context, so that even a bad request's
+     * log line has the caller's trace id. */
+    bool ok = r->report ? param(conn, "compute_ms", &r->ms[COMPUTE]) &&
+                              param(conn, "db_ms", &r->ms[DB]) &&
+                              param(conn, "upstream_ms", &r->ms[UPSTREAM])
+                        : param(conn, "ms", &r->ms[UPSTREAM]);
+    if (!ok) {
+        log_line(r->id, r->rc.ctx, path, 400, r->start, BAD_REQUEST, "");
+        request_ctx_free(&r->rc);
+        return respond(conn, 400, "text/plain",
+                       r->report ? "compute_ms, db_ms and upstream_ms must be integers from 0 to "
+                                   "60000\n"
+                                 : "ms must be an integer from 0 to 60000\n",
+                       r->id);
+    }
+    MHD_suspend_connection(conn);
+    if (!(r->report ? dispatch(r) : start_task(r))) {
+        MHD_resume_connection(conn);
+        log_line(r->id, r->rc.ctx, path, 503, r->start, ERROR, "");
+        request_ctx_free(&r->rc);
+        return respond(conn, 503, "text/plain", "out of resources\n", r->id);
+    }
+    return MHD_YES;
+}
+
+/* Where a request goes.  Quick answers are made here on the event loop's
+ * thread; more routes attach here the same way. */
+static enum MHD_Result route(struct request *r, const char *url, const char *method)
+{
+    if (strcmp(method, "GET") != 0)
+        return respond(r->conn, 405, "text/plain", "only GET\n", NULL);
+    enum MHD_Result page_ret;
+    if (page_route(r->conn, url, base, &page_ret)) /* GET / and /debug/ctx?format=json */
+        return page_ret;
+    if (strcmp(url, "/metrics") == 0)
+        return serve_metrics(r->conn);
+    if (strcmp(url, "/debug/ctx") == 0)
+        return serve_debug(r->conn);
+    r->report = strcmp(url, "/report") == 0;
+    if (r->report || strcmp(url, "/task") == 0)
+        return start(r);
+    return respond(r->conn, 404, "text/plain", "not found\n", NULL);
 }
 
 static enum MHD_Result handler(void *cls, struct MHD_Connection *conn, const char *url,
@@ -717,34 +1050,24 @@ static enum MHD_Result handler(void *cls, struct MHD_Connection *conn, const cha
 {
     (void)cls, (void)version, (void)upload;
     /* libmicrohttpd calls once when the headers are in, then for the body
-     * (none for GET), then once more: we answer on that last call. */
-    if (*state == NULL) {
-        *state = conn;
+     * (none for GET), then once more: we answer on that last call, and
+     * after a worker resumes the connection, once again. */
+    struct request *r = *state;
+    if (r == NULL) {
+        if ((r = calloc(1, sizeof *r)) == NULL)
+            return MHD_NO;
+        r->conn = conn;
+        *state = r;
         return MHD_YES;
     }
     if (*upload_size != 0) {
         *upload_size = 0; /* a body is not expected; it is read and ignored */
         return MHD_YES;
     }
-    if (strcmp(method, "GET") != 0)
-        return respond(conn, 405, "text/plain", "only GET\n", NULL);
-    enum MHD_Result page_ret;
-    if (page_route(conn, url, base, &page_ret)) /* GET / and /debug/ctx?format=json */
-        return page_ret;
-    if (strcmp(url, "/metrics") == 0)
-        return serve_metrics(conn);
-    if (strcmp(url, "/debug/ctx") == 0)
-        return serve_debug(conn);
-    bool report = strcmp(url, "/report") == 0;
-    if (!report && strcmp(url, "/task") != 0)
-        return respond(conn, 404, "text/plain", "not found\n", NULL);
-
-    ctx_time_t start = ctx_now();
-    char id[ID_MAX + 1];
-    request_id(conn, id);
-    atomic_fetch_add_explicit(&requests_in_flight, 1, memory_order_relaxed);
-    *state = &counted;
-    return report ? serve_report(conn, id, start) : serve_task(conn, id, start);
+    if (r->ran) /* back from a worker: its answer, or none when the client has gone */
+        return r->status != 0 ? respond(conn, r->status, r->type, r->body, r->id) : MHD_NO;
+    read_deadline(conn, false); /* the whole request is in */
+    return route(r, url, method);
 }
 
 /* ------------------------------------------------------------------------
@@ -755,7 +1078,8 @@ static void usage(void)
 {
     fprintf(stderr, "usage: reportd [--listen HOST:PORT] [--db sqlite:PATH | --db "
                     "postgres:CONNINFO]\n"
-                    "               [--upstream URL] [--budget-ms N] [--drain-ms N] [--no-ctx]\n");
+                    "               [--upstream URL] [--budget-ms N] [--drain-ms N] [--read-ms N]\n"
+                    "               [--track] [--no-ctx]\n");
     exit(2);
 }
 
@@ -799,8 +1123,8 @@ static void parse_args(int argc, char **argv)
     parse_listen("127.0.0.1:8080");
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
-        if (strcmp(a, "--no-ctx") == 0) {
-            cfg.no_ctx = true;
+        if (strcmp(a, "--no-ctx") == 0 || strcmp(a, "--track") == 0) {
+            *(a[2] == 'n' ? &cfg.no_ctx : &cfg.track) = true;
             continue;
         }
         if (i + 1 >= argc)
@@ -816,6 +1140,8 @@ static void parse_args(int argc, char **argv)
             cfg.budget_ms = number(v);
         else if (strcmp(a, "--drain-ms") == 0)
             cfg.drain_ms = number(v);
+        else if (strcmp(a, "--read-ms") == 0)
+            cfg.read_ms = number(v);
         else
             usage();
     }
@@ -866,20 +1192,23 @@ static void open_sqlite(void)
         fprintf(stderr, "reportd: %s: %s\n", sqlite_path, msg);
         exit(1);
     }
-    if (sqlite_query(ctx_background(), db, 0) != 0)
-        die("the report query fails on this database");
     sqlite3_close(db);
+    if (sqlite_query(ctx_background(), &sqlite_conns[0], 0) != 0)
+        die("the report query fails on this database");
 }
 
 /* libmicrohttpd's error messages, marked as such in the log.  It reports a
  * handler returning MHD_NO as an "internal error", but reportd does that on
- * purpose for a client that has gone, so that message is left out. */
+ * purpose for a client that has gone, so that message is left out, and so
+ * is the one for a connection closed while its request was coming in: the
+ * read deadline does that on purpose too (the metrics count them). */
 static void mhd_log(void *cls, const char *fmt, va_list ap)
 {
     (void)cls;
     char msg[512];
     vsnprintf(msg, sizeof msg, fmt, ap);
-    if (strstr(msg, "Application reported internal error") != NULL)
+    if (strstr(msg, "Application reported internal error") != NULL ||
+        strstr(msg, "disconnected when reading request") != NULL)
         return;
     fprintf(stderr, "reportd: libmicrohttpd: %s%s", msg,
             msg[0] != '\0' && msg[strlen(msg) - 1] == '\n' ? "" : "\n");
@@ -908,8 +1237,10 @@ static bool drain(ctx_duration_t limit)
 int main(int argc, char **argv)
 {
     parse_args(argc, argv);
-    /* Track every context, for /debug/ctx and reportd_live_contexts. */
-    ctx_track(true);
+    /* Tracking keeps every context's creation site for /debug/ctx, at a
+     * cost on every creation: on request only. */
+    if (cfg.track)
+        ctx_track(true);
     /* SIGINT and SIGTERM end this context; a second one kills at once. */
     static const int sigs[] = { SIGINT, SIGTERM };
     ctx_t *stop = ctx_with_signals(ctx_background(), sigs, 2, NULL);
@@ -931,23 +1262,48 @@ int main(int argc, char **argv)
         usage();
     }
     long cores = sysconf(_SC_NPROCESSORS_ONLN);
-    compute_slots.free = db_slots.free = cores > 0 ? (int)cores : 1;
+    int n = cores > 0 ? (int)cores : 1;
+    /* A query holds its slot through more than its CPU work (the look-up of
+     * the file, SQLite's file lock): two per core served 5-39% more
+     * requests/s with a lower p99 than one per core in alternating runs,
+     * where two per core for the computation gave nothing. */
+    slots_init(&compute_slots, n);
+    slots_init(&db_slots, 2 * n);
+    pthread_attr_init(&worker_attr);
+    pthread_attr_setdetachstate(&worker_attr, PTHREAD_CREATE_DETACHED);
+    pthread_attr_setstacksize(&worker_attr, 256 * 1024);
 
-    /* One thread per connection: a handler blocks while its parts run (see
-     * <ctx/mhd.h>).  poll() instead of select() has no FD_SETSIZE limit.
-     * The connection timeout bounds slow clients (slow-loris); the memory
-     * limit bounds headers (larger ones get 431). */
+    /* A connection costs a socket and no thread: allow as many as the fd
+     * limit, raised to its hard maximum. */
+    struct rlimit nofile;
+    unsigned max_conns = 1000;
+    if (getrlimit(RLIMIT_NOFILE, &nofile) == 0) {
+        nofile.rlim_cur = nofile.rlim_max;
+        setrlimit(RLIMIT_NOFILE, &nofile);
+        getrlimit(RLIMIT_NOFILE, &nofile);
+        if (nofile.rlim_cur > 2048)
+            max_conns = nofile.rlim_cur > 1000000 ? 1000000 : (unsigned)nofile.rlim_cur - 1024;
+    }
+
+    /* The event loop: epoll, a thread per core, suspend and resume for the
+     * requests that go to a worker.  The idle timeout ends quiet keep-alive
+     * connections, the read deadline (on_connection) slow ones; the memory
+     * limit bounds headers (larger ones get 431) and what an idle
+     * connection can hold. */
     struct MHD_Daemon *d = MHD_start_daemon(
-        MHD_USE_THREAD_PER_CONNECTION | MHD_USE_POLL_INTERNAL_THREAD | MHD_USE_ITC |
+        MHD_USE_EPOLL | MHD_USE_INTERNAL_POLLING_THREAD | MHD_ALLOW_SUSPEND_RESUME | MHD_USE_ITC |
             MHD_USE_ERROR_LOG | (cfg.listen.ss_family == AF_INET6 ? MHD_USE_IPv6 : 0),
         0, NULL, NULL, handler, NULL, MHD_OPTION_EXTERNAL_LOGGER, mhd_log, NULL,
-        MHD_OPTION_NOTIFY_COMPLETED, completed, NULL, MHD_OPTION_SOCK_ADDR,
-        (struct sockaddr *)&cfg.listen, MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)15,
-        MHD_OPTION_CONNECTION_LIMIT, (unsigned)4000, MHD_OPTION_CONNECTION_MEMORY_LIMIT,
-        (size_t)32768, MHD_OPTION_LISTEN_BACKLOG_SIZE, (unsigned)1024, MHD_OPTION_THREAD_STACK_SIZE,
-        (size_t)(256 * 1024), MHD_OPTION_END);
+        MHD_OPTION_NOTIFY_COMPLETED, completed, NULL, MHD_OPTION_NOTIFY_CONNECTION, on_connection,
+        NULL, MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&cfg.listen, MHD_OPTION_THREAD_POOL_SIZE,
+        (unsigned)n, MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)15, MHD_OPTION_CONNECTION_LIMIT,
+        max_conns, MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)16384,
+        MHD_OPTION_LISTEN_BACKLOG_SIZE, (unsigned)4096, MHD_OPTION_END);
     if (d == NULL)
         die("cannot listen (address in use?)");
+    pthread_t sweep;
+    if (pthread_create(&sweep, NULL, sweeper, base) != 0)
+        die("cannot start a thread");
     const union MHD_DaemonInfo *info = MHD_get_daemon_info(d, MHD_DAEMON_INFO_BIND_PORT);
     char host[INET6_ADDRSTRLEN] = "?";
     if (cfg.listen.ss_family == AF_INET6)
@@ -980,8 +1336,11 @@ int main(int argc, char **argv)
      * stops within milliseconds, the bound is only a safety net. */
     ctx_cancel_cause(base_cancel, ESHUTDOWN, "server shutting down");
     drain(5 * CTX_SECOND);
+    pthread_join(sweep, NULL);
     MHD_stop_daemon(d);
 
+    for (int i = 0; i < MAX_SLOTS; i++)
+        sqlite_conn_close(&sqlite_conns[i]);
 #ifdef REPORTD_WITH_PQ
     pthread_mutex_lock(&pool_mu);
     while (pool_len > 0)

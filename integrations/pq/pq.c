@@ -15,18 +15,28 @@
  * whether its statement belongs to one; each transaction's mutex orders the
  * calling thread's use of the connection with the ending thread's.
  */
-#define _POSIX_C_SOURCE 200809L
+#define _GNU_SOURCE
 
 #include <ctx/pq.h>
 
 #include <errno.h>
+#include <fcntl.h>
 #include <poll.h>
 #include <pthread.h>
+#include <signal.h>
 #include <stdatomic.h>
 #include <stdbool.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+#ifdef __linux__
+#include <sys/prctl.h>
+#endif
 
 /* When a done fd cannot be made (no fds left), waits poll the context at
  * this interval instead. */
@@ -151,157 +161,420 @@ static PGresult *error_result(PGconn *conn)
 }
 
 /* ---------------------------------------------------------------------------
- * Cancelling
+ * Cancel requests, each in a child process
+ *
+ * libpq's PQcancel connects to the server, sends the request and waits for
+ * the server to close that connection, with no time limit and retrying on
+ * EINTR: on a network that has gone dark it blocks for ever, and no signal
+ * or socket option of ours can reach the socket it made.  PQcancel is
+ * async-signal-safe by design, which is exactly what a child of fork(2) in
+ * a threaded process may call.  So each request runs in a child process
+ * that a thread of the library ("canceller") forks, waits for up to a bound
+ * and kills when the bound passes; a killed child takes its socket with
+ * it.  The caller never waits for a canceller longer than its own bound.
  */
 
-/* Sends a cancel request for the command running on conn, if one runs, and
- * returns when the server has processed it (PQcancel reads the server's
- * close of the cancel connection).  Failures are ignored: the drain that
- * follows is bounded, and a server that cannot be reached to cancel will
- * either finish the command or break the connection. */
-static void send_cancel(PGconn *conn)
+enum job_state {
+    JOB_RUNNING,
+    JOB_SENT,   /* PQcancel returned: the server has processed the request */
+    JOB_FAILED, /* PQcancel failed before the request was sent */
+    JOB_LOST,   /* killed at the bound, or never started: outcome unknown */
+};
+
+/* One past the highest fd a child closes when close_range is missing. */
+static long child_fd_limit(void)
 {
-    if (PQtransactionStatus(conn) != PQTRANS_ACTIVE)
-        return;
-    PGcancel *c = PQgetCancel(conn);
-    if (c == NULL)
-        return;
-    char errbuf[256];
-    PQcancel(c, errbuf, (int)sizeof errbuf);
-    PQfreeCancel(c);
+    long n = sysconf(_SC_OPEN_MAX);
+    return n < 0 || n > 65536 ? 65536 : n;
 }
 
-/* The first repeat of a cancel request, and the most time between two. */
-#define RECANCEL_FIRST_MS 50
-#define RECANCEL_MAX_MS   1000
+/* Runs one PQcancel in a child process, bounded by limit.  Only the
+ * calling canceller thread waits for it. */
+static enum job_state run_job(PGcancel *pc, ctx_time_t limit)
+{
+    int p[2];
+    if (pipe(p) != 0)
+        return JOB_LOST;
+    /* Close-on-exec: a fork+exec elsewhere in the process must not keep
+     * the write end open, whose close tells this thread the child ended. */
+    fcntl(p[0], F_SETFD, FD_CLOEXEC);
+    fcntl(p[1], F_SETFD, FD_CLOEXEC);
+    long fd_limit = child_fd_limit();
+    pid_t pid = fork();
+    if (pid == 0) {
+        /* The child: async-signal-safe calls only.  It dies with the thread
+         * that forked it, keeps only the pipe's write end (as fd 3) and
+         * closes everything else it inherited, so that no socket of the
+         * parent lives on in it. */
+#ifdef __linux__
+        prctl(PR_SET_PDEATHSIG, SIGKILL);
+#endif
+        if (p[1] != 3)
+            dup2(p[1], 3);
+#if defined(__linux__) && defined(SYS_close_range)
+        if (syscall(SYS_close_range, 4u, ~0u, 0u) != 0)
+#endif
+            for (long fd = 4; fd < fd_limit; fd++)
+                close((int)fd);
+        char errbuf[256];
+        _exit(PQcancel(pc, errbuf, (int)sizeof errbuf) ? 0 : 1);
+    }
+    close(p[1]);
+    if (pid < 0) {
+        close(p[0]);
+        return JOB_LOST;
+    }
+    /* The pipe reads EOF when the child has exited (or closed fd 3, which
+     * it does only by exiting). */
+    bool killed = false;
+    for (;;) {
+        struct pollfd pf = { .fd = p[0], .events = POLLIN };
+        ctx_duration_t left = limit - ctx_now();
+        int ms = left <= 0 ? 0 : (int)((left + CTX_MILLISECOND - 1) / CTX_MILLISECOND);
+        int n = poll(&pf, 1, ms);
+        if (n > 0)
+            break;
+        if (n == 0 || (n < 0 && errno != EINTR)) {
+            kill(pid, SIGKILL);
+            killed = true;
+            break;
+        }
+    }
+    close(p[0]);
+    int status = 0;
+    pid_t r;
+    while ((r = waitpid(pid, &status, 0)) < 0 && errno == EINTR)
+        ;
+    if (r < 0) /* reaped by the application (SIGCHLD ignored): it ended */
+        return killed ? JOB_LOST : JOB_SENT;
+    if (WIFEXITED(status))
+        return WEXITSTATUS(status) == 0 ? JOB_SENT : JOB_FAILED;
+    return JOB_LOST;
+}
 
-/* The clock of a drain: its bound, and when to repeat the cancel request. */
-typedef struct {
+/* A thread that sends cancel requests, one child at a time, and tells the
+ * caller (who polls `done_fd`) the outcome of the first.  `repeats` more
+ * requests follow while each is sent, after `delay`, tripled each time:
+ * that is for a connection already given up, whose command may still run
+ * because the first request came before the server had started it. */
+typedef struct canceller {
+    pthread_mutex_t lock; /* guards refs and state */
+    int refs;
+    enum job_state state;
+    int done_fd;  /* the caller's end: EOF once state is final */
+    int done_wfd; /* the thread's end, closed when the first request ended */
+    PGcancel *pc;
     ctx_time_t limit;
-    ctx_time_t next;
-    ctx_duration_t every;
-    bool recancel;
-} drain_clock_t;
+    int repeats;
+    ctx_duration_t delay;
+} canceller_t;
 
-static drain_clock_t drain_clock(bool recancel)
+static void canceller_release(canceller_t *cl)
 {
-    ctx_time_t now = ctx_now();
-    drain_clock_t dc = {
-        .limit = now + (ctx_duration_t)CTX_PQ_DRAIN_TIMEOUT_MS * CTX_MILLISECOND,
-        .every = RECANCEL_FIRST_MS * CTX_MILLISECOND,
-        .recancel = recancel,
-    };
-    dc.next = now + dc.every;
-    return dc;
+    pthread_mutex_lock(&cl->lock);
+    int left = --cl->refs;
+    pthread_mutex_unlock(&cl->lock);
+    if (left > 0)
+        return;
+    if (cl->done_fd >= 0)
+        close(cl->done_fd);
+    if (cl->done_wfd >= 0)
+        close(cl->done_wfd);
+    PQfreeCancel(cl->pc);
+    pthread_mutex_destroy(&cl->lock);
+    free(cl);
 }
 
-/* What a drain does when it has waited until dc's next instant: repeat the
- * cancel request, or at the drain's bound give the connection up (shutting
- * its socket down makes libpq see it broken, so PQgetResult returns at
- * once).  Returns false when it gave up. */
-static bool drain_tick(PGconn *conn, drain_clock_t *dc, bool recancel)
+static void *canceller_main(void *arg)
 {
-    if (!recancel) {
-        shutdown(PQsocket(conn), SHUT_RDWR);
-        PQconsumeInput(conn);
-        return false;
+    canceller_t *cl = arg;
+    enum job_state st = run_job(cl->pc, cl->limit);
+    pthread_mutex_lock(&cl->lock);
+    cl->state = st;
+    int wfd = cl->done_wfd;
+    cl->done_wfd = -1;
+    pthread_mutex_unlock(&cl->lock);
+    if (wfd >= 0)
+        close(wfd); /* the caller's poll on done_fd wakes */
+    for (int i = 0; i < cl->repeats && st == JOB_SENT; i++) {
+        if (ctx_now() + cl->delay >= cl->limit)
+            break;
+        struct timespec ts = { .tv_sec = cl->delay / CTX_SECOND,
+                               .tv_nsec = cl->delay % CTX_SECOND };
+        while (nanosleep(&ts, &ts) != 0 && errno == EINTR)
+            ;
+        st = run_job(cl->pc, cl->limit);
+        cl->delay *= 3;
     }
-    send_cancel(conn);
-    dc->every *= 2;
-    if (dc->every > RECANCEL_MAX_MS * CTX_MILLISECOND)
-        dc->every = RECANCEL_MAX_MS * CTX_MILLISECOND;
-    dc->next = ctx_now() + dc->every;
-    return true;
+    canceller_release(cl);
+    return NULL;
 }
 
-/* Waits, after a cancel request, until PQgetResult will not block.  A
- * request that reaches the backend while it is still reading the command
- * is dropped by PostgreSQL (it cancels nothing that has not started), so
- * while the command runs on the request is repeated, 50 ms after the first
- * and then at doubling intervals up to a second.  Repeating is as safe as
- * the first request: each one is complete (PQcancel has read the server's
- * close) before the drain goes on, and the drain ends only at the command's
- * end.  At the drain's bound the connection is given up. */
-static void wait_drained(PGconn *conn, drain_clock_t *dc)
+/* Starts a canceller for the command running on conn; NULL when it cannot
+ * (no memory, no thread, or libpq has no cancel data for conn). */
+static canceller_t *canceller_start(PGconn *conn, int repeats, bool want_fd)
 {
-    for (;;) {
-        bool recancel = dc->recancel && dc->next < dc->limit;
-        if (wait_result(NULL, NULL, conn, recancel ? dc->next : dc->limit) != WAIT_LIMIT)
-            return;
-        if (!drain_tick(conn, dc, recancel))
-            return;
+    canceller_t *cl = calloc(1, sizeof *cl);
+    if (cl == NULL)
+        return NULL;
+    cl->done_fd = cl->done_wfd = -1;
+    cl->pc = PQgetCancel(conn);
+    if (cl->pc == NULL || pthread_mutex_init(&cl->lock, NULL) != 0) {
+        PQfreeCancel(cl->pc);
+        free(cl);
+        return NULL;
     }
-}
-
-/* Reads and discards a COPY TO's data to its end, on the clock of the drain
- * (the cancel request repeated, the connection given up at the bound): the
- * COPY may have started after a request that was dropped, and its rows
- * could take any time to come. */
-static void drain_copy_out(PGconn *conn, drain_clock_t *dc)
-{
-    for (;;) {
-        char *buf;
-        int n = PQgetCopyData(conn, &buf, 1);
-        if (n > 0) {
-            PQfreemem(buf);
-            continue;
+    int p[2];
+    if (want_fd) {
+        if (pipe(p) != 0) {
+            PQfreeCancel(cl->pc);
+            pthread_mutex_destroy(&cl->lock);
+            free(cl);
+            return NULL;
         }
-        if (n < 0)
-            return; /* -1: the COPY is over; -2: an error, which PQgetResult gives */
-        bool recancel = dc->recancel && dc->next < dc->limit;
-        int rc = wait_socket(NULL, NULL, PQsocket(conn), POLLIN, recancel ? dc->next : dc->limit);
-        if (rc == WAIT_LIMIT) {
-            if (!drain_tick(conn, dc, recancel))
-                return;
-        } else if (rc != WAIT_READY || !PQconsumeInput(conn)) {
+        fcntl(p[0], F_SETFD, FD_CLOEXEC);
+        fcntl(p[1], F_SETFD, FD_CLOEXEC);
+        cl->done_fd = p[0];
+        cl->done_wfd = p[1];
+    }
+    cl->state = JOB_RUNNING;
+    cl->refs = want_fd ? 2 : 1;
+    cl->limit = ctx_now() + (ctx_duration_t)CTX_PQ_DRAIN_TIMEOUT_MS * CTX_MILLISECOND;
+    cl->repeats = repeats;
+    cl->delay = 100 * CTX_MILLISECOND;
+    pthread_attr_t attr;
+    pthread_t t;
+    int rc = pthread_attr_init(&attr);
+    if (rc == 0) {
+        pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+        rc = pthread_create(&t, &attr, canceller_main, cl);
+        pthread_attr_destroy(&attr);
+    }
+    if (rc != 0) {
+        cl->refs = 1;
+        canceller_release(cl);
+        return NULL;
+    }
+    return cl;
+}
+
+/* The canceller's outcome so far. */
+static enum job_state canceller_state(canceller_t *cl)
+{
+    pthread_mutex_lock(&cl->lock);
+    enum job_state st = cl->state;
+    pthread_mutex_unlock(&cl->lock);
+    return st;
+}
+
+/* ---------------------------------------------------------------------------
+ * Settling a command whose context ended
+ */
+
+/* What is read of a command's results after its context ended. */
+typedef struct {
+    PGresult *first; /* the first result, for ctx_pq_get_result */
+    PGresult *last;  /* the results combined as PQexec does */
+    bool cancelled;  /* one of them says a cancel request stopped it */
+    bool copy_out;   /* inside a COPY TO: its rows are read and dropped */
+    bool done;       /* PQgetResult said there are no more */
+} drain_t;
+
+static void drain_keep(drain_t *d, PGresult *r)
+{
+    if (d->first == NULL) {
+        d->first = r;
+        /* The combined result owns its own copy only when a later one
+         * replaces it; keep_result must not free the first. */
+        d->last = r;
+        return;
+    }
+    if (d->last != NULL && is_error(d->last)) {
+        PQclear(r);
+        return;
+    }
+    if (d->last != d->first)
+        PQclear(d->last);
+    d->last = r;
+}
+
+static void drain_free(drain_t *d)
+{
+    if (d->last != d->first)
+        PQclear(d->last);
+    PQclear(d->first);
+    d->first = d->last = NULL;
+}
+
+/* Reads every result that has arrived, without blocking. */
+static void drain_step(PGconn *conn, drain_t *d)
+{
+    PQconsumeInput(conn); /* a broken connection: PQgetResult reports it */
+    while (!d->done) {
+        if (d->copy_out) {
+            char *buf;
+            int n;
+            while ((n = PQgetCopyData(conn, &buf, 1)) > 0)
+                PQfreemem(buf);
+            if (n == 0)
+                return; /* more rows to come */
+            d->copy_out = false;
+        }
+        if (PQisBusy(conn))
             return;
+        PGresult *r = PQgetResult(conn);
+        if (r == NULL) {
+            d->done = true;
+            return;
+        }
+        if (is_cancel_error(r))
+            d->cancelled = true;
+        if (PQresultStatus(r) == PGRES_COPY_OUT) {
+            d->copy_out = true;
+            PQclear(r);
+        } else if (is_copy(r)) {
+            /* A COPY FROM is ended by the client: fail it. */
+            PQputCopyEnd(conn, "cancelled");
+            PQflush(conn);
+            PQclear(r);
+        } else {
+            drain_keep(d, r);
         }
     }
 }
 
-/* Reads every result left on conn, bounded by CTX_PQ_DRAIN_TIMEOUT_MS (see
- * wait_drained; recancel after a cancel request).  Returns the combined
- * result (or NULL) and sets *cancelled when one of them says the command
- * was cancelled. */
-static PGresult *drain(PGconn *conn, PGresult *last, bool *cancelled, bool recancel)
+/* Gives the connection up: shutting its socket down makes libpq see it
+ * closed, so PQstatus is CONNECTION_BAD when this returns and every result
+ * still owed comes back at once as an error.  The server sees the close
+ * and rolls back an open transaction. */
+static void break_conn(PGconn *conn, drain_t *d)
 {
-    drain_clock_t dc = drain_clock(recancel);
-    for (;;) {
-        wait_drained(conn, &dc);
+    int sock = PQsocket(conn);
+    if (sock >= 0)
+        shutdown(sock, SHUT_RDWR);
+    /* Bytes that had arrived come first, then EOF: bounded by what is
+     * buffered. */
+    while (PQstatus(conn) != CONNECTION_BAD && PQconsumeInput(conn))
+        ;
+    d->copy_out = false;
+    for (int i = 0; i < 64; i++) {
         PGresult *r = PQgetResult(conn);
         if (r == NULL)
-            return last;
-        if (is_cancel_error(r))
-            *cancelled = true;
-        if (is_copy(r)) {
-            /* A COPY is ended by the client: fail a COPY FROM, read a COPY
-             * TO to its end. */
-            if (PQresultStatus(r) == PGRES_COPY_OUT) {
-                drain_copy_out(conn, &dc);
-            } else {
-                PQputCopyEnd(conn, "cancelled");
-            }
+            break;
+        if (is_copy(r))
             PQclear(r);
-            continue;
-        }
-        keep_result(&last, r);
+        else
+            drain_keep(d, r);
     }
+    d->done = true;
 }
 
-/* The end of a command whose context ended (err): cancel it on the server,
- * read its results to the end, and give the real result if the command
- * finished anyway, else NULL with errno = err. */
-static PGresult *cancel_and_drain(PGconn *conn, PGresult *last, int err)
+/* The first repeat of a cancel request after one was sent while the
+ * command still runs: PostgreSQL drops a request that comes before the
+ * backend has started the command. */
+#define RECANCEL_NS (5 * CTX_MILLISECOND)
+
+/* Ends the command on conn after a context ended, by `until`: sends cancel
+ * requests (when `cancel`), reads and discards results.  Returns true when
+ * SETTLED when the connection is idle with no cancel request in flight, so
+ * that none can hit a later statement; when `until` comes first the
+ * connection is given up (break_conn), and when its command may still run on the
+ * server, cancel requests go on in the background for at most
+ * CTX_PQ_DRAIN_TIMEOUT_MS. */
+enum settled {
+    SETTLED,      /* idle, no cancel request in flight */
+    BROKEN_AFTER, /* given up, but every result had come */
+    BROKEN,       /* given up with the command's end unknown */
+};
+
+static enum settled settle(PGconn *conn, drain_t *d, ctx_time_t until, bool cancel)
 {
-    send_cancel(conn);
-    bool cancelled = false;
-    last = drain(conn, last, &cancelled, true);
-    if (cancelled || last == NULL) {
-        PQclear(last);
+    canceller_t *cl = NULL;
+    ctx_time_t next_cancel = 0; /* 0: at once; INT64_MAX: no more */
+    bool sent_any = false;
+    drain_step(conn, d);
+    if (!cancel || PQtransactionStatus(conn) != PQTRANS_ACTIVE)
+        next_cancel = INT64_MAX;
+    for (;;) {
+        if (cl != NULL) {
+            enum job_state st = canceller_state(cl);
+            if (st != JOB_RUNNING) {
+                canceller_release(cl);
+                cl = NULL;
+                if (st == JOB_SENT) {
+                    sent_any = true;
+                    next_cancel = ctx_now() + RECANCEL_NS;
+                } else if (st == JOB_FAILED) {
+                    /* The server cannot be reached for a cancel: only the
+                     * command's own end can settle the connection now. */
+                    next_cancel = INT64_MAX;
+                } else {
+                    /* Outcome unknown: a late request could still land. */
+                    break;
+                }
+            }
+        }
+        if (d->done && cl == NULL)
+            return SETTLED;
+        ctx_time_t now = ctx_now();
+        if (now >= until)
+            break;
+        if (!d->done && cl == NULL && now >= next_cancel) {
+            cl = canceller_start(conn, 0, true);
+            if (cl == NULL)
+                next_cancel = INT64_MAX;
+            continue;
+        }
+        ctx_time_t wake = until;
+        if (cl == NULL && !d->done && next_cancel < wake)
+            wake = next_cancel;
+        int ms = (int)((wake - now + CTX_MILLISECOND - 1) / CTX_MILLISECOND);
+        struct pollfd p[2] = {
+            { .fd = d->done ? -1 : PQsocket(conn), .events = POLLIN },
+            { .fd = cl != NULL ? cl->done_fd : -1, .events = POLLIN },
+        };
+        int n = poll(p, 2, ms);
+        if (n < 0 && errno != EINTR)
+            break;
+        if (n > 0 && p[0].revents != 0)
+            drain_step(conn, d);
+    }
+    bool may_run = !d->done;
+    if (cl != NULL)
+        canceller_release(cl); /* it finishes alone, within its bound */
+    if (cancel && may_run) {
+        /* Started before the break, while libpq still has the cancel data:
+         * one detached thread that frees itself, its requests in sequence,
+         * all within the bound.  Nothing more can be done if it fails. */
+        canceller_start(conn, sent_any ? 2 : 3, false);
+    }
+    break_conn(conn, d);
+    return may_run ? BROKEN : BROKEN_AFTER;
+}
+
+/* The end of a command whose context ended (err), by `until`: the real
+ * result if the command finished anyway, else NULL with errno = err.  The
+ * connection is idle, or broken (CONNECTION_BAD) when it could not be
+ * settled in time. */
+static PGresult *cancel_and_drain(PGconn *conn, PGresult *last, int err, ctx_time_t until)
+{
+    drain_t d = { .first = last, .last = last };
+    enum settled o = settle(conn, &d, until, true);
+    if (o == BROKEN || d.cancelled || d.last == NULL) {
+        drain_free(&d);
         errno = err;
         return NULL;
     }
-    return last;
+    PGresult *r = d.last;
+    if (d.first != r)
+        PQclear(d.first);
+    return r;
+}
+
+/* The instant by which a call whose context just ended returns. */
+static ctx_time_t grace_end(void)
+{
+    return ctx_now() + (ctx_duration_t)CTX_PQ_CANCEL_GRACE_MS * CTX_MILLISECOND;
 }
 
 /* ---------------------------------------------------------------------------
@@ -369,31 +642,186 @@ static struct ctx_pq_tx *registry_find(PGconn *conn)
     return tx;
 }
 
-/* Reads the result of a ROLLBACK sent on conn.  0 or EIO. */
-static int rollback_read(PGconn *conn)
+/* ---------------------------------------------------------------------------
+ * Statements
+ */
+
+typedef struct {
+    const char *sql;
+    int nparams;
+    const Oid *types;
+    const char *const *values;
+    const int *lengths;
+    const int *formats;
+    int result_format;
+    bool params;
+} command_t;
+
+/* Sends cmd on conn: libpq's output is flushed in non-blocking mode while
+ * ctx and ctx2 live (either may be NULL) and limit (0: none) has not come,
+ * so a statement larger than the socket buffer cannot hold the caller on a
+ * network that stopped taking bytes.  Returns 0, -1 when libpq refused the
+ * command (its reason in PQerrorMessage), or the error of what ended first
+ * (ETIMEDOUT for limit): the connection has then been given up, as a
+ * statement half sent cannot be taken back. */
+static int send_command(ctx_t *ctx, ctx_t *ctx2, PGconn *conn, const command_t *cmd,
+                        ctx_time_t limit)
 {
-    bool cancelled = false;
-    PGresult *r = drain(conn, NULL, &cancelled, false);
+    bool was_blocking = !PQisnonblocking(conn);
+    if (was_blocking)
+        PQsetnonblocking(conn, 1);
+    int sent = cmd->params
+                   ? PQsendQueryParams(conn, cmd->sql, cmd->nparams, cmd->types, cmd->values,
+                                       cmd->lengths, cmd->formats, cmd->result_format)
+                   : PQsendQuery(conn, cmd->sql);
+    int rc = sent ? 0 : -1;
+    while (sent && PQflush(conn) == 1) {
+        int w = wait_socket(ctx, ctx2, PQsocket(conn), POLLOUT | POLLIN, limit);
+        if (w == WAIT_READY) {
+            /* libpq asks to read while it writes: the server may be sending
+             * notices and waiting for them to be read. */
+            PQconsumeInput(conn);
+            continue;
+        }
+        drain_t d = { 0 };
+        break_conn(conn, &d);
+        drain_free(&d);
+        rc = w == WAIT_LIMIT ? ETIMEDOUT : w;
+        break;
+    }
+    if (was_blocking && PQstatus(conn) == CONNECTION_OK)
+        PQsetnonblocking(conn, 0);
+    return rc;
+}
+
+/* The results of the command just sent on conn, while ctx and ctx2 (either
+ * may be NULL) live and limit (0: none) has not come.  When one of them
+ * ends, the command is settled by *until (set here, when 0 on entry, to
+ * CTX_PQ_CANCEL_GRACE_MS after the end). */
+static PGresult *await_results(ctx_t *ctx, ctx_t *ctx2, PGconn *conn, ctx_time_t limit,
+                               ctx_time_t *until)
+{
+    PGresult *last = NULL;
+    for (;;) {
+        int rc = wait_result(ctx, ctx2, conn, limit);
+        if (rc != WAIT_READY) {
+            if (*until == 0)
+                *until = grace_end();
+            if (rc == WAIT_LIMIT) {
+                /* No context is left to honour: nothing to cancel for. */
+                drain_t d = { .first = last, .last = last };
+                enum settled o = settle(conn, &d, *until, false);
+                if (o != BROKEN && d.last != NULL) {
+                    if (d.first != d.last)
+                        PQclear(d.first);
+                    return d.last;
+                }
+                drain_free(&d);
+                errno = ETIMEDOUT;
+                return NULL;
+            }
+            /* A context ended (or poll itself failed: the same, with its
+             * errno). */
+            return cancel_and_drain(conn, last, rc, *until);
+        }
+        PGresult *r = PQgetResult(conn);
+        if (r == NULL)
+            return last != NULL ? last : error_result(conn);
+        if (is_copy(r)) {
+            PQclear(last);
+            return r;
+        }
+        keep_result(&last, r);
+        if (PQstatus(conn) == CONNECTION_BAD) {
+            /* Nothing more will come: libpq gives the rest at once. */
+            drain_t d = { .first = last, .last = last };
+            break_conn(conn, &d);
+            if (d.first != d.last)
+                PQclear(d.first);
+            return d.last;
+        }
+    }
+}
+
+/* cmd on conn under ctx and ctx2 (either may be NULL) and limit (0: none),
+ * with no transaction bookkeeping.  *until as in await_results. */
+static PGresult *run_under(ctx_t *ctx, ctx_t *ctx2, PGconn *conn, const command_t *cmd,
+                           ctx_time_t limit, ctx_time_t *until)
+{
+    int rc = send_command(ctx, ctx2, conn, cmd, limit);
+    if (rc == -1) {
+        /* As PQexec does: the reason (a broken connection, another command
+         * in progress) as an error result. */
+        return error_result(conn);
+    }
+    if (rc != 0) {
+        if (*until == 0)
+            *until = ctx_now();
+        errno = rc;
+        return NULL;
+    }
+    return await_results(ctx, ctx2, conn, limit, until);
+}
+
+/* A ROLLBACK that follows a context's end gets at least this long, even
+ * when the statement before it used up the grace. */
+#define ROLLBACK_MIN_NS (5 * CTX_MILLISECOND)
+
+static const command_t rollback_cmd = { .sql = "ROLLBACK" };
+
+static ctx_time_t rollback_until(ctx_time_t until)
+{
+    ctx_time_t min = ctx_now() + ROLLBACK_MIN_NS;
+    return until < min ? min : until;
+}
+
+/* Reads the result of a ROLLBACK sent on conn, by until.  0 or EIO (EIO
+ * also when the connection had to be given up: the server then rolls the
+ * transaction back as the connection closes). */
+static int rollback_read(PGconn *conn, ctx_time_t until)
+{
+    drain_t d = { 0 };
+    enum settled o = settle(conn, &d, rollback_until(until), false);
+    int rc = o == SETTLED && d.last != NULL && PQresultStatus(d.last) == PGRES_COMMAND_OK ? 0 : EIO;
+    drain_free(&d);
+    return rc;
+}
+
+/* Sends ROLLBACK on an idle connection and reads its result, by until.
+ * 0 or EIO. */
+static int rollback_now(PGconn *conn, ctx_time_t until)
+{
+    until = rollback_until(until);
+    PGresult *r = run_under(NULL, NULL, conn, &rollback_cmd, until, &until);
     int rc = r != NULL && PQresultStatus(r) == PGRES_COMMAND_OK ? 0 : EIO;
     PQclear(r);
     return rc;
 }
 
-/* Sends ROLLBACK on an idle connection and reads its result.  0 or EIO. */
-static int rollback_now(PGconn *conn)
+/* ROLLBACK while a and b live (either may be NULL); when one ends first,
+ * settled as any statement is, and sent once more by the grace if the
+ * first was cancelled.  0 when the connection is left outside any
+ * transaction, EIO when it is broken. */
+static int rollback_under(ctx_t *a, ctx_t *b, PGconn *conn)
 {
-    return PQsendQuery(conn, "ROLLBACK") ? rollback_read(conn) : EIO;
+    ctx_time_t until = 0;
+    PGresult *r = run_under(a, b, conn, &rollback_cmd, 0, &until);
+    PQclear(r);
+    PGTransactionStatusType ts = PQtransactionStatus(conn);
+    if (ts == PQTRANS_INTRANS || ts == PQTRANS_INERROR)
+        return rollback_now(conn, until);
+    return ts == PQTRANS_IDLE ? 0 : EIO;
 }
 
-/* Brings a transaction whose context ended to TX_ROLLED_BACK; with tx->lock
- * held and no statement running.  0 or EIO. */
-static int tx_finish_rollback(struct ctx_pq_tx *tx)
+/* Brings a transaction whose context ended to TX_ROLLED_BACK, by until;
+ * with tx->lock held and no statement running.  0 or EIO. */
+static int tx_finish_rollback(struct ctx_pq_tx *tx, ctx_time_t until)
 {
     int rc = 0;
     if (tx->state == TX_ROLLBACK_SENT) {
-        rc = rollback_read(tx->conn);
+        rc = rollback_read(tx->conn, until);
     } else if (tx->state != TX_ROLLED_BACK) {
-        rc = rollback_now(tx->conn);
+        rc = rollback_now(tx->conn, until);
     }
     tx->state = TX_ROLLED_BACK;
     return rc;
@@ -445,7 +873,7 @@ static int tx_enter(struct ctx_pq_tx *tx)
 {
     int err = tx_lock(tx);
     if (err != 0 || tx->state != TX_OPEN) {
-        tx_finish_rollback(tx);
+        tx_finish_rollback(tx, grace_end());
         pthread_mutex_unlock(&tx->lock);
         return err != 0 ? err : CTX_CANCELED;
     }
@@ -455,61 +883,17 @@ static int tx_enter(struct ctx_pq_tx *tx)
 }
 
 /* The statement of tx is over.  If the transaction's context ended while it
- * ran, the transaction is rolled back now; if it ends after tx_lock looked,
- * its AfterFunc finds no statement running and sends the ROLLBACK. */
-static void tx_leave(struct ctx_pq_tx *tx)
+ * ran, the transaction is rolled back now, by until (0: the grace from now);
+ * if it ends after tx_lock looked, its AfterFunc finds no statement running
+ * and sends the ROLLBACK. */
+static void tx_leave(struct ctx_pq_tx *tx, ctx_time_t until)
 {
     int err = tx_lock(tx);
     tx->running = false;
     if (tx->state != TX_OPEN || err != 0)
-        tx_finish_rollback(tx);
+        tx_finish_rollback(tx, until != 0 ? until : grace_end());
     pthread_mutex_unlock(&tx->lock);
 }
-
-/* ---------------------------------------------------------------------------
- * Statements
- */
-
-/* The results of the command just sent on conn, under ctx (and, inside a
- * transaction, under the transaction's context tx_ctx too). */
-static PGresult *await_results(ctx_t *ctx, ctx_t *tx_ctx, PGconn *conn)
-{
-    PGresult *last = NULL;
-    for (;;) {
-        int rc = wait_result(ctx, tx_ctx, conn, 0);
-        if (rc != WAIT_READY) {
-            if (rc > 0 && (ctx_err(ctx) == rc || (tx_ctx != NULL && ctx_err(tx_ctx) == rc)))
-                return cancel_and_drain(conn, last, rc);
-            /* poll itself failed: give up on the command as lost. */
-            PQclear(last);
-            return cancel_and_drain(conn, NULL, rc);
-        }
-        PGresult *r = PQgetResult(conn);
-        if (r == NULL)
-            return last != NULL ? last : error_result(conn);
-        if (is_copy(r)) {
-            PQclear(last);
-            return r;
-        }
-        keep_result(&last, r);
-        if (PQstatus(conn) == CONNECTION_BAD) {
-            /* Nothing more will come; libpq's own drain ends at once. */
-            bool cancelled = false;
-            return drain(conn, last, &cancelled, false);
-        }
-    }
-}
-
-typedef struct {
-    const char *sql;
-    int nparams;
-    const Oid *types;
-    const char *const *values;
-    const int *lengths;
-    const int *formats;
-    int result_format;
-    bool params;
-} command_t;
 
 static PGresult *run(ctx_t *ctx, PGconn *conn, const command_t *cmd)
 {
@@ -530,21 +914,11 @@ static PGresult *run(ctx_t *ctx, PGconn *conn, const command_t *cmd)
             return NULL;
         }
     }
-    int sent = cmd->params
-                   ? PQsendQueryParams(conn, cmd->sql, cmd->nparams, cmd->types, cmd->values,
-                                       cmd->lengths, cmd->formats, cmd->result_format)
-                   : PQsendQuery(conn, cmd->sql);
-    PGresult *r;
-    if (!sent) {
-        /* As PQexec does: the reason (a broken connection, another command
-         * in progress) as an error result. */
-        r = error_result(conn);
-    } else {
-        r = await_results(ctx, tx != NULL ? tx->ctx : NULL, conn);
-    }
+    ctx_time_t until = 0;
+    PGresult *r = run_under(ctx, tx != NULL ? tx->ctx : NULL, conn, cmd, 0, &until);
     if (tx != NULL) {
         int saved = errno;
-        tx_leave(tx);
+        tx_leave(tx, until);
         /* A statement the transaction's end cancelled reports that end. */
         if (r == NULL && saved != 0 && ctx_err(ctx) == 0 && ctx_err(tx->ctx) != 0)
             saved = ctx_err(tx->ctx);
@@ -589,22 +963,19 @@ PGresult *ctx_pq_get_result(ctx_t *ctx, PGconn *conn)
         errno = 0;
         return r;
     }
-    send_cancel(conn);
-    if (!done_before) {
-        /* The result this call waited for may have been complete before the
-         * cancel landed: then it is the caller's, as with ctx_pq_exec, and
-         * the caller's next call (under the ended context) drains the rest. */
-        drain_clock_t dc = drain_clock(true);
-        wait_drained(conn, &dc);
-        PGresult *r = PQgetResult(conn);
-        if (r != NULL && !is_cancel_error(r) && !is_copy(r)) {
-            errno = 0;
-            return r;
-        }
-        PQclear(r);
+    drain_t d = { 0 };
+    enum settled o = settle(conn, &d, grace_end(), true);
+    if (!done_before && o != BROKEN && d.first != NULL && !is_cancel_error(d.first)) {
+        /* The result this call waited for was complete before the cancel
+         * landed: it is the caller's, as with ctx_pq_exec; the rest of the
+         * command's results are dropped. */
+        PGresult *r = d.first;
+        if (d.last != r)
+            PQclear(d.last);
+        errno = 0;
+        return r;
     }
-    bool cancelled = false;
-    PQclear(drain(conn, NULL, &cancelled, true));
+    drain_free(&d);
     errno = err > 0 ? err : EIO;
     return NULL;
 }
@@ -735,7 +1106,7 @@ int ctx_pq_begin(ctx_t *ctx, PGconn *conn, ctx_pq_tx_t **txp)
         /* Without the registration the rule cannot be kept: no
          * transaction, and the connection idle as before. */
         registry_remove(tx);
-        rollback_now(conn);
+        rollback_now(conn, grace_end());
         ctx_unref(tx->ctx);
         pthread_mutex_destroy(&tx->lock);
         free(tx);
@@ -761,22 +1132,25 @@ static void tx_free(struct ctx_pq_tx *tx)
     free(tx);
 }
 
-int ctx_pq_commit(ctx_pq_tx_t *tx)
+/* COMMIT while the transaction's context and ctx (NULL: none) live. */
+static int commit_under(ctx_t *ctx, struct ctx_pq_tx *tx)
 {
-    if (tx == NULL)
-        return EINVAL;
     tx_detach(tx);
     PGconn *conn = tx->conn;
     pthread_mutex_lock(&tx->lock);
     int rc = ctx_err(tx->ctx);
+    if (rc == 0 && ctx != NULL)
+        rc = ctx_err(ctx);
     if (rc != 0 || tx->state != TX_OPEN) {
-        tx_finish_rollback(tx);
+        tx_finish_rollback(tx, grace_end());
         pthread_mutex_unlock(&tx->lock);
         tx_free(tx);
         return rc != 0 ? rc : CTX_CANCELED;
     }
     pthread_mutex_unlock(&tx->lock);
-    PGresult *r = ctx_pq_exec(tx->ctx, conn, "COMMIT");
+    static const command_t commit_cmd = { .sql = "COMMIT" };
+    ctx_time_t until = 0;
+    PGresult *r = run_under(tx->ctx, ctx, conn, &commit_cmd, 0, &until);
     if (r == NULL) {
         rc = errno;
     } else if (PQresultStatus(r) != PGRES_COMMAND_OK || strcmp(PQcmdStatus(r), "COMMIT") != 0) {
@@ -787,19 +1161,44 @@ int ctx_pq_commit(ctx_pq_tx_t *tx)
     /* A COMMIT that was cancelled leaves the transaction open or failed. */
     PGTransactionStatusType ts = PQtransactionStatus(conn);
     if (ts == PQTRANS_INTRANS || ts == PQTRANS_INERROR)
-        rollback_now(conn);
+        rollback_now(conn, until != 0 ? until : grace_end());
     tx_free(tx);
     return rc;
 }
 
-int ctx_pq_rollback(ctx_pq_tx_t *tx)
+/* ROLLBACK while the transaction's context and ctx (NULL: none) live. */
+static int rollback_tx(ctx_t *ctx, struct ctx_pq_tx *tx)
 {
-    if (tx == NULL)
-        return EINVAL;
     tx_detach(tx);
     pthread_mutex_lock(&tx->lock);
-    int rc = tx_finish_rollback(tx);
+    int rc;
+    if (tx->state == TX_OPEN && ctx_err(tx->ctx) == 0) {
+        rc = rollback_under(tx->ctx, ctx, tx->conn);
+        tx->state = TX_ROLLED_BACK;
+    } else {
+        rc = tx_finish_rollback(tx, grace_end());
+    }
     pthread_mutex_unlock(&tx->lock);
     tx_free(tx);
     return rc;
+}
+
+int ctx_pq_commit(ctx_pq_tx_t *tx)
+{
+    return tx != NULL ? commit_under(NULL, tx) : EINVAL;
+}
+
+int ctx_pq_rollback(ctx_pq_tx_t *tx)
+{
+    return tx != NULL ? rollback_tx(NULL, tx) : EINVAL;
+}
+
+int ctx_pq_tx_commit(ctx_t *ctx, ctx_pq_tx_t *tx)
+{
+    return tx != NULL && ctx != NULL ? commit_under(ctx, tx) : EINVAL;
+}
+
+int ctx_pq_tx_rollback(ctx_t *ctx, ctx_pq_tx_t *tx)
+{
+    return tx != NULL && ctx != NULL ? rollback_tx(ctx, tx) : EINVAL;
 }

@@ -240,6 +240,7 @@ static void free_chain(struct ctx *c)
         c->pk = (uintptr_t)parent | CTX__FREED;
 #endif
         ctx__node_free(c, ctx__node_size(kind));
+        ctx__live_add(-1);
 
         if (parent == NULL || ctx__kind(parent) == CTX__ROOT || !drop_parent(parent, s))
             break;
@@ -393,6 +394,7 @@ void ctx__init_cancel(struct ctx *n, ctx_t *parent, unsigned kind)
 {
     struct ctx *p = ctx__owner(parent);
 
+    ctx__live_add(1);
     n->up = kind == CTX__TIMER ? n : (struct ctx *)ctx__dlsrc(parent);
     atomic_init(&n->refs, 1);
     atomic_init(&n->lock, 0);

@@ -20,6 +20,7 @@ ctx_t *ctx_with_value(ctx_t *parent, const ctx_key_t *key, void *value,
         errno = ENOMEM;
         return NULL;
     }
+    ctx__live_add(1);
     n->up = ctx__owner(parent);
     n->pk = (uintptr_t)ctx__ref(parent) | CTX__VALUE;
     atomic_init(&n->refs, 1);
@@ -53,6 +54,7 @@ ctx_t *ctx_without_cancel(ctx_t *parent)
         errno = ENOMEM;
         return NULL;
     }
+    ctx__live_add(1);
     n->up = &ctx__background_node;
     n->pk = (uintptr_t)ctx__ref(parent) | CTX__WITHOUT;
     atomic_init(&n->refs, 1);

@@ -22,6 +22,33 @@
 int ctx_tracking_;
 
 /* ---------------------------------------------------------------------------
+ * The live count: every context is counted where it is made (init_cancel,
+ * the value and without-cancel constructors) and where free_chain frees it,
+ * whether tracking is on or not.
+ */
+struct ctx__live_shard ctx__live[CTX__NLIVE];
+
+unsigned ctx__live_slot(void)
+{
+    static CTX__TLS unsigned mine;
+    static _Atomic unsigned next;
+    if (mine == 0)
+        mine = 1 + atomic_fetch_add_explicit(&next, 1, memory_order_relaxed) % CTX__NLIVE;
+    return mine - 1;
+}
+
+size_t ctx_live_count(void)
+{
+    long n = 0;
+    for (int i = 0; i < CTX__NLIVE; i++)
+        n += atomic_load_explicit(&ctx__live[i].n, memory_order_relaxed);
+    /* Shards are read one after another while others change them: a sum
+     * taken mid-change can be off by the contexts made or freed meanwhile,
+     * never negative once those settle. */
+    return n > 0 ? (size_t)n : 0;
+}
+
+/* ---------------------------------------------------------------------------
  * The registry
  */
 

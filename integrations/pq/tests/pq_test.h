@@ -50,6 +50,20 @@ static inline PGconn *pq_open(void)
     return pq_open_at(pq_conninfo());
 }
 
+/* After a statement whose context ended: the connection is either kept
+ * (idle) or was given up (CONNECTION_BAD), never anything between.  A given
+ * up connection is replaced by a new one.  Returns true when it was kept. */
+static inline bool pq_kept_or_reopen(PGconn **conn, const char *conninfo)
+{
+    if (PQstatus(*conn) == CONNECTION_BAD) {
+        PQfinish(*conn);
+        *conn = pq_open_at(conninfo);
+        return false;
+    }
+    CHECK_EQ_INT(PQtransactionStatus(*conn), PQTRANS_IDLE);
+    return true;
+}
+
 /* The single value of sql as an integer; the statement must succeed. */
 static inline long long pq_int(PGconn *conn, const char *sql)
 {

@@ -407,8 +407,9 @@ static void *continue_later(void *arg)
  * locked.  Here the caller's statement comes just after the context ended,
  * while the ending thread is still in another AfterFunc (one registered
  * before and one after BEGIN, whatever order they run in), and the backend
- * is stopped for 1.5 s, so the caller's ROLLBACK takes that long: the cancel
- * must return long before it. */
+ * is stopped for 1.5 s, so the caller's ROLLBACK cannot be answered: the
+ * cancel must return long before it, and the caller gives the connection up
+ * after its grace. */
 static void test_tx_end_not_held_by_rollback(void)
 {
     PGconn *conn = pq_open();
@@ -432,9 +433,11 @@ static void test_tx_end_not_held_by_rollback(void)
     fprintf(stderr, "   ctx_cancel took %lld ms\n", (long long)(t.took / CTX_MILLISECOND));
     CHECK_MSG(t.took < 1000 * CTX_MILLISECOND, "ctx_cancel took %lld ms",
               (long long)(t.took / CTX_MILLISECOND));
+    /* The ROLLBACK cannot be answered by a stopped backend within the
+     * grace: the connection is given up, and the server rolls back as it
+     * sees the connection close. */
     CHECK_EQ_INT(ctx_pq_commit(tx), CTX_CANCELED);
-    CHECK_EQ_INT(PQtransactionStatus(conn), PQTRANS_IDLE);
-    CHECK_EQ_INT(pq_int(conn, "SELECT 1"), 1);
+    CHECK_EQ_INT(PQstatus(conn), CONNECTION_BAD);
     ctx_unref(ctx);
     PQfinish(conn);
 }

@@ -166,8 +166,8 @@ static void await_crash_reset(PGconn *observer)
 
 /* The backend stops (SIGSTOP) during a statement and the context is
  * cancelled: the cancel request is sent, but no result ever comes.  The
- * drain gives up after CTX_PQ_DRAIN_TIMEOUT_MS and the connection is
- * declared broken. */
+ * call gives the connection up after CTX_PQ_CANCEL_GRACE_MS and returns the
+ * context's error; the connection is broken. */
 static void test_backend_stops_answering(void)
 {
     PGconn *observer = reconnect();
@@ -178,16 +178,15 @@ static void test_backend_stops_answering(void)
     struct running r;
     start_sleep(&r, conn, ctx, observer);
     CHECK_EQ_INT(kill(pid, SIGSTOP), 0);
+    ctx_time_t cancelled_at = check_mono_now();
     ctx_cancel(cancel);
     check_thread_join(r.thread);
     kill(pid, SIGCONT);
-    fprintf(stderr, "   returned after %lld ms\n", (long long)(r.took / CTX_MILLISECOND));
-    CHECK(r.took >= (CTX_PQ_DRAIN_TIMEOUT_MS - 100) * CTX_MILLISECOND);
-    CHECK(r.took < (CTX_PQ_DRAIN_TIMEOUT_MS + 20000) * CTX_MILLISECOND);
-    /* No cancel error came back, the connection broke: that is the answer. */
-    CHECK_NOT_NULL(r.result);
-    CHECK_EQ_INT(PQresultStatus(r.result), PGRES_FATAL_ERROR);
-    PQclear(r.result);
+    ctx_duration_t late = r.end - cancelled_at;
+    fprintf(stderr, "   returned %lld ms after the cancel\n", (long long)(late / CTX_MILLISECOND));
+    CHECK(late < 100 * CTX_MILLISECOND);
+    CHECK_NULL(r.result);
+    CHECK_EQ_INT(r.err, CTX_CANCELED);
     check_broken(conn);
     PQfinish(conn);
     PQfinish(observer);
@@ -195,8 +194,8 @@ static void test_backend_stops_answering(void)
 }
 
 /* The backend is killed while the cancel is in flight (it is stopped when
- * the cancel is sent, then killed): the call ends with the broken
- * connection's error long before the drain's bound. */
+ * the cancel is sent, then killed 20 ms later, inside the call's grace):
+ * the call ends within the bound, the connection broken either way. */
 static void test_broken_while_cancelling(void)
 {
     PGconn *observer = reconnect();
@@ -207,17 +206,24 @@ static void test_broken_while_cancelling(void)
     struct running r;
     start_sleep(&r, conn, ctx, observer);
     CHECK_EQ_INT(kill(pid, SIGSTOP), 0);
+    ctx_time_t cancelled_at = check_mono_now();
     ctx_cancel(cancel);
     /* Gives the call time to send its cancel and start draining; the
      * outcome checked below is the same if it has not. */
-    check_sleep_ns(200 * CTX_MILLISECOND);
+    check_sleep_ns(20 * CTX_MILLISECOND);
     CHECK_EQ_INT(kill(pid, SIGKILL), 0);
     check_thread_join(r.thread);
-    fprintf(stderr, "   returned after %lld ms\n", (long long)(r.took / CTX_MILLISECOND));
-    CHECK(r.took < (CTX_PQ_DRAIN_TIMEOUT_MS - 1000) * CTX_MILLISECOND);
-    CHECK_NOT_NULL(r.result);
-    CHECK_EQ_INT(PQresultStatus(r.result), PGRES_FATAL_ERROR);
-    PQclear(r.result);
+    ctx_duration_t late = r.end - cancelled_at;
+    fprintf(stderr, "   returned %lld ms after the cancel\n", (long long)(late / CTX_MILLISECOND));
+    CHECK(late < 100 * CTX_MILLISECOND);
+    /* The killed backend's EOF (a FATAL result) or the grace (the
+     * context's error) ended the call, whichever came first. */
+    if (r.result != NULL) {
+        CHECK_EQ_INT(PQresultStatus(r.result), PGRES_FATAL_ERROR);
+        PQclear(r.result);
+    } else {
+        CHECK_EQ_INT(r.err, CTX_CANCELED);
+    }
     check_broken(conn);
     PQfinish(conn);
     await_crash_reset(observer);
@@ -268,8 +274,10 @@ static void *get_result_done(void *arg)
  * command is dropped by PostgreSQL; then the command runs in full.  Made
  * certain here: the backend is stopped while the command is sent and the
  * first request signals it, and continued afterwards, so it takes SIGINT
- * before it reads the command.  The library's repeated request must stop
- * the command long before it ends by itself (10 s). */
+ * before it reads the command.  The library repeats the request while the
+ * command runs; within its grace the repeat stops the command (the
+ * connection is kept) or the connection is given up, never a wait for the
+ * command's own end (10 s). */
 static void test_cancel_dropped_before_read(void)
 {
     PGconn *conn = reconnect();
@@ -286,11 +294,13 @@ static void test_cancel_dropped_before_read(void)
     check_sleep_ns(20 * CTX_MILLISECOND);
     CHECK_EQ_INT(kill(pid, SIGCONT), 0);
     check_thread_join(p.thread);
-    fprintf(stderr, "   returned after %lld ms\n", (long long)(p.took / CTX_MILLISECOND));
+    fprintf(stderr, "   returned after %lld ms, connection %s\n",
+            (long long)(p.took / CTX_MILLISECOND),
+            PQstatus(conn) == CONNECTION_BAD ? "given up" : "kept");
     CHECK_EQ_INT(p.err, CTX_CANCELED);
-    CHECK(p.took < 8 * CTX_SECOND);
-    CHECK_EQ_INT(PQtransactionStatus(conn), PQTRANS_IDLE);
-    CHECK_EQ_INT(pq_int(conn, "SELECT 1"), 1);
+    CHECK(p.took < 100 * CTX_MILLISECOND);
+    if (pq_kept_or_reopen(&conn, pq_conninfo_in(state_dir, "conninfo")))
+        CHECK_EQ_INT(pq_int(conn, "SELECT 1"), 1);
     ctx_unref(ctx);
     PQfinish(conn);
 }
@@ -299,28 +309,24 @@ static void test_cancel_dropped_before_read(void)
  * repeat raises: can a repeat that comes after the command finished hit the
  * next statement?).  In each round the first request is certainly dropped
  * (the backend is stopped when it comes, as above), the backend is
- * continued 20 ms after the cancel, and the command then runs 25 to 55 ms:
- * the first repeat, due 50 ms after the first request, lands before, during
- * and just after its end.  The next statement runs 10 ms on the server, so
- * a late request would cancel it; it must give 1 every time.  Both outcomes
- * must occur, and some rounds must have finished after the repeat was due
- * (the repeat came late), or the test proves nothing. */
+ * continued 5 ms after the cancel, and the command then runs 5 to 35 ms:
+ * the repeats, 5 ms apart, land before, during and just after its end.  The
+ * next statement runs 10 ms on the server, so a late request would cancel
+ * it; on every connection kept it must give 1.  Both outcomes (cancelled,
+ * finished first) must occur on kept connections, or the test proves
+ * nothing; a connection not settled within the grace is given up. */
 static void test_repeat_races_completion(void)
 {
     PGconn *conn = reconnect();
-    int pid = PQbackendPID(conn);
     check_rng_t rng = check_rng_make(check_seed());
     long rounds = check_scale(150);
-    long cancelled = 0, finished = 0, late = 0;
-    /* The outcomes depend on scheduling: on a loaded machine, or under a
-     * sanitizer, a round lands later than planned.  So the test goes on past
-     * `rounds` (up to six times as many) until each outcome has occurred. */
+    long cancelled = 0, finished = 0, given_up = 0;
     long i;
-    for (i = 0; i < 6 * rounds && (i < rounds || cancelled == 0 || finished == 0 || late == 0);
-         i++) {
+    for (i = 0; i < 6 * rounds && (i < rounds || cancelled == 0 || finished == 0); i++) {
+        int pid = PQbackendPID(conn);
         char sql[64];
         snprintf(sql, sizeof sql, "SELECT pg_sleep(%u / 1000000.0), 7",
-                 25000 + check_rng_below(&rng, 30000));
+                 5000 + check_rng_below(&rng, 30000));
         ctx_cancel_t *cancel;
         ctx_t *ctx = ctx_with_cancel(ctx_background(), &cancel);
         CHECK_EQ_INT(kill(pid, SIGSTOP), 0);
@@ -330,23 +336,29 @@ static void test_repeat_races_completion(void)
         check_sleep_ns(5 * CTX_MILLISECOND);
         ctx_time_t cancelled_at = check_mono_now();
         ctx_cancel(cancel);
-        check_sleep_ns(20 * CTX_MILLISECOND);
+        check_sleep_ns(5 * CTX_MILLISECOND);
         CHECK_EQ_INT(kill(pid, SIGCONT), 0);
         check_thread_join(e.thread);
+        CHECK_MSG(e.end - cancelled_at < 100 * CTX_MILLISECOND, "round %ld: returned %lld ms late",
+                  i, (long long)((e.end - cancelled_at) / CTX_MILLISECOND));
+        bool kept = PQstatus(conn) != CONNECTION_BAD;
         if (e.result == NULL) {
             CHECK_EQ_INT(e.err, CTX_CANCELED);
-            cancelled++;
+            if (kept)
+                cancelled++;
         } else {
             CHECK_MSG(PQresultStatus(e.result) == PGRES_TUPLES_OK, "round %ld: %s", i,
                       PQresultErrorMessage(e.result));
             CHECK_STR(PQgetvalue(e.result, 0, 1), "7");
-            finished++;
-            if (e.end - cancelled_at > 52 * CTX_MILLISECOND)
-                late++;
+            if (kept)
+                finished++;
             PQclear(e.result);
         }
         ctx_unref(ctx);
-        CHECK_EQ_INT(PQtransactionStatus(conn), PQTRANS_IDLE);
+        if (!pq_kept_or_reopen(&conn, pq_conninfo_in(state_dir, "conninfo"))) {
+            given_up++;
+            continue;
+        }
         PGresult *next = ctx_pq_exec(ctx_background(), conn, "SELECT pg_sleep(0.01), 1");
         CHECK_NOT_NULL(next);
         CHECK_MSG(PQresultStatus(next) == PGRES_TUPLES_OK,
@@ -355,24 +367,18 @@ static void test_repeat_races_completion(void)
         PQclear(next);
     }
     fprintf(stderr,
-            "   %ld rounds: %ld cancelled by a repeat, %ld finished first (%ld after the "
-            "repeat was due); every next statement gave 1\n",
-            i, cancelled, finished, late);
+            "   %ld rounds: %ld cancelled by a repeat, %ld finished first, %ld connections "
+            "given up; every next statement gave 1\n",
+            i, cancelled, finished, given_up);
     CHECK(cancelled > 0);
     CHECK(finished > 0);
-    /* ThreadSanitizer slows the client so much that a late round may never
-     * come; elsewhere it must. */
-    if (late == 0 && CHECK_TSAN)
-        fprintf(stderr, "   no round finished after the repeat was due (ThreadSanitizer)\n");
-    else
-        CHECK(late > 0);
     PQfinish(conn);
 }
 
 /* A COPY TO that starts after the first cancel request was dropped: its
- * rows are read and discarded by the drain, which must go on repeating the
- * request meanwhile (rows that take 20 s in all would otherwise be read to
- * the end), and the connection is idle afterwards. */
+ * rows are read and dropped while the request is repeated (rows that take
+ * 20 s in all would otherwise be read to the end); the call returns within
+ * its bound, the connection idle or given up. */
 static void test_copy_after_dropped_cancel(void)
 {
     PGconn *conn = reconnect();
@@ -390,16 +396,20 @@ static void test_copy_after_dropped_cancel(void)
     };
     check_thread_start(&r.thread, run_sleep, &r);
     check_sleep_ns(5 * CTX_MILLISECOND);
+    ctx_time_t cancelled_at = check_mono_now();
     ctx_cancel(cancel);
-    check_sleep_ns(20 * CTX_MILLISECOND);
+    check_sleep_ns(5 * CTX_MILLISECOND);
     CHECK_EQ_INT(kill(pid, SIGCONT), 0);
     check_thread_join(r.thread);
-    fprintf(stderr, "   returned after %lld ms\n", (long long)(r.took / CTX_MILLISECOND));
+    ctx_duration_t late = r.end - cancelled_at;
+    fprintf(stderr, "   returned %lld ms after the cancel, connection %s\n",
+            (long long)(late / CTX_MILLISECOND),
+            PQstatus(conn) == CONNECTION_BAD ? "given up" : "kept");
     CHECK_NULL(r.result);
     CHECK_EQ_INT(r.err, CTX_CANCELED);
-    CHECK(r.took < 5 * CTX_SECOND);
-    CHECK_EQ_INT(PQtransactionStatus(conn), PQTRANS_IDLE);
-    CHECK_EQ_INT(pq_int(conn, "SELECT 1"), 1);
+    CHECK(late < 100 * CTX_MILLISECOND);
+    if (pq_kept_or_reopen(&conn, pq_conninfo_in(state_dir, "conninfo")))
+        CHECK_EQ_INT(pq_int(conn, "SELECT 1"), 1);
     ctx_unref(ctx);
     PQfinish(conn);
 }

@@ -18,15 +18,21 @@
  * is where the work may block:
  *   - MHD_USE_THREAD_PER_CONNECTION (with MHD_USE_INTERNAL_POLLING_THREAD):
  *     the handler may do the whole request's work right there, blocking in
- *     cancellable calls; this is the simple mode and the one reportd uses.
+ *     cancellable calls.  The simple mode, but every connection holds a
+ *     thread, an idle or a slow one too.
  *   - MHD_USE_INTERNAL_POLLING_THREAD alone, MHD_USE_EPOLL, a thread pool
  *     (MHD_OPTION_THREAD_POOL_SIZE) or an external select loop: one thread
  *     serves many connections, so a handler must not block.  Make the
- *     context, hand it to other threads with the connection suspended
- *     (MHD_suspend_connection, MHD_ALLOW_SUSPEND_RESUME), queue the response
- *     and MHD_resume_connection when the work ends or the context does.
+ *     context in the handler, suspend the connection
+ *     (MHD_suspend_connection, MHD_ALLOW_SUSPEND_RESUME) and hand the work
+ *     to another thread; when the work ends (or the context does, which
+ *     ends the work), keep the answer, end the context and
+ *     MHD_resume_connection: libmicrohttpd calls the handler once more, and
+ *     that call queues the answer.  examples/reportd does this with epoll
+ *     and a thread per core.
  * All modes are supported by ctx_mhd_request itself; the tests run the first
- * and the second.
+ * and the second, and reportd's tests the epoll mode with suspend and
+ * resume (a client that leaves while its connection is suspended).
  *
  * Lifetime.  The context watches the connection's socket by its number
  * until it is done, so end it with the cancel handle (Go's `defer

@@ -79,9 +79,14 @@
 extern "C" {
 #endif
 
-/* How long a call waits for the server after a cancel request before it
- * gives the connection up (see "Bounds" above). */
-#define CTX_PQ_DRAIN_TIMEOUT_MS 10000
+/* How long a call goes on after its context ended, to let the server confirm
+ * the cancel and send what it owes, before it gives the connection up (see
+ * "Bounds" above).  The call returns within this much of the end. */
+#define CTX_PQ_CANCEL_GRACE_MS 35
+
+/* How long cancel requests may go on in the background after a call gave its
+ * connection up (see "Bounds" above). */
+#define CTX_PQ_DRAIN_TIMEOUT_MS 5000
 
 /*
  * Opens a connection (PQconnectStart/PQconnectPoll) under ctx: a server that
@@ -160,6 +165,23 @@ typedef struct ctx_pq_tx ctx_pq_tx_t;
 CTX_PQ_EXPORT int ctx_pq_begin(ctx_t *ctx, PGconn *conn, ctx_pq_tx_t **tx);
 CTX_PQ_EXPORT int ctx_pq_commit(ctx_pq_tx_t *tx);
 CTX_PQ_EXPORT int ctx_pq_rollback(ctx_pq_tx_t *tx);
+
+/*
+ * ctx_pq_commit and ctx_pq_rollback with one more bound, ctx, beside the
+ * transaction's context: the call returns within CTX_PQ_CANCEL_GRACE_MS of
+ * the first of the two to end.  When ctx ends first, ctx_pq_tx_commit
+ * commits nothing if ctx had ended before the call, else it cancels the
+ * COMMIT and returns ctx_err(ctx); if the server answered anyway the real
+ * answer is returned; if the connection had to be given up (PQstatus
+ * CONNECTION_BAD) whether the transaction committed is unknown, as with any
+ * connection lost during COMMIT.  ctx_pq_tx_rollback returns 0 when the
+ * connection is left idle, EIO when it was given up (the server then rolls
+ * back as the connection closes).  Either one ends the transaction and frees
+ * tx, as ctx_pq_commit and ctx_pq_rollback do.  EINVAL for a NULL argument
+ * (tx is then not freed).
+ */
+CTX_PQ_EXPORT int ctx_pq_tx_commit(ctx_t *ctx, ctx_pq_tx_t *tx);
+CTX_PQ_EXPORT int ctx_pq_tx_rollback(ctx_t *ctx, ctx_pq_tx_t *tx);
 
 #ifdef __cplusplus
 }

@@ -1,0 +1,325 @@
+#!/usr/bin/env python3
+"""reportd beside its Go twin (bench/service_twin/twin.go), measured from
+outside on loopback, alternating rounds so that a busy machine hurts both
+alike.
+
+    bench/service_twin.py --reportd build/examples/reportd/reportd --out build/bench
+                          [--seconds 5] [--rounds 3] [--quick] [--no-plot]
+
+1. Closed loop, wrk -t2, 50 connections and then 500, on three loads:
+   /report with no work; /report?compute_ms=1&db_ms=1; two services (a
+   front calling a downstream) with /report?upstream_ms=1.  Per round and
+   side: requests/s, p99, non-2xx answers, CPU per request (user+system of
+   the service processes, from /proc).  The ratios are taken round by round.
+2. The curve: an open-loop generator (bench/service_twin/load) offers
+   compute_ms=1&db_ms=1 at rates from a quarter to twice the saturating
+   rate found in 1; per rate and side: goodput, p99 of the successful
+   requests, the 504 share, and how long the latest answer came after the
+   budget.  Plotted to OUT/service_twin_curve.png (Debian python3-matplotlib,
+   run by /usr/bin/python3).
+3. Slow clients: 10,000 connections sending headers at 1 byte/s while
+   normal clients send 5 requests/s; their p99 against the same without
+   the slow ones, and the memory per idle connection (RSS growth / n).
+
+Prints Markdown and writes OUT/service_twin.md, with the machine and its
+load average: the figures are what one run measured on it.
+"""
+import argparse
+import os
+import re
+import resource
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+TICK = os.sysconf("SC_CLK_TCK")
+BUDGET_MS = 500
+LOADS = [("no work", "/report", False),
+         ("compute_ms=1&db_ms=1", "/report?compute_ms=1&db_ms=1", False),
+         ("two services, upstream_ms=1", "/report?upstream_ms=1", True)]
+RUNNING = []
+
+
+class Proc:
+    """One service process; its log goes to a file."""
+
+    def __init__(self, argv, tmp, name):
+        self.log = open(os.path.join(tmp, name + ".log"), "w")
+        self.proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=self.log, text=True)
+        RUNNING.append(self)
+        line = self.proc.stdout.readline()
+        m = re.search(r"listening on \S+:(\d+)", line)
+        if not m:
+            raise SystemExit("%s did not start: %r" % (argv[0], line))
+        self.url = "http://127.0.0.1:" + m.group(1)
+
+    def cpu(self):
+        with open("/proc/%d/stat" % self.proc.pid) as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / TICK
+
+    def rss_kb(self):
+        with open("/proc/%d/status" % self.proc.pid) as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1])
+        return 0
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+        self.log.close()
+
+
+def go_build(src, out, tmp):
+    env = dict(os.environ, GO111MODULE="off", GOFLAGS="-mod=mod", GOPROXY="off",
+               GOPATH="/usr/share/gocode:" + os.path.join(tmp, "gopath"),
+               GOCACHE=os.path.join(tmp, "gocache"))
+    subprocess.run(["go", "build", "-o", out, "."], cwd=src, env=env, check=True)
+
+
+def side(kind, binary, tmp, upstream):
+    """A front service (and its downstream when upstream is set)."""
+    procs = []
+    extra = []
+    if upstream:
+        down = Proc(binary(), tmp, kind + "-down")
+        procs.append(down)
+        extra = ["--upstream" if kind == "reportd" else "-upstream", down.url]
+    front = Proc(binary() + extra, tmp, kind + "-front")
+    return front, [front] + procs
+
+
+def wrk(url, conns, seconds):
+    out = subprocess.run(["wrk", "-t2", "-c%d" % conns, "-d%ds" % seconds, "--latency",
+                          "--timeout", "5s", url], capture_output=True, text=True).stdout
+
+    def ms(text):
+        m = re.match(r"([\d.]+)(us|ms|s|m)", text)
+        if not m:
+            return float("nan")
+        v, unit = m.groups()
+        return float(v) * {"us": 0.001, "ms": 1, "s": 1000, "m": 60000}[unit]
+
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+    total = int(re.search(r"(\d+) requests in", out).group(1))
+    p99 = ms(re.search(r"99%\s+(\S+)", out).group(1))
+    m = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    bad = int(m.group(1)) if m else 0
+    m = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
+    errs = sum(int(x) for x in m.groups()) if m else 0
+    return {"rps": rps, "total": total, "p99": p99, "bad": bad, "errs": errs}
+
+
+def measure(front, procs, path, conns, seconds):
+    cpu0 = sum(p.cpu() for p in procs)
+    r = wrk(front.url + path, conns, seconds)
+    r["cpu_us"] = (sum(p.cpu() for p in procs) - cpu0) / max(r["total"], 1) * 1e6
+    return r
+
+
+def spread(v):
+    return "%.2f (%.2f-%.2f)" % (statistics.median(v), min(v), max(v))
+
+
+def closed_loop(args, tmp, sides, conns, md):
+    md.append("\n### Closed loop, wrk -t2, %d connections, %d s rounds\n" % (conns, args.seconds))
+    md.append("| load | reportd req/s | twin req/s | ratio (median, range) | p99 reportd / twin ms "
+              "| non-2xx reportd / twin | CPU per request reportd / twin us | CPU ratio |")
+    md.append("|---|---|---|---|---|---|---|---|")
+    sat = {}
+    for name, path, two in LOADS:
+        rs = {"reportd": [], "twin": []}
+        services = {k: side(k, b, tmp, two) for k, b in sides.items()}
+        for rnd in range(args.rounds):
+            order = ["reportd", "twin"] if rnd % 2 == 0 else ["twin", "reportd"]
+            for k in order:
+                rs[k].append(measure(services[k][0], services[k][1], path, conns, args.seconds))
+        for k in services:
+            for p in services[k][1]:
+                p.stop()
+        a, b = rs["reportd"], rs["twin"]
+        ratio = [x["rps"] / y["rps"] for x, y in zip(a, b)]
+        cpu = [x["cpu_us"] / y["cpu_us"] for x, y in zip(a, b)]
+        md.append("| %s | %.0f | %.0f | %s | %.1f / %.1f | %d / %d | %.0f / %.0f | %s |" % (
+            name, statistics.median(x["rps"] for x in a), statistics.median(y["rps"] for y in b),
+            spread(ratio), statistics.median(x["p99"] for x in a),
+            statistics.median(y["p99"] for y in b), sum(x["bad"] + x["errs"] for x in a),
+            sum(y["bad"] + y["errs"] for y in b), statistics.median(x["cpu_us"] for x in a),
+            statistics.median(y["cpu_us"] for y in b), spread(cpu)))
+        sat[name] = max(statistics.median(x["rps"] for x in a),
+                        statistics.median(y["rps"] for y in b))
+        print(md[-1], flush=True)
+    return sat
+
+
+def open_loop(args, tmp, sides, load, saturating, md):
+    path = LOADS[1][1]
+    md.append("\n### Open loop on %s: offered load against goodput, p99 and 504s (%d s per "
+              "point)\n" % (LOADS[1][0], args.seconds))
+    md.append("| offered/s | side | goodput/s | p99 of 200s ms | 504 share | other | latest "
+              "answer past the budget ms |")
+    md.append("|---|---|---|---|---|---|---|")
+    curve = {"reportd": [], "twin": []}
+    services = {k: side(k, b, tmp, False) for k, b in sides.items()}
+    factors = [0.25, 0.5, 0.75, 1.0, 1.25, 1.5, 2.0] if not args.quick else [0.5, 1.0, 2.0]
+    for i, f in enumerate(factors):
+        rate = max(10, saturating * f)
+        order = ["reportd", "twin"] if i % 2 == 0 else ["twin", "reportd"]
+        for k in order:
+            out = subprocess.run([load, "-mode", "open", "-url", services[k][0].url + path,
+                                  "-rate", "%.0f" % rate, "-d", "%ds" % args.seconds,
+                                  "-budget", str(BUDGET_MS)], capture_output=True,
+                                 text=True).stdout
+            kv = dict(x.split("=") for x in out.split())
+            curve[k].append((rate, float(kv["goodput"]), float(kv["p99_ok_ms"]),
+                             float(kv["deadline_share"])))
+            md.append("| %.0f | %s | %s | %s | %.1f%% | %s | %s |" % (
+                rate, k, kv["goodput"], kv["p99_ok_ms"], 100 * float(kv["deadline_share"]),
+                int(kv["other"]) + int(kv["failed"]), kv["late_ms"]))
+            print(md[-1], flush=True)
+    for k in services:
+        for p in services[k][1]:
+            p.stop()
+    return curve
+
+
+def plot(curve, out):
+    script = """
+import json, sys
+import matplotlib
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+curve = json.loads(sys.argv[1])
+fig, ax = plt.subplots(1, 3, figsize=(13, 3.8))
+for k, style in (("reportd", "o-"), ("twin", "s--")):
+    pts = curve[k]
+    x = [p[0] for p in pts]
+    ax[0].plot(x, [p[1] for p in pts], style, label=k)
+    ax[1].plot(x, [p[2] for p in pts], style, label=k)
+    ax[2].plot(x, [100 * p[3] for p in pts], style, label=k)
+for a, t in zip(ax, ("goodput (200/s)", "p99 of 200s (ms)", "504 share (%)")):
+    a.set_xlabel("offered load (requests/s)")
+    a.set_title(t)
+    a.grid(True, alpha=0.3)
+    a.legend()
+fig.suptitle("/report?compute_ms=1&db_ms=1, budget 500 ms: reportd and its Go twin")
+fig.tight_layout()
+fig.savefig(sys.argv[2], dpi=90)
+"""
+    import json
+    r = subprocess.run(["/usr/bin/python3", "-c", script, json.dumps(curve), out],
+                       capture_output=True, text=True)
+    return r.returncode == 0, r.stderr.strip().splitlines()[-1:] if r.returncode else []
+
+
+def slow_clients(args, tmp, reportd, load, md):
+    n = 1000 if args.quick else 10000
+    md.append("\n### Slow clients: %d connections at 1 byte/s, normal clients at 5 req/s on fresh "
+              "connections (%d s)\n" % (n, max(args.seconds, 20)))
+    # A read deadline longer than the run keeps every slow connection open,
+    # for the memory figure and the worst case for the others.
+    front = Proc([reportd, "--listen", "127.0.0.1:0", "--read-ms", "600000"], tmp, "slow")
+    d = "%ds" % max(args.seconds, 20)
+    url = front.url + "/report?compute_ms=1&db_ms=1"
+    secs = max(args.seconds, 20)
+    normal = [load, "-mode", "trickle", "-n", "0", "-url", url, "-rate", "5", "-d", d]
+    quiet = subprocess.run(normal, capture_output=True, text=True).stdout
+    rss0 = front.rss_kb()
+    # The slow connections come from one process and the normal clients
+    # from another: 10,000 goroutines in the measuring process would delay
+    # its own requests and clock.
+    proc = subprocess.Popen([load, "-mode", "trickle", "-n", str(n), "-url", url, "-rate", "0",
+                             "-d", "%ds" % (secs + 30)], stdout=subprocess.PIPE, text=True)
+    deadline = time.time() + 15
+    while time.time() < deadline:
+        time.sleep(0.5)
+        if front.rss_kb() > rss0 and len(os.listdir("/proc/%d/fd" % front.proc.pid)) >= n:
+            break
+    busy = subprocess.run(normal, capture_output=True, text=True).stdout
+    rss1 = front.rss_kb()
+    with open("/proc/%d/status" % front.proc.pid) as f:
+        threads = [l.split()[1] for l in f if l.startswith("Threads:")][0]
+    trickled = dict(x.split("=") for x in proc.communicate()[0].split())
+    front.stop()
+    q = dict(x.split("=") for x in quiet.split())
+    b = dict(x.split("=") for x in busy.split())
+    md.append("| | p50 ms | p99 ms | max ms | normal failures |")
+    md.append("|---|---|---|---|---|")
+    md.append("| quiet | %s | %s | %s | %s |" % (q["p50_ms"], q["p99_ms"], q["max_ms"],
+                                                 int(q["normal_other"]) + int(q["normal_failed"])))
+    md.append("| %s slow connections open | %s | %s | %s | %s |" % (
+        trickled["opened"], b["p50_ms"], b["p99_ms"], b["max_ms"],
+        int(b["normal_other"]) + int(b["normal_failed"])))
+    per = (rss1 - rss0) * 1024 / max(int(trickled["opened"]), 1)
+    md.append("\nRSS %d KiB idle, %d KiB with the slow connections open: %.1f KiB per "
+              "connection; %s threads." % (rss0, rss1, per / 1024, threads))
+    print("\n".join(md[-6:]), flush=True)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--reportd", required=True)
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--seconds", type=int, default=5)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--quick", action="store_true", help="fewer points and connections")
+    ap.add_argument("--no-plot", action="store_true")
+    ap.add_argument("--skip", default="", help="comma-separated: closed,wide,curve,slow")
+    ap.add_argument("--saturating", type=float, default=0,
+                    help="the saturating rate for the curve when the closed loop is skipped")
+    args = ap.parse_args()
+    os.makedirs(args.out, exist_ok=True)
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    skip = set(args.skip.split(","))
+    tmp = tempfile.mkdtemp(prefix="service-twin-")
+    twin = os.path.join(tmp, "twin")
+    load = os.path.join(tmp, "load")
+    go_build(os.path.join(HERE, "service_twin"), twin, args.out)
+    go_build(os.path.join(HERE, "service_twin", "load"), load, args.out)
+    sides = {"reportd": lambda: [args.reportd, "--listen", "127.0.0.1:0",
+                                 "--budget-ms", str(BUDGET_MS)],
+             "twin": lambda: [twin, "-listen", "127.0.0.1:0", "-budget-ms", str(BUDGET_MS)]}
+    with open("/proc/cpuinfo") as f:
+        model = next((l.split(":", 1)[1].strip() for l in f if l.startswith("model name")), "?")
+    md = ["## reportd beside its Go twin",
+          "\n%s, %d cores, %s; load average before: %s; file limit %d." % (
+              model, os.cpu_count(), time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+              " ".join(open("/proc/loadavg").read().split()[:3]), hard)]
+    print("\n".join(md), flush=True)
+    try:
+        sat = {}
+        if "closed" not in skip:
+            sat = closed_loop(args, tmp, sides, 50, md)
+        if "wide" not in skip:
+            closed_loop(args, tmp, sides, 500, md)
+        if "curve" not in skip:
+            s = sat.get(LOADS[1][0]) or args.saturating or 900
+            curve = open_loop(args, tmp, sides, load, s, md)
+            png = os.path.join(args.out, "service_twin_curve.png")
+            if not args.no_plot:
+                ok, err = plot(curve, png)
+                md.append("\n" + ("Plot: %s" % png if ok else "No plot (%s)." % " ".join(err)))
+        if "slow" not in skip:
+            slow_clients(args, tmp, args.reportd, load, md)
+    finally:
+        for p in RUNNING:
+            p.stop()
+    md.append("\nLoad average after: %s." % " ".join(open("/proc/loadavg").read().split()[:3]))
+    text = "\n".join(md) + "\n"
+    with open(os.path.join(args.out, "service_twin.md"), "w") as f:
+        f.write(text)
+    print(md[-1])
+
+
+if __name__ == "__main__":
+    main()
