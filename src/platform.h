@@ -26,6 +26,16 @@
 #include <sys/types.h>
 #include <sys/uio.h>
 
+/* ---- a static mutex initializer for short, hot critical sections:
+ * glibc's adaptive mutex (it spins a little before it sleeps) where the C
+ * library has one, the default mutex elsewhere (musl, macOS, FreeBSD). */
+#include <pthread.h>
+#ifdef PTHREAD_ADAPTIVE_MUTEX_INITIALIZER_NP
+#define CTX__PLAT_SPIN_MUTEX_INITIALIZER PTHREAD_ADAPTIVE_MUTEX_INITIALIZER_NP
+#else
+#define CTX__PLAT_SPIN_MUTEX_INITIALIZER PTHREAD_MUTEX_INITIALIZER
+#endif
+
 /* ---- descriptors.  Each returns 0 (or the new fd) or -1 with errno. */
 
 /* pipe(2) with close-on-exec set on both ends. */
