@@ -1,4 +1,6 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: MIT
+#
 # Compiles every public header of libctx and of its companion libraries on
 # its own, and all of them together, as C11 and as C++17, with -Wall
 # -Wextra -Wpedantic -Werror, so that a project in either language can

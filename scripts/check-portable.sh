@@ -1,4 +1,6 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: MIT
+#
 # Checks that a build of the portable backend (-DCTX_PORTABLE=ON) uses none
 # of the calls and flags that only some systems have:
 #

@@ -1,3 +1,5 @@
+/* SPDX-License-Identifier: MIT */
+
 /*
  * The platform layer: every system call the library makes that POSIX does
  * not give everywhere goes through one of these functions.  There are two

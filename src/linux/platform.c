@@ -1,3 +1,5 @@
+/* SPDX-License-Identifier: MIT */
+
 /*
  * The platform layer on Linux (src/platform.h): the calls Linux has that
  * POSIX lacks, each of which saves a system call or closes a race on a hot

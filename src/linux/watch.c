@@ -1,3 +1,5 @@
+/* SPDX-License-Identifier: MIT */
+
 /*
  * The peer-close watch set on Linux: one epoll instance.  Interest is
  * EPOLLRDHUP (the peer closed or shut down its writing side), EPOLLHUP and

@@ -1,3 +1,5 @@
+/* SPDX-License-Identifier: MIT */
+
 /*
  * The portable platform layer (src/platform.h): POSIX.1-2017 calls plus
  * what macOS and FreeBSD both have.  Used on every system but Linux, and on

@@ -1,3 +1,5 @@
+/* SPDX-License-Identifier: MIT */
+
 /*
  * The peer-close watch set with poll(2), for the portable backend.
  *
