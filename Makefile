@@ -106,10 +106,11 @@ tsan:
 	$(NO_ASLR) $(CTEST) --test-dir build-tsan --output-on-failure -j $(TEST_JOBS)
 
 # The platform builds: the core library and its tests only (no companion
-# libraries, examples or benchmarks), each in a directory of its own.
-# docs/platforms.md says what each one checks.
+# libraries, examples, benchmarks or manual pages, which the main build
+# checks), each in a directory of its own.  docs/platforms.md says what
+# each one checks.
 CORE_CMAKE_ARGS = -DCMAKE_BUILD_TYPE=$(BUILD_TYPE) -DCTX_WERROR=ON -DCTX_BUILD_INTEGRATIONS=OFF \
-                  -DCTX_BUILD_EXAMPLES=OFF -DCTX_BUILD_BENCH=OFF
+                  -DCTX_BUILD_EXAMPLES=OFF -DCTX_BUILD_BENCH=OFF -DCTX_BUILD_MANUAL=OFF
 
 portable:
 	$(call configure,build-portable,$(CORE_CMAKE_ARGS) -DCTX_PORTABLE=ON)
