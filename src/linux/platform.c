@@ -44,7 +44,13 @@ int ctx__plat_socket_nb(int domain, int type, int protocol)
 int ctx__plat_accept(int fd, struct sockaddr *addr, socklen_t *len, int flags)
 {
     /* CTX_SOCK_CLOEXEC and CTX_SOCK_NONBLOCK are accept4's own flags
-     * here, and accept4 rejects any other bit with EINVAL itself. */
+     * here.  Other bits are refused before the call: musl's accept4, when
+     * the kernel says EINVAL, falls back to a plain accept, which would
+     * take (or wait for) a connection. */
+    if (flags & ~(SOCK_CLOEXEC | SOCK_NONBLOCK)) {
+        errno = EINVAL;
+        return -1;
+    }
     return accept4(fd, addr, len, flags);
 }
 
