@@ -10,6 +10,10 @@
 #   make asan             test suite under AddressSanitizer + UBSan (build-asan/)
 #   make tsan             test suite under ThreadSanitizer (build-tsan/)
 #   make bench            build and run the benchmarks, when bench/ exists
+#   make portable         core tests on the portable POSIX backend (build-portable/)
+#   make m32              core tests built for i686 with -m32 (build-m32/; gcc-multilib)
+#   make musl             core tests built with musl-gcc (build-musl/; musl-tools)
+#   make headers          the public headers compile as C11 and C++17, -Werror
 #   make format           reformat every C file with clang-format
 #   make format-check     fail if any C file is not formatted
 #   make install PREFIX=/usr/local
@@ -56,7 +60,8 @@ define configure
 	fi
 endef
 
-.PHONY: all deps build test demo asan tsan bench format format-check install clean
+.PHONY: all deps build test demo asan tsan bench format format-check install clean \
+        portable m32 musl headers
 
 MAKEFLAGS += --no-print-directory
 
@@ -100,6 +105,32 @@ tsan:
 	$(CMAKE) --build build-tsan -j $(JOBS)
 	$(NO_ASLR) $(CTEST) --test-dir build-tsan --output-on-failure -j $(TEST_JOBS)
 
+# The platform builds: the core library and its tests only (no companion
+# libraries, examples, benchmarks or manual pages, which the main build
+# checks), each in a directory of its own.  docs/platforms.md says what
+# each one checks.
+CORE_CMAKE_ARGS = -DCMAKE_BUILD_TYPE=$(BUILD_TYPE) -DCTX_WERROR=ON -DCTX_BUILD_INTEGRATIONS=OFF \
+                  -DCTX_BUILD_EXAMPLES=OFF -DCTX_BUILD_BENCH=OFF -DCTX_BUILD_MANUAL=OFF
+
+portable:
+	$(call configure,build-portable,$(CORE_CMAKE_ARGS) -DCTX_PORTABLE=ON)
+	$(CMAKE) --build build-portable -j $(JOBS)
+	scripts/check-portable.sh build-portable/libctx.a
+	$(CTEST) --test-dir build-portable --output-on-failure -j $(TEST_JOBS)
+
+m32:
+	$(call configure,build-m32,$(CORE_CMAKE_ARGS) -DCMAKE_C_FLAGS=-m32)
+	$(CMAKE) --build build-m32 -j $(JOBS)
+	$(CTEST) --test-dir build-m32 --output-on-failure -j $(TEST_JOBS)
+
+musl:
+	$(call configure,build-musl,$(CORE_CMAKE_ARGS) -DCMAKE_C_COMPILER=musl-gcc)
+	$(CMAKE) --build build-musl -j $(JOBS)
+	$(CTEST) --test-dir build-musl --output-on-failure -j $(TEST_JOBS)
+
+headers:
+	scripts/check-headers.sh
+
 # The benchmarks' peers (Google Benchmark, Go's database drivers, wrk, hey)
 # are in deps.sh's ci list.
 bench:
@@ -125,4 +156,5 @@ install: build
 	$(CMAKE) --install $(BUILD_DIR) --prefix '$(abspath $(PREFIX))'
 
 clean:
-	rm -rf '$(BUILD_DIR)' build-asan build-tsan build-werror build-fuzz
+	rm -rf '$(BUILD_DIR)' build-asan build-tsan build-werror build-fuzz \
+	       build-portable build-m32 build-musl

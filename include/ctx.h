@@ -412,10 +412,11 @@ CTX_EXPORT void ctx_reset_allocator(void);
  * ctx_err is the check a worker makes in every iteration of its loop, and a
  * call through a shared library's PLT costs more than the check itself.
  * With GCC or Clang it is therefore inlined.  A context whose kind (the low
- * three bits of the word at byte offset 8) is 3 or more holds its own done
- * state; any other points, with the word at offset 0, at the context that
- * does.  The 32-bit state word at byte offset 24 carries err in its low
- * byte.  That much of the layout is part of the ABI of this major version.
+ * three bits of the word at byte offset 8; 4 with 32-bit pointers) is 3 or
+ * more holds its own done state; any other points, with the word at offset
+ * 0, at the context that does.  The 32-bit state word at byte offset 24 (16
+ * with 32-bit pointers) carries err in its low byte.  That much of the
+ * layout is part of the ABI of this major version.
  * ctx_wait is wrapped the same way for a done context and a poll.  Define
  * CTX_NO_INLINE before including this header to call the exported
  * functions instead.

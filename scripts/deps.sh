@@ -34,7 +34,8 @@ case "$what" in
     test) packages=("${core[@]}" "${libs[@]}" "${peers[@]}") ;;
     ci)   packages=("${core[@]}" "${libs[@]}" "${peers[@]}" clang clang-format
                     libclang-rt-14-dev libbenchmark-dev wrk hey man-db
-                    golang-github-lib-pq-dev golang-github-mattn-go-sqlite3-dev) ;;
+                    golang-github-lib-pq-dev golang-github-mattn-go-sqlite3-dev
+                    gcc-multilib musl-tools) ;;
     *) echo "usage: scripts/deps.sh [test|demo|ci]" >&2; exit 2 ;;
 esac
 

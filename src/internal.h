@@ -97,8 +97,9 @@ static inline const char *ctx__msg_text(const struct ctx__msg *m)
 #define CTX__FAN_BITS  0xff0000u
 
 /*
- * A node.  Every kind begins with the same 24 bytes (owner, pk, refs, lock),
- * then a kind-specific union.  A cancel node is exactly 64 bytes.
+ * A node.  Every kind begins with the same header (owner, pk, refs, lock:
+ * 24 bytes, 16 with 32-bit pointers), then a kind-specific union.  A cancel
+ * node is exactly 64 bytes with 64-bit pointers.
  */
 struct ctx {
     /* Immutable.  For ROOT, VALUE and WITHOUT nodes: the owner, the node
@@ -161,10 +162,27 @@ struct ctx {
 
 #define CTX__ALIGN_CHECK(x) _Static_assert(x, #x)
 CTX__ALIGN_CHECK(offsetof(struct ctx, u.a.link) == offsetof(struct ctx, u.c.link));
+/* The layout per ABI.  With 64-bit pointers a node is one 64-byte cache
+ * line and the state word sits at byte 24; with 32-bit pointers the header
+ * is 16 bytes, the state word at byte 16, and a node 40 bytes (i386, where
+ * uint64_t is 4-aligned in a struct) or 48 (8-aligned: ARM, RISC-V).  The
+ * allocator hands out 64- and 96-byte blocks either way. */
+#if UINTPTR_MAX == UINT64_MAX
 CTX__ALIGN_CHECK(sizeof(struct ctx) == 64);
-/* The inline ctx_err in ctx.h reads owner and state at these offsets. */
-CTX__ALIGN_CHECK(offsetof(struct ctx, up) == 0);
 CTX__ALIGN_CHECK(offsetof(struct ctx, u.c.state) == 24);
+#elif UINTPTR_MAX == UINT32_MAX
+CTX__ALIGN_CHECK(sizeof(struct ctx) == 40 || sizeof(struct ctx) == 48);
+CTX__ALIGN_CHECK(offsetof(struct ctx, u.c.state) == 16);
+#else
+#error "libctx supports 32-bit and 64-bit pointers only"
+#endif
+/* The inline ctx_err in ctx.h reads owner, kind and state at the offsets
+ * of its struct ctx_abi_node_, which must be ours. */
+CTX__ALIGN_CHECK(offsetof(struct ctx, up) == 0);
+#if (defined(__GNUC__) || defined(__clang__)) && !defined(CTX_NO_INLINE)
+CTX__ALIGN_CHECK(offsetof(struct ctx, pk) == offsetof(struct ctx_abi_node_, kind));
+CTX__ALIGN_CHECK(offsetof(struct ctx, u.c.state) == offsetof(struct ctx_abi_node_, state));
+#endif
 
 #define CTX__SEG 16
 
@@ -236,7 +254,11 @@ struct ctx__timer {
     uint8_t level;          /* wheel level, or AT_DUE: timer.c */
     uint16_t slot;          /* wheel slot */
 };
+#if UINTPTR_MAX == UINT64_MAX
 CTX__ALIGN_CHECK(sizeof(struct ctx__timer) == 96);
+#else
+CTX__ALIGN_CHECK(sizeof(struct ctx__timer) <= 96);
+#endif
 
 /*
  * A parent's fan-out: where the children of a cancel node that many threads

@@ -4,8 +4,10 @@
  * Go gives every network call a context: net.Dialer.DialContext, deadlines
  * on a conn, and an HTTP request whose context ends when the client hangs
  * up.  These calls give C the same.  They are part of libctx itself (no
- * library beyond libc and pthreads) and need POSIX; ctx_with_peer_close
- * needs Linux (epoll).
+ * library beyond libc and pthreads) and need POSIX.  What follows describes
+ * the Linux backend; the portable one (other systems, or -DCTX_PORTABLE=ON)
+ * keeps every contract but waits with poll first on more file types and
+ * avoids SIGPIPE differently: docs/platforms.md.
  *
  * Conventions shared by every call below.
  *
@@ -106,8 +108,21 @@ CTX_EXPORT ssize_t ctx_writev(ctx_t *ctx, int fd, const struct iovec *iov, int i
 CTX_EXPORT ssize_t ctx_recv(ctx_t *ctx, int fd, void *buf, size_t n, int flags);
 CTX_EXPORT ssize_t ctx_send(ctx_t *ctx, int fd, const void *buf, size_t n, int flags);
 
+/* ctx_accept's flags: SOCK_CLOEXEC and SOCK_NONBLOCK where the system
+ * has them, values of the library's own elsewhere (macOS).  The portable
+ * backend sets them with fcntl(2) right after accept(2). */
+#if defined(SOCK_CLOEXEC) && defined(SOCK_NONBLOCK)
+#define CTX_SOCK_CLOEXEC  SOCK_CLOEXEC
+#define CTX_SOCK_NONBLOCK SOCK_NONBLOCK
+#else
+#define CTX_SOCK_CLOEXEC  0x10000000
+#define CTX_SOCK_NONBLOCK 0x20000000
+#endif
+
 /* accept4(2) that waits as long as ctx allows.  flags are accept4's
- * (SOCK_CLOEXEC, SOCK_NONBLOCK).  Returns the new fd or -1 with errno.  A
+ * (CTX_SOCK_CLOEXEC, CTX_SOCK_NONBLOCK; any other bit is EINVAL); the new
+ * socket is blocking without CTX_SOCK_NONBLOCK, whatever the listening
+ * socket's flags.  Returns the new fd or -1 with errno.  A
  * connection is never lost: when ctx ends after accept4 succeeded, the
  * descriptor is still returned.  See "The one case that can still block"
  * above for blocking listening sockets shared by several threads. */
@@ -157,7 +172,8 @@ CTX_EXPORT int ctx_dial(ctx_t *ctx, const char *host, const char *port);
  * writing side) or the connection breaks.  It watches without reading, so
  * a pipelined request is never consumed: one library thread waits in epoll
  * (EPOLLRDHUP, EPOLLHUP, EPOLLERR; never EPOLLIN) for every watched socket
- * of the process, so a watch costs no thread and no fd of its own.  The
+ * of the process, so a watch costs no thread and no fd of its own (the
+ * portable backend polls them with poll(2): docs/platforms.md).  The
  * watch ends when the context is done (for any reason) or freed, and fd
  * must stay open until then; if it is closed earlier, a new socket that
  * gets the same number is still watched correctly, but the early context
@@ -168,8 +184,7 @@ CTX_EXPORT int ctx_dial(ctx_t *ctx, const char *host, const char *port);
  * errno: EINVAL (NULL parent, negative fd), EBADF, ENOTSOCK or EPERM
  * (epoll refuses the fd), ENOMEM, EMFILE (no fd for the watcher's epoll
  * instance), EAGAIN (its thread cannot start).  On a parent that is
- * already done the child is done at birth and nothing is watched.  Linux
- * only; elsewhere it fails with ENOSYS.
+ * already done the child is done at birth and nothing is watched.
  *
  * fork(2): the child process gets its own watcher on its first call of
  * ctx_with_peer_close; the watches it inherited resume then. */

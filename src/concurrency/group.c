@@ -31,6 +31,7 @@
  * The parent's queued tasks are the parent's: the child forgets them.
  */
 #include "internal.h"
+#include "platform.h"
 
 #include <pthread.h>
 #include <sched.h>
@@ -83,17 +84,9 @@ static struct {
     int qlen;                /* tasks in the queue */
     int polling;             /* looking threads polling `queued` (<= MAX_POLLING) */
     _Atomic uint32_t queued; /* qlen, for the polls of looking threads */
-} P = { PTHREAD_ADAPTIVE_MUTEX_INITIALIZER_NP,
-        PTHREAD_COND_INITIALIZER,
-        NULL,
-        &P.head,
-        0,
-        0,
-        0,
-        0,
-        0,
-        0,
-        0 };
+} P = {
+    CTX__PLAT_SPIN_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, NULL, &P.head, 0, 0, 0, 0, 0, 0, 0
+};
 
 static pthread_once_t pool_once = PTHREAD_ONCE_INIT;
 

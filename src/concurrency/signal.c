@@ -34,6 +34,7 @@
  * but the reading thread takes references under it).
  */
 #include "internal.h"
+#include "platform.h"
 
 #include <fcntl.h>
 #include <pthread.h>
@@ -219,12 +220,12 @@ static void *watch_main(void *arg)
     }
 }
 
-/* The pipe.  Under S.mu, or in the child's fork handler: pipe2 and fcntl
- * are plain system calls, safe there. */
+/* The pipe.  Under S.mu, or in the child's fork handler: making a pipe
+ * and fcntl are plain system calls, safe there. */
 static int make_pipe_locked(void)
 {
     int fds[2];
-    if (pipe2(fds, O_CLOEXEC) != 0)
+    if (ctx__plat_pipe_cloexec(fds) != 0)
         return errno;
     /* The handler must never block. */
     fcntl(fds[1], F_SETFL, fcntl(fds[1], F_GETFL) | O_NONBLOCK);

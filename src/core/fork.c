@@ -19,8 +19,9 @@
  * a full barrier between store and load.  The holder's side is the hot
  * path, so on Linux the forker issues membarrier(PRIVATE_EXPEDITED), which
  * runs a full barrier on every thread of the process, and the holder needs
- * only a compiler barrier.  Where membarrier is missing, ctx__fence_needed
- * stays set and holders use a real fence.
+ * only a compiler barrier.  Where membarrier is missing (older kernels, the
+ * portable backend: platform.h), ctx__fence_needed stays set and holders
+ * use a real fence.
  *
  * Then prepare runs the hooks the subsystems registered (timer.c, after.c,
  * wait.c, ...; see ctx__fork_register in internal.h), which take their
@@ -30,14 +31,10 @@
  * held across holds while it cancels, and must be taken first of all.
  */
 #include "internal.h"
+#include "platform.h"
 
 #include <pthread.h>
 #include <sched.h>
-#ifdef __linux__
-#include <linux/membarrier.h>
-#include <sys/syscall.h>
-#include <unistd.h>
-#endif
 
 CTX__TLS struct ctx__holder ctx__me;
 _Atomic int ctx__forking;
@@ -72,12 +69,10 @@ static void thread_gone(void *arg)
 static void init_once(void)
 {
     pthread_key_create(&reg_key, thread_gone);
-#ifdef __linux__
-    if (syscall(SYS_membarrier, MEMBARRIER_CMD_REGISTER_PRIVATE_EXPEDITED, 0, 0) == 0) {
+    if (ctx__plat_membarrier_init()) {
         have_membarrier = 1;
         atomic_store_explicit(&ctx__fence_needed, 0, memory_order_relaxed);
     }
-#endif
     pthread_atfork(prepare, parent, child);
 }
 
@@ -193,11 +188,9 @@ static void prepare(void)
     sorted_hooks();
     run_prepare(1);
     atomic_store_explicit(&ctx__forking, 1, memory_order_relaxed);
-#ifdef __linux__
     if (have_membarrier)
-        syscall(SYS_membarrier, MEMBARRIER_CMD_PRIVATE_EXPEDITED, 0, 0);
+        ctx__plat_membarrier();
     else
-#endif
         atomic_thread_fence(memory_order_seq_cst);
     pthread_mutex_lock(&reg_mu);
     for (struct ctx__holder *h = reg_head; h != NULL; h = h->next)

@@ -6,10 +6,12 @@
  * A library thread must not take the program's signals (signals belong to
  * the program's own threads, which may block some of them on purpose), so
  * every signal is blocked around its creation and the thread inherits that
- * mask.  It is detached (nobody joins it) and, on Linux, named, so that a
- * thread listing or a debugger shows whose it is.
+ * mask.  It is detached (nobody joins it) and, where the system can
+ * (platform.h), named, so that a thread listing or a debugger shows whose
+ * it is.
  */
 #include "internal.h"
+#include "platform.h"
 
 #include <pthread.h>
 #include <signal.h>
@@ -41,15 +43,5 @@ int ctx__thread_start(void *(*fn)(void *), size_t stack)
 
 void ctx__thread_name(const char *name)
 {
-#if defined(__linux__) && defined(__GLIBC__)
-    /* The kernel keeps 15 bytes of a name; a failure only loses the name.
-     * The thread names itself: naming a detached thread from outside could
-     * race with its exit. */
-    char buf[16];
-    strncpy(buf, name, sizeof buf - 1);
-    buf[sizeof buf - 1] = '\0';
-    pthread_setname_np(pthread_self(), buf);
-#else
-    (void)name;
-#endif
+    ctx__plat_thread_name(name);
 }

@@ -9,14 +9,12 @@
  * bytes) and an fd is rare and already costs microseconds to create.
  */
 #include "internal.h"
+#include "platform.h"
 
 #include <fcntl.h>
 #include <pthread.h>
 #include <stdint.h>
 #include <unistd.h>
-#ifdef __linux__
-#include <sys/eventfd.h>
-#endif
 
 /* ---------------------------------------------------------------------------
  * Blocking waits
@@ -136,14 +134,7 @@ static int fd_lookup(const struct ctx *n)
 
 static void fd_kick(const struct fdent *e)
 {
-#ifdef __linux__
-    uint64_t one = 1;
-    ssize_t r = write(e->wfd, &one, sizeof one);
-#else
-    char one = 1;
-    ssize_t r = write(e->wfd, &one, 1);
-#endif
-    (void)r; /* a full pipe or a saturated eventfd is readable already */
+    ctx__plat_event_signal(e->wfd);
 }
 
 /* Called by mark() with n's lock held: n just became done. */
@@ -173,26 +164,10 @@ void ctx__fd_release(struct ctx *n)
     }
 }
 
+/* An eventfd on Linux, a pipe elsewhere (platform.h). */
 static int make_fd(int *rfd, int *wfd)
 {
-#ifdef __linux__
-    int fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
-    if (fd < 0)
-        return -1;
-    *rfd = *wfd = fd;
-    return 0;
-#else
-    int p[2];
-    if (pipe(p) != 0)
-        return -1;
-    for (int i = 0; i < 2; i++) {
-        fcntl(p[i], F_SETFD, FD_CLOEXEC);
-        fcntl(p[i], F_SETFL, fcntl(p[i], F_GETFL) | O_NONBLOCK);
-    }
-    *rfd = p[0];
-    *wfd = p[1];
-    return 0;
-#endif
+    return ctx__plat_event_open(rfd, wfd);
 }
 
 int ctx_done_fd(ctx_t *c)

@@ -276,6 +276,38 @@ void ctx__describe_atfork(int release)
         pthread_mutex_lock(&errtexts_mu);
 }
 
+/* strerror_r comes in two kinds: GNU's (glibc with _GNU_SOURCE) returns
+ * the text, a static string or buf; the POSIX one (musl, macOS, FreeBSD)
+ * writes buf and returns 0 or an error number.  ERR_TEXT tells them apart
+ * by the return type, at compile time, and gives the text either way. */
+static inline const char *gnu_text(const char *r, char *buf, size_t n, int err)
+{
+    (void)buf;
+    (void)n;
+    (void)err;
+    return r;
+}
+
+static inline const char *posix_text(int r, char *buf, size_t n, int err)
+{
+    if (r != 0 && r != ERANGE) /* ERANGE: cut short, still text */
+        snprintf(buf, n, "Unknown error %d", err);
+    buf[n - 1] = '\0';
+    return buf;
+}
+
+/* The POSIX strerror_r gives every text in the caller's buffer, even for
+ * the codes the C library knows: the texts of codes below STATIC_CODES
+ * (every errno value of the supported systems) are kept here, made once,
+ * so that they cost no allocation.  Other codes go to the list above. */
+#define STATIC_CODES 256
+static char static_texts[STATIC_CODES][64];
+static _Atomic unsigned char static_made[STATIC_CODES];
+
+#define ERR_TEXT(err, buf, n)                                                                      \
+    _Generic(strerror_r((err), (buf), (n)), char *: gnu_text, default: posix_text)(                \
+        strerror_r((err), (buf), (n)), (buf), (n), (err))
+
 const char *ctx_strerror(int err)
 {
     if (err == CTX_CANCELED)
@@ -284,10 +316,23 @@ const char *ctx_strerror(int err)
         return "context deadline exceeded";
     char buf[64];
     /* The GNU strerror_r returns a static string for codes it knows and
-     * writes the others into buf. */
-    const char *t = strerror_r(err, buf, sizeof buf);
+     * writes the others into buf; the POSIX one always writes buf, whose
+     * text is then kept below, once per code. */
+    const char *t = ERR_TEXT(err, buf, sizeof buf);
     if (t != buf)
         return t;
+    if (err >= 0 && err < STATIC_CODES) {
+        /* Acquire: pairs with the release below; the text is complete. */
+        if (!atomic_load_explicit(&static_made[err], memory_order_acquire)) {
+            pthread_mutex_lock(&errtexts_mu);
+            if (!atomic_load_explicit(&static_made[err], memory_order_relaxed)) {
+                memcpy(static_texts[err], buf, sizeof static_texts[err]);
+                atomic_store_explicit(&static_made[err], 1, memory_order_release);
+            }
+            pthread_mutex_unlock(&errtexts_mu);
+        }
+        return static_texts[err];
+    }
     pthread_mutex_lock(&errtexts_mu);
     struct errtext *e = errtexts;
     while (e != NULL && e->code != err)

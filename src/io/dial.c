@@ -13,6 +13,7 @@
  * holding up unrelated lookups, and costs nothing when nobody dials names.
  */
 #include "internal.h"
+#include "platform.h"
 
 #include "ctx/io.h"
 
@@ -248,8 +249,7 @@ int ctx_dial(ctx_t *c, const char *host, const char *port)
             last = e;
             break;
         }
-        int s =
-            socket(ai->ai_family, ai->ai_socktype | SOCK_CLOEXEC | SOCK_NONBLOCK, ai->ai_protocol);
+        int s = ctx__plat_socket_nb(ai->ai_family, ai->ai_socktype, ai->ai_protocol);
         if (s < 0) {
             last = errno;
             continue;

@@ -21,6 +21,7 @@
  * "would block" in poll's sense, so there the plain call is made at once.
  */
 #include "internal.h"
+#include "platform.h"
 
 #include "ctx/io.h"
 
@@ -32,11 +33,6 @@
 #include <sys/uio.h>
 #include <time.h>
 #include <unistd.h>
-
-/* Older C libraries lack the flag; the value is the kernel's ABI. */
-#ifndef RWF_NOWAIT
-#define RWF_NOWAIT 0x00000008
-#endif
 
 /* ---------------------------------------------------------------------------
  * Waiting for an fd or the context
@@ -123,6 +119,14 @@ static int wait_fd(ctx_t *c, int fd, short events)
         if (p[0].revents != 0)
             return 0;
     }
+}
+
+/* Whether fd reports one of events (or an error, a hang-up or POLLNVAL,
+ * which the call then reports) at once, without waiting. */
+static int ready_now(int fd, short events)
+{
+    struct pollfd p = { fd, events, 0 };
+    return poll(&p, 1, 0) > 0 && p.revents != 0;
 }
 
 int ctx_poll(ctx_t *c, struct pollfd *fds, nfds_t nfds, ctx_duration_t timeout)
@@ -228,8 +232,7 @@ static ssize_t attempt(struct op *o)
         ssize_t r;
         switch (o->mode) {
         case M_NOWAIT:
-            r = o->write ? pwritev2(o->fd, o->iov, o->iovcnt, -1, RWF_NOWAIT)
-                         : preadv2(o->fd, o->iov, o->iovcnt, -1, RWF_NOWAIT);
+            r = ctx__plat_rw_nowait(o->fd, o->iov, o->iovcnt, o->write);
             if (r >= 0 || (errno != EOPNOTSUPP && errno != ENOSYS))
                 return r;
             /* This file type (or kernel) has no RWF_NOWAIT.  A socket can
@@ -243,18 +246,7 @@ static ssize_t attempt(struct op *o)
             o->mode = M_SOCK;
             continue;
         case M_SOCK: {
-            int fl = o->flags | MSG_DONTWAIT | (o->write ? MSG_NOSIGNAL : 0);
-            if (o->iovcnt == 1) {
-                /* send/recv: cheaper in the kernel than the msghdr forms. */
-                r = o->write ? send(o->fd, o->iov[0].iov_base, o->iov[0].iov_len, fl)
-                             : recv(o->fd, o->iov[0].iov_base, o->iov[0].iov_len, fl);
-            } else {
-                struct msghdr m;
-                memset(&m, 0, sizeof m);
-                m.msg_iov = (struct iovec *)(uintptr_t)o->iov;
-                m.msg_iovlen = (size_t)o->iovcnt;
-                r = o->write ? sendmsg(o->fd, &m, fl) : recvmsg(o->fd, &m, fl);
-            }
+            r = ctx__plat_sock_nowait(o->fd, o->iov, o->iovcnt, o->flags, o->write);
             if (r >= 0 || errno != ENOTSOCK || o->sock_only)
                 return r;
             if (o->write) {
@@ -288,8 +280,12 @@ static ssize_t run(ctx_t *c, struct op *o)
     for (;;) {
         if (o->mode == M_PLAIN && !waited) {
             /* A blocking fd without RWF_NOWAIT: the call itself would
-             * block, so wait for readiness first. */
-            if (wait_fd(c, o->fd, o->write ? POLLOUT : POLLIN) != 0)
+             * block, so wait for readiness first.  A look that does not
+             * wait comes first, so that an fd that is ready (the usual
+             * case, and every pipe on the portable backend) needs no done
+             * fd. */
+            if (!ready_now(o->fd, o->write ? POLLOUT : POLLIN) &&
+                wait_fd(c, o->fd, o->write ? POLLOUT : POLLIN) != 0)
                 return -1;
         }
         waited = 0;
@@ -321,7 +317,9 @@ static ssize_t run(ctx_t *c, struct op *o)
                 continue;
             }
         }
-        if (wait_fd(c, o->fd, o->write ? POLLOUT : POLLIN) != 0)
+        /* Just moved to M_PLAIN: as above, a ready fd needs no wait. */
+        short ev = o->write ? POLLOUT : POLLIN;
+        if (!(o->mode == M_PLAIN && ready_now(o->fd, ev)) && wait_fd(c, o->fd, ev) != 0)
             return -1;
         waited = 1;
     }
@@ -472,7 +470,7 @@ int ctx_accept(ctx_t *c, int fd, struct sockaddr *addr, socklen_t *len, int flag
     for (;;) {
         if (wait_first && wait_fd(c, fd, POLLIN) != 0)
             return -1;
-        int s = accept4(fd, addr, len, flags);
+        int s = ctx__plat_accept(fd, addr, len, flags);
         if (s >= 0)
             return s;
         if (errno == EINTR) {

@@ -2,17 +2,17 @@
  * ctx_with_peer_close: a context that ends when the peer of a socket hangs
  * up, Go's net/http background read without the read.
  *
- * One watcher thread per process waits in epoll_wait on every watched
- * socket, for EPOLLRDHUP (the peer closed or shut down its writing side),
- * EPOLLHUP and EPOLLERR, never EPOLLIN: it never reads, so bytes the peer
- * sent (a pipelined request) stay for the program.  Interest is
- * level-triggered, so a socket whose peer is already gone reports at once,
- * and one-shot, so that the watcher never has to remove an fd that the
- * program may already have closed.
+ * One watcher thread per process waits on the platform's watch set
+ * (platform.h: epoll on Linux, poll elsewhere) for every watched socket's
+ * peer to close or shut down its writing side, or the connection to break.
+ * It never reads, so bytes the peer sent (a pipelined request) stay for the
+ * program.  A socket whose peer is already gone reports at once, and each
+ * socket reports once (one-shot), so that the watcher never has to remove
+ * an fd that the program may already have closed.
  *
  * Data.  A table indexed by fd holds, per watched fd, the list of watches
  * (several contexts may watch one fd) and a generation number, which goes
- * into the epoll event's data beside the fd: an event that the watcher
+ * into the watch set's key beside the fd: an event that the watcher
  * collected just before the fd's last watch went away (and perhaps a new
  * one came) is recognised as stale and dropped.  Everything in the table is
  * under `mu`.
@@ -31,10 +31,11 @@
  * `mu`: it cancels after releasing it.  `mu` is always taken inside a
  * ctx__hold(), so fork's prepare handler (fork.c) waits until nobody holds
  * it; the child handler here only forgets the parent's watcher thread and
- * epoll instance, and the child's first ctx_with_peer_close makes its own
- * and watches the inherited sockets again.
+ * watch set, and the child's first ctx_with_peer_close makes its own and
+ * watches the inherited sockets again.
  */
 #include "internal.h"
+#include "platform.h"
 
 #include "ctx/io.h"
 
@@ -42,9 +43,6 @@
 #include <stdio.h>
 #include <string.h>
 #include <unistd.h>
-
-#ifdef __linux__
-#include <sys/epoll.h>
 
 enum { W_NEW, W_LISTED, W_GONE };
 
@@ -64,11 +62,9 @@ struct slot {
 static pthread_mutex_t mu = PTHREAD_MUTEX_INITIALIZER;
 static struct slot *slots; /* indexed by fd */
 static size_t nslots;
-static int epfd = -1;
-static int running; /* the watcher thread exists (in this process) */
+static int have_set; /* the watch set exists (in this process) */
+static int running;  /* the watcher thread exists (in this process) */
 static pthread_once_t atfork_once = PTHREAD_ONCE_INIT;
-
-#define PEER_EVENTS (EPOLLRDHUP | EPOLLHUP | EPOLLERR | EPOLLONESHOT)
 
 static void lock(void)
 {
@@ -87,7 +83,7 @@ static uint64_t event_key(int fd)
     return (uint64_t)(uint32_t)fd | (uint64_t)slots[fd].gen << 32;
 }
 
-/* Removes w from its fd's list; the last watch of an fd leaves epoll.
+/* Removes w from its fd's list; the last watch of an fd leaves the set.
  * Under mu. */
 static void unlist(struct watch *w)
 {
@@ -97,8 +93,8 @@ static void unlist(struct watch *w)
         p = &(*p)->next;
     *p = w->next;
     if (s->head == NULL) {
-        if (epfd >= 0)
-            epoll_ctl(epfd, EPOLL_CTL_DEL, w->fd, NULL);
+        if (have_set)
+            ctx__plat_watch_del(w->fd);
         s->gen++;
     }
     w->state = W_GONE;
@@ -107,11 +103,11 @@ static void unlist(struct watch *w)
 static void *watcher(void *arg)
 {
     (void)arg;
-    struct epoll_event ev[64];
+    uint64_t ev[64];
     for (;;) {
-        int n = epoll_wait(epfd, ev, 64, -1);
-        if (n < 0)
-            continue; /* EINTR; epfd stays valid for the thread's life */
+        int n = ctx__plat_watch_wait(ev, 64);
+        if (n <= 0)
+            continue; /* interrupted */
         struct watch *fire = NULL;
         /* One hold from taking watches off the table to having cancelled
          * them: a fork waits for the whole of it, so a child never inherits
@@ -121,8 +117,8 @@ static void *watcher(void *arg)
         ctx__hold();
         lock();
         for (int i = 0; i < n; i++) {
-            int fd = (int)(uint32_t)ev[i].data.u64;
-            uint32_t gen = (uint32_t)(ev[i].data.u64 >> 32);
+            int fd = (int)(uint32_t)ev[i];
+            uint32_t gen = (uint32_t)(ev[i] >> 32);
             if ((size_t)fd >= nslots || slots[fd].gen != gen || slots[fd].head == NULL)
                 continue; /* stale: that fd's watches went away meanwhile */
             struct slot *s = &slots[fd];
@@ -135,7 +131,7 @@ static void *watcher(void *arg)
                     fire = w;
                 }
             }
-            /* No EPOLL_CTL_DEL here: the interest is one-shot, so it is
+            /* No ctx__plat_watch_del here: the interest is one-shot, so it is
              * disarmed already, and once these contexts are done their
              * owners may close fd (and the number may be reused) at any
              * moment.  The kernel drops the entry when the socket closes;
@@ -170,14 +166,13 @@ static void *watcher(void *arg)
     return NULL;
 }
 
-/* fork(2) child: the watcher thread did not come along, and the epoll
- * instance is shared with the parent, so changing it here would change the
+/* fork(2) child: the watcher thread did not come along, and the watch
+ * set is shared with the parent, so changing it here would change the
  * parent's.  Forget both; start() makes new ones. */
 static void peer_atfork_child(void)
 {
-    if (epfd >= 0)
-        close(epfd);
-    epfd = -1;
+    ctx__plat_watch_forget();
+    have_set = 0;
     running = 0;
 }
 
@@ -186,24 +181,23 @@ static void register_atfork(void)
     pthread_atfork(NULL, NULL, peer_atfork_child);
 }
 
-/* Makes the epoll instance and the watcher thread, once per process.  Under
+/* Makes the watch set and the watcher thread, once per process.  Under
  * mu.  Returns 0 or an errno-style code. */
 static int start(void)
 {
     if (running)
         return 0;
     pthread_once(&atfork_once, register_atfork);
-    if (epfd < 0) {
-        epfd = epoll_create1(EPOLL_CLOEXEC);
-        if (epfd < 0)
-            return errno;
+    if (!have_set) {
+        int e = ctx__plat_watch_open();
+        if (e != 0)
+            return e;
+        have_set = 1;
         /* After a fork: watch the inherited sockets again. */
         for (size_t fd = 0; fd < nslots; fd++) {
             if (slots[fd].head == NULL)
                 continue;
-            struct epoll_event ev = { .events = PEER_EVENTS };
-            ev.data.u64 = event_key((int)fd);
-            epoll_ctl(epfd, EPOLL_CTL_ADD, (int)fd, &ev);
+            ctx__plat_watch_add((int)fd, event_key((int)fd));
         }
     }
     if (ctx__thread_start(watcher, 64 * 1024) != 0)
@@ -308,17 +302,10 @@ ctx_t *ctx_with_peer_close(ctx_t *parent, int fd, ctx_cancel_t **cancel)
         if (e == 0) {
             /* Added even when fd has watches already: their socket may be
              * gone, closed by an owner that had not ended its context yet
-             * (the kernel then dropped it from epoll), and this fd number
-             * a new socket.  EEXIST means the same socket is there: an
-             * armed entry, or a disarmed one left by a watch that fired;
-             * MOD (re-)arms it. */
-            struct epoll_event ev = { .events = PEER_EVENTS };
-            ev.data.u64 = event_key(fd);
-            if (epoll_ctl(epfd, EPOLL_CTL_ADD, fd, &ev) != 0) {
-                e = errno;
-                if (e == EEXIST && epoll_ctl(epfd, EPOLL_CTL_MOD, fd, &ev) == 0)
-                    e = 0;
-            }
+             * (the set then dropped it), and this fd number a new socket.
+             * When the same socket is there, armed or reported already,
+             * the add (re-)arms it. */
+            e = ctx__plat_watch_add(fd, event_key(fd));
         }
         if (e == 0) {
             w->next = slots[fd].head;
@@ -336,17 +323,3 @@ ctx_t *ctx_with_peer_close(ctx_t *parent, int fd, ctx_cancel_t **cancel)
         *cancel = (ctx_cancel_t *)&cu->base;
     return &cu->base;
 }
-
-#else /* !__linux__ */
-
-ctx_t *ctx_with_peer_close(ctx_t *parent, int fd, ctx_cancel_t **cancel)
-{
-    (void)parent;
-    (void)fd;
-    if (cancel != NULL)
-        *cancel = NULL;
-    errno = ENOSYS;
-    return NULL;
-}
-
-#endif

@@ -3,16 +3,22 @@
  */
 #include "../internal.h"
 
-#include <linux/futex.h>
 #include <sys/syscall.h>
 #include <unistd.h>
+
+/* The futex operations, from the kernel's ABI: musl's compiler wrapper
+ * sees no kernel headers, so <linux/futex.h> is not used. */
+#define CTX_FUTEX_WAIT_BITSET      9
+#define CTX_FUTEX_WAKE             1
+#define CTX_FUTEX_PRIVATE_FLAG     128
+#define CTX_FUTEX_BITSET_MATCH_ANY 0xffffffffu
 
 int ctx__futex_wait(_Atomic uint32_t *addr, uint32_t expected, const struct timespec *abs_deadline)
 {
     /* FUTEX_WAIT_BITSET takes an absolute CLOCK_MONOTONIC deadline, so a
      * wait interrupted and restarted never stretches the total. */
-    long r = syscall(SYS_futex, (uint32_t *)addr, FUTEX_WAIT_BITSET | FUTEX_PRIVATE_FLAG, expected,
-                     abs_deadline, NULL, FUTEX_BITSET_MATCH_ANY);
+    long r = syscall(SYS_futex, (uint32_t *)addr, CTX_FUTEX_WAIT_BITSET | CTX_FUTEX_PRIVATE_FLAG,
+                     expected, abs_deadline, NULL, CTX_FUTEX_BITSET_MATCH_ANY);
     if (r == 0)
         return 0;
     if (errno == ETIMEDOUT)
@@ -24,7 +30,8 @@ int ctx__futex_wait(_Atomic uint32_t *addr, uint32_t expected, const struct time
 
 void ctx__futex_wake(_Atomic uint32_t *addr, int count)
 {
-    syscall(SYS_futex, (uint32_t *)addr, FUTEX_WAKE | FUTEX_PRIVATE_FLAG, count, NULL, NULL, 0);
+    syscall(SYS_futex, (uint32_t *)addr, CTX_FUTEX_WAKE | CTX_FUTEX_PRIVATE_FLAG, count, NULL, NULL,
+            0);
 }
 
 void ctx__lock_slow(_Atomic uint32_t *l)

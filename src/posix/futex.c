@@ -9,9 +9,22 @@
 
 #include <pthread.h>
 #include <sched.h>
+#include <time.h>
 #include <unistd.h>
 
-#define NBUCKETS 64
+/* fork's prepare handler holds every bucket's mutex at once, beside the
+ * library's other locks, and ThreadSanitizer follows at most 64 mutexes
+ * held by one thread: 32 buckets leave room for the rest. */
+#define NBUCKETS 32
+
+/* Whether condition variables can wait on CLOCK_MONOTONIC, the clock of
+ * every deadline here.  macOS has no pthread_condattr_setclock: there the
+ * deadline is moved to the real-time clock just before each wait. */
+#if defined(_POSIX_MONOTONIC_CLOCK) && _POSIX_MONOTONIC_CLOCK >= 0 && !defined(__APPLE__)
+#define CONDS_ON_MONOTONIC 1
+#else
+#define CONDS_ON_MONOTONIC 0
+#endif
 
 static struct bucket {
     pthread_mutex_t mu;
@@ -23,7 +36,7 @@ static void init_bucket(int i)
 {
     pthread_condattr_t a;
     pthread_condattr_init(&a);
-#if defined(_POSIX_MONOTONIC_CLOCK) && _POSIX_MONOTONIC_CLOCK >= 0 && !defined(__APPLE__)
+#if CONDS_ON_MONOTONIC
     pthread_condattr_setclock(&a, CLOCK_MONOTONIC);
 #endif
     pthread_mutex_init(&buckets[i].mu, NULL);
@@ -40,14 +53,37 @@ static void init(void)
 static struct bucket *bucket_of(const void *addr)
 {
     pthread_once(&once, init);
-    uintptr_t h = (uintptr_t)addr;
+    uint64_t h = (uintptr_t)addr; /* 32 or 64 bits */
     h ^= h >> 17;
     h *= 0x9e3779b97f4a7c15u;
     return &buckets[(h >> 32) % NBUCKETS];
 }
 
+#if !CONDS_ON_MONOTONIC
+/* abs, on CLOCK_MONOTONIC, as the same instant on CLOCK_REALTIME. */
+static struct timespec to_realtime(const struct timespec *abs)
+{
+    struct timespec mono, real;
+    clock_gettime(CLOCK_MONOTONIC, &mono);
+    clock_gettime(CLOCK_REALTIME, &real);
+    ctx_time_t left =
+        ((ctx_time_t)abs->tv_sec - mono.tv_sec) * CTX_SECOND + (abs->tv_nsec - mono.tv_nsec);
+    if (left < 0)
+        left = 0;
+    ctx_time_t t = ctx__add_sat((ctx_time_t)real.tv_sec * CTX_SECOND + real.tv_nsec, left);
+    return ctx__timespec(t);
+}
+#endif
+
 int ctx__futex_wait(_Atomic uint32_t *addr, uint32_t expected, const struct timespec *abs_deadline)
 {
+#if !CONDS_ON_MONOTONIC
+    struct timespec real;
+    if (abs_deadline != NULL) {
+        real = to_realtime(abs_deadline);
+        abs_deadline = &real;
+    }
+#endif
     struct bucket *b = bucket_of(addr);
     int r = 0;
     pthread_mutex_lock(&b->mu);

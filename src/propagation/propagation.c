@@ -15,6 +15,7 @@
  * Blocks are immutable once bound: readers need no lock and no atomic.
  */
 #include "internal.h"
+#include "platform.h"
 #include "wire.h"
 
 #include "ctx/propagation.h"
@@ -23,7 +24,6 @@
 #include <pthread.h>
 #include <stdio.h>
 #include <string.h>
-#include <sys/random.h>
 #include <unistd.h>
 
 struct trace {
@@ -99,46 +99,13 @@ static void pool_init(void)
     pthread_atfork(NULL, NULL, pool_forget);
 }
 
-/* getrandom(2); /dev/urandom where the kernel lacks it.  0 or an errno. */
-static int kernel_random(uint8_t *buf, size_t n)
-{
-    size_t done = 0;
-    while (done < n) {
-        ssize_t r = getrandom(buf + done, n - done, 0);
-        if (r > 0) {
-            done += (size_t)r;
-        } else if (r < 0 && errno == ENOSYS) {
-            break;
-        } else if (r < 0 && errno != EINTR) {
-            return errno;
-        }
-    }
-    if (done == n)
-        return 0;
-    int fd = open("/dev/urandom", O_RDONLY | O_CLOEXEC);
-    if (fd < 0)
-        return errno;
-    while (done < n) {
-        ssize_t r = read(fd, buf + done, n - done);
-        if (r > 0) {
-            done += (size_t)r;
-        } else if (r == 0 || errno != EINTR) {
-            int e = r == 0 ? EIO : errno;
-            close(fd);
-            return e;
-        }
-    }
-    close(fd);
-    return 0;
-}
-
 /* n (<= POOL_SIZE) random bytes, not all zero (W3C forbids all-zero ids). */
 static int random_id(uint8_t *out, size_t n)
 {
     pthread_once(&pool_once, pool_init);
     for (;;) {
         if (pool.left < n) {
-            int e = kernel_random(pool.bytes, POOL_SIZE);
+            int e = ctx__plat_random(pool.bytes, POOL_SIZE);
             if (e != 0)
                 return e;
             pool.left = POOL_SIZE;
