@@ -180,8 +180,10 @@ static void test_shared_parent(void)
  * sees a leak otherwise). */
 static void *churn_main(void *arg)
 {
-    (void)arg;
-    ctx_t *p = ctx_ref(parent); /* this thread's own reference */
+    /* This thread's own reference, taken for it by the main thread before
+     * the thread starts: a thread that first ran after every other holder
+     * had let go would otherwise take it from a freed parent. */
+    ctx_t *p = arg;
     while (!atomic_load(&stop)) {
         ctx_cancel_t *cc;
         ctx_t *c = ctx_with_cancel(p, &cc);
@@ -216,7 +218,7 @@ static void test_free_without_cancel(void)
     ctx_unref(v);
     pthread_t t[NTHREADS];
     for (int i = 0; i < NTHREADS; i++)
-        check_thread_start(&t[i], churn_main, NULL);
+        check_thread_start(&t[i], churn_main, ctx_ref(parent));
     while (atomic_load(&made) < check_scale(100000))
         check_sleep_ns(CTX_MILLISECOND);
     /* The main thread's reference goes first: the threads hold theirs. */
