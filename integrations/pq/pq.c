@@ -263,9 +263,15 @@ static pid_t start_child(struct child_arg *a, void **stack)
         return -1;
     return clone(cancel_child, (char *)*stack + CHILD_STACK_SIZE, CLONE_VM | SIGCHLD, a);
 #else
+    /* One fork at a time: the core's fork handlers (pthread_atfork) are not
+     * made for two forks of the process at once, and two cancellers may
+     * start children together. */
+    static pthread_mutex_t fork_lock = PTHREAD_MUTEX_INITIALIZER;
+    pthread_mutex_lock(&fork_lock);
     pid_t pid = fork();
     if (pid == 0)
         cancel_child(a);
+    pthread_mutex_unlock(&fork_lock);
     return pid;
 #endif
 }

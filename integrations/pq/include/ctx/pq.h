@@ -25,7 +25,8 @@
  * for the server to close the cancel connection, with no time limit; on a
  * network that has gone dark it never returns.  So each request runs
  * PQcancel (async-signal-safe by design) in a child process that a
- * short-lived library thread forks, waits for and kills with SIGKILL at a
+ * short-lived library thread starts (on Linux one that shares the address
+ * space, as posix_spawn's does), waits for and kills with SIGKILL at a
  * bound; the child keeps no descriptor of the caller's.  The caller only
  * watches the thread's outcome within its grace.  When the connection is
  * given up while the statement may still run on the server, requests go on
@@ -37,9 +38,9 @@
  * client_connection_check_interval with tcp_keepalives_idle,
  * tcp_keepalives_interval and tcp_keepalives_count (end a backend whose
  * client has gone) on the server; docs/failure-modes.md has the details.
- * Forking needs the process to leave SIGCHLD alone for these children (a
- * handler that reaps every child with waitpid(-1) makes the library count
- * the request as delivered).
+ * The process must leave these children to the library: a SIGCHLD handler
+ * that reaps every child with waitpid(-1) makes the library count a request
+ * as delivered without knowing.
  *
  * Why a late cancel cannot hit the next statement.  A kept connection has
  * no cancel request in flight: every request sent has been processed (the
