@@ -209,6 +209,12 @@ struct child_arg {
 static int cancel_child(void *arg)
 {
     struct child_arg *a = arg;
+    /* No handler of the application may run here (on Linux this child
+     * shares its memory), and a SIGPIPE from a cancel connection the server
+     * reset must not end the child before it reports. */
+    sigset_t all;
+    sigfillset(&all);
+    sigprocmask(SIG_SETMASK, &all, NULL);
 #ifdef __linux__
     prctl(PR_SET_PDEATHSIG, SIGKILL);
 #endif
