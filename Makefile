@@ -4,8 +4,9 @@
 #   make / make build     configure build/ (RelWithDebInfo) once, then build
 #   make deps             install the Debian packages the tests need (scripts/deps.sh)
 #   make test             install what is missing, build, then run the test suite
-#   make demo             install what is missing, build reportd, then play the
-#                         seed scenarios with two of them (examples/reportd/demo.sh)
+#   make demo             install what is missing, build reportd, then play a
+#                         budget, a hang-up and a shutdown with two of them
+#                         (examples/reportd/demo.sh)
 #   make asan             test suite under AddressSanitizer + UBSan (build-asan/)
 #   make tsan             test suite under ThreadSanitizer (build-tsan/)
 #   make bench            build and run the benchmarks, when bench/ exists

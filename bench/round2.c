@@ -1,5 +1,5 @@
 /*
- * The figures of the second performance round (issue 13), one per run, for
+ * The figures of the second performance round, one per run, for
  * bench/round2.py, which runs them in rounds beside bench/round2_go and
  * prints the table.  Each run prints "key<TAB>value<TAB>unit" lines.
  *

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""The second performance round (issue 13): libctx beside Go, in rounds.
+"""The second performance round: libctx beside Go, in rounds.
 
 Each round runs every figure once for libctx (bench/round2.c, a fresh
 process per figure, so first touch is paid as a user pays it) and once for

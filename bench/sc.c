@@ -3,20 +3,33 @@
  * peer bench/sc_go and prints the table).  One round per run; prints
  * "name value" lines.
  *
+ *   group_cold_task_ns  the same batch as group_task_ns, but the first one
+ *                   of the process: no pool thread exists yet.  This is the
+ *                   shape a program that runs one batch sees (and what an
+ *                   outside benchmark that starts a fresh process per
+ *                   measurement sees); it is printed first and run first.
  *   group_task_ns   10,000 trivial tasks through a group with limit 8: wall
- *                   time per task (best of 3 batches)
+ *                   time per task (best of 3 further batches, pool warm)
  *   group_on_caller_pct  the share of them the submitting thread ran itself
  *                   while it waited for a slot (see ctx.h, Groups)
  *   block_p50_us,   1,000 tasks of a group without limit block on the
  *   block_p99_us,   group's context; one more fails once all are blocked.
  *   block_max_us    From the failing task's return to each blocked task's
  *                   return: median, 99th percentile and the last one.
+ *   floor_p50_us,   the physical floor of that: 1,000 threads blocked in
+ *   floor_p99_us,   FUTEX_WAIT on one bare word, one FUTEX_WAKE for all;
+ *   floor_max_us    from the wake to each thread's return (same run, so
+ *                   the same load).
  *   merge_ns        ctx_merge of 2 live parents + ctx_unref
  *   with_cancel_ns  ctx_with_cancel of 1 live parent + ctx_unref
  */
-#define _POSIX_C_SOURCE 200809L
+#define _GNU_SOURCE
 
 #include <ctx.h>
+
+#include <linux/futex.h>
+#include <sys/syscall.h>
+#include <unistd.h>
 
 #include <pthread.h>
 #include <sched.h>
@@ -46,19 +59,24 @@ static int trivial(ctx_t *ctx, void *arg)
     return 0;
 }
 
+static double group_batch_ns(void)
+{
+    double t0 = now_ns();
+    ctx_group_t *g = ctx_group_new(ctx_background(), NULL);
+    ctx_group_set_limit(g, 8);
+    for (int i = 0; i < 10000; i++)
+        ctx_group_go(g, trivial, NULL);
+    ctx_group_wait(g, NULL);
+    return (now_ns() - t0) / 10000.0;
+}
+
 static double group_task_ns(void)
 {
     double best = 1e30;
     caller = pthread_self();
     atomic_store(&on_caller, 0);
     for (int rep = 0; rep < 3; rep++) {
-        double t0 = now_ns();
-        ctx_group_t *g = ctx_group_new(ctx_background(), NULL);
-        ctx_group_set_limit(g, 8);
-        for (int i = 0; i < 10000; i++)
-            ctx_group_go(g, trivial, NULL);
-        ctx_group_wait(g, NULL);
-        double t = (now_ns() - t0) / 10000.0;
+        double t = group_batch_ns();
         if (t < best)
             best = t;
     }
@@ -99,6 +117,13 @@ static int cmp_double(const void *a, const void *b)
     return x < y ? -1 : x > y;
 }
 
+static void report(const char *what, double *lat)
+{
+    qsort(lat, BLOCKERS, sizeof lat[0], cmp_double);
+    printf("%s_p50_us %.1f\n%s_p99_us %.1f\n%s_max_us %.1f\n", what, lat[BLOCKERS / 2], what,
+           lat[BLOCKERS * 99 / 100], what, lat[BLOCKERS - 1]);
+}
+
 static void block(void)
 {
     atomic_store(&started, 0);
@@ -110,9 +135,59 @@ static void block(void)
     static double lat[BLOCKERS];
     for (int i = 0; i < BLOCKERS; i++)
         lat[i] = (returned[i] - failed_at) / 1000.0;
-    qsort(lat, BLOCKERS, sizeof lat[0], cmp_double);
-    printf("block_p50_us %.1f\nblock_p99_us %.1f\nblock_max_us %.1f\n", lat[BLOCKERS / 2],
-           lat[BLOCKERS * 99 / 100], lat[BLOCKERS - 1]);
+    report("block", lat);
+}
+
+static _Atomic uint32_t floor_word, floor_exit;
+static atomic_int floor_done;
+
+static void *floor_thread(void *arg)
+{
+    atomic_fetch_add(&started, 1);
+    while (atomic_load(&floor_word) == 0)
+        syscall(SYS_futex, &floor_word, FUTEX_WAIT_PRIVATE, 0, NULL, NULL, 0);
+    returned[(long)arg] = now_ns();
+    /* Stay blocked until all have returned: a thread's exit is work that
+     * the blocked tasks do not do, and it would delay the others. */
+    atomic_fetch_add(&floor_done, 1);
+    while (atomic_load(&floor_exit) == 0)
+        syscall(SYS_futex, &floor_exit, FUTEX_WAIT_PRIVATE, 0, NULL, NULL, 0);
+    return NULL;
+}
+
+/* The same wake-up with nothing but the kernel in it: 1,000 threads in
+ * FUTEX_WAIT on one word (small stacks, as the pool's), one FUTEX_WAKE. */
+static void floor_run(void)
+{
+    static pthread_t th[BLOCKERS];
+    pthread_attr_t a;
+    pthread_attr_init(&a);
+    pthread_attr_setstacksize(&a, 64 * 1024);
+    atomic_store(&started, 0);
+    atomic_store(&floor_word, 0);
+    atomic_store(&floor_exit, 0);
+    atomic_store(&floor_done, 0);
+    for (long i = 0; i < BLOCKERS; i++)
+        if (pthread_create(&th[i], &a, floor_thread, (void *)i) != 0)
+            abort();
+    while (atomic_load(&started) < BLOCKERS)
+        sched_yield();
+    struct timespec ms = { 0, 20 * 1000 * 1000 };
+    nanosleep(&ms, NULL);
+    failed_at = now_ns();
+    atomic_store(&floor_word, 1);
+    syscall(SYS_futex, &floor_word, FUTEX_WAKE_PRIVATE, INT32_MAX, NULL, NULL, 0);
+    while (atomic_load(&floor_done) < BLOCKERS)
+        sched_yield();
+    atomic_store(&floor_exit, 1);
+    syscall(SYS_futex, &floor_exit, FUTEX_WAKE_PRIVATE, INT32_MAX, NULL, NULL, 0);
+    for (int i = 0; i < BLOCKERS; i++)
+        pthread_join(th[i], NULL);
+    pthread_attr_destroy(&a);
+    static double lat[BLOCKERS];
+    for (int i = 0; i < BLOCKERS; i++)
+        lat[i] = (returned[i] - failed_at) / 1000.0;
+    report("floor", lat);
 }
 
 static void merge(void)
@@ -142,8 +217,12 @@ static void merge(void)
 
 int main(void)
 {
+    /* First: the pool starts empty only once per process. */
+    caller = pthread_self();
+    printf("group_cold_task_ns %.1f\n", group_batch_ns());
     printf("group_task_ns %.1f\n", group_task_ns());
     block();
+    floor_run();
     merge();
     return 0;
 }

@@ -109,11 +109,15 @@ def main():
     lines.append("")
     lines.append("| measurement | libctx | Go 1.19 (errgroup, context) | libctx / Go (min / median) |")
     lines.append("|---|---|---|---|")
-    rows = [("group_task_ns", "10,000 trivial tasks, limit 8: ns per task"),
+    rows = [("group_cold_task_ns", "10,000 trivial tasks, limit 8, the process's first batch: ns per task"),
+            ("group_task_ns", "10,000 trivial tasks, limit 8, pool warm (best of 3 batches): ns per task"),
             ("group_on_caller_pct", "... share run by the submitting thread while at the limit (%)"),
             ("block_p50_us", "1,000 blocked tasks, no limit: failing return to task return, p50 (µs)"),
             ("block_p99_us", "... p99 (µs)"),
             ("block_max_us", "... last task (µs)"),
+            ("floor_p50_us", "floor: 1,000 threads on a bare futex word, FUTEX_WAKE to return, p50 (µs)"),
+            ("floor_p99_us", "... p99 (µs)"),
+            ("floor_max_us", "... last thread (µs)"),
             ("merge_ns", "merge of 2 parents, create + free (Go: WithCancel + a watcher goroutine) (ns)"),
             ("with_cancel_ns", "plain WithCancel, create + free (ns)")]
     for k, label in rows:

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""The load and fault run of reportd (issue 12): `make bench` runs it as
+"""The load and fault run of reportd: `make bench` runs it as
 bench-service; alone:
 
     bench/service.py --reportd build/examples/reportd/reportd --out build/bench
@@ -21,7 +21,7 @@ random moment):
 3. avalanche: the upstream hangs for everyone under 200 connections; /metrics
    is probed every 100 ms and the in-flight gauges sampled.
 
---seconds is each phase's length (default 10; --full: 30 as in the issue).
+--seconds is each phase's length (default 10; --full: 30).
 Prints Markdown and writes it to OUT/service.md.  The machine this runs on
 may be shared: the figures are what one run measured, nothing more.
 """
@@ -275,7 +275,7 @@ def main():
     ap.add_argument("--seconds", type=int, default=10)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--conns", type=int, default=200)
-    ap.add_argument("--full", action="store_true", help="30 s per phase, as the issue asks")
+    ap.add_argument("--full", action="store_true", help="30 s per phase")
     args = ap.parse_args()
     if args.full:
         args.seconds = 30

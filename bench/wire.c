@@ -3,7 +3,8 @@
  * trace and 3 baggage entries, beside a Go program (bench/wire_go/wire.go)
  * that does the same by hand with net/http headers, in rounds, in one
  * invocation.  Prints a Markdown table (min / median / max of the rounds,
- * allocations per call, ratios) and writes it to --out.
+ * allocations per call, ratios) and, given --out, writes it to that file
+ * too (make bench gives a file in the build directory).
  *
  *   wire [--rounds R] [--n CALLS] [--go GO --go-src DIR] [--out FILE]
  *
@@ -238,7 +239,7 @@ int main(int argc, char **argv)
 {
     int rounds = 5;
     long n = 200000;
-    const char *go = NULL, *go_src = NULL, *out = "wire.md";
+    const char *go = NULL, *go_src = NULL, *out = NULL;
     for (int i = 1; i + 1 < argc; i += 2) {
         if (strcmp(argv[i], "--rounds") == 0)
             rounds = atoi(argv[i + 1]);
@@ -337,7 +338,7 @@ int main(int argc, char **argv)
         len += snprintf(table + len, sizeof table - (size_t)len,
                         "\nThe Go peer did not run (no go found, or it failed).\n");
     fputs(table, stdout);
-    FILE *f = fopen(out, "w");
+    FILE *f = out != NULL ? fopen(out, "w") : NULL;
     if (f != NULL) {
         fputs(table, f);
         fclose(f);

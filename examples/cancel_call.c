@@ -1,7 +1,7 @@
 /*
  * cancel_call: one cancel stops a whole group of threads.
  *
- * This is the seed's Go program ContextCancelCall.  main starts four
+ * This is the Go tutorial program ContextCancelCall.  main starts four
  * workers that share one cancellable context.  Each worker loops: if the
  * context is done it prints "Cancel" and returns, otherwise it prints its
  * number (indented by two spaces per number) and rests for 300 ms.  After

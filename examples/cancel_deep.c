@@ -2,7 +2,7 @@
  * cancel_deep: cancelling a context cancels everything derived from it, and
  * nothing above or beside it.
  *
- * This is the seed's Go program ContextCancelDeep, line for line.  It builds
+ * This is the Go tutorial program ContextCancelDeep, line for line.  It builds
  * this tree under context.Background():
  *
  *     ctxOne
@@ -22,7 +22,7 @@
  *     three cancel
  *     four cancel
  *
- * The seed then makes a second point in prose, which this program also shows
+ * The tutorial then makes a second point in prose, which this program also shows
  * (the lines after "-- extra"): on a fresh tree, cancelling ctxTwo cancels
  * ctxTwo and ctxFour only; ctxOne and ctxThree stay live.
  */
@@ -143,7 +143,7 @@ static void show(const char *name, ctx_t *ctx)
         printf("ctx%s: done (%s)\n", name, ctx_strerror(err));
 }
 
-/* Part 2: the seed's second point, "if another cancel is called, e.g.
+/* Part 2: the tutorial's second point, "if another cancel is called, e.g.
  * ctxTwo's, ctxOne and ctxThree receive no signal". */
 static void cancel_a_subtree(void)
 {

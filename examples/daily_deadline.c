@@ -1,7 +1,7 @@
 /*
  * daily_deadline: a deadline at a time of day ("cancel at 20:30").
  *
- * The seed's Go snippet:
+ * The Go tutorial's snippet:
  *
  *     // cancel every day at 20:30
  *     curr := time.Now()
@@ -78,7 +78,7 @@ static ctx_t *with_wall_deadline(const struct timespec *wall, ctx_cancel_t **can
     return ctx;
 }
 
-/* Part 1: the seed's snippet, as it behaves at this time of day. */
+/* Part 1: the tutorial's snippet, as it behaves at this time of day. */
 static void today_at_2030(void)
 {
     char buf[64];

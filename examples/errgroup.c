@@ -9,17 +9,21 @@
  *     }
  *     err := g.Wait() // the first error; ctx was cancelled with it
  *
- * Five replicas are asked for the same record.  Replica 1 refuses at once;
+ * Five replicas are asked for the same record.  Replica 2 refuses at once;
  * the group's context is cancelled with that error as its cause, so the
  * two slow fetches already running stop early instead of running their
  * full 30 s.  The tasks run on the library's thread pool, at most 3 at a
- * time here, so the last two wait for a slot; by the time one frees, the
- * group has failed and they are not started at all (Go would start them
- * and leave the check to the task).
+ * time here, so the last two wait for a slot; a slot frees only when a
+ * fetch ends, and none ends before the refusal, so by then the group has
+ * failed and they are not started at all (Go would start them and leave
+ * the check to the task).  (Were an earlier replica the one to refuse, a
+ * later one might or might not have been handed over before the failure:
+ * the output would depend on timing.)
  *
  *     $ ./errgroup
  *     replica 0: stopped (Connection refused)
- *     replica 1: refused (the failure)
+ *     replica 1: stopped (Connection refused)
+ *     replica 2: refused (the failure)
  *     ...
  *     group: Connection refused
  */
@@ -37,7 +41,7 @@ static const char *outcome[N];
 static int fetch(ctx_t *ctx, void *arg)
 {
     int i = (int)(long)arg;
-    if (i == 1) {
+    if (i == 2) {
         outcome[i] = "refused";
         return ECONNREFUSED;
     }
@@ -70,7 +74,7 @@ int main(void)
     const char *why;
     ctx_cause(ctx, &why);
     for (int i = 0; i < N; i++)
-        printf("replica %d: %s (%s)\n", i, outcome[i], i == 1 ? "the failure" : why);
+        printf("replica %d: %s (%s)\n", i, outcome[i], i == 2 ? "the failure" : why);
     printf("group: %s\n", err != 0 ? msg : "ok");
     ctx_unref(ctx);
     return err == ECONNREFUSED ? 0 : 1;

@@ -1,7 +1,7 @@
 /*
  * timeout: give a piece of work a time budget.
  *
- * This is the seed's Go demo of context.WithTimeout:
+ * This is the Go tutorial's demo of context.WithTimeout:
  *
  *     ctx, cancel := context.WithTimeout(context.Background(), 1*time.Second)
  *     defer cancel()

@@ -1,13 +1,13 @@
 /*
  * value: carry a request-scoped value to another thread.
  *
- * This is the seed's Go program ContextValue.  main binds the key "title" to
+ * This is the Go tutorial program ContextValue.  main binds the key "title" to
  * "Go" and hands the context to a worker thread, which looks the key up and
  * prints
  *
  *     found value: Go
  *
- * Go keys are any comparable value; the seed uses a private string type,
+ * Go keys are any comparable value; the tutorial uses a private string type,
  * MyContextKey("title"), so that no other package can collide with it.  In
  * C a key is a ctx_key_t object and is compared by its ADDRESS: two keys
  * with the same name are still different keys, so collisions cannot happen

@@ -1,7 +1,7 @@
 /*
  * value_deep: a value lookup walks up the tree to the nearest binding.
  *
- * This is the seed's Go program ContextValueDeep.  It builds a chain of
+ * This is the Go tutorial program ContextValueDeep.  It builds a chain of
  * three value contexts,
  *
  *     context.Background()

@@ -112,6 +112,8 @@ typedef int64_t ctx_time_t;
 /* A span of time in nanoseconds. */
 typedef int64_t ctx_duration_t;
 
+/* Units of ctx_duration_t, as Go's time.Nanosecond ... time.Hour, and
+ * CTX_FOREVER: no time limit, for ctx_wait and ctx_poll. */
 #define CTX_NANOSECOND  ((ctx_duration_t)1)
 #define CTX_MICROSECOND (1000 * CTX_NANOSECOND)
 #define CTX_MILLISECOND (1000 * CTX_MICROSECOND)
@@ -593,7 +595,8 @@ CTX_EXPORT void ctx_cancel_cause_at(ctx_cancel_t *cancel, int cause, const char 
  * context ended by a deadline, func is "deadline" and file/line are where
  * the deadline's context was created when tracking is on, else NULL/0.
  * The library's own cancels name themselves: func is "ctx_group" (a task
- * failed), "ctx_group_wait" or "signal".  A merged context reports the
+ * failed), "ctx_group_wait", "signal" or "peer_close" (the peer of a
+ * ctx_with_peer_close socket went away).  A merged context reports the
  * site of the parent that ended it (none when that parent has none).  A site that was not recorded
  * (a call through the plain functions, or no memory) gives NULL/0/NULL.  Returns false while ctx is
  * not done, and for NULL.  Any out pointer may be NULL; strings are
@@ -625,6 +628,41 @@ CTX_EXPORT bool ctx_cancel_site(ctx_t *ctx, const char **file, int *line, const 
  * returns 0, ENOTSUP when tracking is off, ENOMEM or EIO.
  */
 CTX_EXPORT int ctx_dump(ctx_t *ctx, FILE *out);
+
+/*
+ * ctx_dump_json writes the live subtree under ctx to out as one JSON array
+ * and a newline, for programs such as a service's debug endpoint or a page
+ * that draws the tree.  It needs no tracking: like ctx_dump with tracking
+ * off it finds the cancellable contexts under ctx (a value context shows
+ * only in the text of the context below it).  The array lists ctx first,
+ * then depth first, each node as an object with
+ *
+ *   "id", "parent"        the node's address and its parent's in this
+ *                         dump, as strings ("parent" is null for ctx);
+ *                         stable while the node lives, so a reader can
+ *                         follow a node from one dump to the next;
+ *   "depth"               0 for ctx;
+ *   "kind"                "cancel", "deadline", "custom", "value", "root" or
+ *                         "without_cancel";
+ *   "text"                ctx_describe's text for ctx; for the others, the
+ *                         node's own part of it, led by the parts of the
+ *                         value contexts between it and its listed parent;
+ *   "deadline_left_ms"    when the node has a deadline: the time left, in
+ *                         ms (negative once passed), and "own_deadline",
+ *                         whether the deadline is the node's own;
+ *   "done"                whether the node has ended, and then "err" (its
+ *                         text), "cause" and "cause_msg" (ctx_cause) and,
+ *                         when one was recorded, "cancel_site" with "file",
+ *                         "line" and "func" (ctx_cancel_site);
+ *   "waiters", "done_fd"  for cancellable nodes, as ctx_dump shows them.
+ *
+ * Strings are escaped as JSON requires.  Returns 0, EINVAL (NULL ctx or
+ * out), ENOMEM (the array, still closed, then lists only part of the tree)
+ * or EIO (a write failed).  Thread-safe; takes node locks one at a
+ * time while it lists children.  Custom describe hooks and key formatters
+ * run during the call: they must not create or free contexts.
+ */
+CTX_EXPORT int ctx_dump_json(ctx_t *ctx, FILE *out);
 CTX_EXPORT void ctx_track(bool on);
 CTX_EXPORT int ctx_dump_all(FILE *out);
 

@@ -8,6 +8,8 @@
 
 #include "propagation/wire.h"
 
+#include <ctx/propagation.h>
+
 struct want {
     const char *key, *value, *props; /* value decoded; props NULL: none */
 };
@@ -196,6 +198,106 @@ static void test_token(void)
     CHECK(!ctx__token_valid("a\0b", 3));
 }
 
+/* The vectors of the W3C Baggage tests (w3c/baggage, test/test_baggage.py),
+ * one row per header that the reference parser reads. */
+static void test_w3c_vectors(void)
+{
+    /* test_parse_simple */
+    check_parse("SomeKey=SomeValue", 1, (struct want[]){ { "SomeKey", "SomeValue", NULL } });
+    /* test_parse_multiple */
+    check_parse("SomeKey=SomeValue;SomeProp,SomeKey2=SomeValue2;ValueProp=PropVal", 2,
+                (struct want[]){ { "SomeKey", "SomeValue", "SomeProp" },
+                                 { "SomeKey2", "SomeValue2", "ValueProp=PropVal" } });
+    /* test_parse_multiple_ows: white space around "=", ";" and ",". */
+    check_parse("SomeKey \t = \t SomeValue \t ; \t SomeProp \t , \t SomeKey2 \t = \t SomeValue2 "
+                "\t ; \t ValueProp \t = \t PropVal",
+                2,
+                (struct want[]){ { "SomeKey", "SomeValue", "SomeProp" },
+                                 { "SomeKey2", "SomeValue2", "ValueProp \t = \t PropVal" } });
+    /* test_parse_multiple_kv_property */
+    check_parse("SomeKey=SomeValue;SomePropKey=SomePropValue,SomeKey2=SomeValue2;SomePropKey2="
+                "SomePropValue2",
+                2,
+                (struct want[]){ { "SomeKey", "SomeValue", "SomePropKey=SomePropValue" },
+                                 { "SomeKey2", "SomeValue2", "SomePropKey2=SomePropValue2" } });
+    /* test_parse_multiple_kv_property_ows */
+    check_parse(
+        "SomeKey \t = \t SomeValue \t ; \t SomePropKey=SomePropValue \t , \t SomeKey2 \t = "
+        "\t SomeValue2 \t ; \t SomePropKey2 \t = \t SomePropValue2",
+        2,
+        (struct want[]){ { "SomeKey", "SomeValue", "SomePropKey=SomePropValue" },
+                         { "SomeKey2", "SomeValue2", "SomePropKey2 \t = \t SomePropValue2" } });
+    /* BaggageEntryTest.test_parse_multiple_equals: "=" is a baggage octet. */
+    check_parse("SomeKey=SomeValue=equals", 1,
+                (struct want[]){ { "SomeKey", "SomeValue=equals", NULL } });
+    /* test_parse_percent_encoded: Python's quote() of the value. */
+    check_parse("SomeKey=%09%20%22%27%3B%3Dasdf%21%40%23%24%25%5E%26%2A%28%29", 1,
+                (struct want[]){ { "SomeKey", "\t \"';=asdf!@#$%^&*()", NULL } });
+    /* test_parse_property, test_parse_multi_property,
+     * test_parse_multiple_properties_same_name: properties are kept as
+     * received, property values included. */
+    check_parse("SomeKey=SomeValue;SomeProp", 1,
+                (struct want[]){ { "SomeKey", "SomeValue", "SomeProp" } });
+    check_parse("SomeKey=SomeValue;SomeProp;SecondProp=PropValue", 1,
+                (struct want[]){ { "SomeKey", "SomeValue", "SomeProp;SecondProp=PropValue" } });
+    check_parse("SomeKey=SomeValue;SomeProp;SomeProp=PropValue;SomeProp=AnotherPropValue", 1,
+                (struct want[]){ { "SomeKey", "SomeValue",
+                                   "SomeProp;SomeProp=PropValue;SomeProp=AnotherPropValue" } });
+    check_parse("k=v;p=%41%42", 1, (struct want[]){ { "k", "v", "p=%41%42" } });
+
+    /* Sent on: what the reference serialiser expects of the percent-encoded
+     * value reads back to the same text, and ours (which leaves the baggage
+     * octets other than "%" unescaped) reads back the same. */
+    const char *value = "\t \"';=asdf!@#$%^&*()";
+    char enc[128];
+    CHECK(ctx__baggage_encoded_len(value) < sizeof enc);
+    enc[ctx__baggage_encode(value, enc)] = '\0';
+    CHECK_STR(enc, "%09%20%22'%3B=asdf!@#$%25^&*()");
+    char member[160];
+    snprintf(member, sizeof member, "SomeKey=%s", enc);
+    check_parse(member, 1, (struct want[]){ { "SomeKey", "\t \"';=asdf!@#$%^&*()", NULL } });
+}
+
+/* The end-to-end limits: 64 members of 8192 bytes in all come in through
+ * ctx_extract and go out through ctx_inject byte for byte, properties
+ * included. */
+static const char *one_header(void *h, const char *name)
+{
+    return strcmp(name, "baggage") == 0 ? h : NULL;
+}
+
+static char sent[CTX__BAGGAGE_MAX_BYTES + 64];
+
+static int keep_header(void *h, const char *name, const char *value)
+{
+    (void)h;
+    if (strcmp(name, "baggage") == 0)
+        snprintf(sent, sizeof sent, "%s", value);
+    return 0;
+}
+
+static void test_extract_inject_limits(void)
+{
+    static char in[CTX__BAGGAGE_MAX_BYTES + 1];
+    size_t n = 0;
+    for (int i = 0; i < 63; i++)
+        n += (size_t)sprintf(in + n, "%sk%02d=v%%20%02d;p=%d", i ? "," : "", i, i, i);
+    n += (size_t)sprintf(in + n, ",k63=");
+    memset(in + n, 'x', CTX__BAGGAGE_MAX_BYTES - n);
+    in[CTX__BAGGAGE_MAX_BYTES] = '\0';
+    CHECK_EQ_INT(strlen(in), 8192);
+    ctx_carrier_t c = { one_header, keep_header, in };
+    ctx_t *x = ctx_extract(ctx_background(), &c, NULL);
+    CHECK(x != NULL);
+    CHECK_STR(ctx_baggage(x, "k05"), "v 05");
+    CHECK(ctx_baggage(x, "k63") != NULL && strlen(ctx_baggage(x, "k63")) == 8192 - n);
+    sent[0] = '\0';
+    CHECK_EQ_INT(ctx_inject(x, &c), 0);
+    CHECK_EQ_INT(strlen(sent), 8192);
+    CHECK_STR(sent, in);
+    ctx_unref(x);
+}
+
 int main(void)
 {
     test_grammar();
@@ -203,6 +305,8 @@ int main(void)
     test_decoding();
     test_encoding();
     test_token();
+    test_w3c_vectors();
+    test_extract_inject_limits();
     printf("test_baggage: ok\n");
     return 0;
 }

@@ -152,7 +152,7 @@ static void test_siblings_untouched(void)
     ctx_unref(parent);
 }
 
-/* The seed program's ContextCancelDeep tree: one -> two, three; two -> four.
+/* The Go tutorial program ContextCancelDeep's tree: one -> two, three; two -> four.
  * Cancelling two finishes two and four only. */
 static void test_cancel_deep_tree(void)
 {

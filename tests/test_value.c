@@ -3,7 +3,7 @@
  * NULL too), values pass through every kind of layer and outlive
  * cancellation, and destroy runs exactly once when the holding context is
  * freed.  Ports Go's TestValues and TestWithoutCancel's value half, and the
- * seed programs ContextValue and ContextValueDeep.
+ * Go tutorial programs ContextValue and ContextValueDeep.
  */
 #include "check.h"
 
@@ -266,7 +266,7 @@ static void test_destroy_thread(void)
     CHECK_EQ_INT(atomic_load(&destroyed[7]), 1);
 }
 
-/* The seed programs ContextValue and ContextValueDeep: a value bound at the
+/* The Go tutorial programs ContextValue and ContextValueDeep: a value bound at the
  * bottom of a chain whose other layers bind another key (twice, the same
  * key) is found from another thread through every layer; a key nobody bound
  * is not. */

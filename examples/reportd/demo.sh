@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The seed scenarios, played against two real reportd processes: `make demo`.
+# A budget, a hang-up, request IDs and a shutdown, played against two real reportd processes: `make demo`.
 #
 #   examples/reportd/demo.sh path/to/reportd
 #
@@ -75,6 +75,7 @@ down="$port"
 start front --upstream "http://127.0.0.1:$down" --budget-ms 500
 front="$port"
 F="http://127.0.0.1:$front"
+say "The page: $F/ (open it in a browser to watch the requests below as a context tree)"
 
 bold "1. A request that fits its 500 ms budget"
 say "Three parts run at once: 50 ms of computing, a 50 ms query, a 50 ms call downstream."

@@ -1,5 +1,5 @@
 /*
- * reportd: the seed scenarios of libctx as a small real HTTP service.
+ * reportd: libctx's budgets, hang-ups and shutdown in a small real HTTP service.
  *
  * Every request gets a context (ctx_mhd_request) that ends when the first of
  * these happens: its time budget runs out, the client goes away, or the
@@ -16,10 +16,10 @@
  *     curl -i 'http://127.0.0.1:8080/report?compute_ms=50&db_ms=50&upstream_ms=50'
  *     curl -i 'http://127.0.0.1:8080/report?upstream_ms=5000'    # 504 at 500 ms
  *
- * The command line, endpoints, headers, log line and metrics are those of
- * ../shared/SERVICE.md; README.md ("reportd") explains them and `make demo`
- * plays the scenarios.  Built from libmicrohttpd (server), libcurl (client)
- * and SQLite or PostgreSQL, each through its libctx integration.
+ * docs/http.md ("reportd") describes the command line, endpoints, headers,
+ * log line and metrics, and `make demo` plays the scenarios.  Built from
+ * libmicrohttpd (server), libcurl (client) and SQLite or PostgreSQL, each
+ * through its libctx integration.
  */
 #define _GNU_SOURCE
 
@@ -44,6 +44,8 @@
 #include <string.h>
 #include <sys/random.h>
 #include <unistd.h>
+
+#include "page.h"
 
 /* ------------------------------------------------------------------------
  * Configuration and shared state
@@ -470,6 +472,8 @@ static void log_line(const char *id, ctx_t *ctx, const char *path, unsigned stat
     fprintf(stderr, "request_id=%s trace_id=%s path=%s status=%u ms=%lld outcome=%s cancelled=%s\n",
             id, trace, path, status, (long long)((ctx_now() - start) / CTX_MILLISECOND),
             outcome_names[o], cancelled);
+    page_request_ended(id, ctx, path, status, outcome_names[o], cancelled,
+                       (long long)((ctx_now() - start) / CTX_MILLISECOND));
     atomic_fetch_add_explicit(&requests_total[o], 1, memory_order_relaxed);
 }
 
@@ -724,6 +728,9 @@ static enum MHD_Result handler(void *cls, struct MHD_Connection *conn, const cha
     }
     if (strcmp(method, "GET") != 0)
         return respond(conn, 405, "text/plain", "only GET\n", NULL);
+    enum MHD_Result page_ret;
+    if (page_route(conn, url, base, &page_ret)) /* GET / and /debug/ctx?format=json */
+        return page_ret;
     if (strcmp(url, "/metrics") == 0)
         return serve_metrics(conn);
     if (strcmp(url, "/debug/ctx") == 0)

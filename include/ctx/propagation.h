@@ -96,8 +96,9 @@ CTX_EXPORT int ctx_inject(ctx_t *ctx, const ctx_carrier_t *out);
  *
  * Malformed or oversized headers are ignored, never trusted: a malformed
  * grpc-timeout or baggage header is ignored whole; an invalid traceparent
- * starts a new trace and its tracestate is not read; a tracestate that
- * breaks the W3C grammar or has more than 32 members is dropped, and one
+ * starts a new trace and its tracestate is not read (a traceparent between
+ * spaces or tabs is valid); a tracestate that breaks the W3C grammar or has
+ * more than 32 members is dropped, a repeated key keeps its first value, and one
  * longer than 512 bytes loses whole members, from the end (those over 128
  * bytes first, then any); baggage members beyond 64 members or 8192 bytes are
  * dropped whole.  At most a bounded prefix of each header is read, whatever

@@ -14,6 +14,8 @@
 #include <pthread.h>
 #include <stdbool.h>
 #include <stdlib.h>
+#include <strings.h>
+#include <sys/socket.h>
 
 /* Each thread keeps one multi handle between calls: making one costs little,
  * but its connection cache is what lets consecutive calls from a thread reuse
@@ -67,8 +69,44 @@ static CURLcode ended_code(int err)
     return err == CTX_DEADLINE_EXCEEDED ? CURLE_OPERATION_TIMEDOUT : CURLE_ABORTED_BY_CALLBACK;
 }
 
-/* Runs the transfer already added to multi until it finishes or ctx ends. */
-static CURLcode run(ctx_t *ctx, CURLM *multi, CURL *easy, int done_fd)
+/* libcurl before 8.0.0 cannot reuse an HTTP/2 connection that it opened
+ * with prior knowledge over plain TCP (h2c, as gRPC uses): a second transfer
+ * on it installs a second HTTP/2 layer over the first one and fails at once
+ * with CURLE_HTTP2, "Error in the HTTP2 framing layer", for as long as the
+ * connection stays in the cache, i.e. for the life of this thread's multi
+ * handle.  libcurl 8.0.0 fixed it (it checks for the layer already there). */
+static bool h2c_reuse_broken(void)
+{
+    const curl_version_info_data *v = curl_version_info(CURLVERSION_NOW);
+    return v != NULL && v->version_num < 0x080000;
+}
+
+/* After a finished transfer on such a libcurl: when it ran HTTP/2 over plain
+ * TCP, its connection now waits in the cache and must not be reused.  There
+ * is no call that closes one cached connection, so its socket is shut down:
+ * the peer sees an orderly close at once, and libcurl's own liveness check
+ * finds the connection closed when the next transfer looks for one, closes
+ * the descriptor and connects anew.  The socket is only found while the
+ * handle is still in the multi handle. */
+static void retire_h2c_connection(CURL *easy)
+{
+    long version = 0;
+    char *scheme = NULL;
+    curl_socket_t sock = CURL_SOCKET_BAD;
+    if (curl_easy_getinfo(easy, CURLINFO_HTTP_VERSION, &version) != CURLE_OK ||
+        version != CURL_HTTP_VERSION_2_0)
+        return;
+    if (curl_easy_getinfo(easy, CURLINFO_SCHEME, &scheme) != CURLE_OK || scheme == NULL ||
+        strcasecmp(scheme, "http") != 0)
+        return;
+    if (curl_easy_getinfo(easy, CURLINFO_ACTIVESOCKET, &sock) == CURLE_OK &&
+        sock != CURL_SOCKET_BAD)
+        shutdown(sock, SHUT_RDWR);
+}
+
+/* Runs the transfer already added to multi until it finishes (*finished set)
+ * or ctx ends. */
+static CURLcode run(ctx_t *ctx, CURLM *multi, CURL *easy, int done_fd, bool *finished)
 {
     struct curl_waitfd extra = { .fd = done_fd, .events = CURL_WAIT_POLLIN, .revents = 0 };
     for (;;) {
@@ -80,8 +118,10 @@ static CURLcode run(ctx_t *ctx, CURLM *multi, CURL *easy, int done_fd)
         int queued;
         CURLMsg *msg;
         while ((msg = curl_multi_info_read(multi, &queued)) != NULL) {
-            if (msg->msg == CURLMSG_DONE && msg->easy_handle == easy)
+            if (msg->msg == CURLMSG_DONE && msg->easy_handle == easy) {
+                *finished = true;
                 return msg->data.result;
+            }
         }
         /* A transfer that finished in the same round as the cancel keeps its
          * real result (above); only one still running is cut short. */
@@ -129,11 +169,29 @@ CURLcode ctx_curl_perform(ctx_t *ctx, CURL *easy)
     if (tm != NULL)
         tm->busy = true;
 
-    CURLcode rc = run(ctx, multi, easy, done_fd);
+    bool finished = false;
+    CURLcode rc = run(ctx, multi, easy, done_fd, &finished);
 
-    /* Removing the handle ends a transfer still in progress and closes its
-     * connection, so nothing half-done is left for the next call to meet. */
+    if (finished) {
+        if (h2c_reuse_broken())
+            retire_h2c_connection(easy);
+    } else {
+        /* A transfer cut short.  Removing the handle ends it: over HTTP/1.1
+         * libcurl closes the connection; over HTTP/2 it queues an RST_STREAM
+         * for the stream (which libcurl 7.88 never writes out: it sits in a
+         * buffer that only the connection's next use flushes) and keeps the
+         * connection for the next transfer, which libcurl 7.88 then cannot
+         * use over h2c (see h2c_reuse_broken) and which may still deliver
+         * frames of the abandoned stream.  Forbidding reuse makes the removal
+         * close the connection, so the server learns of the cancel at once
+         * and the next call starts on a fresh connection.  libcurl offers no way to read an option
+         * back, so it cannot be restored to the caller's value: it is left at 0, libcurl's default,
+         * as curl.h documents. */
+        curl_easy_setopt(easy, CURLOPT_FORBID_REUSE, 1L);
+    }
     curl_multi_remove_handle(multi, easy);
+    if (!finished)
+        curl_easy_setopt(easy, CURLOPT_FORBID_REUSE, 0L);
     if (tm != NULL)
         tm->busy = false;
     else

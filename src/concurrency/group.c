@@ -159,10 +159,18 @@ static void group_unref(struct ctx_group *g)
 
 /* One task fewer.  seq_cst with the sleepers count: a sleeper increments
  * sleepers then reads active, we write active then read sleepers, so one of
- * us sees the other (Dekker), and the futex wait re-checks the value. */
+ * us sees the other (Dekker), and the futex wait re-checks the value.
+ *
+ * Only two values of the count matter to a sleeper: zero (ctx_group_wait)
+ * and one below the limit (a ctx_group_go at the limit; the limit changes
+ * only while the count is zero).  Any other decrement wakes nobody, so
+ * 1,000 tasks ending together cost the waiter one wake-up, not 1,000. */
 static void release_slot(struct ctx_group *g)
 {
-    atomic_fetch_sub_explicit(&g->active, 1, memory_order_seq_cst);
+    uint32_t was = atomic_fetch_sub_explicit(&g->active, 1, memory_order_seq_cst);
+    int limit = atomic_load_explicit(&g->limit, memory_order_relaxed);
+    if (was != 1 && (limit < 0 || was != (uint32_t)limit))
+        return;
     if (atomic_load_explicit(&g->sleepers, memory_order_seq_cst) != 0)
         ctx__futex_wake(&g->active, INT32_MAX);
 }
@@ -331,6 +339,22 @@ static void *pool_main(void *arg)
     }
 }
 
+/* Takes t back out of the queue if it is still there.  Under P.mu. */
+static int unqueue_locked(struct task *t)
+{
+    struct task **pp = &P.head;
+    while (*pp != NULL && *pp != t)
+        pp = &(*pp)->next;
+    if (*pp == NULL)
+        return 0;
+    *pp = t->next;
+    if (P.tail == &t->next)
+        P.tail = pp;
+    P.qlen--;
+    atomic_store_explicit(&P.queued, (uint32_t)P.qlen, memory_order_relaxed);
+    return 1;
+}
+
 /* Queues t and makes sure a thread will take it.  0, or EAGAIN when no
  * thread is free and none can be started (t is then not queued). */
 static int submit(struct task *t)
@@ -341,28 +365,38 @@ static int submit(struct task *t)
     P.tail = &t->next;
     P.qlen++;
     atomic_store_explicit(&P.queued, (uint32_t)P.qlen, memory_order_relaxed);
-    int e = 0;
+    int start = 0;
     if (P.qlen <= P.looking + P.wakes) {
         /* Covered: each queued task has a looking or woken thread that
          * will take from the queue before it sleeps. */
     } else if (P.idle > P.wakes) {
         P.wakes++;
         pthread_cond_signal(&P.cv);
-    } else if (P.threads >= MAX_THREADS || (e = ctx__sc_thread_start(pool_main, 0)) != 0) {
-        /* No thread for it.  It is the queue's last entry (we hold the
-         * lock): take it back out. */
-        struct task **pp = &P.head;
-        while (*pp != t)
-            pp = &(*pp)->next;
-        *pp = NULL;
-        P.tail = pp;
-        P.qlen--;
-        atomic_store_explicit(&P.queued, (uint32_t)P.qlen, memory_order_relaxed);
-        e = EAGAIN;
-    } else {
+    } else if (P.threads < MAX_THREADS) {
+        /* Counted from this instant, so that the submitters meanwhile
+         * do not start more threads for the same tasks. */
         P.threads++;
-        P.looking++; /* from its first instant */
+        P.looking++;
+        start = 1;
+    } else {
+        unqueue_locked(t);
+        pthread_mutex_unlock(&P.mu);
+        return EAGAIN;
     }
+    pthread_mutex_unlock(&P.mu);
+    /* Outside the lock: starting a thread maps its stack and clones, tens
+     * of microseconds during which the pool's threads and the other
+     * submitters would otherwise queue up on the lock. */
+    if (!start || ctx__sc_thread_start(pool_main, 0) == 0)
+        return 0;
+    pthread_mutex_lock(&P.mu);
+    P.threads--;
+    P.looking--;
+    int e = 0;
+    /* If no thread took t meanwhile and the ones left cannot cover the
+     * queue, t goes back to the caller. */
+    if (P.qlen > P.looking + P.wakes && unqueue_locked(t))
+        e = EAGAIN;
     pthread_mutex_unlock(&P.mu);
     return e;
 }

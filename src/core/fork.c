@@ -86,6 +86,18 @@ void ctx__fork_init(void)
     pthread_once(&once, init_once);
 }
 
+/* Registering for membarrier is cheap while the process has one thread,
+ * but once it has more the kernel waits for an RCU grace period (several
+ * milliseconds on a busy machine).  Done lazily, at the first lock, that
+ * wait fell on whatever call came first after a group had started its pool
+ * threads: it cost a program's first batch of group tasks more than the
+ * batch itself.  So register when the library is loaded, which for a
+ * program linked with it is before main starts any thread. */
+__attribute__((constructor)) static void fork_init_at_load(void)
+{
+    ctx__fork_init();
+}
+
 /* The outermost hold when the thread is not registered yet, or when a fork
  * is under way.  ctx__me.plain is already 1. */
 void ctx__hold_slow(void)

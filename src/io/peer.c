@@ -155,6 +155,12 @@ static void *watcher(void *arg)
             struct ctx *c = w->ctx;
             /* Without memory for the text the cause keeps its code only. */
             struct ctx__msg *msg = ctx__msg_new("client disconnected");
+            if (msg != NULL) {
+                /* The cancel site ctx_cancel_site reports: this watcher. */
+                msg->file = __FILE__;
+                msg->line = __LINE__;
+                msg->func = "peer_close";
+            }
             ctx__cancel(c, CTX_CANCELED, ECONNRESET, msg, 1);
             ctx__msg_unref(msg);
             ctx__unref_deferred(c);

@@ -50,7 +50,8 @@ struct ctx__traceparent {
     uint8_t flags;
 };
 
-/* Reads s[0..n).  0 or EINVAL: not lowercase hex where hex belongs, a
+/* Reads s[0..n), less the spaces and tabs at either end (HTTP's optional
+ * white space).  0 or EINVAL: not lowercase hex where hex belongs, a
  * missing dash, an all-zero trace or parent id, version ff, version 00 with
  * anything after the flags, a higher version shorter than 55 bytes or whose
  * 56th byte is not a dash.  A higher version is read as version 00 (its
@@ -78,11 +79,14 @@ void ctx__hex(const uint8_t *bytes, size_t n, char *out);
 
 /* Validates s[0..n) and writes the members to keep into out (at most
  * CTX__TRACESTATE_MAX bytes and a NUL), joined by ",", without the optional
- * white space.  When the members do not fit, those longer than 128 bytes are
- * dropped first, then any member, both from the end (the leftmost member,
- * the most recently updated, is kept longest).  Returns the length written;
- * 0 (out = "") for an empty, invalid or over-long header: a key or value
- * that breaks the W3C grammar, a duplicate key, more than 32 members. */
+ * white space.  A key that comes again is kept once, with its first
+ * (leftmost) value.  When the members do not fit, those longer than 128
+ * bytes are dropped first, then any member, both from the end (the leftmost
+ * member, the most recently updated, is kept longest).  Returns the length
+ * written; 0 (out = "") for an empty, invalid or over-long header: a key or
+ * value that breaks the W3C grammar (Level 2 keys: a lowercase letter or
+ * digit, then up to 255 of a-z 0-9 _ - * / @), more than 32 members
+ * (repeats included). */
 size_t ctx__tracestate_filter(const char *s, size_t n, char out[CTX__TRACESTATE_MAX + 1]);
 
 /* ---------------------------------------------------------------------------

@@ -109,9 +109,24 @@ static int read_hex(const char *s, size_t n, uint8_t *out)
     return nonzero;
 }
 
+static bool is_ows(char c)
+{
+    return c == ' ' || c == '\t';
+}
+
 int ctx__traceparent_parse(const char *s, size_t n, struct ctx__traceparent *out)
 {
-    if (s == NULL || n < CTX__TRACEPARENT_LEN)
+    if (s == NULL)
+        return EINVAL;
+    /* HTTP hands a field value over with its optional white space; a
+     * traceparent between spaces or tabs is still the same traceparent. */
+    while (n > 0 && is_ows(s[0])) {
+        s++;
+        n--;
+    }
+    while (n > 0 && is_ows(s[n - 1]))
+        n--;
+    if (n < CTX__TRACEPARENT_LEN)
         return EINVAL;
     uint8_t version, flags;
     if (read_hex(s, 1, &version) < 0 || version == 0xff)
@@ -157,11 +172,6 @@ void ctx__traceparent_format(const struct ctx__traceparent *tp, char buf[CTX__TR
  * tracestate
  */
 
-static bool is_ows(char c)
-{
-    return c == ' ' || c == '\t';
-}
-
 static bool is_lcalpha(char c)
 {
     return c >= 'a' && c <= 'z';
@@ -172,36 +182,22 @@ static bool is_digit(char c)
     return c >= '0' && c <= '9';
 }
 
+/* keychar = lcalpha / DIGIT / "_" / "-" / "*" / "/" / "@". */
 static bool is_keychr(char c)
 {
-    return is_lcalpha(c) || is_digit(c) || c == '_' || c == '-' || c == '*' || c == '/';
+    return is_lcalpha(c) || is_digit(c) || c == '_' || c == '-' || c == '*' || c == '/' || c == '@';
 }
 
-/* simple-key = lcalpha 0*255(keychr); multi-tenant-key = tenant "@" system,
- * tenant = (lcalpha / DIGIT) 0*240(keychr), system = lcalpha 0*13(keychr). */
+/* key = (lcalpha / DIGIT) 0*255(keychar): the grammar of Trace Context
+ * Level 2, which replaced the tenant@system split of Level 1 by one run of
+ * characters in which "@" may appear anywhere but first.  Every key Level 1
+ * allowed is still allowed. */
 static bool tracestate_key_valid(const char *k, size_t n)
 {
-    const char *at = memchr(k, '@', n);
-    if (at == NULL) {
-        if (n < 1 || n > 256 || !is_lcalpha(k[0]))
-            return false;
-        for (size_t i = 1; i < n; i++)
-            if (!is_keychr(k[i]))
-                return false;
-        return true;
-    }
-    size_t tn = (size_t)(at - k), sn = n - tn - 1;
-    if (tn < 1 || tn > 241 || sn < 1 || sn > 14)
+    if (n < 1 || n > 256 || !(is_lcalpha(k[0]) || is_digit(k[0])))
         return false;
-    if (!is_lcalpha(k[0]) && !is_digit(k[0]))
-        return false;
-    for (size_t i = 1; i < tn; i++)
+    for (size_t i = 1; i < n; i++)
         if (!is_keychr(k[i]))
-            return false;
-    if (!is_lcalpha(at[1]))
-        return false;
-    for (size_t i = 2; i <= sn; i++)
-        if (!is_keychr(at[i]))
             return false;
     return true;
 }
@@ -230,7 +226,7 @@ size_t ctx__tracestate_filter(const char *s, size_t n, char out[CTX__TRACESTATE_
     if (s == NULL || n > CTX__TRACESTATE_READ_MAX)
         return 0;
     struct span m[CTX__TRACESTATE_MEMBERS];
-    size_t count = 0;
+    size_t count = 0, seen = 0; /* members kept; members read, repeats included */
     for (size_t pos = 0; pos <= n;) {
         const char *comma = memchr(s + pos, ',', n - pos);
         size_t end = comma != NULL ? (size_t)(comma - s) : n;
@@ -242,18 +238,23 @@ size_t ctx__tracestate_filter(const char *s, size_t n, char out[CTX__TRACESTATE_
         pos = end + 1;
         if (b == e)
             continue; /* empty members are allowed and skipped */
-        if (count == CTX__TRACESTATE_MEMBERS)
-            return 0;
         const char *eq = memchr(s + b, '=', e - b);
         if (eq == NULL)
             return 0;
         size_t kl = (size_t)(eq - (s + b));
         if (!tracestate_key_valid(s + b, kl) || !tracestate_value_valid(eq + 1, e - b - kl - 1))
             return 0;
-        for (size_t i = 0; i < count; i++)
-            if (m[i].key_len == kl && memcmp(m[i].p, s + b, kl) == 0)
-                return 0; /* a key may appear once */
-        m[count++] = (struct span){ s + b, e - b, kl };
+        /* A key may appear once; a sender that repeats one has broken that
+         * rule, but W3C lets the receiver keep the header, with the first
+         * member of the key (the leftmost, most recently updated) or both.
+         * The later ones go, so that what is passed on is valid. */
+        bool dup = false;
+        for (size_t i = 0; i < count && !dup; i++)
+            dup = m[i].key_len == kl && memcmp(m[i].p, s + b, kl) == 0;
+        if (++seen > CTX__TRACESTATE_MEMBERS)
+            return 0;
+        if (!dup)
+            m[count++] = (struct span){ s + b, e - b, kl };
     }
 
     /* Keep what fits in CTX__TRACESTATE_MAX: first drop the long members,

@@ -1,5 +1,5 @@
 /*
- * reportd serves what SERVICE.md promises and survives bad input: every
+ * reportd serves what docs/http.md describes and survives bad input: every
  * metric from the start, a report within budget, request IDs (kept, or
  * made when absent or unfit), 400 for malformed parameters (with the
  * caller's trace in the log), malformed propagation headers ignored, huge
@@ -33,7 +33,7 @@ static enum MHD_Result garbage(void *cls, struct MHD_Connection *conn, const cha
     return ret;
 }
 
-/* Before any request: every series SERVICE.md names is there, at 0, and
+/* Before any request: every series docs/http.md names is there, at 0, and
  * /debug/ctx is text/plain. */
 static void test_metrics_at_start(struct svc *s)
 {
@@ -354,7 +354,7 @@ static void *spin(void *arg)
 }
 
 /* The computation and the query take about the ms asked, on a busy machine
- * too: SERVICE.md's "about A ms", and what decides 200 or 504. */
+ * too: the "about the ms asked" of docs/http.md, and what decides 200 or 504. */
 static void test_parts_take_their_time(void)
 {
     struct svc s;

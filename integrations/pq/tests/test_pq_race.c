@@ -163,7 +163,7 @@ int main(void)
     PGconn *conn = pq_open();
     long rounds = check_scale(1000);
     if (rounds < 1000 && getenv("CTX_TEST_SCALE") == NULL)
-        rounds = 1000; /* the issue asks for at least 1000, sanitizers or not */
+        rounds = 1000; /* at least 1000 rounds, sanitizers or not */
     race(&conn, rounds, false, false);
     race(&conn, rounds, true, false);
     race(&conn, rounds, false, true);

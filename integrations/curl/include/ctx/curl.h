@@ -16,6 +16,14 @@
  * thread at a time.  A thread that calls ctx_curl_perform keeps one libcurl
  * multi handle (and with it a connection cache, so keep-alive connections are
  * reused between calls of the same thread); it is freed when the thread exits.
+ *
+ * gRPC.  A unary call with raw bytes over HTTP/2 (h2c with prior knowledge,
+ * or TLS) is one ctx_curl_perform: a POST whose body has gRPC's 5-byte
+ * prefix, with content-type application/grpc, te: trailers and the
+ * grpc-timeout of ctx_curl_headers; grpc-status and grpc-message arrive in
+ * the trailers, which libcurl passes to CURLOPT_HEADERFUNCTION.  Streaming
+ * calls and protobuf are not covered.  docs/http.md and examples/grpc_call.c
+ * show it, and how a context's end maps to a gRPC status.
  */
 #ifndef CTX_CURL_H
 #define CTX_CURL_H
@@ -32,7 +40,8 @@ extern "C" {
  *
  * Returns CURLE_OK or curl's own error for the transfer.  When ctx ends
  * before the transfer does, the transfer is abandoned (its connection is
- * closed, never left half-read in the cache) and the result is
+ * closed, over HTTP/1.1 and HTTP/2 alike, never left half-read in the cache:
+ * see "Connections" below) and the result is
  * CURLE_OPERATION_TIMEDOUT if ctx's deadline passed, CURLE_ABORTED_BY_CALLBACK
  * if it was cancelled; ctx_err(ctx) and ctx_cause(ctx) say which and why.  A
  * ctx already done returns that code at once without any network activity.
@@ -46,9 +55,32 @@ extern "C" {
  * (libcurl 7.87 and later), which lets libcurl leave that thread behind to
  * finish on its own; the option stays set on the handle afterwards.
  *
- * The easy handle keeps every option the caller set and may be performed
- * again, under the same or another context.  Blocks the calling thread until
- * the transfer or ctx ends; the callbacks of easy run on this thread. */
+ * Connections.  A transfer that ctx cut short closes its connection: over
+ * HTTP/1.1 the response is half-read, and over HTTP/2 libcurl would reset
+ * the stream but keep the connection, which the next transfer to that host
+ * may then not be able to use.  To close it, the call sets
+ * CURLOPT_FORBID_REUSE on easy for the removal and leaves it at 0 (libcurl's
+ * default) afterwards: libcurl cannot tell the caller's own value, so a
+ * caller that relies on FORBID_REUSE sets it again before the next call.
+ * The peer sees the connection end at once, and with it every stream on it:
+ * a gRPC server's call context becomes inactive within a millisecond on
+ * loopback.  (libcurl 7.88 queues an RST_STREAM for the abandoned stream but
+ * never writes it out, so the close is what tells the server.)  The thread's
+ * next transfers, to the same host or another, work as before.
+ *
+ * HTTP/2 without TLS (CURL_HTTP_VERSION_2_PRIOR_KNOWLEDGE, as gRPC clients
+ * use): libcurl before 8.0.0 cannot reuse such a connection; a second
+ * transfer on it fails at once with CURLE_HTTP2 ("Error in the HTTP2 framing
+ * layer").  On those versions this call therefore retires the connection
+ * after every transfer that ran over it (its socket is shut down, which
+ * libcurl sees as a closed connection and replaces on the next call), so
+ * each such call opens a new connection.  HTTP/2 over TLS (ALPN) and
+ * HTTP/1.1 keep their connections between calls.
+ *
+ * The easy handle keeps every other option the caller set and may be
+ * performed again, under the same or another context.  Blocks the calling
+ * thread until the transfer or ctx ends; the callbacks of easy run on this
+ * thread. */
 CTX_EXPORT CURLcode ctx_curl_perform(ctx_t *ctx, CURL *easy);
 
 /* Appends the propagation headers of ctx_inject(ctx) to headers, as
