@@ -230,9 +230,13 @@ static void test_cancel_in_plain_transaction(void)
     ctx_t *ctx = ctx_with_timeout(ctx_background(), 50 * CTX_MILLISECOND, NULL);
     CHECK_FAILS_WITH(ctx_pq_exec(ctx, conn, "SELECT pg_sleep(10)"), CTX_DEADLINE_EXCEEDED);
     ctx_unref(ctx);
-    CHECK_EQ_INT(PQtransactionStatus(conn), PQTRANS_INERROR);
-    pq_ok(conn, "ROLLBACK");
-    CHECK_EQ_INT(pq_int(conn, "SELECT 1"), 1);
+    /* Kept: in the failed transaction.  Given up (a slow machine): the
+     * server rolls back as the connection closes. */
+    if (PQstatus(conn) != CONNECTION_BAD) {
+        CHECK_EQ_INT(PQtransactionStatus(conn), PQTRANS_INERROR);
+        pq_ok(conn, "ROLLBACK");
+        CHECK_EQ_INT(pq_int(conn, "SELECT 1"), 1);
+    }
     PQfinish(conn);
 }
 
@@ -258,9 +262,10 @@ static void test_get_result(void)
     ctx = ctx_with_timeout(ctx_background(), 50 * CTX_MILLISECOND, NULL);
     CHECK(PQsendQuery(conn, "SELECT pg_sleep(10)"));
     CHECK_FAILS_WITH(ctx_pq_get_result(ctx, conn), CTX_DEADLINE_EXCEEDED);
-    CHECK_EQ_INT(PQtransactionStatus(conn), PQTRANS_IDLE);
-    CHECK_NULL(PQgetResult(conn));
-    CHECK_EQ_INT(pq_int(conn, "SELECT 1"), 1);
+    if (pq_kept_or_reopen(&conn, pq_conninfo())) {
+        CHECK_NULL(PQgetResult(conn));
+        CHECK_EQ_INT(pq_int(conn, "SELECT 1"), 1);
+    }
     ctx_unref(ctx);
 
     /* A context that is already done: no waiting, the command cancelled.
@@ -274,9 +279,9 @@ static void test_get_result(void)
         CHECK(PQsendQuery(conn, "SELECT pg_sleep(10)"));
         ctx_time_t start = check_mono_now();
         CHECK_FAILS_WITH(ctx_pq_get_result(ctx, conn), CTX_CANCELED);
-        CHECK_MSG(check_mono_now() - start < 8 * CTX_SECOND, "round %d", i);
-        CHECK_EQ_INT(PQtransactionStatus(conn), PQTRANS_IDLE);
-        CHECK_EQ_INT(pq_int(conn, "SELECT 1"), 1);
+        CHECK_MSG(check_mono_now() - start < PQ_BOUND, "round %d", i);
+        if (pq_kept_or_reopen(&conn, pq_conninfo()))
+            CHECK_EQ_INT(pq_int(conn, "SELECT 1"), 1);
     }
     ctx_unref(ctx);
     PQfinish(conn);
