@@ -2,11 +2,14 @@
  * libctx-pq: libpq's asynchronous API driven by poll(2) on the connection's
  * socket and the context's done fd.
  *
- * Every wait in this file goes through wait_socket(): it returns when the
+ * Every wait for the server goes through wait_socket(): it returns when the
  * socket is ready, when one of (at most) two contexts ends, or when an
  * optional time limit passes.  When a context ends during a statement, the
- * statement is cancelled on the server (cancel_and_drain) and its results
- * are read to the end, so the connection is idle when the call returns.
+ * statement is settled (settle()): cancel requests go out, each PQcancel in
+ * a child process of a short-lived canceller thread, and the results are
+ * read, for at most CTX_PQ_CANCEL_GRACE_MS; a connection not settled by then
+ * is given up (break_conn), so the call returns within the grace with the
+ * connection idle or broken, never in between.
  *
  * Transactions are the one place where another thread touches a connection:
  * the thread that ends a transaction's context sends the ROLLBACK at once
@@ -23,6 +26,7 @@
 #include <fcntl.h>
 #include <poll.h>
 #include <pthread.h>
+#include <sched.h>
 #include <signal.h>
 #include <stdatomic.h>
 #include <stdbool.h>
@@ -190,6 +194,96 @@ static long child_fd_limit(void)
 
 /* Runs one PQcancel in a child process, bounded by limit.  Only the
  * calling canceller thread waits for it. */
+/* What a cancel child needs; it lives on the stack of the thread that waits
+ * for the child. */
+struct child_arg {
+    PGcancel *pc;
+    int wfd;
+    long fd_limit;
+};
+
+/* The child: async-signal-safe calls only.  It dies with the thread that
+ * started it, keeps only the pipe's write end (as fd 3) and closes every
+ * other descriptor it got (its table is its own copy), so that no socket of
+ * the parent lives on in it. */
+static int cancel_child(void *arg)
+{
+    struct child_arg *a = arg;
+    /* No handler of the application may run here (on Linux this child
+     * shares its memory), and a SIGPIPE from a cancel connection the server
+     * reset must not end the child before it reports. */
+    sigset_t all;
+    sigfillset(&all);
+    sigprocmask(SIG_SETMASK, &all, NULL);
+#ifdef __linux__
+    prctl(PR_SET_PDEATHSIG, SIGKILL);
+#endif
+    if (a->wfd != 3)
+        dup2(a->wfd, 3);
+#if defined(__linux__) && defined(SYS_close_range)
+    if (syscall(SYS_close_range, 4u, ~0u, 0u) != 0)
+#endif
+        for (long fd = 4; fd < a->fd_limit; fd++)
+            close((int)fd);
+    char errbuf[256];
+    int code = PQcancel(a->pc, errbuf, (int)sizeof errbuf) ? 0 : 1;
+#if defined(__linux__) && defined(SYS_exit_group)
+    /* The raw system call: _exit is declared noreturn, before which
+     * AddressSanitizer inspects the stack, a stack it did not make. */
+    syscall(SYS_exit_group, code);
+#endif
+    _exit(code);
+}
+
+/* ThreadSanitizer keeps per-thread state that a child sharing the address
+ * space would write at the same time as its parent thread. */
+#if defined(__SANITIZE_THREAD__)
+#define CANCEL_CHILD_SHARES_MEMORY 0
+#elif defined(__has_feature)
+#if __has_feature(thread_sanitizer)
+#define CANCEL_CHILD_SHARES_MEMORY 0
+#endif
+#endif
+#if !defined(CANCEL_CHILD_SHARES_MEMORY) && defined(__linux__)
+#define CANCEL_CHILD_SHARES_MEMORY 1
+#endif
+#ifndef CANCEL_CHILD_SHARES_MEMORY
+#define CANCEL_CHILD_SHARES_MEMORY 0
+#endif
+
+#define CHILD_STACK_SIZE (256 * 1024)
+
+/* Starts cancel_child.  On Linux the child shares the address space
+ * (clone(CLONE_VM), as posix_spawn does): fork(2) would copy the page
+ * tables with the address space's lock held for writing, and every other
+ * thread of the process that faults a page or maps memory meanwhile (the
+ * caller among them) would wait for that copy, which takes long on a loaded
+ * machine.  The child touches only its own stack and reads the PGcancel.
+ * *stack receives the stack to free once the child is reaped. */
+static pid_t start_child(struct child_arg *a, void **stack)
+{
+    *stack = NULL;
+#if CANCEL_CHILD_SHARES_MEMORY
+    *stack = malloc(CHILD_STACK_SIZE);
+    if (*stack == NULL)
+        return -1;
+    return clone(cancel_child, (char *)*stack + CHILD_STACK_SIZE, CLONE_VM | SIGCHLD, a);
+#else
+    /* One fork at a time: the core's fork handlers (pthread_atfork) are not
+     * made for two forks of the process at once, and two cancellers may
+     * start children together. */
+    static pthread_mutex_t fork_lock = PTHREAD_MUTEX_INITIALIZER;
+    pthread_mutex_lock(&fork_lock);
+    pid_t pid = fork();
+    if (pid == 0)
+        cancel_child(a);
+    pthread_mutex_unlock(&fork_lock);
+    return pid;
+#endif
+}
+
+/* Runs one PQcancel in a child process, bounded by limit.  Only the
+ * calling canceller thread waits for it. */
 static enum job_state run_job(PGcancel *pc, ctx_time_t limit)
 {
     int p[2];
@@ -199,28 +293,12 @@ static enum job_state run_job(PGcancel *pc, ctx_time_t limit)
      * the write end open, whose close tells this thread the child ended. */
     fcntl(p[0], F_SETFD, FD_CLOEXEC);
     fcntl(p[1], F_SETFD, FD_CLOEXEC);
-    long fd_limit = child_fd_limit();
-    pid_t pid = fork();
-    if (pid == 0) {
-        /* The child: async-signal-safe calls only.  It dies with the thread
-         * that forked it, keeps only the pipe's write end (as fd 3) and
-         * closes everything else it inherited, so that no socket of the
-         * parent lives on in it. */
-#ifdef __linux__
-        prctl(PR_SET_PDEATHSIG, SIGKILL);
-#endif
-        if (p[1] != 3)
-            dup2(p[1], 3);
-#if defined(__linux__) && defined(SYS_close_range)
-        if (syscall(SYS_close_range, 4u, ~0u, 0u) != 0)
-#endif
-            for (long fd = 4; fd < fd_limit; fd++)
-                close((int)fd);
-        char errbuf[256];
-        _exit(PQcancel(pc, errbuf, (int)sizeof errbuf) ? 0 : 1);
-    }
+    struct child_arg a = { .pc = pc, .wfd = p[1], .fd_limit = child_fd_limit() };
+    void *stack;
+    pid_t pid = start_child(&a, &stack);
     close(p[1]);
     if (pid < 0) {
+        free(stack);
         close(p[0]);
         return JOB_LOST;
     }
@@ -245,6 +323,9 @@ static enum job_state run_job(PGcancel *pc, ctx_time_t limit)
     pid_t r;
     while ((r = waitpid(pid, &status, 0)) < 0 && errno == EINTR)
         ;
+    /* Reaped (or, when the application reaps children itself, past its
+     * pipe's close, which comes only from its exit): its stack is free. */
+    free(stack);
     if (r < 0) /* reaped by the application (SIGCHLD ignored): it ended */
         return killed ? JOB_LOST : JOB_SENT;
     if (WIFEXITED(status))

@@ -50,6 +50,13 @@ static inline PGconn *pq_open(void)
     return pq_open_at(pq_conninfo());
 }
 
+/* How late after its context's end a call may return: 100 ms.  Under
+ * ThreadSanitizer the cancel child is started with fork(2) (a child sharing
+ * the address space would write the sanitizer's per-thread state), and
+ * ThreadSanitizer's fork stops every thread of the process while it copies
+ * its shadow memory: there the bound is 500 ms. */
+#define PQ_BOUND (CHECK_TSAN ? 500 * CTX_MILLISECOND : 100 * CTX_MILLISECOND)
+
 /* After a statement whose context ended: the connection is either kept
  * (idle) or was given up (CONNECTION_BAD), never anything between.  A given
  * up connection is replaced by a new one.  Returns true when it was kept. */

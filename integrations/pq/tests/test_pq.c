@@ -116,8 +116,31 @@ static void test_exec(void)
     PQfinish(conn);
 }
 
-/* A cancel during pg_sleep(10): the call returns soon, the backend is idle
- * (the statement stopped on the server), and the connection answers. */
+/* After a statement stopped by its context: when the connection was kept,
+ * the backend had sent ReadyForQuery when the call returned (it is idle) and
+ * the connection answers; when it was given up (the server did not confirm
+ * the cancel within the grace, as on a loaded machine), the backend's
+ * statement is stopped all the same and the backend goes away.  A given up
+ * connection is replaced. */
+static void settled_on_server(PGconn **conn, int *pid)
+{
+    if (PQstatus(*conn) == CONNECTION_BAD) {
+        fprintf(stderr, "   connection given up\n");
+        CHECK(pq_await_state(observer, *pid, "(gone)", 30 * CTX_SECOND));
+        PQfinish(*conn);
+        *conn = pq_open();
+        *pid = PQbackendPID(*conn);
+        return;
+    }
+    CHECK_EQ_INT(PQtransactionStatus(*conn), PQTRANS_IDLE);
+    char state[64];
+    pq_backend_state(observer, *pid, state, sizeof state);
+    CHECK_STR(state, "idle");
+    CHECK_EQ_INT(pq_int(*conn, "SELECT 1"), 1);
+}
+
+/* A cancel during pg_sleep(10): the call returns soon, the statement
+ * stops on the server, and the connection answers or was given up. */
 static void test_cancel_on_server(void)
 {
     PGconn *conn = pq_open();
@@ -134,12 +157,7 @@ static void test_cancel_on_server(void)
     CHECK_EQ_INT(errno, CTX_CANCELED);
     CHECK_MSG(took < 8 * CTX_SECOND, "took %lld ms", (long long)(took / CTX_MILLISECOND));
     pq_canceller_join(&c);
-    CHECK_EQ_INT(PQtransactionStatus(conn), PQTRANS_IDLE);
-    /* When the call returned the backend had sent ReadyForQuery. */
-    char state[64];
-    pq_backend_state(observer, pid, state, sizeof state);
-    CHECK_STR(state, "idle");
-    CHECK_EQ_INT(pq_int(conn, "SELECT 1"), 1);
+    settled_on_server(&conn, &pid);
     ctx_unref(ctx);
 
     /* A deadline, through exec_params. */
@@ -149,9 +167,7 @@ static void test_cancel_on_server(void)
     r = ctx_pq_exec_params(ctx, conn, "SELECT pg_sleep($1::float8)", 1, NULL, v, NULL, NULL, 0);
     CHECK_NULL(r);
     CHECK_EQ_INT(errno, CTX_DEADLINE_EXCEEDED);
-    pq_backend_state(observer, pid, state, sizeof state);
-    CHECK_STR(state, "idle");
-    CHECK_EQ_INT(pq_int(conn, "SELECT 1"), 1);
+    settled_on_server(&conn, &pid);
     ctx_unref(ctx);
     PQfinish(conn);
 }
@@ -162,6 +178,7 @@ static void test_cancel_on_server(void)
 static void test_cancel_right_after_send(void)
 {
     PGconn *conn = pq_open();
+    int given_up = 0;
     for (int i = 0; i < 20; i++) {
         ctx_t *ctx = ctx_with_timeout(ctx_background(), (i % 5) * 100 * CTX_MICROSECOND, NULL);
         ctx_time_t start = check_mono_now();
@@ -169,11 +186,18 @@ static void test_cancel_right_after_send(void)
         PGresult *r = ctx_pq_exec(ctx, conn, "SELECT pg_sleep(10)");
         CHECK_NULL(r);
         CHECK_EQ_INT(errno, CTX_DEADLINE_EXCEEDED);
-        CHECK_MSG(check_mono_now() - start < 8 * CTX_SECOND, "round %d", i);
-        CHECK_EQ_INT(PQtransactionStatus(conn), PQTRANS_IDLE);
-        CHECK_EQ_INT(pq_int(conn, "SELECT 1"), 1);
+        CHECK_MSG(check_mono_now() - start < PQ_BOUND + (i % 5) * 100 * CTX_MICROSECOND,
+                  "round %d: %lld ms", i,
+                  (long long)((check_mono_now() - start) / CTX_MILLISECOND));
+        /* Kept when the repeats stopped the command within the grace, given
+         * up otherwise (on a slow machine); a kept one answers rightly. */
+        if (pq_kept_or_reopen(&conn, pq_conninfo()))
+            CHECK_EQ_INT(pq_int(conn, "SELECT 1"), 1);
+        else
+            given_up++;
         ctx_unref(ctx);
     }
+    fprintf(stderr, "   %d of 20 connections given up\n", given_up);
     PQfinish(conn);
 }
 
@@ -206,9 +230,13 @@ static void test_cancel_in_plain_transaction(void)
     ctx_t *ctx = ctx_with_timeout(ctx_background(), 50 * CTX_MILLISECOND, NULL);
     CHECK_FAILS_WITH(ctx_pq_exec(ctx, conn, "SELECT pg_sleep(10)"), CTX_DEADLINE_EXCEEDED);
     ctx_unref(ctx);
-    CHECK_EQ_INT(PQtransactionStatus(conn), PQTRANS_INERROR);
-    pq_ok(conn, "ROLLBACK");
-    CHECK_EQ_INT(pq_int(conn, "SELECT 1"), 1);
+    /* Kept: in the failed transaction.  Given up (a slow machine): the
+     * server rolls back as the connection closes. */
+    if (PQstatus(conn) != CONNECTION_BAD) {
+        CHECK_EQ_INT(PQtransactionStatus(conn), PQTRANS_INERROR);
+        pq_ok(conn, "ROLLBACK");
+        CHECK_EQ_INT(pq_int(conn, "SELECT 1"), 1);
+    }
     PQfinish(conn);
 }
 
@@ -234,9 +262,10 @@ static void test_get_result(void)
     ctx = ctx_with_timeout(ctx_background(), 50 * CTX_MILLISECOND, NULL);
     CHECK(PQsendQuery(conn, "SELECT pg_sleep(10)"));
     CHECK_FAILS_WITH(ctx_pq_get_result(ctx, conn), CTX_DEADLINE_EXCEEDED);
-    CHECK_EQ_INT(PQtransactionStatus(conn), PQTRANS_IDLE);
-    CHECK_NULL(PQgetResult(conn));
-    CHECK_EQ_INT(pq_int(conn, "SELECT 1"), 1);
+    if (pq_kept_or_reopen(&conn, pq_conninfo())) {
+        CHECK_NULL(PQgetResult(conn));
+        CHECK_EQ_INT(pq_int(conn, "SELECT 1"), 1);
+    }
     ctx_unref(ctx);
 
     /* A context that is already done: no waiting, the command cancelled.
@@ -250,9 +279,9 @@ static void test_get_result(void)
         CHECK(PQsendQuery(conn, "SELECT pg_sleep(10)"));
         ctx_time_t start = check_mono_now();
         CHECK_FAILS_WITH(ctx_pq_get_result(ctx, conn), CTX_CANCELED);
-        CHECK_MSG(check_mono_now() - start < 8 * CTX_SECOND, "round %d", i);
-        CHECK_EQ_INT(PQtransactionStatus(conn), PQTRANS_IDLE);
-        CHECK_EQ_INT(pq_int(conn, "SELECT 1"), 1);
+        CHECK_MSG(check_mono_now() - start < PQ_BOUND, "round %d", i);
+        if (pq_kept_or_reopen(&conn, pq_conninfo()))
+            CHECK_EQ_INT(pq_int(conn, "SELECT 1"), 1);
     }
     ctx_unref(ctx);
     PQfinish(conn);

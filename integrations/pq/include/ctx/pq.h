@@ -8,41 +8,68 @@
  * moment it happens.
  *
  * What a cancel does.  When the context ends while a statement runs, the call
- * sends a cancel request to the server (PQcancel, on a separate short-lived
- * connection), then reads and discards the statement's results until libpq
- * has none left.  The connection is then idle and usable for the next
- * statement; inside a transaction it is in the failed state, as PostgreSQL
- * makes it.
+ * sends a cancel request to the server and reads and discards the
+ * statement's results, for at most CTX_PQ_CANCEL_GRACE_MS after the end.  If
+ * the server confirms the cancel (or finishes) within that grace, the
+ * connection is idle and usable for the next statement (inside a transaction
+ * it is in the failed state, as PostgreSQL makes it).  If not (the network
+ * went dark, the peer trickles, the server hangs), the call gives the
+ * connection up before it returns: it shuts the connection's socket down, so
+ * PQstatus is CONNECTION_BAD at once and the server rolls back whatever
+ * transaction was open when it sees the close.  After the return the
+ * connection is therefore always one of two things: usable, with no cancel
+ * request in flight, or broken.  Close a broken one with PQfinish (or
+ * PQreset it); nothing else of it lives on in the library.
  *
- * Why a late cancel cannot hit the next statement.  A cancel request is
- * handled by a server process that signals the backend and then closes the
- * cancel connection; libpq's PQcancel returns only after it has read that
- * close.  By then the signal is pending at the backend, and the call also
- * waits for the backend's ReadyForQuery before it returns.  A backend that
- * takes the signal after it finished the statement takes it at the latest
- * when its read of the next command returns, and PostgreSQL checks for a
- * pending cancel once more before it leaves the "reading a command" state,
- * where a cancel is dropped as a no-op (postgres.c, PostgresMain step 5).  So
- * a late cancel is spent before the next statement starts.  Go's pgx sends the cancel
- * without waiting and could cancel the next query; lib/pq throws the
- * connection away instead.  The test suite races cancels against completion
- * thousands of times, each followed by a SELECT 1 that must succeed.
+ * How the request is sent.  libpq's PQcancel connects, sends and then waits
+ * for the server to close the cancel connection, with no time limit; on a
+ * network that has gone dark it never returns.  So each request runs
+ * PQcancel (async-signal-safe by design) in a child process that a
+ * short-lived library thread starts (on Linux one that shares the address
+ * space, as posix_spawn's does), waits for and kills with SIGKILL at a
+ * bound; the child keeps no descriptor of the caller's.  The caller only
+ * watches the thread's outcome within its grace.  When the connection is
+ * given up while the statement may still run on the server, requests go on
+ * in the background (up to four, 100, 300 and 900 ms apart) for at most
+ * CTX_PQ_DRAIN_TIMEOUT_MS, after which no thread, process
+ * or descriptor of the cancel remains.  A request that never reaches the
+ * server leaves the statement running there until it ends by itself: set
+ * statement_timeout (ends any statement past a time), and
+ * client_connection_check_interval with tcp_keepalives_idle,
+ * tcp_keepalives_interval and tcp_keepalives_count (end a backend whose
+ * client has gone) on the server; docs/failure-modes.md has the details.
+ * The process must leave these children to the library: a SIGCHLD handler
+ * that reaps every child with waitpid(-1) makes the library count a request
+ * as delivered without knowing.
+ *
+ * Why a late cancel cannot hit the next statement.  A kept connection has
+ * no cancel request in flight: every request sent has been processed (the
+ * server closed the cancel connection, which it does after signalling the
+ * backend) and the backend has sent ReadyForQuery.  A backend that takes the
+ * signal after it finished the statement takes it at the latest when its
+ * read of the next command returns, and PostgreSQL checks for a pending
+ * cancel once more before it leaves the "reading a command" state, where a
+ * cancel is dropped as a no-op (postgres.c, PostgresMain step 5).  So a late
+ * cancel is spent before the next statement starts.  A request whose outcome
+ * is unknown when the grace ends (still in flight, or killed) makes the call
+ * give the connection up instead.  Go's pgx sends the cancel without waiting
+ * and could cancel the next query; lib/pq throws the connection away after
+ * every cancel.
  *
  * A cancel request that reaches the backend before it has started the
  * command (the context ended just as the statement was sent) is dropped by
- * PostgreSQL, so while the command still runs the request is repeated, 50 ms
- * later and then at doubling intervals up to a second; each repeat is
- * complete before the call goes on, so it is as safe as the first.
+ * PostgreSQL, so while the command still runs the request is repeated, 5 ms
+ * after the previous one was processed, within the grace.
  *
- * Bounds.  The wait for the results after a cancel request is bounded by
- * CTX_PQ_DRAIN_TIMEOUT_MS: a server that neither finishes nor cancels within
- * that time is treated as lost, the connection's socket is shut down and the
- * call returns the resulting error (the connection is then CONNECTION_BAD and
- * must be reset or closed).  Sending a statement to the server is not
- * interruptible (libpq's blocking-mode write; it only blocks for statements
- * larger than the socket buffer), nor is a cancel request's own connection
- * to the server (PQcancel), nor the name resolution inside PQconnectStart
- * (use an address, or resolve with a cancellable resolver).
+ * Bounds.  Every call returns within CTX_PQ_CANCEL_GRACE_MS of its context's
+ * end, plus scheduling delays, whatever the network or the server does:
+ * statements are sent in libpq's non-blocking mode and flushed under the
+ * context (a statement cut off half sent gives the connection up), results
+ * are awaited under it, the cancel is bounded as above.  A connection that
+ * breaks (reset, half-close, the server killed) ends the call at once with a
+ * PGRES_FATAL_ERROR result.  Not bounded by the context: the name
+ * resolution inside PQconnectStart (use hostaddr=, or resolve the name with
+ * ctx_dial's resolver first).
  *
  * Threading.  A PGconn is used by one thread at a time, as libpq requires;
  * the library adds the exception that makes BeginTx work: when a
@@ -110,7 +137,9 @@ CTX_PQ_EXPORT int ctx_pq_connect(ctx_t *ctx, const char *conninfo, PGconn **conn
  * PQexec(conn, sql) under ctx.  Returns what PQexec returns: the last result,
  * a server error as a PGresult whose status says so (free every result with
  * PQclear).  When ctx ends first the statement is cancelled on the server
- * and the call returns NULL with errno = ctx_err(ctx), the connection idle.
+ * and the call returns NULL with errno = ctx_err(ctx) within
+ * CTX_PQ_CANCEL_GRACE_MS, the connection idle, or broken (CONNECTION_BAD)
+ * when the server could not settle it in time (see "What a cancel does").
  * A cancel that comes after the server finished is harmless: the caller gets
  * the real result.  A connection that breaks gives a PGRES_FATAL_ERROR result
  * naming the cause, never a hang.  NULL with errno ENOMEM when libpq cannot
@@ -132,8 +161,8 @@ CTX_PQ_EXPORT PGresult *ctx_pq_exec_params(ctx_t *ctx, PGconn *conn, const char 
  * every remaining result is read and discarded and the call returns NULL
  * with errno = ctx_err(ctx).  A call under a context that is already done
  * returns no result: it cancels the command and discards its results,
- * waiting only until the server has stopped it (bounded as in "Bounds"), so
- * calling on until NULL leaves the connection idle either way.
+ * waiting only until the server has stopped it, within the grace; either way
+ * the connection is then idle or broken, as for ctx_pq_exec.
  */
 CTX_PQ_EXPORT PGresult *ctx_pq_get_result(ctx_t *ctx, PGconn *conn);
 
@@ -158,8 +187,12 @@ CTX_PQ_EXPORT PGresult *ctx_pq_get_result(ctx_t *ctx, PGconn *conn);
  * rolls back and returns 0 (also when ctx's end already did), or EIO when the
  * connection is broken.  Either one ends the transaction and frees tx: call
  * exactly one of them, exactly once; the connection is idle afterwards.
- * Both may block for a round trip to the server; they take no context (as in
- * Go, the transaction's context governs them).
+ * Both take no context: as in Go, the transaction's context governs them.
+ * They return within CTX_PQ_CANCEL_GRACE_MS of its end (a transaction under
+ * ctx_background() waits as long as the server takes); when the grace ends
+ * first the connection is given up and the server rolls back.
+ * ctx_pq_tx_commit and ctx_pq_tx_rollback below take a bound of the caller's
+ * as well.
  */
 typedef struct ctx_pq_tx ctx_pq_tx_t;
 CTX_PQ_EXPORT int ctx_pq_begin(ctx_t *ctx, PGconn *conn, ctx_pq_tx_t **tx);

@@ -23,6 +23,10 @@
  * waits for the lock as long as the context allows, and at most as long as the
  * connection's busy timeout; a cancel ends that wait at once.
  *
+ * Bound.  Whatever the call waits for (a lock, a long statement), it returns
+ * within a thread wake-up of its context's end, deadline or cancel; the tests
+ * hold every round to 100 ms (docs/failure-modes.md).
+ *
  * What the library installs.  The first call on a cancellable context that
  * uses a connection installs the library's progress handler and busy handler
  * on it, and an SQL function named ctx_sqlite_state_ (it returns NULL; its
