@@ -428,7 +428,15 @@ static canceller_t *canceller_start(PGconn *conn, int repeats, bool want_fd)
     int rc = pthread_attr_init(&attr);
     if (rc == 0) {
         pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+        /* The canceller takes no signal: the application's signals are for
+         * its own threads, and a system call of this thread that a signal
+         * never interrupts (poll, waitpid) never reads errno, which the
+         * child, sharing this thread's memory on Linux, may write. */
+        sigset_t all, old;
+        sigfillset(&all);
+        pthread_sigmask(SIG_SETMASK, &all, &old);
         rc = pthread_create(&t, &attr, canceller_main, cl);
+        pthread_sigmask(SIG_SETMASK, &old, NULL);
         pthread_attr_destroy(&attr);
     }
     if (rc != 0) {
