@@ -12,7 +12,6 @@
 
 struct ctx__clock ctx__clock;
 
-
 static ctx_time_t real_now(void)
 {
     struct timespec ts;

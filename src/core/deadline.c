@@ -8,7 +8,6 @@
 
 #include <errno.h>
 
-
 /* now is ctx_now() when the caller already read it, else NOT_READ. */
 #define NOT_READ INT64_MIN
 
