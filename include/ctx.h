@@ -88,10 +88,17 @@ extern "C" {
 /* A context.  Opaque, reference counted, and immutable to its users. */
 typedef struct ctx ctx_t;
 
-/* The capability to cancel one context (Go's CancelFunc).  Valid for as long
- * as its context is alive.  Debug builds (without NDEBUG) abort with a
- * message when a handle is used after its context was freed, as long as the
- * memory has not been reused. */
+/* The capability to cancel one context (Go's CancelFunc).  Not a pointer
+ * to anything: a generation-checked number that the library resolves to its
+ * context.  It may outlive the context: once the context has been freed, a
+ * cancel through it is a no-op, as calling Go's cancel function late is,
+ * and never touches freed memory (generations have 24 bits on 64-bit
+ * systems, 12 on 32-bit ones; a handle kept across that many reuses of its
+ * slot could name a newer context).  So `ctx_cancel(cancel)` after handing
+ * the context to a thread that drops it is safe.  Never cancelling leaks
+ * nothing either: the handle needs no release.  A value that was never a
+ * handle (on 64-bit systems, any pointer) aborts with a message, in every
+ * build. */
 typedef struct ctx_cancel ctx_cancel_t;
 
 /* One AfterFunc registration (Go's stop function). */
@@ -231,7 +238,8 @@ CTX_EXPORT ctx_t *ctx_without_cancel(ctx_t *parent);
  * thread; those of a part of the tree that another thread's cancel reached
  * first run on that thread (or, for a deadline, on a callback thread) and
  * may still be running.  Cancelling a context never affects its
- * parent or siblings.  Safe from any thread; a NULL handle is ignored.
+ * parent or siblings.  Safe from any thread; a NULL handle is ignored, and
+ * so is the handle of a context that was already freed.
  *
  * Both names are also macros (see "Cancel sites" below) that record the
  * file, line and function of the call for ctx_cancel_site().
@@ -416,7 +424,8 @@ CTX_EXPORT void *ctx_custom_data(ctx_t *ctx);
  * Allocator
  *
  * Routes every allocation the library makes through malloc_fn and free_fn
- * (libuv's uv_replace_allocator).  Call it before any context other than the
+ * (libuv's uv_replace_allocator), except the table behind cancel and group
+ * handles, which lives as long as the process and comes from calloc.  Call it before any context other than the
  * roots exists: memory is released with the allocator that was current when
  * it was allocated only if that allocator is still installed.  Returns 0, or
  * EINVAL if either function is NULL.  ctx_reset_allocator() restores
@@ -538,13 +547,25 @@ CTX_EXPORT int ctx_group_try_go(ctx_group_t *g, ctx_task_fn fn, void *arg);
  * the first task failure (0 if none).  If msg is not NULL, *msg receives
  * its text, ctx_strerror(code) (static), or NULL when there was none.
  * Blocks; while it waits, tasks may still start tasks of the group.  Call
- * exactly once per group and not from one of its tasks: a second call is
- * misuse (debug builds abort with a message as long as the group's memory
- * was not reused; release builds return EINVAL when they can tell).
- * EINVAL for a NULL group.  A task that calls ctx_group_go on its own
+ * it once per group, from the owner, not from one of its tasks.  The
+ * handle is generation-checked: once ctx_group_wait or ctx_group_abandon
+ * has been called on it, every call with it (a second ctx_group_wait,
+ * ctx_group_go, ...) returns EINVAL and touches no freed memory.  So does
+ * a ctx_group_wait while another thread is in one.  EINVAL for a NULL
+ * group; a value that was never a group handle aborts with a message.  A task that calls ctx_group_go on its own
  * group at the limit waits for a slot like any caller (with a limit of 1
  * that is a deadlock, as in Go). */
 CTX_EXPORT int ctx_group_wait(ctx_group_t *g, const char **msg);
+
+/* Gives up on the group without waiting: cancels its context (cause
+ * CTX_CANCELED, site "ctx_group_abandon"), makes the handle stale and
+ * returns at once.  Tasks already started or queued still run, on pool
+ * threads, with the cancelled context; the group is freed when the last of
+ * them returns, and their failures are not reported to anyone.  For an
+ * owner that must leave early (an error path, a shutdown), instead of a
+ * ctx_group_wait it cannot afford to block in.  Returns 0, or EINVAL for a
+ * NULL or stale handle or while ctx_group_wait runs. */
+CTX_EXPORT int ctx_group_abandon(ctx_group_t *g);
 
 /* ---------------------------------------------------------------------------
  * Merged parents (.NET CreateLinkedTokenSource, folly's merge)

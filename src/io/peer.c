@@ -273,8 +273,8 @@ ctx_t *ctx_with_peer_close(ctx_t *parent, int fd, ctx_cancel_t **cancel)
     socklen_t tl = sizeof type;
     if (getsockopt(fd, SOL_SOCKET, SO_TYPE, &type, &tl) != 0)
         return NULL; /* EBADF, ENOTSOCK */
-    struct watch *w = ctx__alloc(sizeof *w);
-    if (w == NULL) {
+    struct watch *w;
+    if ((cancel != NULL && ctx__handle_reserve() != 0) || (w = ctx__alloc(sizeof *w)) == NULL) {
         errno = ENOMEM;
         return NULL;
     }
@@ -327,7 +327,7 @@ ctx_t *ctx_with_peer_close(ctx_t *parent, int fd, ctx_cancel_t **cancel)
         return NULL;
     }
     if (cancel != NULL)
-        *cancel = (ctx_cancel_t *)&cu->base;
+        *cancel = ctx__handle_bind(&cu->base);
     return &cu->base;
 }
 
