@@ -425,11 +425,11 @@ CTX_EXPORT void *ctx_custom_data(ctx_t *ctx);
  *
  * Routes every allocation the library makes through malloc_fn and free_fn
  * (libuv's uv_replace_allocator), except the table behind cancel and group
- * handles, which lives as long as the process and comes from calloc.  Call it before any context other than the
- * roots exists: memory is released with the allocator that was current when
- * it was allocated only if that allocator is still installed.  Returns 0, or
- * EINVAL if either function is NULL.  ctx_reset_allocator() restores
- * malloc/free.
+ * handles, which lives as long as the process and comes from calloc.  Call
+ * it before any context other than the roots exists: memory is released
+ * with the allocator that was current when it was allocated only if that
+ * allocator is still installed.  Returns 0, or EINVAL if either function is
+ * NULL.  ctx_reset_allocator() restores malloc/free.
  */
 CTX_EXPORT int ctx_replace_allocator(void *(*malloc_fn)(size_t size), void (*free_fn)(void *ptr));
 CTX_EXPORT void ctx_reset_allocator(void);
@@ -552,9 +552,9 @@ CTX_EXPORT int ctx_group_try_go(ctx_group_t *g, ctx_task_fn fn, void *arg);
  * has been called on it, every call with it (a second ctx_group_wait,
  * ctx_group_go, ...) returns EINVAL and touches no freed memory.  So does
  * a ctx_group_wait while another thread is in one.  EINVAL for a NULL
- * group; a value that was never a group handle aborts with a message.  A task that calls ctx_group_go on its own
- * group at the limit waits for a slot like any caller (with a limit of 1
- * that is a deadlock, as in Go). */
+ * group; a value that was never a group handle aborts with a message.  A
+ * task that calls ctx_group_go on its own group at the limit waits for a
+ * slot like any caller (with a limit of 1 that is a deadlock, as in Go). */
 CTX_EXPORT int ctx_group_wait(ctx_group_t *g, const char **msg);
 
 /* Gives up on the group without waiting: cancels its context (cause

@@ -89,13 +89,13 @@ struct ctx__msg *ctx__msg_site(const char *file, int line, const char *func)
  */
 
 #if UINTPTR_MAX > 0xffffffffu
-#define GEN_BITS  24
-#define IDX_BITS  26
-#define HTAG      ((uintptr_t)1 << 63)
+#define GEN_BITS 24
+#define IDX_BITS 26
+#define HTAG     ((uintptr_t)1 << 63)
 #else
-#define GEN_BITS  12
-#define IDX_BITS  20
-#define HTAG      0
+#define GEN_BITS 12
+#define IDX_BITS 20
+#define HTAG     0
 #endif
 #define GEN_MASK  (((uintptr_t)1 << GEN_BITS) - 1)
 #define IDX_MAX   (((uint32_t)1 << IDX_BITS) - 2)

@@ -26,7 +26,8 @@ static ctx_t *with_deadline(ctx_t *parent, ctx_time_t d, ctx_time_t now, int cau
 
     ctx__timer_init();
     struct ctx__timer *t;
-    if ((cancel != NULL && ctx__handle_reserve() != 0) || (t = ctx__node_alloc(sizeof *t)) == NULL) {
+    if ((cancel != NULL && ctx__handle_reserve() != 0) ||
+        (t = ctx__node_alloc(sizeof *t)) == NULL) {
         errno = ENOMEM;
         return NULL;
     }
