@@ -7,6 +7,8 @@
  *     any constructor that gives one, also when a new context took the
  *     freed one's memory and handle slot, and also when the free and the
  *     cancel race.  A handle that is never used leaks nothing.
+ *   - A peer-close watch whose fd the program closed early is not ended by
+ *     the hang-up of a new connection that got the same fd number.
  *   - A group's handle goes stale at ctx_group_wait or ctx_group_abandon:
  *     a second wait is EINVAL; an abandoned group's tasks finish and the
  *     group is freed without anyone waiting.
@@ -206,12 +208,55 @@ static void test_group_abandon(void)
     CHECK_EQ_INT(check_alloc_live(), live0);
 }
 
+/* The old request's fd is closed while its context lives; the number goes
+ * to a new connection, watched too, whose peer hangs up.  Only the new
+ * context ends. */
+static void test_peer_close_fd_reuse(void)
+{
+    int a[2], b[2], c[2];
+    CHECK_EQ_INT(socketpair(AF_UNIX, SOCK_STREAM, 0, a), 0);
+    ctx_t *old = ctx_with_peer_close(ctx_background(), a[0], NULL);
+    CHECK_NOT_NULL(old);
+    int num = a[0];
+    close(a[0]); /* the program is done with the socket, not the context */
+    CHECK_EQ_INT(socketpair(AF_UNIX, SOCK_STREAM, 0, b), 0);
+    if (b[0] != num) {
+        /* The lowest free number is reused: make b[0] take it. */
+        CHECK_EQ_INT(dup2(b[0], num), num);
+        close(b[0]);
+        b[0] = num;
+    }
+    ctx_t *young = ctx_with_peer_close(ctx_background(), b[0], NULL);
+    CHECK_NOT_NULL(young);
+    close(b[1]); /* the new connection's peer hangs up */
+    CHECK_EQ_INT(ctx_wait(young, 10 * CTX_SECOND), CTX_CANCELED);
+    CHECK_DONE(young, CTX_CANCELED, ECONNRESET, "client disconnected");
+
+    /* The watcher handles one batch of events at a time: once a later
+     * hang-up has been acted on, the batch with b's has been finished. */
+    CHECK_EQ_INT(socketpair(AF_UNIX, SOCK_STREAM, 0, c), 0);
+    ctx_t *probe = ctx_with_peer_close(ctx_background(), c[0], NULL);
+    CHECK_NOT_NULL(probe);
+    close(c[1]);
+    CHECK_EQ_INT(ctx_wait(probe, 10 * CTX_SECOND), CTX_CANCELED);
+    CHECK_NOT_DONE(old);
+
+    /* The old request still ends with its parent, and frees cleanly. */
+    ctx_unref(probe);
+    ctx_unref(young);
+    ctx_unref(old);
+    close(c[0]);
+    close(b[0]);
+    close(a[1]);
+}
+
 int main(void)
 {
     check_alloc_install();
     RUN_TEST(test_cancel_after_free);
     RUN_TEST(test_forgotten_cancel);
     RUN_TEST(test_cancel_races_free);
+    RUN_TEST(test_peer_close_fd_reuse);
     RUN_TEST(test_group_wait_twice);
     RUN_TEST(test_group_abandon);
     return 0;

@@ -158,11 +158,13 @@ CTX_EXPORT int ctx_dial(ctx_t *ctx, const char *host, const char *port);
  * a pipelined request is never consumed: one library thread waits in epoll
  * (EPOLLRDHUP, EPOLLHUP, EPOLLERR; never EPOLLIN) for every watched socket
  * of the process, so a watch costs no thread and no fd of its own.  The
- * watch ends when the context is done (for any reason) or freed, and fd
- * must stay open until then; if it is closed earlier, a new socket that
- * gets the same number is still watched correctly, but the early context
- * may end when that socket's peer hangs up.  Several contexts may watch
- * one fd.  On a hang-up, AfterFunc callbacks of the context and its
+ * watch ends when the context is done (for any reason) or freed.  The
+ * watch knows which socket it watches (its inode and, where the kernel
+ * has it, its SO_COOKIE), not just the number: the program may close fd
+ * before the context ends, and when the number goes to a new connection
+ * that is watched in turn, the new connection's hang-up ends only the new
+ * contexts, never the old one (which then simply waits for its own end).
+ * Several contexts may watch one fd.  On a hang-up, AfterFunc callbacks of the context and its
  * descendants run on the library's callback threads, as for a deadline,
  * never on the watcher thread.  Returns a new reference, or NULL with
  * errno: EINVAL (NULL parent, negative fd), EBADF, ENOTSOCK or EPERM

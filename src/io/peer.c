@@ -11,11 +11,23 @@
  * program may already have closed.
  *
  * Data.  A table indexed by fd holds, per watched fd, the list of watches
- * (several contexts may watch one fd) and a generation number, which goes
- * into the epoll event's data beside the fd: an event that the watcher
- * collected just before the fd's last watch went away (and perhaps a new
- * one came) is recognised as stale and dropped.  Everything in the table is
- * under `mu`.
+ * (several contexts may watch one fd), the identity of the socket they
+ * watch and a generation number, which goes into the epoll event's data
+ * beside the fd: an event that the watcher collected just before the fd's
+ * last watch went away (and perhaps a new one came) is recognised as stale
+ * and dropped.  Everything in the table is under `mu`.
+ *
+ * Identity.  The program may close a watched fd while its context lives,
+ * and the kernel may give the number to a new connection that is watched
+ * in turn.  A hang-up of the new connection must not end the old request.
+ * So each watch records which socket it watches: st_dev and st_ino (a
+ * socket's inode is its own while it is open) and, where the kernel has
+ * it, the socket cookie (SO_COOKIE, never reused while the system runs).
+ * A new watch on an fd whose listed watches name another socket knows that
+ * their socket was closed: it takes them off the list (they can no longer
+ * fire; they wait for their contexts to end or be freed) and bumps the
+ * generation, so that an event of the old socket's registration (still in
+ * epoll when another process or fd holds the socket) is dropped as stale.
  *
  * A watch is the data of a custom context (tree.c's CUSTOM node with the
  * internal `done` hook).  It leaves the table in exactly one of three ways,
@@ -41,6 +53,7 @@
 #include <pthread.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #ifdef __linux__
@@ -48,18 +61,50 @@
 
 enum { W_NEW, W_LISTED, W_GONE };
 
+/* Which socket an fd is: see "Identity" above. */
+struct ident {
+    uint64_t dev, ino, cookie; /* cookie 0: the kernel has no SO_COOKIE */
+};
+
 struct watch {
     struct watch *next;      /* in its fd's list, under mu */
     struct watch *fire_next; /* the watcher's private list of contexts to cancel */
     struct ctx *ctx;
     int fd;
     int state; /* W_NEW, W_LISTED, W_GONE; under mu */
+    struct ident id;
 };
 
 struct slot {
     struct watch *head;
     uint32_t gen;
+    struct ident id; /* of the socket the listed watches watch */
 };
+
+static int same_socket(const struct ident *a, const struct ident *b)
+{
+    return a->dev == b->dev && a->ino == b->ino && a->cookie == b->cookie;
+}
+
+/* The identity of socket fd: 0, or EBADF, ENOTSOCK. */
+static int identify(int fd, struct ident *id)
+{
+    struct stat st;
+    if (fstat(fd, &st) != 0)
+        return errno;
+    if (!S_ISSOCK(st.st_mode))
+        return ENOTSOCK;
+    id->dev = (uint64_t)st.st_dev;
+    id->ino = (uint64_t)st.st_ino;
+    id->cookie = 0;
+#ifdef SO_COOKIE
+    uint64_t cookie;
+    socklen_t len = sizeof cookie;
+    if (getsockopt(fd, SOL_SOCKET, SO_COOKIE, &cookie, &len) == 0 && len == sizeof cookie)
+        id->cookie = cookie;
+#endif
+    return 0;
+}
 
 static pthread_mutex_t mu = PTHREAD_MUTEX_INITIALIZER;
 static struct slot *slots; /* indexed by fd */
@@ -269,10 +314,12 @@ ctx_t *ctx_with_peer_close(ctx_t *parent, int fd, ctx_cancel_t **cancel)
         errno = EINVAL;
         return NULL;
     }
-    int type;
-    socklen_t tl = sizeof type;
-    if (getsockopt(fd, SOL_SOCKET, SO_TYPE, &type, &tl) != 0)
-        return NULL; /* EBADF, ENOTSOCK */
+    struct ident id;
+    int ie = identify(fd, &id);
+    if (ie != 0) {
+        errno = ie; /* EBADF, ENOTSOCK */
+        return NULL;
+    }
     struct watch *w;
     if ((cancel != NULL && ctx__handle_reserve() != 0) || (w = ctx__alloc(sizeof *w)) == NULL) {
         errno = ENOMEM;
@@ -288,6 +335,7 @@ ctx_t *ctx_with_peer_close(ctx_t *parent, int fd, ctx_cancel_t **cancel)
     w->ctx = &cu->base;
     w->fd = fd;
     w->state = W_NEW;
+    w->id = id;
     cu->ops = &peer_ops;
     cu->data = w;
     cu->done = peer_done;
@@ -299,6 +347,14 @@ ctx_t *ctx_with_peer_close(ctx_t *parent, int fd, ctx_cancel_t **cancel)
         e = start();
         if (e == 0)
             e = grow(fd);
+        if (e == 0 && slots[fd].head != NULL && !same_socket(&slots[fd].id, &id)) {
+            /* The listed watches' socket was closed and fd is a new one:
+             * they can no longer fire (see "Identity" above). */
+            for (struct watch *o = slots[fd].head; o != NULL; o = o->next)
+                o->state = W_GONE;
+            slots[fd].head = NULL;
+            slots[fd].gen++;
+        }
         if (e == 0) {
             /* Added even when fd has watches already: their socket may be
              * gone, closed by an owner that had not ended its context yet
@@ -317,6 +373,7 @@ ctx_t *ctx_with_peer_close(ctx_t *parent, int fd, ctx_cancel_t **cancel)
         if (e == 0) {
             w->next = slots[fd].head;
             slots[fd].head = w;
+            slots[fd].id = id;
             w->state = W_LISTED;
         }
     }
