@@ -39,6 +39,23 @@
  *
  * Errors.  Constructors return NULL and set errno.  Other calls return 0 or
  * a positive errno-style code.  There is no hidden global error state.
+ *
+ * A context's end and other timeouts.  CTX_DEADLINE_EXCEEDED is ETIMEDOUT
+ * and CTX_CANCELED is ECANCELED, so that a context's end travels through
+ * code that speaks errno.  A kernel or a peer may say ETIMEDOUT too (a TCP
+ * connect or user timeout, a driver's own timeout).  One rule tells them
+ * apart, and every call of this library and its companion libraries keeps
+ * it: a call that fails once its context has ended reports ctx_err(ctx),
+ * whatever the system said, and reports any other error only while
+ * ctx_err(ctx) == 0.  So after a failure with err:
+ *
+ *     if (err == ctx_err(ctx))   the context ended (canceled or deadline)
+ *     else                       the system's or the peer's error
+ *
+ * (a deadline that passes after the call returned and before the check
+ * makes a system timeout of that same moment read as the deadline, which
+ * is then true as well).  ctx_strerror_of(ctx, err) applies the rule to
+ * the message.
  */
 #ifndef CTX_H
 #define CTX_H
@@ -277,8 +294,17 @@ CTX_EXPORT bool ctx_deadline(ctx_t *ctx, ctx_time_t *deadline);
 CTX_EXPORT void *ctx_value(ctx_t *ctx, const ctx_key_t *key);
 
 /* "context canceled" for CTX_CANCELED, "context deadline exceeded" for
- * CTX_DEADLINE_EXCEEDED, else the C library's strerror() text. */
+ * CTX_DEADLINE_EXCEEDED, else the C library's strerror() text.  For codes
+ * from ctx_err and ctx_cause; for the error of a call made under a context
+ * use ctx_strerror_of, which does not call a kernel's ETIMEDOUT a context
+ * deadline.  The strings are static. */
 CTX_EXPORT const char *ctx_strerror(int err);
+
+/* The text for err, an error a call made under ctx returned: ctx_strerror's
+ * "context canceled" or "context deadline exceeded" when err is ctx's own
+ * end (err == ctx_err(ctx) != 0), else the C library's text, so that a TCP
+ * or peer timeout reads "Connection timed out".  Static strings. */
+CTX_EXPORT const char *ctx_strerror_of(ctx_t *ctx, int err);
 
 /* Go's String(), snprintf-style: writes at most size bytes including the
  * terminating NUL and returns the full length.  "context.Background",

@@ -687,6 +687,19 @@ static inline bool ctx__ended(ctx_t *c)
     return true;
 }
 
+/* io.c, dial.c: the error of a call that failed: ctx_err(c) when c has
+ * ended by now (whatever the system call said: the context's end is the
+ * reason to report), else the system's errno.  So a kernel or peer
+ * ETIMEDOUT reaches the caller only while ctx_err(c) == 0, and a call's
+ * CTX_DEADLINE_EXCEEDED always means c's deadline.  Returns -1. */
+static inline int ctx__fail(ctx_t *c)
+{
+    int e = ctx_err(c);
+    if (e != 0)
+        errno = e;
+    return -1;
+}
+
 /* ---- wait.c */
 void ctx__fd_signal(struct ctx *n);
 void ctx__fd_release(struct ctx *n);

@@ -9,6 +9,9 @@
  *     cancel race.  A handle that is never used leaks nothing.
  *   - A peer-close watch whose fd the program closed early is not ended by
  *     the hang-up of a new connection that got the same fd number.
+ *   - ETIMEDOUT from the kernel and the context's deadline (also
+ *     ETIMEDOUT) are told apart by err == ctx_err(ctx), and
+ *     ctx_strerror_of words them differently.
  *   - A group's handle goes stale at ctx_group_wait or ctx_group_abandon:
  *     a second wait is EINVAL; an abandoned group's tasks finish and the
  *     group is freed without anyone waiting.
@@ -17,6 +20,8 @@
 
 #include <ctx/io.h>
 
+#include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <sys/socket.h>
 
 /* Every constructor that gives a cancel handle: the context is freed
@@ -250,6 +255,66 @@ static void test_peer_close_fd_reuse(void)
     close(a[1]);
 }
 
+/* A loopback TCP connection whose receiver never reads, with small
+ * buffers, so that a writer soon stalls on a zero window.  user_ms > 0
+ * sets the writer's TCP_USER_TIMEOUT: the kernel then aborts the stalled
+ * connection with ETIMEDOUT. */
+static void stalled_pair(int *writer, int *reader, int user_ms)
+{
+    int l = socket(AF_INET, SOCK_STREAM, 0);
+    CHECK(l >= 0);
+    struct sockaddr_in a = { .sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
+    socklen_t al = sizeof a;
+    CHECK_EQ_INT(bind(l, (struct sockaddr *)&a, sizeof a), 0);
+    CHECK_EQ_INT(listen(l, 1), 0);
+    CHECK_EQ_INT(getsockname(l, (struct sockaddr *)&a, &al), 0);
+    int w = socket(AF_INET, SOCK_STREAM, 0);
+    CHECK(w >= 0);
+    int small = 4096;
+    CHECK_EQ_INT(setsockopt(w, SOL_SOCKET, SO_SNDBUF, &small, sizeof small), 0);
+    if (user_ms > 0)
+        CHECK_EQ_INT(setsockopt(w, IPPROTO_TCP, TCP_USER_TIMEOUT, &user_ms, sizeof user_ms), 0);
+    CHECK_EQ_INT(connect(w, (struct sockaddr *)&a, sizeof a), 0);
+    int r = accept(l, NULL, NULL);
+    CHECK(r >= 0);
+    CHECK_EQ_INT(setsockopt(r, SOL_SOCKET, SO_RCVBUF, &small, sizeof small), 0);
+    close(l);
+    *writer = w;
+    *reader = r;
+}
+
+static void test_kernel_timeout_vs_deadline(void)
+{
+    static char buf[1 << 20];
+    int w, r;
+
+    /* The kernel's timeout: the context (whose deadline is far) lives. */
+    stalled_pair(&w, &r, 300);
+    ctx_cancel_t *h;
+    ctx_t *c = ctx_with_timeout(ctx_background(), 60 * CTX_SECOND, &h);
+    CHECK_NOT_NULL(c);
+    int err = ctx_write_all(c, w, buf, sizeof buf, NULL); /* returns the code */
+    CHECK_EQ_INT(err, ETIMEDOUT);
+    CHECK_EQ_INT(ctx_err(c), 0); /* so: not the context's deadline */
+    CHECK_STR(ctx_strerror_of(c, err), strerror(ETIMEDOUT));
+    ctx_cancel(h);
+    ctx_unref(c);
+    close(w);
+    close(r);
+
+    /* The context's deadline: same errno, told apart by ctx_err. */
+    stalled_pair(&w, &r, 0);
+    c = ctx_with_timeout(ctx_background(), 200 * CTX_MILLISECOND, NULL);
+    CHECK_NOT_NULL(c);
+    err = ctx_write_all(c, w, buf, sizeof buf, NULL);
+    CHECK_EQ_INT(err, CTX_DEADLINE_EXCEEDED);
+    CHECK_EQ_INT(ctx_err(c), err); /* so: the context's deadline */
+    CHECK_STR(ctx_strerror_of(c, err), "context deadline exceeded");
+    ctx_unref(c);
+    close(w);
+    close(r);
+}
+
 int main(void)
 {
     check_alloc_install();
@@ -257,6 +322,7 @@ int main(void)
     RUN_TEST(test_forgotten_cancel);
     RUN_TEST(test_cancel_races_free);
     RUN_TEST(test_peer_close_fd_reuse);
+    RUN_TEST(test_kernel_timeout_vs_deadline);
     RUN_TEST(test_group_wait_twice);
     RUN_TEST(test_group_abandon);
     return 0;

@@ -69,6 +69,13 @@
  *   process.  On pipes and FIFOs the calls behave as write(2): a write to a
  *   pipe with no reader raises SIGPIPE unless the program ignores it.
  *
+ * Errors.  A call that fails once ctx has ended fails with ctx_err(ctx)
+ * (CTX_CANCELED or CTX_DEADLINE_EXCEEDED), whatever the system call said;
+ * any other errno, ETIMEDOUT from TCP included, is reported only while
+ * ctx_err(ctx) == 0.  So `err == ctx_err(ctx)` tells a context's end from
+ * a kernel or peer timeout, and ctx_strerror_of(ctx, err) words it
+ * accordingly (ctx.h, "A context's end and other timeouts").
+ *
  * Threading.  Every call is safe from any thread; several threads may wait
  * on the same context at once (they share its one done fd).
  */

@@ -276,12 +276,27 @@ void ctx__describe_atfork(int release)
         pthread_mutex_lock(&errtexts_mu);
 }
 
+/* The C library's text for err, static. */
+static const char *sys_text(int err);
+
 const char *ctx_strerror(int err)
 {
     if (err == CTX_CANCELED)
         return "context canceled";
     if (err == CTX_DEADLINE_EXCEEDED)
         return "context deadline exceeded";
+    return sys_text(err);
+}
+
+const char *ctx_strerror_of(ctx_t *ctx, int err)
+{
+    if (err != 0 && ctx != NULL && err == ctx_err(ctx))
+        return ctx_strerror(err);
+    return sys_text(err);
+}
+
+static const char *sys_text(int err)
+{
     char buf[64];
     /* The GNU strerror_r returns a static string for codes it knows and
      * writes the others into buf. */
