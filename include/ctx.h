@@ -469,7 +469,8 @@ CTX_EXPORT void ctx_reset_allocator(void);
  * three bits of the word at byte offset 8) is 3 or more holds its own done
  * state; any other points, with the word at offset 0, at the context that
  * does.  The 32-bit state word at byte offset 24 carries err in its low
- * byte.  That much of the layout is part of the ABI of this major version.
+ * byte.  That much of the layout, and nothing else, is part of the ABI of
+ * this major version (docs/ABI.md, "What stays inlined into callers").
  * ctx_wait is wrapped the same way for a done context and a poll.  Define
  * CTX_NO_INLINE before including this header to call the exported
  * functions instead.

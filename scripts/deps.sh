@@ -26,7 +26,8 @@ case "$what" in
     test) packages=("${core[@]}" "${libs[@]}" "${peers[@]}") ;;
     ci)   packages=("${core[@]}" "${libs[@]}" "${peers[@]}" clang clang-format
                     libclang-rt-14-dev libbenchmark-dev wrk hey
-                    golang-github-lib-pq-dev golang-github-mattn-go-sqlite3-dev) ;;
+                    golang-github-lib-pq-dev golang-github-mattn-go-sqlite3-dev
+                    abigail-tools) ;;
     *) echo "usage: scripts/deps.sh [test|demo|ci]" >&2; exit 2 ;;
 esac
 
