@@ -447,6 +447,34 @@ CTX_EXPORT ctx_t *ctx_with_custom(ctx_t *parent, const ctx_custom_ops_t *ops, vo
 CTX_EXPORT void *ctx_custom_data(ctx_t *ctx);
 
 /* ---------------------------------------------------------------------------
+ * The library's threads
+ *
+ * The library starts threads on demand and keeps them while they have work:
+ * the timer thread (the first deadline), callback workers (AfterFunc
+ * callbacks of contexts that end by deadline, signal or hang-up; idle ones
+ * end after two seconds), the group pool (idle threads end after two
+ * seconds), the signal thread (the first ctx_with_signals), the peer-close
+ * watcher (the first ctx_with_peer_close) and ctx_dial's name lookups.
+ *
+ * ctx_shutdown ends and joins all of them, so that a program can exit with
+ * no thread of the library left (valgrind-clean) or dlclose the library.
+ * It returns EBUSY, and stops nothing more, while any has work: a deadline
+ * pending (a live context with a deadline that has not passed, on the real
+ * clock), an AfterFunc callback queued or running on a worker, a group task
+ * queued or running, a live signal context or a live peer-close watch.
+ * Otherwise it tells each idle thread to end, waits until every one has
+ * (including name lookups still running), and returns 0.  Contexts without
+ * a deadline and done contexts do not count: they need no thread.
+ *
+ * Call it from one thread while no other thread uses the library (at the
+ * end of main, before dlclose); threads that another thread's call starts
+ * meanwhile may be waited for too.  The library stays usable: a later call
+ * that needs a thread starts it again.  Memory the library keeps for its
+ * whole life (the handle table, caches) stays reachable and is not a leak.
+ */
+CTX_EXPORT int ctx_shutdown(void);
+
+/* ---------------------------------------------------------------------------
  * Allocator
  *
  * Routes every allocation the library makes through malloc_fn and free_fn

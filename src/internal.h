@@ -551,6 +551,18 @@ void ctx__cancel_pinned(struct ctx *n, int cause, struct ctx__msg *msg, const vo
 int ctx__thread_start_arg(void *(*fn)(void *), void *arg, size_t stack);
 /* The same with arg NULL. */
 int ctx__thread_start(void *(*fn)(void *), size_t stack);
+/* Joins every library thread, waiting for each to end; returns how many.
+ * For ctx_shutdown, once every subsystem has told its threads to end. */
+int ctx__thread_join_all(void);
+/* ctx_shutdown's steps, one per subsystem with threads: each returns EBUSY
+ * while its threads have work (leaving them running), else tells them to
+ * end as soon as they are idle and returns 0.  A later use starts them
+ * again.  group.c, io/peer.c, signal.c, core/timer.c, after.c. */
+int ctx__pool_quit(void);
+int ctx__peer_quit(void);
+int ctx__signal_quit(void);
+int ctx__timer_quit(void);
+int ctx__after_quit(void);
 /* Names the calling thread (at most 15 bytes are kept), for thread
  * listings and debuggers: "ctx-timer", "ctx-after", ... */
 void ctx__thread_name(const char *name);
@@ -575,7 +587,10 @@ struct ctx__fork_hooks {
 #define CTX__FORK_RANK_TIME       100 /* timer.c: T.mu, the shard locks */
 #define CTX__FORK_RANK_AFTER      110 /* after.c: the callback queue */
 #define CTX__FORK_RANK_WAIT       200 /* wait.c: the done-fd table, describe */
-#define CTX__FORK_MAX             32
+#define CTX__FORK_RANK_THREADS                                                                     \
+    300 /* thread.c: the thread registry (last: taken                                              \
+         * under the other subsystems' locks) */
+#define CTX__FORK_MAX 32
 void ctx__fork_register(const struct ctx__fork_hooks *h);
 /* Defines hooks `name` and registers them when the library is loaded. */
 #define CTX__FORK_HOOKS(name, ...)                                                                 \

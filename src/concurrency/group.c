@@ -90,10 +90,12 @@ static struct {
     int qlen;                /* tasks in the queue */
     int polling;             /* looking threads polling `queued` (<= MAX_POLLING) */
     _Atomic uint32_t queued; /* qlen, for the polls of looking threads */
+    int quit;                /* ctx_shutdown: idle threads end now */
 } P = { PTHREAD_ADAPTIVE_MUTEX_INITIALIZER_NP,
         PTHREAD_COND_INITIALIZER,
         NULL,
         &P.head,
+        0,
         0,
         0,
         0,
@@ -324,12 +326,12 @@ static void *pool_main(void *arg)
         P.idle++;
         struct timespec end = ctx__timespec(ctx__add_sat(ctx__real_now(), IDLE_NS));
         int rc = 0;
-        while (P.head == NULL && P.wakes == 0 && rc != ETIMEDOUT)
+        while (P.head == NULL && P.wakes == 0 && rc != ETIMEDOUT && !P.quit)
             rc = pthread_cond_timedwait(&P.cv, &P.mu, &end);
         P.idle--;
         if (P.wakes > 0)
             P.wakes--;
-        if (P.head == NULL && rc == ETIMEDOUT) {
+        if (P.head == NULL && (rc == ETIMEDOUT || P.quit)) {
             P.threads--;
             pthread_mutex_unlock(&P.mu);
             return NULL;
@@ -343,6 +345,7 @@ static void *pool_main(void *arg)
 static int submit(struct task *t)
 {
     pthread_mutex_lock(&P.mu);
+    P.quit = 0; /* new work: the pool is in use again */
     t->next = NULL;
     *P.tail = t;
     P.tail = &t->next;
@@ -372,6 +375,19 @@ static int submit(struct task *t)
     }
     pthread_mutex_unlock(&P.mu);
     return e;
+}
+
+int ctx__pool_quit(void)
+{
+    pthread_mutex_lock(&P.mu);
+    /* Threads neither looking nor sleeping are inside tasks. */
+    int busy = P.qlen > 0 || P.threads > P.looking + P.idle;
+    if (!busy && P.threads > 0) {
+        P.quit = 1;
+        pthread_cond_broadcast(&P.cv);
+    }
+    pthread_mutex_unlock(&P.mu);
+    return busy ? EBUSY : 0;
 }
 
 /* ---------------------------------------------------------------------------

@@ -58,6 +58,7 @@
 
 #ifdef __linux__
 #include <sys/epoll.h>
+#include <sys/eventfd.h>
 
 enum { W_NEW, W_LISTED, W_GONE };
 
@@ -110,7 +111,12 @@ static pthread_mutex_t mu = PTHREAD_MUTEX_INITIALIZER;
 static struct slot *slots; /* indexed by fd */
 static size_t nslots;
 static int epfd = -1;
-static int running; /* the watcher thread exists (in this process) */
+static int running;     /* the watcher thread exists (in this process) */
+static int quit;        /* ctx_shutdown asked the watcher to end; under mu */
+static int wakefd = -1; /* an eventfd in epfd: ctx_shutdown's wake-up */
+
+/* The epoll data of wakefd's event: no fd and generation make it. */
+#define WAKE_KEY UINT64_MAX
 static pthread_once_t atfork_once = PTHREAD_ONCE_INIT;
 
 #define PEER_EVENTS (EPOLLRDHUP | EPOLLHUP | EPOLLERR | EPOLLONESHOT)
@@ -149,6 +155,30 @@ static void unlist(struct watch *w)
     w->state = W_GONE;
 }
 
+/* Whether no fd is watched.  Under mu. */
+static int no_watches(void)
+{
+    for (size_t fd = 0; fd < nslots; fd++)
+        if (slots[fd].head != NULL)
+            return 0;
+    return 1;
+}
+
+int ctx__peer_quit(void)
+{
+    lock();
+    int busy = !no_watches();
+    if (!busy && running && wakefd >= 0) {
+        quit = 1;
+        uint64_t one = 1;
+        if (write(wakefd, &one, sizeof one) < 0)
+            quit = 0; /* cannot happen below 2^64 - 1 wake-ups */
+    }
+    int e = busy || (running && !quit) ? EBUSY : 0;
+    unlock();
+    return e;
+}
+
 static void *watcher(void *arg)
 {
     (void)arg;
@@ -166,6 +196,13 @@ static void *watcher(void *arg)
         ctx__hold();
         lock();
         for (int i = 0; i < n; i++) {
+            if (ev[i].data.u64 == WAKE_KEY) {
+                uint64_t v;
+                if (read(wakefd, &v, sizeof v) < 0) {
+                    /* EAGAIN: read already; the flag below is what counts. */
+                }
+                continue;
+            }
             int fd = (int)(uint32_t)ev[i].data.u64;
             uint32_t gen = (uint32_t)(ev[i].data.u64 >> 32);
             if ((size_t)fd >= nslots || slots[fd].gen != gen || slots[fd].head == NULL)
@@ -204,9 +241,16 @@ static void *watcher(void *arg)
             ctx__msg_unref(msg);
             ctx__unref_deferred(c);
         }
+        lock();
+        int end = quit && no_watches();
+        quit = 0;
+        if (end)
+            running = 0; /* the next watch starts a new watcher */
+        unlock();
         ctx__release();
+        if (end)
+            return NULL;
     }
-    return NULL;
 }
 
 /* fork(2) child: the watcher thread did not come along, and the epoll
@@ -217,7 +261,11 @@ static void peer_atfork_child(void)
     if (epfd >= 0)
         close(epfd);
     epfd = -1;
+    if (wakefd >= 0)
+        close(wakefd);
+    wakefd = -1;
     running = 0;
+    quit = 0;
 }
 
 static void register_atfork(void)
@@ -236,6 +284,15 @@ static int start(void)
         epfd = epoll_create1(EPOLL_CLOEXEC);
         if (epfd < 0)
             return errno;
+        /* The wake-up of ctx_shutdown; without it the watcher still works
+         * and ctx_shutdown reports EBUSY. */
+        if (wakefd < 0)
+            wakefd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+        if (wakefd >= 0) {
+            struct epoll_event wev = { .events = EPOLLIN };
+            wev.data.u64 = WAKE_KEY;
+            epoll_ctl(epfd, EPOLL_CTL_ADD, wakefd, &wev);
+        }
         /* After a fork: watch the inherited sockets again. */
         for (size_t fd = 0; fd < nslots; fd++) {
             if (slots[fd].head == NULL)
@@ -389,6 +446,11 @@ ctx_t *ctx_with_peer_close(ctx_t *parent, int fd, ctx_cancel_t **cancel)
 }
 
 #else /* !__linux__ */
+
+int ctx__peer_quit(void)
+{
+    return 0; /* no watcher thread here */
+}
 
 ctx_t *ctx_with_peer_close(ctx_t *parent, int fd, ctx_cancel_t **cancel)
 {
