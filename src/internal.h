@@ -587,10 +587,8 @@ struct ctx__fork_hooks {
 #define CTX__FORK_RANK_TIME       100 /* timer.c: T.mu, the shard locks */
 #define CTX__FORK_RANK_AFTER      110 /* after.c: the callback queue */
 #define CTX__FORK_RANK_WAIT       200 /* wait.c: the done-fd table, describe */
-#define CTX__FORK_RANK_THREADS                                                                     \
-    300 /* thread.c: the thread registry (last: taken                                              \
-         * under the other subsystems' locks) */
-#define CTX__FORK_MAX 32
+#define CTX__FORK_RANK_THREADS    300 /* thread.c: forgets the parent's threads */
+#define CTX__FORK_MAX             32
 void ctx__fork_register(const struct ctx__fork_hooks *h);
 /* Defines hooks `name` and registers them when the library is loaded. */
 #define CTX__FORK_HOOKS(name, ...)                                                                 \

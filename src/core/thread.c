@@ -115,29 +115,22 @@ int ctx__thread_join_all(void)
 }
 
 /* fork(2): the child has none of the parent's threads; forget them.  The
- * lock is held across the fork, so the list is whole. */
-static void reg_prepare(void)
-{
-    pthread_mutex_lock(&reg_mu);
-}
-
-static void reg_parent(void)
-{
-    pthread_mutex_unlock(&reg_mu);
-}
-
+ * lock is not held across the fork (the subsystems' fork handlers take
+ * their own locks, under which threads are started, in an order of their
+ * own); instead the child makes a new lock and walks the list as the fork
+ * left it, which is whole between any two of the stores above: an entry is
+ * linked after it is filled and freed after it is unlinked. */
 static void reg_child(void)
 {
+    pthread_mutex_init(&reg_mu, NULL);
     while (reg != NULL) {
         struct lthread *t = reg;
         reg = t->next;
         free(t);
     }
-    pthread_mutex_unlock(&reg_mu);
 }
 
-CTX__FORK_HOOKS(reg_hooks, .rank = CTX__FORK_RANK_THREADS, .prepare = reg_prepare,
-                .parent = reg_parent, .child = reg_child)
+CTX__FORK_HOOKS(reg_hooks, .rank = CTX__FORK_RANK_THREADS, .child = reg_child)
 
 int ctx__thread_start(void *(*fn)(void *), size_t stack)
 {
