@@ -188,8 +188,9 @@ CTX_EXPORT ctx_t *ctx_ref(ctx_t *ctx);
  * (so its parent's cancel no longer visits it), closes its done fd, destroys
  * its value and drops its own reference to its parent.  Freeing a chain of
  * any length is iterative.  ctx_unref(NULL) does nothing.  Dropping more
- * references than were taken is undefined behaviour; debug builds abort with
- * a message. */
+ * references than were taken is undefined behaviour; the library aborts
+ * with a message when it sees a count already at zero (in every build, as
+ * long as the memory has not been reused). */
 CTX_EXPORT void ctx_unref(ctx_t *ctx);
 
 /* ---------------------------------------------------------------------------
@@ -368,8 +369,8 @@ CTX_EXPORT int ctx_after_func(ctx_t *ctx, void (*fn)(void *arg), void *arg, ctx_
  * has run; then waits until fn has returned, unless called from inside fn
  * itself (directly or through a cancel that fn made).  Always releases the
  * handle.  ctx_after_stop(NULL) returns false.  Stopping a handle twice is
- * misuse: debug builds abort with a message (as long as the memory has not
- * been reused). */
+ * misuse: the library aborts with a message, in every build (as long as
+ * the memory has not been reused). */
 CTX_EXPORT bool ctx_after_stop(ctx_after_t *stop);
 
 /* ---------------------------------------------------------------------------

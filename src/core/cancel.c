@@ -284,9 +284,12 @@ void ctx__handle_unpin(const void *h)
 {
     uint32_t gen;
     struct cell *c = decode(h, &gen, "ctx_cancel: not a cancel handle");
-    /* Release: what the canceller did to the object happens before the
-     * drop that waited for this. */
-    atomic_fetch_and_explicit(&c->word, ~PINNED, memory_order_release);
+    /* A plain store, not a read-modify-write: while the cell is pinned
+     * nobody else changes its word (other pinners and the drop wait), so
+     * the word is ours to put back.  Release: what the canceller did to the
+     * object happens before the drop that waited for this. */
+    uint32_t w = atomic_load_explicit(&c->word, memory_order_relaxed);
+    atomic_store_explicit(&c->word, w & ~PINNED, memory_order_release);
 }
 
 void *ctx__handle_peek(const void *h, const char *what)

@@ -52,8 +52,14 @@ int ctx__try_ref(struct ctx *c)
 
 static int fan_release(struct ctx *p);
 
-/* Drops one reference; true when it was the last one. */
-static int drop_ref(struct ctx *c)
+/* Drops one reference; true when it was the last one.  Inlined into
+ * ctx_unref by force: the misuse check's call would otherwise keep the
+ * compiler from doing it, and the call costs more than the check. */
+#if defined(__GNUC__) || defined(__clang__)
+__attribute__((always_inline))
+#endif
+static inline int
+drop_ref(struct ctx *c)
 {
     uint32_t r = atomic_load_explicit(&c->refs, memory_order_relaxed);
     for (;;) {
