@@ -186,9 +186,9 @@ static inline uint64_t ctx__key_bit(const ctx_key_t *key)
 #define CTX__HANDLE_FREED   0x46524545u /* "FREE" */
 
 /* Misuse the documentation promises to catch.  In every build: each check
- * is a compare on a word the call reads anyway, predicted not taken, so it
- * costs the fast paths nothing a benchmark can see (docs/ABI.md has the
- * figures). */
+ * is a compare on a word the call reads anyway, predicted not taken.  Keep
+ * the call out of inlined hot paths' way (see drop_ref in tree.c): it must
+ * not stop the compiler from inlining them. */
 #if defined(__GNUC__) || defined(__clang__)
 #define CTX__UNLIKELY(x) __builtin_expect(!!(x), 0)
 #else
