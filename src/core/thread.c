@@ -97,6 +97,25 @@ int ctx__thread_start_arg(void *(*fn)(void *), void *arg, size_t stack)
     return e;
 }
 
+/* At exit (and at dlclose), join the threads that ended on their own and
+ * wait for the next start: a thread that ended but was never joined is a
+ * leak to ThreadSanitizer and valgrind.  Those still running are left
+ * alone (ctx_shutdown is the call that ends them).  An atexit handler, not
+ * a destructor: ThreadSanitizer looks for leaks in its own atexit handler,
+ * which runs before destructors, and after handlers registered later than
+ * its own, as this one is (when the library is loaded). */
+static void reap_at_exit(void)
+{
+    pthread_mutex_lock(&reg_mu);
+    reap_locked();
+    pthread_mutex_unlock(&reg_mu);
+}
+
+__attribute__((constructor)) static void reap_register(void)
+{
+    atexit(reap_at_exit);
+}
+
 int ctx__thread_join_all(void)
 {
     int n = 0;
