@@ -462,7 +462,9 @@ CTX_EXPORT void *ctx_custom_data(ctx_t *ctx);
  * It returns EBUSY, and stops nothing more, while any has work: a deadline
  * pending (a live context with a deadline that has not passed, on the real
  * clock), an AfterFunc callback queued or running on a worker, a group task
- * queued or running, a live signal context or a live peer-close watch.
+ * queued or running, a live signal context or a live peer-close watch;
+ * also for the moment after a callback or task returns, before its thread
+ * is idle again, so a program at exit may retry it briefly.
  * Otherwise it tells each idle thread to end, waits until every one has
  * (including name lookups still running), and returns 0.  Contexts without
  * a deadline and done contexts do not count: they need no thread.

@@ -551,9 +551,14 @@ void ctx__cancel_pinned(struct ctx *n, int cause, struct ctx__msg *msg, const vo
 int ctx__thread_start_arg(void *(*fn)(void *), void *arg, size_t stack);
 /* The same with arg NULL. */
 int ctx__thread_start(void *(*fn)(void *), size_t stack);
-/* Joins every library thread, waiting for each to end; returns how many.
- * For ctx_shutdown, once every subsystem has told its threads to end. */
+/* For ctx_shutdown.  join_begin: threads that end from now on stay to be
+ * joined (they detach themselves otherwise).  join_all: joins every
+ * library thread, waiting for each to end, and returns how many; call it
+ * once every subsystem has told its threads to end.  join_cancel: the
+ * shutdown was refused; joins the threads that ended meanwhile. */
+void ctx__thread_join_begin(void);
 int ctx__thread_join_all(void);
+void ctx__thread_join_cancel(void);
 /* ctx_shutdown's steps, one per subsystem with threads: each returns EBUSY
  * while its threads have work (leaving them running), else tells them to
  * end as soon as they are idle and returns 0.  A later use starts them

@@ -17,10 +17,14 @@ int ctx_shutdown(void)
     int (*const quit[])(void) = {
         ctx__pool_quit, ctx__peer_quit, ctx__signal_quit, ctx__timer_quit, ctx__after_quit,
     };
+    /* First, so that a thread told to end below stays to be joined. */
+    ctx__thread_join_begin();
     for (size_t i = 0; i < sizeof quit / sizeof quit[0]; i++) {
         int e = quit[i]();
-        if (e != 0)
+        if (e != 0) {
+            ctx__thread_join_cancel();
             return e;
+        }
     }
     ctx__thread_join_all();
     return 0;

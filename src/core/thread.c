@@ -12,9 +12,9 @@
  *
  * Every library thread is joinable and listed in a registry, so that
  * ctx_shutdown can join them all (a valgrind-clean exit, a safe dlclose).
- * A thread that ends on its own (an idle pool or callback thread) marks
- * itself done; the next thread start joins the done ones, so they never
- * pile up.  Registry entries come from the C library (like the handle
+ * A thread that ends on its own (an idle pool or callback thread) leaves
+ * the registry and detaches itself, unless ctx_shutdown is joining: then
+ * it marks itself done and is joined.  Registry entries come from the C library (like the handle
  * table they are the library's own, outside ctx_replace_allocator).
  */
 #include "internal.h"
@@ -34,19 +34,35 @@ struct lthread {
 
 static pthread_mutex_t reg_mu = PTHREAD_MUTEX_INITIALIZER;
 static struct lthread *reg; /* every library thread not yet joined */
+static int joining;         /* ctx__thread_join_all runs; under reg_mu */
 
 static void *trampoline(void *p)
 {
     struct lthread *t = p;
     void *r = t->fn(t->arg);
     pthread_mutex_lock(&reg_mu);
-    t->done = 1;
+    if (joining) {
+        t->done = 1; /* ctx_shutdown joins it */
+    } else {
+        /* Ended on its own (idle): nobody will join it, so it leaves the
+         * registry and detaches, and no finished thread is left unjoined
+         * (a leak to ThreadSanitizer and valgrind). */
+        for (struct lthread **pp = &reg; *pp != NULL; pp = &(*pp)->next) {
+            if (*pp == t) {
+                *pp = t->next;
+                break;
+            }
+        }
+        pthread_detach(t->tid);
+        free(t);
+    }
     pthread_mutex_unlock(&reg_mu);
     return r;
 }
 
-/* Joins the threads that have ended.  Under reg_mu: a done thread has
- * nothing left to run but its return, so the join does not wait. */
+/* Joins the threads that ended while ctx_shutdown was joining and that it
+ * did not reach.  Under reg_mu: a done thread has nothing left to run but
+ * its return, so the join does not wait. */
 static void reap_locked(void)
 {
     for (struct lthread **pp = &reg; *pp != NULL;) {
@@ -97,23 +113,19 @@ int ctx__thread_start_arg(void *(*fn)(void *), void *arg, size_t stack)
     return e;
 }
 
-/* At exit (and at dlclose), join the threads that ended on their own and
- * wait for the next start: a thread that ended but was never joined is a
- * leak to ThreadSanitizer and valgrind.  Those still running are left
- * alone (ctx_shutdown is the call that ends them).  An atexit handler, not
- * a destructor: ThreadSanitizer looks for leaks in its own atexit handler,
- * which runs before destructors, and after handlers registered later than
- * its own, as this one is (when the library is loaded). */
-static void reap_at_exit(void)
+void ctx__thread_join_begin(void)
 {
     pthread_mutex_lock(&reg_mu);
-    reap_locked();
+    joining = 1; /* threads that end from now on wait to be joined */
     pthread_mutex_unlock(&reg_mu);
 }
 
-__attribute__((constructor)) static void reap_register(void)
+void ctx__thread_join_cancel(void)
 {
-    atexit(reap_at_exit);
+    pthread_mutex_lock(&reg_mu);
+    joining = 0;
+    reap_locked(); /* those that ended meanwhile */
+    pthread_mutex_unlock(&reg_mu);
 }
 
 int ctx__thread_join_all(void)
@@ -124,6 +136,8 @@ int ctx__thread_join_all(void)
         struct lthread *t = reg;
         if (t != NULL)
             reg = t->next;
+        else
+            joining = 0;
         pthread_mutex_unlock(&reg_mu);
         if (t == NULL)
             return n;
