@@ -90,6 +90,10 @@ static inline const char *ctx__msg_text(const struct ctx__msg *m)
 #define CTX__WAITERS  0x100u /* a thread sleeps on this word (futex) */
 #define CTX__HAS_FD   0x200u /* a done fd exists in the fd table */
 #define CTX__FANNED   0x400u /* children live in a ctx__fan (below) */
+/* A CANCEL node that has a cancel handle: it is a struct ctx__hnode.  Set
+ * before the node is published and never changed.  (TIMER and CUSTOM nodes
+ * always have the handle field.) */
+#define CTX__HANDLE 0x1000000u
 /* Bits 16-23: 1 + the fan shard of the parent that links this node and
  * holds its parent reference, or 0.  Set before the node is published and
  * never changed. */
@@ -192,27 +196,27 @@ static inline uint64_t ctx__key_bit(const ctx_key_t *key)
     return (uint64_t)1 << (((uint64_t)(uintptr_t)key * 0x9E3779B97F4A7C15u) >> 58);
 }
 
-/* The stop handle of an AFTER record, for debug builds' misuse checks:
+/* The stop handle of an AFTER record, for the misuse checks:
  * a handle passed to ctx_after_stop twice, or after its record was freed,
  * reads STOPPED or FREED (as long as the memory was not reused). */
 #define CTX__HANDLE_LIVE    0x4c495645u /* "LIVE" */
 #define CTX__HANDLE_STOPPED 0x53544f50u /* "STOP" */
 #define CTX__HANDLE_FREED   0x46524545u /* "FREE" */
 
-/* The kind a freed node is given in debug builds, so that a cancel through
- * the handle of a freed context is caught (until the memory is reused). */
-#define CTX__FREED 7u
-
-/* Misuse the documentation promises to catch in debug builds. */
-#ifndef NDEBUG
+/* Misuse the documentation promises to catch.  In every build: each check
+ * is a compare on a word the call reads anyway, predicted not taken.  Keep
+ * the call out of inlined hot paths' way (see drop_ref in tree.c): it must
+ * not stop the compiler from inlining them. */
+#if defined(__GNUC__) || defined(__clang__)
+#define CTX__UNLIKELY(x) __builtin_expect(!!(x), 0)
+#else
+#define CTX__UNLIKELY(x) (x)
+#endif
 #define CTX__MISUSE(cond, msg)                                                                     \
     do {                                                                                           \
-        if (cond)                                                                                  \
+        if (CTX__UNLIKELY(cond))                                                                   \
             ctx__misuse(msg);                                                                      \
     } while (0)
-#else
-#define CTX__MISUSE(cond, msg) ((void)0)
-#endif
 #if defined(__GNUC__) || defined(__clang__)
 __attribute__((noreturn, cold))
 #endif
@@ -227,9 +231,18 @@ enum ctx__run {
     CTX__RUN_WAITER = 4, /* flag: a stopper sleeps until DONE */
 };
 
+/* A cancel node with the index of its cancel handle's cell (core/cancel.c)
+ * plus one, or 0 when it has none.  TIMER and CUSTOM nodes begin the same
+ * way; a CANCEL node is one only when its state has CTX__HANDLE. */
+struct ctx__hnode {
+    struct ctx base;
+    uint32_t handle;
+};
+
 /* A custom node: a cancel node plus the user's hooks. */
 struct ctx__custom {
     struct ctx base;
+    uint32_t handle; /* as in struct ctx__hnode */
     const ctx_custom_ops_t *ops;
     void *data;
     /* Library-internal: called with data when the node becomes done (by
@@ -248,17 +261,21 @@ struct ctx__custom {
  * structures need no memory of their own per timer. */
 struct ctx__timer {
     struct ctx base;
+    uint32_t handle; /* as in struct ctx__hnode */
+    uint8_t shard;   /* which shard holds it; immutable */
+    uint8_t level;   /* wheel level, or AT_DUE: timer.c */
+    uint16_t slot;   /* wheel slot */
     ctx_time_t deadline;
     struct ctx__link wheel; /* under the shard lock */
-    uint8_t shard;          /* which shard holds it; immutable */
-    uint8_t level;          /* wheel level, or AT_DUE: timer.c */
-    uint16_t slot;          /* wheel slot */
 };
 #if UINTPTR_MAX == UINT64_MAX
 CTX__ALIGN_CHECK(sizeof(struct ctx__timer) == 96);
 #else
 CTX__ALIGN_CHECK(sizeof(struct ctx__timer) <= 96);
 #endif
+CTX__ALIGN_CHECK(sizeof(struct ctx__hnode) <= 96);
+CTX__ALIGN_CHECK(offsetof(struct ctx__timer, handle) == offsetof(struct ctx__hnode, handle));
+CTX__ALIGN_CHECK(offsetof(struct ctx__custom, handle) == offsetof(struct ctx__hnode, handle));
 
 /*
  * A parent's fan-out: where the children of a cancel node that many threads
@@ -510,10 +527,43 @@ struct ctx__chain {
  * appending the AfterFunc records it finds to *defer (the timer thread), or
  * running them on the caller when defer is NULL. */
 void ctx__cancel_deadline(struct ctx__timer *t, struct ctx__chain *defer);
+/* kind may carry CTX__WITH_HANDLE (CANCEL only): n is a struct ctx__hnode
+ * that ctx__handle_bind will give a handle. */
 void ctx__init_cancel(struct ctx *n, ctx_t *parent, unsigned kind);
+#define CTX__WITH_HANDLE 0x100u
 struct ctx__msg *ctx__msg_new(const char *text);
 void ctx__msg_unref(struct ctx__msg *m);
 int ctx__try_ref(struct ctx *c);
+
+/* ---- core/cancel.c: generation-checked handles.  A handle names a cell
+ * of a table that is never freed; the cell names an object and carries a
+ * generation, which the handle carries too.  Freeing the object bumps the
+ * generation, so a handle that outlived its object is recognised as stale
+ * (a no-op for ctx_cancel, EINVAL for a group) instead of touching freed
+ * memory, and a value that was never a handle is recognised as foreign.
+ *
+ * reserve makes sure this thread holds a free cell (0 or ENOMEM), so that
+ * the bind that follows it on the same thread cannot fail; call it before
+ * anything that would have to be undone.  bind gives the cancel node n a
+ * handle (n's handle field names the cell); handle_new does the same for
+ * any object, storing the cell index + 1 in *idx.  pin returns the object
+ * of a live handle and keeps it from being dropped until unpin, or NULL
+ * for a stale one; it aborts with a message naming `what` for a foreign
+ * one.  peek is pin without the pin, for an object whose owner keeps it
+ * alive (a stale handle still reads NULL).  drop takes the index + 1 from
+ * bind or handle_new and makes every handle to the cell stale, waiting
+ * while it is pinned. */
+int ctx__handle_reserve(void);
+ctx_cancel_t *ctx__handle_bind(struct ctx *n);
+void *ctx__handle_new(void *obj, uint32_t *idx);
+void *ctx__handle_pin(const void *h, const char *what);
+void ctx__handle_unpin(const void *h);
+void *ctx__handle_peek(const void *h, const char *what);
+void ctx__handle_drop(uint32_t idx);
+/* Cancels n, pinned through handle h, as ctx__cancel(n, ..., 0) does, and
+ * unpins h as soon as n itself is no longer needed: before the AfterFunc
+ * callbacks run, since one of them may drop n's last reference. */
+void ctx__cancel_pinned(struct ctx *n, int cause, struct ctx__msg *msg, const void *h);
 
 /* ---- thread.c: the library's threads (the bottom layer: it calls nothing
  * else in the library). */
@@ -523,6 +573,23 @@ int ctx__try_ref(struct ctx *c);
 int ctx__thread_start_arg(void *(*fn)(void *), void *arg, size_t stack);
 /* The same with arg NULL. */
 int ctx__thread_start(void *(*fn)(void *), size_t stack);
+/* For ctx_shutdown.  join_begin: threads that end from now on stay to be
+ * joined (they detach themselves otherwise).  join_all: joins every
+ * library thread, waiting for each to end, and returns how many; call it
+ * once every subsystem has told its threads to end.  join_cancel: the
+ * shutdown was refused; joins the threads that ended meanwhile. */
+void ctx__thread_join_begin(void);
+int ctx__thread_join_all(void);
+void ctx__thread_join_cancel(void);
+/* ctx_shutdown's steps, one per subsystem with threads: each returns EBUSY
+ * while its threads have work (leaving them running), else tells them to
+ * end as soon as they are idle and returns 0.  A later use starts them
+ * again.  group.c, io/peer.c, signal.c, core/timer.c, after.c. */
+int ctx__pool_quit(void);
+int ctx__peer_quit(void);
+int ctx__signal_quit(void);
+int ctx__timer_quit(void);
+int ctx__after_quit(void);
 /* Names the calling thread (at most 15 bytes are kept), for thread
  * listings and debuggers: "ctx-timer", "ctx-after", ... */
 void ctx__thread_name(const char *name);
@@ -547,6 +614,7 @@ struct ctx__fork_hooks {
 #define CTX__FORK_RANK_TIME       100 /* timer.c: T.mu, the shard locks */
 #define CTX__FORK_RANK_AFTER      110 /* after.c: the callback queue */
 #define CTX__FORK_RANK_WAIT       200 /* wait.c: the done-fd table, describe */
+#define CTX__FORK_RANK_THREADS    300 /* thread.c: forgets the parent's threads */
 #define CTX__FORK_MAX             32
 void ctx__fork_register(const struct ctx__fork_hooks *h);
 /* Defines hooks `name` and registers them when the library is loaded. */
@@ -673,6 +741,19 @@ static inline bool ctx__ended(ctx_t *c)
         return false;
     errno = e;
     return true;
+}
+
+/* io.c, dial.c: the error of a call that failed: ctx_err(c) when c has
+ * ended by now (whatever the system call said: the context's end is the
+ * reason to report), else the system's errno.  So a kernel or peer
+ * ETIMEDOUT reaches the caller only while ctx_err(c) == 0, and a call's
+ * CTX_DEADLINE_EXCEEDED always means c's deadline.  Returns -1. */
+static inline int ctx__fail(ctx_t *c)
+{
+    int e = ctx_err(c);
+    if (e != 0)
+        errno = e;
+    return -1;
 }
 
 /* ---- wait.c */

@@ -110,6 +110,8 @@ void ctx__plat_membarrier(void);
  *   (the caller adds the inherited sockets again after open).
  * has: whether fd is in the set: added and not deleted since, reported
  *   or not (for the tests).
+ * wake: makes the wait under way, or the next one, return (with no key
+ *   when nothing else is reported); for ctx_shutdown.  0 or an errno.
  * The calls are made under peer.c's lock, except wait. */
 int ctx__plat_watch_open(void);
 int ctx__plat_watch_add(int fd, uint64_t key);
@@ -117,5 +119,6 @@ void ctx__plat_watch_del(int fd);
 int ctx__plat_watch_wait(uint64_t *keys, int max);
 void ctx__plat_watch_forget(void);
 int ctx__plat_watch_has(int fd);
+int ctx__plat_watch_wake(void);
 
 #endif /* CTX_PLATFORM_H */

@@ -71,6 +71,13 @@
  *   process.  On pipes and FIFOs the calls behave as write(2): a write to a
  *   pipe with no reader raises SIGPIPE unless the program ignores it.
  *
+ * Errors.  A call that fails once ctx has ended fails with ctx_err(ctx)
+ * (CTX_CANCELED or CTX_DEADLINE_EXCEEDED), whatever the system call said;
+ * any other errno, ETIMEDOUT from TCP included, is reported only while
+ * ctx_err(ctx) == 0.  So `err == ctx_err(ctx)` tells a context's end from
+ * a kernel or peer timeout, and ctx_strerror_of(ctx, err) words it
+ * accordingly (ctx.h, "A context's end and other timeouts").
+ *
  * Threading.  Every call is safe from any thread; several threads may wait
  * on the same context at once (they share its one done fd).
  */
@@ -174,11 +181,13 @@ CTX_EXPORT int ctx_dial(ctx_t *ctx, const char *host, const char *port);
  * (EPOLLRDHUP, EPOLLHUP, EPOLLERR; never EPOLLIN) for every watched socket
  * of the process, so a watch costs no thread and no fd of its own (the
  * portable backend polls them with poll(2): docs/platforms.md).  The
- * watch ends when the context is done (for any reason) or freed, and fd
- * must stay open until then; if it is closed earlier, a new socket that
- * gets the same number is still watched correctly, but the early context
- * may end when that socket's peer hangs up.  Several contexts may watch
- * one fd.  On a hang-up, AfterFunc callbacks of the context and its
+ * watch ends when the context is done (for any reason) or freed.  The
+ * watch knows which socket it watches (its inode and, where the kernel
+ * has it, its SO_COOKIE), not just the number: the program may close fd
+ * before the context ends, and when the number goes to a new connection
+ * that is watched in turn, the new connection's hang-up ends only the new
+ * contexts, never the old one (which then simply waits for its own end).
+ * Several contexts may watch one fd.  On a hang-up, AfterFunc callbacks of the context and its
  * descendants run on the library's callback threads, as for a deadline,
  * never on the watcher thread.  Returns a new reference, or NULL with
  * errno: EINVAL (NULL parent, negative fd), EBADF, ENOTSOCK or EPERM

@@ -1137,13 +1137,15 @@ int ctx_pq_connect(ctx_t *ctx, const char *conninfo, PGconn **conn)
         if (st == PGRES_POLLING_FAILED) {
             err = connect_error(c);
             PQfinish(c);
-            return err;
+            /* ctx.h's rule: once ctx has ended, its end is the error. */
+            return ctx_err(ctx) != 0 ? ctx_err(ctx) : err;
         }
         err = wait_socket(ctx, NULL, PQsocket(c), st == PGRES_POLLING_READING ? POLLIN : POLLOUT,
                           limit);
         if (err != WAIT_READY) {
             PQfinish(c);
-            return err == WAIT_LIMIT ? ETIMEDOUT : err;
+            err = err == WAIT_LIMIT ? ETIMEDOUT : err;
+            return ctx_err(ctx) != 0 ? ctx_err(ctx) : err;
         }
         st = PQconnectPoll(c);
     }

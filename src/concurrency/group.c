@@ -26,6 +26,12 @@
  * Lock order: the pool mutex and a group's mutex are never held together,
  * and neither is held while a task runs or while a context is cancelled.
  *
+ * A ctx_group_t * is not the group's address but a generation-checked
+ * handle (core/cancel.c): the group is reached through a cell that
+ * ctx_group_wait and ctx_group_abandon make stale, so a second wait, or a
+ * ctx_group_go after the group is gone, is an EINVAL and never a touch of
+ * freed memory.  Tasks hold the group itself (struct task's g).
+ *
  * fork(2): the pool's handlers (registered here with pthread_atfork) hold
  * the pool mutex across the fork; the child starts with an empty pool.
  * The parent's queued tasks are the parent's: the child forgets them.
@@ -63,7 +69,8 @@ struct ctx_group {
     _Atomic uint32_t sleepers;
     /* The owner's reference plus one per active task. */
     _Atomic uint32_t refs;
-    _Atomic uint32_t state; /* GROUP_LIVE, _WAITING, _WAITED: misuse checks */
+    _Atomic uint32_t state; /* GROUP_LIVE, _WAITING, _WAITED: one wait or abandon */
+    uint32_t handle;        /* the handle's cell index + 1 */
     /* < 0: none.  Written by ctx_group_set_limit only while active == 0,
      * but a misused concurrent ctx_group_go may read it meanwhile: atomic
      * (relaxed; it publishes nothing) so that this stays a wrong answer
@@ -84,9 +91,19 @@ static struct {
     int qlen;                /* tasks in the queue */
     int polling;             /* looking threads polling `queued` (<= MAX_POLLING) */
     _Atomic uint32_t queued; /* qlen, for the polls of looking threads */
-} P = {
-    CTX__PLAT_SPIN_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, NULL, &P.head, 0, 0, 0, 0, 0, 0, 0
-};
+    int quit;                /* ctx_shutdown: idle threads end now */
+} P = { CTX__PLAT_SPIN_MUTEX_INITIALIZER,
+        PTHREAD_COND_INITIALIZER,
+        NULL,
+        &P.head,
+        0,
+        0,
+        0,
+        0,
+        0,
+        0,
+        0,
+        0 };
 
 static pthread_once_t pool_once = PTHREAD_ONCE_INIT;
 
@@ -318,12 +335,12 @@ static void *pool_main(void *arg)
         P.idle++;
         struct timespec end = ctx__timespec(ctx__add_sat(ctx__real_now(), IDLE_NS));
         int rc = 0;
-        while (P.head == NULL && P.wakes == 0 && rc != ETIMEDOUT)
+        while (P.head == NULL && P.wakes == 0 && rc != ETIMEDOUT && !P.quit)
             rc = pthread_cond_timedwait(&P.cv, &P.mu, &end);
         P.idle--;
         if (P.wakes > 0)
             P.wakes--;
-        if (P.head == NULL && rc == ETIMEDOUT) {
+        if (P.head == NULL && (rc == ETIMEDOUT || P.quit)) {
             P.threads--;
             pthread_mutex_unlock(&P.mu);
             return NULL;
@@ -353,6 +370,7 @@ static int unqueue_locked(struct task *t)
 static int submit(struct task *t)
 {
     pthread_mutex_lock(&P.mu);
+    P.quit = 0; /* new work: the pool is in use again */
     t->next = NULL;
     *P.tail = t;
     P.tail = &t->next;
@@ -394,6 +412,19 @@ static int submit(struct task *t)
     return e;
 }
 
+int ctx__pool_quit(void)
+{
+    pthread_mutex_lock(&P.mu);
+    /* Threads neither looking nor sleeping are inside tasks. */
+    int busy = P.qlen > 0 || P.threads > P.looking + P.idle;
+    if (!busy && P.threads > 0) {
+        P.quit = 1;
+        pthread_cond_broadcast(&P.cv);
+    }
+    pthread_mutex_unlock(&P.mu);
+    return busy ? EBUSY : 0;
+}
+
 /* ---------------------------------------------------------------------------
  * The API
  */
@@ -427,14 +458,29 @@ ctx_group_t *ctx_group_new(ctx_t *parent, ctx_t **out)
     atomic_init(&g->limit, -1);
     g->err = 0;
     pthread_mutex_init(&g->mu, NULL);
+    ctx_group_t *h = ctx__handle_new(g, &g->handle);
+    if (h == NULL) {
+        ctx_unref(g->ctx);
+        pthread_mutex_destroy(&g->mu);
+        ctx__free(g);
+        errno = ENOMEM;
+        return NULL;
+    }
     if (out != NULL)
         *out = ctx__ref(g->ctx);
-    return g;
+    return h;
 }
 
-int ctx_group_set_limit(ctx_group_t *g, int n)
+/* The group of handle h, or NULL once it was waited for or abandoned. */
+static struct ctx_group *group_of(ctx_group_t *h)
 {
-    if (g == NULL || n == 0)
+    return ctx__handle_peek(h, "ctx_group: not a group handle");
+}
+
+int ctx_group_set_limit(ctx_group_t *h, int n)
+{
+    struct ctx_group *g;
+    if (h == NULL || n == 0 || (g = group_of(h)) == NULL)
         return EINVAL;
     /* Acquire: pairs with release_slot's seq_cst decrement, so that the
      * tasks that ended are really gone. */
@@ -444,14 +490,13 @@ int ctx_group_set_limit(ctx_group_t *g, int n)
     return 0;
 }
 
-static int go(ctx_group_t *g, ctx_task_fn fn, void *arg, int block)
+static int go(ctx_group_t *h, ctx_task_fn fn, void *arg, int block)
 {
-    if (g == NULL || fn == NULL)
-        return EINVAL;
+    struct ctx_group *g;
     /* Tasks may start tasks while ctx_group_wait waits; after it returned
-     * the group is gone. */
-    CTX__MISUSE(atomic_load_explicit(&g->state, memory_order_relaxed) == GROUP_WAITED,
-                "ctx_group_go: the group was already waited for");
+     * (or the group was abandoned) the handle is stale. */
+    if (h == NULL || fn == NULL || (g = group_of(h)) == NULL)
+        return EINVAL;
     int e = ctx_err(g->ctx);
     if (e != 0)
         return e; /* Go would start it and leave the check to the task */
@@ -488,18 +533,17 @@ int ctx_group_try_go(ctx_group_t *g, ctx_task_fn fn, void *arg)
     return go(g, fn, arg, 0);
 }
 
-int ctx_group_wait(ctx_group_t *g, const char **msg)
+int ctx_group_wait(ctx_group_t *h, const char **msg)
 {
     if (msg != NULL)
         *msg = NULL;
-    if (g == NULL)
-        return EINVAL;
+    struct ctx_group *g;
+    if (h == NULL || (g = group_of(h)) == NULL)
+        return EINVAL; /* a second wait, or a wait after ctx_group_abandon */
     uint32_t live = GROUP_LIVE;
     if (!atomic_compare_exchange_strong_explicit(&g->state, &live, GROUP_WAITING,
-                                                 memory_order_relaxed, memory_order_relaxed)) {
-        CTX__MISUSE(1, "ctx_group_wait: called twice on one group (call it exactly once)");
-        return EINVAL;
-    }
+                                                 memory_order_relaxed, memory_order_relaxed))
+        return EINVAL; /* another thread is waiting: the owner's call only */
     ctx_time_t spin_until = 0;
     for (;;) {
         /* Acquire: pairs with the tasks' release_slot; what they did
@@ -520,6 +564,24 @@ int ctx_group_wait(ctx_group_t *g, const char **msg)
     if (msg != NULL && err != 0)
         *msg = ctx_strerror(err);
     atomic_store_explicit(&g->state, GROUP_WAITED, memory_order_relaxed);
+    ctx__handle_drop(g->handle);
     group_unref(g);
     return err;
+}
+
+int ctx_group_abandon(ctx_group_t *h)
+{
+    struct ctx_group *g;
+    if (h == NULL || (g = group_of(h)) == NULL)
+        return EINVAL;
+    uint32_t live = GROUP_LIVE;
+    if (!atomic_compare_exchange_strong_explicit(&g->state, &live, GROUP_WAITED,
+                                                 memory_order_relaxed, memory_order_relaxed))
+        return EINVAL;
+    ctx_cancel_at(g->cancel, __FILE__, __LINE__, "ctx_group_abandon");
+    /* The handle goes stale now; the tasks still queued or running hold
+     * the group, and the last of them frees it. */
+    ctx__handle_drop(g->handle);
+    group_unref(g);
+    return 0;
 }

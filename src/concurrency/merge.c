@@ -204,8 +204,9 @@ ctx_t *ctx_merge(ctx_t *const *parents, size_t n, ctx_cancel_t **cancel)
         }
     }
     size_t recs = sizeof(struct merge) + (n - 1) * sizeof(struct ctx);
-    struct merge *b = ctx__alloc(recs + n * sizeof(ctx_t *));
-    if (b == NULL) {
+    struct merge *b;
+    if ((cancel != NULL && ctx__handle_reserve() != 0) ||
+        (b = ctx__alloc(recs + n * sizeof(ctx_t *))) == NULL) {
         errno = ENOMEM;
         return NULL;
     }
@@ -218,7 +219,7 @@ ctx_t *ctx_merge(ctx_t *const *parents, size_t n, ctx_cancel_t **cancel)
     b->node.data = b;
     struct ctx *m = &b->node.base;
     ctx__init_cancel(m, parents[0], CTX__CUSTOM);
-    ctx_cancel_t *h = (ctx_cancel_t *)m;
+    ctx_cancel_t *h = cancel != NULL ? ctx__handle_bind(m) : NULL;
     b->m = m;
     /* The earliest deadline of all parents: M's deadline slot points at
      * the timer node that has it.  M holds every parent, and so that

@@ -60,6 +60,7 @@ static struct {
     struct ctx__msg *msg[NSIG]; /* "<name> signal received", kept for ever */
     int rfd;
     int thread; /* the reading thread runs */
+    int quit;   /* ctx_shutdown asked it to end: a 0 byte follows */
     sigset_t fork_mask;
 } S = { .mu = PTHREAD_MUTEX_INITIALIZER, .rfd = -1 };
 
@@ -214,10 +215,38 @@ static void *watch_main(void *arg)
             continue;
         if (got <= 0)
             return NULL; /* the pipe is gone: a forked child replaced it */
-        for (ssize_t i = 0; i < got; i++)
-            if (buf[i] > 0 && buf[i] < NSIG)
+        for (ssize_t i = 0; i < got; i++) {
+            if (buf[i] > 0 && buf[i] < NSIG) {
                 deliver(buf[i]);
+            } else if (buf[i] == 0) {
+                /* ctx_shutdown's wake-up: end unless a context came since.
+                 * The next signal context starts a new thread. */
+                pthread_mutex_lock(&S.mu);
+                int end = S.quit && S.head == NULL;
+                S.quit = 0;
+                if (end)
+                    S.thread = 0;
+                pthread_mutex_unlock(&S.mu);
+                if (end)
+                    return NULL;
+            }
+        }
     }
+}
+
+int ctx__signal_quit(void)
+{
+    pthread_mutex_lock(&S.mu);
+    int busy = S.head != NULL;
+    if (!busy && S.thread && !S.quit) {
+        S.quit = 1;
+        unsigned char zero = 0;
+        if (write(atomic_load_explicit(&wfd, memory_order_relaxed), &zero, 1) != 1)
+            S.quit = 0; /* a full pipe: the thread is busy reading */
+    }
+    int e = busy || (S.thread && !S.quit) ? EBUSY : 0;
+    pthread_mutex_unlock(&S.mu);
+    return e;
 }
 
 /* The pipe.  Under S.mu, or in the child's fork handler: making a pipe

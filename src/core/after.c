@@ -201,7 +201,8 @@ static struct {
     uint64_t taken;     /* records taken by workers, ever */
     uint64_t seen;      /* `taken` at the watchdog's last look */
     ctx_time_t seen_at; /* when `taken` last changed, as the watchdog saw */
-} X = { PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, NULL, &X.head, 0, 0, 0, 0, 0 };
+    int quit;           /* ctx_shutdown: idle workers end now */
+} X = { PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, NULL, &X.head, 0, 0, 0, 0, 0, 0 };
 
 static void *worker_main(void *arg);
 
@@ -242,6 +243,8 @@ static void *worker_main(void *arg)
     for (;;) {
         struct ctx *r = take_locked();
         if (r == NULL) {
+            if (X.quit)
+                break;
             struct timespec ts;
             clock_gettime(CLOCK_REALTIME, &ts);
             ts.tv_sec += IDLE_NS / CTX_SECOND;
@@ -264,11 +267,24 @@ static void *worker_main(void *arg)
     return NULL;
 }
 
+int ctx__after_quit(void)
+{
+    pthread_mutex_lock(&X.mu);
+    int busy = X.head != NULL || X.idle < X.workers;
+    if (!busy && X.workers > 0) {
+        X.quit = 1;
+        pthread_cond_broadcast(&X.cv);
+    }
+    pthread_mutex_unlock(&X.mu);
+    return busy ? EBUSY : 0;
+}
+
 void ctx__after_defer(struct ctx__chain *chain)
 {
     if (chain->head == NULL)
         return;
     pthread_mutex_lock(&X.mu);
+    X.quit = 0; /* new work: the workers are in use again */
     *X.tail = chain->head;
     X.tail = chain->tail;
     if (X.idle > 0)

@@ -11,6 +11,8 @@
  */
 #include "internal.h"
 
+#include <pthread.h>
+#include <sched.h>
 #include <stdio.h>
 #include <stdlib.h>
 
@@ -61,7 +63,174 @@ struct ctx__msg *ctx__msg_site(const char *file, int line, const char *func)
 
 /* ---------------------------------------------------------------------------
  * Handles
+ *
+ * A handle is a number, not a pointer: the index of a cell in a table that
+ * grows in chunks and is never freed, and the low bits of the cell's
+ * generation.  On 64-bit systems the top bit is set too, so that no pointer
+ * a program could pass by mistake (a ctx_t *, freed memory) decodes as a
+ * handle: 24 generation bits, 2^26 cells.  On 32-bit systems there is no
+ * such bit: 12 generation bits, 2^20 - 1 cells, and index + 1 keeps a
+ * handle from being NULL.
+ *
+ * A cell's word is the generation times two, plus PINNED while a caller of
+ * ctx_cancel holds the object through it.  Pinning is a compare-and-swap
+ * from (generation of the handle, not pinned) to pinned; dropping is a
+ * compare-and-swap from (generation, not pinned) to the next generation,
+ * retried while the cell is pinned.  So a pinned object is never dropped,
+ * and a dropped one is never pinned again.  The cell's obj is written by
+ * the thread that binds it, before the handle exists, and read only by a
+ * holder of a pin, whose handle came from that thread.
+ *
+ * The chunks come from the C library's calloc and are never freed (they
+ * are reachable from `chunks` for leak checkers).  Free cells wait in a
+ * per-thread list (no lock: cancel nodes are made and
+ * freed at rates the tree's own fast path sets) and, beyond CACHE_MAX, in a
+ * global one; a thread's list goes back to the global one when it exits.
  */
+
+#if UINTPTR_MAX > 0xffffffffu
+#define GEN_BITS 24
+#define IDX_BITS 26
+#define HTAG     ((uintptr_t)1 << 63)
+#else
+#define GEN_BITS 12
+#define IDX_BITS 20
+#define HTAG     0
+#endif
+#define GEN_MASK  (((uintptr_t)1 << GEN_BITS) - 1)
+#define IDX_MAX   (((uint32_t)1 << IDX_BITS) - 2)
+#define CHUNK     1024
+#define NCHUNKS   (((size_t)IDX_MAX + CHUNK) / CHUNK)
+#define PINNED    1u
+#define CACHE_MAX 256
+
+struct cell {
+    _Atomic uint32_t word; /* generation << 1 | PINNED */
+    uint32_t next;         /* free list: index + 1 of the next free cell */
+    void *obj;
+};
+
+static struct cell *_Atomic chunks[NCHUNKS];
+static _Atomic uint32_t ncells; /* cells in published chunks */
+static _Atomic uint32_t glock;  /* a futex lock over gfree and growth */
+static uint32_t gfree;          /* global free list: index + 1, or 0 */
+
+struct hcache {
+    uint32_t head; /* index + 1, or 0 */
+    uint32_t n;
+    int state; /* 0 new, 1 registered for thread exit, 2 gone */
+};
+static CTX__TLS struct hcache hc;
+static pthread_key_t hc_key;
+static pthread_once_t hc_once = PTHREAD_ONCE_INIT;
+
+static struct cell *cell_at(uint32_t i)
+{
+    /* Acquire: pairs with the release that published the chunk. */
+    return &atomic_load_explicit(&chunks[i / CHUNK], memory_order_acquire)[i % CHUNK];
+}
+
+/* Gives this thread's free cells back to the global list. */
+static void hc_flush(void)
+{
+    if (hc.head == 0)
+        return;
+    uint32_t last = hc.head;
+    while (cell_at(last - 1)->next != 0)
+        last = cell_at(last - 1)->next;
+    ctx__lock(&glock);
+    cell_at(last - 1)->next = gfree;
+    gfree = hc.head;
+    ctx__unlock(&glock);
+    hc.head = 0;
+    hc.n = 0;
+}
+
+static void hc_gone(void *arg)
+{
+    (void)arg;
+    hc_flush();
+    hc.state = 2; /* cells this thread drops from now on go to the global list */
+}
+
+static void hc_make_key(void)
+{
+    pthread_key_create(&hc_key, hc_gone);
+}
+
+/* Fills this thread's list: half a cache from the global list, or a new
+ * chunk.  Returns 0 or ENOMEM. */
+static int hc_refill(void)
+{
+    int e = 0;
+    ctx__lock(&glock);
+    if (gfree != 0) {
+        for (unsigned k = 0; k < CACHE_MAX / 2 && gfree != 0; k++) {
+            uint32_t i = gfree;
+            struct cell *c = cell_at(i - 1);
+            gfree = c->next;
+            c->next = hc.head;
+            hc.head = i;
+            hc.n++;
+        }
+    } else {
+        uint32_t base = atomic_load_explicit(&ncells, memory_order_relaxed);
+        /* From the C library, not ctx__alloc: like the site table, the
+         * cells live as long as the process, whatever allocator a program
+         * installs and removes meanwhile. */
+        struct cell *ch = base <= IDX_MAX ? calloc(CHUNK, sizeof *ch) : NULL;
+        if (ch == NULL) {
+            e = ENOMEM;
+        } else {
+            /* The last chunk may be only partly usable. */
+            uint32_t u = IDX_MAX + 1 - base < CHUNK ? IDX_MAX + 1 - base : CHUNK;
+            for (uint32_t k = 0; k < CHUNK; k++) {
+                /* Generation 1: a handle's low bits are never all zero. */
+                atomic_init(&ch[k].word, 2u);
+                ch[k].obj = NULL;
+                ch[k].next = k + 1 < u ? base + k + 2 : 0;
+            }
+            ch[u - 1].next = hc.head;
+            /* Release: pairs with the acquire in cell_at and decode. */
+            atomic_store_explicit(&chunks[base / CHUNK], ch, memory_order_release);
+            atomic_store_explicit(&ncells, base + CHUNK, memory_order_release);
+            hc.head = base + 1;
+            hc.n += u;
+        }
+    }
+    ctx__unlock(&glock);
+    return e;
+}
+
+int ctx__handle_reserve(void)
+{
+    return hc.head != 0 ? 0 : hc_refill();
+}
+
+/* Takes a cell from this thread's list, which ctx__handle_reserve filled. */
+static void *bind_obj(void *obj, uint32_t *idx)
+{
+    uint32_t i = hc.head;
+    struct cell *c = cell_at(i - 1);
+    hc.head = c->next;
+    hc.n--;
+    c->obj = obj;
+    *idx = i;
+    uintptr_t gen = (atomic_load_explicit(&c->word, memory_order_relaxed) >> 1) & GEN_MASK;
+    return (void *)(HTAG | ((uintptr_t)i << GEN_BITS) | gen);
+}
+
+ctx_cancel_t *ctx__handle_bind(struct ctx *n)
+{
+    return bind_obj(n, &((struct ctx__hnode *)n)->handle);
+}
+
+void *ctx__handle_new(void *obj, uint32_t *idx)
+{
+    if (ctx__handle_reserve() != 0)
+        return NULL;
+    return bind_obj(obj, idx);
+}
 
 void ctx__misuse(const char *msg)
 {
@@ -69,25 +238,114 @@ void ctx__misuse(const char *msg)
     abort();
 }
 
-/* The handle of a freed context: its memory says so in debug builds. */
-static void check_handle(const struct ctx *n)
+/* The cell of handle h and its generation; aborts for a value that is no
+ * handle.  These checks stay in release builds: a compare each. */
+static struct cell *decode(const void *h, uint32_t *gen, const char *what)
 {
-    CTX__MISUSE(!ctx__is_cancel_kind(ctx__kind(n)),
-                "ctx_cancel: the handle's context was freed (or this is not a cancel handle)");
-    (void)n;
+    uintptr_t v = (uintptr_t)h;
+    uint32_t i = (uint32_t)((v & ~HTAG) >> GEN_BITS);
+    if ((v & HTAG) != HTAG || i == 0 || i > atomic_load_explicit(&ncells, memory_order_acquire) ||
+        i > IDX_MAX + 1u)
+        ctx__misuse(what);
+    *gen = (uint32_t)(v & GEN_MASK);
+    return cell_at(i - 1);
+}
+
+void *ctx__handle_pin(const void *h, const char *what)
+{
+    uint32_t gen;
+    struct cell *c = decode(h, &gen, what);
+    uint32_t w = atomic_load_explicit(&c->word, memory_order_relaxed);
+    for (;;) {
+        if (((w >> 1) & GEN_MASK) != gen)
+            return NULL; /* stale: the object was dropped */
+        if (w & PINNED) {
+            /* Another canceller of the same context, for the moment its
+             * cancellation walk takes. */
+            sched_yield();
+            w = atomic_load_explicit(&c->word, memory_order_relaxed);
+            continue;
+        }
+        /* Acquire: pairs with the release in ctx__handle_unpin of an
+         * earlier pin (and orders our reads of obj after the check). */
+        if (atomic_compare_exchange_weak_explicit(&c->word, &w, w | PINNED, memory_order_acquire,
+                                                  memory_order_relaxed))
+            break;
+    }
+    if (c->obj == NULL) {
+        /* A free cell: only a forged handle gets here. */
+        atomic_fetch_and_explicit(&c->word, ~PINNED, memory_order_release);
+        return NULL;
+    }
+    return c->obj;
+}
+
+void ctx__handle_unpin(const void *h)
+{
+    uint32_t gen;
+    struct cell *c = decode(h, &gen, "ctx_cancel: not a cancel handle");
+    /* A plain store, not a read-modify-write: while the cell is pinned
+     * nobody else changes its word (other pinners and the drop wait), so
+     * the word is ours to put back.  Release: what the canceller did to the
+     * object happens before the drop that waited for this. */
+    uint32_t w = atomic_load_explicit(&c->word, memory_order_relaxed);
+    atomic_store_explicit(&c->word, w & ~PINNED, memory_order_release);
+}
+
+void *ctx__handle_peek(const void *h, const char *what)
+{
+    uint32_t gen;
+    struct cell *c = decode(h, &gen, what);
+    /* Acquire: pairs with the release of the drop, so a stale handle is
+     * seen as one by a thread that synchronised with the drop. */
+    uint32_t w = atomic_load_explicit(&c->word, memory_order_acquire);
+    return ((w >> 1) & GEN_MASK) == gen ? c->obj : NULL;
+}
+
+void ctx__handle_drop(uint32_t i)
+{
+    struct cell *c = cell_at(i - 1);
+    uint32_t w = atomic_load_explicit(&c->word, memory_order_relaxed) & ~PINNED;
+    /* acq_rel: acquire pairs with the unpin's release; release pairs with
+     * peek's acquire. */
+    while (!atomic_compare_exchange_weak_explicit(&c->word, &w, w + 2, memory_order_acq_rel,
+                                                  memory_order_relaxed)) {
+        if (w & PINNED) {
+            /* A canceller holds the object through this cell until its
+             * walk has left it: no longer than a cancellation. */
+            sched_yield();
+            w &= ~PINNED;
+        }
+    }
+    c->obj = NULL;
+    if (hc.state == 2 || hc.n >= CACHE_MAX) {
+        ctx__lock(&glock);
+        c->next = gfree;
+        gfree = i;
+        ctx__unlock(&glock);
+        return;
+    }
+    if (hc.state == 0) {
+        pthread_once(&hc_once, hc_make_key);
+        pthread_setspecific(hc_key, &hc);
+        hc.state = 1;
+    }
+    c->next = hc.head;
+    hc.head = i;
+    hc.n++;
 }
 
 /* The one path every entry point takes.  file is NULL for the forms that
  * record no site.  A text gets a fresh block that carries the site too;
  * without a text, or without memory for its copy, the cause keeps its code
- * and the static site-only block (or nothing) stands in for the message. */
+ * and the static site-only block (or nothing) stands in for the message.
+ * A handle whose context was freed is a no-op, as calling Go's cancel
+ * function after the context is gone is. */
 static void cancel_handle(ctx_cancel_t *cancel, int cause, const char *text, const char *file,
                           int line, const char *func)
 {
-    struct ctx *n = (struct ctx *)cancel;
-    if (n == NULL)
+    if (cancel == NULL)
         return;
-    check_handle(n);
     struct ctx__msg *m = text != NULL ? ctx__msg_new(text) : NULL;
     if (m != NULL) {
         m->file = file; /* a fresh block: nobody else sees it yet */
@@ -96,10 +354,13 @@ static void cancel_handle(ctx_cancel_t *cancel, int cause, const char *text, con
     } else if (file != NULL) {
         m = ctx__msg_site(file, line, func);
     }
-    ctx__cancel(n, CTX_CANCELED, cause, m, 0);
+    /* The message is made before the pin, so that a pin lasts no longer
+     * than the cancellation walk. */
+    struct ctx *n = ctx__handle_pin(cancel, "ctx_cancel: not a cancel handle");
+    if (n != NULL)
+        ctx__cancel_pinned(n, cause, m, cancel);
     ctx__msg_unref(m);
 }
-
 /* The parentheses keep ctx.h's call-site macros from expanding here: these
  * are the exported functions that record no site. */
 void(ctx_cancel)(ctx_cancel_t *cancel)

@@ -15,8 +15,9 @@ ctx_t *ctx_with_custom(ctx_t *parent, const ctx_custom_ops_t *ops, void *data,
         errno = EINVAL;
         return NULL;
     }
-    struct ctx__custom *cu = ctx__node_alloc(sizeof *cu);
-    if (cu == NULL) {
+    struct ctx__custom *cu;
+    if ((cancel != NULL && ctx__handle_reserve() != 0) ||
+        (cu = ctx__node_alloc(sizeof *cu)) == NULL) {
         errno = ENOMEM;
         return NULL;
     }
@@ -25,7 +26,7 @@ ctx_t *ctx_with_custom(ctx_t *parent, const ctx_custom_ops_t *ops, void *data,
     cu->done = NULL;
     ctx__init_cancel(&cu->base, parent, CTX__CUSTOM);
     if (cancel != NULL)
-        *cancel = (ctx_cancel_t *)&cu->base;
+        *cancel = ctx__handle_bind(&cu->base);
     return &cu->base;
 }
 

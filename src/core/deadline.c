@@ -25,8 +25,9 @@ static ctx_t *with_deadline(ctx_t *parent, ctx_time_t d, ctx_time_t now, int cau
         return ctx_with_cancel(parent, cancel); /* the parent's comes first */
 
     ctx__timer_init();
-    struct ctx__timer *t = ctx__node_alloc(sizeof *t);
-    if (t == NULL) {
+    struct ctx__timer *t;
+    if ((cancel != NULL && ctx__handle_reserve() != 0) ||
+        (t = ctx__node_alloc(sizeof *t)) == NULL) {
         errno = ENOMEM;
         return NULL;
     }
@@ -59,7 +60,7 @@ static ctx_t *with_deadline(ctx_t *parent, ctx_time_t d, ctx_time_t now, int cau
     else
         ctx__timer_insert(t);
     if (cancel != NULL)
-        *cancel = (ctx_cancel_t *)&t->base;
+        *cancel = ctx__handle_bind(&t->base);
     return &t->base;
 }
 

@@ -90,6 +90,7 @@ static struct {
     pthread_mutex_t fire;
     int64_t wake;          /* under mu: when the timer thread will wake */
     _Atomic int started;   /* the timer thread runs; set under mu */
+    int quit;              /* under mu: ctx_shutdown asks an idle thread to end */
     _Atomic unsigned next; /* round robin for assigning shards to threads */
     struct shard shard[NSHARDS];
 } T = {
@@ -751,6 +752,20 @@ static void *timer_main(void *arg)
     for (;;) {
         pthread_mutex_lock(&T.mu);
         for (;;) {
+            if (T.quit) {
+                /* ctx_shutdown: end unless a deadline came meanwhile.  The
+                 * next deadline starts a new thread (started is 0). */
+                int64_t q;
+                earliest_shard(&q);
+                T.quit = 0;
+                if (q == INT64_MAX ||
+                    atomic_load_explicit(&ctx__clock.manual, memory_order_relaxed)) {
+                    atomic_store_explicit(&T.started, 0, memory_order_relaxed);
+                    T.wake = INT64_MAX;
+                    pthread_mutex_unlock(&T.mu);
+                    return NULL;
+                }
+            }
             if (atomic_load_explicit(&ctx__clock.manual, memory_order_relaxed)) {
                 T.wake = INT64_MAX;
                 pthread_cond_wait(&T.cv, &T.mu);
@@ -783,6 +798,30 @@ static void *timer_main(void *arg)
         pthread_mutex_unlock(&T.fire);
     }
     return NULL;
+}
+
+int ctx__timer_quit(void)
+{
+    if (!atomic_load_explicit(&T.ready, memory_order_acquire))
+        return 0; /* no deadline was ever made: no thread */
+    /* A shard's published time is a lower bound (a removal leaves it
+     * early): make it exact, so that shards without entries say so. */
+    for (int k = 0; k < NSHARDS; k++) {
+        struct shard *S = &T.shard[k];
+        ctx__lock(&S->mu);
+        publish_min(S, shard_min(S));
+        ctx__unlock(&S->mu);
+    }
+    pthread_mutex_lock(&T.mu);
+    int64_t m;
+    earliest_shard(&m);
+    int busy = m != INT64_MAX && !atomic_load_explicit(&ctx__clock.manual, memory_order_relaxed);
+    if (!busy && atomic_load_explicit(&T.started, memory_order_relaxed)) {
+        T.quit = 1;
+        pthread_cond_signal(&T.cv);
+    }
+    pthread_mutex_unlock(&T.mu);
+    return busy ? EBUSY : 0;
 }
 
 /* ---------------------------------------------------------------------------

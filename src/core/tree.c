@@ -52,15 +52,18 @@ int ctx__try_ref(struct ctx *c)
 
 static int fan_release(struct ctx *p);
 
-/* Drops one reference; true when it was the last one. */
-static int drop_ref(struct ctx *c)
+/* Drops one reference; true when it was the last one.  Inlined into
+ * ctx_unref by force: the misuse check's call would otherwise keep the
+ * compiler from doing it, and the call costs more than the check. */
+#if defined(__GNUC__) || defined(__clang__)
+__attribute__((always_inline))
+#endif
+static inline int
+drop_ref(struct ctx *c)
 {
     uint32_t r = atomic_load_explicit(&c->refs, memory_order_relaxed);
     for (;;) {
-#ifndef NDEBUG
-        if (r == 0)
-            ctx__misuse("ctx_unref: reference count underflow (more unrefs than refs)");
-#endif
+        CTX__MISUSE(r == 0, "ctx_unref: reference count underflow (more unrefs than refs)");
         /* Ours is the last reference besides fan-out shards': they give
          * theirs back, with ours held until they have looked (a shard's
          * last child could otherwise free c under us). */
@@ -93,9 +96,11 @@ static struct ctx__msg *msg_ref(struct ctx__msg *m)
     return m;
 }
 
-static size_t ctx__node_size(unsigned kind)
+static size_t ctx__node_size(unsigned kind, uint32_t state)
 {
     switch (kind) {
+    case CTX__CANCEL:
+        return state & CTX__HANDLE ? sizeof(struct ctx__hnode) : sizeof(struct ctx);
     case CTX__TIMER:
         return sizeof(struct ctx__timer);
     case CTX__CUSTOM:
@@ -209,6 +214,16 @@ static void free_chain(struct ctx *c)
             if (c->u.v.destroy != NULL)
                 c->u.v.destroy(c->u.v.value);
         } else if (ctx__is_cancel_kind(kind)) {
+            /* First of all, the cancel handle goes stale: a ctx_cancel
+             * through it is a no-op from now on.  (It waits while a
+             * ctx_cancel holds c through the handle, which is why the state
+             * is read after it.) */
+            s = atomic_load_explicit(&c->u.c.state, memory_order_relaxed);
+            if (kind != CTX__CANCEL || (s & CTX__HANDLE)) {
+                uint32_t h = ((struct ctx__hnode *)c)->handle;
+                if (h != 0)
+                    ctx__handle_drop(h);
+            }
             s = atomic_load_explicit(&c->u.c.state, memory_order_acquire);
             if ((s & CTX__ERR_MASK) == 0) {
                 /* Live: unlink under the parent's lock (or its shard's).
@@ -236,10 +251,7 @@ static void free_chain(struct ctx *c)
             if (s & CTX__FANNED)
                 ctx__free(ctx__fan_of(c)->mem); /* every child is gone */
         }
-#ifndef NDEBUG
-        c->pk = (uintptr_t)parent | CTX__FREED;
-#endif
-        ctx__node_free(c, ctx__node_size(kind));
+        ctx__node_free(c, ctx__node_size(kind, s));
         ctx__live_add(-1);
 
         if (parent == NULL || ctx__kind(parent) == CTX__ROOT || !drop_parent(parent, s))
@@ -331,7 +343,9 @@ static int fan_link(struct ctx *n, struct ctx *p, unsigned kind)
     }
     sh->kids++;
     n->pk = (uintptr_t)p | kind;
-    atomic_store_explicit(&n->u.c.state, (uint32_t)(i + 1) << CTX__FAN_SHIFT, memory_order_relaxed);
+    uint32_t s = atomic_load_explicit(&n->u.c.state, memory_order_relaxed); /* CTX__HANDLE */
+    atomic_store_explicit(&n->u.c.state, s | (uint32_t)(i + 1) << CTX__FAN_SHIFT,
+                          memory_order_relaxed);
     ctx__link_insert(&sh->children, &n->u.c.link);
     ctx__unlock(&sh->lock);
     return 1;
@@ -393,12 +407,16 @@ static void fan_close(struct ctx *x)
 void ctx__init_cancel(struct ctx *n, ctx_t *parent, unsigned kind)
 {
     struct ctx *p = ctx__owner(parent);
+    uint32_t flags = kind & CTX__WITH_HANDLE ? CTX__HANDLE : 0;
+    kind &= 7u;
 
     ctx__live_add(1);
     n->up = kind == CTX__TIMER ? n : (struct ctx *)ctx__dlsrc(parent);
     atomic_init(&n->refs, 1);
     atomic_init(&n->lock, 0);
-    atomic_init(&n->u.c.state, 0);
+    atomic_init(&n->u.c.state, flags);
+    if (kind != CTX__CANCEL || flags)
+        ((struct ctx__hnode *)n)->handle = 0; /* until ctx__handle_bind */
     if (kind != CTX__TIMER) {
         /* A timer's creator has put its deadline's cause here already. */
         n->u.c.cause = 0;
@@ -452,21 +470,35 @@ void ctx__init_cancel(struct ctx *n, ctx_t *parent, unsigned kind)
 
 ctx_t *ctx_with_cancel(ctx_t *parent, ctx_cancel_t **cancel)
 {
-    if (cancel != NULL)
-        *cancel = NULL;
+    if (cancel == NULL) {
+        if (parent == NULL) {
+            errno = EINVAL;
+            return NULL;
+        }
+        struct ctx *n = ctx__node_alloc(sizeof *n);
+        if (n == NULL) {
+            errno = ENOMEM;
+            return NULL;
+        }
+        ctx__init_cancel(n, parent, CTX__CANCEL);
+        return n;
+    }
+    *cancel = NULL;
     if (parent == NULL) {
         errno = EINVAL;
         return NULL;
     }
-    struct ctx *n = ctx__node_alloc(sizeof *n);
-    if (n == NULL) {
+    /* A node with a handle is the larger block that has room for the
+     * handle's cell index; the cell is reserved first so that binding it
+     * cannot fail. */
+    struct ctx__hnode *n;
+    if (ctx__handle_reserve() != 0 || (n = ctx__node_alloc(sizeof *n)) == NULL) {
         errno = ENOMEM;
         return NULL;
     }
-    ctx__init_cancel(n, parent, CTX__CANCEL);
-    if (cancel != NULL)
-        *cancel = (ctx_cancel_t *)n;
-    return n;
+    ctx__init_cancel(&n->base, parent, CTX__CANCEL | CTX__WITH_HANDLE);
+    *cancel = ctx__handle_bind(&n->base);
+    return &n->base;
 }
 
 /* ---------------------------------------------------------------------------
@@ -513,13 +545,15 @@ struct ctx__msg *ctx__msg_new(const char *text)
  * cancel may replace them).  With defer set, the AfterFunc records found
  * are appended to *defer for the callback threads instead of run here. */
 static void cancel_walk(struct ctx *n, uint32_t err, int cause, struct ctx__msg *msg, int own,
-                        struct ctx__chain *defer)
+                        struct ctx__chain *defer, const void *pin)
 {
     ctx__lock(&n->lock);
     if (atomic_load_explicit(&n->u.c.state, memory_order_relaxed) & CTX__ERR_MASK) {
         /* Already done; since we hold its lock, whoever did it has finished
          * its subtree too. */
         ctx__unlock(&n->lock);
+        if (pin != NULL)
+            ctx__handle_unpin(pin);
         return;
     }
     if (own) {
@@ -575,6 +609,10 @@ static void cancel_walk(struct ctx *n, uint32_t err, int cause, struct ctx__msg 
 
     /* A cancelled node leaves its parent at once (Go's removeChild). */
     detach(n, atomic_load_explicit(&n->u.c.state, memory_order_relaxed));
+    /* n is not touched again: a callback below may drop its last
+     * reference, and the free waits for the pin to go. */
+    if (pin != NULL)
+        ctx__handle_unpin(pin);
 
     /* Callbacks run with no lock held, after the whole subtree is done:
      * here, or on the callback threads when the timer thread cancels. */
@@ -593,18 +631,23 @@ static void cancel_walk(struct ctx *n, uint32_t err, int cause, struct ctx__msg 
 void ctx__cancel(struct ctx *n, uint32_t err, int cause, struct ctx__msg *msg, int defer)
 {
     if (!defer) {
-        cancel_walk(n, err, cause, msg, 0, NULL);
+        cancel_walk(n, err, cause, msg, 0, NULL, NULL);
         return;
     }
     struct ctx__chain chain = { NULL, &chain.head };
-    cancel_walk(n, err, cause, msg, 0, &chain);
+    cancel_walk(n, err, cause, msg, 0, &chain, NULL);
     if (chain.head != NULL)
         ctx__after_defer(&chain);
 }
 
 void ctx__cancel_deadline(struct ctx__timer *t, struct ctx__chain *defer)
 {
-    cancel_walk(&t->base, CTX_DEADLINE_EXCEEDED, 0, NULL, 1, defer);
+    cancel_walk(&t->base, CTX_DEADLINE_EXCEEDED, 0, NULL, 1, defer, NULL);
+}
+
+void ctx__cancel_pinned(struct ctx *n, int cause, struct ctx__msg *msg, const void *h)
+{
+    cancel_walk(n, CTX_CANCELED, cause, msg, 0, NULL, h);
 }
 
 /* ---------------------------------------------------------------------------

@@ -308,12 +308,27 @@ static _Atomic unsigned char static_made[STATIC_CODES];
     _Generic(strerror_r((err), (buf), (n)), char *: gnu_text, default: posix_text)(                \
         strerror_r((err), (buf), (n)), (buf), (n), (err))
 
+/* The C library's text for err, static. */
+static const char *sys_text(int err);
+
 const char *ctx_strerror(int err)
 {
     if (err == CTX_CANCELED)
         return "context canceled";
     if (err == CTX_DEADLINE_EXCEEDED)
         return "context deadline exceeded";
+    return sys_text(err);
+}
+
+const char *ctx_strerror_of(ctx_t *ctx, int err)
+{
+    if (err != 0 && ctx != NULL && err == ctx_err(ctx))
+        return ctx_strerror(err);
+    return sys_text(err);
+}
+
+static const char *sys_text(int err)
+{
     char buf[64];
     /* The GNU strerror_r returns a static string for codes it knows and
      * writes the others into buf; the POSIX one always writes buf, whose

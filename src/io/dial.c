@@ -230,7 +230,7 @@ int ctx_dial(ctx_t *c, const char *host, const char *port)
         int e = resolve_name(c, host, port, &res);
         if (e != 0) {
             errno = e;
-            return -1;
+            return ctx__fail(c);
         }
     } else if (rc != 0) {
         errno = gai_errno(rc, errno);
@@ -276,7 +276,11 @@ int ctx_dial(ctx_t *c, const char *host, const char *port)
         }
     }
     freeaddrinfo(res);
-    if (fd < 0)
+    if (fd < 0) {
+        /* An attempt's own time budget may have ended it with ETIMEDOUT:
+         * that is reported as such only while c itself lives. */
         errno = last;
+        return ctx__fail(c);
+    }
     return fd;
 }

@@ -168,8 +168,10 @@ int ctx_poll(ctx_t *c, struct pollfd *fds, nfds_t nfds, ctx_duration_t timeout)
 out:
     if (p != small)
         ctx__free(p);
-    if (result < 0)
+    if (result < 0) {
         errno = err;
+        return ctx__fail(c);
+    }
     return result;
 }
 
@@ -300,7 +302,7 @@ static ssize_t run(ctx_t *c, struct op *o)
         }
         if (err != EAGAIN && err != EWOULDBLOCK) {
             errno = err;
-            return -1;
+            return ctx__fail(c);
         }
         if (o->flags & MSG_DONTWAIT) {
             errno = err; /* the caller asked never to wait */
@@ -481,7 +483,7 @@ int ctx_accept(ctx_t *c, int fd, struct sockaddr *addr, socklen_t *len, int flag
         /* ECONNABORTED: a connection died in the queue; accept(2) on a
          * blocking socket would wait for the next one, and so do we. */
         if (errno != EAGAIN && errno != EWOULDBLOCK && errno != ECONNABORTED)
-            return -1;
+            return ctx__fail(c);
         if (!wait_first && wait_fd(c, fd, POLLIN) != 0)
             return -1;
     }
@@ -497,8 +499,8 @@ static int connect_wait(ctx_t *c, int fd)
     if (getsockopt(fd, SOL_SOCKET, SO_ERROR, &soerr, &sl) != 0)
         return -1;
     if (soerr != 0) {
-        errno = soerr;
-        return -1;
+        errno = soerr; /* ETIMEDOUT here is TCP's, not the context's */
+        return ctx__fail(c);
     }
     return 0;
 }
@@ -543,7 +545,7 @@ int ctx_connect(ctx_t *c, int fd, const struct sockaddr *addr, socklen_t len)
         if (r == 0)
             return 0;
         if (errno != EINPROGRESS && errno != EINTR)
-            return -1;
+            return ctx__fail(c);
         /* EINTR: the attempt goes on in the background, as EINPROGRESS. */
         return connect_wait(c, fd);
     }
@@ -571,7 +573,7 @@ int ctx_connect(ctx_t *c, int fd, const struct sockaddr *addr, socklen_t len)
          * once with it, and so do we.)  EINTR: a signal; the next call
          * says how far the attempt got. */
         if (err != EINTR && !(err == EAGAIN && addr->sa_family == AF_UNIX))
-            return -1;
+            return ctx__fail(c);
         if (ctx__ended(c))
             return -1;
         again = 1;

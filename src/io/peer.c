@@ -11,11 +11,23 @@
  * an fd that the program may already have closed.
  *
  * Data.  A table indexed by fd holds, per watched fd, the list of watches
- * (several contexts may watch one fd) and a generation number, which goes
- * into the watch set's key beside the fd: an event that the watcher
- * collected just before the fd's last watch went away (and perhaps a new
- * one came) is recognised as stale and dropped.  Everything in the table is
- * under `mu`.
+ * (several contexts may watch one fd), the identity of the socket they
+ * watch and a generation number, which goes into the watch set's key
+ * beside the fd: an event that the watcher collected just before the fd's
+ * last watch went away (and perhaps a new one came) is recognised as stale
+ * and dropped.  Everything in the table is under `mu`.
+ *
+ * Identity.  The program may close a watched fd while its context lives,
+ * and the kernel may give the number to a new connection that is watched
+ * in turn.  A hang-up of the new connection must not end the old request.
+ * So each watch records which socket it watches: st_dev and st_ino (a
+ * socket's inode is its own while it is open) and, where the kernel has
+ * it, the socket cookie (SO_COOKIE, never reused while the system runs).
+ * A new watch on an fd whose listed watches name another socket knows that
+ * their socket was closed: it takes them off the list (they can no longer
+ * fire; they wait for their contexts to end or be freed) and bumps the
+ * generation, so that an event of the old socket's registration (still in
+ * the watch set when another process or fd holds the socket) is dropped as stale.
  *
  * A watch is the data of a custom context (tree.c's CUSTOM node with the
  * internal `done` hook).  It leaves the table in exactly one of three ways,
@@ -42,9 +54,15 @@
 #include <pthread.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 enum { W_NEW, W_LISTED, W_GONE };
+
+/* Which socket an fd is: see "Identity" above. */
+struct ident {
+    uint64_t dev, ino, cookie; /* cookie 0: the kernel has no SO_COOKIE */
+};
 
 struct watch {
     struct watch *next;      /* in its fd's list, under mu */
@@ -52,18 +70,46 @@ struct watch {
     struct ctx *ctx;
     int fd;
     int state; /* W_NEW, W_LISTED, W_GONE; under mu */
+    struct ident id;
 };
 
 struct slot {
     struct watch *head;
     uint32_t gen;
+    struct ident id; /* of the socket the listed watches watch */
 };
+
+static int same_socket(const struct ident *a, const struct ident *b)
+{
+    return a->dev == b->dev && a->ino == b->ino && a->cookie == b->cookie;
+}
+
+/* The identity of socket fd: 0, or EBADF, ENOTSOCK. */
+static int identify(int fd, struct ident *id)
+{
+    struct stat st;
+    if (fstat(fd, &st) != 0)
+        return errno;
+    if (!S_ISSOCK(st.st_mode))
+        return ENOTSOCK;
+    id->dev = (uint64_t)st.st_dev;
+    id->ino = (uint64_t)st.st_ino;
+    id->cookie = 0;
+#ifdef SO_COOKIE
+    uint64_t cookie;
+    socklen_t len = sizeof cookie;
+    if (getsockopt(fd, SOL_SOCKET, SO_COOKIE, &cookie, &len) == 0 && len == sizeof cookie)
+        id->cookie = cookie;
+#endif
+    return 0;
+}
 
 static pthread_mutex_t mu = PTHREAD_MUTEX_INITIALIZER;
 static struct slot *slots; /* indexed by fd */
 static size_t nslots;
 static int have_set; /* the watch set exists (in this process) */
 static int running;  /* the watcher thread exists (in this process) */
+static int quit;     /* ctx_shutdown asked the watcher to end; under mu */
 static pthread_once_t atfork_once = PTHREAD_ONCE_INIT;
 
 static void lock(void)
@@ -100,14 +146,37 @@ static void unlist(struct watch *w)
     w->state = W_GONE;
 }
 
+/* Whether no fd is watched.  Under mu. */
+static int no_watches(void)
+{
+    for (size_t fd = 0; fd < nslots; fd++)
+        if (slots[fd].head != NULL)
+            return 0;
+    return 1;
+}
+
+int ctx__peer_quit(void)
+{
+    lock();
+    int busy = !no_watches();
+    if (!busy && running && have_set) {
+        quit = 1;
+        if (ctx__plat_watch_wake() != 0)
+            quit = 0; /* the watcher could not be woken: it stays */
+    }
+    int e = busy || (running && !quit) ? EBUSY : 0;
+    unlock();
+    return e;
+}
+
 static void *watcher(void *arg)
 {
     (void)arg;
     uint64_t ev[64];
     for (;;) {
+        /* No key (0) after an interruption or a wake-up of
+         * ctx__plat_watch_wake: the quit flag below is then what counts. */
         int n = ctx__plat_watch_wait(ev, 64);
-        if (n <= 0)
-            continue; /* interrupted */
         struct watch *fire = NULL;
         /* One hold from taking watches off the table to having cancelled
          * them: a fork waits for the whole of it, so a child never inherits
@@ -161,9 +230,16 @@ static void *watcher(void *arg)
             ctx__msg_unref(msg);
             ctx__unref_deferred(c);
         }
+        lock();
+        int end = quit && no_watches();
+        quit = 0;
+        if (end)
+            running = 0; /* the next watch starts a new watcher */
+        unlock();
         ctx__release();
+        if (end)
+            return NULL;
     }
-    return NULL;
 }
 
 /* fork(2) child: the watcher thread did not come along, and the watch
@@ -174,6 +250,7 @@ static void peer_atfork_child(void)
     ctx__plat_watch_forget();
     have_set = 0;
     running = 0;
+    quit = 0;
 }
 
 static void register_atfork(void)
@@ -269,12 +346,14 @@ ctx_t *ctx_with_peer_close(ctx_t *parent, int fd, ctx_cancel_t **cancel)
         errno = EINVAL;
         return NULL;
     }
-    int type;
-    socklen_t tl = sizeof type;
-    if (getsockopt(fd, SOL_SOCKET, SO_TYPE, &type, &tl) != 0)
-        return NULL; /* EBADF, ENOTSOCK */
-    struct watch *w = ctx__alloc(sizeof *w);
-    if (w == NULL) {
+    struct ident id;
+    int ie = identify(fd, &id);
+    if (ie != 0) {
+        errno = ie; /* EBADF, ENOTSOCK */
+        return NULL;
+    }
+    struct watch *w;
+    if ((cancel != NULL && ctx__handle_reserve() != 0) || (w = ctx__alloc(sizeof *w)) == NULL) {
         errno = ENOMEM;
         return NULL;
     }
@@ -288,6 +367,7 @@ ctx_t *ctx_with_peer_close(ctx_t *parent, int fd, ctx_cancel_t **cancel)
     w->ctx = &cu->base;
     w->fd = fd;
     w->state = W_NEW;
+    w->id = id;
     cu->ops = &peer_ops;
     cu->data = w;
     cu->done = peer_done;
@@ -299,6 +379,14 @@ ctx_t *ctx_with_peer_close(ctx_t *parent, int fd, ctx_cancel_t **cancel)
         e = start();
         if (e == 0)
             e = grow(fd);
+        if (e == 0 && slots[fd].head != NULL && !same_socket(&slots[fd].id, &id)) {
+            /* The listed watches' socket was closed and fd is a new one:
+             * they can no longer fire (see "Identity" above). */
+            for (struct watch *o = slots[fd].head; o != NULL; o = o->next)
+                o->state = W_GONE;
+            slots[fd].head = NULL;
+            slots[fd].gen++;
+        }
         if (e == 0) {
             /* Added even when fd has watches already: their socket may be
              * gone, closed by an owner that had not ended its context yet
@@ -310,6 +398,7 @@ ctx_t *ctx_with_peer_close(ctx_t *parent, int fd, ctx_cancel_t **cancel)
         if (e == 0) {
             w->next = slots[fd].head;
             slots[fd].head = w;
+            slots[fd].id = id;
             w->state = W_LISTED;
         }
     }
@@ -320,6 +409,6 @@ ctx_t *ctx_with_peer_close(ctx_t *parent, int fd, ctx_cancel_t **cancel)
         return NULL;
     }
     if (cancel != NULL)
-        *cancel = (ctx_cancel_t *)&cu->base;
+        *cancel = ctx__handle_bind(&cu->base);
     return &cu->base;
 }

@@ -11,8 +11,10 @@
  */
 #include "../platform.h"
 
+#include <stdint.h>
 #include <stdio.h>
 #include <sys/epoll.h>
+#include <sys/eventfd.h>
 #include <unistd.h>
 
 #define PEER_EVENTS (EPOLLRDHUP | EPOLLHUP | EPOLLERR | EPOLLONESHOT)
@@ -20,13 +22,38 @@
 /* Written under peer.c's lock; read by the watcher thread, which exists
  * only once the set does. */
 static int epfd = -1;
+/* An eventfd in the set, level-triggered, with the key WAKE_KEY (no fd and
+ * generation make it): ctx__plat_watch_wake's way to end a wait.  -1 when
+ * it could not be made; the watcher works without it and ctx_shutdown
+ * then reports the watcher busy. */
+static int wakefd = -1;
+#define WAKE_KEY UINT64_MAX
 
 int ctx__plat_watch_open(void)
 {
     if (epfd >= 0)
         return 0;
     epfd = epoll_create1(EPOLL_CLOEXEC);
-    return epfd < 0 ? errno : 0;
+    if (epfd < 0)
+        return errno;
+    wakefd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+    if (wakefd >= 0) {
+        struct epoll_event ev = { .events = EPOLLIN };
+        ev.data.u64 = WAKE_KEY;
+        if (epoll_ctl(epfd, EPOLL_CTL_ADD, wakefd, &ev) != 0) {
+            close(wakefd);
+            wakefd = -1;
+        }
+    }
+    return 0;
+}
+
+int ctx__plat_watch_wake(void)
+{
+    if (wakefd < 0)
+        return ENOSYS;
+    uint64_t one = 1;
+    return write(wakefd, &one, sizeof one) == (ssize_t)sizeof one ? 0 : errno;
 }
 
 int ctx__plat_watch_add(int fd, uint64_t key)
@@ -57,9 +84,18 @@ int ctx__plat_watch_wait(uint64_t *keys, int max)
     int n = epoll_wait(epfd, ev, max, -1);
     if (n < 0)
         return 0; /* EINTR; epfd stays valid for the thread's life */
-    for (int i = 0; i < n; i++)
-        keys[i] = ev[i].data.u64;
-    return n;
+    int out = 0;
+    for (int i = 0; i < n; i++) {
+        if (ev[i].data.u64 == WAKE_KEY) {
+            uint64_t v;
+            if (read(wakefd, &v, sizeof v) < 0) {
+                /* EAGAIN: another wait read it; the caller's flag counts. */
+            }
+            continue;
+        }
+        keys[out++] = ev[i].data.u64;
+    }
+    return out;
 }
 
 /* The epoll instance is shared with the parent, so changing it here would
@@ -69,6 +105,9 @@ void ctx__plat_watch_forget(void)
     if (epfd >= 0)
         close(epfd);
     epfd = -1;
+    if (wakefd >= 0)
+        close(wakefd);
+    wakefd = -1;
 }
 
 /* From the instance's entry in /proc, which lists its interest set. */

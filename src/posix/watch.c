@@ -129,6 +129,14 @@ int ctx__plat_watch_add(int fd, uint64_t key)
     return e;
 }
 
+int ctx__plat_watch_wake(void)
+{
+    char one = 1;
+    ssize_t r = write(wake[1], &one, 1);
+    /* A full pipe wakes the watcher anyway. */
+    return r == 1 || errno == EAGAIN ? 0 : errno;
+}
+
 void ctx__plat_watch_del(int fd)
 {
     lock();

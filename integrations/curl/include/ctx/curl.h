@@ -43,7 +43,11 @@ extern "C" {
  * closed, over HTTP/1.1 and HTTP/2 alike, never left half-read in the cache:
  * see "Connections" below) and the result is
  * CURLE_OPERATION_TIMEDOUT if ctx's deadline passed, CURLE_ABORTED_BY_CALLBACK
- * if it was cancelled; ctx_err(ctx) and ctx_cause(ctx) say which and why.  A
+ * if it was cancelled; ctx_err(ctx) and ctx_cause(ctx) say which and why.
+ * curl's own timeouts (CURLOPT_TIMEOUT, CURLOPT_CONNECTTIMEOUT) give
+ * CURLE_OPERATION_TIMEDOUT too; as everywhere in libctx (ctx.h, "A
+ * context's end and other timeouts") ctx_err(ctx) != 0 after the call says
+ * that it was ctx, and ctx_err(ctx) == 0 that it was curl's.  A
  * ctx already done returns that code at once without any network activity.
  * CURLE_BAD_FUNCTION_ARGUMENT for a NULL ctx or easy, or an easy handle that
  * is already in a multi handle.  CURLE_OUT_OF_MEMORY when the multi handle or

@@ -129,7 +129,11 @@ extern "C" {
  * libpq ignores the connect_timeout parameter under PQconnectPoll; this call
  * applies it itself, to the whole call (PQconnectdb applies it to each host
  * of a multi-host conninfo in turn), 2 s at least as in libpq, and returns
- * ETIMEDOUT when it passes first.  ctx's deadline bounds the call too.
+ * ETIMEDOUT when it passes first.  ctx's deadline bounds the call too, and
+ * reports CTX_DEADLINE_EXCEEDED, which is also ETIMEDOUT: as everywhere in
+ * libctx (ctx.h, "A context's end and other timeouts"), the connect_timeout
+ * or a server's timeout is reported only while ctx_err(ctx) == 0, so
+ * `err == ctx_err(ctx)` says it was ctx's deadline.
  */
 CTX_PQ_EXPORT int ctx_pq_connect(ctx_t *ctx, const char *conninfo, PGconn **conn);
 
