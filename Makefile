@@ -1,3 +1,5 @@
+# SPDX-License-Identifier: MIT
+
 # The short way to build, test and install libctx.  Every target drives CMake
 # and CTest; nothing here is needed by a project that uses CMake directly.
 #

@@ -1,3 +1,5 @@
+// SPDX-License-Identifier: MIT
+
 // libctx side by side with Go's context benchmarks and C++20 std::stop_source.
 //
 // Every benchmark in Go 1.19's src/context/benchmark_test.go has a libctx

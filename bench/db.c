@@ -1,3 +1,5 @@
+/* SPDX-License-Identifier: MIT */
+
 /*
  * db: libctx-sqlite and libctx-pq beside plain SQLite and libpq, and beside
  * Go's database/sql with lib/pq and mattn/go-sqlite3, in rounds, in one run.

@@ -1,4 +1,6 @@
 #!/bin/sh
+# SPDX-License-Identifier: MIT
+
 # Runs the db benchmark (bench/db.c) with its Go peer (bench/db_go), for
 # `make bench` (target bench-db).  The Go peer is built offline against
 # Debian's Go packages; when it does not build (it needs golang-github-lib-pq-dev

@@ -1,3 +1,5 @@
+/* SPDX-License-Identifier: MIT */
+
 /*
  * faults: how long a call under a 300 ms deadline takes to return after the
  * deadline when the network or the peer fails, and whether the connection

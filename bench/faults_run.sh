@@ -1,4 +1,6 @@
 #!/bin/sh
+# SPDX-License-Identifier: MIT
+
 # Runs the fault benchmark (bench/faults.c) with its Go peer
 # (bench/faults_go), for `make bench` (target bench-faults).  The Go peer is
 # built offline against Debian's Go packages (golang-github-lib-pq-dev);

@@ -1,3 +1,5 @@
+/* SPDX-License-Identifier: MIT */
+
 /*
  * bench/io.c: the cost of cancellable I/O, side by side with its peers in
  * one invocation, in rounds (min / median / max of the rounds):

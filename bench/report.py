@@ -1,4 +1,6 @@
 #!/usr/bin/env python3
+# SPDX-License-Identifier: MIT
+
 """libctx side by side with Go's context package and C++20 std::stop_source.
 
 Runs, one after the other on the same machine:

@@ -1,3 +1,5 @@
+/* SPDX-License-Identifier: MIT */
+
 /*
  * The figures of the second performance round, one per run, for
  * bench/round2.py, which runs them in rounds beside bench/round2_go and

@@ -1,4 +1,6 @@
 #!/usr/bin/env python3
+# SPDX-License-Identifier: MIT
+
 """The second performance round: libctx beside Go, in rounds.
 
 Each round runs every figure once for libctx (bench/round2.c, a fresh

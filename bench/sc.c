@@ -1,3 +1,5 @@
+/* SPDX-License-Identifier: MIT */
+
 /*
  * sc: groups and merges, for bench/sc.py (which runs this beside the Go
  * peer bench/sc_go and prints the table).  One round per run; prints

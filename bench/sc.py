@@ -1,4 +1,6 @@
 #!/usr/bin/env python3
+# SPDX-License-Identifier: MIT
+
 """bench-sc: groups, merges and the cost of tracking, side by side.
 
 Runs in rounds, in one invocation: bench/sc_tree.c against the baseline commit (CTX_BENCH_BASELINE, before cancel sites and tracking)

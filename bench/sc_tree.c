@@ -1,3 +1,5 @@
+/* SPDX-License-Identifier: MIT */
+
 /*
  * sc_tree: the tree benchmarks that tracking must not slow down, built
  * twice by bench/CMakeLists.txt: against this tree's libctx (where the

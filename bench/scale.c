@@ -1,3 +1,5 @@
+/* SPDX-License-Identifier: MIT */
+
 /*
  * Scale figures for libctx (bench/report.py prints them beside Go's, which
  * bench/scale_go/scale.go measures the same way):

@@ -1,4 +1,6 @@
 #!/usr/bin/env python3
+# SPDX-License-Identifier: MIT
+
 """The load and fault run of reportd: `make bench` runs it as
 bench-service; alone:
 

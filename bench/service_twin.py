@@ -1,4 +1,6 @@
 #!/usr/bin/env python3
+# SPDX-License-Identifier: MIT
+
 """reportd beside its Go twin (bench/service_twin/twin.go), measured from
 outside on loopback, alternating rounds so that a busy machine hurts both
 alike.

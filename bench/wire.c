@@ -1,3 +1,5 @@
+/* SPDX-License-Identifier: MIT */
+
 /*
  * bench/wire.c: ctx_inject and ctx_extract of a context with a deadline, a
  * trace and 3 baggage entries, beside a Go program (bench/wire_go/wire.go)

@@ -1,3 +1,5 @@
+/* SPDX-License-Identifier: MIT */
+
 /*
  * cancel_call: one cancel stops a whole group of threads.
  *

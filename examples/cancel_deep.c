@@ -1,3 +1,5 @@
+/* SPDX-License-Identifier: MIT */
+
 /*
  * cancel_deep: cancelling a context cancels everything derived from it, and
  * nothing above or beside it.

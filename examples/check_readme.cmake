@@ -1,3 +1,5 @@
+# SPDX-License-Identifier: MIT
+
 # cmake -DREADME=<README.md> -DSOURCE=<readme.c> -P check_readme.cmake
 #
 # README.md shows examples/readme.c in full, in a ```c block; the example is

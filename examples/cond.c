@@ -1,3 +1,5 @@
+/* SPDX-License-Identifier: MIT */
+
 /*
  * cond: wait on a condition variable until a predicate holds or a context
  * is done.

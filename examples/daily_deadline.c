@@ -1,3 +1,5 @@
+/* SPDX-License-Identifier: MIT */
+
 /*
  * daily_deadline: a deadline at a time of day ("cancel at 20:30").
  *

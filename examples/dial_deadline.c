@@ -1,3 +1,5 @@
+/* SPDX-License-Identifier: MIT */
+
 /*
  * dial_deadline: ctx_dial and ctx_read under one deadline, Go's
  *

@@ -1,3 +1,5 @@
+/* SPDX-License-Identifier: MIT */
+
 /*
  * dump: what is alive under a server right now, and why it ended.
  *

@@ -1,3 +1,5 @@
+/* SPDX-License-Identifier: MIT */
+
 /*
  * errgroup: fan work out, and stop every sibling at the first failure.
  *

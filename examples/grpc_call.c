@@ -1,3 +1,5 @@
+/* SPDX-License-Identifier: MIT */
+
 /*
  * grpc_call: one unary gRPC call over HTTP/2 without TLS (h2c, prior
  * knowledge) through libctx-curl, with raw bytes as the message.

@@ -1,3 +1,5 @@
+/* SPDX-License-Identifier: MIT */
+
 /*
  * leak: which contexts are still alive when the program exits, and who made
  * them.

@@ -1,3 +1,5 @@
+/* SPDX-License-Identifier: MIT */
+
 /*
  * loop_epoll: an epoll loop that waits on a socket and a context at once.
  *

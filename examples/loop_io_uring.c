@@ -1,3 +1,5 @@
+/* SPDX-License-Identifier: MIT */
+
 /*
  * loop_io_uring: an io_uring loop (liburing) that waits on a socket and a
  * context at once.

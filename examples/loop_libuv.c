@@ -1,3 +1,5 @@
+/* SPDX-License-Identifier: MIT */
+
 /*
  * loop_libuv: a libuv loop that waits on a socket and a context at once.
  *

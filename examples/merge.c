@@ -1,3 +1,5 @@
+/* SPDX-License-Identifier: MIT */
+
 /*
  * merge: a request that ends when the client gives up OR the server shuts
  * down, whichever comes first.

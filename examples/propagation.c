@@ -1,3 +1,5 @@
+/* SPDX-License-Identifier: MIT */
+
 /*
  * A deadline and a request ID crossing two hops: client -> gateway ->
  * backend, three processes talking over sockets.

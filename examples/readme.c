@@ -1,3 +1,5 @@
+/* SPDX-License-Identifier: MIT */
+
 #include <ctx.h>
 #include <pthread.h>
 #include <stdio.h>

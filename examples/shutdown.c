@@ -1,3 +1,5 @@
+/* SPDX-License-Identifier: MIT */
+
 /*
  * shutdown: a server loop that stops gracefully on Ctrl-C (Go's
  * signal.NotifyContext).

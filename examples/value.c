@@ -1,3 +1,5 @@
+/* SPDX-License-Identifier: MIT */
+
 /*
  * value: carry a request-scoped value to another thread.
  *

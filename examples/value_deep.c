@@ -1,3 +1,5 @@
+/* SPDX-License-Identifier: MIT */
+
 /*
  * value_deep: a value lookup walks up the tree to the nearest binding.
  *

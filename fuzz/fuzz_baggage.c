@@ -1,3 +1,5 @@
+/* SPDX-License-Identifier: MIT */
+
 /*
  * libFuzzer harness for W3C Baggage.  The input is read as a baggage
  * header: at most 64 members and 8192 bytes are taken, every member's

@@ -1,3 +1,5 @@
+/* SPDX-License-Identifier: MIT */
+
 /*
  * libFuzzer harness for the whole path: the input, split at its first
  * three newlines, gives the grpc-timeout, traceparent, tracestate and

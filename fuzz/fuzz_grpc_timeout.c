@@ -1,3 +1,5 @@
+/* SPDX-License-Identifier: MIT */
+
 /*
  * libFuzzer harness for grpc-timeout.  The input is read as a header value;
  * whatever it holds, the reader must not read past it, and what it accepts

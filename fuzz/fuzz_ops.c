@@ -1,3 +1,5 @@
+/* SPDX-License-Identifier: MIT */
+
 /*
  * libFuzzer harness: decodes bytes into a sequence of operations on a forest
  * of up to 32 live contexts (plus whatever their children, AfterFunc

@@ -1,3 +1,5 @@
+/* SPDX-License-Identifier: MIT */
+
 /*
  * libFuzzer harness for W3C Trace Context: the input is read as a
  * traceparent and as a tracestate header.

@@ -1,3 +1,5 @@
+/* SPDX-License-Identifier: MIT */
+
 /*
  * Replays fuzz inputs without libFuzzer, so that the corpus runs as an
  * ordinary test with any compiler:  replay FILE-OR-DIR...

@@ -1,4 +1,6 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: MIT
+
 # Builds the libFuzzer target with clang (ASan + UBSan + libFuzzer) and runs
 # it for a bounded time on a scratch copy of fuzz/corpus.
 #

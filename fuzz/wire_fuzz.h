@@ -1,3 +1,5 @@
+/* SPDX-License-Identifier: MIT */
+
 /*
  * wire_fuzz.h: what the header-format harnesses share.  A failed property
  * aborts with a message, so libFuzzer records the input as a crash and the

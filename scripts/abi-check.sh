@@ -1,4 +1,6 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: MIT
+
 # Checks the ABI of every shared library a build made against the baselines
 # committed under abi/, with abigail-tools (Debian: abigail-tools).
 #

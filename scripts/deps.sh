@@ -1,4 +1,6 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: MIT
+
 # Installs the Debian packages that `make test`, `make demo` and CI need, and
 # nothing when they are all present already.
 #

@@ -1,3 +1,5 @@
+/* SPDX-License-Identifier: MIT */
+
 /*
  * Internal declarations shared by the library's source files.  Nothing here
  * is part of the public API.  docs/DESIGN.md explains the layout and the

@@ -1,3 +1,5 @@
+/* SPDX-License-Identifier: MIT */
+
 /*
  * carrier.h: a small header store for the propagation tests, with the
  * ctx_carrier_t functions over it.  It keeps up to 16 headers (names

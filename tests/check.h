@@ -1,3 +1,5 @@
+/* SPDX-License-Identifier: MIT */
+
 /*
  * check.h: the whole test framework of libctx, in one header.
  *

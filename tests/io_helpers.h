@@ -1,3 +1,5 @@
+/* SPDX-License-Identifier: MIT */
+
 /*
  * io_helpers.h: sockets and descriptor counts shared by the I/O tests
  * (test_io.c, test_dial.c, test_peer_close.c, test_io_alloc_fail.c).

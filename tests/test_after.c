@@ -1,3 +1,5 @@
+/* SPDX-License-Identifier: MIT */
+
 /*
  * AfterFunc: ctx_after_func() and ctx_after_stop().  Ports Go's
  * TestAfterFuncCalledAfterCancel, TestAfterFuncCalledImmediately,

@@ -1,3 +1,5 @@
+/* SPDX-License-Identifier: MIT */
+
 /*
  * Allocation-failure sweep, SQLite style.  Every scenario below is run again
  * and again with allocation number N failing, for N = 0, 1, 2, ... until a

@@ -1,3 +1,5 @@
+/* SPDX-License-Identifier: MIT */
+
 /*
  * W3C Baggage, one table per rule: member and property grammar, optional
  * white space, percent-encoding (UTF-8, "%" always encoded), escapes of

@@ -1,3 +1,5 @@
+/* SPDX-License-Identifier: MIT */
+
 /*
  * Cancellation of a context tree, single-threaded: what ctx_cancel() does to
  * the context, its descendants, its parent and siblings, and what it leaves

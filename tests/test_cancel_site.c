@@ -1,3 +1,5 @@
+/* SPDX-License-Identifier: MIT */
+
 /*
  * Cancel sites: ctx_cancel and ctx_cancel_cause record where they were
  * called, every context the cancel reaches reports that site, the plain

@@ -1,3 +1,5 @@
+/* SPDX-License-Identifier: MIT */
+
 /*
  * Causes: Go's TestCause table mapped to C (a cause is an int code plus an
  * optional message), Go's TestCauseRace (a poller never sees a half-written

@@ -1,3 +1,5 @@
+/* SPDX-License-Identifier: MIT */
+
 /*
  * The manual test clock: ctx_clock_manual(), ctx_clock_advance(),
  * ctx_clock_real(), and ctx_time_from_wall().  What Go gets from

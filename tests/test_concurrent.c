@@ -1,3 +1,5 @@
+/* SPDX-License-Identifier: MIT */
+
 /*
  * Cancellation under concurrency.  Ports Go's TestSimultaneousCancels,
  * TestInterlockedCancels and TestWithCancelSimultaneouslyCanceledParent,

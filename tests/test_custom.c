@@ -1,3 +1,5 @@
+/* SPDX-License-Identifier: MIT */
+
 /*
  * Custom contexts (ctx_with_custom) as parents: the value hook, the name and
  * describe hooks, destroy, cancellation from an outside event on another

@@ -1,3 +1,5 @@
+/* SPDX-License-Identifier: MIT */
+
 /*
  * Deadlines and timeouts on the real clock.  Ports Go's TestDeadline,
  * TestTimeout, TestCanceledTimeout, TestLayersTimeout, the WithTimeout half

@@ -1,3 +1,5 @@
+/* SPDX-License-Identifier: MIT */
+
 /*
  * ctx_describe: Go's String() texts (TestBackground, TestTODO,
  * TestWithCancel, TestValues' strings, TestDeadline's prefix) and

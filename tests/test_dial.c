@@ -1,3 +1,5 @@
+/* SPDX-License-Identifier: MIT */
+
 /*
  * ctx_dial over loopback: success (a blocking, close-on-exec socket), a
  * refused port, a listener whose backlog is full (the connect hangs until

@@ -1,3 +1,5 @@
+/* SPDX-License-Identifier: MIT */
+
 /*
  * ctx_dial with names, in a private mount and network namespace so that
  * nothing here can reach a real name server: /etc/resolv.conf, /etc/hosts

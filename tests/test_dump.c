@@ -1,3 +1,5 @@
+/* SPDX-License-Identifier: MIT */
+
 /*
  * ctx_dump, ctx_track, ctx_dump_all and the leak report at exit: what each
  * line says, with tracking off (cancel nodes only) and on (every context,

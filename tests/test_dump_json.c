@@ -1,3 +1,5 @@
+/* SPDX-License-Identifier: MIT */
+
 /*
  * ctx_dump_json: the subtree under a context as JSON, with tracking off.
  * Checks the nodes listed (cancellable ones, depth first, with parents),

@@ -1,3 +1,5 @@
+/* SPDX-License-Identifier: MIT */
+
 /*
  * Edges: what happens at the limits of the machine and of the contract.
  *

@@ -1,3 +1,5 @@
+/* SPDX-License-Identifier: MIT */
+
 /*
  * Errors and edge cases: EINVAL for every constructor (Go's
  * TestInvalidDerivedFail and TestWithValueChecksKey panic where C returns

@@ -1,3 +1,5 @@
+/* SPDX-License-Identifier: MIT */
+
 /*
  * Many threads deriving children from one shared parent (a server's base
  * context), which gives the parent a fan-out (per-thread shards of its

@@ -1,3 +1,5 @@
+/* SPDX-License-Identifier: MIT */
+
 /*
  * test_faultproxy.c: the fault proxy the fault tests stand on, driven
  * against an echo server on 127.0.0.1.  Every command is checked for the

@@ -1,3 +1,5 @@
+/* SPDX-License-Identifier: MIT */
+
 /*
  * fork(2) with live timers.  The child of a multithreaded process gets a
  * copy of the timer heap but none of the library's threads (the timer

@@ -1,3 +1,5 @@
+/* SPDX-License-Identifier: MIT */
+
 /*
  * Groups (errgroup): tasks run on the library's pool, the first failure
  * cancels the group's context and is what ctx_group_wait returns, limits

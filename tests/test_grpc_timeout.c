@@ -1,3 +1,5 @@
+/* SPDX-License-Identifier: MIT */
+
 /*
  * grpc-timeout, one table per rule: writing as grpc-go does (the first
  * unit of n u m S M whose value, rounded up, fits in 8 digits, else H);

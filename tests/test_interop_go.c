@@ -1,3 +1,5 @@
+/* SPDX-License-Identifier: MIT */
+
 /*
  * Interoperability with a real Go peer (tests/interop/peer.go, standard
  * library only), over loopback TCP.

@@ -1,3 +1,5 @@
+/* SPDX-License-Identifier: MIT */
+
 /*
  * Cancellable I/O on real pipes and sockets: ctx_read/ctx_write and their
  * vector, socket, accept, connect, poll and whole-buffer forms.  Checks the

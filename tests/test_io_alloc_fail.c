@@ -1,3 +1,5 @@
+/* SPDX-License-Identifier: MIT */
+
 /*
  * Allocation failure at every allocation site of the I/O calls, SQLite
  * style: each scenario runs again and again with allocation number N

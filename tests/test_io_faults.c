@@ -1,3 +1,5 @@
+/* SPDX-License-Identifier: MIT */
+
 /*
  * The core I/O calls on a network that fails: each call under a context
  * returns within 100 ms of the context's end whatever the peer or the

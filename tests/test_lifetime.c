@@ -1,3 +1,5 @@
+/* SPDX-License-Identifier: MIT */
+
 /*
  * The lifetime rules of the handles a program keeps: they must survive
  * misuse of order that Go makes natural.  Run under AddressSanitizer (make

@@ -1,3 +1,5 @@
+/* SPDX-License-Identifier: MIT */
+
 /*
  * ctx_live_count: every kind of context is counted from its creation to
  * its free, tracking on or off, and contexts made on one thread and freed

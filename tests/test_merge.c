@@ -1,3 +1,5 @@
+/* SPDX-License-Identifier: MIT */
+
 /*
  * ctx_merge: done with the first parent that is done (its err, cause and
  * cancel site), earliest deadline, values in parent order, no trace left

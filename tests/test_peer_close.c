@@ -1,3 +1,5 @@
+/* SPDX-License-Identifier: MIT */
+
 /*
  * ctx_with_peer_close over TCP loopback and AF_UNIX: the context ends with
  * cause ECONNRESET "client disconnected" when the peer closes, never

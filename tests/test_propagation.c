@@ -1,3 +1,5 @@
+/* SPDX-License-Identifier: MIT */
+
 /*
  * ctx_inject and ctx_extract through a real header store: round trips of
  * deadline, trace and baggage; deadline clamping; done contexts; a carrier

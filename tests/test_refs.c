@@ -1,3 +1,5 @@
+/* SPDX-License-Identifier: MIT */
+
 /*
  * Ownership: a child keeps its parent alive; dropping the last reference
  * detaches a context from its parent (the parent's later cancel must not

@@ -1,3 +1,5 @@
+/* SPDX-License-Identifier: MIT */
+
 /*
  * Allocation and thread-creation failure at every site of groups, merges,
  * signal contexts, cancel sites and tracking: each failing call reports a

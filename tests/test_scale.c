@@ -1,3 +1,5 @@
+/* SPDX-License-Identifier: MIT */
+
 /*
  * Scale: very wide and very deep trees.  One cancel reaches 100,000
  * children; 400,000 children made and dropped under a live parent leave no

@@ -1,3 +1,5 @@
+/* SPDX-License-Identifier: MIT */
+
 /*
  * ctx_shutdown: every thread the library started ends and is joined, so the
  * process is back to one thread; EBUSY while a thread has work; the library

@@ -1,3 +1,5 @@
+/* SPDX-License-Identifier: MIT */
+
 /*
  * ctx_with_signals: a signal cancels the contexts that asked for it (err
  * CTX_CANCELED, cause EINTR, the signal named in the message), whatever

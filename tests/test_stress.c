@@ -1,3 +1,5 @@
+/* SPDX-License-Identifier: MIT */
+
 /*
  * Randomized multi-threaded stress over overlapping trees.  Several threads
  * share 64 slots of contexts and, at random, create children of every kind

@@ -1,3 +1,5 @@
+/* SPDX-License-Identifier: MIT */
+
 /*
  * The timer structures behind deadlines (src/core/timer.c): a hierarchical timing
  * wheel per shard, whose slots cascade down as time reaches them, and a

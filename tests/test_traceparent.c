@@ -1,3 +1,5 @@
+/* SPDX-License-Identifier: MIT */
+
 /*
  * traceparent and tracestate, one table per rule of W3C Trace Context:
  * version 00 layout, lowercase hex only, all-zero ids, version ff, trailing

@@ -1,3 +1,5 @@
+/* SPDX-License-Identifier: MIT */
+
 /*
  * Values: keys compare by address, the nearest binding wins (a binding to
  * NULL too), values pass through every kind of layer and outlive

@@ -1,3 +1,5 @@
+/* SPDX-License-Identifier: MIT */
+
 /*
  * The version macros and ctx_version(): they come from the one version in
  * CMakeLists.txt, so the header's and the library's must agree, and the

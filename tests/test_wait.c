@@ -1,3 +1,5 @@
+/* SPDX-License-Identifier: MIT */
+
 /*
  * Waiting: ctx_wait, ctx_sleep, ctx_done_fd and ctx_cond_wait, the C
  * stand-ins for Go's Done channel.  Go's tests select on Done(); here every

@@ -1,3 +1,5 @@
+/* SPDX-License-Identifier: MIT */
+
 /*
  * Allocation failure at every site of propagation, SQLite style: the
  * scenario below runs again and again with allocation number N refused

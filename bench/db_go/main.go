@@ -1,3 +1,5 @@
+// SPDX-License-Identifier: MIT
+
 // db_go: the Go side of the db benchmark.  Go's database/sql with the
 // lib/pq driver (Debian: golang-github-lib-pq-dev) and the cgo SQLite driver
 // mattn/go-sqlite3 (golang-github-mattn-go-sqlite3-dev, built on the system's

@@ -1,3 +1,5 @@
+// SPDX-License-Identifier: MIT
+
 // faults_go: the Go side of the fault benchmark (bench/faults.c).  Go's
 // database/sql with the lib/pq driver (Debian: golang-github-lib-pq-dev),
 // talking to PostgreSQL through the same fault proxy as libctx-pq, one

@@ -1,3 +1,5 @@
+// SPDX-License-Identifier: MIT
+
 // Shapes that Go 1.19's own benchmark_test.go does not have, written the
 // same way as the libctx and C++ ones in bench/ctx_bench.cc (Extra/...), so
 // that the report can give them a Go column too.  Run by bench/report.py:

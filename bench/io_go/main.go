@@ -1,3 +1,5 @@
+// SPDX-License-Identifier: MIT
+
 // The Go peer of bench/io.c: 64-byte reads and writes on an os.Pipe with a
 // read deadline set (Go's way of making a read cancellable), measured the
 // same way as the C side.  It runs one round per line read from stdin and

@@ -1,3 +1,5 @@
+// SPDX-License-Identifier: MIT
+
 // The Go side of bench/round2.c: the same figures, measured the same way,
 // on Go's context package.  bench/round2.py runs both in rounds.
 //

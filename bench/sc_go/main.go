@@ -1,3 +1,5 @@
+// SPDX-License-Identifier: MIT
+
 // The Go peer of bench/sc.c and bench/sc_tree.c: the same measurements
 // with golang.org/x/sync/errgroup and the context package, printed as
 // "name value" lines for bench/sc.py.

@@ -1,3 +1,5 @@
+// SPDX-License-Identifier: MIT
+
 // Scale figures for Go's context package, measured the way bench/scale.c
 // measures libctx, so that bench/report.py can print them side by side.
 // Go 1.19 has no AfterFunc, so the firing-lateness figure has no Go

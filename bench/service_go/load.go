@@ -1,3 +1,5 @@
+// SPDX-License-Identifier: MIT
+
 // The fault-injecting load generator of bench/service.py (wrk cannot hang
 // up at a random moment).  Go 1.19 standard library only.
 //

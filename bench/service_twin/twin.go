@@ -1,3 +1,5 @@
+// SPDX-License-Identifier: MIT
+
 // The Go twin of reportd for the benchmark (bench/service_twin.py): the
 // same endpoints and the same work written with Go's own idioms, so that
 // the two are compared on equal terms.

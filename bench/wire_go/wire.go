@@ -1,3 +1,5 @@
+// SPDX-License-Identifier: MIT
+
 // Command wire is the Go peer of bench/wire.c: what a Go service without
 // OpenTelemetry or gRPC does by hand to carry a deadline, a trace and three
 // baggage entries in HTTP headers.  Inject writes grpc-timeout (as

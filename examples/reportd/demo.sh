@@ -1,4 +1,6 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: MIT
+
 # A budget, a hang-up, request IDs and a shutdown, played against two real reportd processes: `make demo`.
 #
 #   examples/reportd/demo.sh path/to/reportd

@@ -1,3 +1,5 @@
+# SPDX-License-Identifier: MIT
+
 # cmake -DIN=page.html -DOUT=page_html.h -P embed.cmake
 #
 # Writes IN's bytes as the C array page_html[] and its length page_html_len,

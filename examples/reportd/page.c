@@ -1,3 +1,5 @@
+/* SPDX-License-Identifier: MIT */
+
 /*
  * reportd's page and the JSON it reads; page.h says what each call does.
  * The HTML is page.html, embedded at build time (CMake writes its bytes

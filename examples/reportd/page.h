@@ -1,3 +1,5 @@
+/* SPDX-License-Identifier: MIT */
+
 /*
  * reportd's page: GET / (a page that starts a /report, cancels it, and
  * shows the context tree of the requests in flight) and GET

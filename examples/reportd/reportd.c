@@ -1,3 +1,5 @@
+/* SPDX-License-Identifier: MIT */
+
 /*
  * reportd: libctx's budgets, hang-ups and shutdown in a small real HTTP service.
  *

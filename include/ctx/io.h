@@ -1,3 +1,5 @@
+/* SPDX-License-Identifier: MIT */
+
 /*
  * <ctx/io.h>: blocking I/O that a context cuts short.
  *

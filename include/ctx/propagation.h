@@ -1,3 +1,5 @@
+/* SPDX-License-Identifier: MIT */
+
 /*
  * libctx across processes: deadlines, trace identity and request values on
  * the wire.

@@ -1,3 +1,5 @@
+/* SPDX-License-Identifier: MIT */
+
 /*
  * ctx_curl_perform: a libcurl transfer that ends when its context ends.
  *

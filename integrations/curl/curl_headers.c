@@ -1,3 +1,5 @@
+/* SPDX-License-Identifier: MIT */
+
 /*
  * ctx_curl_headers: the propagation headers of a context as a curl_slist.
  */

@@ -1,3 +1,5 @@
+/* SPDX-License-Identifier: MIT */
+
 /*
  * ctx_mhd_request: a request's headers and socket, made into its context.
  */

@@ -1,3 +1,5 @@
+/* SPDX-License-Identifier: MIT */
+
 /*
  * libctx-pq: libpq's asynchronous API driven by poll(2) on the connection's
  * socket and the context's done fd.

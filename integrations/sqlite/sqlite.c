@@ -1,3 +1,5 @@
+/* SPDX-License-Identifier: MIT */
+
 /*
  * libctx-sqlite: sqlite3_step and sqlite3_exec under a context.
  *

@@ -1,3 +1,5 @@
+/* SPDX-License-Identifier: MIT */
+
 /*
  * Groups (errgroup) and the thread pool their tasks run on.
  *

@@ -1,3 +1,5 @@
+/* SPDX-License-Identifier: MIT */
+
 /*
  * Signal contexts (Go's signal.NotifyContext).
  *

@@ -1,3 +1,5 @@
+/* SPDX-License-Identifier: MIT */
+
 /*
  * The allocator hook.  Every allocation the library makes goes through
  * ctx__alloc/ctx__free, so a program can route them to its own allocator and

@@ -1,3 +1,5 @@
+/* SPDX-License-Identifier: MIT */
+
 /*
  * The cancel entry points: ctx_cancel and ctx_cancel_cause, which record
  * no site, and the ctx_cancel_at forms that ctx.h's macros call with the

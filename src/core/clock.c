@@ -1,3 +1,5 @@
+/* SPDX-License-Identifier: MIT */
+
 /*
  * The clock: CLOCK_MONOTONIC, or the manual clock a test sets in force
  * (ctx_clock_manual in timer.c, which drives the timers with it).

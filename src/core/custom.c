@@ -1,3 +1,5 @@
+/* SPDX-License-Identifier: MIT */
+
 /*
  * Custom contexts: a cancel node with user hooks.  Because it is a node of
  * the library's own tree, its children register with it like with any

@@ -1,3 +1,5 @@
+/* SPDX-License-Identifier: MIT */
+
 /*
  * Deadline contexts: a cancel node with a deadline, armed in the timer
  * structures (timer.c) and cancelled with CTX_DEADLINE_EXCEEDED when the

@@ -1,3 +1,5 @@
+/* SPDX-License-Identifier: MIT */
+
 /*
  * ctx_shutdown: ends and joins every thread the library started, so that a
  * program can exit valgrind-clean or dlclose the library.  Each subsystem

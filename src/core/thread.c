@@ -1,3 +1,5 @@
+/* SPDX-License-Identifier: MIT */
+
 /*
  * The library's own threads: the timer thread, the callback workers, and
  * whatever later subsystems start.  This file is at the bottom of the

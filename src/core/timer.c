@@ -1,3 +1,5 @@
+/* SPDX-License-Identifier: MIT */
+
 /*
  * Timers: the structures that hold every live deadline, the timer thread
  * that fires them, and the manual clock that tests use to drive them.

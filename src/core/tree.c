@@ -1,3 +1,5 @@
+/* SPDX-License-Identifier: MIT */
+
 /*
  * The context tree: roots, references, cancel nodes, cancellation and
  * freeing.  docs/DESIGN.md describes the protocol; the comments here say why

@@ -1,3 +1,5 @@
+/* SPDX-License-Identifier: MIT */
+
 /*
  * Value and without-cancel nodes, and value lookup.
  *

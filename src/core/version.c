@@ -1,3 +1,5 @@
+/* SPDX-License-Identifier: MIT */
+
 /*
  * The library's version at run time, from the same generated header the
  * macros come from, so the two can never disagree within one build.

@@ -1,3 +1,5 @@
+/* SPDX-License-Identifier: MIT */
+
 /*
  * Waiting: ctx_wait and ctx_sleep (a futex on the owner's state word) and
  * ctx_done_fd (an eventfd or pipe, created on first use).

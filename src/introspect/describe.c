@@ -1,3 +1,5 @@
+/* SPDX-License-Identifier: MIT */
+
 /*
  * ctx_describe (Go's String) and ctx_strerror.
  *

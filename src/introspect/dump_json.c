@@ -1,3 +1,5 @@
+/* SPDX-License-Identifier: MIT */
+
 /*
  * ctx_dump_json: the live subtree under a context as JSON, for programs
  * (a service's debug endpoint, a page that draws the tree) rather than for

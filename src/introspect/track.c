@@ -1,3 +1,5 @@
+/* SPDX-License-Identifier: MIT */
+
 /*
  * Seeing inside: the tracking registry, dumps, the cancel site a context
  * reports (the sites themselves are recorded by core/cancel.c) and the

@@ -1,3 +1,5 @@
+/* SPDX-License-Identifier: MIT */
+
 /*
  * ctx_dial: Go's net.Dialer.DialContext for TCP.
  *

@@ -1,3 +1,5 @@
+/* SPDX-License-Identifier: MIT */
+
 /*
  * Cancellable I/O: ctx_poll and the read/write family, accept, connect and
  * the whole-buffer loops.  <ctx/io.h> states the contract; this file says

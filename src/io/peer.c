@@ -1,3 +1,5 @@
+/* SPDX-License-Identifier: MIT */
+
 /*
  * ctx_with_peer_close: a context that ends when the peer of a socket hangs
  * up, Go's net/http background read without the read.

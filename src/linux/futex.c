@@ -1,3 +1,5 @@
+/* SPDX-License-Identifier: MIT */
+
 /*
  * Futex wait/wake on Linux, and the slow path of the node lock.
  */

@@ -1,3 +1,5 @@
+/* SPDX-License-Identifier: MIT */
+
 /*
  * Futex emulation for systems without futex(2): waiters sleep on a
  * condition variable chosen by hashing the word's address.  The waker

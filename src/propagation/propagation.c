@@ -1,3 +1,5 @@
+/* SPDX-License-Identifier: MIT */
+
 /*
  * Propagation: ctx_inject, ctx_extract, baggage and trace identity.
  *

@@ -1,3 +1,5 @@
+/* SPDX-License-Identifier: MIT */
+
 /*
  * The header formats of ctx_inject and ctx_extract as small pure functions:
  * no allocation, no global state, bounded work.  The table tests and the

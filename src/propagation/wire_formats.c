@@ -1,3 +1,5 @@
+/* SPDX-License-Identifier: MIT */
+
 /*
  * The wire formats of propagation: grpc-timeout, traceparent, tracestate
  * and baggage.  Every function is pure and bounded, reads only the bytes it

@@ -1,3 +1,5 @@
+/* SPDX-License-Identifier: MIT */
+
 /*
  * A program outside the libctx tree, built against an installed libctx both
  * through pkg-config and through find_package(ctx).  It proves that the

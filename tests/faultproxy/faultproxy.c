@@ -1,3 +1,5 @@
+/* SPDX-License-Identifier: MIT */
+
 /*
  * faultproxy: a TCP proxy on loopback that the fault tests steer.
  *

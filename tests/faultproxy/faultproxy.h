@@ -1,3 +1,5 @@
+/* SPDX-License-Identifier: MIT */
+
 /*
  * faultproxy.h: the test side of tests/faultproxy/faultproxy.c.
  *

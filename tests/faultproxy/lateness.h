@@ -1,3 +1,5 @@
+/* SPDX-License-Identifier: MIT */
+
 /*
  * lateness.h: how late a call returned after its context's end, less the
  * time this process spent waiting for a CPU meanwhile.

@@ -1,3 +1,5 @@
+// SPDX-License-Identifier: MIT
+
 // Command peer is the Go side of libctx's interoperability test
 // (tests/test_interop_go.c).  It uses the standard library only and reads
 // and writes the propagation headers by hand, the way a Go service without

@@ -1,3 +1,5 @@
+/* SPDX-License-Identifier: MIT */
+
 /*
  * w3c_service: the service that the W3C Trace Context test suite
  * (w3c/trace-context, folder test/) drives.  docs/interop.md shows how to

@@ -1,3 +1,5 @@
+// SPDX-License-Identifier: MIT
+
 // Load for bench/service_twin.py that wrk cannot make.  Go standard library
 // only.
 //

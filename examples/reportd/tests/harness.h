@@ -1,3 +1,5 @@
+/* SPDX-License-Identifier: MIT */
+
 /*
  * harness.h: what the reportd scenario tests share.  A test starts real
  * reportd processes (the binary given on its command line), talks to them

@@ -1,3 +1,5 @@
+/* SPDX-License-Identifier: MIT */
+
 /*
  * proxy.h: a real reverse proxy (Debian's nginx or HAProxy) in front of a
  * reportd, for the hang-up tests through a proxy.  Each test starts its own

@@ -1,3 +1,5 @@
+/* SPDX-License-Identifier: MIT */
+
 /*
  * reportd serves what docs/http.md describes and survives bad input: every
  * metric from the start, a report within budget, request IDs (kept, or

@@ -1,4 +1,6 @@
 #!/usr/bin/python3
+# SPDX-License-Identifier: MIT
+
 """A person closing the page: reportd's page in a real browser.
 
     test_reportd_browser.py REPORTD [--screenshot PATH]

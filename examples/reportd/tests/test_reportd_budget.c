@@ -1,3 +1,5 @@
+/* SPDX-License-Identifier: MIT */
+
 /*
  * Budgets and identity across two services: a hung upstream costs the
  * front exactly its budget (504 at 500 ms +- 50 ms) and the upstream's own

@@ -1,3 +1,5 @@
+/* SPDX-License-Identifier: MIT */
+
 /*
  * A dependency that goes dark: the network between reportd and its
  * upstream, or its PostgreSQL database (with the argument "pq", in

@@ -1,3 +1,5 @@
+/* SPDX-License-Identifier: MIT */
+
 /*
  * Go's net/http on both sides of reportd, as peers nobody here wrote:
  *   - a Go client whose context.WithTimeout ends its call: reportd sees the

@@ -1,3 +1,5 @@
+/* SPDX-License-Identifier: MIT */
+
 /*
  * A client that gives up after 200 ms: the front sees its connection close
  * and stops all three parts (computation, query, upstream call) at once,

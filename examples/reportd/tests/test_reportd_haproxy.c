@@ -1,3 +1,5 @@
+/* SPDX-License-Identifier: MIT */
+
 /*
  * The hang-up through HAProxy.  With its defaults HAProxy treats a client
  * that closes its side as a half-close and keeps the request running on

@@ -1,3 +1,5 @@
+/* SPDX-License-Identifier: MIT */
+
 /*
  * The hang-up through nginx with its default proxy settings: a client that
  * leaves a /report through nginx after 200 ms.  nginx (proxy_ignore_client_abort

@@ -1,3 +1,5 @@
+/* SPDX-License-Identifier: MIT */
+
 /*
  * The hang-up scenario with PostgreSQL as reportd's database: a client that
  * leaves after 200 ms stops the query on the server (pg_sleep is cancelled,

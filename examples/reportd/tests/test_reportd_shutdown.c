@@ -1,3 +1,5 @@
+/* SPDX-License-Identifier: MIT */
+
 /*
  * Graceful shutdown with requests in flight: on SIGTERM reportd stops
  * accepting, lets the requests in flight finish within --drain-ms, then

@@ -1,3 +1,5 @@
+/* SPDX-License-Identifier: MIT */
+
 /*
  * Slow clients: connections that send their request a byte at a time,
  * headers or body, are closed by the read deadline (--read-ms), hold no

@@ -1,3 +1,5 @@
+/* SPDX-License-Identifier: MIT */
+
 /* Uses an installed libctx-curl: the propagation headers of a context with
  * a deadline, and a transfer under a context that is already cancelled,
  * which ends at once without touching the network. */

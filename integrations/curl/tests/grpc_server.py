@@ -1,4 +1,6 @@
 #!/usr/bin/python3
+# SPDX-License-Identifier: MIT
+
 """A gRPC server (Python grpcio, h2c) for the tests of libctx-curl.
 
 Run with Debian's /usr/bin/python3, which has python3-grpcio.  It listens on

@@ -1,3 +1,5 @@
+/* SPDX-License-Identifier: MIT */
+
 /*
  * peer_proc.h: a peer server run as a child process (the gRPC server in
  * Python, the Go HTTP server), talked to over two pipes.

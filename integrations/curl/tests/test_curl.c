@@ -1,3 +1,5 @@
+/* SPDX-License-Identifier: MIT */
+
 /*
  * libctx-curl against a real HTTP server (libmicrohttpd on loopback): a
  * cancel or a deadline ends a transfer while it connects, while it waits for

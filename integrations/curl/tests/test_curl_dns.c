@@ -1,3 +1,5 @@
+/* SPDX-License-Identifier: MIT */
+
 /*
  * A cancel while libcurl resolves a name returns at once, even though the
  * name server never answers.

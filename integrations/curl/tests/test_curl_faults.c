@@ -1,3 +1,5 @@
+/* SPDX-License-Identifier: MIT */
+
 /*
  * libctx-curl under network faults, over HTTP/1.1 and HTTP/2 (h2c with prior
  * knowledge), against a real Go net/http server (tests/httppeer) behind the

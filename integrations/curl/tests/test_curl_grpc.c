@@ -1,3 +1,5 @@
+/* SPDX-License-Identifier: MIT */
+
 /*
  * libctx-curl over HTTP/2 against a real gRPC server (Python grpcio over h2c,
  * integrations/curl/tests/grpc_server.py), making unary calls by hand: the

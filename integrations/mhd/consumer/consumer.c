@@ -1,3 +1,5 @@
+/* SPDX-License-Identifier: MIT */
+
 /* Uses an installed libctx-mhd: a libmicrohttpd server on a loopback port
  * the kernel picks, and the argument check of ctx_mhd_request (a request
  * context needs a connection, which only a handler has). */

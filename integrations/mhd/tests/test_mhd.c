@@ -1,3 +1,5 @@
+/* SPDX-License-Identifier: MIT */
+
 /*
  * libctx-mhd against a real libmicrohttpd server and libcurl clients: the
  * request context carries the caller's deadline, trace and baggage, ignores

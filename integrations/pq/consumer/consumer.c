@@ -1,3 +1,5 @@
+/* SPDX-License-Identifier: MIT */
+
 /* Uses an installed libctx-pq without a server: a connection attempt that
  * the context ends, and libpq's own calls beside it. */
 #include <ctx.h>

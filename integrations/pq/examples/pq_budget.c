@@ -1,3 +1,5 @@
+/* SPDX-License-Identifier: MIT */
+
 /*
  * pq_budget: "set a 500 ms timeout on database calls so a hung query cannot
  * take the service down".  SELECT pg_sleep(10) stands for the hung query; it

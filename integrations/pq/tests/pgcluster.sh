@@ -1,4 +1,6 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: MIT
+
 # A throw-away PostgreSQL cluster for tests and benchmarks.
 #
 #   pgcluster.sh start DIR   initdb into a fresh temporary directory, start a

@@ -1,3 +1,5 @@
+/* SPDX-License-Identifier: MIT */
+
 /*
  * pq_test.h: what the libctx-pq tests share: the conninfo of the cluster the
  * CTest fixture started (pgcluster.sh), connections, and small queries.

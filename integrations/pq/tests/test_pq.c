@@ -1,3 +1,5 @@
+/* SPDX-License-Identifier: MIT */
+
 /*
  * libctx-pq against a real PostgreSQL (the cluster of the CTest fixture):
  * statements, cancels and deadlines cancelled on the server with the

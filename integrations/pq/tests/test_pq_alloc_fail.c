@@ -1,3 +1,5 @@
+/* SPDX-License-Identifier: MIT */
+
 /*
  * libctx-pq when memory runs out.  The integration's own allocations are
  * the transaction (calloc) and, through the core, the AfterFunc that rolls

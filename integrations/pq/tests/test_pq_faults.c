@@ -1,3 +1,5 @@
+/* SPDX-License-Identifier: MIT */
+
 /*
  * libctx-pq when things break: a server that accepts TCP but never answers,
  * a cancel request that PostgreSQL drops because the backend had not read

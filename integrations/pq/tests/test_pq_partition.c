@@ -1,3 +1,5 @@
+/* SPDX-License-Identifier: MIT */
+
 /*
  * libctx-pq on a network that fails: every call under a context returns
  * within 100 ms of the context's end (the library aims at

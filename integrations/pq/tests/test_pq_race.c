@@ -1,3 +1,5 @@
+/* SPDX-License-Identifier: MIT */
+
 /*
  * The stale-cancel race (Go pgx's bug): cancels racing the completion of
  * statements, round after round, each round followed by SELECT 1 on the same

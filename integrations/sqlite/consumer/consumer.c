@@ -1,3 +1,5 @@
+/* SPDX-License-Identifier: MIT */
+
 /* Uses an installed libctx-sqlite: one statement under a deadline. */
 #include <ctx.h>
 #include <ctx/sqlite.h>

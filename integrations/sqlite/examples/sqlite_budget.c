@@ -1,3 +1,5 @@
+/* SPDX-License-Identifier: MIT */
+
 /*
  * sqlite_budget: "set a 500 ms timeout on database calls so a hung query
  * cannot take the service down".  A recursive query that would count to ten

@@ -1,3 +1,5 @@
+/* SPDX-License-Identifier: MIT */
+
 /*
  * libctx-sqlite against the real SQLite: cancels and deadlines interrupt the
  * statement run under them and nothing else, busy waits end with the

@@ -1,3 +1,5 @@
+/* SPDX-License-Identifier: MIT */
+
 /*
  * libctx-sqlite when memory runs out.  The integration allocates through
  * SQLite (sqlite3_malloc, sqlite3_mprintf, sqlite3_create_function_v2), so

@@ -1,3 +1,5 @@
+/* SPDX-License-Identifier: MIT */
+
 /*
  * libctx-sqlite's bound: every call returns within 100 ms of its context's
  * end (deadline or cancel), round after round, while it waits for a lock

@@ -1,3 +1,5 @@
+/* SPDX-License-Identifier: MIT */
+
 /*
  * libctx-curl: libcurl transfers under a context (Go's http.NewRequestWithContext).
  *

@@ -1,3 +1,5 @@
+// SPDX-License-Identifier: MIT
+
 // Command httppeer is the HTTP server of libctx-curl's fault tests: HTTP/1.1
 // and h2c (HTTP/2 over plain TCP with prior knowledge, through
 // golang.org/x/net/http2/h2c) on one ephemeral port of 127.0.0.1.

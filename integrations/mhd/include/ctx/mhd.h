@@ -1,3 +1,5 @@
+/* SPDX-License-Identifier: MIT */
+
 /*
  * libctx-mhd: a context for each request of a libmicrohttpd server (Go's
  * http.Request.Context()).

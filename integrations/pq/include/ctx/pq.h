@@ -1,3 +1,5 @@
+/* SPDX-License-Identifier: MIT */
+
 /*
  * libctx-pq: PostgreSQL through libpq under a context (Go's database/sql
  * ExecContext, QueryContext and BeginTx).

@@ -1,3 +1,5 @@
+/* SPDX-License-Identifier: MIT */
+
 /*
  * libctx-sqlite: SQLite statements under a context (Go's database/sql
  * ExecContext and QueryContext over the embedded database).

@@ -1,3 +1,5 @@
+// SPDX-License-Identifier: MIT
+
 // A caller nobody here wrote the other side of: Go's net/http client with
 // context.WithTimeout, as a Go service would call reportd.
 //

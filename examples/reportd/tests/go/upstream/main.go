@@ -1,3 +1,5 @@
+// SPDX-License-Identifier: MIT
+
 // An upstream written in Go: net/http's r.Context() must see the cancel of
 // the reportd that calls it (its connection closing, or the grpc-timeout it
 // sends, which this server turns into a deadline as grpc-go would).
