@@ -88,6 +88,21 @@ int ctx__plat_watch_open(void)
         fcntl(p[i], F_SETFL, fcntl(p[i], F_GETFL) | O_NONBLOCK);
     wake[0] = p[0];
     wake[1] = p[1];
+    /* The watcher's first arrays, made here rather than by the watcher
+     * when it first looks: what the library keeps once a watch was made
+     * is then there when ctx_with_peer_close returns, not some time later
+     * (a leak check that counts allocations around watches sees a steady
+     * count).  Without memory the watcher makes them itself. */
+    lock();
+    if (parr == 0) {
+        struct pollfd *a = ctx__alloc(64 * (sizeof *pfd + sizeof *pkey));
+        if (a != NULL) {
+            pfd = a;
+            pkey = (uint64_t *)(void *)(a + 64);
+            parr = 64;
+        }
+    }
+    unlock();
     return 0;
 }
 
