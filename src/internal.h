@@ -45,8 +45,10 @@ struct ctx__timer;
 /* Thread-local variables of the library.  The initial-exec model makes each
  * access a single %fs-relative load in the shared library too, instead of a
  * call to __tls_get_addr; the variables are a few words, well within the
- * static TLS surplus that dynamic loaders keep for such libraries. */
-#if defined(__GNUC__) || defined(__clang__)
+ * static TLS surplus that glibc's loader keeps for such libraries.  CMake
+ * sets CTX_TLS_INITIAL_EXEC only with glibc: musl's loader has no surplus
+ * and refuses to dlopen a library that needs one. */
+#if defined(CTX_TLS_INITIAL_EXEC) && (defined(__GNUC__) || defined(__clang__))
 #define CTX__TLS _Thread_local __attribute__((tls_model("initial-exec")))
 #else
 #define CTX__TLS _Thread_local
