@@ -131,7 +131,8 @@ musl:
 	$(CTEST) --test-dir build-musl --output-on-failure -j $(TEST_JOBS)
 
 headers:
-	scripts/check-headers.sh
+	$(call configure,$(BUILD_DIR),-DCMAKE_BUILD_TYPE=$(BUILD_TYPE) $(COMMON_CMAKE_ARGS))
+	BUILD_DIR=$(BUILD_DIR) scripts/check-headers.sh
 
 # The benchmarks' peers (Google Benchmark, Go's database drivers, wrk, hey)
 # are in deps.sh's ci list.
