@@ -71,10 +71,6 @@ static void thread_gone(void *arg)
 static void init_once(void)
 {
     pthread_key_create(&reg_key, thread_gone);
-    if (ctx__plat_membarrier_init()) {
-        have_membarrier = 1;
-        atomic_store_explicit(&ctx__fence_needed, 0, memory_order_relaxed);
-    }
     pthread_atfork(prepare, parent, child);
 }
 
@@ -89,10 +85,18 @@ void ctx__fork_init(void)
  * wait fell on whatever call came first after a group had started its pool
  * threads: it cost a program's first batch of group tasks more than the
  * batch itself.  So register when the library is loaded, which for a
- * program linked with it is before main starts any thread. */
+ * program linked with it is before main starts any thread.  The fork
+ * handlers themselves are still installed at the first lock (init_once):
+ * installed from a constructor they would come before those of a
+ * sanitizer's runtime, whose child handler must run before ours (under
+ * ThreadSanitizer the child's re-initialized mutexes were otherwise
+ * still seen as held). */
 __attribute__((constructor)) static void fork_init_at_load(void)
 {
-    ctx__fork_init();
+    if (ctx__plat_membarrier_init()) {
+        have_membarrier = 1;
+        atomic_store_explicit(&ctx__fence_needed, 0, memory_order_relaxed);
+    }
 }
 
 /* The outermost hold when the thread is not registered yet, or when a fork
