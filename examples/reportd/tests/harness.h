@@ -120,6 +120,34 @@ static inline char *svc_line(struct svc *s, int timeout_ms, const char *const *n
 
 #define SVC_LINE(s, ms, ...) svc_line((s), (ms), (const char *const[]){ __VA_ARGS__, NULL })
 
+/* The services this test started.  A failed check aborts the test, which
+ * runs no exit handler: the SIGABRT handler kills them first, so that no
+ * reportd outlives a failed test. */
+static pid_t svc_pids[16];
+static _Atomic int svc_npids;
+
+static void svc_on_abort(int sig)
+{
+    int n = atomic_load(&svc_npids);
+    int st;
+    /* Only a child still running (waitpid gives 0): a pid already waited
+     * for may belong to another process by now. */
+    for (int i = 0; i < n && i < 16; i++)
+        if (svc_pids[i] > 0 && waitpid(svc_pids[i], &st, WNOHANG) == 0)
+            kill(svc_pids[i], SIGKILL);
+    signal(sig, SIG_DFL);
+    raise(sig);
+}
+
+static inline void svc_track(pid_t pid)
+{
+    int i = atomic_fetch_add(&svc_npids, 1);
+    if (i == 0)
+        signal(SIGABRT, svc_on_abort);
+    if (i < 16)
+        svc_pids[i] = pid;
+}
+
 /* Starts argv (NULL-terminated) with its stdout and stderr both read into
  * the log, and waits for its "listening on 127.0.0.1:PORT" line. */
 static inline void svc_spawn(struct svc *s, const char *name, const char *const *argv)
@@ -135,6 +163,7 @@ static inline void svc_spawn(struct svc *s, const char *name, const char *const 
     posix_spawn_file_actions_adddup2(&fa, err[1], 1);
     posix_spawn_file_actions_adddup2(&fa, err[1], 2);
     CHECK_EQ_INT(posix_spawn(&s->pid, argv[0], &fa, NULL, (char **)argv, environ), 0);
+    svc_track(s->pid);
     posix_spawn_file_actions_destroy(&fa);
     close(err[1]);
     s->err_fd = err[0];
