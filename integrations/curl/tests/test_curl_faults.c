@@ -24,7 +24,7 @@
  */
 #include "check.h"
 
-#include "faultproxy/faultproxy.h"
+#include "faultproxy/faulttest.h"
 #include "peer_proc.h"
 
 #include <ctx/curl.h>
@@ -67,7 +67,7 @@ static void stop_peer_and_proxy(void)
 
 static void proxy(const char *cmd)
 {
-    CHECK_MSG(faultproxy_cmd(&fp, "%s", cmd) == 0, "faultproxy %s", cmd);
+    faulttest_proxy(&fp, cmd);
 }
 
 /* What a transfer received, and a fault the callbacks set off on their own
