@@ -173,8 +173,8 @@ static void test_several_live(void)
  * signal that reaches a thread outside the calls it intercepts and runs the
  * handler at the thread's next intercepted call, or at once inside a call
  * it knows to block, such as poll.  ctx_wait sleeps in a futex system call,
- * which the runtime of clang 14 does not intercept (LLVM 19 added hooks
- * that mark futex waits as blocking).  When the signal lands after the
+ * which the runtime does not see (LLVM 19 added hooks a caller may wrap
+ * such a call in; clang 14 has none).  When the signal lands after the
  * sleeper's last intercepted call on its way into the futex, the handler,
  * and with it the cancel, waits for the 60 s timeout.  In such a hung run
  * the kernel held no pending signal, every library thread blocked every
