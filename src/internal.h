@@ -638,11 +638,12 @@ void ctx__timer_remove(struct ctx__timer *t);
 void ctx__timer_restart(void);
 /* For core/deadline.c: set the structures up once; the shard this thread
  * inserts into; start the timer thread if it is not running (0 or an
- * errno); insert a timer whose deadline and shard are set. */
+ * errno); insert a timer whose deadline and shard are set, given the
+ * caller's reading of ctx_now() (not read again). */
 void ctx__timer_init(void);
 unsigned ctx__timer_shard(void);
 int ctx__timer_need_thread(void);
-void ctx__timer_insert(struct ctx__timer *t);
+void ctx__timer_insert(struct ctx__timer *t, ctx_time_t now);
 void ctx__describe_atfork(int release);
 
 /* ---- core/clock.c: the mode and the manual clock's time, which the

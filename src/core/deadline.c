@@ -48,7 +48,9 @@ static ctx_t *with_deadline(ctx_t *parent, ctx_time_t d, ctx_time_t now, int cau
         return NULL;
     }
     t->shard = (uint8_t)ctx__timer_shard();
-    int past = d <= (now != NOT_READ ? now : ctx_now());
+    if (now == NOT_READ)
+        now = ctx_now();
+    int past = d <= now;
     int e = past ? 0 : ctx__timer_need_thread();
     if (e != 0) {
         ctx__msg_unref(t->base.u.c.msg);
@@ -60,7 +62,7 @@ static ctx_t *with_deadline(ctx_t *parent, ctx_time_t d, ctx_time_t now, int cau
     if (past)
         ctx__cancel_deadline(t, NULL);
     else
-        ctx__timer_insert(t);
+        ctx__timer_insert(t, now);
     if (cancel != NULL)
         *cancel = ctx__handle_bind(&t->base);
     return &t->base;
