@@ -1041,19 +1041,11 @@ void ctx__timer_restart(void)
  * For deadline.c
  */
 
-void ctx__timer_init(void)
+int ctx__timer_prepare(int start_thread, unsigned *shard)
 {
     init();
-}
-
-unsigned ctx__timer_shard(void)
-{
-    return my_shard();
-}
-
-int ctx__timer_need_thread(void)
-{
-    return ensure_thread();
+    *shard = my_shard();
+    return start_thread ? ensure_thread() : 0;
 }
 
 void ctx__timer_insert(struct ctx__timer *t, ctx_time_t now)
