@@ -18,6 +18,9 @@
  *   timeouts         1,000,000 live ctx_with_timeout(parent, 1 h): create
  *                    ns/op, first touch included (fresh process), and the
  *                    resident memory it added per timeout
+ *   lone             500 lone 1 ms timeouts, one at a time, each waited on
+ *                    with ctx_wait: lateness p50/p99/max of the return (a
+ *                    fresh sleep and wake-up of the timer thread each time)
  *
  * --quick shrinks every count (for the smoke test).
  */
@@ -256,6 +259,36 @@ static void timeouts(void)
     free(cc);
 }
 
+/* ---------------------------------------------------------------------------
+ * A lone deadline: one 1 ms timeout at a time, waited on with ctx_wait,
+ * so that each firing is a fresh sleep of the timer thread.  Lateness of
+ * ctx_wait's return: the timer thread's wake-up and the waiter's. */
+
+static void lone(void)
+{
+    const size_t n = quick ? 50 : 500;
+    int64_t *late = malloc(n * sizeof *late);
+    if (late == NULL)
+        die("malloc");
+    for (size_t i = 0; i < n; i++) {
+        ctx_t *c = ctx_with_timeout(ctx_background(), CTX_MILLISECOND, NULL);
+        ctx_time_t d;
+        if (c == NULL || !ctx_deadline(c, &d))
+            die("ctx_with_timeout");
+        if (ctx_wait(c, 30 * CTX_SECOND) != CTX_DEADLINE_EXCEEDED)
+            die("ctx_wait");
+        late[i] = ctx_now() - d;
+        if (late[i] < 0)
+            die("a deadline fired early");
+        ctx_unref(c);
+    }
+    qsort(late, n, sizeof *late, cmp_i64);
+    put("lone.p50", (double)pct(late, n, 0.50) / 1e3, "us");
+    put("lone.p99", (double)pct(late, n, 0.99) / 1e3, "us");
+    put("lone.max", (double)late[n - 1] / 1e3, "us");
+    free(late);
+}
+
 int main(int argc, char **argv)
 {
     int i = 1;
@@ -269,8 +302,11 @@ int main(int argc, char **argv)
         storm(strcmp(argv[i + 1], "after") == 0);
     } else if (i < argc && strcmp(argv[i], "timeouts") == 0) {
         timeouts();
+    } else if (i < argc && strcmp(argv[i], "lone") == 0) {
+        lone();
     } else {
-        fprintf(stderr, "usage: %s [--quick] fanout THREADS | storm after|state | timeouts\n",
+        fprintf(stderr,
+                "usage: %s [--quick] fanout THREADS | storm after|state | timeouts | lone\n",
                 argv[0]);
         return 2;
     }
