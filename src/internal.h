@@ -22,6 +22,7 @@
 #include <stdatomic.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <time.h>
 
 /*
  * Kinds of node.  Stored in the low three bits of ctx->pk, so there can be at
@@ -638,11 +639,11 @@ void ctx__timer_remove(struct ctx__timer *t);
 void ctx__timer_restart(void);
 /* For core/deadline.c: set the structures up once; the shard this thread
  * inserts into; start the timer thread if it is not running (0 or an
- * errno); insert a timer whose deadline and shard are set. */
-void ctx__timer_init(void);
-unsigned ctx__timer_shard(void);
-int ctx__timer_need_thread(void);
-void ctx__timer_insert(struct ctx__timer *t);
+ * errno); insert a timer whose deadline and shard are set, given the
+ * caller's reading of ctx_now() (not read again).  prepare does the first
+ * three in one call: 0 with *shard set, or an errno. */
+int ctx__timer_prepare(int start_thread, unsigned *shard);
+void ctx__timer_insert(struct ctx__timer *t, ctx_time_t now);
 void ctx__describe_atfork(int release);
 
 /* ---- core/clock.c: the mode and the manual clock's time, which the
@@ -654,6 +655,16 @@ struct ctx__clock {
 extern struct ctx__clock ctx__clock;
 int ctx__clock_is_manual(void);
 ctx_time_t ctx__real_now(void); /* CLOCK_MONOTONIC, whatever ctx_now() reads */
+/* ctx_now() for the library's own hot paths (a deadline's creation): the
+ * same reading, without the call. */
+static inline ctx_time_t ctx__now(void)
+{
+    if (atomic_load_explicit(&ctx__clock.manual, memory_order_relaxed))
+        return atomic_load_explicit(&ctx__clock.mnow, memory_order_relaxed);
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (ctx_time_t)ts.tv_sec * CTX_SECOND + ts.tv_nsec;
+}
 
 /* ---- after.c */
 void ctx__run_after(struct ctx *r);
