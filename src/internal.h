@@ -193,6 +193,9 @@ CTX__ALIGN_CHECK(offsetof(struct ctx, u.c.state) == offsetof(struct ctx_abi_node
 #endif
 
 #define CTX__SEG 16
+/* How many nodes without values (cancel, timer, without-cancel) a new value
+ * node looks through for the segment to extend (value.c). */
+#define CTX__SEG_HOPS 8
 
 static inline uint64_t ctx__key_bit(const ctx_key_t *key)
 {
