@@ -525,8 +525,11 @@ static inline int ctx_err_inline_(ctx_t *ctx)
     const struct ctx_abi_node_ *n = (const struct ctx_abi_node_ *)(const void *)ctx;
     if (n == NULL)
         return EINVAL;
-    if ((n->kind & 7u) < 3u)
-        n = n->owner;
+    /* A select rather than a branch around the owner's load: the word at
+     * offset 0 is there in every context, and a loop that checks a context
+     * then runs with one taken branch, its own. */
+    const struct ctx_abi_node_ *o = n->owner;
+    n = (n->kind & 7u) < 3u ? o : n;
     /* Acquire: pairs with the release that marks a context done. */
     return (int)(__atomic_load_n(&n->state, __ATOMIC_ACQUIRE) & 0xffu);
 }
