@@ -98,22 +98,6 @@ static struct ctx__msg *msg_ref(struct ctx__msg *m)
     return m;
 }
 
-static size_t ctx__node_size(unsigned kind, uint32_t state)
-{
-    switch (kind) {
-    case CTX__CANCEL:
-        return state & CTX__HANDLE ? sizeof(struct ctx__hnode) : sizeof(struct ctx);
-    case CTX__TIMER:
-        return sizeof(struct ctx__timer);
-    case CTX__CUSTOM:
-        return sizeof(struct ctx__custom);
-    case CTX__WITHOUT:
-        return offsetof(struct ctx, u);
-    default:
-        return sizeof(struct ctx);
-    }
-}
-
 /* c's shard in its parent's fan-out, from c's state word, or NULL. */
 static struct ctx__fan_shard *fan_shard(struct ctx *p, uint32_t cstate)
 {
@@ -196,64 +180,98 @@ static int fan_release(struct ctx *p)
     return atomic_fetch_sub_explicit(&p->refs, 1, memory_order_acq_rel) == 1;
 }
 
+/* Tears down cancel node c (kind, not VALUE nor WITHOUT), whose count
+ * reached zero: its handle, its place in its parent's children, its fd,
+ * message, timer and hooks.  Returns its state word (its fan shard) and
+ * sets *size to its block's size. */
+static uint32_t free_cancel(struct ctx *c, unsigned kind, size_t *size)
+{
+    uint32_t s;
+    if (kind == CTX__CANCEL) {
+        /* Acquire: pairs with the release in mark() (the cause and message
+         * of a done node) and with a canceller's unlock below. */
+        s = atomic_load_explicit(&c->u.c.state, memory_order_acquire);
+        *size = sizeof(struct ctx);
+        if (s & CTX__HANDLE) {
+            *size = sizeof(struct ctx__hnode);
+            goto handle;
+        }
+    } else {
+        *size = kind == CTX__TIMER    ? sizeof(struct ctx__timer)
+                : kind == CTX__CUSTOM ? sizeof(struct ctx__custom)
+                                      : sizeof(struct ctx__hnode);
+    handle:;
+        /* First of all, the cancel handle goes stale: a ctx_cancel through
+         * it is a no-op from now on.  (It waits while a ctx_cancel holds c
+         * through the handle, which is why the state is read after it.) */
+        uint32_t h = ((struct ctx__hnode *)c)->handle;
+        if (h != 0)
+            ctx__handle_drop(h);
+        s = atomic_load_explicit(&c->u.c.state, memory_order_acquire);
+    }
+    if ((s & CTX__ERR_MASK) == 0) {
+        /* Live: unlink under the parent's lock (or its shard's).  A
+         * canceller that reaches c meanwhile holds that lock until it is
+         * done with c's subtree.  A child of a root was never linked. */
+        if (ctx__kind(ctx__parent(c)) != CTX__ROOT)
+            detach(c, s);
+    } else if (atomic_load_explicit(&c->lock, memory_order_acquire) != 0) {
+        /* Done, and a canceller may still be walking below c: it holds c's
+         * lock until it leaves.  (Acquire above pairs with its unlock when
+         * the word is already 0.) */
+        ctx__lock(&c->lock);
+        ctx__unlock(&c->lock);
+    }
+    if (CTX__UNLIKELY(s & (CTX__HAS_FD | CTX__FANNED))) {
+        if (s & CTX__HAS_FD)
+            ctx__fd_release(c);
+        if (s & CTX__FANNED)
+            ctx__free(ctx__fan_of(c)->mem); /* every child is gone */
+    }
+    /* A live timer's msg is its deadline message (see mark()). */
+    ctx__msg_unref(c->u.c.msg);
+    if (kind == CTX__TIMER) {
+        if ((s & CTX__ERR_MASK) == 0)
+            ctx__timer_remove((struct ctx__timer *)c);
+    } else if (kind == CTX__CUSTOM) {
+        struct ctx__custom *cu = (struct ctx__custom *)c;
+        if (cu->ops->destroy != NULL)
+            cu->ops->destroy(cu->data);
+    }
+    return s;
+}
+
 /*
  * Frees c, whose count reached zero, then walks up: each parent loses the
  * reference its child held and is freed in turn when that was its last.  A
  * loop, not recursion, so a chain of any depth frees on any stack.
  */
-static void free_chain(struct ctx *c)
+#if defined(__GNUC__) || defined(__clang__)
+__attribute__((noinline))
+#endif
+static void
+free_chain(struct ctx *c)
 {
     while (c != NULL) {
         struct ctx *parent = ctx__parent(c);
         unsigned kind = ctx__kind(c);
         uint32_t s = 0; /* a cancel node's state: its fan shard */
+        size_t size;
 
         /* Tracking (track.c): the one test it costs a free while off. */
-        if (ctx__tracking_on())
+        if (CTX__UNLIKELY(ctx__tracking_on()))
             ctx__track_forget(c);
 
         if (kind == CTX__VALUE) {
             if (c->u.v.destroy != NULL)
                 c->u.v.destroy(c->u.v.value);
+            size = sizeof(struct ctx);
         } else if (ctx__is_cancel_kind(kind)) {
-            /* First of all, the cancel handle goes stale: a ctx_cancel
-             * through it is a no-op from now on.  (It waits while a
-             * ctx_cancel holds c through the handle, which is why the state
-             * is read after it.) */
-            s = atomic_load_explicit(&c->u.c.state, memory_order_relaxed);
-            if (kind != CTX__CANCEL || (s & CTX__HANDLE)) {
-                uint32_t h = ((struct ctx__hnode *)c)->handle;
-                if (h != 0)
-                    ctx__handle_drop(h);
-            }
-            s = atomic_load_explicit(&c->u.c.state, memory_order_acquire);
-            if ((s & CTX__ERR_MASK) == 0) {
-                /* Live: unlink under the parent's lock (or its shard's).
-                 * A canceller that reaches c meanwhile holds that lock
-                 * until it is done with c's subtree. */
-                detach(c, s);
-            } else if (atomic_load_explicit(&c->lock, memory_order_acquire) != 0) {
-                /* Done, and a canceller may still be walking below c: it
-                 * holds c's lock until it leaves.  (Acquire above pairs with
-                 * its unlock when the word is already 0.) */
-                ctx__lock(&c->lock);
-                ctx__unlock(&c->lock);
-            }
-            if (s & CTX__HAS_FD)
-                ctx__fd_release(c);
-            /* A live timer's msg is its deadline message (see mark()). */
-            ctx__msg_unref(c->u.c.msg);
-            if (kind == CTX__TIMER && (s & CTX__ERR_MASK) == 0)
-                ctx__timer_remove((struct ctx__timer *)c);
-            if (kind == CTX__CUSTOM) {
-                struct ctx__custom *cu = (struct ctx__custom *)c;
-                if (cu->ops->destroy != NULL)
-                    cu->ops->destroy(cu->data);
-            }
-            if (s & CTX__FANNED)
-                ctx__free(ctx__fan_of(c)->mem); /* every child is gone */
+            s = free_cancel(c, kind, &size);
+        } else {
+            size = kind == CTX__WITHOUT ? offsetof(struct ctx, u) : sizeof(struct ctx);
         }
-        ctx__node_free(c, ctx__node_size(kind, s));
+        ctx__node_free(c, size);
         ctx__live_add(-1);
 
         if (parent == NULL || ctx__kind(parent) == CTX__ROOT || !drop_parent(parent, s))
