@@ -424,14 +424,23 @@ static void fan_close(struct ctx *x)
  * already done.  n is not visible to any other thread yet.  Takes a
  * reference to parent (or counts it in a fan-out shard).  Cannot fail.
  */
-void ctx__init_cancel(struct ctx *n, ctx_t *parent, unsigned kind)
+static void link_cancel(struct ctx *n, ctx_t *parent, struct ctx *p, unsigned kind);
+
+/* ctx__init_cancel's body, inlined into ctx_with_cancel, whose kind is a
+ * constant there: a child of a root is made without a further call. */
+#if defined(__GNUC__) || defined(__clang__)
+__attribute__((always_inline))
+#endif
+static inline void
+init_cancel(struct ctx *n, ctx_t *parent, unsigned kind)
 {
     struct ctx *p = ctx__owner(parent);
     uint32_t flags = kind & CTX__WITH_HANDLE ? CTX__HANDLE : 0;
     kind &= 7u;
+    int root = ctx__kind(p) == CTX__ROOT;
 
     ctx__live_add(1);
-    n->up = kind == CTX__TIMER ? n : (struct ctx *)ctx__dlsrc(parent);
+    n->up = kind == CTX__TIMER ? n : root ? NULL : p->up; /* ctx__dlsrc(parent) */
     atomic_init(&n->refs, 1);
     atomic_init(&n->lock, 0);
     atomic_init(&n->u.c.state, flags);
@@ -446,11 +455,24 @@ void ctx__init_cancel(struct ctx *n, ctx_t *parent, unsigned kind)
     n->u.c.link.next = NULL;
     n->u.c.link.pprev = NULL;
 
-    if (ctx__kind(p) == CTX__ROOT) {
+    if (root) {
+        /* The parent can never be done: nothing to link to.  (A root
+         * parent is not counted; a value parent over a root is.) */
         n->pk = (uintptr_t)ctx__ref(parent) | kind;
-        return; /* the parent can never be done: nothing to link to */
+        return;
     }
+    link_cancel(n, parent, p, kind);
+}
 
+void ctx__init_cancel(struct ctx *n, ctx_t *parent, unsigned kind)
+{
+    init_cancel(n, parent, kind);
+}
+
+/* The rest of init_cancel for a parent whose owner p is a cancel node:
+ * link n (kind without flags) under p, or mark it done at birth. */
+static void link_cancel(struct ctx *n, ctx_t *parent, struct ctx *p, unsigned kind)
+{
     /* Acquire: pairs with the release in mark(); lets us copy cause and msg
      * without the parent's lock when the parent is already done.  Also
      * pairs with the release in fan_install(). */
@@ -500,7 +522,7 @@ ctx_t *ctx_with_cancel(ctx_t *parent, ctx_cancel_t **cancel)
             errno = ENOMEM;
             return NULL;
         }
-        ctx__init_cancel(n, parent, CTX__CANCEL);
+        init_cancel(n, parent, CTX__CANCEL);
         return n;
     }
     *cancel = NULL;
@@ -516,7 +538,7 @@ ctx_t *ctx_with_cancel(ctx_t *parent, ctx_cancel_t **cancel)
         errno = ENOMEM;
         return NULL;
     }
-    ctx__init_cancel(&n->base, parent, CTX__CANCEL | CTX__WITH_HANDLE);
+    init_cancel(&n->base, parent, CTX__CANCEL | CTX__WITH_HANDLE);
     *cancel = ctx__handle_bind(&n->base);
     return &n->base;
 }
