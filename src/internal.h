@@ -541,6 +541,9 @@ void ctx__init_cancel(struct ctx *n, ctx_t *parent, unsigned kind);
 struct ctx__msg *ctx__msg_new(const char *text);
 void ctx__msg_unref(struct ctx__msg *m);
 int ctx__try_ref(struct ctx *c);
+/* ctx_unref for the library's own use: a direct call, not one through the
+ * shared library's PLT. */
+void ctx__unref(struct ctx *c);
 
 /* ---- core/cancel.c: generation-checked handles.  A handle names a cell
  * of a table that is never freed; the cell names an object and carries a

@@ -280,12 +280,17 @@ free_chain(struct ctx *c)
     }
 }
 
-void ctx_unref(ctx_t *c)
+void ctx__unref(struct ctx *c)
 {
     if (c == NULL || ctx__kind(c) == CTX__ROOT)
         return;
     if (drop_ref(c))
         free_chain(c);
+}
+
+void ctx_unref(ctx_t *c)
+{
+    ctx__unref(c);
 }
 
 /* ---------------------------------------------------------------------------
