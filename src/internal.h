@@ -194,6 +194,9 @@ CTX__ALIGN_CHECK(offsetof(struct ctx, u.c.state) == offsetof(struct ctx_abi_node
 #endif
 
 #define CTX__SEG 16
+/* How many nodes without values (cancel, timer, without-cancel) a new value
+ * node looks through for the segment to extend (value.c). */
+#define CTX__SEG_HOPS 8
 
 static inline uint64_t ctx__key_bit(const ctx_key_t *key)
 {
@@ -539,6 +542,9 @@ void ctx__init_cancel(struct ctx *n, ctx_t *parent, unsigned kind);
 struct ctx__msg *ctx__msg_new(const char *text);
 void ctx__msg_unref(struct ctx__msg *m);
 int ctx__try_ref(struct ctx *c);
+/* ctx_unref for the library's own use: a direct call, not one through the
+ * shared library's PLT. */
+void ctx__unref(struct ctx *c);
 
 /* ---- core/cancel.c: generation-checked handles.  A handle names a cell
  * of a table that is never freed; the cell names an object and carries a
@@ -695,21 +701,31 @@ int ctx__after_watch(ctx_time_t now);
  * and writes it with the GNU atomic builtins (relaxed: it is a hint whose
  * changes need not order anything else; the registry's lock does that). */
 #define ctx__tracking_on() __atomic_load_n(&ctx_tracking_, __ATOMIC_RELAXED)
-/* The live-context count behind ctx_live_count: one counter per shard,
- * each on its own cache line, a thread adding to the shard it was dealt
- * (round robin, as the fan-out does).  A context created on one thread and
- * freed on another leaves one shard up and another down; only the sum means
- * anything.  Relaxed: a count read on its own, ordering nothing. */
-#define CTX__NLIVE 16
-struct ctx__live_shard {
-    _Atomic long n;
-    char pad[64 - sizeof(long)];
+/* The live-context count behind ctx_live_count: one counter per thread
+ * that makes or frees contexts, written by that thread alone with a plain
+ * load and store (no read-modify-write on the creation and free paths) and
+ * summed by ctx_live_count.  A context created on one thread and freed on
+ * another leaves one counter up and another down; only the sum means
+ * anything.  A thread's counter outlives it: at its exit the counter is
+ * handed, count and all, to the next thread that needs one.  A thread with
+ * none yet, or past its exit, goes through ctx__live_slow.  Relaxed: a
+ * count read on its own, ordering nothing. */
+struct ctx__live_cell {
+    _Atomic long n;                      /* written by the owner only */
+    _Atomic int owned;                   /* a thread has it */
+    struct ctx__live_cell *_Atomic next; /* every cell ever made; set once */
 };
-extern struct ctx__live_shard ctx__live[CTX__NLIVE];
-unsigned ctx__live_slot(void);
+extern CTX__TLS struct ctx__live_cell *ctx__live_mine;
+void ctx__live_slow(long d);
 static inline void ctx__live_add(long d)
 {
-    atomic_fetch_add_explicit(&ctx__live[ctx__live_slot()].n, d, memory_order_relaxed);
+    struct ctx__live_cell *c = ctx__live_mine;
+    if (CTX__UNLIKELY(c == NULL)) {
+        ctx__live_slow(d);
+        return;
+    }
+    atomic_store_explicit(&c->n, atomic_load_explicit(&c->n, memory_order_relaxed) + d,
+                          memory_order_relaxed);
 }
 /* Forgets c, which is being freed.  Called by free_chain only while
  * tracking is on, before any part of c is torn down. */
