@@ -182,6 +182,7 @@ out:
  */
 
 enum mode {
+    M_NOSIG,  /* writes: pwritev2 with RWF_NOWAIT | RWF_NOSIGNAL */
     M_NOWAIT, /* preadv2/pwritev2 with RWF_NOWAIT */
     M_SOCK,   /* recvmsg/sendmsg with MSG_DONTWAIT */
     M_PLAIN,  /* poll first, then readv/writev (may block: see io.h) */
@@ -235,6 +236,35 @@ static ssize_t attempt(struct op *o)
     for (;;) {
         ssize_t r;
         switch (o->mode) {
+        case M_NOSIG:
+            r = ctx__plat_write_nosig(o->fd, o->iov, o->iovcnt);
+            if (r >= 0)
+                return r;
+            if (errno == EPIPE) {
+                /* Nobody reads any more.  A socket must not raise SIGPIPE
+                 * and did not; a pipe or FIFO raises it under write(2).
+                 * Only the socket call tells the two apart, and only on
+                 * this rare path is it asked: a socket answers EPIPE
+                 * again, still without a signal, and anything else goes
+                 * on to pwritev2 without RWF_NOSIGNAL, where the kernel
+                 * raises the signal as write(2) would. */
+                o->mode = M_SOCK;
+                continue;
+            }
+            if (errno != EOPNOTSUPP && errno != ENOSYS)
+                return r;
+            if (ctx__plat_nosig_probe() > 0) {
+                /* The kernel takes the flags, so this file type refuses
+                 * RWF_NOWAIT; sockets never do.  Wait before the plain
+                 * call, as below. */
+                o->mode = M_PLAIN;
+                errno = EAGAIN;
+                return -1;
+            }
+            /* A kernel without RWF_NOSIGNAL (or none known yet): the
+             * socket call first, as for every later write. */
+            o->mode = M_SOCK;
+            continue;
         case M_NOWAIT:
             r = ctx__plat_rw_nowait(o->fd, o->iov, o->iovcnt, o->write);
             if (r >= 0 || (errno != EOPNOTSUPP && errno != ENOSYS))
@@ -329,6 +359,14 @@ static ssize_t run(ctx_t *c, struct op *o)
     }
 }
 
+/* Where a write starts: one call that cannot raise SIGPIPE on a socket
+ * where the kernel has one (M_NOSIG), else the socket call, whose ENOTSOCK
+ * leads on to pwritev2 (two calls for a pipe). */
+static enum mode write_mode(void)
+{
+    return ctx__plat_nosig_state() < 0 ? M_SOCK : M_NOSIG;
+}
+
 static ssize_t run_one(ctx_t *c, int fd, void *buf, size_t n, int write, enum mode mode, int flags,
                        int sock_only)
 {
@@ -348,7 +386,7 @@ ssize_t ctx_read(ctx_t *c, int fd, void *buf, size_t n)
 
 ssize_t ctx_write(ctx_t *c, int fd, const void *buf, size_t n)
 {
-    return run_one(c, fd, (void *)(uintptr_t)buf, n, 1, M_SOCK, 0, 0);
+    return run_one(c, fd, (void *)(uintptr_t)buf, n, 1, write_mode(), 0, 0);
 }
 
 ssize_t ctx_readv(ctx_t *c, int fd, const struct iovec *iov, int iovcnt)
@@ -367,7 +405,7 @@ ssize_t ctx_writev(ctx_t *c, int fd, const struct iovec *iov, int iovcnt)
         errno = EINVAL;
         return -1;
     }
-    struct op o = { fd, 1, iov, iovcnt, 0, 0, M_SOCK, 0 };
+    struct op o = { fd, 1, iov, iovcnt, 0, 0, write_mode(), 0 };
     return run(c, &o);
 }
 
