@@ -400,6 +400,98 @@ static void test_peer_reset(void)
     free(big);
 }
 
+/* SIGPIPE, counted by a handler. */
+static volatile sig_atomic_t sigpipes;
+
+static void count_sigpipe(int sig)
+{
+    (void)sig;
+    sigpipes++;
+}
+
+/* One write of each kind to fd, whose reading side is gone: each fails
+ * with EPIPE (or ECONNRESET), and raises SIGPIPE exactly when `signal`
+ * (write(2)'s behaviour on a pipe; never on a socket). */
+static void check_broken_write(ctx_t *c, int fd, int signal, const char *what)
+{
+    struct iovec v[2] = { { "ab", 2 }, { "cd", 2 } };
+    for (int k = 0; k < 3; k++) {
+        sig_atomic_t before = sigpipes;
+        errno = 0;
+        ssize_t r = k == 0   ? ctx_write(c, fd, "x", 1)
+                    : k == 1 ? ctx_writev(c, fd, v, 2)
+                             : (ssize_t)ctx_write_all(c, fd, "xyz", 3, NULL);
+        int err = k == 2 ? (int)r : errno;
+        CHECK_MSG(k == 2 ? r != 0 : r == -1, "%s: write %d returned %zd", what, k, r);
+        CHECK_MSG(err == EPIPE || err == ECONNRESET, "%s: write %d: %s", what, k, strerror(err));
+        CHECK_MSG(sigpipes - before == signal, "%s: write %d raised %d SIGPIPE", what, k,
+                  (int)(sigpipes - before));
+    }
+}
+
+/* A write whose reader is gone: a pipe or FIFO raises SIGPIPE as write(2)
+ * does, a socket never does (the one non-blocking call that writes to
+ * both asks the kernel for no signal, and a pipe's signal is then raised
+ * by a second call).  Nothing is kept per fd number: the same number
+ * turned from a pipe into a socket and back behaves as what it is now. */
+static void test_sigpipe(void)
+{
+    struct sigaction sa, old;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = count_sigpipe;
+    sigemptyset(&sa.sa_mask);
+    CHECK_EQ_INT(sigaction(SIGPIPE, &sa, &old), 0);
+    ctx_t *c = ctx_with_timeout(ctx_background(), 10 * CTX_SECOND, NULL);
+
+    int p[2];
+    make_pipe(p, 0);
+    close(p[0]);
+    check_broken_write(c, p[1], 1, "pipe");
+    check_broken_write(ctx_background(), p[1], 1, "pipe, background");
+
+    int s[2];
+    CHECK_EQ_INT(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, s), 0);
+    close(s[1]);
+    check_broken_write(c, s[0], 0, "unix socket");
+    int cl, sv;
+    io_tcp_pair(&cl, &sv);
+    CHECK_EQ_INT(shutdown(cl, SHUT_WR), 0);
+    check_broken_write(c, cl, 0, "tcp socket, shut down");
+
+    /* One fd number, reused: a writable pipe, a broken socket, a broken
+     * pipe, a working socket. */
+    int n = p[1];
+    int q[2];
+    make_pipe(q, 0);
+    CHECK_EQ_INT(dup2(q[1], n), n);
+    CHECK_EQ_INT(ctx_write(c, n, "ok", 2), 2);
+    CHECK_EQ_INT(dup2(s[0], n), n);
+    check_broken_write(c, n, 0, "socket on a pipe's number");
+    close(q[0]);
+    CHECK_EQ_INT(dup2(q[1], n), n);
+    check_broken_write(c, n, 1, "pipe on a socket's number");
+    CHECK_EQ_INT(dup2(sv, n), n);
+    CHECK_EQ_INT(ctx_write(c, n, "ok", 2), 2);
+    char b[2];
+    CHECK_EQ_INT(ctx_read_full(c, cl, b, 2, NULL), 0);
+
+    /* An eventfd refuses a short count with EINVAL, as write(2) says. */
+    int ev = eventfd(0, EFD_CLOEXEC);
+    CHECK(ev >= 0);
+    errno = 0;
+    CHECK_EQ_INT(ctx_write(c, ev, "abc", 3), -1);
+    CHECK_EQ_INT(errno, EINVAL);
+    close(ev);
+
+    close(n);
+    close(q[1]);
+    close(s[0]);
+    close(cl);
+    close(sv);
+    ctx_unref(c);
+    CHECK_EQ_INT(sigaction(SIGPIPE, &old, NULL), 0);
+}
+
 /* accept and connect: waiting, success, the deadline, blocking and
  * non-blocking sockets; a connect to a listener whose backlog is full
  * hangs on loopback until the context ends it. */
@@ -844,6 +936,7 @@ int main(void)
     RUN_TEST(test_write_full_pipe);
     RUN_TEST(test_vectors_and_sockets);
     RUN_TEST(test_peer_reset);
+    RUN_TEST(test_sigpipe);
     RUN_TEST(test_accept_connect);
     RUN_TEST(test_accept_flags);
     RUN_TEST(test_file_types);
