@@ -21,7 +21,8 @@
  *               the client ends) to the context being done, p50/p99/max;
  *               plus fds and bytes per watched connection.
  *
- * Usage: io [--quick] [--go DIR] [--out FILE.md]
+ * Usage: io [--quick] [--fast-only] [--rounds N] [--go DIR] [--out FILE.md]
+ * (--fast-only: the fast path alone, for comparing builds of the library.)
  * The Markdown table goes to stdout and to FILE.md.
  */
 #define _GNU_SOURCE
@@ -51,8 +52,9 @@
 
 #define MSG 64
 
-static int quick;
+static int quick, fast_only;
 static int rounds = 5;
+#define MAX_ROUNDS 8
 
 static void die(const char *what)
 {
@@ -134,28 +136,33 @@ static ssize_t do_read(int kind, ctx_t *c, int fd, void *buf, size_t n)
                          : floor_read(fd, buf, n);
 }
 
-/* ns per 64-byte read and write, one round. */
-static void fast_round(int kind, int rfd, int wfd, ctx_t *c, long ops, long batch, double *rd,
-                       double *wr)
+/* ns per 64-byte read and write of each kind (BARE, CTX, FLOOR), one
+ * round.  The kinds take turns batch by batch, so that a change in the
+ * machine's load falls on all of them alike and the ratios stay fair. */
+static void fast_round(int rfd, int wfd, ctx_t *c, long ops, long batch, double rd[3], double wr[3])
 {
     static char buf[MSG];
-    int64_t tr = 0, tw = 0;
+    int64_t tr[3] = { 0, 0, 0 }, tw[3] = { 0, 0, 0 };
     long done = 0;
     for (; done < ops; done += batch) {
-        int64_t t0 = now_ns();
-        for (long i = 0; i < batch; i++)
-            if (do_write(kind, c, wfd, buf, MSG) != MSG)
-                die("write");
-        int64_t t1 = now_ns();
-        for (long i = 0; i < batch; i++)
-            if (do_read(kind, c, rfd, buf, MSG) != MSG)
-                die("read");
-        int64_t t2 = now_ns();
-        tw += t1 - t0;
-        tr += t2 - t1;
+        for (int kind = BARE; kind <= FLOOR; kind++) {
+            int64_t t0 = now_ns();
+            for (long i = 0; i < batch; i++)
+                if (do_write(kind, c, wfd, buf, MSG) != MSG)
+                    die("write");
+            int64_t t1 = now_ns();
+            for (long i = 0; i < batch; i++)
+                if (do_read(kind, c, rfd, buf, MSG) != MSG)
+                    die("read");
+            int64_t t2 = now_ns();
+            tw[kind] += t1 - t0;
+            tr[kind] += t2 - t1;
+        }
     }
-    *rd = (double)tr / (double)done;
-    *wr = (double)tw / (double)done;
+    for (int kind = BARE; kind <= FLOOR; kind++) {
+        rd[kind] = (double)tr[kind] / (double)done;
+        wr[kind] = (double)tw[kind] / (double)done;
+    }
 }
 
 /* ---------------------------------------------------------------------------
@@ -327,7 +334,7 @@ static void client_process(int port, int n, int cmd, int reply)
 
 struct peer_result {
     int watched;
-    double p50[8], p99[8], max[8];
+    double p50[MAX_ROUNDS], p99[MAX_ROUNDS], max[MAX_ROUNDS];
     double fds_per_watch, bytes_per_watch;
     int ok;
 };
@@ -460,16 +467,25 @@ static void row(const char *name, const char *unit, double *v, int n)
 int main(int argc, char **argv)
 {
     const char *go_dir = NULL, *out = NULL;
+    int rounds_given = 0;
     for (int i = 1; i < argc; i++) {
         if (strcmp(argv[i], "--quick") == 0)
             quick = 1;
+        else if (strcmp(argv[i], "--fast-only") == 0)
+            fast_only = 1;
+        else if (strcmp(argv[i], "--rounds") == 0 && i + 1 < argc)
+            rounds = atoi(argv[++i]), rounds_given = 1;
         else if (strcmp(argv[i], "--go") == 0 && i + 1 < argc)
             go_dir = argv[++i];
         else if (strcmp(argv[i], "--out") == 0 && i + 1 < argc)
             out = argv[++i];
     }
-    if (quick)
+    if (quick && !rounds_given)
         rounds = 3;
+    if (rounds < 1 || rounds > MAX_ROUNDS) {
+        fprintf(stderr, "bench io: --rounds takes 1 to %d\n", MAX_ROUNDS);
+        return 2;
+    }
     if (out != NULL && (out_md = fopen(out, "w")) == NULL)
         die(out);
     /* Count the library's heap bytes (for bytes per watched connection). */
@@ -513,9 +529,12 @@ int main(int argc, char **argv)
     if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sp) != 0)
         die("socketpair");
     long pipe_batch = (1 << 20) / MSG, sock_batch = 128;
-    double br[8], bw[8], cr[8], cw[8], gr[8], gw[8], rr[8], rw[8], grr[8], grw[8];
-    double sbr[8], sbw[8], scr[8], scw[8], srr[8], srw[8];
-    double fr[8], fw[8], frr[8], frw[8], cfr[8], cfw[8];
+    double br[MAX_ROUNDS], bw[MAX_ROUNDS], cr[MAX_ROUNDS], cw[MAX_ROUNDS], gr[MAX_ROUNDS],
+        gw[MAX_ROUNDS], rr[MAX_ROUNDS], rw[MAX_ROUNDS], grr[MAX_ROUNDS], grw[MAX_ROUNDS];
+    double sbr[MAX_ROUNDS], sbw[MAX_ROUNDS], scr[MAX_ROUNDS], scw[MAX_ROUNDS], srr[MAX_ROUNDS],
+        srw[MAX_ROUNDS];
+    double fr[MAX_ROUNDS], fw[MAX_ROUNDS], frr[MAX_ROUNDS], frw[MAX_ROUNDS], cfr[MAX_ROUNDS],
+        cfw[MAX_ROUNDS];
     int have_go = go_in != NULL;
     static char probe[1];
     if (floor_write(p[1], probe, 1) != 1) {
@@ -527,19 +546,21 @@ int main(int argc, char **argv)
     }
     if (read(p[0], probe, 1) != 1)
         die("read");
-    fast_round(CTX, p[0], p[1], c, ops / 4, pipe_batch, &cr[0], &cw[0]); /* warm up */
+    double rd[3], wr[3];
+    fast_round(p[0], p[1], c, ops / 4, pipe_batch, rd, wr); /* warm up */
     for (int r = 0; r < rounds; r++) {
-        fast_round(BARE, p[0], p[1], c, ops, pipe_batch, &br[r], &bw[r]);
-        fast_round(CTX, p[0], p[1], c, ops, pipe_batch, &cr[r], &cw[r]);
-        fast_round(FLOOR, p[0], p[1], c, ops, pipe_batch, &fr[r], &fw[r]);
+        fast_round(p[0], p[1], c, ops, pipe_batch, rd, wr);
+        br[r] = rd[BARE], cr[r] = rd[CTX], fr[r] = rd[FLOOR];
+        bw[r] = wr[BARE], cw[r] = wr[CTX], fw[r] = wr[FLOOR];
         rr[r] = cr[r] / br[r];
         rw[r] = cw[r] / bw[r];
         frr[r] = fr[r] / br[r];
         frw[r] = fw[r] / bw[r];
         cfr[r] = cr[r] / fr[r];
         cfw[r] = cw[r] / fw[r];
-        fast_round(BARE, sp[0], sp[1], c, ops, sock_batch, &sbr[r], &sbw[r]);
-        fast_round(CTX, sp[0], sp[1], c, ops, sock_batch, &scr[r], &scw[r]);
+        fast_round(sp[0], sp[1], c, ops, sock_batch, rd, wr);
+        sbr[r] = rd[BARE], scr[r] = rd[CTX];
+        sbw[r] = wr[BARE], scw[r] = wr[CTX];
         srr[r] = scr[r] / sbr[r];
         srw[r] = scw[r] / sbw[r];
         if (have_go) {
@@ -565,8 +586,8 @@ int main(int argc, char **argv)
         waitpid(go_pid, NULL, 0);
     }
 
-    double lat[3][8], flat[3][8];
-    for (int r = 0; r < rounds; r++) {
+    double lat[3][MAX_ROUNDS], flat[3][MAX_ROUNDS];
+    for (int r = 0; r < rounds && !fast_only; r++) {
         double v[3], f[3];
         cancel_round(0, v);
         cancel_round(1, f);
@@ -578,7 +599,8 @@ int main(int argc, char **argv)
 
     struct peer_result pr;
     memset(&pr, 0, sizeof pr);
-    peer_bench(&pr);
+    if (!fast_only)
+        peer_bench(&pr);
 
     emit("## I/O (bench/io.c, %d rounds%s)\n\n", rounds, quick ? ", --quick" : "");
     emit("| measure | min | median | max | unit |\n|---|---|---|---|---|\n");
@@ -611,11 +633,11 @@ int main(int argc, char **argv)
     int nt = quick ? 100 : NTHREADS;
     char name[128];
     const char *pct[3] = { "p50", "p99", "max" };
-    for (int k = 0; k < 3; k++) {
+    for (int k = 0; k < 3 && !fast_only; k++) {
         snprintf(name, sizeof name, "cancel -> return, %d threads in ctx_read, %s", nt, pct[k]);
         row(name, "us", lat[k], rounds);
     }
-    for (int k = 0; k < 3; k++) {
+    for (int k = 0; k < 3 && !fast_only; k++) {
         snprintf(name, sizeof name, "floor: FUTEX_WAKE -> return, %d threads, %s", nt, pct[k]);
         row(name, "us", flat[k], rounds);
     }
