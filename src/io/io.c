@@ -13,14 +13,18 @@
  * retry is what keeps several readers of one blocking fd from blocking
  * after another reader took the data.
  *
- * The non-blocking attempt takes one of four forms (enum mode).  Reads start
+ * The non-blocking attempt takes one of five forms (enum mode).  Reads start
  * with preadv2(RWF_NOWAIT), which Linux supports on pipes, FIFOs, sockets
- * and eventfds.  Writes start with send(MSG_DONTWAIT | MSG_NOSIGNAL),
- * because a write to a socket must not raise SIGPIPE and pwritev2 cannot
- * ask for that; on ENOTSOCK they go on with pwritev2(RWF_NOWAIT).  A file
- * type that refuses RWF_NOWAIT falls back to poll-then-call, the one
- * documented case that can block.  Regular files and block devices never
- * "would block" in poll's sense, so there the plain call is made at once.
+ * and eventfds.  Writes start with pwritev2(RWF_NOWAIT | RWF_NOSIGNAL),
+ * the same for writing, which never raises SIGPIPE on a socket (Linux
+ * 6.18).  Nothing is remembered per fd: the number may name another file
+ * at the next call.  Where the kernel lacks RWF_NOSIGNAL (found out once
+ * per process: a fact about the kernel) writes start with send(MSG_DONTWAIT
+ * | MSG_NOSIGNAL), because a write to a socket must not raise SIGPIPE, and
+ * on ENOTSOCK go on with pwritev2(RWF_NOWAIT).  A file type that refuses
+ * RWF_NOWAIT falls back to poll-then-call, the one documented case that can
+ * block.  Regular files and block devices never "would block" in poll's
+ * sense, so there the plain call is made at once.
  */
 #include "internal.h"
 #include "platform.h"
@@ -253,16 +257,13 @@ static ssize_t attempt(struct op *o)
             }
             if (errno != EOPNOTSUPP && errno != ENOSYS)
                 return r;
-            if (ctx__plat_nosig_probe() > 0) {
-                /* The kernel takes the flags, so this file type refuses
-                 * RWF_NOWAIT; sockets never do.  Wait before the plain
-                 * call, as below. */
-                o->mode = M_PLAIN;
-                errno = EAGAIN;
-                return -1;
-            }
-            /* A kernel without RWF_NOSIGNAL (or none known yet): the
-             * socket call first, as for every later write. */
+            /* Refused: by a kernel without RWF_NOSIGNAL, which the probe
+             * records so that later writes start with the socket call, or
+             * by a file type without RWF_NOWAIT (a terminal).  Either way
+             * this call goes on as writes did before the flag: the socket
+             * call, then pwritev2(RWF_NOWAIT), then poll and the plain
+             * call. */
+            ctx__plat_nosig_probe();
             o->mode = M_SOCK;
             continue;
         case M_NOWAIT:
