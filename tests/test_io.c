@@ -492,6 +492,117 @@ static void test_sigpipe(void)
     CHECK_EQ_INT(sigaction(SIGPIPE, &old, NULL), 0);
 }
 
+/* A kernel before RWF_NOSIGNAL (Linux 6.18), made from this one with a
+ * seccomp filter that refuses pwritev2 with that flag as such a kernel
+ * does (EOPNOTSUPP), in a child process: writes still work on every file
+ * type, by the socket call first, and SIGPIPE still comes from pipes
+ * only. */
+#if defined(__has_include)
+#if __has_include(<linux/seccomp.h>) && __has_include(<linux/filter.h>) && \
+    __has_include(<linux/audit.h>) && (defined(__x86_64__) || defined(__i386__))
+#define HAVE_SECCOMP_TEST 1
+#endif
+#endif
+
+#ifdef HAVE_SECCOMP_TEST
+#include <linux/audit.h>
+#include <linux/filter.h>
+#include <linux/seccomp.h>
+#include <sys/prctl.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+
+#ifdef __x86_64__
+#define TEST_AUDIT_ARCH AUDIT_ARCH_X86_64
+#else
+#define TEST_AUDIT_ARCH AUDIT_ARCH_I386
+#endif
+
+static void refuse_rwf_nosignal(void)
+{
+    struct sock_filter f[] = {
+        BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, arch)),
+        BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, TEST_AUDIT_ARCH, 1, 0),
+        BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
+        BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, nr)),
+        BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, SYS_pwritev2, 1, 0),
+        BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
+        /* The flags are pwritev2's sixth argument; their low word. */
+        BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, args[5])),
+        BPF_JUMP(BPF_JMP | BPF_JSET | BPF_K, 0x100 /* RWF_NOSIGNAL */, 0, 1),
+        BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ERRNO | EOPNOTSUPP),
+        BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
+    };
+    struct sock_fprog prog = { (unsigned short)(sizeof f / sizeof f[0]), f };
+    CHECK_EQ_INT(prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), 0);
+    CHECK_EQ_INT(prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, &prog), 0);
+}
+
+static void test_kernel_without_nosignal(void)
+{
+    pid_t pid = fork();
+    CHECK(pid >= 0);
+    if (pid == 0) {
+        refuse_rwf_nosignal();
+        /* The filter works: the flag is refused, RWF_NOWAIT alone is not. */
+        int p[2];
+        make_pipe(p, 0);
+        char x = 'x';
+        struct iovec v = { &x, 1 };
+        errno = 0;
+        CHECK_EQ_INT(syscall(SYS_pwritev2, p[1], &v, 1, -1L, -1L, 0x108), -1);
+        CHECK_EQ_INT(errno, EOPNOTSUPP);
+        CHECK_EQ_INT(syscall(SYS_pwritev2, p[1], &v, 1, -1L, -1L, 0x8), 1);
+        CHECK_EQ_INT(read(p[0], &x, 1), 1);
+
+        struct sigaction sa;
+        memset(&sa, 0, sizeof sa);
+        sa.sa_handler = count_sigpipe;
+        sigemptyset(&sa.sa_mask);
+        CHECK_EQ_INT(sigaction(SIGPIPE, &sa, NULL), 0);
+        ctx_t *c = ctx_with_timeout(ctx_background(), 10 * CTX_SECOND, NULL);
+        char b[64];
+        for (int i = 0; i < 3; i++) { /* before and after the probe */
+            CHECK_EQ_INT(ctx_write(c, p[1], "abc", 3), 3);
+            CHECK_EQ_INT(ctx_read(c, p[0], b, sizeof b), 3);
+        }
+        int s[2];
+        CHECK_EQ_INT(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, s), 0);
+        struct iovec out[2] = { { "ab", 2 }, { "cde", 3 } };
+        CHECK_EQ_INT(ctx_writev(c, s[0], out, 2), 5);
+        CHECK_EQ_INT(ctx_read_full(c, s[1], b, 5, NULL), 0);
+        CHECK(memcmp(b, "abcde", 5) == 0);
+        int ev = eventfd(0, EFD_CLOEXEC);
+        CHECK(ev >= 0);
+        uint64_t one = 1;
+        CHECK_EQ_INT(ctx_write(c, ev, &one, sizeof one), 8);
+        close(ev);
+        /* A full pipe still waits until the deadline. */
+        ctx_t *d = ctx_with_timeout(ctx_background(), 50 * CTX_MILLISECOND, NULL);
+        int size = fcntl(p[1], F_GETPIPE_SZ);
+        char *big = calloc(1, (size_t)size + 1);
+        CHECK_NOT_NULL(big);
+        size_t done = 0;
+        CHECK_EQ_INT(ctx_write_all(d, p[1], big, (size_t)size + 1, &done), CTX_DEADLINE_EXCEEDED);
+        CHECK_EQ_INT(done, size);
+        free(big);
+        ctx_unref(d);
+
+        close(p[0]);
+        check_broken_write(c, p[1], 1, "pipe, old kernel");
+        close(s[1]);
+        check_broken_write(c, s[0], 0, "unix socket, old kernel");
+        close(p[1]);
+        close(s[0]);
+        ctx_unref(c);
+        _exit(0); /* a failed check aborts the child */
+    }
+    int status;
+    CHECK_EQ_INT(waitpid(pid, &status, 0), pid);
+    CHECK_MSG(WIFEXITED(status) && WEXITSTATUS(status) == 0, "child status %#x", status);
+}
+#endif
+
 /* accept and connect: waiting, success, the deadline, blocking and
  * non-blocking sockets; a connect to a listener whose backlog is full
  * hangs on loopback until the context ends it. */
@@ -928,6 +1039,11 @@ static void test_accept_flags(void)
 
 int main(void)
 {
+#ifdef HAVE_SECCOMP_TEST
+    /* First, before a write of this process can have found out what the
+     * kernel takes: the child inherits that. */
+    RUN_TEST(test_kernel_without_nosignal);
+#endif
     RUN_TEST(test_fast_path);
     RUN_TEST(test_cancel_and_deadline);
     RUN_TEST(test_done_first);
