@@ -79,7 +79,7 @@ ssize_t ctx__plat_sock_nowait(int fd, const struct iovec *iov, int iovcnt, int f
 
 /* ---- one non-blocking write that never raises SIGPIPE, whatever the file
  * type (Linux 6.18 and later: pwritev2 with RWF_NOWAIT | RWF_NOSIGNAL, which
- * pipes, FIFOs, sockets and eventfds take).  On a broken pipe or socket it
+ * pipes, FIFOs and sockets take).  On a broken pipe or socket it
  * fails with EPIPE and no signal.  -1 with EOPNOTSUPP or ENOSYS where the
  * kernel lacks the flag or the file type refuses RWF_NOWAIT.
  *

@@ -16,8 +16,8 @@
  * The non-blocking attempt takes one of five forms (enum mode).  Reads start
  * with preadv2(RWF_NOWAIT), which Linux supports on pipes, FIFOs, sockets
  * and eventfds.  Writes start with pwritev2(RWF_NOWAIT | RWF_NOSIGNAL),
- * the same for writing, which never raises SIGPIPE on a socket (Linux
- * 6.18).  Nothing is remembered per fd: the number may name another file
+ * which pipes, FIFOs and sockets take and which never raises SIGPIPE on a
+ * socket (Linux 6.18).  Nothing is remembered per fd: the number may name another file
  * at the next call.  Where the kernel lacks RWF_NOSIGNAL (found out once
  * per process: a fact about the kernel) writes start with send(MSG_DONTWAIT
  * | MSG_NOSIGNAL), because a write to a socket must not raise SIGPIPE, and
