@@ -21,8 +21,9 @@
  *               the client ends) to the context being done, p50/p99/max;
  *               plus fds and bytes per watched connection.
  *
- * Usage: io [--quick] [--fast-only] [--rounds N] [--go DIR] [--out FILE.md]
- * (--fast-only: the fast path alone, for comparing builds of the library.)
+ * Usage: io [--quick] [--fast-only] [--rounds N] [--batch N] [--go DIR] [--out FILE.md]
+ * (--fast-only: the fast path alone, for comparing builds of the library;
+ * --batch: messages per turn on the pipe, 1 to 16384, for C and Go alike.)
  * The Markdown table goes to stdout and to FILE.md.
  */
 #define _GNU_SOURCE
@@ -53,6 +54,9 @@
 #define MSG 64
 
 static int quick, fast_only;
+/* 64-byte messages per turn of each kind on the pipe: all of the 1 MiB
+ * pipe by default, so that a turn writes it full and reads it empty. */
+static long pipe_batch = (1 << 20) / MSG;
 static int rounds = 5;
 #define MAX_ROUNDS 8
 
@@ -473,6 +477,8 @@ int main(int argc, char **argv)
             quick = 1;
         else if (strcmp(argv[i], "--fast-only") == 0)
             fast_only = 1;
+        else if (strcmp(argv[i], "--batch") == 0 && i + 1 < argc)
+            pipe_batch = atol(argv[++i]);
         else if (strcmp(argv[i], "--rounds") == 0 && i + 1 < argc)
             rounds = atoi(argv[++i]), rounds_given = 1;
         else if (strcmp(argv[i], "--go") == 0 && i + 1 < argc)
@@ -482,6 +488,10 @@ int main(int argc, char **argv)
     }
     if (quick && !rounds_given)
         rounds = 3;
+    if (pipe_batch < 1 || pipe_batch > (1 << 20) / MSG) {
+        fprintf(stderr, "bench io: --batch takes 1 to %d\n", (1 << 20) / MSG);
+        return 2;
+    }
     if (rounds < 1 || rounds > MAX_ROUNDS) {
         fprintf(stderr, "bench io: --rounds takes 1 to %d\n", MAX_ROUNDS);
         return 2;
@@ -506,9 +516,10 @@ int main(int argc, char **argv)
             dup2(from[1], 1);
             if (chdir(go_dir) != 0)
                 _exit(127);
-            char opsarg[32];
+            char opsarg[32], batcharg[32];
             snprintf(opsarg, sizeof opsarg, "%ld", ops);
-            execlp("go", "go", "run", "main.go", opsarg, (char *)NULL);
+            snprintf(batcharg, sizeof batcharg, "%ld", pipe_batch);
+            execlp("go", "go", "run", "main.go", opsarg, batcharg, (char *)NULL);
             _exit(127);
         }
         close(to[0]);
@@ -528,7 +539,7 @@ int main(int argc, char **argv)
     int sp[2];
     if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sp) != 0)
         die("socketpair");
-    long pipe_batch = (1 << 20) / MSG, sock_batch = 128;
+    long sock_batch = 128;
     double br[MAX_ROUNDS], bw[MAX_ROUNDS], cr[MAX_ROUNDS], cw[MAX_ROUNDS], gr[MAX_ROUNDS],
         gw[MAX_ROUNDS], rr[MAX_ROUNDS], rw[MAX_ROUNDS], grr[MAX_ROUNDS], grw[MAX_ROUNDS];
     double sbr[MAX_ROUNDS], sbw[MAX_ROUNDS], scr[MAX_ROUNDS], scw[MAX_ROUNDS], srr[MAX_ROUNDS],
