@@ -79,9 +79,9 @@ ssize_t ctx__plat_sock_nowait(int fd, const struct iovec *iov, int iovcnt, int f
 
 /* ---- one non-blocking write that never raises SIGPIPE, whatever the file
  * type (Linux 6.18 and later: pwritev2 with RWF_NOWAIT | RWF_NOSIGNAL, which
- * pipes, FIFOs and sockets take).  On a broken pipe or socket it
- * fails with EPIPE and no signal.  -1 with EOPNOTSUPP or ENOSYS where the
- * kernel lacks the flag or the file type refuses RWF_NOWAIT.
+ * pipes, FIFOs and sockets take).  On a broken pipe or socket it fails
+ * with EPIPE and no signal.  -1 with EOPNOTSUPP or ENOSYS where the kernel
+ * lacks the flag or the file type refuses RWF_NOWAIT.
  *
  * nosig_state says what is known of the kernel: 1 it takes RWF_NOSIGNAL, -1
  * it does not (always -1 on the portable backend), 0 not known yet.

@@ -17,14 +17,14 @@
  * with preadv2(RWF_NOWAIT), which Linux supports on pipes, FIFOs, sockets
  * and eventfds.  Writes start with pwritev2(RWF_NOWAIT | RWF_NOSIGNAL),
  * which pipes, FIFOs and sockets take and which never raises SIGPIPE on a
- * socket (Linux 6.18).  Nothing is remembered per fd: the number may name another file
- * at the next call.  Where the kernel lacks RWF_NOSIGNAL (found out once
- * per process: a fact about the kernel) writes start with send(MSG_DONTWAIT
- * | MSG_NOSIGNAL), because a write to a socket must not raise SIGPIPE, and
- * on ENOTSOCK go on with pwritev2(RWF_NOWAIT).  A file type that refuses
- * RWF_NOWAIT falls back to poll-then-call, the one documented case that can
- * block.  Regular files and block devices never "would block" in poll's
- * sense, so there the plain call is made at once.
+ * socket (Linux 6.18).  Nothing is remembered per fd: the number may name
+ * another file at the next call.  Where the kernel lacks RWF_NOSIGNAL
+ * (found out once per process: a fact about the kernel) writes start with
+ * send(MSG_DONTWAIT | MSG_NOSIGNAL), because a write to a socket must not
+ * raise SIGPIPE, and on ENOTSOCK go on with pwritev2(RWF_NOWAIT).  A file
+ * type that refuses RWF_NOWAIT falls back to poll-then-call, the one
+ * documented case that can block.  Regular files and block devices never
+ * "would block" in poll's sense, so there the plain call is made at once.
  */
 #include "internal.h"
 #include "platform.h"
