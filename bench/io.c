@@ -6,9 +6,12 @@
  *
  *   fast path   ctx_read / ctx_write of 64 bytes on a pipe that has data
  *               (room) under a context with a deadline, against the bare
- *               read(2) / write(2), and against Go's os.Pipe with a read
- *               deadline (bench/io_go, run with `go run` as a coprocess, one
- *               round of Go after each round of C);
+ *               read(2) / write(2), against the bare system call that
+ *               ctx_read / ctx_write make (preadv2 with RWF_NOWAIT, pwritev2
+ *               with RWF_NOWAIT | RWF_NOSIGNAL: the floor of a call that
+ *               never blocks and never changes the fd), and against Go's
+ *               os.Pipe with a read deadline (bench/io_go, run with `go
+ *               run` as a coprocess, one round of Go after each round of C);
  *   cancel      1,000 threads blocked in ctx_read on 1,000 idle pipes under
  *               one context: from ctx_cancel to each thread's return, p50,
  *               p99 and max; beside it the floor, 1,000 threads in a bare
@@ -18,7 +21,9 @@
  *               the client ends) to the context being done, p50/p99/max;
  *               plus fds and bytes per watched connection.
  *
- * Usage: io [--quick] [--go DIR] [--out FILE.md]
+ * Usage: io [--quick] [--fast-only] [--rounds N] [--batch N] [--go DIR] [--out FILE.md]
+ * (--fast-only: the fast path alone, for comparing builds of the library;
+ * --batch: messages per turn on the pipe, 1 to 16384, for C and Go alike.)
  * The Markdown table goes to stdout and to FILE.md.
  */
 #define _GNU_SOURCE
@@ -41,14 +46,19 @@
 #include <string.h>
 #include <sys/resource.h>
 #include <sys/syscall.h>
+#include <sys/uio.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
 #define MSG 64
 
-static int quick;
+static int quick, fast_only;
+/* 64-byte messages per turn of each kind on the pipe: all of the 1 MiB
+ * pipe by default, so that a turn writes it full and reads it empty. */
+static long pipe_batch = (1 << 20) / MSG;
 static int rounds = 5;
+#define MAX_ROUNDS 8
 
 static void die(const char *what)
 {
@@ -91,30 +101,72 @@ static struct spread spread_of(double *v, int n)
  * Fast path
  */
 
-enum { BARE, CTX };
+enum { BARE, CTX, FLOOR };
 
-/* ns per 64-byte read and write, one round. */
-static void fast_round(int kind, int rfd, int wfd, ctx_t *c, long ops, long batch, double *rd,
-                       double *wr)
+#ifndef RWF_NOWAIT
+#define RWF_NOWAIT 0x00000008
+#endif
+#ifndef RWF_NOSIGNAL
+#define RWF_NOSIGNAL 0x00000100
+#endif
+
+/* The floor's write flags: RWF_NOSIGNAL only where the kernel has it
+ * (6.18 and later), as ctx_write does. */
+static int floor_wflags = RWF_NOWAIT | RWF_NOSIGNAL;
+
+static ssize_t floor_read(int fd, void *buf, size_t n)
+{
+    struct iovec v = { buf, n };
+    return syscall(SYS_preadv2, fd, &v, 1, -1L, -1L, RWF_NOWAIT);
+}
+
+static ssize_t floor_write(int fd, const void *buf, size_t n)
+{
+    struct iovec v = { (void *)(uintptr_t)buf, n };
+    return syscall(SYS_pwritev2, fd, &v, 1, -1L, -1L, floor_wflags);
+}
+
+static ssize_t do_write(int kind, ctx_t *c, int fd, const void *buf, size_t n)
+{
+    return kind == BARE  ? write(fd, buf, n)
+           : kind == CTX ? ctx_write(c, fd, buf, n)
+                         : floor_write(fd, buf, n);
+}
+
+static ssize_t do_read(int kind, ctx_t *c, int fd, void *buf, size_t n)
+{
+    return kind == BARE  ? read(fd, buf, n)
+           : kind == CTX ? ctx_read(c, fd, buf, n)
+                         : floor_read(fd, buf, n);
+}
+
+/* ns per 64-byte read and write of each kind (BARE, CTX, FLOOR), one
+ * round.  The kinds take turns batch by batch, so that a change in the
+ * machine's load falls on all of them alike and the ratios stay fair. */
+static void fast_round(int rfd, int wfd, ctx_t *c, long ops, long batch, double rd[3], double wr[3])
 {
     static char buf[MSG];
-    int64_t tr = 0, tw = 0;
+    int64_t tr[3] = { 0, 0, 0 }, tw[3] = { 0, 0, 0 };
     long done = 0;
     for (; done < ops; done += batch) {
-        int64_t t0 = now_ns();
-        for (long i = 0; i < batch; i++)
-            if ((kind == BARE ? write(wfd, buf, MSG) : ctx_write(c, wfd, buf, MSG)) != MSG)
-                die("write");
-        int64_t t1 = now_ns();
-        for (long i = 0; i < batch; i++)
-            if ((kind == BARE ? read(rfd, buf, MSG) : ctx_read(c, rfd, buf, MSG)) != MSG)
-                die("read");
-        int64_t t2 = now_ns();
-        tw += t1 - t0;
-        tr += t2 - t1;
+        for (int kind = BARE; kind <= FLOOR; kind++) {
+            int64_t t0 = now_ns();
+            for (long i = 0; i < batch; i++)
+                if (do_write(kind, c, wfd, buf, MSG) != MSG)
+                    die("write");
+            int64_t t1 = now_ns();
+            for (long i = 0; i < batch; i++)
+                if (do_read(kind, c, rfd, buf, MSG) != MSG)
+                    die("read");
+            int64_t t2 = now_ns();
+            tw[kind] += t1 - t0;
+            tr[kind] += t2 - t1;
+        }
     }
-    *rd = (double)tr / (double)done;
-    *wr = (double)tw / (double)done;
+    for (int kind = BARE; kind <= FLOOR; kind++) {
+        rd[kind] = (double)tr[kind] / (double)done;
+        wr[kind] = (double)tw[kind] / (double)done;
+    }
 }
 
 /* ---------------------------------------------------------------------------
@@ -286,7 +338,7 @@ static void client_process(int port, int n, int cmd, int reply)
 
 struct peer_result {
     int watched;
-    double p50[8], p99[8], max[8];
+    double p50[MAX_ROUNDS], p99[MAX_ROUNDS], max[MAX_ROUNDS];
     double fds_per_watch, bytes_per_watch;
     int ok;
 };
@@ -409,22 +461,41 @@ static void emit(const char *fmt, ...)
 static void row(const char *name, const char *unit, double *v, int n)
 {
     struct spread s = spread_of(v, n);
-    emit("| %s | %.1f | %.1f | %.1f | %s |\n", name, s.min, s.med, s.max, unit);
+    /* Ratios to two places: their goals are such as 1.25x. */
+    if (strcmp(unit, "x") == 0)
+        emit("| %s | %.2f | %.2f | %.2f | %s |\n", name, s.min, s.med, s.max, unit);
+    else
+        emit("| %s | %.1f | %.1f | %.1f | %s |\n", name, s.min, s.med, s.max, unit);
 }
 
 int main(int argc, char **argv)
 {
     const char *go_dir = NULL, *out = NULL;
+    int rounds_given = 0;
     for (int i = 1; i < argc; i++) {
         if (strcmp(argv[i], "--quick") == 0)
             quick = 1;
+        else if (strcmp(argv[i], "--fast-only") == 0)
+            fast_only = 1;
+        else if (strcmp(argv[i], "--batch") == 0 && i + 1 < argc)
+            pipe_batch = atol(argv[++i]);
+        else if (strcmp(argv[i], "--rounds") == 0 && i + 1 < argc)
+            rounds = atoi(argv[++i]), rounds_given = 1;
         else if (strcmp(argv[i], "--go") == 0 && i + 1 < argc)
             go_dir = argv[++i];
         else if (strcmp(argv[i], "--out") == 0 && i + 1 < argc)
             out = argv[++i];
     }
-    if (quick)
+    if (quick && !rounds_given)
         rounds = 3;
+    if (pipe_batch < 1 || pipe_batch > (1 << 20) / MSG) {
+        fprintf(stderr, "bench io: --batch takes 1 to %d\n", (1 << 20) / MSG);
+        return 2;
+    }
+    if (rounds < 1 || rounds > MAX_ROUNDS) {
+        fprintf(stderr, "bench io: --rounds takes 1 to %d\n", MAX_ROUNDS);
+        return 2;
+    }
     if (out != NULL && (out_md = fopen(out, "w")) == NULL)
         die(out);
     /* Count the library's heap bytes (for bytes per watched connection). */
@@ -445,9 +516,10 @@ int main(int argc, char **argv)
             dup2(from[1], 1);
             if (chdir(go_dir) != 0)
                 _exit(127);
-            char opsarg[32];
+            char opsarg[32], batcharg[32];
             snprintf(opsarg, sizeof opsarg, "%ld", ops);
-            execlp("go", "go", "run", "main.go", opsarg, (char *)NULL);
+            snprintf(batcharg, sizeof batcharg, "%ld", pipe_batch);
+            execlp("go", "go", "run", "main.go", opsarg, batcharg, (char *)NULL);
             _exit(127);
         }
         close(to[0]);
@@ -467,18 +539,39 @@ int main(int argc, char **argv)
     int sp[2];
     if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sp) != 0)
         die("socketpair");
-    long pipe_batch = (1 << 20) / MSG, sock_batch = 128;
-    double br[8], bw[8], cr[8], cw[8], gr[8], gw[8], rr[8], rw[8], grr[8], grw[8];
-    double sbr[8], sbw[8], scr[8], scw[8], srr[8], srw[8];
+    long sock_batch = 128;
+    double br[MAX_ROUNDS], bw[MAX_ROUNDS], cr[MAX_ROUNDS], cw[MAX_ROUNDS], gr[MAX_ROUNDS],
+        gw[MAX_ROUNDS], rr[MAX_ROUNDS], rw[MAX_ROUNDS], grr[MAX_ROUNDS], grw[MAX_ROUNDS];
+    double sbr[MAX_ROUNDS], sbw[MAX_ROUNDS], scr[MAX_ROUNDS], scw[MAX_ROUNDS], srr[MAX_ROUNDS],
+        srw[MAX_ROUNDS];
+    double fr[MAX_ROUNDS], fw[MAX_ROUNDS], frr[MAX_ROUNDS], frw[MAX_ROUNDS], cfr[MAX_ROUNDS],
+        cfw[MAX_ROUNDS];
     int have_go = go_in != NULL;
-    fast_round(CTX, p[0], p[1], c, ops / 4, pipe_batch, &cr[0], &cw[0]); /* warm up */
+    static char probe[1];
+    if (floor_write(p[1], probe, 1) != 1) {
+        if (errno != EOPNOTSUPP)
+            die("pwritev2");
+        floor_wflags = RWF_NOWAIT; /* a kernel before RWF_NOSIGNAL */
+        if (floor_write(p[1], probe, 1) != 1)
+            die("pwritev2");
+    }
+    if (read(p[0], probe, 1) != 1)
+        die("read");
+    double rd[3], wr[3];
+    fast_round(p[0], p[1], c, ops / 4, pipe_batch, rd, wr); /* warm up */
     for (int r = 0; r < rounds; r++) {
-        fast_round(BARE, p[0], p[1], c, ops, pipe_batch, &br[r], &bw[r]);
-        fast_round(CTX, p[0], p[1], c, ops, pipe_batch, &cr[r], &cw[r]);
+        fast_round(p[0], p[1], c, ops, pipe_batch, rd, wr);
+        br[r] = rd[BARE], cr[r] = rd[CTX], fr[r] = rd[FLOOR];
+        bw[r] = wr[BARE], cw[r] = wr[CTX], fw[r] = wr[FLOOR];
         rr[r] = cr[r] / br[r];
         rw[r] = cw[r] / bw[r];
-        fast_round(BARE, sp[0], sp[1], c, ops, sock_batch, &sbr[r], &sbw[r]);
-        fast_round(CTX, sp[0], sp[1], c, ops, sock_batch, &scr[r], &scw[r]);
+        frr[r] = fr[r] / br[r];
+        frw[r] = fw[r] / bw[r];
+        cfr[r] = cr[r] / fr[r];
+        cfw[r] = cw[r] / fw[r];
+        fast_round(sp[0], sp[1], c, ops, sock_batch, rd, wr);
+        sbr[r] = rd[BARE], scr[r] = rd[CTX];
+        sbw[r] = wr[BARE], scw[r] = wr[CTX];
         srr[r] = scr[r] / sbr[r];
         srw[r] = scw[r] / sbw[r];
         if (have_go) {
@@ -504,8 +597,8 @@ int main(int argc, char **argv)
         waitpid(go_pid, NULL, 0);
     }
 
-    double lat[3][8], flat[3][8];
-    for (int r = 0; r < rounds; r++) {
+    double lat[3][MAX_ROUNDS], flat[3][MAX_ROUNDS];
+    for (int r = 0; r < rounds && !fast_only; r++) {
         double v[3], f[3];
         cancel_round(0, v);
         cancel_round(1, f);
@@ -517,7 +610,8 @@ int main(int argc, char **argv)
 
     struct peer_result pr;
     memset(&pr, 0, sizeof pr);
-    peer_bench(&pr);
+    if (!fast_only)
+        peer_bench(&pr);
 
     emit("## I/O (bench/io.c, %d rounds%s)\n\n", rounds, quick ? ", --quick" : "");
     emit("| measure | min | median | max | unit |\n|---|---|---|---|---|\n");
@@ -527,6 +621,14 @@ int main(int argc, char **argv)
     row("bare write(2), 64 B to a pipe with room", "ns/op", bw, rounds);
     row("ctx_write, 64 B, context with a deadline", "ns/op", cw, rounds);
     row("ratio ctx_write / write", "x", rw, rounds);
+    row("floor: bare preadv2(RWF_NOWAIT), 64 B, pipe", "ns/op", fr, rounds);
+    row("ratio preadv2 / read (the floor)", "x", frr, rounds);
+    row("ratio ctx_read / preadv2", "x", cfr, rounds);
+    row(floor_wflags & RWF_NOSIGNAL ? "floor: bare pwritev2(RWF_NOWAIT\\|RWF_NOSIGNAL), 64 B, pipe"
+                                    : "floor: bare pwritev2(RWF_NOWAIT), 64 B, pipe",
+        "ns/op", fw, rounds);
+    row("ratio pwritev2 / write (the floor)", "x", frw, rounds);
+    row("ratio ctx_write / pwritev2", "x", cfw, rounds);
     row("bare read(2), 64 B, Unix socket", "ns/op", sbr, rounds);
     row("ctx_read, 64 B, Unix socket", "ns/op", scr, rounds);
     row("ratio ctx_read / read, socket", "x", srr, rounds);
@@ -542,11 +644,11 @@ int main(int argc, char **argv)
     int nt = quick ? 100 : NTHREADS;
     char name[128];
     const char *pct[3] = { "p50", "p99", "max" };
-    for (int k = 0; k < 3; k++) {
+    for (int k = 0; k < 3 && !fast_only; k++) {
         snprintf(name, sizeof name, "cancel -> return, %d threads in ctx_read, %s", nt, pct[k]);
         row(name, "us", lat[k], rounds);
     }
-    for (int k = 0; k < 3; k++) {
+    for (int k = 0; k < 3 && !fast_only; k++) {
         snprintf(name, sizeof name, "floor: FUTEX_WAKE -> return, %d threads, %s", nt, pct[k]);
         row(name, "us", flat[k], rounds);
     }

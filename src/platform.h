@@ -77,6 +77,22 @@ void ctx__plat_event_signal(int wfd);
 ssize_t ctx__plat_rw_nowait(int fd, const struct iovec *iov, int iovcnt, int write);
 ssize_t ctx__plat_sock_nowait(int fd, const struct iovec *iov, int iovcnt, int flags, int write);
 
+/* ---- one non-blocking write that never raises SIGPIPE, whatever the file
+ * type (Linux 6.18 and later: pwritev2 with RWF_NOWAIT | RWF_NOSIGNAL, which
+ * pipes, FIFOs and sockets take).  On a broken pipe or socket it fails
+ * with EPIPE and no signal.  -1 with EOPNOTSUPP or ENOSYS where the kernel
+ * lacks the flag or the file type refuses RWF_NOWAIT.
+ *
+ * nosig_state says what is known of the kernel: 1 it takes RWF_NOSIGNAL, -1
+ * it does not (always -1 on the portable backend), 0 not known yet.
+ * nosig_probe finds out when it is not known yet, once per process, with a
+ * pipe of its own, and returns the state; 0 when that pipe cannot be made
+ * now (no fd), and then it tries again at the next call.  What is kept is a
+ * fact about the kernel, never about an fd. */
+ssize_t ctx__plat_write_nosig(int fd, const struct iovec *iov, int iovcnt);
+int ctx__plat_nosig_state(void);
+int ctx__plat_nosig_probe(void);
+
 /* ---- n bytes from the system's random source (getrandom, getentropy or
  * /dev/urandom).  0 or an errno. */
 int ctx__plat_random(void *buf, size_t n);

@@ -400,6 +400,287 @@ static void test_peer_reset(void)
     free(big);
 }
 
+/* SIGPIPE, counted by a handler. */
+static volatile sig_atomic_t sigpipes;
+
+static void count_sigpipe(int sig)
+{
+    (void)sig;
+    sigpipes++;
+}
+
+/* One write of each kind to fd, whose reading side is gone: each fails
+ * with EPIPE (or ECONNRESET), and raises SIGPIPE exactly when `signal`
+ * (write(2)'s behaviour on a pipe; never on a socket). */
+static void check_broken_write(ctx_t *c, int fd, int signal, const char *what)
+{
+    struct iovec v[2] = { { "ab", 2 }, { "cd", 2 } };
+    for (int k = 0; k < 3; k++) {
+        sig_atomic_t before = sigpipes;
+        errno = 0;
+        ssize_t r = k == 0   ? ctx_write(c, fd, "x", 1)
+                    : k == 1 ? ctx_writev(c, fd, v, 2)
+                             : (ssize_t)ctx_write_all(c, fd, "xyz", 3, NULL);
+        int err = k == 2 ? (int)r : errno;
+        CHECK_MSG(k == 2 ? r != 0 : r == -1, "%s: write %d returned %zd", what, k, r);
+        CHECK_MSG(err == EPIPE || err == ECONNRESET, "%s: write %d: %s", what, k, strerror(err));
+        CHECK_MSG(sigpipes - before == signal, "%s: write %d raised %d SIGPIPE", what, k,
+                  (int)(sigpipes - before));
+    }
+}
+
+/* A write whose reader is gone: a pipe or FIFO raises SIGPIPE as write(2)
+ * does, a socket never does (the one non-blocking call that writes to
+ * both asks the kernel for no signal, and a pipe's signal is then raised
+ * by a second call).  Nothing is kept per fd number: the same number
+ * turned from a pipe into a socket and back behaves as what it is now. */
+static void test_sigpipe(void)
+{
+    struct sigaction sa, old;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = count_sigpipe;
+    sigemptyset(&sa.sa_mask);
+    CHECK_EQ_INT(sigaction(SIGPIPE, &sa, &old), 0);
+    ctx_t *c = ctx_with_timeout(ctx_background(), 10 * CTX_SECOND, NULL);
+
+    int p[2];
+    make_pipe(p, 0);
+    close(p[0]);
+    check_broken_write(c, p[1], 1, "pipe");
+    check_broken_write(ctx_background(), p[1], 1, "pipe, background");
+
+    int s[2];
+    CHECK_EQ_INT(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, s), 0);
+    close(s[1]);
+    check_broken_write(c, s[0], 0, "unix socket");
+    int cl, sv;
+    io_tcp_pair(&cl, &sv);
+    CHECK_EQ_INT(shutdown(cl, SHUT_WR), 0);
+    check_broken_write(c, cl, 0, "tcp socket, shut down");
+
+    /* One fd number, reused: a writable pipe, a broken socket, a broken
+     * pipe, a working socket. */
+    int n = p[1];
+    int q[2];
+    make_pipe(q, 0);
+    CHECK_EQ_INT(dup2(q[1], n), n);
+    CHECK_EQ_INT(ctx_write(c, n, "ok", 2), 2);
+    CHECK_EQ_INT(dup2(s[0], n), n);
+    check_broken_write(c, n, 0, "socket on a pipe's number");
+    close(q[0]);
+    CHECK_EQ_INT(dup2(q[1], n), n);
+    check_broken_write(c, n, 1, "pipe on a socket's number");
+    CHECK_EQ_INT(dup2(sv, n), n);
+    CHECK_EQ_INT(ctx_write(c, n, "ok", 2), 2);
+    char b[2];
+    CHECK_EQ_INT(ctx_read_full(c, cl, b, 2, NULL), 0);
+
+    /* An eventfd refuses a short count with EINVAL, as write(2) says. */
+    int ev = eventfd(0, EFD_CLOEXEC);
+    CHECK(ev >= 0);
+    errno = 0;
+    CHECK_EQ_INT(ctx_write(c, ev, "abc", 3), -1);
+    CHECK_EQ_INT(errno, EINVAL);
+    close(ev);
+
+    close(n);
+    close(q[1]);
+    close(s[0]);
+    close(cl);
+    close(sv);
+    ctx_unref(c);
+    CHECK_EQ_INT(sigaction(SIGPIPE, &old, NULL), 0);
+}
+
+/* A kernel before RWF_NOSIGNAL (Linux 6.18), made from this one with a
+ * seccomp filter that refuses pwritev2 with that flag as such a kernel
+ * does (EOPNOTSUPP), in a child process: writes still work on every file
+ * type, by the socket call first, and SIGPIPE still comes from pipes
+ * only. */
+#if defined(__has_include)
+#if __has_include(<linux/seccomp.h>) && __has_include(<linux/filter.h>) && \
+    __has_include(<linux/audit.h>) && (defined(__x86_64__) || defined(__i386__))
+#define HAVE_SECCOMP_TEST 1
+#endif
+#endif
+
+#ifdef HAVE_SECCOMP_TEST
+#include <linux/audit.h>
+#include <linux/filter.h>
+#include <linux/seccomp.h>
+#include <sys/prctl.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+
+#ifdef __x86_64__
+#define TEST_AUDIT_ARCH AUDIT_ARCH_X86_64
+#else
+#define TEST_AUDIT_ARCH AUDIT_ARCH_I386
+#endif
+
+static void refuse_rwf_nosignal(void)
+{
+    struct sock_filter f[] = {
+        BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, arch)),
+        BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, TEST_AUDIT_ARCH, 1, 0),
+        BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
+        BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, nr)),
+        BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, SYS_pwritev2, 1, 0),
+        BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
+        /* The flags are pwritev2's sixth argument; their low word. */
+        BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, args[5])),
+        BPF_JUMP(BPF_JMP | BPF_JSET | BPF_K, 0x100 /* RWF_NOSIGNAL */, 0, 1),
+        BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ERRNO | EOPNOTSUPP),
+        BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
+    };
+    struct sock_fprog prog = { (unsigned short)(sizeof f / sizeof f[0]), f };
+    CHECK_EQ_INT(prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), 0);
+    CHECK_EQ_INT(prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, &prog), 0);
+}
+
+#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
+#define TEST_UNDER_SANITIZER 1
+#endif
+#ifdef __has_feature
+#if __has_feature(address_sanitizer) || __has_feature(thread_sanitizer)
+#define TEST_UNDER_SANITIZER 1
+#endif
+#endif
+
+/* A ready read and a ready write are one system call each: in a child
+ * whose only allowed system calls are preadv2, pwritev2 and exit (every
+ * other call fails with EDOM), ctx_write and ctx_read on a pipe with room
+ * and data, under a cancellable context, still succeed.  No socket probe,
+ * no poll, no fstat, no done fd.  Not under a sanitizer, whose
+ * interceptors make calls of their own. */
+static void test_one_system_call(void)
+{
+#if defined(TEST_UNDER_SANITIZER)
+    fprintf(stderr, "   skipped under a sanitizer\n");
+#elif defined(CTX_TEST_PORTABLE)
+    fprintf(stderr, "   skipped: the portable backend polls a pipe first\n");
+#else
+    int p[2];
+    make_pipe(p, 0);
+    char x = 'x';
+    struct iovec v = { &x, 1 };
+    if (syscall(SYS_pwritev2, p[1], &v, 1, -1L, -1L, 0x108) != 1) {
+        fprintf(stderr, "   no RWF_NOSIGNAL in this kernel (%s): writes make two calls\n",
+                strerror(errno));
+        close(p[0]);
+        close(p[1]);
+        return;
+    }
+    CHECK_EQ_INT(read(p[0], &x, 1), 1);
+    pid_t pid = fork();
+    CHECK(pid >= 0);
+    if (pid == 0) {
+        ctx_cancel_t *cancel;
+        ctx_t *c = ctx_with_cancel(ctx_background(), &cancel);
+        ctx_t *d = ctx_with_timeout(c, 10 * CTX_SECOND, NULL);
+        char buf[64] = "one call";
+        struct sock_filter f[] = {
+            BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, arch)),
+            BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, TEST_AUDIT_ARCH, 1, 0),
+            BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ERRNO | EDOM),
+            BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, nr)),
+            BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, SYS_preadv2, 4, 0),
+            BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, SYS_pwritev2, 3, 0),
+            BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, SYS_exit_group, 2, 0),
+            BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, SYS_exit, 1, 0),
+            BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ERRNO | EDOM),
+            BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
+        };
+        struct sock_fprog prog = { (unsigned short)(sizeof f / sizeof f[0]), f };
+        CHECK_EQ_INT(prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), 0);
+        CHECK_EQ_INT(prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, &prog), 0);
+        /* From here a failed check could not even print: exit codes say. */
+        if (ctx_write(d, p[1], buf, sizeof buf) != (ssize_t)sizeof buf)
+            _exit(10 + (errno == EDOM));
+        struct iovec w[2] = { { buf, 3 }, { buf + 3, 5 } };
+        if (ctx_writev(d, p[1], w, 2) != 8)
+            _exit(20 + (errno == EDOM));
+        if (ctx_read(d, p[0], buf, sizeof buf) != (ssize_t)sizeof buf ||
+            ctx_read(d, p[0], buf, sizeof buf) != 8)
+            _exit(30 + (errno == EDOM));
+        _exit(0);
+    }
+    int status;
+    CHECK_EQ_INT(waitpid(pid, &status, 0), pid);
+    CHECK_MSG(WIFEXITED(status) && WEXITSTATUS(status) == 0,
+              "child status %#x (exit 11, 21, 31: a write, a vector write or a read made "
+              "another system call)",
+              status);
+    close(p[0]);
+    close(p[1]);
+#endif
+}
+
+static void test_kernel_without_nosignal(void)
+{
+    pid_t pid = fork();
+    CHECK(pid >= 0);
+    if (pid == 0) {
+        refuse_rwf_nosignal();
+        /* The filter works: the flag is refused, RWF_NOWAIT alone is not. */
+        int p[2];
+        make_pipe(p, 0);
+        char x = 'x';
+        struct iovec v = { &x, 1 };
+        errno = 0;
+        CHECK_EQ_INT(syscall(SYS_pwritev2, p[1], &v, 1, -1L, -1L, 0x108), -1);
+        CHECK_EQ_INT(errno, EOPNOTSUPP);
+        CHECK_EQ_INT(syscall(SYS_pwritev2, p[1], &v, 1, -1L, -1L, 0x8), 1);
+        CHECK_EQ_INT(read(p[0], &x, 1), 1);
+
+        struct sigaction sa;
+        memset(&sa, 0, sizeof sa);
+        sa.sa_handler = count_sigpipe;
+        sigemptyset(&sa.sa_mask);
+        CHECK_EQ_INT(sigaction(SIGPIPE, &sa, NULL), 0);
+        ctx_t *c = ctx_with_timeout(ctx_background(), 10 * CTX_SECOND, NULL);
+        char b[64];
+        for (int i = 0; i < 3; i++) { /* before and after the probe */
+            CHECK_EQ_INT(ctx_write(c, p[1], "abc", 3), 3);
+            CHECK_EQ_INT(ctx_read(c, p[0], b, sizeof b), 3);
+        }
+        int s[2];
+        CHECK_EQ_INT(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, s), 0);
+        struct iovec out[2] = { { "ab", 2 }, { "cde", 3 } };
+        CHECK_EQ_INT(ctx_writev(c, s[0], out, 2), 5);
+        CHECK_EQ_INT(ctx_read_full(c, s[1], b, 5, NULL), 0);
+        CHECK(memcmp(b, "abcde", 5) == 0);
+        int ev = eventfd(0, EFD_CLOEXEC);
+        CHECK(ev >= 0);
+        uint64_t one = 1;
+        CHECK_EQ_INT(ctx_write(c, ev, &one, sizeof one), 8);
+        close(ev);
+        /* A full pipe still waits until the deadline. */
+        ctx_t *d = ctx_with_timeout(ctx_background(), 50 * CTX_MILLISECOND, NULL);
+        int size = fcntl(p[1], F_GETPIPE_SZ);
+        char *big = calloc(1, (size_t)size + 1);
+        CHECK_NOT_NULL(big);
+        size_t done = 0;
+        CHECK_EQ_INT(ctx_write_all(d, p[1], big, (size_t)size + 1, &done), CTX_DEADLINE_EXCEEDED);
+        CHECK_EQ_INT(done, size);
+        free(big);
+        ctx_unref(d);
+
+        close(p[0]);
+        check_broken_write(c, p[1], 1, "pipe, old kernel");
+        close(s[1]);
+        check_broken_write(c, s[0], 0, "unix socket, old kernel");
+        close(p[1]);
+        close(s[0]);
+        ctx_unref(c);
+        _exit(0); /* a failed check aborts the child */
+    }
+    int status;
+    CHECK_EQ_INT(waitpid(pid, &status, 0), pid);
+    CHECK_MSG(WIFEXITED(status) && WEXITSTATUS(status) == 0, "child status %#x", status);
+}
+#endif
+
 /* accept and connect: waiting, success, the deadline, blocking and
  * non-blocking sockets; a connect to a listener whose backlog is full
  * hangs on loopback until the context ends it. */
@@ -836,6 +1117,11 @@ static void test_accept_flags(void)
 
 int main(void)
 {
+#ifdef HAVE_SECCOMP_TEST
+    /* First, before a write of this process can have found out what the
+     * kernel takes: the child inherits that. */
+    RUN_TEST(test_kernel_without_nosignal);
+#endif
     RUN_TEST(test_fast_path);
     RUN_TEST(test_cancel_and_deadline);
     RUN_TEST(test_done_first);
@@ -844,6 +1130,10 @@ int main(void)
     RUN_TEST(test_write_full_pipe);
     RUN_TEST(test_vectors_and_sockets);
     RUN_TEST(test_peer_reset);
+    RUN_TEST(test_sigpipe);
+#ifdef HAVE_SECCOMP_TEST
+    RUN_TEST(test_one_system_call);
+#endif
     RUN_TEST(test_accept_connect);
     RUN_TEST(test_accept_flags);
     RUN_TEST(test_file_types);

@@ -38,6 +38,9 @@ func main() {
 	}
 	setPipeSize(w, 1<<20)
 	batch := (1 << 20) / msg
+	if len(os.Args) > 2 {
+		fmt.Sscan(os.Args[2], &batch)
+	}
 	buf := make([]byte, msg)
 	in := bufio.NewScanner(os.Stdin)
 	for in.Scan() {

@@ -32,16 +32,18 @@
  *
  *   How they wait.  The operation is first tried without blocking and
  *   without changing the fd: reads with preadv2(RWF_NOWAIT), which works on
- *   pipes, FIFOs and sockets alike; writes with send(MSG_DONTWAIT |
- *   MSG_NOSIGNAL) and, when that says ENOTSOCK, pwritev2(RWF_NOWAIT).  When
- *   data (or room) is ready that is the whole call: one system call (two for
- *   a write to a pipe), no fd made, no poll, no allocation.  The extra
- *   ENOTSOCK probe is the price of never raising SIGPIPE on a socket: the
- *   call cannot know an fd's type without asking the kernel, and a cached
- *   answer would go stale when the fd number is reused.  recv/send go to
- *   the socket call at once.  Only when the operation would block does
- *   the call poll(2) on the fd and on ctx_done_fd(ctx), then try again.  A context that can
- *   never be done (ctx_background(), ctx_without_cancel()) is waited for
+ *   pipes, FIFOs and sockets alike; writes with pwritev2(RWF_NOWAIT |
+ *   RWF_NOSIGNAL), which does the same and never raises SIGPIPE on a socket
+ *   (Linux 6.18 and later; on older kernels writes try send(MSG_DONTWAIT |
+ *   MSG_NOSIGNAL) first and, when that says ENOTSOCK, pwritev2(RWF_NOWAIT):
+ *   two system calls for a pipe).  When data (or room) is ready that is the
+ *   whole call: one system call, no fd made, no poll, no allocation, and
+ *   nothing remembered about the fd, whose number may be reused for another
+ *   file by the next call.  recv/send go to the socket call at once, which
+ *   on a socket is a little cheaper than the vectored preadv2/pwritev2.
+ *   Only when the operation would block does the call poll(2) on the fd
+ *   and on ctx_done_fd(ctx), then try again.  A context that can never be
+ *   done (ctx_background(), ctx_without_cancel()) is waited for
  *   with no done fd at all.  The first wait on a cancellable context creates
  *   its done fd (an eventfd, kept until the context is freed); when no fd
  *   can be made the call fails with that errno (EMFILE, ENFILE, ENOMEM) and
@@ -68,10 +70,13 @@
  *   calls still wait for you) or keep one reader and one writer per fd.
  *
  *   SIGPIPE.  On sockets every write-side call (ctx_write, ctx_writev,
- *   ctx_send, ctx_write_all) sends with MSG_NOSIGNAL: a peer that reset the
- *   connection gives EPIPE or ECONNRESET, never a SIGPIPE that kills the
- *   process.  On pipes and FIFOs the calls behave as write(2): a write to a
- *   pipe with no reader raises SIGPIPE unless the program ignores it.
+ *   ctx_send, ctx_write_all) writes with MSG_NOSIGNAL or RWF_NOSIGNAL: a
+ *   peer that reset the connection gives EPIPE or ECONNRESET, never a
+ *   SIGPIPE that kills the process.  On pipes and FIFOs the calls behave as
+ *   write(2): a write to a pipe with no reader raises SIGPIPE (the kernel
+ *   raises it, in the calling thread, on a second attempt that the first
+ *   one's EPIPE leads to) unless the program ignores it, and fails with
+ *   EPIPE.
  *
  * Errors.  A call that fails once ctx has ended fails with ctx_err(ctx)
  * (CTX_CANCELED or CTX_DEADLINE_EXCEEDED), whatever the system call said;

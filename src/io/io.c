@@ -13,11 +13,15 @@
  * retry is what keeps several readers of one blocking fd from blocking
  * after another reader took the data.
  *
- * The non-blocking attempt takes one of four forms (enum mode).  Reads start
+ * The non-blocking attempt takes one of five forms (enum mode).  Reads start
  * with preadv2(RWF_NOWAIT), which Linux supports on pipes, FIFOs, sockets
- * and eventfds.  Writes start with send(MSG_DONTWAIT | MSG_NOSIGNAL),
- * because a write to a socket must not raise SIGPIPE and pwritev2 cannot
- * ask for that; on ENOTSOCK they go on with pwritev2(RWF_NOWAIT).  A file
+ * and eventfds.  Writes start with pwritev2(RWF_NOWAIT | RWF_NOSIGNAL),
+ * which pipes, FIFOs and sockets take and which never raises SIGPIPE on a
+ * socket (Linux 6.18).  Nothing is remembered per fd: the number may name
+ * another file at the next call.  Where the kernel lacks RWF_NOSIGNAL
+ * (found out once per process: a fact about the kernel) writes start with
+ * send(MSG_DONTWAIT | MSG_NOSIGNAL), because a write to a socket must not
+ * raise SIGPIPE, and on ENOTSOCK go on with pwritev2(RWF_NOWAIT).  A file
  * type that refuses RWF_NOWAIT falls back to poll-then-call, the one
  * documented case that can block.  Regular files and block devices never
  * "would block" in poll's sense, so there the plain call is made at once.
@@ -182,6 +186,7 @@ out:
  */
 
 enum mode {
+    M_NOSIG,  /* writes: pwritev2 with RWF_NOWAIT | RWF_NOSIGNAL */
     M_NOWAIT, /* preadv2/pwritev2 with RWF_NOWAIT */
     M_SOCK,   /* recvmsg/sendmsg with MSG_DONTWAIT */
     M_PLAIN,  /* poll first, then readv/writev (may block: see io.h) */
@@ -235,6 +240,32 @@ static ssize_t attempt(struct op *o)
     for (;;) {
         ssize_t r;
         switch (o->mode) {
+        case M_NOSIG:
+            r = ctx__plat_write_nosig(o->fd, o->iov, o->iovcnt);
+            if (r >= 0)
+                return r;
+            if (errno == EPIPE) {
+                /* Nobody reads any more.  A socket must not raise SIGPIPE
+                 * and did not; a pipe or FIFO raises it under write(2).
+                 * Only the socket call tells the two apart, and only on
+                 * this rare path is it asked: a socket answers EPIPE
+                 * again, still without a signal, and anything else goes
+                 * on to pwritev2 without RWF_NOSIGNAL, where the kernel
+                 * raises the signal as write(2) would. */
+                o->mode = M_SOCK;
+                continue;
+            }
+            if (errno != EOPNOTSUPP && errno != ENOSYS)
+                return r;
+            /* Refused: by a kernel without RWF_NOSIGNAL, which the probe
+             * records so that later writes start with the socket call, or
+             * by a file type without RWF_NOWAIT (a terminal).  Either way
+             * this call goes on as writes did before the flag: the socket
+             * call, then pwritev2(RWF_NOWAIT), then poll and the plain
+             * call. */
+            ctx__plat_nosig_probe();
+            o->mode = M_SOCK;
+            continue;
         case M_NOWAIT:
             r = ctx__plat_rw_nowait(o->fd, o->iov, o->iovcnt, o->write);
             if (r >= 0 || (errno != EOPNOTSUPP && errno != ENOSYS))
@@ -329,6 +360,14 @@ static ssize_t run(ctx_t *c, struct op *o)
     }
 }
 
+/* Where a write starts: one call that cannot raise SIGPIPE on a socket
+ * where the kernel has one (M_NOSIG), else the socket call, whose ENOTSOCK
+ * leads on to pwritev2 (two calls for a pipe). */
+static enum mode write_mode(void)
+{
+    return ctx__plat_nosig_state() < 0 ? M_SOCK : M_NOSIG;
+}
+
 static ssize_t run_one(ctx_t *c, int fd, void *buf, size_t n, int write, enum mode mode, int flags,
                        int sock_only)
 {
@@ -348,7 +387,7 @@ ssize_t ctx_read(ctx_t *c, int fd, void *buf, size_t n)
 
 ssize_t ctx_write(ctx_t *c, int fd, const void *buf, size_t n)
 {
-    return run_one(c, fd, (void *)(uintptr_t)buf, n, 1, M_SOCK, 0, 0);
+    return run_one(c, fd, (void *)(uintptr_t)buf, n, 1, write_mode(), 0, 0);
 }
 
 ssize_t ctx_readv(ctx_t *c, int fd, const struct iovec *iov, int iovcnt)
@@ -367,7 +406,7 @@ ssize_t ctx_writev(ctx_t *c, int fd, const struct iovec *iov, int iovcnt)
         errno = EINVAL;
         return -1;
     }
-    struct op o = { fd, 1, iov, iovcnt, 0, 0, M_SOCK, 0 };
+    struct op o = { fd, 1, iov, iovcnt, 0, 0, write_mode(), 0 };
     return run(c, &o);
 }
 

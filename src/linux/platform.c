@@ -13,6 +13,7 @@
 
 #include <fcntl.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <string.h>
 #include <sys/eventfd.h>
 #include <sys/syscall.h>
@@ -21,9 +22,13 @@
 #include <sys/random.h>
 #endif
 
-/* Older C libraries lack the flag; the value is the kernel's ABI. */
+/* Older C libraries lack the flags; the values are the kernel's ABI.
+ * RWF_NOSIGNAL came with Linux 6.18. */
 #ifndef RWF_NOWAIT
 #define RWF_NOWAIT 0x00000008
+#endif
+#ifndef RWF_NOSIGNAL
+#define RWF_NOSIGNAL 0x00000100
 #endif
 
 /* The same for membarrier(2), whose header musl's compiler wrapper does
@@ -70,16 +75,69 @@ void ctx__plat_event_signal(int wfd)
     (void)r; /* a saturated eventfd is readable already */
 }
 
-ssize_t ctx__plat_rw_nowait(int fd, const struct iovec *iov, int iovcnt, int write)
+/* pwritev2 at the file position (offset -1) with flags. */
+static ssize_t pwritev2_at_pos(int fd, const struct iovec *iov, int iovcnt, int flags)
 {
 #ifdef CTX_HAVE_PREADV2
-    return write ? pwritev2(fd, iov, iovcnt, -1, RWF_NOWAIT)
-                 : preadv2(fd, iov, iovcnt, -1, RWF_NOWAIT);
+    return pwritev2(fd, iov, iovcnt, -1, flags);
 #else
     /* The offset -1 (the file position) goes to the kernel as two halves,
      * both all ones, whatever the word size. */
-    return syscall(write ? SYS_pwritev2 : SYS_preadv2, fd, iov, iovcnt, -1L, -1L, RWF_NOWAIT);
+    return syscall(SYS_pwritev2, fd, iov, iovcnt, -1L, -1L, flags);
 #endif
+}
+
+ssize_t ctx__plat_rw_nowait(int fd, const struct iovec *iov, int iovcnt, int write)
+{
+    if (write)
+        return pwritev2_at_pos(fd, iov, iovcnt, RWF_NOWAIT);
+#ifdef CTX_HAVE_PREADV2
+    return preadv2(fd, iov, iovcnt, -1, RWF_NOWAIT);
+#else
+    return syscall(SYS_preadv2, fd, iov, iovcnt, -1L, -1L, RWF_NOWAIT);
+#endif
+}
+
+ssize_t ctx__plat_write_nosig(int fd, const struct iovec *iov, int iovcnt)
+{
+    return pwritev2_at_pos(fd, iov, iovcnt, RWF_NOWAIT | RWF_NOSIGNAL);
+}
+
+/* What the kernel says of RWF_NOSIGNAL (platform.h): 0 not known yet. */
+static _Atomic int nosig_state;
+
+int ctx__plat_nosig_state(void)
+{
+    return atomic_load_explicit(&nosig_state, memory_order_relaxed);
+}
+
+int ctx__plat_nosig_probe(void)
+{
+    int s = atomic_load_explicit(&nosig_state, memory_order_relaxed);
+    if (s != 0)
+        return s;
+    /* One byte into an empty non-blocking pipe of our own, with the flag
+     * alone: the kernel checks the flags before anything else, so only a
+     * kernel that lacks RWF_NOSIGNAL refuses this (EOPNOTSUPP; ENOSYS, or
+     * the C library's EOPNOTSUPP, without pwritev2 at all).  Threads that
+     * probe at once agree. */
+    int p[2];
+    if (pipe2(p, O_CLOEXEC | O_NONBLOCK) != 0)
+        return 0;
+    char byte = 0;
+    struct iovec v = { &byte, 1 };
+    ssize_t r = pwritev2_at_pos(p[1], &v, 1, RWF_NOSIGNAL);
+    int err = errno;
+    close(p[0]);
+    close(p[1]);
+    if (r == 1)
+        s = 1;
+    else if (err == EOPNOTSUPP || err == ENOSYS || err == EINVAL)
+        s = -1;
+    else
+        return 0; /* something else went wrong: not known yet */
+    atomic_store_explicit(&nosig_state, s, memory_order_relaxed);
+    return s;
 }
 
 ssize_t ctx__plat_sock_nowait(int fd, const struct iovec *iov, int iovcnt, int flags, int write)
