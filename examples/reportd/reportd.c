@@ -157,11 +157,14 @@ struct request {
  *     until its context ends (504 at its budget) without costing any CPU,
  *     and the slot goes to the next waiter that can still make it.
  *   - Once every waiter granted a slot for 100 ms has waited more than a
- *     tenth of the budget, the queue is standing, not a burst draining
- *     (CoDel's test: the least wait over an interval, not the last one),
- *     which happens only past saturation.  Then the newest waiter goes
- *     first: the newest have the most budget left, so more requests finish
- *     in time and with less wait, and the old ones end at their deadline.
+ *     fortieth of the budget (12.5 ms of the default 500), the queue is
+ *     standing, not a burst draining (CoDel's test: the least wait over an
+ *     interval, not the last one), which happens only at saturation and
+ *     past it.  Then the newest waiter goes first: the newest have the most
+ *     budget left, so more requests finish in time and with less wait, and
+ *     the old ones end at their deadline.  A burst below saturation drains
+ *     in a few service times (ms); a tenth of the budget let the queue at
+ *     the saturating load grow to hundreds of ms first, in FIFO order.
  * Without contexts (--no-ctx) there is no budget: first come, first served.
  */
 #define MAX_SLOTS 64
@@ -240,7 +243,7 @@ static void slot_give(struct slots *s, int slot)
         waiter_unlink(s, w);
         w->slot = slot;
         pthread_cond_signal(&w->cv);
-        if (now - w->since <= cfg.budget_ms * CTX_MILLISECOND / 10)
+        if (now - w->since <= cfg.budget_ms * CTX_MILLISECOND / 40)
             s->short_wait = now;
     } else {
         s->free[s->nfree++] = slot;
