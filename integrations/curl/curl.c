@@ -4,14 +4,11 @@
  * ctx_curl_perform: a libcurl transfer that ends when its context ends.
  *
  * The transfer runs on a multi handle so that this thread can wait in
- * curl_multi_poll() on the transfer's sockets: a cancel or a deadline runs
- * an AfterFunc that calls curl_multi_wakeup(), the poll returns, and the
- * easy handle is taken out of the multi handle, which abandons the transfer
- * in whatever phase it was.  No callback of the user's is replaced, so the
- * easy handle keeps all of its options.  (An earlier version polled the
- * context's done fd instead: an eventfd made, written and closed for every
- * request context that made a call, three system calls a transfer which the
- * AfterFunc spends only when the context really ends during the transfer.)
+ * curl_multi_poll() on the transfer's sockets and on the context's done fd at
+ * once: a cancel or a deadline makes the done fd readable, the poll returns,
+ * and the easy handle is taken out of the multi handle, which abandons the
+ * transfer in whatever phase it was.  No callback of the user's is replaced,
+ * so the easy handle keeps all of its options.
  */
 #include <ctx/curl.h>
 
@@ -109,18 +106,11 @@ static void retire_h2c_connection(CURL *easy)
         shutdown(sock, SHUT_RDWR);
 }
 
-/* The AfterFunc of a transfer's context: ends the poll of the thread that
- * runs the transfer.  curl_multi_wakeup may be called from any thread, and a
- * wake-up that comes before the poll starts is kept until it does. */
-static void wake_multi(void *multi)
-{
-    curl_multi_wakeup(multi);
-}
-
 /* Runs the transfer already added to multi until it finishes (*finished set)
  * or ctx ends. */
-static CURLcode run(ctx_t *ctx, CURLM *multi, CURL *easy, bool *finished)
+static CURLcode run(ctx_t *ctx, CURLM *multi, CURL *easy, int done_fd, bool *finished)
 {
+    struct curl_waitfd extra = { .fd = done_fd, .events = CURL_WAIT_POLLIN, .revents = 0 };
     for (;;) {
         int running = 0;
         CURLMcode mc = curl_multi_perform(multi, &running);
@@ -143,7 +133,7 @@ static CURLcode run(ctx_t *ctx, CURLM *multi, CURL *easy, bool *finished)
 
         /* curl_multi_poll caps the wait by libcurl's own next timeout, so
          * this limit only matters when libcurl has nothing scheduled. */
-        mc = curl_multi_poll(multi, NULL, 0, 1000, NULL);
+        mc = curl_multi_poll(multi, done_fd >= 0 ? &extra : NULL, done_fd >= 0 ? 1 : 0, 1000, NULL);
         if (mc != CURLM_OK)
             return mc == CURLM_OUT_OF_MEMORY ? CURLE_OUT_OF_MEMORY : CURLE_FAILED_INIT;
     }
@@ -157,6 +147,13 @@ CURLcode ctx_curl_perform(ctx_t *ctx, CURL *easy)
     if (err != 0)
         return ended_code(err);
 
+    /* -1 with errno 0 means ctx can never end: the transfer then runs as
+     * curl_easy_perform would. */
+    errno = 0;
+    int done_fd = ctx_done_fd(ctx);
+    if (done_fd < 0 && errno != 0)
+        return CURLE_OUT_OF_MEMORY;
+
     /* Without this, removing a transfer that is still resolving joins the
      * resolver thread, i.e. waits for getaddrinfo() to give up. */
     curl_easy_setopt(easy, CURLOPT_QUICK_EXIT, 1L);
@@ -165,17 +162,8 @@ CURLcode ctx_curl_perform(ctx_t *ctx, CURL *easy)
     CURLM *multi = tm != NULL ? tm->multi : curl_multi_init();
     if (multi == NULL)
         return CURLE_OUT_OF_MEMORY;
-    /* A context that can never end registers nothing, and the transfer runs
-     * as curl_easy_perform would. */
-    ctx_after_t *wake = NULL;
-    if (ctx_after_func(ctx, wake_multi, multi, &wake) != 0) {
-        if (tm == NULL)
-            curl_multi_cleanup(multi);
-        return CURLE_OUT_OF_MEMORY;
-    }
     CURLMcode mc = curl_multi_add_handle(multi, easy);
     if (mc != CURLM_OK) {
-        ctx_after_stop(wake);
         if (tm == NULL)
             curl_multi_cleanup(multi);
         return mc == CURLM_OUT_OF_MEMORY ? CURLE_OUT_OF_MEMORY : CURLE_BAD_FUNCTION_ARGUMENT;
@@ -184,11 +172,7 @@ CURLcode ctx_curl_perform(ctx_t *ctx, CURL *easy)
         tm->busy = true;
 
     bool finished = false;
-    CURLcode rc = run(ctx, multi, easy, &finished);
-    /* Waits for a wake-up already running: after this, nothing touches the
-     * multi handle from another thread.  A wake-up that came after the end
-     * of the transfer only makes the thread's next poll return once. */
-    ctx_after_stop(wake);
+    CURLcode rc = run(ctx, multi, easy, done_fd, &finished);
 
     if (finished) {
         if (h2c_reuse_broken())
