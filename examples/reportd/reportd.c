@@ -702,9 +702,9 @@ static int run_parts(ctx_t *ctx, ctx_task_fn *parts, int n, struct request *r)
 /* GET /report: the request path.  The parts asked for run at once under
  * the request's context, which the budget, the client leaving or the
  * shutdown ends, and that ends them all.  A computation of 0 ms has nothing
- * to run.  A query of 0 ms reads one row in microseconds, less than handing
- * it to another thread and waking up after it would cost: it runs here
- * first, and so does a part that is left alone. */
+ * to run.  A query of 0 ms (one row from SQLite, in microseconds; a round
+ * trip to PostgreSQL) costs less than handing it to another thread and
+ * waking up after it: it runs here first, and so does a part left alone. */
 static void serve_report(struct request *r)
 {
     ctx_t *ctx = r->rc.ctx;
