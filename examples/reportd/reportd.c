@@ -851,15 +851,16 @@ static void *worker(void *arg)
 {
     struct worker w = { .r = arg };
     sem_init(&w.wake, 0, 0);
-    do {
+    for (;;) {
         serve(w.r);
         pthread_mutex_lock(&run.mu);
         if ((w.r = run.head) != NULL) {
-            run.head = w.r->next;
+            run.head = w.r->next; /* queued when no thread could start */
             pthread_mutex_unlock(&run.mu);
-            continue;
+        } else if (!worker_idle(&w)) {
+            break;
         }
-    } while (worker_idle(&w));
+    }
     sem_destroy(&w.wake);
     return NULL;
 }
