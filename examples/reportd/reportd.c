@@ -699,27 +699,21 @@ static int run_parts(ctx_t *ctx, ctx_task_fn *parts, int n, struct request *r)
     return err;
 }
 
-/* GET /report: the request path.  The parts asked for run at once under
+/* GET /report: the request path.  The parts run at once in a group under
  * the request's context, which the budget, the client leaving or the
  * shutdown ends, and that ends them all.  A computation of 0 ms has nothing
- * to run.  A query of 0 ms (one row from SQLite, in microseconds; a round
- * trip to PostgreSQL) costs less than handing it to another thread and
- * waking up after it: it runs here first, and so does a part left alone. */
+ * to run. */
 static void serve_report(struct request *r)
 {
     ctx_t *ctx = r->rc.ctx;
     ctx_task_fn parts[NPARTS];
-    int n = 0, err = r->ms[DB] == 0 ? db_part(ctx, r) : 0;
+    int n = 0;
     if (r->ms[COMPUTE] > 0)
         parts[n++] = compute_part;
-    if (r->ms[DB] > 0)
-        parts[n++] = db_part;
+    parts[n++] = db_part;
     if (cfg.upstream != NULL)
         parts[n++] = upstream_part;
-    if (err == 0 && n == 1)
-        err = parts[0](ctx, r);
-    else if (err == 0 && n > 1)
-        err = run_parts(ctx, parts, n, r);
+    int err = run_parts(ctx, parts, n, r);
 
     enum outcome o = err == 0 ? OK : ended_because(r->rc.req != NULL ? r->rc.req : ctx, ctx, err);
     char trace[33] = "";
