@@ -7,12 +7,16 @@ alike.
 
     bench/service_twin.py --reportd build/examples/reportd/reportd --out build/bench
                           [--seconds 5] [--rounds 3] [--quick] [--no-plot]
+                          [--before OTHER_REPORTD]
 
 1. Closed loop, wrk -t2, 50 connections and then 500, on three loads:
    /report with no work; /report?compute_ms=1&db_ms=1; two services (a
    front calling a downstream) with /report?upstream_ms=1.  Per round and
    side: requests/s, p99, non-2xx answers, CPU per request (user+system of
    the service processes, from /proc).  The ratios are taken round by round.
+   With --before, a second reportd (another build, e.g. the previous
+   commit) runs in the same rounds, and a second table gives reportd's
+   figures against it: a paired A/B of two versions on the same load.
 2. The curve: an open-loop generator (bench/service_twin/load) offers
    compute_ms=1&db_ms=1 at rates from a quarter to twice the saturating
    rate found in 1; per rate and side: goodput, p99 of the successful
@@ -95,7 +99,7 @@ def side(kind, binary, tmp, upstream):
     if upstream:
         down = Proc(binary(), tmp, kind + "-down")
         procs.append(down)
-        extra = ["--upstream" if kind == "reportd" else "-upstream", down.url]
+        extra = ["-upstream" if kind == "twin" else "--upstream", down.url]
     front = Proc(binary() + extra, tmp, kind + "-front")
     return front, [front] + procs
 
@@ -138,11 +142,13 @@ def closed_loop(args, tmp, sides, conns, md):
               "| non-2xx reportd / twin | CPU per request reportd / twin us | CPU ratio |")
     md.append("|---|---|---|---|---|---|---|---|")
     sat = {}
+    ab = []
     for name, path, two in LOADS:
-        rs = {"reportd": [], "twin": []}
+        rs = {k: [] for k in sides}
         services = {k: side(k, b, tmp, two) for k, b in sides.items()}
         for rnd in range(args.rounds):
-            order = ["reportd", "twin"] if rnd % 2 == 0 else ["twin", "reportd"]
+            # Each side goes first in turn.
+            order = list(sides)[rnd % len(sides):] + list(sides)[:rnd % len(sides)]
             for k in order:
                 rs[k].append(measure(services[k][0], services[k][1], path, conns, args.seconds))
         for k in services:
@@ -160,6 +166,25 @@ def closed_loop(args, tmp, sides, conns, md):
         sat[name] = max(statistics.median(x["rps"] for x in a),
                         statistics.median(y["rps"] for y in b))
         print(md[-1], flush=True)
+        if "before" in rs:
+            b = rs["before"]
+            ab.append("| %s | %.0f | %.0f | %s | %.1f / %.1f | %d / %d | %.0f / %.0f | %s |" % (
+                name, statistics.median(x["rps"] for x in a),
+                statistics.median(y["rps"] for y in b),
+                spread([x["rps"] / y["rps"] for x, y in zip(a, b)]),
+                statistics.median(x["p99"] for x in a), statistics.median(y["p99"] for y in b),
+                sum(x["bad"] + x["errs"] for x in a), sum(y["bad"] + y["errs"] for y in b),
+                statistics.median(x["cpu_us"] for x in a),
+                statistics.median(y["cpu_us"] for y in b),
+                spread([x["cpu_us"] / y["cpu_us"] for x, y in zip(a, b)])))
+            print(ab[-1], flush=True)
+    if ab:
+        md.append("\nThe same rounds, reportd against --before (%s):\n" % args.before)
+        md.append("| load | reportd req/s | before req/s | ratio (median, range) | p99 reportd / "
+                  "before ms | non-2xx reportd / before | CPU per request reportd / before us "
+                  "| CPU ratio |")
+        md.append("|---|---|---|---|---|---|---|---|")
+        md.extend(ab)
     return sat
 
 
@@ -275,6 +300,7 @@ def main():
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--quick", action="store_true", help="fewer points and connections")
     ap.add_argument("--no-plot", action="store_true")
+    ap.add_argument("--before", help="another reportd build to compare in the closed loop")
     ap.add_argument("--skip", default="", help="comma-separated: closed,wide,curve,slow")
     ap.add_argument("--saturating", type=float, default=0,
                     help="the saturating rate for the curve when the closed loop is skipped")
@@ -291,6 +317,9 @@ def main():
     sides = {"reportd": lambda: [args.reportd, "--listen", "127.0.0.1:0",
                                  "--budget-ms", str(BUDGET_MS)],
              "twin": lambda: [twin, "-listen", "127.0.0.1:0", "-budget-ms", str(BUDGET_MS)]}
+    if args.before:
+        sides["before"] = lambda: [args.before, "--listen", "127.0.0.1:0",
+                                   "--budget-ms", str(BUDGET_MS)]
     with open("/proc/cpuinfo") as f:
         model = next((l.split(":", 1)[1].strip() for l in f if l.startswith("model name")), "?")
     md = ["## reportd beside its Go twin",
@@ -306,7 +335,8 @@ def main():
             closed_loop(args, tmp, sides, 500, md)
         if "curve" not in skip:
             s = sat.get(LOADS[1][0]) or args.saturating or 900
-            curve = open_loop(args, tmp, sides, load, s, md)
+            pair = {k: sides[k] for k in ("reportd", "twin")}
+            curve = open_loop(args, tmp, pair, load, s, md)
             png = os.path.join(args.out, "service_twin_curve.png")
             if not args.no_plot:
                 ok, err = plot(curve, png)

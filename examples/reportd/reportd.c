@@ -56,6 +56,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <semaphore.h>
 #include <sys/random.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
@@ -156,11 +157,14 @@ struct request {
  *     until its context ends (504 at its budget) without costing any CPU,
  *     and the slot goes to the next waiter that can still make it.
  *   - Once every waiter granted a slot for 100 ms has waited more than a
- *     tenth of the budget, the queue is standing, not a burst draining
- *     (CoDel's test: the least wait over an interval, not the last one),
- *     which happens only past saturation.  Then the newest waiter goes
- *     first: the newest have the most budget left, so more requests finish
- *     in time and with less wait, and the old ones end at their deadline.
+ *     fortieth of the budget (12.5 ms of the default 500), the queue is
+ *     standing, not a burst draining (CoDel's test: the least wait over an
+ *     interval, not the last one), which happens only at saturation and
+ *     past it.  Then the newest waiter goes first: the newest have the most
+ *     budget left, so more requests finish in time and with less wait, and
+ *     the old ones end at their deadline.  A burst below saturation drains
+ *     in a few service times (ms); a tenth of the budget let the queue at
+ *     the saturating load grow to hundreds of ms first, in FIFO order.
  * Without contexts (--no-ctx) there is no budget: first come, first served.
  */
 #define MAX_SLOTS 64
@@ -239,7 +243,7 @@ static void slot_give(struct slots *s, int slot)
         waiter_unlink(s, w);
         w->slot = slot;
         pthread_cond_signal(&w->cv);
-        if (now - w->since <= cfg.budget_ms * CTX_MILLISECOND / 10)
+        if (now - w->since <= cfg.budget_ms * CTX_MILLISECOND / 40)
             s->short_wait = now;
     } else {
         s->free[s->nfree++] = slot;
@@ -462,6 +466,29 @@ static size_t on_body(char *p, size_t size, size_t n, void *arg)
     return len;
 }
 
+/* Each thread keeps one easy handle between calls, as it keeps its
+ * connections (ctx_curl_perform): curl_easy_reset clears the options and
+ * keeps the handle's buffers, which curl_easy_init would allocate and clear
+ * again for every call (tens of kilobytes). */
+static pthread_key_t easy_key;
+
+static void easy_free(void *easy)
+{
+    curl_easy_cleanup(easy);
+}
+
+static CURL *thread_easy(void)
+{
+    CURL *easy = pthread_getspecific(easy_key);
+    if (easy != NULL) {
+        curl_easy_reset(easy);
+    } else if ((easy = curl_easy_init()) != NULL && pthread_setspecific(easy_key, easy) != 0) {
+        curl_easy_cleanup(easy);
+        easy = NULL;
+    }
+    return easy;
+}
+
 static int upstream_part(ctx_t *ctx, void *arg)
 {
     struct request *r = arg;
@@ -473,7 +500,7 @@ static int upstream_part(ctx_t *ctx, void *arg)
     snprintf(id_header, sizeof id_header, "X-Request-Id: %s", r->id);
     struct body b = { .len = 0 };
     struct curl_slist *headers = curl_slist_append(NULL, id_header);
-    CURL *easy = curl_easy_init();
+    CURL *easy = thread_easy();
     if (headers != NULL && easy != NULL) {
         struct curl_slist *all = cfg.no_ctx ? headers : ctx_curl_headers(ctx, headers);
         curl_easy_setopt(easy, CURLOPT_URL, url);
@@ -497,7 +524,6 @@ static int upstream_part(ctx_t *ctx, void *arg)
         else
             rc = 0;
     }
-    curl_easy_cleanup(easy);
     curl_slist_free_all(headers);
     return part_end(r, UPSTREAM, start, ctx, rc);
 }
@@ -654,27 +680,40 @@ static void answer_failure(struct request *r, enum outcome o, int err)
     answer(r, status, "application/json", "{\"request_id\":\"%s\",\"error\":\"%s\"}\n", r->id, why);
 }
 
-/* GET /report: the request path.  The three parts run at once in a group
- * under the request's context; the first failure cancels the others, and
- * so does the budget, the client leaving or the shutdown. */
+/* The parts run at once in a group under ctx: the first failure cancels
+ * the others, and so does the end of ctx. */
+static int run_parts(ctx_t *ctx, ctx_task_fn *parts, int n, struct request *r)
+{
+    ctx_t *gctx = NULL;
+    ctx_group_t *g = ctx_group_new(ctx, &gctx);
+    if (g == NULL)
+        return EAGAIN;
+    int go = 0;
+    for (int i = 0; i < n && go == 0; i++)
+        go = ctx_group_go(g, parts[i], r);
+    int err = ctx_group_wait(g, NULL);
+    ctx_unref(gctx);
+    /* A part that could not start: the context's end, or no thread. */
+    if (err == 0 && go != 0)
+        err = ctx_err(ctx) != 0 ? ctx_err(ctx) : EAGAIN;
+    return err;
+}
+
+/* GET /report: the request path.  The parts run at once in a group under
+ * the request's context, which the budget, the client leaving or the
+ * shutdown ends, and that ends them all.  A computation of 0 ms has nothing
+ * to run. */
 static void serve_report(struct request *r)
 {
-    ctx_t *ctx = r->rc.ctx, *gctx = NULL;
-    ctx_group_t *g = ctx_group_new(ctx, &gctx);
-    int err = g == NULL ? EAGAIN : 0;
-    if (g != NULL) {
-        /* A computation of 0 ms has nothing to run: no task for it. */
-        int go = r->ms[COMPUTE] > 0 ? ctx_group_go(g, compute_part, r) : 0;
-        if (go == 0)
-            go = ctx_group_go(g, db_part, r);
-        if (go == 0 && cfg.upstream != NULL)
-            go = ctx_group_go(g, upstream_part, r);
-        err = ctx_group_wait(g, NULL);
-        /* A part that could not start: the context's end, or no thread. */
-        if (err == 0 && go != 0)
-            err = ctx_err(ctx) != 0 ? ctx_err(ctx) : EAGAIN;
-    }
-    ctx_unref(gctx);
+    ctx_t *ctx = r->rc.ctx;
+    ctx_task_fn parts[NPARTS];
+    int n = 0;
+    if (r->ms[COMPUTE] > 0)
+        parts[n++] = compute_part;
+    parts[n++] = db_part;
+    if (cfg.upstream != NULL)
+        parts[n++] = upstream_part;
+    int err = run_parts(ctx, parts, n, r);
 
     enum outcome o = err == 0 ? OK : ended_because(r->rc.req != NULL ? r->rc.req : ctx, ctx, err);
     char trace[33] = "";
@@ -737,21 +776,31 @@ static bool start_task(struct request *r)
 }
 
 /* ------------------------------------------------------------------------
- * Workers.  The event loop suspends a /report and queues it here; a worker runs it as blocking code
- * under its context, leaves the answer in the request and resumes the connection, and the event
- * loop sends the answer.  A worker serves one request at a time, so there are about as many as
- * requests in flight; idle ones stay a while for the next request, then leave, so that a burst
- * leaves no crowd behind. First come, first served: the order that matters under load is that of
- * the slots above, where the work waits.
+ * Workers.  The event loop suspends a /report and hands it here; a worker
+ * runs it as blocking code under its context, leaves the answer in the
+ * request and resumes the connection, and the event loop sends the answer.
+ * A worker serves one request at a time, so there are about as many as
+ * requests in flight; idle ones stay a while for the next request, then
+ * leave, so that a burst leaves no crowd behind.
+ *
+ * The hand-off is direct: the event loop gives the request to the worker
+ * that went idle last (its stack and its kept connections are the warmest)
+ * and wakes that one alone, on a semaphore of its own, so the worker wakes
+ * up holding its request without taking the shared lock again.  The order
+ * that matters under load is that of the slots above, where the work waits.
  */
+struct worker {
+    sem_t wake;          /* posted when a request is handed over */
+    struct request *r;   /* the request handed over */
+    struct worker *next; /* in the idle stack */
+};
+
 static struct {
     pthread_mutex_t mu;
-    pthread_cond_t cv;
-    struct request *head, *tail;
-    int queued;  /* requests in the queue */
-    int idle;    /* workers waiting for one */
-    int threads; /* workers alive */
-} run = { PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, NULL, NULL, 0, 0, 0 };
+    struct worker *idle;         /* idle workers, the last one to go idle first */
+    struct request *head, *tail; /* requests that no worker could take yet */
+    int threads;                 /* workers alive */
+} run = { PTHREAD_MUTEX_INITIALIZER, NULL, NULL, NULL, 0 };
 
 static pthread_attr_t worker_attr; /* detached, small stacks (main) */
 
@@ -761,62 +810,92 @@ static void serve(struct request *r)
     finish(r);
 }
 
+/* Waits up to 2 s for a request; false when none came and w has left the
+ * idle stack (the worker then ends).  Under run.mu, which it releases. */
+static bool worker_idle(struct worker *w)
+{
+    w->r = NULL;
+    w->next = run.idle;
+    run.idle = w;
+    pthread_mutex_unlock(&run.mu);
+    struct timespec until;
+    clock_gettime(CLOCK_REALTIME, &until);
+    until.tv_sec += 2;
+    int rc;
+    while ((rc = sem_timedwait(&w->wake, &until)) != 0 && errno == EINTR)
+        ;
+    if (rc == 0)
+        return true;
+    pthread_mutex_lock(&run.mu);
+    bool handed = w->r != NULL; /* handed over as the wait ended: its post follows */
+    if (!handed) {
+        struct worker **pp = &run.idle;
+        while (*pp != w)
+            pp = &(*pp)->next;
+        *pp = w->next;
+        run.threads--;
+    }
+    pthread_mutex_unlock(&run.mu);
+    if (handed)
+        sem_wait(&w->wake);
+    return handed;
+}
+
 static void *worker(void *arg)
 {
-    (void)arg;
-    pthread_mutex_lock(&run.mu);
+    struct worker w = { .r = arg };
+    sem_init(&w.wake, 0, 0);
     for (;;) {
-        int rc = 0;
-        run.idle++;
-        while (run.head == NULL && rc == 0) {
-            struct timespec until;
-            clock_gettime(CLOCK_REALTIME, &until);
-            until.tv_sec += 2;
-            rc = pthread_cond_timedwait(&run.cv, &run.mu, &until);
-        }
-        run.idle--;
-        struct request *r = run.head;
-        if (r == NULL)
-            break; /* idle for 2 s */
-        run.head = r->next;
-        if (run.head == NULL)
-            run.tail = NULL;
-        run.queued--;
-        pthread_mutex_unlock(&run.mu);
-        serve(r);
+        serve(w.r);
         pthread_mutex_lock(&run.mu);
+        if ((w.r = run.head) != NULL) {
+            run.head = w.r->next; /* queued when no thread could start */
+            pthread_mutex_unlock(&run.mu);
+        } else if (!worker_idle(&w)) {
+            break;
+        }
     }
-    run.threads--;
-    pthread_mutex_unlock(&run.mu);
+    sem_destroy(&w.wake);
     return NULL;
 }
 
-/* Queues r for a worker, starting one when none is idle.  False when there
- * is no worker at all and none can start. */
-static bool dispatch(struct request *r)
+/* Gives r to an idle worker, else to a new one, else queues it for the next
+ * worker that finishes.  Under run.mu, which it releases.  False when there
+ * is no worker at all. */
+static bool hand_over(struct request *r)
 {
-    pthread_mutex_lock(&run.mu);
-    r->next = NULL;
-    *(run.tail != NULL ? &run.tail->next : &run.head) = r;
-    run.tail = r;
-    run.queued++;
-    bool ok = true;
-    if (run.idle >= run.queued) {
-        pthread_cond_signal(&run.cv);
-    } else {
-        pthread_t t;
-        if (pthread_create(&t, &worker_attr, worker, NULL) == 0) {
-            run.threads++;
-        } else if (run.threads == 0) {
-            /* Every earlier request found or started a worker or left, so
-             * r is the only one queued. */
-            run.head = run.tail = NULL;
-            run.queued = 0;
-            ok = false;
-        }
+    struct worker *w = run.idle;
+    if (w != NULL) {
+        run.idle = w->next;
+        w->r = r;
+        pthread_mutex_unlock(&run.mu);
+        sem_post(&w->wake);
+        return true;
+    }
+    bool ok = run.threads > 0;
+    if (ok) {
+        r->next = NULL;
+        *(run.head != NULL ? &run.tail->next : &run.head) = r;
+        run.tail = r;
     }
     pthread_mutex_unlock(&run.mu);
     return ok;
+}
+
+static bool dispatch(struct request *r)
+{
+    pthread_mutex_lock(&run.mu);
+    if (run.idle == NULL) {
+        /* Started outside the lock: a clone takes tens of microseconds. */
+        run.threads++;
+        pthread_mutex_unlock(&run.mu);
+        pthread_t t;
+        if (pthread_create(&t, &worker_attr, worker, r) == 0)
+            return true;
+        pthread_mutex_lock(&run.mu);
+        run.threads--;
+    }
+    return hand_over(r);
 }
 
 /* ------------------------------------------------------------------------
@@ -1250,8 +1329,9 @@ int main(int argc, char **argv)
     if (stop == NULL || base == NULL)
         die("cannot make the server's contexts");
     signal(SIGPIPE, SIG_IGN);
-    if (curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK)
-        die("curl_global_init failed");
+    if (curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK ||
+        pthread_key_create(&easy_key, easy_free) != 0)
+        die("cannot start libcurl");
 
     if (cfg.db != NULL && strncmp(cfg.db, "postgres:", 9) == 0) {
 #ifndef REPORTD_WITH_PQ
