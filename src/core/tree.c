@@ -221,11 +221,8 @@ static void free_chain(struct ctx *c)
              * ctx_cancel holds c through the handle, which is why the state
              * is read after it.) */
             s = atomic_load_explicit(&c->u.c.state, memory_order_relaxed);
-            if (kind != CTX__CANCEL || (s & CTX__HANDLE)) {
-                uint32_t h = ((struct ctx__hnode *)c)->handle;
-                if (h != 0)
-                    ctx__handle_drop(h);
-            }
+            if (kind != CTX__CANCEL || (s & CTX__HANDLE))
+                ctx__handle_drop_node(c);
             s = atomic_load_explicit(&c->u.c.state, memory_order_acquire);
             if ((s & CTX__ERR_MASK) == 0) {
                 /* Live: unlink under the parent's lock (or its shard's).
@@ -417,8 +414,6 @@ void ctx__init_cancel(struct ctx *n, ctx_t *parent, unsigned kind)
     atomic_init(&n->refs, 1);
     atomic_init(&n->lock, 0);
     atomic_init(&n->u.c.state, flags);
-    if (kind != CTX__CANCEL || flags)
-        ((struct ctx__hnode *)n)->handle = 0; /* until ctx__handle_bind */
     if (kind != CTX__TIMER) {
         /* A timer's creator has put its deadline's cause here already. */
         n->u.c.cause = 0;
