@@ -457,6 +457,9 @@ static inline _Atomic uint32_t *ctx__hword(void *block)
 /* Makes the handle of a bound slab block stale: bumps the generation and
  * clears CTX__SLAB_BOUND, waiting while the block is pinned (cancel.c). */
 void ctx__slab_drop(_Atomic uint32_t *word);
+/* For tests: blocks carved so far, free in the global list, free in this
+ * thread's list. */
+void ctx__slab_counts(size_t *made, size_t *global_free, size_t *mine);
 
 /* ---- futex (linux/futex.c or posix/futex.c).  wait returns 0 when woken
  * or when *addr != expected, ETIMEDOUT when abs_deadline (CLOCK_MONOTONIC,

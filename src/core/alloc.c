@@ -373,3 +373,13 @@ void ctx__node_free(void *p, size_t size)
     else if (tc.n[1] > SLAB_CACHE)
         slab_give(SLAB_CACHE / 2);
 }
+
+void ctx__slab_counts(size_t *made, size_t *global_free, size_t *mine)
+{
+    ctx__lock(&slab_lock);
+    uint32_t n = atomic_load_explicit(&ctx__slab_nchunks, memory_order_relaxed);
+    *made = n == 0 ? 0 : (size_t)(n - 1) * CTX__SLAB_PER + carved;
+    *global_free = slab_nfree;
+    ctx__unlock(&slab_lock);
+    *mine = tc.n[1];
+}
