@@ -426,17 +426,18 @@ void ctx__node_free(void *p, size_t size);
  * back.  A block stays a 96-byte block forever (type-stable), so the word
  * at its handle offset stays readable after the node in it is freed: that
  * word is the block's generation, and a cancel handle is the block's
- * number and that generation (core/cancel.c).  Block number i lives in
- * chunk i / CTX__SLAB_PER; a chunk's number is published (release, in
+ * number and that generation (core/cancel.c).  Block number i is block
+ * i & 4095 of chunk i >> 12; a chunk's number is published (release, in
  * ctx__slab_nchunks) after its address. */
 #define CTX__SLAB_BLOCK 96u
 #define CTX__SLAB_HEAD  64u
 #define CTX__SLAB_CHUNK ((uintptr_t)1 << 18) /* 64 + 2730 * 96: no byte spare */
 #define CTX__SLAB_PER   ((uint32_t)((CTX__SLAB_CHUNK - CTX__SLAB_HEAD) / CTX__SLAB_BLOCK))
+#define CTX__SLAB_SHIFT 12 /* a block's number: chunk << 12 | place */
 #if UINTPTR_MAX > 0xffffffffu
 #define CTX__SLAB_MAXCH (1u << 17) /* 32 GiB of blocks */
 #else
-#define CTX__SLAB_MAXCH 192u /* 48 MiB: block numbers below 2^19 */
+#define CTX__SLAB_MAXCH 128u /* 32 MiB: block numbers below 2^19 */
 #endif
 extern unsigned char *_Atomic ctx__slab_chunks[CTX__SLAB_MAXCH];
 extern _Atomic uint32_t ctx__slab_nchunks;
