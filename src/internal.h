@@ -237,7 +237,8 @@ enum ctx__run {
 
 /* A cancel node with the word its cancel handle names (core/cancel.c).
  * TIMER and CUSTOM nodes begin the same way; a CANCEL node is one only when
- * its state has CTX__HANDLE.  All of them are 96-byte blocks, and the word
+ * its state has CTX__HANDLE.  All of them are handle blocks (alloc.c: 96
+ * bytes, 64 on i386), and the word
  * belongs to the allocator and the handle code, never to the node's
  * creator: in a block of the slab (alloc.c) it is the block's generation,
  * which outlives the node (CTX__SLAB_WORD set); in a block from
@@ -413,25 +414,28 @@ void *ctx__alloc(size_t size);
 void ctx__free(void *p);
 /* Node blocks (at most 96 bytes), from a per-thread cache when possible.
  * ctx__node_free must be given the size passed to ctx__node_alloc.  A
- * 96-byte block (any size above 64) is a struct ctx__hnode, ctx__timer or
- * ctx__custom: its handle word is set up by ctx__node_alloc and must not be
- * written by the caller. */
+ * block larger than struct ctx is a struct ctx__hnode, ctx__timer or
+ * ctx__custom (a "handle block", from the slab below): its handle word is
+ * set up by ctx__node_alloc and must not be written by the caller. */
 void *ctx__node_alloc(size_t size);
 void ctx__node_free(void *p, size_t size);
 
-/* The slab of 96-byte blocks (alloc.c).  With the default allocator every
- * 96-byte node comes from here: chunks of CTX__SLAB_CHUNK bytes aligned to
- * their size, each a 64-byte header (the chunk's number) and then
- * CTX__SLAB_PER blocks, taken from the system in bulk and never given
- * back.  A block stays a 96-byte block forever (type-stable), so the word
- * at its handle offset stays readable after the node in it is freed: that
- * word is the block's generation, and a cancel handle is the block's
- * number and that generation (core/cancel.c).  Block number i is block
- * i & 4095 of chunk i >> 12; a chunk's number is published (release, in
- * ctx__slab_nchunks) after its address. */
-#define CTX__SLAB_BLOCK 96u
+/* The slab of handle blocks (alloc.c): 96 bytes (64 on i386).  With the
+ * default allocator every node with a handle field comes from here: chunks of CTX__SLAB_CHUNK bytes
+ * aligned to their size, each a 64-byte header (the chunk's number) and then CTX__SLAB_PER blocks,
+ * taken from the system in bulk and never given back.  A block stays a handle block forever
+ * (type-stable), so the word at its handle offset stays readable after the node in it is freed:
+ * that word is the block's generation, and a cancel handle is the block's number and that
+ * generation (core/cancel.c).  Block number i is block i & 4095 of chunk i >> 12; a chunk's number
+ * is published (release, in ctx__slab_nchunks) after its address. */
+/* 96 bytes; 64 where every node with a handle field fits (i386, whose
+ * 8-byte integers are 4-aligned in a struct). */
+#define CTX__SLAB_FITS64                                                                           \
+    (sizeof(struct ctx__timer) <= 64 && sizeof(struct ctx__custom) <= 64 &&                        \
+     sizeof(struct ctx__hnode) <= 64)
+#define CTX__SLAB_BLOCK (CTX__SLAB_FITS64 ? 64u : 96u)
 #define CTX__SLAB_HEAD  64u
-#define CTX__SLAB_CHUNK ((uintptr_t)1 << 18) /* 64 + 2730 * 96: no byte spare */
+#define CTX__SLAB_CHUNK ((uintptr_t)1 << 18) /* 64 + 2730 * 96 or 4095 * 64 */
 #define CTX__SLAB_PER   ((uint32_t)((CTX__SLAB_CHUNK - CTX__SLAB_HEAD) / CTX__SLAB_BLOCK))
 #define CTX__SLAB_SHIFT 12 /* a block's number: chunk << 12 | place */
 #if UINTPTR_MAX > 0xffffffffu
@@ -450,7 +454,7 @@ extern _Atomic uint32_t ctx__slab_nchunks;
 #define CTX__SLAB_BOUND  2u
 #define CTX__SLAB_PINNED 1u
 #define CTX__SLAB_GEN    0x1fffffffu /* after >> 2 */
-/* The handle word of a 96-byte node block. */
+/* The handle word of a handle block. */
 static inline _Atomic uint32_t *ctx__hword(void *block)
 {
     return &((struct ctx__hnode *)block)->handle;
@@ -601,7 +605,7 @@ int ctx__try_ref(struct ctx *c);
  * reserve makes sure this thread holds a free cell (0 or ENOMEM), so that
  * the bind that follows it on the same thread cannot fail; call it before
  * anything that would have to be undone.  bind gives the cancel node n (a
- * 96-byte block) a handle; handle_new gives any object a cell, storing the
+ * handle block) a handle; handle_new gives any object a cell, storing the
  * cell index + 1 in *idx.  pin returns the object of a live handle and
  * keeps it from being dropped until unpin, or NULL for a stale one; it
  * aborts with a message naming `what` for a foreign one.  peek is pin
@@ -618,6 +622,8 @@ void ctx__handle_unpin(const void *h);
 void *ctx__handle_peek(const void *h, const char *what);
 void ctx__handle_drop(uint32_t idx);
 void ctx__handle_drop_node(struct ctx *n);
+/* For tests: the cells made so far. */
+size_t ctx__handle_cells(void);
 /* Cancels n, pinned through handle h, as ctx__cancel(n, ..., 0) does, and
  * unpins h as soon as n itself is no longer needed: before the AfterFunc
  * callbacks run, since one of them may drop n's last reference. */

@@ -13,9 +13,9 @@
  *     with the message (in a child process);
  *   - a cancel racing the free of its context, from another thread, never
  *     touches the new context of the block (the pin blocks the drop);
- *   - forgotten cancels and threads that come and go leave the slab the
- *     size it was: freed blocks are reused, a thread's list goes back to
- *     the global one when the thread exits;
+ *   - forgotten cancels and threads that come and go leave the slab (and
+ *     the handle cells) the size they were: freed blocks are reused, a
+ *     thread's lists go back to the global ones when the thread exits;
  *   - under AddressSanitizer, reading a freed node is reported although its
  *     block stays in the slab.
  */
@@ -28,6 +28,8 @@
 /* alloc.c, for tests: blocks carved, free in the global list, free in this
  * thread's list. */
 void ctx__slab_counts(size_t *made, size_t *global_free, size_t *mine);
+/* cancel.c, for tests: the handle cells made so far. */
+size_t ctx__handle_cells(void);
 
 /* Blocks of the slab that hold a node, counted from this thread: every
  * other thread that freed blocks must have exited. */
@@ -166,6 +168,7 @@ static void *drop_and_reuse(void *arg)
 
 static void test_cancel_races_reuse(void)
 {
+    size_t cells0 = ctx__handle_cells();
     long rounds = check_scale(3000);
     for (long i = 0; i < rounds; i++) {
         struct race r;
@@ -185,6 +188,9 @@ static void test_cancel_races_reuse(void)
         ctx_unref(r.next);
         check_latch_destroy(&r.go);
     }
+    /* A thread per round, each reserving cells: they came back. */
+    CHECK_MSG(ctx__handle_cells() <= cells0 + 1024, "cells grew from %zu to %zu", cells0,
+              ctx__handle_cells());
 }
 
 /* Forgotten cancels: the blocks come back, so a second burst of the same
@@ -237,7 +243,7 @@ static void *burst(void *arg)
 
 static void test_thread_exit_returns(void)
 {
-    size_t made[6], g, m;
+    size_t made[6], cells[6], g, m;
     for (int round = 0; round < 6; round++) {
         /* One at a time, so that no thread holds free blocks while another
          * needs them: then the slab's size is exact. */
@@ -247,10 +253,13 @@ static void test_thread_exit_returns(void)
             check_thread_join(t);
         }
         ctx__slab_counts(&made[round], &g, &m);
+        cells[round] = ctx__handle_cells();
     }
     /* A thread's list goes back when its exit handler runs, which
-     * pthread_join waits for. */
+     * pthread_join waits for.  So do the handle cells a thread reserved
+     * and never used (its handles were all slab handles). */
     CHECK_MSG(made[5] == made[0], "the slab grew from %zu to %zu blocks", made[0], made[5]);
+    CHECK_MSG(cells[5] == cells[0], "the cells grew from %zu to %zu", cells[0], cells[5]);
 }
 
 #if defined(__SANITIZE_ADDRESS__)

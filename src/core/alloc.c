@@ -57,7 +57,9 @@ void ctx__free(void *p)
 /* ---------------------------------------------------------------------------
  * Node blocks.
  *
- * Every node is a 64-byte or a 96-byte block.
+ * Every node is a 64-byte block or a handle block (96 bytes; 64 on i386,
+ * where every node fits in 64), by its size: up to sizeof(struct ctx), or
+ * more.
  *
  * A 64-byte block comes from ctx__alloc.  A thread keeps some freed blocks
  * and hands them out again, which turns a malloc/free pair into a few loads
@@ -66,26 +68,26 @@ void ctx__free(void *p)
  * exit(), by a destructor.  Under AddressSanitizer and ThreadSanitizer it is
  * compiled out, so every such node is a fresh allocation they can track.
  *
- * A 96-byte block (a node with a cancel handle: timers, cancel nodes made
- * with a handle, custom nodes) comes from the slab, with the default
+ * A handle block (a node with a cancel handle's word: timers, cancel nodes
+ * made with a handle, custom nodes) comes from the slab, with the default
  * allocator: chunks of 256 KiB, aligned to their size, taken from the
  * system in bulk (mmap; the C library's aligned_alloc under sanitizers, so
  * that leak checkers scan them) and never given back, each a 64-byte
- * header and 2730 blocks with no per-block header.  A block stays a 96-byte
- * node block for the life of the process, which is what lets a cancel
+ * header and 2730 blocks of 96 bytes (4095 of 64) with no per-block
+ * header.  A block stays a handle block for the life of the process, which is what lets a cancel
  * handle name it by number and check the generation word inside it after
  * the node is freed (core/cancel.c).  Free blocks wait in a per-thread list
  * (at most SLAB_CACHE) and beyond that in a global one under a lock; a
  * thread's list goes back to the global one when the thread exits.  So the
- * slab keeps its peak: after a burst of N live 96-byte nodes it holds about
- * N * 96 bytes (rounded up to the chunk being carved) for later nodes,
+ * slab keeps its peak: after a burst of N live handle blocks it holds about
+ * N blocks (rounded up to the chunk being carved) for later nodes,
  * whichever thread makes them.  A chunk's blocks are carved a batch at a
  * time, so pages that never held a node are never touched.  Under
  * AddressSanitizer a free block is poisoned except for its list link and its
  * generation word, so a use after free is still reported.
  *
- * With a program's allocator installed (ctx_replace_allocator), 96-byte
- * nodes come from it like everything else and their handles use cells; a
+ * With a program's allocator installed (ctx_replace_allocator), handle
+ * blocks come from it like everything else and their handles use cells; a
  * block's handle word tells the free which way it came.
  */
 
@@ -306,7 +308,7 @@ __attribute__((destructor)) static void process_gone(void)
 void *ctx__node_alloc(size_t size)
 {
     bool cache = atomic_load_explicit(&caching, memory_order_relaxed);
-    if (size <= 64) {
+    if (size <= sizeof(struct ctx)) {
 #if CTX__NODE_CACHE
         void *p = tc.head[0];
         if (p != NULL && cache) {
@@ -334,7 +336,7 @@ void *ctx__node_alloc(size_t size)
 
 void ctx__node_free(void *p, size_t size)
 {
-    if (size <= 64) {
+    if (size <= sizeof(struct ctx)) {
 #if CTX__NODE_CACHE
         if (tc.n[0] < CACHE_MAX && tc.state != 2 &&
             atomic_load_explicit(&caching, memory_order_relaxed)) {

@@ -199,6 +199,14 @@ static void hc_make_key(void)
 static int hc_refill(void)
 {
     int e = 0;
+    if (hc.state == 0) {
+        /* The cells go back when the thread exits, also those it only
+         * reserved (a thread whose nodes all have slab handles never drops
+         * a cell). */
+        pthread_once(&hc_once, hc_make_key);
+        pthread_setspecific(hc_key, &hc);
+        hc.state = 1;
+    }
     ctx__lock(&glock);
     if (gfree != 0) {
         for (unsigned k = 0; k < CACHE_MAX / 2 && gfree != 0; k++) {
@@ -236,6 +244,11 @@ static int hc_refill(void)
     }
     ctx__unlock(&glock);
     return e;
+}
+
+size_t ctx__handle_cells(void)
+{
+    return atomic_load_explicit(&ncells, memory_order_relaxed);
 }
 
 int ctx__handle_reserve(void)
