@@ -305,21 +305,16 @@ __attribute__((destructor)) static void process_gone(void)
 }
 #endif
 
-void *ctx__node_alloc(size_t size)
-{
-    bool cache = atomic_load_explicit(&caching, memory_order_relaxed);
-    if (size <= sizeof(struct ctx)) {
-#if CTX__NODE_CACHE
-        void *p = tc.head[0];
-        if (p != NULL && cache) {
-            tc.head[0] = *(void **)p;
-            tc.n[0]--;
-            return p;
-        }
+/* The handle-block halves of ctx__node_alloc and ctx__node_free, out of
+ * line so that the 64-byte paths stay a few instructions with no frame. */
+#if defined(__GNUC__) || defined(__clang__)
+__attribute__((noinline))
 #endif
-        return ctx__alloc(64);
-    }
-    if (cache && (tc.head[1] != NULL || slab_refill())) {
+static void *
+slab_alloc(void)
+{
+    if (atomic_load_explicit(&caching, memory_order_relaxed) &&
+        (tc.head[1] != NULL || slab_refill())) {
         void *p = tc.head[1];
         tc.head[1] = *(void **)p;
         tc.n[1]--;
@@ -334,23 +329,12 @@ void *ctx__node_alloc(size_t size)
     return p;
 }
 
-void ctx__node_free(void *p, size_t size)
-{
-    if (size <= sizeof(struct ctx)) {
-#if CTX__NODE_CACHE
-        if (tc.n[0] < CACHE_MAX && tc.state != 2 &&
-            atomic_load_explicit(&caching, memory_order_relaxed)) {
-            if (tc.state == 0)
-                register_thread();
-            *(void **)p = tc.head[0];
-            tc.head[0] = p;
-            tc.n[0]++;
-            return;
-        }
+#if defined(__GNUC__) || defined(__clang__)
+__attribute__((noinline))
 #endif
-        ctx__free(p);
-        return;
-    }
+static void
+slab_put(void *p)
+{
     _Atomic uint32_t *w = ctx__hword(p);
     uint32_t v = atomic_load_explicit(w, memory_order_relaxed);
     if (!(v & CTX__SLAB_WORD)) {
@@ -374,6 +358,41 @@ void ctx__node_free(void *p, size_t size)
         slab_give(tc.n[1]);
     else if (tc.n[1] > SLAB_CACHE)
         slab_give(SLAB_CACHE / 2);
+}
+
+void *ctx__node_alloc(size_t size)
+{
+    if (size > sizeof(struct ctx))
+        return slab_alloc();
+#if CTX__NODE_CACHE
+    void *p = tc.head[0];
+    if (p != NULL && atomic_load_explicit(&caching, memory_order_relaxed)) {
+        tc.head[0] = *(void **)p;
+        tc.n[0]--;
+        return p;
+    }
+#endif
+    return ctx__alloc(64);
+}
+
+void ctx__node_free(void *p, size_t size)
+{
+    if (size > sizeof(struct ctx)) {
+        slab_put(p);
+        return;
+    }
+#if CTX__NODE_CACHE
+    if (tc.n[0] < CACHE_MAX && tc.state != 2 &&
+        atomic_load_explicit(&caching, memory_order_relaxed)) {
+        if (tc.state == 0)
+            register_thread();
+        *(void **)p = tc.head[0];
+        tc.head[0] = p;
+        tc.n[0]++;
+        return;
+    }
+#endif
+    ctx__free(p);
 }
 
 void ctx__slab_counts(size_t *made, size_t *global_free, size_t *mine)
