@@ -788,6 +788,132 @@ void libctx_WithTimeout1(State &st)
     mem.report();
 }
 
+// Extra/Value100/<shape>/<key>: lookups in a chain of 100 value contexts,
+// the shapes a program meets: the key bound at the top of the chain (the
+// first one made, so the walk crosses all 100 levels to find it), each of
+// the 100 keys in turn (one lookup per op, key i % 100), and a key bound
+// nowhere.  Shape Values is 100 value contexts alone; Interleaved puts a
+// cancellable context under each value context (200 levels, a cancellable
+// leaf), as a program that derives a cancellable context per request and
+// attaches a value to each does.
+//
+// Go:  ctx = WithValue(ctx, i, i) for i < 100 (Interleaved: then
+//      ctx, _ = WithCancel(ctx)); per op ctx.Value(key)
+
+enum class VShape { Values, Interleaved };
+enum class VKey { Top, EachKey, Absent };
+
+ctx_t *value_chain_shape(VShape shape)
+{
+    ctx_t *c = ctx_background();
+    for (int i = 0; i < 100; i++) {
+        ctx_t *n = ctx_with_value(c, &value_keys[i], (void *)(intptr_t)(i + 1), nullptr);
+        ctx_unref(c);
+        c = n;
+        if (shape == VShape::Interleaved) {
+            n = ctx_with_cancel(c, nullptr);
+            ctx_unref(c);
+            c = n;
+        }
+    }
+    return c;
+}
+
+void libctx_Value100(State &st, VShape shape, VKey which)
+{
+    ctx_t *c = value_chain_shape(shape);
+    Mem mem(st, Peer::libctx);
+    unsigned i = 0;
+    for (auto _ : st) {
+        const ctx_key_t *k = which == VKey::Top       ? &value_keys[0]
+                             : which == VKey::Absent ? &key_missing
+                                                     : &value_keys[i];
+        if (++i == 100)
+            i = 0;
+        benchmark::DoNotOptimize(c);
+        void *v = ctx_value(c, k);
+        if ((v == nullptr) != (which == VKey::Absent)) {
+            st.SkipWithError("wrong lookup");
+            break;
+        }
+        benchmark::DoNotOptimize(v);
+    }
+    mem.report();
+    ctx_unref(c);
+}
+
+void cxx_Value100(State &st, VShape shape, VKey which)
+{
+    // The hand-rolled chain has no cancellable links: Interleaved is the
+    // same chain for it.
+    (void)shape;
+    std::vector<std::unique_ptr<KV>> nodes;
+    const KV *leaf = nullptr;
+    for (int i = 0; i < 100; i++) {
+        nodes.emplace_back(new KV{ leaf, &value_keys[i], (void *)(intptr_t)(i + 1) });
+        leaf = nodes.back().get();
+    }
+    Mem mem(st, Peer::cxx);
+    unsigned i = 0;
+    for (auto _ : st) {
+        const void *k = which == VKey::Top       ? (const void *)&value_keys[0]
+                        : which == VKey::Absent ? (const void *)&key_missing
+                                                : (const void *)&value_keys[i];
+        if (++i == 100)
+            i = 0;
+        benchmark::DoNotOptimize(leaf);
+        benchmark::DoNotOptimize(kv_lookup(leaf, k));
+    }
+    mem.report();
+}
+
+// Extra/CancelWide1000: a cancellable root with 1,000 cancellable children,
+// the root cancelled, everything dropped (CancelTree/depth=1000 is the
+// chain of the same size).
+//
+// Go:  root, cancel := WithCancel(Background()); 1,000 x WithCancel(root);
+//      cancel()
+
+void libctx_CancelWide1000(State &st)
+{
+    std::vector<ctx_t *> kids(1000);
+    Mem mem(st, Peer::libctx);
+    for (auto _ : st) {
+        ctx_cancel_t *cancel;
+        ctx_t *r = ctx_with_cancel(ctx_background(), &cancel);
+        for (auto &k : kids)
+            k = ctx_with_cancel(r, nullptr);
+        ctx_cancel(cancel);
+        if (ctx_err(kids[999]) != CTX_CANCELED) {
+            st.SkipWithError("a child was not cancelled");
+            return;
+        }
+        for (auto *k : kids)
+            ctx_unref(k);
+        ctx_unref(r);
+    }
+    mem.report();
+}
+
+void cxx_CancelWide1000(State &st)
+{
+    std::unique_ptr<std::optional<CxxCtx>[]> n(new std::optional<CxxCtx>[1001]);
+    Mem mem(st, Peer::cxx);
+    for (auto _ : st) {
+        n[0].emplace(std::stop_token{}, nullptr);
+        for (int i = 1; i <= 1000; i++)
+            n[i].emplace(n[0]->src.get_token(), nullptr);
+        n[0]->src.request_stop();
+        if (!n[1000]->src.stop_requested()) {
+            st.SkipWithError("a child was not stopped");
+            return;
+        }
+        for (int i = 1000; i >= 0; i--)
+            n[i].reset();
+    }
+    mem.report();
+}
+
 // ---------------------------------------------------------------------------
 // Registration
 
@@ -873,6 +999,25 @@ void register_all()
     reg("libctx/Extra/WithValue", libctx_WithValue);
     reg("cxx/Extra/WithValue", cxx_WithValue);
     reg("libctx/Extra/WithTimeout", libctx_WithTimeout1);
+
+    const struct {
+        VShape shape;
+        const char *name;
+    } vshapes[] = { { VShape::Values, "Values" }, { VShape::Interleaved, "Interleaved" } };
+    const struct {
+        VKey key;
+        const char *name;
+    } vkeys[] = { { VKey::Top, "Top" }, { VKey::EachKey, "EachKey" }, { VKey::Absent, "Absent" } };
+    for (const auto &vs : vshapes)
+        for (const auto &vk : vkeys) {
+            std::string n = std::string("Extra/Value100/") + vs.name + "/" + vk.name;
+            VShape shape = vs.shape;
+            VKey key = vk.key;
+            reg("libctx/" + n, [shape, key](State &st) { libctx_Value100(st, shape, key); });
+            reg("cxx/" + n, [shape, key](State &st) { cxx_Value100(st, shape, key); });
+        }
+    reg("libctx/Extra/CancelWide1000", libctx_CancelWide1000);
+    reg("cxx/Extra/CancelWide1000", cxx_CancelWide1000);
 }
 
 } // namespace

@@ -18,6 +18,13 @@
  *   timeouts         1,000,000 live ctx_with_timeout(parent, 1 h): create
  *                    ns/op, first touch included (fresh process), and the
  *                    resident memory it added per timeout
+ *   lone             500 lone 1 ms timeouts, one at a time, each waited on
+ *                    with ctx_wait: lateness p50/p99/max of the return (a
+ *                    fresh sleep and wake-up of the timer thread each time)
+ *   timeout_cpu      the timeout rows' shapes on one thread, in thread CPU
+ *                    time (not counting preemption: for comparing two
+ *                    builds on a loaded machine): alone, beside 200k live,
+ *                    1M create, 1M cancel each
  *
  * --quick shrinks every count (for the smoke test).
  */
@@ -256,6 +263,142 @@ static void timeouts(void)
     free(cc);
 }
 
+/* ---------------------------------------------------------------------------
+ * A lone deadline: one 1 ms timeout at a time, waited on with ctx_wait,
+ * so that each firing is a fresh sleep of the timer thread.  Lateness of
+ * ctx_wait's return: the timer thread's wake-up and the waiter's. */
+
+static void lone(void)
+{
+    const size_t n = quick ? 50 : 500;
+    int64_t *late = malloc(n * sizeof *late);
+    if (late == NULL)
+        die("malloc");
+    for (size_t i = 0; i < n; i++) {
+        ctx_t *c = ctx_with_timeout(ctx_background(), CTX_MILLISECOND, NULL);
+        ctx_time_t d;
+        if (c == NULL || !ctx_deadline(c, &d))
+            die("ctx_with_timeout");
+        if (ctx_wait(c, 30 * CTX_SECOND) != CTX_DEADLINE_EXCEEDED)
+            die("ctx_wait");
+        late[i] = ctx_now() - d;
+        if (late[i] < 0)
+            die("a deadline fired early");
+        ctx_unref(c);
+    }
+    qsort(late, n, sizeof *late, cmp_i64);
+    put("lone.p50", (double)pct(late, n, 0.50) / 1e3, "us");
+    put("lone.p99", (double)pct(late, n, 0.99) / 1e3, "us");
+    put("lone.max", (double)late[n - 1] / 1e3, "us");
+    free(late);
+}
+
+/* ---------------------------------------------------------------------------
+ * Timeouts in thread CPU time: the shapes of the timeout rows, timed on
+ * CLOCK_THREAD_CPUTIME_ID, which does not count the time the thread was
+ * preempted, so that two builds compared on a shared, loaded machine give
+ * comparable figures.  The median of 7 repetitions, in ns per timeout. */
+
+static double thread_cpu_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
+    return (double)ts.tv_sec * 1e9 + (double)ts.tv_nsec;
+}
+
+static int cmp_double(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+    return x < y ? -1 : x > y;
+}
+
+/* One repetition of shape k: 0 create + cancel + free alone; 1 ten
+ * created then ten cancelled and freed, beside 200,000 live (Go's
+ * WithTimeout/concurrency shape on one thread); 2 and 3 create and
+ * cancel of 1,000,000 under one parent (each by its handle, in order). */
+static double cpu_shape(int k)
+{
+    const size_t n = quick ? 20000 : 1000000;
+    double t0 = 0, t1 = 0;
+    if (k == 0) {
+        t0 = thread_cpu_ns();
+        for (size_t i = 0; i < n; i++) {
+            ctx_cancel_t *cc;
+            ctx_t *c = ctx_with_timeout(ctx_background(), CTX_HOUR, &cc);
+            if (c == NULL)
+                die("ctx_with_timeout");
+            ctx_cancel(cc);
+            ctx_unref(c);
+        }
+        t1 = thread_cpu_ns();
+    } else if (k == 1) {
+        const size_t live = quick ? 2000 : 200000;
+        ctx_t **lv = malloc(live * sizeof *lv);
+        ctx_cancel_t **lc = malloc(live * sizeof *lc);
+        if (lv == NULL || lc == NULL)
+            die("malloc");
+        for (size_t i = 0; i < live; i++)
+            if ((lv[i] = ctx_with_timeout(ctx_background(), CTX_HOUR, &lc[i])) == NULL)
+                die("ctx_with_timeout");
+        ctx_t *w[10];
+        ctx_cancel_t *wc[10];
+        t0 = thread_cpu_ns();
+        for (size_t i = 0; i < n / 10; i++) {
+            for (int j = 0; j < 10; j++)
+                if ((w[j] = ctx_with_timeout(ctx_background(), CTX_HOUR, &wc[j])) == NULL)
+                    die("ctx_with_timeout");
+            for (int j = 0; j < 10; j++) {
+                ctx_cancel(wc[j]);
+                ctx_unref(w[j]);
+            }
+        }
+        t1 = thread_cpu_ns();
+        for (size_t i = 0; i < live; i++) {
+            ctx_cancel(lc[i]);
+            ctx_unref(lv[i]);
+        }
+        free(lv);
+        free(lc);
+    } else {
+        ctx_t **c = malloc(n * sizeof *c);
+        ctx_cancel_t **cc = malloc(n * sizeof *cc);
+        if (c == NULL || cc == NULL)
+            die("malloc");
+        ctx_cancel_t *pc;
+        ctx_t *parent = ctx_with_cancel(ctx_background(), &pc);
+        double a = thread_cpu_ns();
+        for (size_t i = 0; i < n; i++)
+            if ((c[i] = ctx_with_timeout(parent, CTX_HOUR, &cc[i])) == NULL)
+                die("ctx_with_timeout");
+        double b = thread_cpu_ns();
+        for (size_t i = 0; i < n; i++)
+            ctx_cancel(cc[i]);
+        double e = thread_cpu_ns();
+        t0 = k == 2 ? a : b;
+        t1 = k == 2 ? b : e;
+        for (size_t i = 0; i < n; i++)
+            ctx_unref(c[i]);
+        ctx_cancel(pc);
+        ctx_unref(parent);
+        free(c);
+        free(cc);
+    }
+    return (t1 - t0) / (double)n;
+}
+
+static void timeout_cpu(void)
+{
+    static const char *const keys[] = { "timeout_cpu.alone", "timeout_cpu.live200k",
+                                        "timeout_cpu.create_1m", "timeout_cpu.cancel_1m" };
+    for (int k = 0; k < 4; k++) {
+        double r[7];
+        for (int i = 0; i < 7; i++)
+            r[i] = cpu_shape(k);
+        qsort(r, 7, sizeof r[0], cmp_double);
+        put(keys[k], r[3], "ns/op");
+    }
+}
+
 int main(int argc, char **argv)
 {
     int i = 1;
@@ -269,8 +412,14 @@ int main(int argc, char **argv)
         storm(strcmp(argv[i + 1], "after") == 0);
     } else if (i < argc && strcmp(argv[i], "timeouts") == 0) {
         timeouts();
+    } else if (i < argc && strcmp(argv[i], "lone") == 0) {
+        lone();
+    } else if (i < argc && strcmp(argv[i], "timeout_cpu") == 0) {
+        timeout_cpu();
     } else {
-        fprintf(stderr, "usage: %s [--quick] fanout THREADS | storm after|state | timeouts\n",
+        fprintf(stderr,
+                "usage: %s [--quick] fanout THREADS | storm after|state | timeouts | lone | "
+                "timeout_cpu\n",
                 argv[0]);
         return 2;
     }

@@ -13,6 +13,11 @@
  *               parent, free; and the growth of the resident set per live
  *               timeout in the process's first burst (rss_per_ctx: nodes,
  *               handles and timer structures, everything the library keeps)
+ *   timeouts.cancel_each.SHAPE, timeouts.create.threads2  (only with
+ *               --only=timeout_shapes) the same created by two threads, or
+ *               cancelled in reverse or a random order, or freed as they are
+ *               cancelled; each shape creates on the heap the one before
+ *               left, in the order of the table
  *   fire.*      1,000,000 deadlines spread over 2 s, each with an AfterFunc
  *               that records ctx_now() - deadline: firing lateness
  *   fire_state.*  the same without callbacks: the main thread watches the
@@ -254,6 +259,123 @@ static void timeout_figures(void)
     }
     free(c);
     free(cc);
+}
+
+/* ---------------------------------------------------------------------------
+ * 1,000,000 live timeouts in other shapes: the order in which a program
+ * cancels them, whether it frees each as it goes, and creation from two
+ * threads.  scale.go runs the same shapes, with the same permutation. */
+
+/* The permutation both programs use: Fisher-Yates driven by xorshift64
+ * from a fixed seed, so that Go and C visit the contexts in the same
+ * order. */
+static void shuffle(size_t *ix, size_t n)
+{
+    uint64_t x = 0x9E3779B97F4A7C15u;
+    for (size_t i = 0; i < n; i++)
+        ix[i] = i;
+    for (size_t i = n; i > 1; i--) {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        size_t j = (size_t)(x % i);
+        size_t tmp = ix[i - 1];
+        ix[i - 1] = ix[j];
+        ix[j] = tmp;
+    }
+}
+
+struct maker {
+    ctx_t *parent;
+    ctx_t **c;
+    ctx_cancel_t **cc;
+    size_t from, to;
+    pthread_barrier_t *go;
+};
+
+static void *make_main(void *arg)
+{
+    struct maker *m = arg;
+    pthread_barrier_wait(m->go);
+    for (size_t i = m->from; i < m->to; i++)
+        if ((m->c[i] = ctx_with_timeout(m->parent, CTX_HOUR, &m->cc[i])) == NULL)
+            die("ctx_with_timeout");
+    return NULL;
+}
+
+/* Creates n timeouts under parent from `threads` threads (the caller is
+ * one of them); returns ns per timeout of wall time. */
+static double make_timeouts(ctx_t *parent, ctx_t **c, ctx_cancel_t **cc, size_t n, int threads)
+{
+    pthread_barrier_t go;
+    pthread_barrier_init(&go, NULL, (unsigned)threads);
+    struct maker m[2];
+    pthread_t tid[2];
+    for (int k = 0; k < threads; k++) {
+        m[k] = (struct maker){
+            parent, c, cc, n * (size_t)k / (size_t)threads, n * (size_t)(k + 1) / (size_t)threads,
+            &go
+        };
+        if (k > 0 && pthread_create(&tid[k], NULL, make_main, &m[k]) != 0)
+            die("pthread_create");
+    }
+    /* The clock starts when every thread is ready: the barrier is the
+     * last thing each does before its loop. */
+    ctx_time_t t0 = ctx_now();
+    make_main(&m[0]);
+    for (int k = 1; k < threads; k++)
+        pthread_join(tid[k], NULL);
+    ctx_time_t t1 = ctx_now();
+    pthread_barrier_destroy(&go);
+    return (double)(t1 - t0) / (double)n;
+}
+
+static void timeout_shape_figures(void)
+{
+    const size_t n = quick ? 10000 : 1000000;
+    ctx_t **c = malloc(n * sizeof *c);
+    ctx_cancel_t **cc = malloc(n * sizeof *cc);
+    size_t *ix = malloc(n * sizeof *ix);
+    if (c == NULL || cc == NULL || ix == NULL)
+        die("malloc");
+    shuffle(ix, n);
+    static const struct {
+        const char *name;
+        int order; /* 0 creation order, 1 reverse, 2 random */
+        int free_each;
+        int threads;
+    } shapes[] = {
+        { "threads2", 0, 0, 2 }, { "free_each", 0, 1, 1 },   { "reverse", 1, 0, 1 },
+        { "random", 2, 0, 1 },   { "random_free", 2, 1, 1 },
+    };
+    for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++) {
+        ctx_cancel_t *pc;
+        ctx_t *parent = ctx_with_cancel(ctx_background(), &pc);
+        double create = make_timeouts(parent, c, cc, n, shapes[s].threads);
+        char name[64];
+        /* Each shape creates on the heap the one before left: after a
+         * random-order free, the blocks come back scattered. */
+        snprintf(name, sizeof name, "timeouts.create.%s", shapes[s].name);
+        put(name, create, "ns/op");
+        ctx_time_t t1 = ctx_now();
+        for (size_t k = 0; k < n; k++) {
+            size_t i = shapes[s].order == 0 ? k : shapes[s].order == 1 ? n - 1 - k : ix[k];
+            ctx_cancel(cc[i]);
+            if (shapes[s].free_each)
+                ctx_unref(c[i]);
+        }
+        ctx_time_t t2 = ctx_now();
+        snprintf(name, sizeof name, "timeouts.cancel_each.%s", shapes[s].name);
+        put(name, (double)(t2 - t1) / (double)n, "ns/op");
+        if (!shapes[s].free_each)
+            for (size_t i = 0; i < n; i++)
+                ctx_unref(c[i]);
+        ctx_cancel(pc);
+        ctx_unref(parent);
+    }
+    free(c);
+    free(cc);
+    free(ix);
 }
 
 /* ---------------------------------------------------------------------------
@@ -650,7 +772,8 @@ int main(int argc, char **argv)
         else if (strncmp(argv[i], "--only=", 7) == 0)
             only = argv[i] + 7;
         else {
-            fprintf(stderr, "usage: %s [--quick] [--only=mem|timeouts|fire|tree|waiters]\n",
+            fprintf(stderr,
+                    "usage: %s [--quick] [--only=mem|timeouts|timeout_shapes|fire|tree|waiters]\n",
                     argv[0]);
             return 2;
         }
@@ -669,6 +792,9 @@ int main(int argc, char **argv)
         ctx_reset_allocator();
     }
     RUN("timeouts", timeout_figures());
+    /* Not in the default run: the shapes bench/report.py does not print. */
+    if (only != NULL && strcmp(only, "timeout_shapes") == 0)
+        timeout_shape_figures();
     RUN("tree", tree_figures());
     RUN("waiters", waiter_figures(0));
     RUN("waiters", waiter_figures(1));

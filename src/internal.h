@@ -22,6 +22,7 @@
 #include <stdatomic.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <time.h>
 
 /*
  * Kinds of node.  Stored in the low three bits of ctx->pk, so there can be at
@@ -193,6 +194,9 @@ CTX__ALIGN_CHECK(offsetof(struct ctx, u.c.state) == offsetof(struct ctx_abi_node
 #endif
 
 #define CTX__SEG 16
+/* How many nodes without values (cancel, timer, without-cancel) a new value
+ * node looks through for the segment to extend (value.c). */
+#define CTX__SEG_HOPS 8
 
 static inline uint64_t ctx__key_bit(const ctx_key_t *key)
 {
@@ -592,6 +596,9 @@ void ctx__init_cancel(struct ctx *n, ctx_t *parent, unsigned kind);
 struct ctx__msg *ctx__msg_new(const char *text);
 void ctx__msg_unref(struct ctx__msg *m);
 int ctx__try_ref(struct ctx *c);
+/* ctx_unref for the library's own use: a direct call, not one through the
+ * shared library's PLT. */
+void ctx__unref(struct ctx *c);
 
 /* ---- core/cancel.c: generation-checked handles.  A handle names a
  * generation word and carries its value; freeing the object bumps the
@@ -698,11 +705,11 @@ void ctx__timer_remove(struct ctx__timer *t);
 void ctx__timer_restart(void);
 /* For core/deadline.c: set the structures up once; the shard this thread
  * inserts into; start the timer thread if it is not running (0 or an
- * errno); insert a timer whose deadline and shard are set. */
-void ctx__timer_init(void);
-unsigned ctx__timer_shard(void);
-int ctx__timer_need_thread(void);
-void ctx__timer_insert(struct ctx__timer *t);
+ * errno); insert a timer whose deadline and shard are set, given the
+ * caller's reading of ctx_now() (not read again).  prepare does the first
+ * three in one call: 0 with *shard set, or an errno. */
+int ctx__timer_prepare(int start_thread, unsigned *shard);
+void ctx__timer_insert(struct ctx__timer *t, ctx_time_t now);
 void ctx__describe_atfork(int release);
 
 /* ---- core/clock.c: the mode and the manual clock's time, which the
@@ -714,6 +721,16 @@ struct ctx__clock {
 extern struct ctx__clock ctx__clock;
 int ctx__clock_is_manual(void);
 ctx_time_t ctx__real_now(void); /* CLOCK_MONOTONIC, whatever ctx_now() reads */
+/* ctx_now() for the library's own hot paths (a deadline's creation): the
+ * same reading, without the call. */
+static inline ctx_time_t ctx__now(void)
+{
+    if (atomic_load_explicit(&ctx__clock.manual, memory_order_relaxed))
+        return atomic_load_explicit(&ctx__clock.mnow, memory_order_relaxed);
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (ctx_time_t)ts.tv_sec * CTX_SECOND + ts.tv_nsec;
+}
 
 /* ---- after.c */
 void ctx__run_after(struct ctx *r);
@@ -744,21 +761,31 @@ int ctx__after_watch(ctx_time_t now);
  * and writes it with the GNU atomic builtins (relaxed: it is a hint whose
  * changes need not order anything else; the registry's lock does that). */
 #define ctx__tracking_on() __atomic_load_n(&ctx_tracking_, __ATOMIC_RELAXED)
-/* The live-context count behind ctx_live_count: one counter per shard,
- * each on its own cache line, a thread adding to the shard it was dealt
- * (round robin, as the fan-out does).  A context created on one thread and
- * freed on another leaves one shard up and another down; only the sum means
- * anything.  Relaxed: a count read on its own, ordering nothing. */
-#define CTX__NLIVE 16
-struct ctx__live_shard {
-    _Atomic long n;
-    char pad[64 - sizeof(long)];
+/* The live-context count behind ctx_live_count: one counter per thread
+ * that makes or frees contexts, written by that thread alone with a plain
+ * load and store (no read-modify-write on the creation and free paths) and
+ * summed by ctx_live_count.  A context created on one thread and freed on
+ * another leaves one counter up and another down; only the sum means
+ * anything.  A thread's counter outlives it: at its exit the counter is
+ * handed, count and all, to the next thread that needs one.  A thread with
+ * none yet, or past its exit, goes through ctx__live_slow.  Relaxed: a
+ * count read on its own, ordering nothing. */
+struct ctx__live_cell {
+    _Atomic long n;                      /* written by the owner only */
+    _Atomic int owned;                   /* a thread has it */
+    struct ctx__live_cell *_Atomic next; /* every cell ever made; set once */
 };
-extern struct ctx__live_shard ctx__live[CTX__NLIVE];
-unsigned ctx__live_slot(void);
+extern CTX__TLS struct ctx__live_cell *ctx__live_mine;
+void ctx__live_slow(long d);
 static inline void ctx__live_add(long d)
 {
-    atomic_fetch_add_explicit(&ctx__live[ctx__live_slot()].n, d, memory_order_relaxed);
+    struct ctx__live_cell *c = ctx__live_mine;
+    if (CTX__UNLIKELY(c == NULL)) {
+        ctx__live_slow(d);
+        return;
+    }
+    atomic_store_explicit(&c->n, atomic_load_explicit(&c->n, memory_order_relaxed) + d,
+                          memory_order_relaxed);
 }
 /* Forgets c, which is being freed.  Called by free_chain only while
  * tracking is on, before any part of c is torn down. */

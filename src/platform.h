@@ -81,6 +81,11 @@ ssize_t ctx__plat_sock_nowait(int fd, const struct iovec *iov, int iovcnt, int f
  * /dev/urandom).  0 or an errno. */
 int ctx__plat_random(void *buf, size_t n);
 
+/* n bytes from /dev/urandom: ctx__plat_random's fallback where the system
+ * call it prefers is missing.  In src/posix/urandom.c, which both backends
+ * compile, as it needs nothing beyond POSIX.  0 or an errno. */
+int ctx__plat_urandom(void *buf, size_t n);
+
 /* ---- names the calling thread where the system can (at most 15 bytes
  * kept); elsewhere nothing. */
 void ctx__plat_thread_name(const char *name);

@@ -9,48 +9,11 @@
  * EOF, count counts, and stop leaves no proxy listening.
  */
 #include "check.h"
-#include "faultproxy/faultproxy.h"
+#include "faultproxy/faulttest.h"
 #include "io_helpers.h"
 
 #include <poll.h>
 #include <sys/socket.h>
-
-static int echo_listener;
-
-static void *echo_conn(void *arg)
-{
-    int fd = (int)(intptr_t)arg;
-    char buf[4096];
-    for (;;) {
-        ssize_t n = read(fd, buf, sizeof buf);
-        if (n <= 0)
-            break;
-        ssize_t off = 0;
-        while (off < n) {
-            ssize_t w = write(fd, buf + off, (size_t)(n - off));
-            if (w <= 0)
-                goto out;
-            off += w;
-        }
-    }
-out:
-    close(fd);
-    return NULL;
-}
-
-/* Accepts until the listener is shut down at the end of the test. */
-static void *echo_server(void *arg)
-{
-    (void)arg;
-    for (;;) {
-        int fd = accept4(echo_listener, NULL, NULL, SOCK_CLOEXEC);
-        if (fd < 0)
-            return NULL;
-        pthread_t t;
-        CHECK_EQ_INT(pthread_create(&t, NULL, echo_conn, (void *)(intptr_t)fd), 0);
-        pthread_detach(t);
-    }
-}
 
 static int connect_to(int port)
 {
@@ -115,10 +78,9 @@ static void wait_count(faultproxy_t *fp, int want)
 
 int main(void)
 {
-    int eport;
-    echo_listener = io_listen(16, &eport);
-    pthread_t srv;
-    check_thread_start(&srv, echo_server, NULL);
+    faulttest_echo_t echo;
+    faulttest_echo_start(&echo, 16);
+    int eport = echo.port;
     char target[64];
     snprintf(target, sizeof target, "127.0.0.1:%d", eport);
 
@@ -235,9 +197,7 @@ int main(void)
     /* A proxy that cannot start says so. */
     CHECK_EQ_INT(faultproxy_start(&fp, "/nonexistent/faultproxy", target), -1);
 
-    shutdown(echo_listener, SHUT_RDWR);
-    check_thread_join(srv);
-    close(echo_listener);
+    faulttest_echo_stop(&echo);
     printf("test_faultproxy: ok\n");
     return 0;
 }

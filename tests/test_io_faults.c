@@ -15,8 +15,7 @@
  * that has gone away).  Several rounds each; the worst lateness is printed.
  */
 #include "check.h"
-#include "faultproxy/faultproxy.h"
-#include "faultproxy/lateness.h"
+#include "faultproxy/faulttest.h"
 #include "io_helpers.h"
 
 #include <sys/uio.h>
@@ -24,46 +23,12 @@
 #define BUDGET (200 * CTX_MILLISECOND)
 #define BOUND  (100 * CTX_MILLISECOND)
 
-static int echo_listener;
 static faultproxy_t fp;
-static ctx_duration_t worst = INT64_MIN;
-
-static void *echo_conn(void *arg)
-{
-    int fd = (int)(intptr_t)arg;
-    char buf[65536];
-    for (;;) {
-        ssize_t n = read(fd, buf, sizeof buf);
-        if (n <= 0)
-            break;
-        for (ssize_t off = 0; off < n;) {
-            ssize_t w = write(fd, buf + off, (size_t)(n - off));
-            if (w <= 0)
-                goto out;
-            off += w;
-        }
-    }
-out:
-    close(fd);
-    return NULL;
-}
-
-static void *echo_server(void *arg)
-{
-    (void)arg;
-    for (;;) {
-        int fd = accept4(echo_listener, NULL, NULL, SOCK_CLOEXEC);
-        if (fd < 0)
-            return NULL;
-        pthread_t t;
-        CHECK_EQ_INT(pthread_create(&t, NULL, echo_conn, (void *)(intptr_t)fd), 0);
-        pthread_detach(t);
-    }
-}
+static faulttest_late_t late = FAULTTEST_LATE_INIT(BOUND);
 
 static void proxy(const char *cmd)
 {
-    CHECK_MSG(faultproxy_cmd(&fp, "%s", cmd) == 0, "proxy command %s", cmd);
+    faulttest_proxy(&fp, cmd);
 }
 
 static int connect_proxy(void)
@@ -85,19 +50,10 @@ static ctx_t *budget(ctx_time_t *end)
     return c;
 }
 
-/* The call returned now; rd0 is lateness_run_delay() from before it.  The
- * time the process waited for a CPU is not the library's (lateness.h). */
+/* The call returned now; rd0 is lateness_run_delay() from before it. */
 static void check_late(const char *what, ctx_time_t end, int64_t rd0)
 {
-    ctx_duration_t late = check_mono_now() - end;
-    int64_t starved = lateness_run_delay() - rd0;
-    if (starved < 0)
-        starved = 0;
-    if (late - starved > worst)
-        worst = late - starved;
-    CHECK_MSG(late - starved <= BOUND,
-              "%s: returned %lld ms after the deadline, %lld ms of it waiting for a CPU", what,
-              (long long)(late / CTX_MILLISECOND), (long long)(starved / CTX_MILLISECOND));
+    faulttest_check_late(&late, what, end, check_mono_now(), rd0);
 }
 
 /* The stream still works: what is sent comes back.  Bytes held while the
@@ -312,12 +268,10 @@ static void test_connect_hung_host(long rounds)
 
 int main(void)
 {
-    int eport;
-    echo_listener = io_listen(64, &eport);
-    pthread_t srv;
-    check_thread_start(&srv, echo_server, NULL);
+    faulttest_echo_t echo;
+    faulttest_echo_start(&echo, 64);
     char target[64];
-    snprintf(target, sizeof target, "127.0.0.1:%d", eport);
+    snprintf(target, sizeof target, "127.0.0.1:%d", echo.port);
     CHECK_EQ_INT(faultproxy_start(&fp, FAULTPROXY_EXE, target), 0);
     long rounds = check_scale(8);
     if (rounds < 4)
@@ -328,10 +282,8 @@ int main(void)
     test_peer_faults(rounds);
     test_connect_hung_host(rounds);
 
-    fprintf(stderr, "worst lateness %+lld ms\n", (long long)(worst / CTX_MILLISECOND));
+    fprintf(stderr, "worst lateness %+lld ms\n", (long long)(late.worst / CTX_MILLISECOND));
     faultproxy_stop(&fp);
-    shutdown(echo_listener, SHUT_RDWR);
-    check_thread_join(srv);
-    close(echo_listener);
+    faulttest_echo_stop(&echo);
     return 0;
 }

@@ -378,7 +378,7 @@ static bool binding_hook(void *data, const ctx_key_t *key, void **value)
 
 static const ctx_custom_ops_t binding_ops = { .name = "Binding", .value = binding_hook };
 
-enum vkind { V_VALUE, V_CANCEL, V_WITHOUT, V_CUSTOM };
+enum vkind { V_VALUE, V_CANCEL, V_WITHOUT, V_CUSTOM, V_TIMER };
 
 struct vnode {
     ctx_t *ctx;
@@ -415,9 +415,14 @@ static void test_value_model(void)
     long rounds = check_scale(30);
     static int payload[4096];
     for (long round = 0; round < rounds; round++) {
-        /* Odd rounds are nearly all value layers in long runs, longer than
-         * any run a filter may cover. */
-        bool runs = round % 2 == 1;
+        /* Rounds of three shapes: mixed layers; nearly all value layers in
+         * long runs, longer than any run a filter may cover; and long runs
+         * where value layers alternate with runs of 1 to 12 layers that
+         * bind nothing (cancel, timer, without-cancel), which a filter may
+         * span, now and then a custom layer, which it must not. */
+        bool runs = round % 3 == 1;
+        bool alternate = round % 3 == 2;
+        int gap = 0; /* layers without values still to make (alternate) */
         int count = 100 + (int)check_rng_below(&r, 400);
         struct vnode *n = calloc((size_t)count, sizeof *n);
         CHECK(n != NULL);
@@ -425,7 +430,7 @@ static void test_value_model(void)
             int parent;
             if (i == 0)
                 parent = -1;
-            else if (check_rng_below(&r, runs ? 40 : 3) != 0)
+            else if (check_rng_below(&r, runs || alternate ? 40 : 3) != 0)
                 parent = i - 1; /* long runs make long segments */
             else
                 parent = (int)check_rng_below(&r, (unsigned)i) - (check_rng_below(&r, 8) == 0);
@@ -433,6 +438,15 @@ static void test_value_model(void)
             ctx_t *p = parent < 0 ? ctx_background() : n[parent].ctx;
             unsigned pick = runs ? (check_rng_below(&r, 30) == 0 ? 6 + check_rng_below(&r, 4) : 0)
                                  : check_rng_below(&r, 10);
+            if (alternate) {
+                if (gap > 0) {
+                    gap--;
+                    pick = 10 + check_rng_below(&r, 3); /* cancel, without or timer */
+                } else {
+                    pick = check_rng_below(&r, 40) == 0 ? 9 : 0;
+                    gap = check_rng_below(&r, 4) == 0 ? 1 + (int)check_rng_below(&r, 12) : 1;
+                }
+            }
             /* Some keys are popular (so they shadow), most are rare. */
             const ctx_key_t *key = check_rng_below(&r, 2) ? &pool[check_rng_below(&r, 8)]
                                                           : &pool[check_rng_below(&r, POOL)];
@@ -441,10 +455,13 @@ static void test_value_model(void)
                 n[i].kind = V_VALUE;
                 n[i].b = (struct binding){ key, value };
                 n[i].ctx = ctx_with_value(p, key, value, NULL);
-            } else if (pick < 8) {
+            } else if (pick == 12) {
+                n[i].kind = V_TIMER;
+                n[i].ctx = ctx_with_timeout(p, CTX_HOUR, &n[i].cancel);
+            } else if (pick < 8 || pick == 10) {
                 n[i].kind = V_CANCEL;
                 n[i].ctx = ctx_with_cancel(p, &n[i].cancel);
-            } else if (pick < 9) {
+            } else if (pick < 9 || pick == 11) {
                 n[i].kind = V_WITHOUT;
                 n[i].ctx = ctx_without_cancel(p);
             } else {

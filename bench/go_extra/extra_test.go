@@ -70,3 +70,68 @@ func BenchmarkWithTimeout(b *testing.B) {
 		cancel()
 	}
 }
+
+// Lookups in a chain of 100 value contexts (Values), or of 100 value
+// contexts each with a cancellable context under it (Interleaved): the key
+// bound at the top of the chain, each of the 100 keys in turn, a key bound
+// nowhere.
+func valueChain(interleaved bool) context.Context {
+	ctx := context.Background()
+	for i := 0; i < 100; i++ {
+		ctx = context.WithValue(ctx, i, i+1)
+		if interleaved {
+			ctx, _ = context.WithCancel(ctx)
+		}
+	}
+	return ctx
+}
+
+func benchValue100(b *testing.B, interleaved bool, which string) {
+	ctx := valueChain(interleaved)
+	// The keys as interface values made before the loop, so that no op
+	// pays for boxing one (-1 is not among the small integers Go keeps
+	// boxed already).
+	keys := make([]any, 100)
+	for i := range keys {
+		keys[i] = i
+	}
+	var absent any = -1
+	b.ResetTimer()
+	k := 0
+	for n := 0; n < b.N; n++ {
+		key := keys[k]
+		switch which {
+		case "Top":
+			key = keys[0]
+		case "Absent":
+			key = absent
+		}
+		if k++; k == 100 {
+			k = 0
+		}
+		if (ctx.Value(key) == nil) != (which == "Absent") {
+			b.Fatal("wrong lookup")
+		}
+	}
+}
+
+func BenchmarkValue100(b *testing.B) {
+	for _, shape := range []string{"Values", "Interleaved"} {
+		for _, which := range []string{"Top", "EachKey", "Absent"} {
+			interleaved := shape == "Interleaved"
+			which := which
+			b.Run(shape+"/"+which, func(b *testing.B) { benchValue100(b, interleaved, which) })
+		}
+	}
+}
+
+// A cancellable root with 1,000 cancellable children; the root cancelled.
+func BenchmarkCancelWide1000(b *testing.B) {
+	for n := 0; n < b.N; n++ {
+		root, cancel := context.WithCancel(context.Background())
+		for i := 0; i < 1000; i++ {
+			context.WithCancel(root)
+		}
+		cancel()
+	}
+}

@@ -14,6 +14,8 @@
 //	                 alone, no context)
 //	timeouts         1,000,000 live WithTimeout(parent, 1 h): create ns/op,
 //	                 and the heap it added per timeout
+//	lone             500 lone 1 ms timeouts, one at a time, each waited on
+//	                 through Done(): lateness p50/p99/max
 //
 // Output: "key<TAB>value<TAB>unit" lines, as round2.c prints them.
 package main
@@ -170,6 +172,27 @@ func timeouts() {
 	runtime.KeepAlive(ctxs)
 }
 
+// lone: one 1 ms WithTimeout at a time, waited on through Done(), as
+// round2.c's lone: lateness of the wait's return after the deadline.
+func lone() {
+	n := 500
+	if quick {
+		n = 50
+	}
+	late := make([]int64, n)
+	for i := 0; i < n; i++ {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Millisecond)
+		d, _ := ctx.Deadline()
+		<-ctx.Done()
+		late[i] = time.Since(d).Nanoseconds()
+		cancel()
+	}
+	sort.Slice(late, func(a, b int) bool { return late[a] < late[b] })
+	put("lone.p50", float64(pct(late, 0.50))/1e3, "us")
+	put("lone.p99", float64(pct(late, 0.99))/1e3, "us")
+	put("lone.max", float64(late[n-1])/1e3, "us")
+}
+
 func main() {
 	args := os.Args[1:]
 	if len(args) > 0 && args[0] == "-quick" {
@@ -188,8 +211,10 @@ func main() {
 		storm(args[1])
 	case len(args) == 1 && args[0] == "timeouts":
 		timeouts()
+	case len(args) == 1 && args[0] == "lone":
+		lone()
 	default:
-		fmt.Fprintln(os.Stderr, "usage: round2 [-quick] fanout THREADS | storm goroutine|afterfunc | timeouts")
+		fmt.Fprintln(os.Stderr, "usage: round2 [-quick] fanout THREADS | storm goroutine|afterfunc | timeouts | lone")
 		os.Exit(2)
 	}
 }

@@ -22,6 +22,7 @@ import (
 )
 
 var quick = flag.Bool("quick", false, "small counts")
+var only = flag.String("only", "", "timeout_shapes: only the timeout shapes (not in the default run)")
 
 func put(key string, v float64, unit string) {
 	fmt.Printf("%s\t%.6g\t%s\n", key, v, unit)
@@ -104,6 +105,77 @@ func timeoutFigures() {
 			pcancel()
 			put("timeouts.cancel_parent", float64(time.Since(t1).Nanoseconds())/float64(n), "ns/op")
 		}
+		pcancel()
+		for i := range cancels {
+			cancels[i] = nil
+		}
+	}
+}
+
+// shuffle is the permutation scale.c uses: Fisher-Yates driven by
+// xorshift64 from a fixed seed, so that both visit the contexts in the
+// same order.
+func shuffle(n int) []int {
+	ix := make([]int, n)
+	x := uint64(0x9E3779B97F4A7C15)
+	for i := range ix {
+		ix[i] = i
+	}
+	for i := n; i > 1; i-- {
+		x ^= x << 13
+		x ^= x >> 7
+		x ^= x << 17
+		j := int(x % uint64(i))
+		ix[i-1], ix[j] = ix[j], ix[i-1]
+	}
+	return ix
+}
+
+// timeoutShapeFigures: the shapes of scale.c's timeout_shape_figures.  Go
+// frees nothing itself, so its "free_each" shapes are its cancel shapes.
+func timeoutShapeFigures() {
+	n := 1000000
+	if *quick {
+		n = 10000
+	}
+	ix := shuffle(n)
+	cancels := make([]context.CancelFunc, n)
+	shapes := []struct {
+		name    string
+		order   int
+		threads int
+	}{
+		{"threads2", 0, 2}, {"free_each", 0, 1}, {"reverse", 1, 1}, {"random", 2, 1},
+		{"random_free", 2, 1},
+	}
+	for _, sh := range shapes {
+		runtime.GC()
+		parent, pcancel := context.WithCancel(context.Background())
+		var wg sync.WaitGroup
+		t0 := time.Now()
+		for k := 0; k < sh.threads; k++ {
+			from, to := n*k/sh.threads, n*(k+1)/sh.threads
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				for i := from; i < to; i++ {
+					_, cancels[i] = context.WithTimeout(parent, time.Hour)
+				}
+			}()
+		}
+		wg.Wait()
+		put("timeouts.create."+sh.name, float64(time.Since(t0).Nanoseconds())/float64(n), "ns/op")
+		t1 := time.Now()
+		for k := 0; k < n; k++ {
+			i := k
+			if sh.order == 1 {
+				i = n - 1 - k
+			} else if sh.order == 2 {
+				i = ix[k]
+			}
+			cancels[i]()
+		}
+		put("timeouts.cancel_each."+sh.name, float64(time.Since(t1).Nanoseconds())/float64(n), "ns/op")
 		pcancel()
 		for i := range cancels {
 			cancels[i] = nil
@@ -202,8 +274,12 @@ func waiterFigures(ownChild bool) {
 func main() {
 	flag.Parse()
 	if flag.NArg() != 0 {
-		fmt.Fprintln(os.Stderr, "usage: scale [-quick]")
+		fmt.Fprintln(os.Stderr, "usage: scale [-quick] [-only timeout_shapes]")
 		os.Exit(2)
+	}
+	if *only == "timeout_shapes" {
+		timeoutShapeFigures()
+		return
 	}
 	memFigures()
 	timeoutFigures()

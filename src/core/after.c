@@ -31,15 +31,30 @@ static CTX__TLS struct frame *running;
  * and stopping it returns true.  Nothing is allocated for it. */
 static struct ctx never_after = { .pk = CTX__AFTER };
 
+static void after_free(struct ctx *r)
+{
+    ctx_t *c = ctx__parent(r);
+    r->u.a.handle = CTX__HANDLE_FREED;
+    ctx__node_free(r, sizeof *r);
+    ctx__unref(c);
+}
+
 static void ctx__after_release(struct ctx *r)
 {
     /* acq_rel: the last holder sees every write the others made. */
-    if (atomic_fetch_sub_explicit(&r->refs, 1, memory_order_acq_rel) == 1) {
-        ctx_t *c = ctx__parent(r);
-        r->u.a.handle = CTX__HANDLE_FREED;
-        ctx__node_free(r, sizeof *r);
-        ctx_unref(c);
-    }
+    if (atomic_fetch_sub_explicit(&r->refs, 1, memory_order_acq_rel) == 1)
+        after_free(r);
+}
+
+/* Drops the list's and the handle's references at once, both the caller's
+ * (a stop that took r off the list).  When they are all there is, nobody
+ * else can reach r to take one, and r goes without a read-modify-write.
+ * Acquire: pairs with the release half of the holders' earlier drops. */
+static void after_release2(struct ctx *r)
+{
+    if (atomic_load_explicit(&r->refs, memory_order_acquire) == 2 ||
+        atomic_fetch_sub_explicit(&r->refs, 2, memory_order_acq_rel) == 2)
+        after_free(r);
 }
 
 /* Runs r's fn unless it was stopped, then drops the list's reference.
@@ -145,8 +160,8 @@ bool ctx_after_stop(ctx_after_t *stop)
         ctx__link_remove(&r->u.a.link);
         atomic_store_explicit(&r->u.a.run, CTX__RUN_STOPPED, memory_order_relaxed);
         ctx__unlock(&o->lock);
-        ctx__after_release(r); /* the list's reference */
-        stopped = true;
+        after_release2(r); /* the list's reference and the handle's */
+        return true;
     } else {
         ctx__unlock(&o->lock);
         uint32_t s = CTX__RUN_PENDING;

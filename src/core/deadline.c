@@ -22,11 +22,20 @@ static ctx_t *with_deadline(ctx_t *parent, ctx_time_t d, ctx_time_t now, int cau
         errno = EINVAL;
         return NULL;
     }
-    ctx_time_t cur;
-    if (ctx_deadline(parent, &cur) && cur <= d)
+    /* The parent's deadline, as ctx_deadline() finds it. */
+    struct ctx__timer *src = ctx__dlsrc(parent);
+    if (src != NULL && src->deadline <= d)
         return ctx_with_cancel(parent, cancel); /* the parent's comes first */
 
-    ctx__timer_init();
+    if (now == NOT_READ)
+        now = ctx__now();
+    int past = d <= now;
+    unsigned shard;
+    int e = ctx__timer_prepare(!past, &shard);
+    if (e != 0) {
+        errno = e;
+        return NULL;
+    }
     struct ctx__timer *t;
     if ((cancel != NULL && ctx__handle_reserve() != 0) ||
         (t = ctx__node_alloc(sizeof *t)) == NULL) {
@@ -47,20 +56,12 @@ static ctx_t *with_deadline(ctx_t *parent, ctx_time_t d, ctx_time_t now, int cau
         errno = ENOMEM;
         return NULL;
     }
-    t->shard = (uint8_t)ctx__timer_shard();
-    int past = d <= (now != NOT_READ ? now : ctx_now());
-    int e = past ? 0 : ctx__timer_need_thread();
-    if (e != 0) {
-        ctx__msg_unref(t->base.u.c.msg);
-        ctx__node_free(t, sizeof *t);
-        errno = e;
-        return NULL;
-    }
+    t->shard = (uint8_t)shard;
     ctx__init_cancel(&t->base, parent, CTX__TIMER);
     if (past)
         ctx__cancel_deadline(t, NULL);
     else
-        ctx__timer_insert(t);
+        ctx__timer_insert(t, now);
     if (cancel != NULL)
         *cancel = ctx__handle_bind(&t->base);
     return &t->base;
@@ -73,7 +74,7 @@ ctx_t *ctx_with_deadline(ctx_t *parent, ctx_time_t deadline, ctx_cancel_t **canc
 
 ctx_t *ctx_with_timeout(ctx_t *parent, ctx_duration_t timeout, ctx_cancel_t **cancel)
 {
-    ctx_time_t now = ctx_now();
+    ctx_time_t now = ctx__now();
     return with_deadline(parent, ctx__add_sat(now, timeout), now, 0, NULL, cancel);
 }
 
@@ -86,7 +87,7 @@ ctx_t *ctx_with_deadline_cause(ctx_t *parent, ctx_time_t deadline, int cause, co
 ctx_t *ctx_with_timeout_cause(ctx_t *parent, ctx_duration_t timeout, int cause, const char *msg,
                               ctx_cancel_t **cancel)
 {
-    ctx_time_t now = ctx_now();
+    ctx_time_t now = ctx__now();
     return with_deadline(parent, ctx__add_sat(now, timeout), now, cause, msg, cancel);
 }
 

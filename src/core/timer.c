@@ -55,6 +55,9 @@
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
+#if defined(__linux__)
+#include <sys/prctl.h>
+#endif
 
 #define NSHARDS      8
 #define GRAN_SHIFT   20 /* a granule: 2^20 ns */
@@ -545,9 +548,35 @@ static int shard_wheel_empty(const struct shard *S)
     return 1;
 }
 
+/* The time the timer thread must look at S for t, just placed: its own
+ * deadline in the due list, or LEAD before its wheel event (when its
+ * level-0 slot moves to the due list, or its slot of a higher level
+ * cascades, from when base enters the slot before it; see next_event).
+ * Under S's lock. */
+static ctx_time_t entry_min(const struct shard *S, const struct ctx__timer *t)
+{
+    if (t->level == AT_DUE)
+        return t->deadline;
+    uint64_t g = gran(t->deadline), ev;
+    if (t->level == 0) {
+        ev = g;
+    } else {
+        unsigned sh = lvl_shift(t->level);
+        uint64_t cur = S->base >> sh, v = g >> sh;
+        if (v > cur)
+            v--;
+        ev = v << sh;
+        if (ev < S->base)
+            ev = S->base;
+    }
+    return sub_sat(gran_start(ev), LEAD_NS);
+}
+
 /* Inserts t, unless t is already done (a parent's cancel may have reached
- * it since it was linked).  Needs no memory, so cannot fail. */
-static void timer_insert(struct ctx__timer *t)
+ * it since it was linked).  now is a reading of ctx_now() taken by the
+ * caller before the call (the one its deadline came from), so that a
+ * timeout costs one clock read.  Needs no memory, so cannot fail. */
+static void timer_insert(struct ctx__timer *t, ctx_time_t now)
 {
     struct shard *S = &T.shard[t->shard];
     ctx_time_t m = INT64_MAX;
@@ -557,14 +586,19 @@ static void timer_insert(struct ctx__timer *t)
      * or we see its err. */
     if (!(atomic_load_explicit(&t->base.u.c.state, memory_order_acquire) & CTX__ERR_MASK)) {
         /* An empty shard's wheel may start anywhere: start it now, so that
-         * deadlines made after a quiet spell need no cascades. */
+         * deadlines made after a quiet spell need no cascades.  A reading
+         * a little older than another thread's is harmless here: with
+         * nothing placed, any base is consistent. */
         if (S->due == NULL && S->near_sum == 0 && shard_wheel_empty(S))
-            S->base = gran(ctx_now());
+            S->base = gran(now);
         place(S, t);
         /* Only a new first due entry or a newly used slot can make the
-         * shard's time earlier. */
+         * shard's time earlier, and then to this entry's own time: the
+         * published time stays a lower bound of the shard's (what a
+         * removal leaves early is corrected at the timer thread's next
+         * look), so the whole shard need not be scanned. */
         if (t->level == AT_DUE ? S->due == &t->wheel : t->wheel.next == NULL) {
-            m = shard_min(S);
+            m = entry_min(S, t);
             if (m < atomic_load_explicit(&S->min, memory_order_relaxed))
                 publish_min(S, m);
             else
@@ -751,6 +785,13 @@ static void *timer_main(void *arg)
 {
     (void)arg;
     ctx__thread_name("ctx-timer");
+#if defined(__linux__)
+    /* The kernel may end a timed sleep up to the thread's timer slack
+     * late (50 us by default) to merge wake-ups; every deadline would
+     * inherit that.  The timer thread sleeps once per batch, so exact
+     * wake-ups cost little.  Best effort: on failure the default stays. */
+    (void)prctl(PR_SET_TIMERSLACK, 1UL, 0UL, 0UL, 0UL);
+#endif
     for (;;) {
         pthread_mutex_lock(&T.mu);
         for (;;) {
@@ -1010,22 +1051,14 @@ void ctx__timer_restart(void)
  * For deadline.c
  */
 
-void ctx__timer_init(void)
+int ctx__timer_prepare(int start_thread, unsigned *shard)
 {
     init();
+    *shard = my_shard();
+    return start_thread ? ensure_thread() : 0;
 }
 
-unsigned ctx__timer_shard(void)
+void ctx__timer_insert(struct ctx__timer *t, ctx_time_t now)
 {
-    return my_shard();
-}
-
-int ctx__timer_need_thread(void)
-{
-    return ensure_thread();
-}
-
-void ctx__timer_insert(struct ctx__timer *t)
-{
-    timer_insert(t);
+    timer_insert(t, now);
 }

@@ -98,22 +98,6 @@ static struct ctx__msg *msg_ref(struct ctx__msg *m)
     return m;
 }
 
-static size_t ctx__node_size(unsigned kind, uint32_t state)
-{
-    switch (kind) {
-    case CTX__CANCEL:
-        return state & CTX__HANDLE ? sizeof(struct ctx__hnode) : sizeof(struct ctx);
-    case CTX__TIMER:
-        return sizeof(struct ctx__timer);
-    case CTX__CUSTOM:
-        return sizeof(struct ctx__custom);
-    case CTX__WITHOUT:
-        return offsetof(struct ctx, u);
-    default:
-        return sizeof(struct ctx);
-    }
-}
-
 /* c's shard in its parent's fan-out, from c's state word, or NULL. */
 static struct ctx__fan_shard *fan_shard(struct ctx *p, uint32_t cstate)
 {
@@ -196,61 +180,96 @@ static int fan_release(struct ctx *p)
     return atomic_fetch_sub_explicit(&p->refs, 1, memory_order_acq_rel) == 1;
 }
 
+/* Tears down cancel node c (kind, not VALUE nor WITHOUT), whose count
+ * reached zero: its handle, its place in its parent's children, its fd,
+ * message, timer and hooks.  Returns its state word (its fan shard) and
+ * sets *size to its block's size. */
+static uint32_t free_cancel(struct ctx *c, unsigned kind, size_t *size)
+{
+    uint32_t s;
+    if (kind == CTX__CANCEL) {
+        /* Acquire: pairs with the release in mark() (the cause and message
+         * of a done node) and with a canceller's unlock below. */
+        s = atomic_load_explicit(&c->u.c.state, memory_order_acquire);
+        *size = sizeof(struct ctx);
+        if (s & CTX__HANDLE) {
+            *size = sizeof(struct ctx__hnode);
+            goto handle;
+        }
+    } else {
+        *size = kind == CTX__TIMER    ? sizeof(struct ctx__timer)
+                : kind == CTX__CUSTOM ? sizeof(struct ctx__custom)
+                                      : sizeof(struct ctx__hnode);
+    handle:;
+        /* First of all, the cancel handle goes stale: a ctx_cancel through
+         * it is a no-op from now on.  (It waits while a ctx_cancel holds c
+         * through the handle, which is why the state is read after it.) */
+        ctx__handle_drop_node(c);
+        s = atomic_load_explicit(&c->u.c.state, memory_order_acquire);
+    }
+    if ((s & CTX__ERR_MASK) == 0) {
+        /* Live: unlink under the parent's lock (or its shard's).  A
+         * canceller that reaches c meanwhile holds that lock until it is
+         * done with c's subtree.  A child of a root was never linked. */
+        if (ctx__kind(ctx__parent(c)) != CTX__ROOT)
+            detach(c, s);
+    } else if (atomic_load_explicit(&c->lock, memory_order_acquire) != 0) {
+        /* Done, and a canceller may still be walking below c: it holds c's
+         * lock until it leaves.  (Acquire above pairs with its unlock when
+         * the word is already 0.) */
+        ctx__lock(&c->lock);
+        ctx__unlock(&c->lock);
+    }
+    if (CTX__UNLIKELY(s & (CTX__HAS_FD | CTX__FANNED))) {
+        if (s & CTX__HAS_FD)
+            ctx__fd_release(c);
+        if (s & CTX__FANNED)
+            ctx__free(ctx__fan_of(c)->mem); /* every child is gone */
+    }
+    /* A live timer's msg is its deadline message (see mark()). */
+    ctx__msg_unref(c->u.c.msg);
+    if (kind == CTX__TIMER) {
+        if ((s & CTX__ERR_MASK) == 0)
+            ctx__timer_remove((struct ctx__timer *)c);
+    } else if (kind == CTX__CUSTOM) {
+        struct ctx__custom *cu = (struct ctx__custom *)c;
+        if (cu->ops->destroy != NULL)
+            cu->ops->destroy(cu->data);
+    }
+    return s;
+}
+
 /*
  * Frees c, whose count reached zero, then walks up: each parent loses the
  * reference its child held and is freed in turn when that was its last.  A
  * loop, not recursion, so a chain of any depth frees on any stack.
  */
-static void free_chain(struct ctx *c)
+#if defined(__GNUC__) || defined(__clang__)
+__attribute__((noinline))
+#endif
+static void
+free_chain(struct ctx *c)
 {
     while (c != NULL) {
         struct ctx *parent = ctx__parent(c);
         unsigned kind = ctx__kind(c);
         uint32_t s = 0; /* a cancel node's state: its fan shard */
+        size_t size;
 
         /* Tracking (track.c): the one test it costs a free while off. */
-        if (ctx__tracking_on())
+        if (CTX__UNLIKELY(ctx__tracking_on()))
             ctx__track_forget(c);
 
         if (kind == CTX__VALUE) {
             if (c->u.v.destroy != NULL)
                 c->u.v.destroy(c->u.v.value);
+            size = sizeof(struct ctx);
         } else if (ctx__is_cancel_kind(kind)) {
-            /* First of all, the cancel handle goes stale: a ctx_cancel
-             * through it is a no-op from now on.  (It waits while a
-             * ctx_cancel holds c through the handle, which is why the state
-             * is read after it.) */
-            s = atomic_load_explicit(&c->u.c.state, memory_order_relaxed);
-            if (kind != CTX__CANCEL || (s & CTX__HANDLE))
-                ctx__handle_drop_node(c);
-            s = atomic_load_explicit(&c->u.c.state, memory_order_acquire);
-            if ((s & CTX__ERR_MASK) == 0) {
-                /* Live: unlink under the parent's lock (or its shard's).
-                 * A canceller that reaches c meanwhile holds that lock
-                 * until it is done with c's subtree. */
-                detach(c, s);
-            } else if (atomic_load_explicit(&c->lock, memory_order_acquire) != 0) {
-                /* Done, and a canceller may still be walking below c: it
-                 * holds c's lock until it leaves.  (Acquire above pairs with
-                 * its unlock when the word is already 0.) */
-                ctx__lock(&c->lock);
-                ctx__unlock(&c->lock);
-            }
-            if (s & CTX__HAS_FD)
-                ctx__fd_release(c);
-            /* A live timer's msg is its deadline message (see mark()). */
-            ctx__msg_unref(c->u.c.msg);
-            if (kind == CTX__TIMER && (s & CTX__ERR_MASK) == 0)
-                ctx__timer_remove((struct ctx__timer *)c);
-            if (kind == CTX__CUSTOM) {
-                struct ctx__custom *cu = (struct ctx__custom *)c;
-                if (cu->ops->destroy != NULL)
-                    cu->ops->destroy(cu->data);
-            }
-            if (s & CTX__FANNED)
-                ctx__free(ctx__fan_of(c)->mem); /* every child is gone */
+            s = free_cancel(c, kind, &size);
+        } else {
+            size = kind == CTX__WITHOUT ? offsetof(struct ctx, u) : sizeof(struct ctx);
         }
-        ctx__node_free(c, ctx__node_size(kind, s));
+        ctx__node_free(c, size);
         ctx__live_add(-1);
 
         if (parent == NULL || ctx__kind(parent) == CTX__ROOT || !drop_parent(parent, s))
@@ -259,12 +278,17 @@ static void free_chain(struct ctx *c)
     }
 }
 
-void ctx_unref(ctx_t *c)
+void ctx__unref(struct ctx *c)
 {
     if (c == NULL || ctx__kind(c) == CTX__ROOT)
         return;
     if (drop_ref(c))
         free_chain(c);
+}
+
+void ctx_unref(ctx_t *c)
+{
+    ctx__unref(c);
 }
 
 /* ---------------------------------------------------------------------------
@@ -403,14 +427,23 @@ static void fan_close(struct ctx *x)
  * already done.  n is not visible to any other thread yet.  Takes a
  * reference to parent (or counts it in a fan-out shard).  Cannot fail.
  */
-void ctx__init_cancel(struct ctx *n, ctx_t *parent, unsigned kind)
+static void link_cancel(struct ctx *n, ctx_t *parent, struct ctx *p, unsigned kind);
+
+/* ctx__init_cancel's body, inlined into ctx_with_cancel, whose kind is a
+ * constant there: a child of a root is made without a further call. */
+#if defined(__GNUC__) || defined(__clang__)
+__attribute__((always_inline))
+#endif
+static inline void
+init_cancel(struct ctx *n, ctx_t *parent, unsigned kind)
 {
     struct ctx *p = ctx__owner(parent);
     uint32_t flags = kind & CTX__WITH_HANDLE ? CTX__HANDLE : 0;
     kind &= 7u;
+    int root = ctx__kind(p) == CTX__ROOT;
 
     ctx__live_add(1);
-    n->up = kind == CTX__TIMER ? n : (struct ctx *)ctx__dlsrc(parent);
+    n->up = kind == CTX__TIMER ? n : root ? NULL : p->up; /* ctx__dlsrc(parent) */
     atomic_init(&n->refs, 1);
     atomic_init(&n->lock, 0);
     atomic_init(&n->u.c.state, flags);
@@ -423,11 +456,24 @@ void ctx__init_cancel(struct ctx *n, ctx_t *parent, unsigned kind)
     n->u.c.link.next = NULL;
     n->u.c.link.pprev = NULL;
 
-    if (ctx__kind(p) == CTX__ROOT) {
+    if (root) {
+        /* The parent can never be done: nothing to link to.  (A root
+         * parent is not counted; a value parent over a root is.) */
         n->pk = (uintptr_t)ctx__ref(parent) | kind;
-        return; /* the parent can never be done: nothing to link to */
+        return;
     }
+    link_cancel(n, parent, p, kind);
+}
 
+void ctx__init_cancel(struct ctx *n, ctx_t *parent, unsigned kind)
+{
+    init_cancel(n, parent, kind);
+}
+
+/* The rest of init_cancel for a parent whose owner p is a cancel node:
+ * link n (kind without flags) under p, or mark it done at birth. */
+static void link_cancel(struct ctx *n, ctx_t *parent, struct ctx *p, unsigned kind)
+{
     /* Acquire: pairs with the release in mark(); lets us copy cause and msg
      * without the parent's lock when the parent is already done.  Also
      * pairs with the release in fan_install(). */
@@ -477,7 +523,7 @@ ctx_t *ctx_with_cancel(ctx_t *parent, ctx_cancel_t **cancel)
             errno = ENOMEM;
             return NULL;
         }
-        ctx__init_cancel(n, parent, CTX__CANCEL);
+        init_cancel(n, parent, CTX__CANCEL);
         return n;
     }
     *cancel = NULL;
@@ -486,14 +532,14 @@ ctx_t *ctx_with_cancel(ctx_t *parent, ctx_cancel_t **cancel)
         return NULL;
     }
     /* A node with a handle is the larger block that has room for the
-     * handle's cell index; the cell is reserved first so that binding it
-     * cannot fail. */
+     * handle's word; a cell is reserved first so that binding it cannot
+     * fail when the block comes from a program's allocator. */
     struct ctx__hnode *n;
     if (ctx__handle_reserve() != 0 || (n = ctx__node_alloc(sizeof *n)) == NULL) {
         errno = ENOMEM;
         return NULL;
     }
-    ctx__init_cancel(&n->base, parent, CTX__CANCEL | CTX__WITH_HANDLE);
+    init_cancel(&n->base, parent, CTX__CANCEL | CTX__WITH_HANDLE);
     *cancel = ctx__handle_bind(&n->base);
     return &n->base;
 }

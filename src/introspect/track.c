@@ -17,6 +17,7 @@
 #include "internal.h"
 
 #include <inttypes.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -28,23 +29,85 @@ int ctx_tracking_;
  * the value and without-cancel constructors) and where free_chain frees it,
  * whether tracking is on or not.
  */
-struct ctx__live_shard ctx__live[CTX__NLIVE];
+CTX__TLS struct ctx__live_cell *ctx__live_mine;
 
-unsigned ctx__live_slot(void)
+/* Every cell ever made, newest first; cells are never freed, so a reader
+ * may follow the list without a lock. */
+static struct ctx__live_cell *_Atomic live_cells;
+/* Contexts counted by threads that had no cell: past their exit (a
+ * destructor freeing contexts), or when no memory for one was had. */
+static _Atomic long live_spill;
+/* 0 before this thread took a cell, 1 with one, 2 once it gave it back at
+ * its exit. */
+static CTX__TLS int live_state;
+static pthread_key_t live_key;
+static pthread_once_t live_once = PTHREAD_ONCE_INIT;
+
+/* At a thread's exit: its cell, with its count, is free for the next
+ * thread.  Release: the count it wrote happens before the next owner's
+ * first load of it. */
+static void live_gone(void *arg)
 {
-    static CTX__TLS unsigned mine;
-    static _Atomic unsigned next;
-    if (mine == 0)
-        mine = 1 + atomic_fetch_add_explicit(&next, 1, memory_order_relaxed) % CTX__NLIVE;
-    return mine - 1;
+    struct ctx__live_cell *c = arg;
+    ctx__live_mine = NULL;
+    live_state = 2;
+    atomic_store_explicit(&c->owned, 0, memory_order_release);
+}
+
+static void live_make_key(void)
+{
+    pthread_key_create(&live_key, live_gone);
+}
+
+/* The first count of this thread: claims a free cell (a thread that ended
+ * left it), or makes one.  No lock, so a child of fork(2) can always get
+ * one. */
+void ctx__live_slow(long d)
+{
+    if (live_state == 0) {
+        struct ctx__live_cell *c;
+        /* Acquire: pairs with the release that publishes a new cell. */
+        for (c = atomic_load_explicit(&live_cells, memory_order_acquire); c != NULL;
+             c = atomic_load_explicit(&c->next, memory_order_acquire)) {
+            int free_cell = 0;
+            /* Acquire: pairs with the release in live_gone. */
+            if (atomic_compare_exchange_strong_explicit(&c->owned, &free_cell, 1,
+                                                        memory_order_acquire, memory_order_relaxed))
+                break;
+        }
+        if (c == NULL && (c = calloc(1, sizeof *c)) != NULL) {
+            atomic_init(&c->owned, 1);
+            struct ctx__live_cell *head = atomic_load_explicit(&live_cells, memory_order_relaxed);
+            do
+                atomic_store_explicit(&c->next, head, memory_order_relaxed);
+            /* Release: publishes the cell's fields to readers of the list. */
+            while (!atomic_compare_exchange_weak_explicit(
+                &live_cells, &head, c, memory_order_release, memory_order_relaxed));
+        }
+        if (c != NULL) {
+            pthread_once(&live_once, live_make_key);
+            if (pthread_setspecific(live_key, c) == 0) {
+                live_state = 1;
+                ctx__live_mine = c;
+                ctx__live_add(d);
+                return;
+            }
+            /* No exit hook: keep no cell, give this one back, and count
+             * in the shared counter from now on. */
+            atomic_store_explicit(&c->owned, 0, memory_order_release);
+        }
+        live_state = 2;
+    }
+    atomic_fetch_add_explicit(&live_spill, d, memory_order_relaxed);
 }
 
 size_t ctx_live_count(void)
 {
-    long n = 0;
-    for (int i = 0; i < CTX__NLIVE; i++)
-        n += atomic_load_explicit(&ctx__live[i].n, memory_order_relaxed);
-    /* Shards are read one after another while others change them: a sum
+    long n = atomic_load_explicit(&live_spill, memory_order_relaxed);
+    for (struct ctx__live_cell *c = atomic_load_explicit(&live_cells, memory_order_acquire);
+         c != NULL; c = atomic_load_explicit(&c->next, memory_order_acquire))
+        n += atomic_load_explicit(&c->n, memory_order_relaxed);
+    /* Counters are read one after another while others change them: a sum
      * taken mid-change can be off by the contexts made or freed meanwhile,
      * never negative once those settle. */
     return n > 0 ? (size_t)n : 0;

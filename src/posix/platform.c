@@ -189,26 +189,6 @@ ssize_t ctx__plat_sock_nowait(int fd, const struct iovec *iov, int iovcnt, int f
 #endif
 }
 
-static int urandom(uint8_t *buf, size_t n)
-{
-    int fd = open("/dev/urandom", O_RDONLY | O_CLOEXEC);
-    if (fd < 0)
-        return errno;
-    size_t done = 0;
-    while (done < n) {
-        ssize_t r = read(fd, buf + done, n - done);
-        if (r > 0) {
-            done += (size_t)r;
-        } else if (r == 0 || errno != EINTR) {
-            int e = r == 0 ? EIO : errno;
-            close(fd);
-            return e;
-        }
-    }
-    close(fd);
-    return 0;
-}
-
 int ctx__plat_random(void *out, size_t n)
 {
     uint8_t *buf = out;
@@ -219,14 +199,14 @@ int ctx__plat_random(void *out, size_t n)
         size_t k = n - done < 256 ? n - done : 256;
         if (getentropy(buf + done, k) != 0) {
             if (errno == ENOSYS)
-                return urandom(buf + done, n - done);
+                return ctx__plat_urandom(buf + done, n - done);
             return errno;
         }
         done += k;
     }
     return 0;
 #else
-    return urandom(buf, n);
+    return ctx__plat_urandom(buf, n);
 #endif
 }
 

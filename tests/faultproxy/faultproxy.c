@@ -199,6 +199,22 @@ static bool want_write(const struct fp_dir *d, int64_t now)
     return mode != FP_TRICKLE || now >= d->due_ms;
 }
 
+/* Whether the poll should wait for d's receiver to take bytes; when a
+ * trickle holds d's bytes back, *timeout (ms, -1 for none) is lowered to
+ * when the next one is due. */
+static bool write_due(const struct fp_dir *d, int64_t now, int *timeout)
+{
+    if (d->len == 0 || d->shut)
+        return false;
+    if (want_write(d, now))
+        return true;
+    if (mode == FP_TRICKLE) {
+        int64_t w = d->due_ms - now;
+        *timeout = *timeout < 0 || w < *timeout ? (int)w : *timeout;
+    }
+    return false;
+}
+
 /* Moves bytes of one direction.  Returns -1 when the connection must go. */
 static int pump(struct fp_dir *d, int from, int to, short rev_from, short rev_to, int64_t now)
 {
@@ -353,22 +369,10 @@ int main(int argc, char **argv)
                     ce |= POLLIN;
                 if (read_room(&c->down))
                     se |= POLLIN;
-                if (c->up.len && !c->up.shut) {
-                    if (want_write(&c->up, now))
-                        se |= POLLOUT;
-                    else if (mode == FP_TRICKLE) {
-                        int64_t w = c->up.due_ms - now;
-                        timeout = timeout < 0 || w < timeout ? (int)w : timeout;
-                    }
-                }
-                if (c->down.len && !c->down.shut) {
-                    if (want_write(&c->down, now))
-                        ce |= POLLOUT;
-                    else if (mode == FP_TRICKLE) {
-                        int64_t w = c->down.due_ms - now;
-                        timeout = timeout < 0 || w < timeout ? (int)w : timeout;
-                    }
-                }
+                if (write_due(&c->up, now, &timeout))
+                    se |= POLLOUT;
+                if (write_due(&c->down, now, &timeout))
+                    ce |= POLLOUT;
             }
             pfd[n++] = (struct pollfd){ .fd = mode == FP_DARK ? -1 : c->cfd, .events = ce };
             pfd[n++] = (struct pollfd){ .fd = mode == FP_DARK ? -1 : c->sfd, .events = se };

@@ -66,6 +66,23 @@ static inline int faultproxy_pipe_(int fds[2])
 #endif
 }
 
+/* Ends the proxy (every connection through it closes) and reaps it.
+ * Safe to call twice and on a proxy that failed to start. */
+static inline void faultproxy_stop(faultproxy_t *fp)
+{
+    if (fp->pid > 0) {
+        kill(fp->pid, SIGKILL);
+        while (waitpid(fp->pid, NULL, 0) < 0 && errno == EINTR)
+            ;
+    }
+    if (fp->in)
+        fclose(fp->in);
+    if (fp->out)
+        fclose(fp->out);
+    memset(fp, 0, sizeof *fp);
+    fp->pid = -1;
+}
+
 /* Starts `exe` listening on 127.0.0.1 (a port the kernel picks) in front of
  * `target` ("HOST:PORT") and reads the port it got into fp->port. */
 static inline int faultproxy_start(faultproxy_t *fp, const char *exe, const char *target)
@@ -104,22 +121,15 @@ static inline int faultproxy_start(faultproxy_t *fp, const char *exe, const char
     fp->pid = pid;
     fp->in = fdopen(to[1], "w");
     fp->out = fdopen(from[0], "r");
+    if (!fp->in)
+        close(to[1]);
+    if (!fp->out)
+        close(from[0]);
     char line[128];
     if (!fp->in || !fp->out || !fgets(line, sizeof line, fp->out) ||
         sscanf(line, "port %d", &fp->port) != 1) {
         fprintf(stderr, "faultproxy: no port from %s\n", exe);
-        if (!fp->in)
-            close(to[1]);
-        if (!fp->out)
-            close(from[0]);
-        kill(pid, SIGKILL);
-        waitpid(pid, NULL, 0);
-        if (fp->in)
-            fclose(fp->in);
-        if (fp->out)
-            fclose(fp->out);
-        memset(fp, 0, sizeof *fp);
-        fp->pid = -1;
+        faultproxy_stop(fp);
         return -1;
     }
     return 0;
@@ -184,23 +194,6 @@ static inline int faultproxy_count(faultproxy_t *fp)
     if (faultproxy_cmd_answer_(fp, ans, sizeof ans, "count") != 0 || sscanf(ans, "ok %d", &n) != 1)
         return -1;
     return n;
-}
-
-/* Ends the proxy (every connection through it closes) and reaps it.
- * Safe to call twice and on a proxy that failed to start. */
-static inline void faultproxy_stop(faultproxy_t *fp)
-{
-    if (fp->pid > 0) {
-        kill(fp->pid, SIGKILL);
-        while (waitpid(fp->pid, NULL, 0) < 0 && errno == EINTR)
-            ;
-    }
-    if (fp->in)
-        fclose(fp->in);
-    if (fp->out)
-        fclose(fp->out);
-    memset(fp, 0, sizeof *fp);
-    fp->pid = -1;
 }
 
 #endif

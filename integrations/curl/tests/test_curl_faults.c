@@ -24,7 +24,7 @@
  */
 #include "check.h"
 
-#include "faultproxy/faultproxy.h"
+#include "faultproxy/faulttest.h"
 #include "peer_proc.h"
 
 #include <ctx/curl.h>
@@ -67,7 +67,7 @@ static void stop_peer_and_proxy(void)
 
 static void proxy(const char *cmd)
 {
-    CHECK_MSG(faultproxy_cmd(&fp, "%s", cmd) == 0, "faultproxy %s", cmd);
+    faulttest_proxy(&fp, cmd);
 }
 
 /* What a transfer received, and a fault the callbacks set off on their own
@@ -350,15 +350,34 @@ static CURLcode bounded_perform(CURL *easy, ctx_duration_t budget, bool early_er
     return rc;
 }
 
+/* Points easy at route?id=TAG-PROTO-ROUND (the id the peer's event lines
+ * carry, copied into id) with prepare. */
+static void prepare_tagged(CURL *easy, const char *route, const char *tag, enum proto p, int round,
+                           struct xfer *x, bool upload, char id[32])
+{
+    char path[64];
+    snprintf(id, 32, "%s-%d-%d", tag, p, round);
+    snprintf(path, sizeof path, "%s?id=%s", route, id);
+    prepare(easy, path, x, upload);
+}
+
+/* Performs easy on a fault that holds the transfer until its deadline,
+ * budget away: it must end CURLE_OPERATION_TIMEDOUT within the bound.
+ * Returns the return's distance from the deadline in us. */
+static long perform_to_deadline(CURL *easy, ctx_duration_t budget)
+{
+    long us;
+    CHECK_EQ_INT(bounded_perform(easy, budget, false, &us), CURLE_OPERATION_TIMEDOUT);
+    return us;
+}
+
 static void fault_dark_before(CURL *easy, enum proto p, int round)
 {
     (void)round;
     struct xfer x = { 0 };
     prepare(easy, "/fast", &x, false);
     proxy("dark");
-    long us;
-    CHECK_EQ_INT(bounded_perform(easy, 300 * CTX_MILLISECOND, false, &us),
-                 CURLE_OPERATION_TIMEDOUT);
+    long us = perform_to_deadline(easy, 300 * CTX_MILLISECOND);
     CHECK_EQ_INT(x.received, 0);
     note(0, "dark before the call", p, us);
     check_after(easy, p, NULL);
@@ -366,16 +385,12 @@ static void fault_dark_before(CURL *easy, enum proto p, int round)
 
 static void fault_dark_sending(CURL *easy, enum proto p, int round)
 {
-    char path[64], id[32];
-    snprintf(id, sizeof id, "send-%d-%d", p, round);
-    snprintf(path, sizeof path, "/upload?id=%s", id);
+    char id[32];
     struct xfer x = { .dark_after_sent = 256 << 10 };
-    prepare(easy, path, &x, true);
+    prepare_tagged(easy, "/upload", "send", p, round, &x, true, id);
     struct curl_slist *h = curl_slist_append(NULL, "Expect:");
     curl_easy_setopt(easy, CURLOPT_HTTPHEADER, h);
-    long us;
-    CHECK_EQ_INT(bounded_perform(easy, 300 * CTX_MILLISECOND, false, &us),
-                 CURLE_OPERATION_TIMEDOUT);
+    long us = perform_to_deadline(easy, 300 * CTX_MILLISECOND);
     CHECK(x.darkened);
     CHECK(x.sent < (size_t)256 << 20); /* it was still sending */
     curl_easy_setopt(easy, CURLOPT_HTTPHEADER, NULL);
@@ -386,16 +401,12 @@ static void fault_dark_sending(CURL *easy, enum proto p, int round)
 
 static void fault_dark_working(CURL *easy, enum proto p, int round)
 {
-    char path[64], id[32];
-    snprintf(id, sizeof id, "work-%d-%d", p, round);
-    snprintf(path, sizeof path, "/hang?id=%s", id);
+    char id[32];
     struct xfer x = { 0 };
-    prepare(easy, path, &x, false);
+    prepare_tagged(easy, "/hang", "work", p, round, &x, false, id);
     struct trigger t;
     trigger_on(&t, "started", id, "dark");
-    long us;
-    CHECK_EQ_INT(bounded_perform(easy, 300 * CTX_MILLISECOND, false, &us),
-                 CURLE_OPERATION_TIMEDOUT);
+    long us = perform_to_deadline(easy, 300 * CTX_MILLISECOND);
     trigger_join(&t);
     note(2, "dark while the server works", p, us);
     check_after(easy, p, id);
@@ -403,14 +414,10 @@ static void fault_dark_working(CURL *easy, enum proto p, int round)
 
 static void fault_dark_streaming(CURL *easy, enum proto p, int round)
 {
-    char path[64], id[32];
-    snprintf(id, sizeof id, "stream-%d-%d", p, round);
-    snprintf(path, sizeof path, "/stream?id=%s", id);
+    char id[32];
     struct xfer x = { .dark_after_received = 8 << 10 };
-    prepare(easy, path, &x, false);
-    long us;
-    CHECK_EQ_INT(bounded_perform(easy, 300 * CTX_MILLISECOND, false, &us),
-                 CURLE_OPERATION_TIMEDOUT);
+    prepare_tagged(easy, "/stream", "stream", p, round, &x, false, id);
+    long us = perform_to_deadline(easy, 300 * CTX_MILLISECOND);
     CHECK(x.darkened);
     CHECK(strncmp(x.head, "first", 5) == 0);
     note(3, "dark while the response streams", p, us);
@@ -460,11 +467,9 @@ static void fault_dark_at_deadline(CURL *easy, enum proto p, int round)
 static void fault_ending(CURL *easy, enum proto p, int round, int slot, const char *name,
                          const char *cmd)
 {
-    char path[64], id[32];
-    snprintf(id, sizeof id, "%s-%d-%d", cmd != NULL ? cmd : "kill", p, round);
-    snprintf(path, sizeof path, "/hang?id=%s", id);
+    char id[32];
     struct xfer x = { 0 };
-    prepare(easy, path, &x, false);
+    prepare_tagged(easy, "/hang", cmd != NULL ? cmd : "kill", p, round, &x, false, id);
     struct trigger t;
     trigger_on(&t, "started", id, cmd);
     long us;
@@ -495,9 +500,7 @@ static void fault_trickle(CURL *easy, enum proto p, int round)
     struct xfer x = { 0 };
     prepare(easy, "/fast", &x, false);
     proxy("trickle 1000");
-    long us;
-    CHECK_EQ_INT(bounded_perform(easy, 500 * CTX_MILLISECOND, false, &us),
-                 CURLE_OPERATION_TIMEDOUT);
+    long us = perform_to_deadline(easy, 500 * CTX_MILLISECOND);
     note(7, "one byte per second", p, us);
     check_after(easy, p, NULL);
 }

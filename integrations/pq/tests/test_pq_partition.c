@@ -21,11 +21,9 @@
  */
 #include "check.h"
 
-#include "faultproxy/faultproxy.h"
-#include "faultproxy/lateness.h"
+#include "faultproxy/faulttest.h"
+#include "io_helpers.h"
 #include "pq_test.h"
-
-#include <dirent.h>
 
 #define BUDGET (300 * CTX_MILLISECOND)
 #define BOUND  PQ_BOUND
@@ -33,23 +31,12 @@
 static faultproxy_t fp;
 static char via_proxy[600];
 static PGconn *observer;
-static ctx_duration_t worst = INT64_MIN;
+static faulttest_late_t late = FAULTTEST_LATE_INIT(BOUND);
 static long kept_total, broken_total;
 
 static void proxy(const char *cmd)
 {
-    CHECK_MSG(faultproxy_cmd(&fp, "%s", cmd) == 0, "proxy command %s", cmd);
-}
-
-static int fd_count(void)
-{
-    int n = 0;
-    DIR *d = opendir("/proc/self/fd");
-    CHECK(d != NULL);
-    while (readdir(d) != NULL)
-        n++;
-    closedir(d);
-    return n;
+    faulttest_proxy(&fp, cmd);
 }
 
 static PGconn *open_via_proxy(void)
@@ -62,19 +49,10 @@ static PGconn *open_via_proxy(void)
     return conn;
 }
 
-/* rd0 is lateness_run_delay() from before the call: the time the process
- * waited for a CPU is not the library's (lateness.h). */
+/* rd0 is lateness_run_delay() from before the call. */
 static void check_late(const char *what, ctx_time_t end, ctx_time_t returned, int64_t rd0)
 {
-    ctx_duration_t late = returned - end;
-    int64_t starved = lateness_run_delay() - rd0;
-    if (starved < 0)
-        starved = 0;
-    if (late - starved > worst)
-        worst = late - starved;
-    CHECK_MSG(late - starved <= BOUND,
-              "%s: returned %lld ms after the context's end, %lld ms of it waiting for a CPU", what,
-              (long long)(late / CTX_MILLISECOND), (long long)(starved / CTX_MILLISECOND));
+    faulttest_check_late(&late, what, end, returned, rd0);
 }
 
 /* After the heal: usable or broken at once.  A broken connection is
@@ -365,7 +343,7 @@ int main(void)
     CHECK_EQ_INT(pq_int(observer, "SELECT 1"), 1);
     ctx_unref(warm);
     int threads0 = check_thread_count();
-    int fds0 = fd_count();
+    int fds0 = io_fd_count();
     long rounds = check_scale(3);
     if (rounds < 2)
         rounds = 2;
@@ -413,16 +391,16 @@ int main(void)
     test_get_result_dark(rounds);
 
     fprintf(stderr, "worst lateness %+lld ms; after the heal %ld connections kept, %ld broken\n",
-            (long long)(worst / CTX_MILLISECOND), kept_total, broken_total);
+            (long long)(late.worst / CTX_MILLISECOND), kept_total, broken_total);
 
     /* The background cancel work ends within CTX_PQ_DRAIN_TIMEOUT_MS and
      * leaves nothing behind. */
     ctx_time_t deadline = check_mono_now() + (CTX_PQ_DRAIN_TIMEOUT_MS + 5000) * CTX_MILLISECOND;
-    while ((check_thread_count() > threads0 || fd_count() > fds0) && check_mono_now() < deadline)
+    while ((check_thread_count() > threads0 || io_fd_count() > fds0) && check_mono_now() < deadline)
         check_sleep_ns(50 * CTX_MILLISECOND);
     CHECK_MSG(check_thread_count() <= threads0, "threads %d, were %d", check_thread_count(),
               threads0);
-    CHECK_MSG(fd_count() <= fds0, "fds %d, were %d", fd_count(), fds0);
+    CHECK_MSG(io_fd_count() <= fds0, "fds %d, were %d", io_fd_count(), fds0);
 
     free(big_statement);
     PQfinish(observer);

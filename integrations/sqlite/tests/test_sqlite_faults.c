@@ -13,25 +13,16 @@
 
 #include <ctx/sqlite.h>
 
-#include "faultproxy/lateness.h"
+#include "faultproxy/faulttest.h"
 
 #define BOUND (100 * CTX_MILLISECOND)
 
-static ctx_duration_t worst = INT64_MIN;
+static faulttest_late_t late = FAULTTEST_LATE_INIT(BOUND);
 
-/* rd0 is lateness_run_delay() from before the call: the time the process
- * waited for a CPU is not the library's (tests/faultproxy/lateness.h). */
+/* rd0 is lateness_run_delay() from before the call. */
 static void check_late(const char *what, ctx_time_t end, ctx_time_t returned, int64_t rd0)
 {
-    ctx_duration_t late = returned - end;
-    int64_t starved = lateness_run_delay() - rd0;
-    if (starved < 0)
-        starved = 0;
-    if (late - starved > worst)
-        worst = late - starved;
-    CHECK_MSG(late - starved <= BOUND,
-              "%s: returned %lld ms after the context's end, %lld ms of it waiting for a CPU", what,
-              (long long)(late / CTX_MILLISECOND), (long long)(starved / CTX_MILLISECOND));
+    faulttest_check_late(&late, what, end, returned, rd0);
 }
 
 struct later {
@@ -70,29 +61,25 @@ static void round_trip(const char *what, sqlite3 *db, const char *sql, bool use_
         check_thread_start(&t, cancel_later, &l);
     }
     int rc;
+    ctx_time_t returned;
     if (use_step) {
         sqlite3_stmt *stmt;
         CHECK_EQ_INT(sqlite3_prepare_v2(db, sql, -1, &stmt, NULL), SQLITE_OK);
         while ((rc = ctx_sqlite_step(ctx, stmt)) == SQLITE_ROW)
             ;
-        ctx_time_t returned = check_mono_now();
+        returned = check_mono_now();
         sqlite3_finalize(stmt);
-        if (i % 2 == 1) {
-            check_thread_join(t);
-            end = l.at;
-        }
-        check_late(what, end, returned, rd0);
     } else {
         char *msg = NULL;
         rc = ctx_sqlite_exec(ctx, db, sql, NULL, NULL, &msg);
-        ctx_time_t returned = check_mono_now();
+        returned = check_mono_now();
         sqlite3_free(msg);
-        if (i % 2 == 1) {
-            check_thread_join(t);
-            end = l.at;
-        }
-        check_late(what, end, returned, rd0);
     }
+    if (i % 2 == 1) {
+        check_thread_join(t);
+        end = l.at;
+    }
+    check_late(what, end, returned, rd0);
     CHECK_EQ_INT(rc, SQLITE_INTERRUPT);
     ctx_unref(ctx);
 }
@@ -153,6 +140,6 @@ int main(void)
     busy_case(true, rounds, &rng);
     endless_case(rounds, &rng);
     fprintf(stderr, "worst lateness over %ld rounds each: %+lld ms\n", rounds,
-            (long long)(worst / CTX_MILLISECOND));
+            (long long)(late.worst / CTX_MILLISECOND));
     return 0;
 }
