@@ -8,8 +8,11 @@
  *               counting allocator (ctx_replace_allocator): requested bytes,
  *               and what malloc really hands out (malloc_usable_size + 8);
  *               the allocator is put back before the timed figures
- *   timeouts.*  1,000,000 live ctx_with_timeout(parent, 1 h): create, cancel
- *               one by one, cancel them all through their parent, free
+ *   timeouts.*  1,000,000 live ctx_with_timeout(parent, 1 h, &cancel):
+ *               create, cancel one by one, cancel them all through their
+ *               parent, free; and the growth of the resident set per live
+ *               timeout in the process's first burst (rss_per_ctx: nodes,
+ *               handles and timer structures, everything the library keeps)
  *   timeouts.cancel_each.SHAPE, timeouts.create.threads2  (only with
  *               --only=timeout_shapes) the same created by two threads, or
  *               cancelled in reverse or a random order, or freed as they are
@@ -44,6 +47,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 static int quick;
 
@@ -190,6 +194,19 @@ static void mem_figures(void)
 /* ---------------------------------------------------------------------------
  * 1,000,000 live timeouts */
 
+/* The process's resident set in bytes (Linux), or -1. */
+static long long rss_bytes(void)
+{
+    FILE *f = fopen("/proc/self/statm", "r");
+    long long size, res = -1;
+    if (f == NULL)
+        return -1;
+    if (fscanf(f, "%lld %lld", &size, &res) != 2)
+        res = -1;
+    fclose(f);
+    return res < 0 ? -1 : res * (long long)sysconf(_SC_PAGESIZE);
+}
+
 static void timeout_figures(void)
 {
     const size_t n = quick ? 10000 : 1000000;
@@ -197,17 +214,29 @@ static void timeout_figures(void)
     ctx_cancel_t **cc = malloc(n * sizeof *cc);
     if (c == NULL || cc == NULL)
         die("malloc");
+    /* Resident before the baseline, so that the growth is the library's
+     * alone: the nodes, their handles, the timer structures.  Not zeros:
+     * the compiler may turn malloc and a zeroing memset into a calloc,
+     * which touches no page. */
+    memset(c, 0xff, n * sizeof *c);
+    memset(cc, 0xff, n * sizeof *cc);
 
     for (int round = 0; round < 2; round++) {
         ctx_cancel_t *pc;
         ctx_t *parent = ctx_with_cancel(ctx_background(), &pc);
+        long long rss0 = rss_bytes();
         ctx_time_t t0 = ctx_now();
         for (size_t i = 0; i < n; i++)
             if ((c[i] = ctx_with_timeout(parent, CTX_HOUR, &cc[i])) == NULL)
                 die("ctx_with_timeout");
         ctx_time_t t1 = ctx_now();
+        long long rss1 = rss_bytes();
         if (round == 0) {
             put("timeouts.create", (double)(t1 - t0) / (double)n, "ns/op");
+            /* The first burst of the process: growth of the resident set
+             * per live ctx_with_timeout(parent, 1 h, &cancel). */
+            if (rss0 >= 0 && rss1 >= 0)
+                put("timeouts.rss_per_ctx", (double)(rss1 - rss0) / (double)n, "B");
             /* Each cancelled through its own handle. */
             for (size_t i = 0; i < n; i++)
                 ctx_cancel(cc[i]);

@@ -477,7 +477,8 @@ CTX_EXPORT void *ctx_custom_data(ctx_t *ctx);
  * end of main, before dlclose); threads that another thread's call starts
  * meanwhile may be waited for too.  The library stays usable: a later call
  * that needs a thread starts it again.  Memory the library keeps for its
- * whole life (the handle table, caches) stays reachable and is not a leak.
+ * whole life (the handle table, caches, the slab of 96-byte contexts) stays
+ * reachable or mapped and is not a leak.
  */
 CTX_EXPORT int ctx_shutdown(void);
 
@@ -486,7 +487,9 @@ CTX_EXPORT int ctx_shutdown(void);
  *
  * Routes every allocation the library makes through malloc_fn and free_fn
  * (libuv's uv_replace_allocator), except the table behind cancel and group
- * handles, which lives as long as the process and comes from calloc.  Call
+ * handles, which lives as long as the process and comes from calloc.  (With
+ * the default allocator, contexts of 96 bytes come from a slab the library
+ * maps itself and keeps; with malloc_fn they come from malloc_fn.)  Call
  * it before any context other than the roots exists: memory is released
  * with the allocator that was current when it was allocated only if that
  * allocator is still installed.  Returns 0, or EINVAL if either function is

@@ -239,18 +239,23 @@ enum ctx__run {
     CTX__RUN_WAITER = 4, /* flag: a stopper sleeps until DONE */
 };
 
-/* A cancel node with the index of its cancel handle's cell (core/cancel.c)
- * plus one, or 0 when it has none.  TIMER and CUSTOM nodes begin the same
- * way; a CANCEL node is one only when its state has CTX__HANDLE. */
+/* A cancel node with the word its cancel handle names (core/cancel.c).
+ * TIMER and CUSTOM nodes begin the same way; a CANCEL node is one only when
+ * its state has CTX__HANDLE.  All of them are handle blocks (alloc.c: 96
+ * bytes, 64 on i386), and the word
+ * belongs to the allocator and the handle code, never to the node's
+ * creator: in a block of the slab (alloc.c) it is the block's generation,
+ * which outlives the node (CTX__SLAB_WORD set); in a block from
+ * ctx__alloc it is the index + 1 of the node's handle cell, or 0. */
 struct ctx__hnode {
     struct ctx base;
-    uint32_t handle;
+    _Atomic uint32_t handle;
 };
 
 /* A custom node: a cancel node plus the user's hooks. */
 struct ctx__custom {
     struct ctx base;
-    uint32_t handle; /* as in struct ctx__hnode */
+    _Atomic uint32_t handle; /* as in struct ctx__hnode */
     const ctx_custom_ops_t *ops;
     void *data;
     /* Library-internal: called with data when the node becomes done (by
@@ -269,10 +274,10 @@ struct ctx__custom {
  * structures need no memory of their own per timer. */
 struct ctx__timer {
     struct ctx base;
-    uint32_t handle; /* as in struct ctx__hnode */
-    uint8_t shard;   /* which shard holds it; immutable */
-    uint8_t level;   /* wheel level, or AT_DUE: timer.c */
-    uint16_t slot;   /* wheel slot */
+    _Atomic uint32_t handle; /* as in struct ctx__hnode */
+    uint8_t shard;           /* which shard holds it; immutable */
+    uint8_t level;           /* wheel level, or AT_DUE: timer.c */
+    uint16_t slot;           /* wheel slot */
     ctx_time_t deadline;
     struct ctx__link wheel; /* under the shard lock */
 };
@@ -412,9 +417,58 @@ extern struct ctx ctx__todo_node;
 void *ctx__alloc(size_t size);
 void ctx__free(void *p);
 /* Node blocks (at most 96 bytes), from a per-thread cache when possible.
- * ctx__node_free must be given the size passed to ctx__node_alloc. */
+ * ctx__node_free must be given the size passed to ctx__node_alloc.  A
+ * block larger than struct ctx is a struct ctx__hnode, ctx__timer or
+ * ctx__custom (a "handle block", from the slab below): its handle word is
+ * set up by ctx__node_alloc and must not be written by the caller. */
 void *ctx__node_alloc(size_t size);
 void ctx__node_free(void *p, size_t size);
+
+/* The slab of handle blocks (alloc.c): 96 bytes (64 on i386).  With the
+ * default allocator every node with a handle field comes from here: chunks of CTX__SLAB_CHUNK bytes
+ * aligned to their size, each a 64-byte header (the chunk's number) and then CTX__SLAB_PER blocks,
+ * taken from the system in bulk and never given back.  A block stays a handle block forever
+ * (type-stable), so the word at its handle offset stays readable after the node in it is freed:
+ * that word is the block's generation, and a cancel handle is the block's number and that
+ * generation (core/cancel.c).  Block number i is block i & 4095 of chunk i >> 12; a chunk's number
+ * is published (release, in ctx__slab_nchunks) after its address. */
+/* 96 bytes; 64 where every node with a handle field fits (i386, whose
+ * 8-byte integers are 4-aligned in a struct). */
+#define CTX__SLAB_FITS64                                                                           \
+    (sizeof(struct ctx__timer) <= 64 && sizeof(struct ctx__custom) <= 64 &&                        \
+     sizeof(struct ctx__hnode) <= 64)
+#define CTX__SLAB_BLOCK (CTX__SLAB_FITS64 ? 64u : 96u)
+#define CTX__SLAB_HEAD  64u
+#define CTX__SLAB_CHUNK ((uintptr_t)1 << 18) /* 64 + 2730 * 96 or 4095 * 64 */
+#define CTX__SLAB_PER   ((uint32_t)((CTX__SLAB_CHUNK - CTX__SLAB_HEAD) / CTX__SLAB_BLOCK))
+#define CTX__SLAB_SHIFT 12 /* a block's number: chunk << 12 | place */
+#if UINTPTR_MAX > 0xffffffffu
+#define CTX__SLAB_MAXCH (1u << 17) /* 32 GiB of blocks */
+#else
+#define CTX__SLAB_MAXCH 128u /* 32 MiB: block numbers below 2^19 */
+#endif
+extern unsigned char *_Atomic ctx__slab_chunks[CTX__SLAB_MAXCH];
+extern _Atomic uint32_t ctx__slab_nchunks;
+/* The handle word of a slab block: CTX__SLAB_WORD, the generation in bits
+ * 2-30, CTX__SLAB_BOUND while the node in the block has a handle (from
+ * ctx__handle_bind to its drop), CTX__SLAB_PINNED while a ctx_cancel holds
+ * the node through it.  A word without CTX__SLAB_WORD belongs to a block
+ * from ctx__alloc (a cell index + 1, or 0). */
+#define CTX__SLAB_WORD   0x80000000u
+#define CTX__SLAB_BOUND  2u
+#define CTX__SLAB_PINNED 1u
+#define CTX__SLAB_GEN    0x1fffffffu /* after >> 2 */
+/* The handle word of a handle block. */
+static inline _Atomic uint32_t *ctx__hword(void *block)
+{
+    return &((struct ctx__hnode *)block)->handle;
+}
+/* Makes the handle of a bound slab block stale: bumps the generation and
+ * clears CTX__SLAB_BOUND, waiting while the block is pinned (cancel.c). */
+void ctx__slab_drop(_Atomic uint32_t *word);
+/* For tests: blocks carved so far, free in the global list, free in this
+ * thread's list. */
+void ctx__slab_counts(size_t *made, size_t *global_free, size_t *mine);
 
 /* ---- futex (linux/futex.c or posix/futex.c).  wait returns 0 when woken
  * or when *addr != expected, ETIMEDOUT when abs_deadline (CLOCK_MONOTONIC,
@@ -546,24 +600,27 @@ int ctx__try_ref(struct ctx *c);
  * shared library's PLT. */
 void ctx__unref(struct ctx *c);
 
-/* ---- core/cancel.c: generation-checked handles.  A handle names a cell
- * of a table that is never freed; the cell names an object and carries a
- * generation, which the handle carries too.  Freeing the object bumps the
+/* ---- core/cancel.c: generation-checked handles.  A handle names a
+ * generation word and carries its value; freeing the object bumps the
  * generation, so a handle that outlived its object is recognised as stale
  * (a no-op for ctx_cancel, EINVAL for a group) instead of touching freed
  * memory, and a value that was never a handle is recognised as foreign.
+ * The word is inside the node when the node is a slab block (see above),
+ * else in a cell of a table that is never freed (groups, and nodes from a
+ * program's allocator); a tag bit in the handle tells the two apart.
  *
  * reserve makes sure this thread holds a free cell (0 or ENOMEM), so that
  * the bind that follows it on the same thread cannot fail; call it before
- * anything that would have to be undone.  bind gives the cancel node n a
- * handle (n's handle field names the cell); handle_new does the same for
- * any object, storing the cell index + 1 in *idx.  pin returns the object
- * of a live handle and keeps it from being dropped until unpin, or NULL
- * for a stale one; it aborts with a message naming `what` for a foreign
- * one.  peek is pin without the pin, for an object whose owner keeps it
- * alive (a stale handle still reads NULL).  drop takes the index + 1 from
- * bind or handle_new and makes every handle to the cell stale, waiting
- * while it is pinned. */
+ * anything that would have to be undone.  bind gives the cancel node n (a
+ * handle block) a handle; handle_new gives any object a cell, storing the
+ * cell index + 1 in *idx.  pin returns the object of a live handle and
+ * keeps it from being dropped until unpin, or NULL for a stale one; it
+ * aborts with a message naming `what` for a foreign one.  peek is pin
+ * without the pin, for an object whose owner keeps it alive (a stale
+ * handle still reads NULL).  drop takes the index + 1 from handle_new and
+ * makes every handle to the cell stale, waiting while it is pinned;
+ * drop_node does the same for node n's handle, if n has one, and is the
+ * first thing the free of a node with a handle field does. */
 int ctx__handle_reserve(void);
 ctx_cancel_t *ctx__handle_bind(struct ctx *n);
 void *ctx__handle_new(void *obj, uint32_t *idx);
@@ -571,6 +628,9 @@ void *ctx__handle_pin(const void *h, const char *what);
 void ctx__handle_unpin(const void *h);
 void *ctx__handle_peek(const void *h, const char *what);
 void ctx__handle_drop(uint32_t idx);
+void ctx__handle_drop_node(struct ctx *n);
+/* For tests: the cells made so far. */
+size_t ctx__handle_cells(void);
 /* Cancels n, pinned through handle h, as ctx__cancel(n, ..., 0) does, and
  * unpins h as soon as n itself is no longer needed: before the AfterFunc
  * callbacks run, since one of them may drop n's last reference. */

@@ -14,9 +14,8 @@
  *
  * One allocation holds it all: M's own node comes first in the block, so
  * when the tree frees M (ctx__node_free with a custom node's size) it
- * frees the block: with the node cache on, the block waits in the cache as
- * a 96-byte node (its tail unused) until it is reused or the cache is
- * flushed with free(); without it, it is freed at once.
+ * frees the block: its handle word says it is no slab block, so it goes
+ * back to ctx__free at once.
  *
  * The records are never freed through their reference counts: each starts
  * with one count more than after.c ever drops (the block's own), and the
@@ -220,6 +219,8 @@ ctx_t *ctx_merge(ctx_t *const *parents, size_t n, ctx_cancel_t **cancel)
     b->node.done = NULL; /* no internal hook: the records do the work */
     b->node.data = b;
     struct ctx *m = &b->node.base;
+    /* The block is not a slab block: its handle word starts as "no cell". */
+    atomic_init(&b->node.handle, 0);
     ctx__init_cancel(m, parents[0], CTX__CUSTOM);
     ctx_cancel_t *h = cancel != NULL ? ctx__handle_bind(m) : NULL;
     b->m = m;

@@ -8,6 +8,7 @@
 #include "internal.h"
 
 #include <pthread.h>
+#include <stdbool.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -56,46 +57,100 @@ void ctx__free(void *p)
 /* ---------------------------------------------------------------------------
  * Node blocks.
  *
- * Every node is a 64-byte or a 96-byte block.  A thread keeps some freed
- * blocks of each size and hands them out again, which turns
- * a malloc/free pair into a few loads and stores: building and freeing a
- * tree allocates and frees little else.  The cache is
- * emptied when its thread exits and, for the thread that calls exit(), by a
- * destructor.  Under AddressSanitizer and ThreadSanitizer it is compiled
- * out, so every node is a fresh allocation they can track.
+ * Every node is a 64-byte block or a handle block (96 bytes; 64 on i386,
+ * where every node fits in 64), by its size: up to sizeof(struct ctx), or
+ * more.
+ *
+ * A 64-byte block comes from ctx__alloc.  A thread keeps some freed blocks
+ * and hands them out again, which turns a malloc/free pair into a few loads
+ * and stores: building and freeing a tree allocates and frees little else.
+ * The cache is emptied when its thread exits and, for the thread that calls
+ * exit(), by a destructor.  Under AddressSanitizer and ThreadSanitizer it is
+ * compiled out, so every such node is a fresh allocation they can track.
+ *
+ * A handle block (a node with a cancel handle's word: timers, cancel nodes
+ * made with a handle, custom nodes) comes from the slab, with the default
+ * allocator: chunks of 256 KiB, aligned to their size, taken from the
+ * system in bulk (mmap; the C library's aligned_alloc under sanitizers, so
+ * that leak checkers scan them) and never given back, each a 64-byte
+ * header and 2730 blocks of 96 bytes (4095 of 64) with no per-block
+ * header.  A block stays a handle block for the life of the process, which is what lets a cancel
+ * handle name it by number and check the generation word inside it after
+ * the node is freed (core/cancel.c).  Free blocks wait in a per-thread list
+ * (at most SLAB_CACHE) and beyond that in a global one under a lock; a
+ * thread's list goes back to the global one when the thread exits.  So the
+ * slab keeps its peak: after a burst of N live handle blocks it holds about
+ * N blocks (rounded up to the chunk being carved) for later nodes,
+ * whichever thread makes them.  A chunk's blocks are carved a batch at a
+ * time, so pages that never held a node are never touched.  Under
+ * AddressSanitizer a free block is poisoned except for its list link and its
+ * generation word, so a use after free is still reported.
+ *
+ * With a program's allocator installed (ctx_replace_allocator), handle
+ * blocks come from it like everything else and their handles use cells; a
+ * block's handle word tells the free which way it came.
  */
 
 #if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
 #define CTX__NODE_CACHE 0
+#define CTX__SANITIZED  1
 #elif defined(__has_feature)
 #if __has_feature(address_sanitizer) || __has_feature(thread_sanitizer) ||                         \
     __has_feature(memory_sanitizer)
 #define CTX__NODE_CACHE 0
+#define CTX__SANITIZED  1
 #endif
 #endif
 #ifndef CTX__NODE_CACHE
 #define CTX__NODE_CACHE 1
+#define CTX__SANITIZED  0
 #endif
 
-static size_t class_size(int k)
+#if defined(__SANITIZE_ADDRESS__)
+#define CTX__ASAN 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define CTX__ASAN 1
+#endif
+#endif
+#ifdef CTX__ASAN
+#include <sanitizer/asan_interface.h>
+/* A free slab block: all but the list link (the first pointer) and the
+ * handle word (with the rest of its 8-byte granule). */
+static void poison_free(void *p)
 {
-    return k == 0 ? 64 : 96;
+    size_t h = offsetof(struct ctx__hnode, handle);
+    ASAN_POISON_MEMORY_REGION((char *)p + 8, h - 8);
+    ASAN_POISON_MEMORY_REGION((char *)p + h + 8, CTX__SLAB_BLOCK - h - 8);
 }
+#define poison_used(p) ASAN_UNPOISON_MEMORY_REGION((p), CTX__SLAB_BLOCK)
+#else
+#define poison_free(p) ((void)(p))
+#define poison_used(p) ((void)(p))
+#endif
 
-static int class_of(size_t size)
-{
-    return size <= 64 ? 0 : 1;
-}
+#if !CTX__SANITIZED
+#include <sys/mman.h>
+#ifndef MAP_ANONYMOUS
+#define MAP_ANONYMOUS MAP_ANON
+#endif
+#endif
 
-#if CTX__NODE_CACHE
+CTX__ALIGN_CHECK(sizeof(struct ctx__timer) <= CTX__SLAB_BLOCK);
+CTX__ALIGN_CHECK(sizeof(struct ctx__custom) <= CTX__SLAB_BLOCK);
+CTX__ALIGN_CHECK(CTX__SLAB_HEAD + CTX__SLAB_PER * CTX__SLAB_BLOCK == CTX__SLAB_CHUNK);
+CTX__ALIGN_CHECK(offsetof(struct ctx__hnode, handle) >= 8);
 
-/* Per thread at most 2048 blocks of 64 bytes and 512 of 96 (176 KiB): enough
- * to absorb building and freeing a tree of a few thousand contexts, which
- * otherwise pays glibc's free-list consolidation for every node. */
-static const unsigned cache_max[2] = { 2048, 512 };
+/* Per thread at most 2048 blocks of 64 bytes (128 KiB): enough to absorb
+ * building and freeing a tree of a few thousand contexts, which otherwise
+ * pays glibc's free-list consolidation for every node; and SLAB_CACHE
+ * free slab blocks (48 KiB), half of which go back to the global list
+ * when it is full. */
+#define CACHE_MAX  2048u
+#define SLAB_CACHE 512u
 
 struct cache {
-    void *head[2];
+    void *head[2]; /* [0]: 64-byte blocks, [1]: slab blocks */
     unsigned n[2];
     int state; /* 0 new, 1 registered for flushing at thread exit, 2 gone */
 };
@@ -103,22 +158,130 @@ static CTX__TLS struct cache tc;
 static pthread_key_t cache_key;
 static pthread_once_t cache_once = PTHREAD_ONCE_INIT;
 
+/* The slab (internal.h).  Under slab_lock: the global free list, the chunk
+ * being carved and how many of its blocks are handed out, the region that
+ * chunks are cut from. */
+unsigned char *_Atomic ctx__slab_chunks[CTX__SLAB_MAXCH];
+_Atomic uint32_t ctx__slab_nchunks;
+static _Atomic uint32_t slab_lock;
+static void *slab_free;
+static size_t slab_nfree;
+static unsigned char *carve;
+static uint32_t carved = CTX__SLAB_PER;
+#if !CTX__SANITIZED
+static unsigned char *region, *region_end;
+#define REGION (16 * CTX__SLAB_CHUNK)
+#endif
+
+/* A new chunk, aligned to its size, or NULL.  Under slab_lock. */
+static unsigned char *chunk_new(void)
+{
+#if CTX__SANITIZED
+    return aligned_alloc(CTX__SLAB_CHUNK, CTX__SLAB_CHUNK);
+#else
+    if (region == region_end) {
+        /* 16 chunks at a time, aligned by trimming the mapping.  Only the
+         * pages that blocks are carved from become resident. */
+        size_t len = REGION + CTX__SLAB_CHUNK;
+        void *m = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+        if (m == MAP_FAILED)
+            return NULL;
+        uintptr_t a = ((uintptr_t)m + CTX__SLAB_CHUNK - 1) & ~(CTX__SLAB_CHUNK - 1);
+        uintptr_t end = (uintptr_t)m + len;
+        if (a > (uintptr_t)m)
+            munmap(m, a - (uintptr_t)m);
+        if (end > a + REGION)
+            munmap((void *)(a + REGION), end - (a + REGION));
+        region = (unsigned char *)a;
+        region_end = region + REGION;
+    }
+    unsigned char *c = region;
+    region += CTX__SLAB_CHUNK;
+    return c;
+#endif
+}
+
+static void register_thread(void);
+
+/* Moves k blocks of this thread's slab list to the global list. */
+static void slab_give(unsigned k)
+{
+    if (k == 0 || tc.head[1] == NULL)
+        return;
+    void *first = tc.head[1], *last = first;
+    unsigned m = 1;
+    while (m < k && *(void **)last != NULL) {
+        last = *(void **)last;
+        m++;
+    }
+    tc.head[1] = *(void **)last;
+    tc.n[1] -= m;
+    ctx__lock(&slab_lock);
+    *(void **)last = slab_free;
+    slab_free = first;
+    slab_nfree += m;
+    ctx__unlock(&slab_lock);
+}
+
+/* Fills this thread's empty slab list: half a cache from the global list,
+ * or blocks carved from the newest chunk (a new one when it is used up).
+ * False when the slab can grow no more. */
+static bool slab_refill(void)
+{
+    unsigned k = 0;
+    ctx__lock(&slab_lock);
+    while (k < SLAB_CACHE / 2 && slab_free != NULL) {
+        void *b = slab_free;
+        slab_free = *(void **)b;
+        *(void **)b = tc.head[1];
+        tc.head[1] = b;
+        k++;
+    }
+    slab_nfree -= k;
+    if (k == 0) {
+        if (carved == CTX__SLAB_PER) {
+            uint32_t n = atomic_load_explicit(&ctx__slab_nchunks, memory_order_relaxed);
+            unsigned char *c = n < CTX__SLAB_MAXCH ? chunk_new() : NULL;
+            if (c != NULL) {
+                *(uint32_t *)(void *)c = n; /* for ctx__handle_bind */
+                atomic_store_explicit(&ctx__slab_chunks[n], c, memory_order_relaxed);
+                /* Release: pairs with the acquire in cancel.c's decoding,
+                 * which reads the address after the count. */
+                atomic_store_explicit(&ctx__slab_nchunks, n + 1, memory_order_release);
+                carve = c;
+                carved = 0;
+            }
+        }
+        for (; k < SLAB_CACHE / 2 && carved < CTX__SLAB_PER; k++, carved++) {
+            void *b = carve + CTX__SLAB_HEAD + (size_t)carved * CTX__SLAB_BLOCK;
+            /* Generation 1, unbound.  A store, not an initialisation: a
+             * forged handle may read the word already. */
+            atomic_store_explicit(ctx__hword(b), CTX__SLAB_WORD | 4u, memory_order_relaxed);
+            *(void **)b = tc.head[1];
+            tc.head[1] = b;
+            poison_free(b);
+        }
+    }
+    ctx__unlock(&slab_lock);
+    tc.n[1] += k;
+    return k != 0;
+}
+
 static void flush(struct cache *c)
 {
-    for (int k = 0; k < 2; k++) {
-        while (c->head[k] != NULL) {
-            void *p = c->head[k];
-            c->head[k] = *(void **)p;
-            ctx__free(p);
-        }
-        c->n[k] = 0;
+    while (c->head[0] != NULL) {
+        void *p = c->head[0];
+        c->head[0] = *(void **)p;
+        ctx__free(p);
     }
+    c->n[0] = 0;
 }
 
 static void thread_gone(void *arg)
 {
     struct cache *c = arg;
     flush(c);
+    slab_give(c->n[1]);
     c->state = 2; /* whatever this thread frees from now on is freed */
 }
 
@@ -127,53 +290,117 @@ static void make_key(void)
     pthread_key_create(&cache_key, thread_gone);
 }
 
+static void register_thread(void)
+{
+    pthread_once(&cache_once, make_key);
+    pthread_setspecific(cache_key, &tc);
+    tc.state = 1;
+}
+
+#if CTX__NODE_CACHE
 __attribute__((destructor)) static void process_gone(void)
 {
     flush(&tc);
     tc.state = 2;
 }
+#endif
 
-void *ctx__node_alloc(size_t size)
+/* The handle-block halves of ctx__node_alloc and ctx__node_free, out of
+ * line so that the 64-byte paths stay a few instructions with no frame. */
+#if defined(__GNUC__) || defined(__clang__)
+__attribute__((noinline))
+#endif
+static void *
+slab_alloc(void)
 {
-    int k = class_of(size);
-    void *p = tc.head[k];
-    if (p != NULL && atomic_load_explicit(&caching, memory_order_relaxed)) {
-        tc.head[k] = *(void **)p;
-        tc.n[k]--;
+    if (atomic_load_explicit(&caching, memory_order_relaxed) &&
+        (tc.head[1] != NULL || slab_refill())) {
+        void *p = tc.head[1];
+        tc.head[1] = *(void **)p;
+        tc.n[1]--;
+        poison_used(p);
         return p;
     }
-    return ctx__alloc(class_size(k));
+    /* A program's allocator, or a slab that cannot grow: a block whose
+     * handle, if it gets one, is a cell. */
+    void *p = ctx__alloc(CTX__SLAB_BLOCK);
+    if (p != NULL)
+        atomic_init(ctx__hword(p), 0);
+    return p;
 }
 
-void ctx__node_free(void *p, size_t size)
+#if defined(__GNUC__) || defined(__clang__)
+__attribute__((noinline))
+#endif
+static void
+slab_put(void *p)
 {
-    int k = class_of(size);
-    if (tc.n[k] < cache_max[k] && tc.state != 2 &&
-        atomic_load_explicit(&caching, memory_order_relaxed)) {
-        if (tc.state == 0) {
-            pthread_once(&cache_once, make_key);
-            pthread_setspecific(cache_key, &tc);
-            tc.state = 1;
-        }
-        *(void **)p = tc.head[k];
-        tc.head[k] = p;
-        tc.n[k]++;
+    _Atomic uint32_t *w = ctx__hword(p);
+    uint32_t v = atomic_load_explicit(w, memory_order_relaxed);
+    if (!(v & CTX__SLAB_WORD)) {
+        if (v != 0)
+            ctx__handle_drop(v); /* the tree drops it first; this is a backstop */
+        ctx__free(p);
         return;
     }
-    ctx__free(p);
+    /* The tree drops a node's handle first of all; a block freed on a path
+     * that did not (a creation that failed after its bind) still must not
+     * keep a live generation. */
+    if (v & CTX__SLAB_BOUND)
+        ctx__slab_drop(w);
+    if (tc.state == 0)
+        register_thread();
+    *(void **)p = tc.head[1];
+    tc.head[1] = p;
+    tc.n[1]++;
+    poison_free(p);
+    if (tc.state == 2)
+        slab_give(tc.n[1]);
+    else if (tc.n[1] > SLAB_CACHE)
+        slab_give(SLAB_CACHE / 2);
 }
-
-#else
 
 void *ctx__node_alloc(size_t size)
 {
-    return ctx__alloc(class_size(class_of(size)));
+    if (size > sizeof(struct ctx))
+        return slab_alloc();
+#if CTX__NODE_CACHE
+    void *p = tc.head[0];
+    if (p != NULL && atomic_load_explicit(&caching, memory_order_relaxed)) {
+        tc.head[0] = *(void **)p;
+        tc.n[0]--;
+        return p;
+    }
+#endif
+    return ctx__alloc(64);
 }
 
 void ctx__node_free(void *p, size_t size)
 {
-    (void)size;
+    if (size > sizeof(struct ctx)) {
+        slab_put(p);
+        return;
+    }
+#if CTX__NODE_CACHE
+    if (tc.n[0] < CACHE_MAX && tc.state != 2 &&
+        atomic_load_explicit(&caching, memory_order_relaxed)) {
+        if (tc.state == 0)
+            register_thread();
+        *(void **)p = tc.head[0];
+        tc.head[0] = p;
+        tc.n[0]++;
+        return;
+    }
+#endif
     ctx__free(p);
 }
 
-#endif
+void ctx__slab_counts(size_t *made, size_t *global_free, size_t *mine)
+{
+    ctx__lock(&slab_lock);
+    uint32_t n = atomic_load_explicit(&ctx__slab_nchunks, memory_order_relaxed);
+    *made = n == 0 ? 0 : (size_t)(n - 1) * CTX__SLAB_PER + carved;
+    *global_free = slab_nfree;
+    ctx__unlock(&slab_lock);
+    *mine = tc.n[1];
+}

@@ -66,45 +66,79 @@ struct ctx__msg *ctx__msg_site(const char *file, int line, const char *func)
 /* ---------------------------------------------------------------------------
  * Handles
  *
- * A handle is a number, not a pointer: the index of a cell in a table that
- * grows in chunks and is never freed, and the low bits of the cell's
- * generation.  On 64-bit systems the top bit is set too, so that no pointer
- * a program could pass by mistake (a ctx_t *, freed memory) decodes as a
- * handle: 24 generation bits, 2^26 cells.  On 32-bit systems there is no
- * such bit: 12 generation bits, 2^20 - 1 cells, and index + 1 keeps a
- * handle from being NULL.
+ * A handle is a number, not a pointer, and names a generation word of one
+ * of two kinds.
  *
- * A cell's word is the generation times two, plus PINNED while a caller of
- * ctx_cancel holds the object through it.  Pinning is a compare-and-swap
- * from (generation of the handle, not pinned) to pinned; dropping is a
- * compare-and-swap from (generation, not pinned) to the next generation,
- * retried while the cell is pinned.  So a pinned object is never dropped,
- * and a dropped one is never pinned again.  The cell's obj is written by
- * the thread that binds it, before the handle exists, and read only by a
- * holder of a pin, whose handle came from that thread.
+ * A slab handle names a 96-byte block of the node slab (alloc.c) by its
+ * number, and carries the generation that the word inside the block had
+ * when the handle was made.  The block stays a node block forever, so the
+ * word can be read after the node is freed, and even once the block holds
+ * a new node: a cancel node's handle needs no memory of its own.
  *
- * The chunks come from the C library's calloc and are never freed (they
- * are reachable from `chunks` for leak checkers).  Free cells wait in a
- * per-thread list (no lock: cancel nodes are made and
- * freed at rates the tree's own fast path sets) and, beyond CACHE_MAX, in a
- * global one; a thread's list goes back to the global one when it exits.
+ * A cell handle names a cell of a table that grows in chunks and is never
+ * freed, and carries the low bits of the cell's generation: for groups,
+ * and for nodes whose block came from ctx__alloc (a program's allocator is
+ * installed, or the slab is full), whose memory may go back to the program.
+ *
+ * On 64-bit systems bit 63 is set in both kinds, so that no pointer a
+ * program could pass by mistake (a ctx_t *, freed memory) decodes as a
+ * handle, and bit 62 tells a slab handle (block number in bits 29-61, 29
+ * generation bits; a block number is the chunk's number times 4096 plus the
+ * block's place in the chunk) from a cell handle (cell index + 1 in bits 24-49, 24
+ * generation bits).  On 32-bit systems bit 31 tells them apart: block
+ * number or cell index + 1 in bits 12-30, 12 generation bits, and a cell
+ * index + 1 keeps a cell handle from being NULL.
+ *
+ * A word is the generation times two (a cell's) or four (a block's, which
+ * also has CTX__SLAB_BOUND while the node has a handle), plus PINNED while
+ * a caller of ctx_cancel holds the object through it.  Pinning is a
+ * compare-and-swap from (generation of the handle, not pinned) to pinned;
+ * dropping is a compare-and-swap from (generation, not pinned) to the next
+ * generation, retried while the word is pinned.  So a pinned object is
+ * never dropped, and a dropped one is never pinned again.  A cell's obj is
+ * written by the thread that binds it, before the handle exists, and read
+ * only by a holder of a pin, whose handle came from that thread.
+ *
+ * The cell chunks come from the C library's calloc and are never freed
+ * (they are reachable from `chunks` for leak checkers).  Free cells wait in
+ * a per-thread list (no lock: cancel nodes are made and freed at rates the
+ * tree's own fast path sets) and, beyond CACHE_MAX, in a global one; a
+ * thread's list goes back to the global one when it exits.
  */
 
 #if UINTPTR_MAX > 0xffffffffu
-#define GEN_BITS 24
-#define IDX_BITS 26
-#define HTAG     ((uintptr_t)1 << 63)
+#define GEN_BITS  24
+#define IDX_BITS  26
+#define HTAG      ((uintptr_t)1 << 63)
+#define STAG      ((uintptr_t)1 << 62)
+#define SGEN_BITS 29
+#define KIND_BITS 2
+#define KIND_MASK (HTAG | STAG)
+#define KIND_CELL HTAG
+#define KIND_SLAB (HTAG | STAG)
 #else
-#define GEN_BITS 12
-#define IDX_BITS 20
-#define HTAG     0
+#define GEN_BITS  12
+#define IDX_BITS  19
+#define HTAG      0
+#define STAG      ((uintptr_t)1 << 31)
+#define SGEN_BITS 12
+#define KIND_BITS 1
+#define KIND_MASK STAG
+#define KIND_CELL 0
+#define KIND_SLAB STAG
 #endif
 #define GEN_MASK  (((uintptr_t)1 << GEN_BITS) - 1)
+#define SGEN_MASK (((uintptr_t)1 << SGEN_BITS) - 1)
 #define IDX_MAX   (((uint32_t)1 << IDX_BITS) - 2)
 #define CHUNK     1024
 #define NCHUNKS   (((size_t)IDX_MAX + CHUNK) / CHUNK)
 #define PINNED    1u
 #define CACHE_MAX 256
+
+_Static_assert(CTX__SLAB_PINNED == PINNED, "one pin bit for both kinds");
+_Static_assert((uint64_t)CTX__SLAB_MAXCH << CTX__SLAB_SHIFT <=
+                   ((uint64_t)1 << (sizeof(uintptr_t) * 8 - KIND_BITS - SGEN_BITS)),
+               "every block number fits a handle");
 
 struct cell {
     _Atomic uint32_t word; /* generation << 1 | PINNED */
@@ -165,6 +199,14 @@ static void hc_make_key(void)
 static int hc_refill(void)
 {
     int e = 0;
+    if (hc.state == 0) {
+        /* The cells go back when the thread exits, also those it only
+         * reserved (a thread whose nodes all have slab handles never drops
+         * a cell). */
+        pthread_once(&hc_once, hc_make_key);
+        pthread_setspecific(hc_key, &hc);
+        hc.state = 1;
+    }
     ctx__lock(&glock);
     if (gfree != 0) {
         for (unsigned k = 0; k < CACHE_MAX / 2 && gfree != 0; k++) {
@@ -204,6 +246,11 @@ static int hc_refill(void)
     return e;
 }
 
+size_t ctx__handle_cells(void)
+{
+    return atomic_load_explicit(&ncells, memory_order_relaxed);
+}
+
 int ctx__handle_reserve(void)
 {
     return hc.head != 0 ? 0 : hc_refill();
@@ -219,12 +266,27 @@ static void *bind_obj(void *obj, uint32_t *idx)
     c->obj = obj;
     *idx = i;
     uintptr_t gen = (atomic_load_explicit(&c->word, memory_order_relaxed) >> 1) & GEN_MASK;
-    return (void *)(HTAG | ((uintptr_t)i << GEN_BITS) | gen);
+    return (void *)(KIND_CELL | ((uintptr_t)i << GEN_BITS) | gen);
 }
 
 ctx_cancel_t *ctx__handle_bind(struct ctx *n)
 {
-    return bind_obj(n, &((struct ctx__hnode *)n)->handle);
+    _Atomic uint32_t *w = ctx__hword(n);
+    uint32_t v = atomic_load_explicit(w, memory_order_relaxed);
+    if (!(v & CTX__SLAB_WORD)) {
+        uint32_t i;
+        void *h = bind_obj(n, &i);
+        atomic_store_explicit(w, i, memory_order_relaxed);
+        return h;
+    }
+    /* Nobody else writes an unbound block's word: a stale or forged pin
+     * gives up on seeing CTX__SLAB_BOUND clear.  Relaxed: the handle
+     * reaches other threads through the program's own synchronisation. */
+    atomic_store_explicit(w, v | CTX__SLAB_BOUND, memory_order_relaxed);
+    uintptr_t base = (uintptr_t)n & ~(CTX__SLAB_CHUNK - 1);
+    uintptr_t i = (uintptr_t) * (const uint32_t *)base << CTX__SLAB_SHIFT |
+                  ((uintptr_t)n - base - CTX__SLAB_HEAD) / CTX__SLAB_BLOCK;
+    return (void *)(KIND_SLAB | (i << SGEN_BITS) | ((v >> 2) & SGEN_MASK));
 }
 
 void *ctx__handle_new(void *obj, uint32_t *idx)
@@ -240,21 +302,71 @@ void ctx__misuse(const char *msg)
     abort();
 }
 
-/* The cell of handle h and its generation; aborts for a value that is no
- * handle.  These checks stay in release builds: a compare each. */
+/* The cell of cell handle h and its generation; aborts for a value that is
+ * no handle.  These checks stay in release builds: a compare each. */
 static struct cell *decode(const void *h, uint32_t *gen, const char *what)
 {
     uintptr_t v = (uintptr_t)h;
-    uint32_t i = (uint32_t)((v & ~HTAG) >> GEN_BITS);
-    if ((v & HTAG) != HTAG || i == 0 || i > atomic_load_explicit(&ncells, memory_order_acquire) ||
-        i > IDX_MAX + 1u)
+    uint32_t i = (uint32_t)((v & ~KIND_MASK) >> GEN_BITS);
+    if ((v & KIND_MASK) != KIND_CELL || i == 0 ||
+        i > atomic_load_explicit(&ncells, memory_order_acquire) || i > IDX_MAX + 1u)
         ctx__misuse(what);
     *gen = (uint32_t)(v & GEN_MASK);
     return cell_at(i - 1);
 }
 
+/* The word of slab handle h; aborts for a block number beyond the slab.
+ * Inlined into the pin and the unpin by force: a call here costs as much
+ * as the decoding, which is two compares, shifts and masks. */
+#if defined(__GNUC__) || defined(__clang__)
+__attribute__((always_inline))
+#endif
+static inline _Atomic uint32_t *
+slab_word(uintptr_t v, const char *what)
+{
+    uintptr_t i = (v & ~KIND_MASK) >> SGEN_BITS;
+    uintptr_t c = i >> CTX__SLAB_SHIFT, k = i & (((uintptr_t)1 << CTX__SLAB_SHIFT) - 1);
+    /* Acquire: pairs with the release that published the chunk's number
+     * after its address. */
+    if (c >= atomic_load_explicit(&ctx__slab_nchunks, memory_order_acquire) || k >= CTX__SLAB_PER)
+        ctx__misuse(what);
+    unsigned char *b = atomic_load_explicit(&ctx__slab_chunks[c], memory_order_relaxed) +
+                       CTX__SLAB_HEAD + k * CTX__SLAB_BLOCK;
+    return ctx__hword(b);
+}
+
+/* Whether block word w is the live, bound generation of handle value v. */
+static inline int slab_live(uint32_t w, uintptr_t v)
+{
+    return ((w >> 2) & SGEN_MASK) == (v & SGEN_MASK) && (w & CTX__SLAB_BOUND);
+}
+
+static inline void *slab_pin(uintptr_t v, const char *what)
+{
+    _Atomic uint32_t *w = slab_word(v, what);
+    uint32_t x = atomic_load_explicit(w, memory_order_relaxed);
+    for (;;) {
+        if (!slab_live(x, v))
+            return NULL; /* stale: the node was freed */
+        if (x & PINNED) {
+            /* Another canceller of the same context, for the moment its
+             * cancellation walk takes. */
+            sched_yield();
+            x = atomic_load_explicit(w, memory_order_relaxed);
+            continue;
+        }
+        /* Acquire: pairs with the release in ctx__handle_unpin of an
+         * earlier pin. */
+        if (atomic_compare_exchange_weak_explicit(w, &x, x | PINNED, memory_order_acquire,
+                                                  memory_order_relaxed))
+            return CTX__CONTAINER(w, struct ctx__hnode, handle);
+    }
+}
+
 void *ctx__handle_pin(const void *h, const char *what)
 {
+    if (((uintptr_t)h & KIND_MASK) == KIND_SLAB)
+        return slab_pin((uintptr_t)h, what);
     uint32_t gen;
     struct cell *c = decode(h, &gen, what);
     uint32_t w = atomic_load_explicit(&c->word, memory_order_relaxed);
@@ -262,8 +374,6 @@ void *ctx__handle_pin(const void *h, const char *what)
         if (((w >> 1) & GEN_MASK) != gen)
             return NULL; /* stale: the object was dropped */
         if (w & PINNED) {
-            /* Another canceller of the same context, for the moment its
-             * cancellation walk takes. */
             sched_yield();
             w = atomic_load_explicit(&c->word, memory_order_relaxed);
             continue;
@@ -284,22 +394,33 @@ void *ctx__handle_pin(const void *h, const char *what)
 
 void ctx__handle_unpin(const void *h)
 {
-    uint32_t gen;
-    struct cell *c = decode(h, &gen, "ctx_cancel: not a cancel handle");
-    /* A plain store, not a read-modify-write: while the cell is pinned
-     * nobody else changes its word (other pinners and the drop wait), so
-     * the word is ours to put back.  Release: what the canceller did to the
-     * object happens before the drop that waited for this. */
-    uint32_t w = atomic_load_explicit(&c->word, memory_order_relaxed);
-    atomic_store_explicit(&c->word, w & ~PINNED, memory_order_release);
+    static const char what[] = "ctx_cancel: not a cancel handle";
+    _Atomic uint32_t *w;
+    if (((uintptr_t)h & KIND_MASK) == KIND_SLAB) {
+        w = slab_word((uintptr_t)h, what);
+    } else {
+        uint32_t gen;
+        w = &decode(h, &gen, what)->word;
+    }
+    /* A plain store, not a read-modify-write: while the word is pinned
+     * nobody else changes it (other pinners and the drop wait), so it is
+     * ours to put back.  Release: what the canceller did to the object
+     * happens before the drop that waited for this. */
+    uint32_t x = atomic_load_explicit(w, memory_order_relaxed);
+    atomic_store_explicit(w, x & ~PINNED, memory_order_release);
 }
 
 void *ctx__handle_peek(const void *h, const char *what)
 {
+    /* Acquire (both kinds): pairs with the release of the drop, so a stale
+     * handle is seen as one by a thread that synchronised with the drop. */
+    if (((uintptr_t)h & KIND_MASK) == KIND_SLAB) {
+        _Atomic uint32_t *w = slab_word((uintptr_t)h, what);
+        uint32_t x = atomic_load_explicit(w, memory_order_acquire);
+        return slab_live(x, (uintptr_t)h) ? CTX__CONTAINER(w, struct ctx__hnode, handle) : NULL;
+    }
     uint32_t gen;
     struct cell *c = decode(h, &gen, what);
-    /* Acquire: pairs with the release of the drop, so a stale handle is
-     * seen as one by a thread that synchronised with the drop. */
     uint32_t w = atomic_load_explicit(&c->word, memory_order_acquire);
     return ((w >> 1) & GEN_MASK) == gen ? c->obj : NULL;
 }
@@ -335,6 +456,36 @@ void ctx__handle_drop(uint32_t i)
     c->next = hc.head;
     hc.head = i;
     hc.n++;
+}
+
+void ctx__slab_drop(_Atomic uint32_t *w)
+{
+    uint32_t x = atomic_load_explicit(w, memory_order_relaxed) & ~PINNED;
+    for (;;) {
+        /* The next generation, unbound; the word's other bits stay. */
+        uint32_t next = CTX__SLAB_WORD | (((x >> 2) + 1) & CTX__SLAB_GEN) << 2;
+        /* acq_rel, as for a cell. */
+        if (atomic_compare_exchange_weak_explicit(w, &x, next, memory_order_acq_rel,
+                                                  memory_order_relaxed))
+            return;
+        if (x & PINNED) {
+            sched_yield();
+            x &= ~PINNED;
+        }
+    }
+}
+
+void ctx__handle_drop_node(struct ctx *n)
+{
+    _Atomic uint32_t *w = ctx__hword(n);
+    uint32_t v = atomic_load_explicit(w, memory_order_relaxed);
+    if (v & CTX__SLAB_WORD) {
+        if (v & CTX__SLAB_BOUND)
+            ctx__slab_drop(w);
+    } else if (v != 0) {
+        ctx__handle_drop(v);
+        atomic_store_explicit(w, 0, memory_order_relaxed);
+    }
 }
 
 /* The one path every entry point takes.  file is NULL for the forms that

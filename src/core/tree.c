@@ -204,9 +204,7 @@ static uint32_t free_cancel(struct ctx *c, unsigned kind, size_t *size)
         /* First of all, the cancel handle goes stale: a ctx_cancel through
          * it is a no-op from now on.  (It waits while a ctx_cancel holds c
          * through the handle, which is why the state is read after it.) */
-        uint32_t h = ((struct ctx__hnode *)c)->handle;
-        if (h != 0)
-            ctx__handle_drop(h);
+        ctx__handle_drop_node(c);
         s = atomic_load_explicit(&c->u.c.state, memory_order_acquire);
     }
     if ((s & CTX__ERR_MASK) == 0) {
@@ -449,8 +447,6 @@ init_cancel(struct ctx *n, ctx_t *parent, unsigned kind)
     atomic_init(&n->refs, 1);
     atomic_init(&n->lock, 0);
     atomic_init(&n->u.c.state, flags);
-    if (kind != CTX__CANCEL || flags)
-        ((struct ctx__hnode *)n)->handle = 0; /* until ctx__handle_bind */
     if (kind != CTX__TIMER) {
         /* A timer's creator has put its deadline's cause here already. */
         n->u.c.cause = 0;
@@ -536,8 +532,8 @@ ctx_t *ctx_with_cancel(ctx_t *parent, ctx_cancel_t **cancel)
         return NULL;
     }
     /* A node with a handle is the larger block that has room for the
-     * handle's cell index; the cell is reserved first so that binding it
-     * cannot fail. */
+     * handle's word; a cell is reserved first so that binding it cannot
+     * fail when the block comes from a program's allocator. */
     struct ctx__hnode *n;
     if (ctx__handle_reserve() != 0 || (n = ctx__node_alloc(sizeof *n)) == NULL) {
         errno = ENOMEM;
