@@ -51,13 +51,11 @@
  * fork's prepare handler, which takes T.mu first.
  */
 #include "internal.h"
+#include "platform.h"
 
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
-#if defined(__linux__)
-#include <sys/prctl.h>
-#endif
 
 #define NSHARDS      8
 #define GRAN_SHIFT   20 /* a granule: 2^20 ns */
@@ -785,13 +783,10 @@ static void *timer_main(void *arg)
 {
     (void)arg;
     ctx__thread_name("ctx-timer");
-#if defined(__linux__)
-    /* The kernel may end a timed sleep up to the thread's timer slack
-     * late (50 us by default) to merge wake-ups; every deadline would
-     * inherit that.  The timer thread sleeps once per batch, so exact
-     * wake-ups cost little.  Best effort: on failure the default stays. */
-    (void)prctl(PR_SET_TIMERSLACK, 1UL, 0UL, 0UL, 0UL);
-#endif
+    /* A sleep the system ends late to merge wake-ups (Linux: up to 50 us)
+     * would make every deadline that late.  The timer thread sleeps once
+     * per batch, so exact wake-ups cost little. */
+    ctx__plat_exact_sleeps();
     for (;;) {
         pthread_mutex_lock(&T.mu);
         for (;;) {
