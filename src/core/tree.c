@@ -541,16 +541,23 @@ ctx_t *ctx_with_cancel(ctx_t *parent, ctx_cancel_t **cancel)
         return NULL;
     }
     /* A node with a handle is the larger block that has room for the
-     * handle's word; a cell is reserved first so that binding it cannot
-     * fail when the block comes from a program's allocator. */
-    struct ctx__hnode *n;
-    if (ctx__handle_reserve() != 0 || (n = ctx__node_alloc(sizeof *n)) == NULL) {
-        errno = ENOMEM;
-        return NULL;
+     * handle's word.  A block from a program's allocator needs a cell,
+     * reserved before the node is made so that binding it cannot fail; a
+     * slab block's handle is its own word. */
+    struct ctx__hnode *n = ctx__node_alloc(sizeof *n);
+    if (n == NULL)
+        goto nomem;
+    if (!(atomic_load_explicit(&n->handle, memory_order_relaxed) & CTX__SLAB_WORD) &&
+        ctx__handle_reserve() != 0) {
+        ctx__node_free(n, sizeof *n);
+        goto nomem;
     }
     init_cancel(&n->base, parent, CTX__CANCEL | CTX__WITH_HANDLE);
     *cancel = ctx__handle_bind(&n->base);
     return &n->base;
+nomem:
+    errno = ENOMEM;
+    return NULL;
 }
 
 /* ---------------------------------------------------------------------------
