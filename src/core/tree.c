@@ -131,6 +131,17 @@ static void detach(struct ctx *c, uint32_t cstate)
     ctx__unlock(&p->lock);
 }
 
+/* detach() for a node that its canceller could not unlink: rare, and out
+ * of line so that the usual free keeps its code as it was. */
+#if defined(__GNUC__) || defined(__clang__)
+__attribute__((noinline, cold))
+#endif
+static void
+detach_flagged(struct ctx *c, uint32_t cstate)
+{
+    detach(c, cstate);
+}
+
 /* Gives back a shard's reference to p.  True when it was p's last. */
 static int shard_unref(struct ctx *p)
 {
@@ -209,7 +220,7 @@ static uint32_t free_cancel(struct ctx *c, unsigned kind, size_t *size)
         /* Done by a ctx_cancel that could not unlink c (only a node with a
          * slab handle gets the flag), so here rather than on every free. */
         if (CTX__UNLIKELY(s & CTX__DETACH))
-            detach(c, s);
+            detach_flagged(c, s);
     }
     if ((s & CTX__ERR_MASK) == 0) {
         /* Live: unlink under the parent's lock (or its shard's).  A
