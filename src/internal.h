@@ -95,6 +95,10 @@ static inline const char *ctx__msg_text(const struct ctx__msg *m)
 #define CTX__WAITERS  0x100u /* a thread sleeps on this word (futex) */
 #define CTX__HAS_FD   0x200u /* a done fd exists in the fd table */
 #define CTX__FANNED   0x400u /* children live in a ctx__fan (below) */
+/* Done, and possibly still in its parent's children: its canceller, which
+ * held it through its lock only, could not take the parent's lock without
+ * waiting (tree.c).  The free unlinks it. */
+#define CTX__DETACH 0x800u
 /* A CANCEL node that has a cancel handle: it is a struct ctx__hnode.  Set
  * before the node is published and never changed.  (TIMER and CUSTOM nodes
  * always have the handle field.) */
@@ -635,6 +639,14 @@ size_t ctx__handle_cells(void);
  * unpins h as soon as n itself is no longer needed: before the AfterFunc
  * callbacks run, since one of them may drop n's last reference. */
 void ctx__cancel_pinned(struct ctx *n, int cause, struct ctx__msg *msg, const void *h);
+/* The same for a node of the slab that the caller holds through nothing
+ * but its lock, taken by ctx__lock_sc and released here. */
+void ctx__cancel_locked(struct ctx *n, int cause, struct ctx__msg *msg);
+/* ctx__lock for a lock that pins a slab node: the acquisition is
+ * sequentially consistent, so that a check of the block's generation after
+ * it and the free's bump of the generation followed by its look at the
+ * lock cannot both miss each other. */
+void ctx__lock_sc(_Atomic uint32_t *l);
 
 /* ---- thread.c: the library's threads (the bottom layer: it calls nothing
  * else in the library). */

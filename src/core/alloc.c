@@ -115,12 +115,15 @@ void ctx__free(void *p)
 #endif
 #ifdef CTX__ASAN
 #include <sanitizer/asan_interface.h>
-/* A free slab block: all but the list link (the first pointer) and the
- * handle word (with the rest of its 8-byte granule). */
+/* A free slab block: all but the list link (the first pointer), the lock
+ * word that a stale ctx_cancel may take (with the rest of its 8-byte
+ * granule, the count) and the handle word (with the rest of its granule). */
 static void poison_free(void *p)
 {
     size_t h = offsetof(struct ctx__hnode, handle);
-    ASAN_POISON_MEMORY_REGION((char *)p + 8, h - 8);
+    size_t l = offsetof(struct ctx, lock) & ~(size_t)7;
+    ASAN_POISON_MEMORY_REGION((char *)p + 8, l - 8);
+    ASAN_POISON_MEMORY_REGION((char *)p + l + 8, h - l - 8);
     ASAN_POISON_MEMORY_REGION((char *)p + h + 8, CTX__SLAB_BLOCK - h - 8);
 }
 #define poison_used(p) ASAN_UNPOISON_MEMORY_REGION((p), CTX__SLAB_BLOCK)
@@ -140,6 +143,9 @@ CTX__ALIGN_CHECK(sizeof(struct ctx__timer) <= CTX__SLAB_BLOCK);
 CTX__ALIGN_CHECK(sizeof(struct ctx__custom) <= CTX__SLAB_BLOCK);
 CTX__ALIGN_CHECK(CTX__SLAB_HEAD + CTX__SLAB_PER * CTX__SLAB_BLOCK == CTX__SLAB_CHUNK);
 CTX__ALIGN_CHECK(offsetof(struct ctx__hnode, handle) >= 8);
+CTX__ALIGN_CHECK((offsetof(struct ctx, lock) & ~(size_t)7) >= 8);
+CTX__ALIGN_CHECK((offsetof(struct ctx, lock) & ~(size_t)7) + 8 <=
+                 offsetof(struct ctx__hnode, handle));
 
 /* Per thread at most 2048 blocks of 64 bytes (128 KiB): enough to absorb
  * building and freeing a tree of a few thousand contexts, which otherwise
@@ -257,6 +263,10 @@ static bool slab_refill(void)
             /* Generation 1, unbound.  A store, not an initialisation: a
              * forged handle may read the word already. */
             atomic_store_explicit(ctx__hword(b), CTX__SLAB_WORD | 4u, memory_order_relaxed);
+            /* The lock word is the block's for good too (cancel.c's
+             * slab_lock): 0 while free.  (Chunks from aligned_alloc under
+             * the sanitizers are not zeroed.) */
+            atomic_store_explicit(&((struct ctx *)b)->lock, 0, memory_order_relaxed);
             *(void **)b = tc.head[1];
             tc.head[1] = b;
             poison_free(b);

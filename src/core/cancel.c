@@ -91,7 +91,8 @@ struct ctx__msg *ctx__msg_site(const char *file, int line, const char *func)
  *
  * A word is the generation times two (a cell's) or four (a block's, which
  * also has CTX__SLAB_BOUND while the node has a handle), plus PINNED while
- * a caller of ctx_cancel holds the object through it.  Pinning is a
+ * a caller of ctx_cancel holds the object through it.  (ctx_cancel holds
+ * a slab node by the node's own lock instead: slab_lock below.)  Pinning is a
  * compare-and-swap from (generation of the handle, not pinned) to pinned;
  * dropping is a compare-and-swap from (generation, not pinned) to the next
  * generation, retried while the word is pinned.  So a pinned object is
@@ -363,6 +364,27 @@ static inline void *slab_pin(uintptr_t v, const char *what)
     }
 }
 
+/* The node of slab handle v with its lock held, or NULL when the handle is
+ * stale.  The node's lock is the pin: the block stays a node block forever,
+ * so a stale handle may take the lock of whatever the block holds now, and
+ * lets go as soon as it sees the generation moved on.  The free bumps the
+ * generation and then waits for the lock (tree.c); the lock is taken
+ * before the generation is checked; all four sequentially consistent, so
+ * either this sees the new generation or the free sees the lock held. */
+static struct ctx *slab_lock(uintptr_t v, const char *what)
+{
+    _Atomic uint32_t *w = slab_word(v, what);
+    if (!slab_live(atomic_load_explicit(w, memory_order_relaxed), v))
+        return NULL; /* stale, without touching the block's lock */
+    struct ctx *n = &CTX__CONTAINER(w, struct ctx__hnode, handle)->base;
+    ctx__lock_sc(&n->lock);
+    if (!slab_live(atomic_load_explicit(w, memory_order_seq_cst), v)) {
+        ctx__unlock(&n->lock);
+        return NULL;
+    }
+    return n;
+}
+
 void *ctx__handle_pin(const void *h, const char *what)
 {
     if (((uintptr_t)h & KIND_MASK) == KIND_SLAB)
@@ -464,8 +486,9 @@ void ctx__slab_drop(_Atomic uint32_t *w)
     for (;;) {
         /* The next generation, unbound; the word's other bits stay. */
         uint32_t next = CTX__SLAB_WORD | (((x >> 2) + 1) & CTX__SLAB_GEN) << 2;
-        /* acq_rel, as for a cell. */
-        if (atomic_compare_exchange_weak_explicit(w, &x, next, memory_order_acq_rel,
+        /* acq_rel, as for a cell; sequentially consistent besides, for
+         * the free's look at the node's lock that follows (slab_lock). */
+        if (atomic_compare_exchange_weak_explicit(w, &x, next, memory_order_seq_cst,
                                                   memory_order_relaxed))
             return;
         if (x & PINNED) {
@@ -482,6 +505,14 @@ void ctx__handle_drop_node(struct ctx *n)
     if (v & CTX__SLAB_WORD) {
         if (v & CTX__SLAB_BOUND)
             ctx__slab_drop(w);
+        /* A ctx_cancel through a slab handle holds n by its lock, taken
+         * before it checked the generation that the drop has just bumped
+         * (both sequentially consistent, slab_lock): wait until it lets
+         * go.  It may also be a stale handle's, which lets go at once. */
+        if (atomic_load_explicit(&n->lock, memory_order_seq_cst) != 0) {
+            ctx__lock(&n->lock);
+            ctx__unlock(&n->lock);
+        }
     } else if (v != 0) {
         ctx__handle_drop(v);
         atomic_store_explicit(w, 0, memory_order_relaxed);
@@ -509,9 +540,16 @@ static void cancel_handle(ctx_cancel_t *cancel, int cause, const char *text, con
     }
     /* The message is made before the pin, so that a pin lasts no longer
      * than the cancellation walk. */
-    struct ctx *n = ctx__handle_pin(cancel, "ctx_cancel: not a cancel handle");
-    if (n != NULL)
-        ctx__cancel_pinned(n, cause, m, cancel);
+    static const char what[] = "ctx_cancel: not a cancel handle";
+    if (((uintptr_t)cancel & KIND_MASK) == KIND_SLAB) {
+        struct ctx *n = slab_lock((uintptr_t)cancel, what);
+        if (n != NULL)
+            ctx__cancel_locked(n, cause, m);
+    } else {
+        struct ctx *n = ctx__handle_pin(cancel, what);
+        if (n != NULL)
+            ctx__cancel_pinned(n, cause, m, cancel);
+    }
     ctx__msg_unref(m);
 }
 /* The parentheses keep ctx.h's call-site macros from expanding here: these

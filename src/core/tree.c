@@ -131,6 +131,17 @@ static void detach(struct ctx *c, uint32_t cstate)
     ctx__unlock(&p->lock);
 }
 
+/* detach() for a node that its canceller could not unlink: rare, and out
+ * of line so that the usual free keeps its code as it was. */
+#if defined(__GNUC__) || defined(__clang__)
+__attribute__((noinline, cold))
+#endif
+static void
+detach_flagged(struct ctx *c, uint32_t cstate)
+{
+    detach(c, cstate);
+}
+
 /* Gives back a shard's reference to p.  True when it was p's last. */
 static int shard_unref(struct ctx *p)
 {
@@ -206,6 +217,10 @@ static uint32_t free_cancel(struct ctx *c, unsigned kind, size_t *size)
          * through the handle, which is why the state is read after it.) */
         ctx__handle_drop_node(c);
         s = atomic_load_explicit(&c->u.c.state, memory_order_acquire);
+        /* Done by a ctx_cancel that could not unlink c (only a node with a
+         * slab handle gets the flag), so here rather than on every free. */
+        if (CTX__UNLIKELY(s & CTX__DETACH))
+            detach_flagged(c, s);
     }
     if ((s & CTX__ERR_MASK) == 0) {
         /* Live: unlink under the parent's lock (or its shard's).  A
@@ -445,7 +460,12 @@ init_cancel(struct ctx *n, ctx_t *parent, unsigned kind)
     ctx__live_add(1);
     n->up = kind == CTX__TIMER ? n : root ? NULL : p->up; /* ctx__dlsrc(parent) */
     atomic_init(&n->refs, 1);
-    atomic_init(&n->lock, 0);
+    /* A slab block's lock word is 0 while the block is free, and a stale
+     * ctx_cancel may hold it for a moment (cancel.c) even now: only a
+     * block from elsewhere gets its word set. */
+    if ((flags == 0 && kind == CTX__CANCEL) ||
+        !(atomic_load_explicit(ctx__hword(n), memory_order_relaxed) & CTX__SLAB_WORD))
+        atomic_init(&n->lock, 0);
     atomic_init(&n->u.c.state, flags);
     if (kind != CTX__TIMER) {
         /* A timer's creator has put its deadline's cause here already. */
@@ -532,16 +552,23 @@ ctx_t *ctx_with_cancel(ctx_t *parent, ctx_cancel_t **cancel)
         return NULL;
     }
     /* A node with a handle is the larger block that has room for the
-     * handle's word; a cell is reserved first so that binding it cannot
-     * fail when the block comes from a program's allocator. */
-    struct ctx__hnode *n;
-    if (ctx__handle_reserve() != 0 || (n = ctx__node_alloc(sizeof *n)) == NULL) {
-        errno = ENOMEM;
-        return NULL;
+     * handle's word.  A block from a program's allocator needs a cell,
+     * reserved before the node is made so that binding it cannot fail; a
+     * slab block's handle is its own word. */
+    struct ctx__hnode *n = ctx__node_alloc(sizeof *n);
+    if (n == NULL)
+        goto nomem;
+    if (!(atomic_load_explicit(&n->handle, memory_order_relaxed) & CTX__SLAB_WORD) &&
+        ctx__handle_reserve() != 0) {
+        ctx__node_free(n, sizeof *n);
+        goto nomem;
     }
     init_cancel(&n->base, parent, CTX__CANCEL | CTX__WITH_HANDLE);
     *cancel = ctx__handle_bind(&n->base);
     return &n->base;
+nomem:
+    errno = ENOMEM;
+    return NULL;
 }
 
 /* ---------------------------------------------------------------------------
@@ -583,14 +610,71 @@ struct ctx__msg *ctx__msg_new(const char *text)
     return msg;
 }
 
+void ctx__lock_sc(_Atomic uint32_t *l)
+{
+    ctx__hold();
+    uint32_t unlocked = 0;
+    if (atomic_compare_exchange_strong_explicit(l, &unlocked, 1, memory_order_seq_cst,
+                                                memory_order_relaxed))
+        return;
+    /* Taken after a wait: one more sequentially consistent
+     * read-modify-write, which leaves the word as it is, puts this
+     * acquisition in the order the free's check relies on. */
+    ctx__lock_slow(l);
+    atomic_fetch_or_explicit(l, 0, memory_order_seq_cst);
+}
+
+/* Takes a node or shard lock if it is free, without waiting. */
+static int try_lock(_Atomic uint32_t *l)
+{
+    ctx__hold();
+    uint32_t unlocked = 0;
+    /* Acquire, as in ctx__lock_raw. */
+    if (atomic_compare_exchange_strong_explicit(l, &unlocked, 1, memory_order_acquire,
+                                                memory_order_relaxed))
+        return 1;
+    ctx__release();
+    return 0;
+}
+
+/* detach() for a caller that holds c's lock and so must not wait for its
+ * parent's (or shard's), which comes before c's in the lock order.  True
+ * when c is no longer in its parent's children. */
+static int detach_locked(struct ctx *c, uint32_t cstate)
+{
+    struct ctx *p = ctx__owner(ctx__parent(c));
+    if (ctx__kind(p) == CTX__ROOT)
+        return 1;
+    struct ctx__fan_shard *sh = fan_shard(p, cstate);
+    if (sh != NULL) {
+        if (!try_lock(&sh->lock))
+            return 0;
+        int open = !sh->closed;
+        if (open && c->u.c.link.pprev != NULL)
+            ctx__link_remove(&c->u.c.link);
+        ctx__unlock(&sh->lock);
+        if (open)
+            return 1;
+    }
+    if (!try_lock(&p->lock))
+        return 0;
+    if (c->u.c.link.pprev != NULL)
+        ctx__link_remove(&c->u.c.link);
+    ctx__unlock(&p->lock);
+    return 1;
+}
+
 /* The cancellation walk.  With own set, n's err comes with the cause and
  * message n keeps for its deadline (read under n's lock: a concurrent
  * cancel may replace them).  With defer set, the AfterFunc records found
- * are appended to *defer for the callback threads instead of run here. */
+ * are appended to *defer for the callback threads instead of run here.
+ * With locked set, the caller has taken n's lock and holds n through it
+ * alone (ctx__cancel_locked): n leaves its parent before its lock goes. */
 static void cancel_walk(struct ctx *n, uint32_t err, int cause, struct ctx__msg *msg, int own,
-                        struct ctx__chain *defer, const void *pin)
+                        struct ctx__chain *defer, const void *pin, int locked)
 {
-    ctx__lock(&n->lock);
+    if (!locked)
+        ctx__lock(&n->lock);
     if (atomic_load_explicit(&n->u.c.state, memory_order_relaxed) & CTX__ERR_MASK) {
         /* Already done; since we hold its lock, whoever did it has finished
          * its subtree too. */
@@ -648,10 +732,21 @@ static void cancel_walk(struct ctx *n, uint32_t err, int cause, struct ctx__msg 
         l->next = x == n ? NULL : &x->u.c.link; /* push y on the path */
         x = y;
     }
-    ctx__unlock(&n->lock);
 
     /* A cancelled node leaves its parent at once (Go's removeChild). */
-    detach(n, atomic_load_explicit(&n->u.c.state, memory_order_relaxed));
+    uint32_t s = atomic_load_explicit(&n->u.c.state, memory_order_relaxed);
+    if (locked) {
+        /* Once its lock goes n may be freed, so it leaves now; when that
+         * would mean waiting (a canceller of the parent may hold the
+         * parent's lock and wait for n's), its free unlinks it instead.
+         * Under n's lock, as every change of its state. */
+        if (!detach_locked(n, s))
+            atomic_store_explicit(&n->u.c.state, s | CTX__DETACH, memory_order_relaxed);
+        ctx__unlock(&n->lock);
+    } else {
+        ctx__unlock(&n->lock);
+        detach(n, s);
+    }
     /* n is not touched again: a callback below may drop its last
      * reference, and the free waits for the pin to go. */
     if (pin != NULL)
@@ -674,23 +769,28 @@ static void cancel_walk(struct ctx *n, uint32_t err, int cause, struct ctx__msg 
 void ctx__cancel(struct ctx *n, uint32_t err, int cause, struct ctx__msg *msg, int defer)
 {
     if (!defer) {
-        cancel_walk(n, err, cause, msg, 0, NULL, NULL);
+        cancel_walk(n, err, cause, msg, 0, NULL, NULL, 0);
         return;
     }
     struct ctx__chain chain = { NULL, &chain.head };
-    cancel_walk(n, err, cause, msg, 0, &chain, NULL);
+    cancel_walk(n, err, cause, msg, 0, &chain, NULL, 0);
     if (chain.head != NULL)
         ctx__after_defer(&chain);
 }
 
 void ctx__cancel_deadline(struct ctx__timer *t, struct ctx__chain *defer)
 {
-    cancel_walk(&t->base, CTX_DEADLINE_EXCEEDED, 0, NULL, 1, defer, NULL);
+    cancel_walk(&t->base, CTX_DEADLINE_EXCEEDED, 0, NULL, 1, defer, NULL, 0);
 }
 
 void ctx__cancel_pinned(struct ctx *n, int cause, struct ctx__msg *msg, const void *h)
 {
-    cancel_walk(n, CTX_CANCELED, cause, msg, 0, NULL, h);
+    cancel_walk(n, CTX_CANCELED, cause, msg, 0, NULL, h, 0);
+}
+
+void ctx__cancel_locked(struct ctx *n, int cause, struct ctx__msg *msg)
+{
+    cancel_walk(n, CTX_CANCELED, cause, msg, 0, NULL, NULL, 1);
 }
 
 /* ---------------------------------------------------------------------------
