@@ -237,9 +237,12 @@ static void timeouts(void)
     ctx_cancel_t **cc = malloc(n * sizeof *cc);
     if (c == NULL || cc == NULL)
         die("malloc");
-    /* The benchmark's own arrays are touched first: not the library's. */
-    memset(c, 0, n * sizeof *c);
-    memset(cc, 0, n * sizeof *cc);
+    /* The benchmark's own arrays are touched first, so that their pages do
+     * not count as the library's.  Not with zeros: the compiler may merge
+     * malloc and a zeroing memset into calloc, whose fresh pages stay
+     * untouched until the loop below writes them. */
+    memset(c, 0xff, n * sizeof *c);
+    memset(cc, 0xff, n * sizeof *cc);
     ctx_cancel_t *pc;
     ctx_t *parent = ctx_with_cancel(ctx_background(), &pc);
     long r0 = rss_bytes();
