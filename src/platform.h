@@ -106,11 +106,6 @@ int ctx__plat_urandom(void *buf, size_t n);
  * kept); elsewhere nothing. */
 void ctx__plat_thread_name(const char *name);
 
-/* ---- asks the system to end the calling thread's timed sleeps on time,
- * not merged with other wake-ups (Linux: the timer slack, 50 us by
- * default); elsewhere nothing.  Best effort. */
-void ctx__plat_exact_sleeps(void);
-
 /* ---- a process-wide memory barrier for fork.c's handshake.  init returns
  * nonzero when membarrier works here (Linux), after which
  * ctx__plat_membarrier runs a full barrier on every thread of the process;

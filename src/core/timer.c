@@ -51,7 +51,6 @@
  * fork's prepare handler, which takes T.mu first.
  */
 #include "internal.h"
-#include "platform.h"
 
 #include <pthread.h>
 #include <stdlib.h>
@@ -783,10 +782,6 @@ static void *timer_main(void *arg)
 {
     (void)arg;
     ctx__thread_name("ctx-timer");
-    /* A sleep the system ends late to merge wake-ups (Linux: up to 50 us)
-     * would make every deadline that late.  The timer thread sleeps once
-     * per batch, so exact wake-ups cost little. */
-    ctx__plat_exact_sleeps();
     for (;;) {
         pthread_mutex_lock(&T.mu);
         for (;;) {

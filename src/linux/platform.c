@@ -16,7 +16,6 @@
 #include <stdatomic.h>
 #include <string.h>
 #include <sys/eventfd.h>
-#include <sys/prctl.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 #ifdef CTX_HAVE_GETRANDOM
@@ -185,13 +184,6 @@ void ctx__plat_thread_name(const char *name)
     strncpy(buf, name, sizeof buf - 1);
     buf[sizeof buf - 1] = '\0';
     pthread_setname_np(pthread_self(), buf);
-}
-
-void ctx__plat_exact_sleeps(void)
-{
-    /* The kernel may end a timed sleep up to the thread's timer slack late
-     * to merge wake-ups.  On failure the default stays. */
-    (void)prctl(PR_SET_TIMERSLACK, 1UL, 0UL, 0UL, 0UL);
 }
 
 int ctx__plat_membarrier_init(void)

@@ -245,11 +245,6 @@ void ctx__plat_thread_name(const char *name)
 #endif
 }
 
-void ctx__plat_exact_sleeps(void)
-{
-    /* POSIX has no timer slack to set. */
-}
-
 int ctx__plat_membarrier_init(void)
 {
     return 0;
