@@ -279,7 +279,7 @@ static void lone(void)
         die("malloc");
     for (size_t i = 0; i < n; i++) {
         ctx_t *c = ctx_with_timeout(ctx_background(), CTX_MILLISECOND, NULL);
-        ctx_time_t d;
+        ctx_time_t d = 0;
         if (c == NULL || !ctx_deadline(c, &d))
             die("ctx_with_timeout");
         if (ctx_wait(c, 30 * CTX_SECOND) != CTX_DEADLINE_EXCEEDED)
