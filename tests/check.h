@@ -43,7 +43,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <signal.h>
 #include <sys/syscall.h>
+#include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -171,6 +173,44 @@ static inline CHECK_NORETURN_ CHECK_PRINTF_(3, 4) void check_fail_(const char *f
 /* ---------------------------------------------------------------------------
  * Context helpers: the (err, cause, msg) triple of a context in one check.
  */
+
+/* Runs body(arg) in a forked child whose stderr goes into out (cap bytes,
+ * NUL-terminated) and returns the child's wait status.  The child exits 0
+ * when body returns; an alarm ends it after 10 s. */
+static inline int check_child(void (*body)(void *), void *arg, char *out, size_t cap)
+{
+    int err[2];
+    CHECK_EQ_INT(pipe(err), 0);
+    fflush(NULL);
+    pid_t pid = fork();
+    CHECK(pid >= 0);
+    if (pid == 0) {
+        alarm(10);
+        dup2(err[1], 2);
+        body(arg);
+        _exit(0);
+    }
+    close(err[1]);
+    size_t len = 0;
+    ssize_t r;
+    while (len < cap - 1 && (r = read(err[0], out + len, cap - 1 - len)) > 0)
+        len += (size_t)r;
+    out[len] = '\0';
+    close(err[0]);
+    int st;
+    CHECK_EQ_INT(waitpid(pid, &st, 0), pid);
+    return st;
+}
+
+/* Checks that body(arg), run in a child, dies of SIGABRT with message on
+ * its stderr. */
+static inline void check_child_aborts(void (*body)(void *), void *arg, const char *message)
+{
+    char out[4096];
+    int st = check_child(body, arg, out, sizeof out);
+    CHECK_MSG(WIFSIGNALED(st) && WTERMSIG(st) == SIGABRT, "status %#x, stderr: %s", st, out);
+    CHECK_MSG(strstr(out, message) != NULL, "stderr: %s", out);
+}
 
 /* ctx is not done: err 0 and cause 0. */
 #define CHECK_NOT_DONE(c)                                                                          \

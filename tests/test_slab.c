@@ -88,36 +88,9 @@ static void test_reuse_many_generations(void)
     CHECK_MSG(reused == ROUNDS - 1, "the block was reused %d times of %d", reused, ROUNDS - 1);
 }
 
-/* Runs body in a child and checks that it dies of SIGABRT saying message. */
-static void expect_abort(void (*body)(void), const char *message)
+static void cancel_beyond_slab(void *arg)
 {
-    int err[2];
-    CHECK_EQ_INT(pipe(err), 0);
-    fflush(NULL);
-    pid_t pid = fork();
-    CHECK(pid >= 0);
-    if (pid == 0) {
-        alarm(10);
-        dup2(err[1], 2);
-        body();
-        _exit(0);
-    }
-    close(err[1]);
-    char out[4096];
-    size_t len = 0;
-    ssize_t r;
-    while (len < sizeof out - 1 && (r = read(err[0], out + len, sizeof out - 1 - len)) > 0)
-        len += (size_t)r;
-    out[len] = '\0';
-    close(err[0]);
-    int st;
-    CHECK_EQ_INT(waitpid(pid, &st, 0), pid);
-    CHECK_MSG(WIFSIGNALED(st) && WTERMSIG(st) == SIGABRT, "status %#x, stderr: %s", st, out);
-    CHECK_MSG(strstr(out, message) != NULL, "stderr: %s", out);
-}
-
-static void cancel_beyond_slab(void)
-{
+    (void)arg;
     /* A slab handle (both tag bits on 64-bit systems, the top bit on
      * 32-bit ones) naming the last block number there is. */
     uintptr_t v = UINTPTR_MAX > 0xffffffffu ? UINTPTR_MAX >> 2 : 0x7fffffffu;
@@ -125,8 +98,9 @@ static void cancel_beyond_slab(void)
     ctx_cancel((ctx_cancel_t *)v);
 }
 
-static void cancel_a_context(void)
+static void cancel_a_context(void *arg)
 {
+    (void)arg;
     /* Not a timer: a forked child of a threaded process starts no thread
      * (ThreadSanitizer refuses to). */
     ctx_cancel_t *h;
@@ -136,11 +110,11 @@ static void cancel_a_context(void)
 
 static void test_foreign_aborts(void)
 {
-    expect_abort(cancel_beyond_slab, "ctx_cancel: not a cancel handle");
+    check_child_aborts(cancel_beyond_slab, NULL, "ctx_cancel: not a cancel handle");
 #if UINTPTR_MAX > 0xffffffffu
     /* On 32-bit systems a pointer can decode as a live handle; there the
      * check is only that nothing is touched beyond the table. */
-    expect_abort(cancel_a_context, "ctx_cancel: not a cancel handle");
+    check_child_aborts(cancel_a_context, NULL, "ctx_cancel: not a cancel handle");
 #else
     (void)cancel_a_context;
 #endif
@@ -271,8 +245,9 @@ static void test_thread_exit_returns(void)
 #endif
 
 #ifdef SLAB_ASAN
-static void read_after_free(void)
+static void read_after_free(void *arg)
 {
+    (void)arg;
     ctx_t *c = ctx_with_timeout(ctx_background(), CTX_HOUR, NULL);
     ctx_unref(c);
     fprintf(stderr, "err %d\n", ctx_err(c)); /* reads the freed node */
@@ -280,27 +255,8 @@ static void read_after_free(void)
 
 static void test_asan_sees_use_after_free(void)
 {
-    int err[2];
-    CHECK_EQ_INT(pipe(err), 0);
-    fflush(NULL);
-    pid_t pid = fork();
-    CHECK(pid >= 0);
-    if (pid == 0) {
-        alarm(10);
-        dup2(err[1], 2);
-        read_after_free();
-        _exit(0);
-    }
-    close(err[1]);
     static char out[65536];
-    size_t len = 0;
-    ssize_t r;
-    while (len < sizeof out - 1 && (r = read(err[0], out + len, sizeof out - 1 - len)) > 0)
-        len += (size_t)r;
-    out[len] = '\0';
-    close(err[0]);
-    int st;
-    CHECK_EQ_INT(waitpid(pid, &st, 0), pid);
+    int st = check_child(read_after_free, NULL, out, sizeof out);
     CHECK_MSG(!(WIFEXITED(st) && WEXITSTATUS(st) == 0), "the read went unreported: %s", out);
     CHECK_MSG(strstr(out, "use-after-poison") != NULL, "stderr: %s", out);
 }
