@@ -170,6 +170,18 @@ static uint64_t near_next(const struct shard *S, unsigned p)
     return NEAR;
 }
 
+/* The granule at which the timer thread must handle slot v (in level L's
+ * units, absolute) of level L >= 1: it cascades from the slot before, so
+ * from when base enters that one, and never before base. */
+static uint64_t cascade_event(const struct shard *S, unsigned L, uint64_t v)
+{
+    unsigned sh = lvl_shift(L);
+    if (v > S->base >> sh)
+        v--;
+    uint64_t ev = v << sh;
+    return ev < S->base ? S->base : ev;
+}
+
 /*
  * The next granule, at or after base, at which the wheel has work: a
  * level-0 slot to move to the due list, or a slot of a higher level to
@@ -192,12 +204,7 @@ static uint64_t next_event(const struct shard *S)
         uint64_t cur = S->base >> sh;
         unsigned r = (unsigned)(cur & (NSLOTS - 1));
         uint64_t rot = r != 0 ? (b >> r) | (b << (64 - r)) : b;
-        uint64_t v = cur + ctz64(rot);
-        if (v > cur)
-            v--; /* cascade from the slot before */
-        uint64_t ev = v << sh;
-        if (ev < S->base)
-            ev = S->base;
+        uint64_t ev = cascade_event(S, L, cur + ctz64(rot));
         if (ev < best)
             best = ev;
     }
@@ -554,18 +561,8 @@ static ctx_time_t entry_min(const struct shard *S, const struct ctx__timer *t)
 {
     if (t->level == AT_DUE)
         return t->deadline;
-    uint64_t g = gran(t->deadline), ev;
-    if (t->level == 0) {
-        ev = g;
-    } else {
-        unsigned sh = lvl_shift(t->level);
-        uint64_t cur = S->base >> sh, v = g >> sh;
-        if (v > cur)
-            v--;
-        ev = v << sh;
-        if (ev < S->base)
-            ev = S->base;
-    }
+    uint64_t g = gran(t->deadline);
+    uint64_t ev = t->level == 0 ? g : cascade_event(S, t->level, g >> lvl_shift(t->level));
     return sub_sat(gran_start(ev), LEAD_NS);
 }
 
