@@ -10,6 +10,12 @@
  *                   shape a program that runs one batch sees (and what an
  *                   outside benchmark that starts a fresh process per
  *                   measurement sees); it is printed first and run first.
+ *                   With --cold only this batch runs, and the program
+ *                   adds group_cold_on_caller_pct (the share of its tasks
+ *                   the submitting thread ran), group_cold_threads (the
+ *                   process's threads after it), group_cold_cpu_us (the
+ *                   process's CPU time) and group_cold_csw (its context
+ *                   switches), then exits.
  *   group_task_ns   10,000 trivial tasks through a group with limit 8: wall
  *                   time per task (best of 3 further batches, pool warm)
  *   group_on_caller_pct  the share of them the submitting thread ran itself
@@ -30,6 +36,7 @@
 #include <ctx.h>
 
 #include <linux/futex.h>
+#include <sys/resource.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
@@ -217,11 +224,33 @@ static void merge(void)
     ctx_unref(b);
 }
 
-int main(void)
+int main(int argc, char **argv)
 {
     /* First: the pool starts empty only once per process. */
     caller = pthread_self();
-    printf("group_cold_task_ns %.1f\n", group_batch_ns());
+    double cold = group_batch_ns();
+    printf("group_cold_task_ns %.1f\n", cold);
+    printf("group_cold_on_caller_pct %.1f\n", 100.0 * (double)atomic_load(&on_caller) / 10000.0);
+    if (argc > 1 && strcmp(argv[1], "--cold") == 0) {
+        /* What the first batch cost besides its wall time: the threads it
+         * left (the pool's and the library's), the process's CPU time and
+         * context switches. */
+        struct rusage ru;
+        getrusage(RUSAGE_SELF, &ru);
+        int threads = 0;
+        FILE *f = fopen("/proc/self/status", "r");
+        char line[256];
+        while (f != NULL && fgets(line, sizeof line, f) != NULL)
+            if (sscanf(line, "Threads: %d", &threads) == 1)
+                break;
+        if (f != NULL)
+            fclose(f);
+        printf("group_cold_threads %d\ngroup_cold_cpu_us %.0f\ngroup_cold_csw %ld\n", threads,
+               (double)(ru.ru_utime.tv_sec + ru.ru_stime.tv_sec) * 1e6 +
+                   (double)(ru.ru_utime.tv_usec + ru.ru_stime.tv_usec),
+               ru.ru_nvcsw + ru.ru_nivcsw);
+        return 0;
+    }
     printf("group_task_ns %.1f\n", group_task_ns());
     block();
     floor_run();
