@@ -10,6 +10,14 @@
  *                   shape a program that runs one batch sees (and what an
  *                   outside benchmark that starts a fresh process per
  *                   measurement sees); it is printed first and run first.
+ *                   With --cold only this batch runs, and the program
+ *                   adds group_cold_on_caller_pct (the share of its tasks
+ *                   the submitting thread ran), group_cold_caller_cpu_ns
+ *                   (the submitting thread's CPU time per task: the rest
+ *                   of the wall time it was off the CPU),
+ *                   group_cold_threads (the process's threads after it),
+ *                   group_cold_cpu_us (the process's CPU time) and
+ *                   group_cold_csw (its context switches), then exits.
  *   group_task_ns   10,000 trivial tasks through a group with limit 8: wall
  *                   time per task (best of 3 further batches, pool warm)
  *   group_on_caller_pct  the share of them the submitting thread ran itself
@@ -30,6 +38,7 @@
 #include <ctx.h>
 
 #include <linux/futex.h>
+#include <sys/resource.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
@@ -61,15 +70,27 @@ static int trivial(ctx_t *ctx, void *arg)
     return 0;
 }
 
+static double thread_cpu_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
+    return (double)ts.tv_sec * 1e9 + (double)ts.tv_nsec;
+}
+
+static double batch_caller_cpu_ns; /* the submitter's CPU time per task, last batch */
+
 static double group_batch_ns(void)
 {
+    double c0 = thread_cpu_ns();
     double t0 = now_ns();
     ctx_group_t *g = ctx_group_new(ctx_background(), NULL);
     ctx_group_set_limit(g, 8);
     for (int i = 0; i < 10000; i++)
         ctx_group_go(g, trivial, NULL);
     ctx_group_wait(g, NULL);
-    return (now_ns() - t0) / 10000.0;
+    double t1 = now_ns();
+    batch_caller_cpu_ns = (thread_cpu_ns() - c0) / 10000.0;
+    return (t1 - t0) / 10000.0;
 }
 
 static double group_task_ns(void)
@@ -217,11 +238,34 @@ static void merge(void)
     ctx_unref(b);
 }
 
-int main(void)
+int main(int argc, char **argv)
 {
     /* First: the pool starts empty only once per process. */
     caller = pthread_self();
-    printf("group_cold_task_ns %.1f\n", group_batch_ns());
+    double cold = group_batch_ns();
+    printf("group_cold_task_ns %.1f\n", cold);
+    printf("group_cold_on_caller_pct %.1f\n", 100.0 * (double)atomic_load(&on_caller) / 10000.0);
+    if (argc > 1 && strcmp(argv[1], "--cold") == 0) {
+        /* What the first batch cost besides its wall time: the threads it
+         * left (the pool's and the library's), the process's CPU time and
+         * context switches. */
+        struct rusage ru;
+        getrusage(RUSAGE_SELF, &ru);
+        int threads = 0;
+        FILE *f = fopen("/proc/self/status", "r");
+        char line[256];
+        while (f != NULL && fgets(line, sizeof line, f) != NULL)
+            if (sscanf(line, "Threads: %d", &threads) == 1)
+                break;
+        if (f != NULL)
+            fclose(f);
+        printf("group_cold_caller_cpu_ns %.1f\n", batch_caller_cpu_ns);
+        printf("group_cold_threads %d\ngroup_cold_cpu_us %.0f\ngroup_cold_csw %ld\n", threads,
+               (double)(ru.ru_utime.tv_sec + ru.ru_stime.tv_sec) * 1e6 +
+                   (double)(ru.ru_utime.tv_usec + ru.ru_stime.tv_usec),
+               ru.ru_nvcsw + ru.ru_nivcsw);
+        return 0;
+    }
     printf("group_task_ns %.1f\n", group_task_ns());
     block();
     floor_run();

@@ -249,8 +249,13 @@ static void test_pool_grows_and_shrinks(void)
     ctx_group_t *g = ctx_group_new(ctx_background(), NULL);
     for (int i = 0; i < 40; i++)
         CHECK_EQ_INT(ctx_group_go(g, blocks_on_latch, &l), 0);
-    /* Each blocked task holds a thread of its own. */
-    int peak = check_thread_count();
+    /* Each blocked task holds a thread of its own.  Threads start one
+     * after another, each by the one before it as it takes its task, so
+     * the count is awaited. */
+    ctx_time_t until = check_mono_now() + 60 * CTX_SECOND;
+    int peak;
+    while ((peak = check_thread_count()) < 41 && check_mono_now() < until)
+        check_sleep_ns(CTX_MILLISECOND);
     CHECK(peak >= 41);
     check_latch_open(&l);
     CHECK_EQ_INT(ctx_group_wait(g, NULL), 0);

@@ -86,9 +86,12 @@ static void test_group_go(void)
     await_live(base);
 }
 
+static atomic_int blocked;
+
 static int blocker(ctx_t *ctx, void *arg)
 {
     (void)ctx;
+    atomic_fetch_add(&blocked, 1);
     check_latch_wait(arg);
     return 0;
 }
@@ -101,8 +104,15 @@ static void test_no_thread_for_task(void)
     check_latch_init(&l);
     ctx_group_t *busy = ctx_group_new(ctx_background(), NULL);
     /* More blockers than there can be idle threads left from before. */
+    atomic_store(&blocked, 0);
     for (int i = 0; i < 64; i++)
         CHECK_EQ_INT(ctx_group_go(busy, blocker, &l), 0);
+    /* Each started the next thread as it took its task: once all are
+     * blocked, no thread is left looking. */
+    ctx_time_t until = check_mono_now() + 60 * CTX_SECOND;
+    while (atomic_load(&blocked) < 64 && check_mono_now() < until)
+        check_sleep_ns(CTX_MILLISECOND);
+    CHECK_EQ_INT(atomic_load(&blocked), 64);
     ctx__sc_thread_start = no_thread;
     ctx_group_t *g = ctx_group_new(ctx_background(), NULL);
     atomic_store(&ran, 0);

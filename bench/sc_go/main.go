@@ -146,6 +146,9 @@ func tree() {
 func main() {
 	// First, as in bench/sc.c: the first batch of the process.
 	fmt.Printf("group_cold_task_ns %.1f\n", groupBatchNs())
+	if len(os.Args) > 1 && os.Args[1] == "--cold" {
+		return
+	}
 	fmt.Printf("group_task_ns %.1f\n", groupTaskNs())
 	block()
 	m, c := mergeNs()

@@ -4,15 +4,19 @@
  * Groups (errgroup) and the thread pool their tasks run on.
  *
  * The pool is shared by every group.  A task goes into one FIFO queue, and
- * every queued task is covered by a thread that is not inside a task: a
- * "looking" thread (between tasks: it takes from the queue until the queue
- * is empty before it may sleep), a sleeping thread woken for it, or a new
- * thread.  A submitter wakes or starts a thread only when the queue is
- * longer than the looking and woken threads can cover.  So a task never
- * waits behind a task that blocks (a thread inside a task covers nothing),
- * and a burst of short tasks is handed over without a system call each:
- * a thread that finds the queue empty polls it for SPIN_NS before it
- * sleeps.  Idle threads exit after IDLE_NS.
+ * a non-empty queue always has a thread that is not inside a task to take
+ * from it: a "looking" thread (between tasks: it takes from the queue until
+ * the queue is empty before it may sleep), a sleeping thread woken for it,
+ * or a new thread.  A submitter wakes or starts a thread only when no
+ * thread looks; a thread that takes a task and leaves tasks behind that no
+ * other thread looks at wakes or starts the next one before it runs its
+ * task (Go's scheduler hands work on the same way between its spinning
+ * threads).  So a task never waits behind a task that blocks (a thread
+ * inside a task looks at nothing), threads start one at a time as tasks
+ * need them, a burst that its submitter runs itself (below) starts one
+ * thread and not one per task, and a burst of short tasks is handed over
+ * without a system call each: a thread that finds the queue empty polls it
+ * for SPIN_NS before it sleeps.  Idle threads exit after IDLE_NS.
  *
  * A caller that must wait (ctx_group_go at the group's limit,
  * ctx_group_wait) runs its own group's queued tasks meanwhile instead of
@@ -302,6 +306,9 @@ static struct task *pop_own(struct ctx_group *g)
     return t;
 }
 
+static int cover_locked(void);
+static int start_thread(void);
+
 static void *pool_main(void *arg)
 {
     (void)arg;
@@ -311,7 +318,15 @@ static void *pool_main(void *arg)
         struct task *t = pop_locked();
         if (t != NULL) {
             P.looking--;
+            /* The task may block: if tasks are left that no other thread
+             * looks at, hand the queue on first (as Go's scheduler wakes
+             * another spinning thread when it finds work).  So threads
+             * start one at a time, as the tasks need them, and a burst
+             * that the submitters run themselves starts only one. */
+            int start = P.head != NULL && P.looking + P.wakes == 0 && cover_locked();
             pthread_mutex_unlock(&P.mu);
+            if (start)
+                start_thread(); /* on failure we take the rest after t */
             run_task(t);
             spun = 0;
             pthread_mutex_lock(&P.mu);
@@ -367,8 +382,47 @@ static int unqueue_locked(struct task *t)
     return 1;
 }
 
+/* Makes sure some thread will look at the queue: wakes an idle thread or
+ * counts a new one, which the caller starts with start_thread after
+ * unlocking.  Returns 1 when a thread is to be started.  Under P.mu, with
+ * a non-empty queue that no looking or woken thread covers. */
+static int cover_locked(void)
+{
+    if (P.idle > P.wakes) {
+        P.wakes++;
+        pthread_cond_signal(&P.cv);
+        return 0;
+    }
+    if (P.threads >= MAX_THREADS)
+        return 0;
+    /* Counted from this instant, so that the submitters meanwhile do not
+     * start more threads for the same tasks. */
+    P.threads++;
+    P.looking++;
+    return 1;
+}
+
+static void *pool_main(void *arg);
+
+/* Starts the thread that cover_locked counted.  Outside the lock: starting
+ * a thread maps its stack and clones, tens of microseconds during which
+ * the pool's threads and the submitters would otherwise queue up on the
+ * lock.  Returns 0 or the error, the count taken back. */
+static int start_thread(void)
+{
+    int e = ctx__sc_thread_start(pool_main, 0);
+    if (e == 0)
+        return 0;
+    pthread_mutex_lock(&P.mu);
+    P.threads--;
+    P.looking--;
+    pthread_mutex_unlock(&P.mu);
+    return e;
+}
+
 /* Queues t and makes sure a thread will take it.  0, or EAGAIN when no
- * thread is free and none can be started (t is then not queued). */
+ * thread looks at the queue and none can be woken or started (t is then
+ * not queued). */
 static int submit(struct task *t)
 {
     pthread_mutex_lock(&P.mu);
@@ -378,37 +432,26 @@ static int submit(struct task *t)
     P.tail = &t->next;
     P.qlen++;
     atomic_store_explicit(&P.queued, (uint32_t)P.qlen, memory_order_relaxed);
+    /* One looking or woken thread covers the whole queue: it takes the
+     * first task, and before it runs it, it wakes or starts the next
+     * thread if tasks are left and nobody else looks (pool_main). */
     int start = 0;
-    if (P.qlen <= P.looking + P.wakes) {
-        /* Covered: each queued task has a looking or woken thread that
-         * will take from the queue before it sleeps. */
-    } else if (P.idle > P.wakes) {
-        P.wakes++;
-        pthread_cond_signal(&P.cv);
-    } else if (P.threads < MAX_THREADS) {
-        /* Counted from this instant, so that the submitters meanwhile
-         * do not start more threads for the same tasks. */
-        P.threads++;
-        P.looking++;
-        start = 1;
-    } else {
-        unqueue_locked(t);
-        pthread_mutex_unlock(&P.mu);
-        return EAGAIN;
+    if (P.looking + P.wakes == 0) {
+        start = cover_locked();
+        if (!start && P.wakes == 0) {
+            unqueue_locked(t);
+            pthread_mutex_unlock(&P.mu);
+            return EAGAIN;
+        }
     }
     pthread_mutex_unlock(&P.mu);
-    /* Outside the lock: starting a thread maps its stack and clones, tens
-     * of microseconds during which the pool's threads and the other
-     * submitters would otherwise queue up on the lock. */
-    if (!start || ctx__sc_thread_start(pool_main, 0) == 0)
+    if (!start || start_thread() == 0)
         return 0;
     pthread_mutex_lock(&P.mu);
-    P.threads--;
-    P.looking--;
     int e = 0;
-    /* If no thread took t meanwhile and the ones left cannot cover the
-     * queue, t goes back to the caller. */
-    if (P.qlen > P.looking + P.wakes && unqueue_locked(t))
+    /* If no thread took t meanwhile and nobody looks, t goes back to the
+     * caller. */
+    if (P.looking + P.wakes == 0 && unqueue_locked(t))
         e = EAGAIN;
     pthread_mutex_unlock(&P.mu);
     return e;
