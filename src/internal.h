@@ -138,12 +138,12 @@ struct ctx {
             const ctx_key_t *key;
             void *value;
             void (*destroy)(void *value);
-            /* A key filter for absent keys.  Value nodes form segments of
-             * up to CTX__SEG value nodes; bloom holds one bit per key bound
-             * from this node up to (not including) skip, the node where the
-             * segment ends.  A lookup whose bit is clear jumps to skip.  The
-             * segment length is kept in the header's lock word, which value
-             * nodes do not use. */
+            /* A key filter.  Node i of a chain of value nodes (numbered
+             * from 1 at the top, value.c) covers the nodes i - span + 1 to
+             * i, where span is i's lowest set bit, at most CTX__SEG; bloom
+             * holds one bit per key they bind and skip is the node just
+             * above them (NULL when that is a root).  A lookup whose bit is clear jumps to skip.
+             * The index i is kept in the header's lock word, which value nodes do not use. */
             uint64_t bloom;
             struct ctx *skip;
         } v; /* CTX__VALUE */
@@ -197,7 +197,10 @@ CTX__ALIGN_CHECK(offsetof(struct ctx, pk) == offsetof(struct ctx_abi_node_, kind
 CTX__ALIGN_CHECK(offsetof(struct ctx, u.c.state) == offsetof(struct ctx_abi_node_, state));
 #endif
 
-#define CTX__SEG 16
+/* The longest range a value node's filter covers (a power of two), and
+ * the index at which a chain of value nodes starts anew. */
+#define CTX__SEG       16
+#define CTX__CHAIN_MAX 0x80000000u
 /* How many nodes without values (cancel, timer, without-cancel) a new value
  * node looks through for the segment to extend (value.c). */
 #define CTX__SEG_HOPS 8
