@@ -141,9 +141,11 @@ struct ctx {
             /* A key filter.  Node i of a chain of value nodes (numbered
              * from 1 at the top, value.c) covers the nodes i - span + 1 to
              * i, where span is i's lowest set bit, at most CTX__SEG; bloom
-             * holds one bit per key they bind and skip is the node just
-             * above them (NULL when that is a root).  A lookup whose bit is clear jumps to skip.
-             * The index i is kept in the header's lock word, which value nodes do not use. */
+             * holds two bits per key they bind (ctx__key_bits) and skip is
+             * the node just above them (NULL when that is a root).  A
+             * lookup that finds one of its key's bits clear jumps to skip.
+             * The index i is kept in the header's lock word, which value
+             * nodes do not use. */
             uint64_t bloom;
             struct ctx *skip;
         } v; /* CTX__VALUE */
@@ -198,17 +200,22 @@ CTX__ALIGN_CHECK(offsetof(struct ctx, u.c.state) == offsetof(struct ctx_abi_node
 #endif
 
 /* The longest range a value node's filter covers (a power of two), and
- * the index at which a chain of value nodes starts anew. */
-#define CTX__SEG       16
+ * the index at which a chain of value nodes starts anew.  With 8 keys in
+ * 64 bits and two bits a key, a filter answers yes for an absent key about
+ * one time in twenty (with 16 keys and one bit a key: one in five); the
+ * longer ranges made absent keys cheaper and present keys dearer. */
+#define CTX__SEG       8
 #define CTX__CHAIN_MAX 0x80000000u
 /* How many nodes without values (cancel, timer, without-cancel) a new value
- * node looks through for the segment to extend (value.c). */
+ * node looks through for the chain to continue (value.c). */
 #define CTX__SEG_HOPS 8
 
-static inline uint64_t ctx__key_bit(const ctx_key_t *key)
+static inline uint64_t ctx__key_bits(const ctx_key_t *key)
 {
-    /* Fibonacci hashing of the key's address: the top 6 bits pick a bit. */
-    return (uint64_t)1 << (((uint64_t)(uintptr_t)key * 0x9E3779B97F4A7C15u) >> 58);
+    /* Fibonacci hashing of the key's address: two 6-bit fields of the
+     * product pick two bits. */
+    uint64_t h = (uint64_t)(uintptr_t)key * 0x9E3779B97F4A7C15u;
+    return ((uint64_t)1 << (h >> 58)) | ((uint64_t)1 << ((h >> 52) & 63));
 }
 
 /* The stop handle of an AFTER record, for the misuse checks:

@@ -29,14 +29,14 @@ ctx_t *ctx_with_value(ctx_t *parent, const ctx_key_t *key, void *value,
     n->u.v.key = key;
     n->u.v.value = value;
     n->u.v.destroy = destroy;
-    /* The value nodes of a chain are numbered from 1 at its top, and node i
-     * filters the keys of the span(i) nodes ending at itself (a Fenwick
+    /* The value nodes of a chain are numbered from 1 at its top, and node
+     * i filters the keys of the span(i) nodes ending at itself (a Fenwick
      * tree's ranges), where span(i) is i's lowest set bit, at most
      * CTX__SEG: its skip is the node just above that range.  A lookup that
-     * meets a filter holding its key's bit and a different key steps to the
-     * node above, whose range is the next smaller one inside, so a key at
-     * any depth is reached in a few jumps and a short descent instead of a
-     * walk along its whole segment.  The chain continues from the nearest
+     * meets a filter holding its key's bits and a different key steps to
+     * the node above, whose range is the next smaller one inside, so a key
+     * at any depth is reached in a few jumps and a short descent instead of
+     * a walk along a whole segment.  The chain continues from the nearest
      * value node above, even across a few cancel, timer and without-cancel
      * nodes, which bind no key; a custom node (its hook may bind any key),
      * a root, or a long run of nodes without values ends the search and
@@ -65,7 +65,7 @@ ctx_t *ctx_with_value(ctx_t *parent, const ctx_key_t *key, void *value,
         span = CTX__SEG;
     /* Nodes i-1, i-2, i-4, ... tile the rest of the range; the last one's
      * skip is the node above it (when i is 1 or odd, v itself). */
-    uint64_t bloom = ctx__key_bit(key);
+    uint64_t bloom = ctx__key_bits(key);
     for (uint32_t m = 1; m < span; m <<= 1) {
         bloom |= v->u.v.bloom;
         v = v->u.v.skip;
@@ -97,26 +97,26 @@ ctx_t *ctx_without_cancel(ctx_t *parent)
 }
 
 /* Walks toward the root; the nearest binding wins.  A value node whose
- * filter lacks the key's bit proves that no value node of its range binds
- * it, and the walk jumps to the node above the range; one whose filter has
- * the bit and binds another key sends the walk to the node above it, whose
- * range is the next smaller one.  A range may span cancel, timer and
- * without-cancel nodes, which bind nothing, but never a custom node (it
- * starts a new chain), so no custom lookup hook is skipped.  Every field
- * read here is immutable after creation, and the caller's reference keeps
- * the whole chain alive, so no lock and no atomic is needed.
+ * filter lacks one of the key's bits proves that no value node of its range
+ * binds it, and the walk jumps to the node above the range; one whose
+ * filter has them all and binds another key sends the walk to the node
+ * above it, whose range is the next smaller one.  A range may span cancel,
+ * timer and without-cancel nodes, which bind nothing, but never a custom
+ * node (it starts a new chain), so no custom lookup hook is skipped.  Every
+ * field read here is immutable after creation, and the caller's reference
+ * keeps the whole chain alive, so no lock and no ordering is needed.
  *
  * walk stops at a binding or a root (returns NULL, the value in *out) or at
  * a custom node (returns it).  It calls nothing, so that ctx_value, which
  * leaves custom nodes to value_from, needs no stack frame: a good part of a
  * short lookup's cost. */
-static inline struct ctx *walk(struct ctx *c, const ctx_key_t *key, uint64_t bit, void **out)
+static inline struct ctx *walk(struct ctx *c, const ctx_key_t *key, uint64_t bits, void **out)
 {
     for (;;) {
         unsigned k = ctx__kind(c);
         if (k == CTX__VALUE) {
             /* Laid out for the jump: most filters of a long walk miss. */
-            if (!CTX__UNLIKELY(c->u.v.bloom & bit)) {
+            if (!CTX__UNLIKELY((c->u.v.bloom & bits) == bits)) {
                 if ((c = c->u.v.skip) == NULL) { /* the chain hangs from a root */
                     *out = NULL;
                     return NULL;
@@ -126,6 +126,16 @@ static inline struct ctx *walk(struct ctx *c, const ctx_key_t *key, uint64_t bit
             if (c->u.v.key == key) {
                 *out = c->u.v.value;
                 return NULL;
+            }
+            /* An odd node's range is itself alone: the bits were another
+             * key's, and the range above starts at skip, past any cancel
+             * nodes in between. */
+            if (atomic_load_explicit(&c->lock, memory_order_relaxed) & 1) {
+                if ((c = c->u.v.skip) == NULL) {
+                    *out = NULL;
+                    return NULL;
+                }
+                continue;
             }
         } else if (k == CTX__ROOT) {
             *out = NULL;
@@ -138,7 +148,8 @@ static inline struct ctx *walk(struct ctx *c, const ctx_key_t *key, uint64_t bit
 }
 
 /* The walk from custom node c on: asks each custom node's hook. */
-__attribute__((noinline)) static void *value_from(struct ctx *c, const ctx_key_t *key, uint64_t bit)
+__attribute__((noinline)) static void *value_from(struct ctx *c, const ctx_key_t *key,
+                                                  uint64_t bits)
 {
     void *v;
     do {
@@ -146,17 +157,17 @@ __attribute__((noinline)) static void *value_from(struct ctx *c, const ctx_key_t
         v = NULL;
         if (cu->ops->value != NULL && cu->ops->value(cu->data, key, &v))
             return v;
-    } while ((c = walk(ctx__parent(c), key, bit, &v)) != NULL);
+    } while ((c = walk(ctx__parent(c), key, bits, &v)) != NULL);
     return v;
 }
 
 void *ctx_value(ctx_t *c, const ctx_key_t *key)
 {
-    const uint64_t bit = ctx__key_bit(key);
+    const uint64_t bits = ctx__key_bits(key);
     if (c == NULL)
         return NULL;
     void *v;
-    if (CTX__UNLIKELY((c = walk(c, key, bit, &v)) != NULL))
-        return value_from(c, key, bit);
+    if (CTX__UNLIKELY((c = walk(c, key, bits, &v)) != NULL))
+        return value_from(c, key, bits);
     return v;
 }
