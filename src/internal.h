@@ -200,22 +200,22 @@ CTX__ALIGN_CHECK(offsetof(struct ctx, u.c.state) == offsetof(struct ctx_abi_node
 #endif
 
 /* The longest range a value node's filter covers (a power of two), and
- * the index at which a chain of value nodes starts anew.  With 8 keys in
- * 64 bits and two bits a key, a filter answers yes for an absent key about
- * one time in twenty (with 16 keys and one bit a key: one in five); the
- * longer ranges made absent keys cheaper and present keys dearer. */
-#define CTX__SEG       8
+ * the index at which a chain of value nodes starts anew.  Shorter ranges
+ * (8) gave fewer false yeses but twice the jumps over a long chain. */
+#define CTX__SEG       16
 #define CTX__CHAIN_MAX 0x80000000u
 /* How many nodes without values (cancel, timer, without-cancel) a new value
  * node looks through for the chain to continue (value.c). */
 #define CTX__SEG_HOPS 8
 
+/* A key's two filter bits: Fibonacci hashing of its address, two 6-bit
+ * fields of the product that lie apart.  Keys laid out at a fixed stride
+ * (an array of keys) got correlated pairs from two adjacent fields, and
+ * their filters answered yes for each other far more often. */
 static inline uint64_t ctx__key_bits(const ctx_key_t *key)
 {
-    /* Fibonacci hashing of the key's address: two 6-bit fields of the
-     * product pick two bits. */
     uint64_t h = (uint64_t)(uintptr_t)key * 0x9E3779B97F4A7C15u;
-    return ((uint64_t)1 << (h >> 58)) | ((uint64_t)1 << ((h >> 52) & 63));
+    return ((uint64_t)1 << (h >> 58)) | ((uint64_t)1 << ((h >> 46) & 63));
 }
 
 /* The stop handle of an AFTER record, for the misuse checks:
