@@ -52,8 +52,9 @@ ctx_t *ctx_with_value(ctx_t *parent, const ctx_key_t *key, void *value,
     uint32_t i = 1;
     if (k == CTX__VALUE) {
         uint32_t above = atomic_load_explicit(&v->lock, memory_order_relaxed);
-        /* A chain of 2^31 values cannot fit in memory; the test only keeps
-         * the arithmetic defined. */
+        /* Numbering starts anew after 2^31 values (128 GiB of nodes), so
+         * the index never wraps to 0, which has no lowest set bit; the new
+         * chain's first range ends at v, a value node, as any range may. */
         i = above < CTX__CHAIN_MAX ? above + 1 : 1;
     } else if (k == CTX__ROOT) {
         /* Nothing above binds a key: a lookup that jumps here is done,
@@ -63,8 +64,9 @@ ctx_t *ctx_with_value(ctx_t *parent, const ctx_key_t *key, void *value,
     uint32_t span = i & -i;
     if (span > CTX__SEG)
         span = CTX__SEG;
-    /* Nodes i-1, i-2, i-4, ... tile the rest of the range; the last one's
-     * skip is the node above it (when i is 1 or odd, v itself). */
+    /* The ranges of nodes i-1, i-2, i-4, ... (each the skip of the one
+     * before) tile the rest of the range, and the last one's skip is the
+     * node above the whole range; with a span of 1 that is v itself. */
     uint64_t bloom = ctx__key_bits(key);
     for (uint32_t m = 1; m < span; m <<= 1) {
         bloom |= v->u.v.bloom;
