@@ -867,6 +867,41 @@ void cxx_Value100(State &st, VShape shape, VKey which)
     mem.report();
 }
 
+// Extra/Value100/Values/Build: the chain of 100 value contexts itself, made
+// and dropped per op: what the lookups' filters cost when the chain is made
+// (Extra/WithValue makes a value context right under a root, where a filter
+// has nothing to merge).
+//
+// Go:  ctx = WithValue(ctx, i, i+1) for i < 100 per op (the GC frees it)
+
+void libctx_Value100Build(State &st)
+{
+    Mem mem(st, Peer::libctx);
+    for (auto _ : st) {
+        ctx_t *c = value_chain_shape(VShape::Values);
+        benchmark::DoNotOptimize(c);
+        ctx_unref(c);
+    }
+    mem.report();
+}
+
+void cxx_Value100Build(State &st)
+{
+    Mem mem(st, Peer::cxx);
+    for (auto _ : st) {
+        const KV *leaf = nullptr;
+        for (int i = 0; i < 100; i++)
+            leaf = new KV{ leaf, &value_keys[i], (void *)(intptr_t)(i + 1) };
+        benchmark::DoNotOptimize(leaf);
+        while (leaf != nullptr) {
+            const KV *up = leaf->parent;
+            delete leaf;
+            leaf = up;
+        }
+    }
+    mem.report();
+}
+
 // Extra/CancelWide1000: a cancellable root with 1,000 cancellable children,
 // the root cancelled, everything dropped (CancelTree/depth=1000 is the
 // chain of the same size).
@@ -1016,6 +1051,8 @@ void register_all()
             reg("libctx/" + n, [shape, key](State &st) { libctx_Value100(st, shape, key); });
             reg("cxx/" + n, [shape, key](State &st) { cxx_Value100(st, shape, key); });
         }
+    reg("libctx/Extra/Value100/Values/Build", libctx_Value100Build);
+    reg("cxx/Extra/Value100/Values/Build", cxx_Value100Build);
     reg("libctx/Extra/CancelWide1000", libctx_CancelWide1000);
     reg("cxx/Extra/CancelWide1000", cxx_CancelWide1000);
 }

@@ -138,11 +138,13 @@ struct ctx {
             const ctx_key_t *key;
             void *value;
             void (*destroy)(void *value);
-            /* A key filter for absent keys.  Value nodes form segments of
-             * up to CTX__SEG value nodes; bloom holds one bit per key bound
-             * from this node up to (not including) skip, the node where the
-             * segment ends.  A lookup whose bit is clear jumps to skip.  The
-             * segment length is kept in the header's lock word, which value
+            /* A key filter.  Node i of a chain of value nodes (numbered
+             * from 1 at the top, value.c) covers the nodes i - span + 1 to
+             * i, where span is i's lowest set bit, at most CTX__SEG; bloom
+             * holds two bits per key they bind (ctx__key_bits) and skip is
+             * the node just above them (NULL when that is a root).  A
+             * lookup that finds one of its key's bits clear jumps to skip.
+             * The index i is kept in the header's lock word, which value
              * nodes do not use. */
             uint64_t bloom;
             struct ctx *skip;
@@ -197,15 +199,23 @@ CTX__ALIGN_CHECK(offsetof(struct ctx, pk) == offsetof(struct ctx_abi_node_, kind
 CTX__ALIGN_CHECK(offsetof(struct ctx, u.c.state) == offsetof(struct ctx_abi_node_, state));
 #endif
 
-#define CTX__SEG 16
+/* The longest range a value node's filter covers (a power of two), and
+ * the index at which a chain of value nodes starts anew.  Shorter ranges
+ * (8) gave fewer false yeses but twice the jumps over a long chain. */
+#define CTX__SEG       16
+#define CTX__CHAIN_MAX 0x80000000u
 /* How many nodes without values (cancel, timer, without-cancel) a new value
- * node looks through for the segment to extend (value.c). */
+ * node looks through for the chain to continue (value.c). */
 #define CTX__SEG_HOPS 8
 
-static inline uint64_t ctx__key_bit(const ctx_key_t *key)
+/* A key's two filter bits: Fibonacci hashing of its address, two 6-bit
+ * fields of the product that lie apart.  Keys laid out at a fixed stride
+ * (an array of keys) got correlated pairs from two adjacent fields, and
+ * their filters answered yes for each other far more often. */
+static inline uint64_t ctx__key_bits(const ctx_key_t *key)
 {
-    /* Fibonacci hashing of the key's address: the top 6 bits pick a bit. */
-    return (uint64_t)1 << (((uint64_t)(uintptr_t)key * 0x9E3779B97F4A7C15u) >> 58);
+    uint64_t h = (uint64_t)(uintptr_t)key * 0x9E3779B97F4A7C15u;
+    return ((uint64_t)1 << (h >> 58)) | ((uint64_t)1 << ((h >> 46) & 63));
 }
 
 /* The stop handle of an AFTER record, for the misuse checks:

@@ -123,6 +123,14 @@ func BenchmarkValue100(b *testing.B) {
 			b.Run(shape+"/"+which, func(b *testing.B) { benchValue100(b, interleaved, which) })
 		}
 	}
+	// The chain of 100 value contexts itself, made per op.
+	b.Run("Values/Build", func(b *testing.B) {
+		for n := 0; n < b.N; n++ {
+			if valueChain(false) == nil {
+				b.Fatal("no chain")
+			}
+		}
+	})
 }
 
 // A cancellable root with 1,000 cancellable children; the root cancelled.

@@ -29,12 +29,18 @@ ctx_t *ctx_with_value(ctx_t *parent, const ctx_key_t *key, void *value,
     n->u.v.key = key;
     n->u.v.value = value;
     n->u.v.destroy = destroy;
-    /* The segment to extend is that of the nearest value node above, even
-     * across a few cancel, timer and without-cancel nodes, which bind no
-     * key: a chain where values and cancel nodes alternate gets segments
-     * as long as a chain of values alone.  A custom node (its hook may bind
-     * any key) or a root ends the search, and so does a long run of nodes
-     * without values, to bound the cost of a creation. */
+    /* The value nodes of a chain are numbered from 1 at its top, and node
+     * i filters the keys of the span(i) nodes ending at itself (a Fenwick
+     * tree's ranges), where span(i) is i's lowest set bit, at most
+     * CTX__SEG: its skip is the node just above that range.  A lookup that
+     * meets a filter holding its key's bits and a different key steps to
+     * the node above, whose range is the next smaller one inside, so a key
+     * at any depth is reached in a few jumps and a short descent instead of
+     * a walk along a whole segment.  The chain continues from the nearest
+     * value node above, even across a few cancel, timer and without-cancel
+     * nodes, which bind no key; a custom node (its hook may bind any key),
+     * a root, or a long run of nodes without values ends the search and
+     * starts a new chain, to bound the cost of a creation. */
     struct ctx *v = parent;
     unsigned k = ctx__kind(v);
     for (int hops = 0; k != CTX__VALUE && hops < CTX__SEG_HOPS; hops++) {
@@ -43,17 +49,32 @@ ctx_t *ctx_with_value(ctx_t *parent, const ctx_key_t *key, void *value,
         v = ctx__parent(v);
         k = ctx__kind(v);
     }
-    uint32_t len =
-        k == CTX__VALUE ? atomic_load_explicit(&v->lock, memory_order_relaxed) : CTX__SEG;
-    if (len < CTX__SEG) { /* extend v's segment */
-        n->u.v.bloom = v->u.v.bloom | ctx__key_bit(key);
-        n->u.v.skip = v->u.v.skip;
-        atomic_init(&n->lock, len + 1);
-    } else { /* start a segment that ends at the parent */
-        n->u.v.bloom = ctx__key_bit(key);
-        n->u.v.skip = parent;
-        atomic_init(&n->lock, 1);
+    uint32_t i = 1;
+    if (k == CTX__VALUE) {
+        uint32_t above = atomic_load_explicit(&v->lock, memory_order_relaxed);
+        /* Numbering starts anew after 2^31 values (128 GiB of nodes), so
+         * the index never wraps to 0, which has no lowest set bit; the new
+         * chain's first range ends at v, a value node, as any range may. */
+        i = above < CTX__CHAIN_MAX ? above + 1 : 1;
+    } else if (k == CTX__ROOT) {
+        /* Nothing above binds a key: a lookup that jumps here is done,
+         * without a visit to the root. */
+        v = NULL;
     }
+    uint32_t span = i & -i;
+    if (span > CTX__SEG)
+        span = CTX__SEG;
+    /* The ranges of nodes i-1, i-2, i-4, ... (each the skip of the one
+     * before) tile the rest of the range, and the last one's skip is the
+     * node above the whole range; with a span of 1 that is v itself. */
+    uint64_t bloom = ctx__key_bits(key);
+    for (uint32_t m = 1; m < span; m <<= 1) {
+        bloom |= v->u.v.bloom;
+        v = v->u.v.skip;
+    }
+    n->u.v.bloom = bloom;
+    n->u.v.skip = v;
+    atomic_init(&n->lock, i);
     return n;
 }
 
@@ -78,35 +99,77 @@ ctx_t *ctx_without_cancel(ctx_t *parent)
 }
 
 /* Walks toward the root; the nearest binding wins.  A value node whose
- * filter lacks the key's bit proves that no value node of its segment binds
- * it, and the walk jumps to the segment's end.  A segment may span cancel,
+ * filter lacks one of the key's bits proves that no value node of its range
+ * binds it, and the walk jumps to the node above the range; one whose
+ * filter has them all and binds another key sends the walk to the node
+ * above it, whose range is the next smaller one.  A range may span cancel,
  * timer and without-cancel nodes, which bind nothing, but never a custom
- * node (it starts a new one), so no custom lookup hook is skipped.  Every
+ * node (it starts a new chain), so no custom lookup hook is skipped.  Every
  * field read here is immutable after creation, and the caller's reference
- * keeps the whole chain alive, so no lock and no atomic is needed. */
-void *ctx_value(ctx_t *c, const ctx_key_t *key)
+ * keeps the whole chain alive, so no lock and no ordering is needed.
+ *
+ * walk stops at a binding or a root (returns NULL, the value in *out) or at
+ * a custom node (returns it).  It calls nothing, so that ctx_value, which
+ * leaves custom nodes to value_from, needs no stack frame: a good part of a
+ * short lookup's cost. */
+static inline struct ctx *walk(struct ctx *c, const ctx_key_t *key, uint64_t bits, void **out)
 {
-    const uint64_t bit = ctx__key_bit(key);
-    if (c == NULL)
-        return NULL;
     for (;;) {
         unsigned k = ctx__kind(c);
-        /* Value nodes first: in a long chain they are most of the walk. */
         if (k == CTX__VALUE) {
-            if (!(c->u.v.bloom & bit)) {
-                c = c->u.v.skip;
+            /* Laid out for the jump: most filters of a long walk miss. */
+            if (!CTX__UNLIKELY((c->u.v.bloom & bits) == bits)) {
+                if ((c = c->u.v.skip) == NULL) { /* the chain hangs from a root */
+                    *out = NULL;
+                    return NULL;
+                }
                 continue;
             }
-            if (c->u.v.key == key)
-                return c->u.v.value;
+            if (c->u.v.key == key) {
+                *out = c->u.v.value;
+                return NULL;
+            }
+            /* An odd node's range is itself alone: the bits were another
+             * key's, and the range above starts at skip, past any cancel
+             * nodes in between. */
+            if (atomic_load_explicit(&c->lock, memory_order_relaxed) & 1) {
+                if ((c = c->u.v.skip) == NULL) {
+                    *out = NULL;
+                    return NULL;
+                }
+                continue;
+            }
         } else if (k == CTX__ROOT) {
+            *out = NULL;
             return NULL;
-        } else if (k == CTX__CUSTOM) {
-            struct ctx__custom *cu = (struct ctx__custom *)c;
-            void *v = NULL;
-            if (cu->ops->value != NULL && cu->ops->value(cu->data, key, &v))
-                return v;
+        } else if (CTX__UNLIKELY(k == CTX__CUSTOM)) {
+            return c;
         }
         c = ctx__parent(c);
     }
+}
+
+/* The walk from custom node c on: asks each custom node's hook. */
+__attribute__((noinline)) static void *value_from(struct ctx *c, const ctx_key_t *key,
+                                                  uint64_t bits)
+{
+    void *v;
+    do {
+        struct ctx__custom *cu = (struct ctx__custom *)c;
+        v = NULL;
+        if (cu->ops->value != NULL && cu->ops->value(cu->data, key, &v))
+            return v;
+    } while ((c = walk(ctx__parent(c), key, bits, &v)) != NULL);
+    return v;
+}
+
+void *ctx_value(ctx_t *c, const ctx_key_t *key)
+{
+    const uint64_t bits = ctx__key_bits(key);
+    if (c == NULL)
+        return NULL;
+    void *v;
+    if (CTX__UNLIKELY((c = walk(c, key, bits, &v)) != NULL))
+        return value_from(c, key, bits);
+    return v;
 }
