@@ -80,6 +80,8 @@ EXTRA_ROWS = [
      "Extra/Value100/Interleaved/EachKey", "Extra/Value100/Interleaved/EachKey", "Extra/Value100/Interleaved/EachKey"),
     ("Extra/Value100/Interleaved/Absent (100 value levels over cancel levels, an absent key)",
      "Extra/Value100/Interleaved/Absent", "Extra/Value100/Interleaved/Absent", "Extra/Value100/Interleaved/Absent"),
+    ("Extra/Value100/Values/Build (the 100-value chain made and dropped)",
+     "Extra/Value100/Values/Build", "Extra/Value100/Values/Build", "Extra/Value100/Values/Build"),
     ("Extra/CancelWide1000 (root with 1,000 children, cancelled)", "Extra/CancelWide1000",
      "Extra/CancelWide1000", "Extra/CancelWide1000"),
     ("ErrOK (Go 1.24+)", None, "ErrOK", "ErrOK"),
