@@ -206,6 +206,21 @@ def peak_threads(proc, stop, out):
         stop.wait(0.05)
 
 
+def quiet(services, limit=20.0):
+    """Waits until the services use under 5% of a CPU over 0.5 s, for at
+    most limit seconds: past saturation a side keeps working on what it has
+    queued after the client has gone (the twin for seconds), and the next
+    side measured would pay for it.  Returns the seconds waited."""
+    t0 = time.time()
+    procs = [p for k in services for p in services[k][1]]
+    while time.time() - t0 < limit:
+        c0 = sum(p.cpu() for p in procs)
+        time.sleep(0.5)
+        if sum(p.cpu() for p in procs) - c0 < 0.025:
+            break
+    return time.time() - t0
+
+
 def open_loop(args, tmp, sides, load, saturating, md):
     path = LOADS[1][1]
     md.append("\n### Open loop on %s: offered load against goodput, p99 and 504s (%d s per "
@@ -227,6 +242,7 @@ def open_loop(args, tmp, sides, load, saturating, md):
             order = names[i % len(names):] + names[:i % len(names)]
             i += 1
             for k in order:
+                quiet(services)
                 stop, peak = threading.Event(), [0]
                 sampler = threading.Thread(target=peak_threads,
                                            args=(services[k][0], stop, peak))
