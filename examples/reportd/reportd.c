@@ -189,14 +189,20 @@ struct request {
  * of hundreds, so nothing is turned away.
  *
  * In a standing queue the newest go first, so the oldest waiter has every
- * other one ahead of it: when they would take longer than the time it has
- * left, it is let go (504) instead of waiting out its budget on a thread;
- * without that, in alternating runs at 1x to 2x the saturating load, the
- * bottom of the queue waited its whole budget, held twice the threads, and
- * its 504s came up to 35 ms after the budget, with less goodput.  Both
- * kinds of slot turn to newest first together when either queue stands:
- * a request needs both, and a request served first in one queue and last
- * in the other would spend its work on the one and then miss its budget.
+ * other one ahead of it.  Once the queue holds half a budget of work,
+ * which happens only past saturation, the oldest is let go (504) as soon
+ * as the waiters ahead of it would take longer than the time it has left,
+ * instead of waiting out its budget on a thread.  Without that, in
+ * alternating runs at 1x to 2x the saturating load, the bottom of the
+ * queue waited its whole budget on twice the threads and its 504s came up
+ * to 50 ms after the budget; with it, the 504s came by the budget.
+ * Letting go of waiters in a shorter queue too cost answers: under 50
+ * connections (50 waiters, a standing queue by construction, 75 ms of
+ * work) it turned away requests that would have been served in time.
+ * Both kinds of slot turn to newest first together when either queue
+ * stands: a request needs both, and one served first in one queue and
+ * last in the other would spend its work in the one and then miss its
+ * budget in the other (a reason, not a measurement of its own).
  * Without contexts (--no-ctx) there is no budget: first come, first served,
  * and no one is turned away.
  */
@@ -267,15 +273,16 @@ static bool stands(struct slots *s, ctx_time_t now)
  * hold the slot. */
 static int slot_take(ctx_t *ctx, struct slots *s, ctx_duration_t work, int *slot)
 {
+    ctx_time_t now = ctx_now(); /* read before the lock, not inside it */
     pthread_mutex_lock(&s->mu);
     if (s->nfree > 0) {
         *slot = s->free[--s->nfree];
-        s->taken[*slot] = ctx_now();
+        s->taken[*slot] = now;
         pthread_mutex_unlock(&s->mu);
         return 0;
     }
     ctx_time_t deadline;
-    struct waiter w = { .slot = -1, .since = ctx_now(), .prev = s->newest, .next = NULL };
+    struct waiter w = { .slot = -1, .since = now, .prev = s->newest, .next = NULL };
     w.latest = !cfg.no_ctx && ctx_deadline(ctx, &deadline) ? deadline - work : INT64_MAX;
     pthread_cond_init(&w.cv, NULL);
     *(s->newest != NULL ? &s->newest->next : &s->oldest) = &w;
@@ -303,9 +310,11 @@ static void slot_give(struct slots *s, int slot)
     hold = hold == 0 ? now - s->taken[slot] : hold + (now - s->taken[slot] - hold) / 32;
     atomic_store_explicit(&s->hold, hold, memory_order_relaxed);
     bool standing = !cfg.no_ctx && (stands(&compute_slots, now) || stands(&db_slots, now));
-    /* The newest go first: the oldest waiter has all the others ahead. */
+    /* The newest go first: the oldest waiter has all the others ahead.
+     * Only while the queue holds half a budget of work (see "Shedding"). */
     int nwait = atomic_load_explicit(&s->nwait, memory_order_relaxed);
-    for (struct waiter *old; standing && nwait > 1 && (old = s->oldest) != NULL &&
+    bool full = nwait * hold / s->n > cfg.budget_ms * CTX_MILLISECOND / 2;
+    for (struct waiter *old; standing && full && nwait > 1 && (old = s->oldest) != NULL &&
                              now + (nwait - 1) * hold / s->n > old->latest;
          nwait--) {
         waiter_unlink(s, old);
