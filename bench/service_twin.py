@@ -356,7 +356,8 @@ def main():
                     "saturating rate (default 0.25,0.5,0.75,1,1.25,1.5,2)")
     ap.add_argument("--curve-rounds", type=int, default=1,
                     help="how many times the curve's points are run, the sides alternating")
-    ap.add_argument("--skip", default="", help="comma-separated: closed,wide,curve,slow")
+    ap.add_argument("--skip", default="",
+                    help="comma-separated: closed,wide,curve,slow; twin: the curve without it")
     ap.add_argument("--saturating", type=float, default=0,
                     help="the saturating rate for the curve when the closed loop is skipped")
     args = ap.parse_args()
@@ -395,7 +396,8 @@ def main():
             closed_loop(args, tmp, closed, 500, md)
         if "curve" not in skip:
             s = sat.get(LOADS[1][0]) or args.saturating or 900
-            curve = open_loop(args, tmp, sides, load, s, md)
+            curve = open_loop(args, tmp, {k: v for k, v in sides.items() if k not in skip},
+                              load, s, md)
             png = os.path.join(args.out, "service_twin_curve.png")
             if not args.no_plot:
                 ok, err = plot(curve, png)
