@@ -7,7 +7,9 @@ alike.
 
     bench/service_twin.py --reportd build/examples/reportd/reportd --out build/bench
                           [--seconds 5] [--rounds 3] [--quick] [--no-plot]
-                          [--before OTHER_REPORTD]
+                          [--before OTHER_REPORTD] [--also NAME=REPORTD]
+                          [--skip closed,wide,curve,slow] [--saturating RATE]
+                          [--factors 1,1.25,1.5,2] [--curve-rounds N]
 
 1. Closed loop, wrk -t2, 50 connections and then 500, on three loads:
    /report with no work; /report?compute_ms=1&db_ms=1; two services (a
@@ -20,8 +22,10 @@ alike.
 2. The curve: an open-loop generator (bench/service_twin/load) offers
    compute_ms=1&db_ms=1 at rates from a quarter to twice the saturating
    rate found in 1; per rate and side: goodput, p99 of the successful
-   requests, the 504 share, and how long the latest answer came after the
-   budget.  Plotted to OUT/service_twin_curve.png (Debian python3-matplotlib,
+   requests, the 504 share, how long the latest answer came after the
+   budget, and the most threads the service had.  The --before build and
+   each --also build run beside reportd and the twin, each point's sides
+   in a rotating order; --curve-rounds repeats the points.  Plotted to OUT/service_twin_curve.png (Debian python3-matplotlib,
    run by /usr/bin/python3).
 3. Slow clients: 10,000 connections sending headers at 1 byte/s while
    normal clients send 5 requests/s; their p99 against the same without
@@ -39,6 +43,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -188,31 +193,73 @@ def closed_loop(args, tmp, sides, conns, md):
     return sat
 
 
+def peak_threads(proc, stop, out):
+    """The most threads proc had, sampled every 50 ms until stop is set."""
+    while not stop.is_set():
+        try:
+            with open("/proc/%d/status" % proc.proc.pid) as f:
+                for line in f:
+                    if line.startswith("Threads:"):
+                        out[0] = max(out[0], int(line.split()[1]))
+        except OSError:
+            return
+        stop.wait(0.05)
+
+
+def quiet(services, limit=20.0):
+    """Waits until the services use under 5% of a CPU over 0.5 s, for at
+    most limit seconds: past saturation a side keeps working on what it has
+    queued after the client has gone (the twin for seconds), and the next
+    side measured would pay for it.  Returns the seconds waited."""
+    t0 = time.time()
+    procs = [p for k in services for p in services[k][1]]
+    while time.time() - t0 < limit:
+        c0 = sum(p.cpu() for p in procs)
+        time.sleep(0.5)
+        if sum(p.cpu() for p in procs) - c0 < 0.025:
+            break
+    return time.time() - t0
+
+
 def open_loop(args, tmp, sides, load, saturating, md):
     path = LOADS[1][1]
     md.append("\n### Open loop on %s: offered load against goodput, p99 and 504s (%d s per "
-              "point)\n" % (LOADS[1][0], args.seconds))
+              "point, %d round(s), the sides alternating)\n" % (LOADS[1][0], args.seconds,
+                                                              args.curve_rounds))
     md.append("| offered/s | side | goodput/s | p99 of 200s ms | 504 share | other | latest "
-              "answer past the budget ms |")
-    md.append("|---|---|---|---|---|---|---|")
-    curve = {"reportd": [], "twin": []}
+              "answer past the budget ms | peak threads |")
+    md.append("|---|---|---|---|---|---|---|---|")
+    curve = {k: [] for k in sides}
     services = {k: side(k, b, tmp, False) for k, b in sides.items()}
     factors = [0.25, 0.5, 0.75, 1.0, 1.25, 1.5, 2.0] if not args.quick else [0.5, 1.0, 2.0]
-    for i, f in enumerate(factors):
-        rate = max(10, saturating * f)
-        order = ["reportd", "twin"] if i % 2 == 0 else ["twin", "reportd"]
-        for k in order:
-            out = subprocess.run([load, "-mode", "open", "-url", services[k][0].url + path,
-                                  "-rate", "%.0f" % rate, "-d", "%ds" % args.seconds,
-                                  "-budget", str(BUDGET_MS)], capture_output=True,
-                                 text=True).stdout
-            kv = dict(x.split("=") for x in out.split())
-            curve[k].append((rate, float(kv["goodput"]), float(kv["p99_ok_ms"]),
-                             float(kv["deadline_share"])))
-            md.append("| %.0f | %s | %s | %s | %.1f%% | %s | %s |" % (
-                rate, k, kv["goodput"], kv["p99_ok_ms"], 100 * float(kv["deadline_share"]),
-                int(kv["other"]) + int(kv["failed"]), kv["late_ms"]))
-            print(md[-1], flush=True)
+    if args.factors:
+        factors = [float(x) for x in args.factors.split(",")]
+    names = list(sides)
+    i = 0
+    for rnd in range(args.curve_rounds):
+        for f in factors:
+            rate = max(10, saturating * f)
+            order = names[i % len(names):] + names[:i % len(names)]
+            i += 1
+            for k in order:
+                quiet(services)
+                stop, peak = threading.Event(), [0]
+                sampler = threading.Thread(target=peak_threads,
+                                           args=(services[k][0], stop, peak))
+                sampler.start()
+                out = subprocess.run([load, "-mode", "open", "-url", services[k][0].url + path,
+                                      "-rate", "%.0f" % rate, "-d", "%ds" % args.seconds,
+                                      "-budget", str(BUDGET_MS)], capture_output=True,
+                                     text=True).stdout
+                stop.set()
+                sampler.join()
+                kv = dict(x.split("=") for x in out.split())
+                curve[k].append((rate, float(kv["goodput"]), float(kv["p99_ok_ms"]),
+                                 float(kv["deadline_share"])))
+                md.append("| %.0f | %s | %s | %s | %.1f%% | %s | %s | %d |" % (
+                    rate, k, kv["goodput"], kv["p99_ok_ms"], 100 * float(kv["deadline_share"]),
+                    int(kv["other"]) + int(kv["failed"]), kv["late_ms"], peak[0]))
+                print(md[-1], flush=True)
     for k in services:
         for p in services[k][1]:
             p.stop()
@@ -227,8 +274,10 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 curve = json.loads(sys.argv[1])
 fig, ax = plt.subplots(1, 3, figsize=(13, 3.8))
-for k, style in (("reportd", "o-"), ("twin", "s--")):
-    pts = curve[k]
+for k, style in (("reportd", "o-"), ("twin", "s--"), ("before", "^:")):
+    if k not in curve:
+        continue
+    pts = sorted(curve[k])
     x = [p[0] for p in pts]
     ax[0].plot(x, [p[1] for p in pts], style, label=k)
     ax[1].plot(x, [p[2] for p in pts], style, label=k)
@@ -300,8 +349,15 @@ def main():
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--quick", action="store_true", help="fewer points and connections")
     ap.add_argument("--no-plot", action="store_true")
-    ap.add_argument("--before", help="another reportd build to compare in the closed loop")
-    ap.add_argument("--skip", default="", help="comma-separated: closed,wide,curve,slow")
+    ap.add_argument("--before", help="another reportd build to compare in the same rounds")
+    ap.add_argument("--also", action="append", default=[], metavar="NAME=REPORTD",
+                    help="a further reportd build in the curve's rounds, under NAME")
+    ap.add_argument("--factors", help="the curve's points, comma-separated multiples of the "
+                    "saturating rate (default 0.25,0.5,0.75,1,1.25,1.5,2)")
+    ap.add_argument("--curve-rounds", type=int, default=1,
+                    help="how many times the curve's points are run, the sides alternating")
+    ap.add_argument("--skip", default="",
+                    help="comma-separated: closed,wide,curve,slow; twin: the curve without it")
     ap.add_argument("--saturating", type=float, default=0,
                     help="the saturating rate for the curve when the closed loop is skipped")
     args = ap.parse_args()
@@ -320,6 +376,11 @@ def main():
     if args.before:
         sides["before"] = lambda: [args.before, "--listen", "127.0.0.1:0",
                                    "--budget-ms", str(BUDGET_MS)]
+    closed = dict(sides)  # the closed loop compares reportd, the twin and --before
+    for a in args.also:
+        name, binary = a.split("=", 1)
+        sides[name] = (lambda b: lambda: [b, "--listen", "127.0.0.1:0", "--budget-ms",
+                                          str(BUDGET_MS)])(binary)
     with open("/proc/cpuinfo") as f:
         model = next((l.split(":", 1)[1].strip() for l in f if l.startswith("model name")), "?")
     md = ["## reportd beside its Go twin",
@@ -330,13 +391,13 @@ def main():
     try:
         sat = {}
         if "closed" not in skip:
-            sat = closed_loop(args, tmp, sides, 50, md)
+            sat = closed_loop(args, tmp, closed, 50, md)
         if "wide" not in skip:
-            closed_loop(args, tmp, sides, 500, md)
+            closed_loop(args, tmp, closed, 500, md)
         if "curve" not in skip:
             s = sat.get(LOADS[1][0]) or args.saturating or 900
-            pair = {k: sides[k] for k in ("reportd", "twin")}
-            curve = open_loop(args, tmp, pair, load, s, md)
+            curve = open_loop(args, tmp, {k: v for k, v in sides.items() if k not in skip},
+                              load, s, md)
             png = os.path.join(args.out, "service_twin_curve.png")
             if not args.no_plot:
                 ok, err = plot(curve, png)

@@ -82,9 +82,10 @@ static struct {
     char *upstream; /* base URL without a trailing slash, or NULL */
     long budget_ms;
     long drain_ms;
-    long read_ms; /* a request's headers and body must be in within this */
-    bool track;   /* ctx_track: every context with its creation site */
-    bool no_ctx;  /* benchmark baseline: parts run without cancellation */
+    long read_ms;                 /* a request's headers and body must be in within this */
+    bool track;                   /* ctx_track: every context with its creation site */
+    bool no_ctx;                  /* benchmark baseline: parts run without cancellation */
+    long compute_slots, db_slots; /* 0: one and two per core */
 } cfg = { .budget_ms = 500, .drain_ms = 5000, .read_ms = 10000 };
 
 /* Cancelled at shutdown, after the drain: every request context is a child. */
@@ -98,6 +99,7 @@ static atomic_long parts_in_flight[NPARTS];
 static atomic_long requests_total[NOUTCOMES];
 static atomic_long parts_cancelled_total[NPARTS];
 static atomic_long connections_open, connections_read_timeout_total;
+static atomic_long requests_shed_total; /* of the deadline outcomes, those shed at once */
 
 /* The drain at shutdown waits on this for requests_in_flight to reach 0. */
 static pthread_mutex_t drain_mu = PTHREAD_MUTEX_INITIALIZER;
@@ -133,11 +135,12 @@ struct request {
     long ms[NPARTS];      /* what /report asked for (/task: ms[UPSTREAM]) */
     long took[NPARTS];    /* measured, in ms */
     bool stopped[NPARTS]; /* the part was still running when the context ended */
+    bool wants[NPARTS];   /* admitted and counted in its slots' wanted */
 };
 
 /* ------------------------------------------------------------------------
- * Slots: how many computations and SQLite queries run at once, and in
- * which order the others wait.
+ * Slots: how many computations and SQLite queries run at once, in which
+ * order the others wait, and which requests are turned away.
  *
  * Both are CPU work.  Started for every request at once, hundreds of them
  * would share two cores, each would crawl, and a request whose budget ended
@@ -165,7 +168,43 @@ struct request {
  *     the old ones end at their deadline.  A burst below saturation drains
  *     in a few service times (ms); a tenth of the budget let the queue at
  *     the saturating load grow to hundreds of ms first, in FIFO order.
- * Without contexts (--no-ctx) there is no budget: first come, first served.
+ *
+ * Shedding.  Past saturation the order alone does not help: every request
+ * let in holds a worker thread, and each of its parts a pool thread, while
+ * it waits.  At twice the saturating load thousands of threads waited out
+ * their budgets, the wake-ups and context switches of their ends took most
+ * of the CPU, goodput fell to half the saturated throughput, and the last
+ * 504s came 60 ms after the budget.  So a request is let in only if the
+ * slots can serve it in time.  Each kind of slot keeps the number of
+ * requests let in that have not got their slot yet (wanted) and a moving
+ * mean of how long a slot is held (hold); a request whose deadline is
+ * nearer than wanted * hold / slots, plus its own work, would not get its
+ * slot in time first come, first served, and gets 504 at once, before any
+ * thread or part is started.  Counting from the door rather than the queue
+ * counts the requests on their way to a worker too.  The hold time is
+ * measured rather than the rate of grants, which below saturation is the
+ * load, not what the slots can do, and its mean moves slowly (1/32 per
+ * grant) so that one holder preempted by another process does not shed a
+ * burst.  Below saturation the queue is a few ms of wait against a budget
+ * of hundreds, so nothing is turned away.
+ *
+ * The door alone, with the order above, keeps every answer near its
+ * budget: the requests let in either get their slots in time or, at the
+ * bottom of a standing queue, end at their budget (504) on one of the few
+ * hundred threads the door allows.  Letting the oldest waiter of a
+ * standing queue go early as well, once the waiters ahead of it would
+ * outlast its budget, was tried and taken back: in alternating runs at
+ * twice the saturating load it kept every 504 by the budget but served
+ * 511-668 requests/s against 758-945 with the door alone (whose latest
+ * 504s came 11-21 ms after the budget): a request let go from one queue
+ * may already have spent its work in the other.  Under 50 closed-loop
+ * connections it also turned away requests that would have been served.
+ * Both kinds of slot turn to newest first together when either queue
+ * stands: a request needs both, and one served first in one queue and
+ * last in the other would spend its work in the one and then miss its
+ * budget in the other (a reason, not a measurement of its own).
+ * Without contexts (--no-ctx) there is no budget: first come, first served,
+ * and no one is turned away.
  */
 #define MAX_SLOTS 64
 
@@ -179,10 +218,15 @@ struct waiter {
 
 struct slots {
     pthread_mutex_t mu;
-    ctx_time_t short_wait; /* when a waiter last got its slot quickly */
+    _Atomic ctx_time_t short_wait; /* when a waiter last got its slot quickly */
+    int n;                         /* slots in all */
     int nfree;
-    int free[MAX_SLOTS]; /* the numbers of the free slots */
+    int free[MAX_SLOTS];         /* the numbers of the free slots */
+    ctx_time_t taken[MAX_SLOTS]; /* when each slot was taken */
     struct waiter *oldest, *newest;
+    atomic_int nwait;            /* waiters in the list (changed under mu) */
+    _Atomic ctx_duration_t hold; /* how long a slot is held: a moving mean */
+    atomic_long wanted;          /* requests let in that have not got a slot yet */
 };
 
 static struct slots compute_slots = { .mu = PTHREAD_MUTEX_INITIALIZER };
@@ -190,33 +234,55 @@ static struct slots db_slots = { .mu = PTHREAD_MUTEX_INITIALIZER };
 
 static void slots_init(struct slots *s, int n)
 {
-    s->short_wait = ctx_now();
+    atomic_init(&s->short_wait, ctx_now());
     for (s->nfree = 0; s->nfree < n && s->nfree < MAX_SLOTS; s->nfree++)
         s->free[s->nfree] = s->nfree;
+    s->n = s->nfree;
+}
+
+/* Whether work asked of s at now can start in time for deadline when the
+ * requests let in before it are served first (see "Shedding"). */
+static bool slots_in_time(struct slots *s, ctx_duration_t work, ctx_time_t now, ctx_time_t deadline)
+{
+    long wanted = atomic_load_explicit(&s->wanted, memory_order_relaxed);
+    ctx_duration_t hold = atomic_load_explicit(&s->hold, memory_order_relaxed);
+    return wanted == 0 || now + wanted * hold / s->n + work <= deadline;
 }
 
 static void waiter_unlink(struct slots *s, struct waiter *w)
 {
     *(w->prev != NULL ? &w->prev->next : &s->oldest) = w->next;
     *(w->next != NULL ? &w->next->prev : &s->newest) = w->prev;
+    atomic_fetch_sub_explicit(&s->nwait, 1, memory_order_relaxed);
 }
 
-/* 0 with *slot taken, or ctx_err(ctx) when ctx ended first.  work is how
- * long the caller will hold the slot. */
+/* Whether s's queue stands: waiters, none of which got its slot quickly
+ * for 100 ms.  Read without s's lock, for the other kind of slot too. */
+static bool stands(struct slots *s, ctx_time_t now)
+{
+    return atomic_load_explicit(&s->nwait, memory_order_relaxed) > 0 &&
+           now - atomic_load_explicit(&s->short_wait, memory_order_relaxed) > 100 * CTX_MILLISECOND;
+}
+
+/* 0 with *slot taken, or ctx_err(ctx) when ctx ended first.  work is how long the caller will
+ * hold the slot. */
 static int slot_take(ctx_t *ctx, struct slots *s, ctx_duration_t work, int *slot)
 {
+    ctx_time_t now = ctx_now(); /* read before the lock, not inside it */
     pthread_mutex_lock(&s->mu);
     if (s->nfree > 0) {
         *slot = s->free[--s->nfree];
+        s->taken[*slot] = now;
         pthread_mutex_unlock(&s->mu);
         return 0;
     }
     ctx_time_t deadline;
-    struct waiter w = { .slot = -1, .since = ctx_now(), .prev = s->newest, .next = NULL };
+    struct waiter w = { .slot = -1, .since = now, .prev = s->newest, .next = NULL };
     w.latest = !cfg.no_ctx && ctx_deadline(ctx, &deadline) ? deadline - work : INT64_MAX;
     pthread_cond_init(&w.cv, NULL);
     *(s->newest != NULL ? &s->newest->next : &s->oldest) = &w;
     s->newest = &w;
+    atomic_fetch_add_explicit(&s->nwait, 1, memory_order_relaxed);
     int err = 0;
     while (w.slot < 0 && err == 0)
         err = cfg.no_ctx ? pthread_cond_wait(&w.cv, &s->mu) : ctx_cond_wait(ctx, &w.cv, &s->mu);
@@ -235,21 +301,66 @@ static void slot_give(struct slots *s, int slot)
 {
     pthread_mutex_lock(&s->mu);
     ctx_time_t now = ctx_now();
-    bool standing = !cfg.no_ctx && now - s->short_wait > 100 * CTX_MILLISECOND;
+    ctx_duration_t hold = atomic_load_explicit(&s->hold, memory_order_relaxed);
+    hold = hold == 0 ? now - s->taken[slot] : hold + (now - s->taken[slot] - hold) / 32;
+    atomic_store_explicit(&s->hold, hold, memory_order_relaxed);
+    bool standing = !cfg.no_ctx && (stands(&compute_slots, now) || stands(&db_slots, now));
     struct waiter *w = standing ? s->newest : s->oldest;
     while (w != NULL && w->latest < now)
         w = standing ? w->prev : w->next;
     if (w != NULL) {
         waiter_unlink(s, w);
         w->slot = slot;
+        s->taken[slot] = now;
         pthread_cond_signal(&w->cv);
         if (now - w->since <= cfg.budget_ms * CTX_MILLISECOND / 40)
-            s->short_wait = now;
+            atomic_store_explicit(&s->short_wait, now, memory_order_relaxed);
     } else {
         s->free[s->nfree++] = slot;
-        s->short_wait = now; /* no one waits at all */
+        atomic_store_explicit(&s->short_wait, now, memory_order_relaxed); /* no one waits */
     }
     pthread_mutex_unlock(&s->mu);
+}
+
+/* The slots each part of r needs, NULL for none. */
+static struct slots *part_slots(const struct request *r, enum part p)
+{
+    if (p == COMPUTE)
+        return r->ms[COMPUTE] > 0 ? &compute_slots : NULL;
+    return p == DB && pg_conninfo == NULL ? &db_slots : NULL;
+}
+
+/* Whether r may start: false when one of its parts could not get its slot
+ * in time (see "Shedding"); else r counts as wanted by those slots. */
+static bool admit(struct request *r)
+{
+    ctx_time_t deadline, now = ctx_now();
+    if (!cfg.no_ctx && ctx_deadline(r->rc.ctx, &deadline))
+        for (int p = 0; p < NPARTS; p++)
+            if (part_slots(r, p) != NULL &&
+                !slots_in_time(part_slots(r, p), r->ms[p] * CTX_MILLISECOND, now, deadline))
+                return false;
+    for (int p = 0; p < NPARTS; p++)
+        if ((r->wants[p] = part_slots(r, p) != NULL))
+            atomic_fetch_add_explicit(&part_slots(r, p)->wanted, 1, memory_order_relaxed);
+    return true;
+}
+
+/* Part p of r no longer waits for its slot: it has it, or never will. */
+static void unwant(struct request *r, enum part p)
+{
+    if (r->wants[p]) {
+        r->wants[p] = false;
+        atomic_fetch_sub_explicit(&part_slots(r, p)->wanted, 1, memory_order_relaxed);
+    }
+}
+
+/* Takes the slot that part p of r needs. */
+static int part_slot(ctx_t *ctx, struct request *r, enum part p, int *slot)
+{
+    int rc = slot_take(ctx, part_slots(r, p), r->ms[p] * CTX_MILLISECOND, slot);
+    unwant(r, p);
+    return rc;
 }
 
 /* ------------------------------------------------------------------------
@@ -297,8 +408,7 @@ static int compute_part(ctx_t *ctx, void *arg)
     ctx_time_t start = ctx_now();
     /* No work asked, no slot needed: nothing would run on it. */
     int slot, rc = 0;
-    if (r->ms[COMPUTE] > 0 &&
-        (rc = slot_take(ctx, &compute_slots, r->ms[COMPUTE] * CTX_MILLISECOND, &slot)) == 0) {
+    if (r->ms[COMPUTE] > 0 && (rc = part_slot(ctx, r, COMPUTE, &slot)) == 0) {
         /* Work until the asked time has passed: about that long on an idle
          * machine or a busy one alike.  A check costs a few ns; every 256
          * units (tens of microseconds) keeps a cancelled computation from
@@ -442,7 +552,7 @@ static int db_part(ctx_t *ctx, void *arg)
         rc = pg_sleep_part(ctx, r->ms[DB]);
     } else
 #endif
-        if ((rc = slot_take(ctx, &db_slots, r->ms[DB] * CTX_MILLISECOND, &slot)) == 0) {
+        if ((rc = part_slot(ctx, r, DB, &slot)) == 0) {
         rc = sqlite_query(ctx, &sqlite_conns[slot], r->ms[DB]);
         slot_give(&db_slots, slot);
     }
@@ -714,6 +824,8 @@ static void serve_report(struct request *r)
     if (cfg.upstream != NULL)
         parts[n++] = upstream_part;
     int err = run_parts(ctx, parts, n, r);
+    unwant(r, COMPUTE); /* a part that never started */
+    unwant(r, DB);
 
     enum outcome o = err == 0 ? OK : ended_because(r->rc.req != NULL ? r->rc.req : ctx, ctx, err);
     char trace[33] = "";
@@ -804,6 +916,12 @@ static struct {
 
 static pthread_attr_t worker_attr; /* detached, small stacks (main) */
 
+/* The most workers at once; further requests queue for the next free one.
+ * Shedding keeps the requests waiting for slots to what the slots can
+ * serve within the budget, so this bounds only requests that wait on
+ * something else, such as a hung upstream with thousands of clients. */
+#define MAX_WORKERS 1024
+
 static void serve(struct request *r)
 {
     serve_report(r);
@@ -885,7 +1003,7 @@ static bool hand_over(struct request *r)
 static bool dispatch(struct request *r)
 {
     pthread_mutex_lock(&run.mu);
-    if (run.idle == NULL) {
+    if (run.idle == NULL && run.threads < MAX_WORKERS) {
         /* Started outside the lock: a clone takes tens of microseconds. */
         run.threads++;
         pthread_mutex_unlock(&run.mu);
@@ -1028,6 +1146,10 @@ static enum MHD_Result serve_metrics(struct MHD_Connection *conn)
     for (int p = 0; p < NPARTS; p++)
         fprintf(f, "reportd_parts_cancelled_total{part=\"%s\"} %ld\n", part_names[p],
                 atomic_load_explicit(&parts_cancelled_total[p], memory_order_relaxed));
+    fprintf(f,
+            "# TYPE reportd_requests_shed_total counter\n"
+            "reportd_requests_shed_total %ld\n",
+            atomic_load_explicit(&requests_shed_total, memory_order_relaxed));
     fprintf(f, "# TYPE reportd_live_contexts gauge\nreportd_live_contexts %zu\n", ctx_live_count());
     fprintf(f, "# TYPE reportd_connections gauge\nreportd_connections %ld\n",
             atomic_load_explicit(&connections_open, memory_order_relaxed));
@@ -1096,9 +1218,21 @@ static enum MHD_Result start(struct request *r)
                                  : "ms must be an integer from 0 to 60000\n",
                        r->id);
     }
+    if (r->report && !admit(r)) { /* 504 at once: see "Shedding" */
+        atomic_fetch_add_explicit(&requests_shed_total, 1, memory_order_relaxed);
+        answer(r, 504, "application/json",
+               "{\"request_id\":\"%s\",\"error\":\"deadline: shed, the queue would outlast "
+               "its budget\"}\n",
+               r->id);
+        log_line(r->id, r->rc.ctx, path, 504, r->start, DEADLINE, "");
+        request_ctx_free(&r->rc);
+        return respond(conn, 504, r->type, r->body, r->id);
+    }
     MHD_suspend_connection(conn);
     if (!(r->report ? dispatch(r) : start_task(r))) {
         MHD_resume_connection(conn);
+        unwant(r, COMPUTE);
+        unwant(r, DB);
         log_line(r->id, r->rc.ctx, path, 503, r->start, ERROR, "");
         request_ctx_free(&r->rc);
         return respond(conn, 503, "text/plain", "out of resources\n", r->id);
@@ -1160,7 +1294,7 @@ static void usage(void)
     fprintf(stderr, "usage: reportd [--listen HOST:PORT] [--db sqlite:PATH | --db "
                     "postgres:CONNINFO]\n"
                     "               [--upstream URL] [--budget-ms N] [--drain-ms N] [--read-ms N]\n"
-                    "               [--track] [--no-ctx]\n");
+                    "               [--compute-slots N] [--db-slots N] [--track] [--no-ctx]\n");
     exit(2);
 }
 
@@ -1170,6 +1304,15 @@ static long number(const char *s)
     errno = 0;
     long v = strtol(s, &end, 10);
     if (errno != 0 || *s == '\0' || *end != '\0' || v < 0 || v > 3600000)
+        usage();
+    return v;
+}
+
+/* A number of slots: 1 to MAX_SLOTS. */
+static long slot_count(const char *s)
+{
+    long v = number(s);
+    if (v < 1 || v > MAX_SLOTS)
         usage();
     return v;
 }
@@ -1223,6 +1366,8 @@ static void parse_args(int argc, char **argv)
             cfg.drain_ms = number(v);
         else if (strcmp(a, "--read-ms") == 0)
             cfg.read_ms = number(v);
+        else if (strcmp(a, "--compute-slots") == 0 || strcmp(a, "--db-slots") == 0)
+            *(a[2] == 'c' ? &cfg.compute_slots : &cfg.db_slots) = slot_count(v);
         else
             usage();
     }
@@ -1349,8 +1494,8 @@ int main(int argc, char **argv)
      * the file, SQLite's file lock): two per core served 5-39% more
      * requests/s with a lower p99 than one per core in alternating runs,
      * where two per core for the computation gave nothing. */
-    slots_init(&compute_slots, n);
-    slots_init(&db_slots, 2 * n);
+    slots_init(&compute_slots, cfg.compute_slots > 0 ? (int)cfg.compute_slots : n);
+    slots_init(&db_slots, cfg.db_slots > 0 ? (int)cfg.db_slots : 2 * n);
     pthread_attr_init(&worker_attr);
     pthread_attr_setdetachstate(&worker_attr, PTHREAD_CREATE_DETACHED);
     pthread_attr_setstacksize(&worker_attr, 256 * 1024);
