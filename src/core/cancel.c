@@ -33,7 +33,8 @@ static _Atomic uint32_t site_state[SITES];
  * element.  A site-only block has no text, so the header is all it needs. */
 static _Alignas(struct ctx__msg) unsigned char site_mem[SITES][sizeof(struct ctx__msg)];
 
-struct ctx__msg *ctx__msg_site(const char *file, int line, const char *func)
+/* The table's lookup, for ctx__msg_site. */
+static struct ctx__msg *site_find(const char *file, int line, const char *func)
 {
     uint64_t h =
         ((uint64_t)(uintptr_t)file ^ ((uint64_t)(unsigned)line << 40)) * 0x9E3779B97F4A7C15u;
@@ -61,6 +62,28 @@ struct ctx__msg *ctx__msg_site(const char *file, int line, const char *func)
          * collision on the same site gives that site a second slot. */
     }
     return NULL;
+}
+
+/* The site this thread found last: a thread that cancels at one site in a
+ * loop (a server's request handler) finds its block with two compares.
+ * Slots are never emptied, so the block stays valid. */
+static CTX__TLS struct {
+    const char *file;
+    int line;
+    struct ctx__msg *m;
+} last_site;
+
+struct ctx__msg *ctx__msg_site(const char *file, int line, const char *func)
+{
+    if (last_site.file == file && last_site.line == line && file != NULL)
+        return last_site.m;
+    struct ctx__msg *m = site_find(file, line, func);
+    if (m != NULL) {
+        last_site.file = file;
+        last_site.line = line;
+        last_site.m = m;
+    }
+    return m;
 }
 
 /* ---------------------------------------------------------------------------
