@@ -559,6 +559,16 @@ static void link_cancel(struct ctx *n, ctx_t *parent, struct ctx *p, unsigned ki
     }
     /* Born done, with the parent's err and cause. */
     n->pk = (uintptr_t)ctx__ref(parent) | kind;
+    if (kind == CTX__CANCEL) {
+        /* mark() in short: no other thread can see n yet (no waiter, no
+         * fd, no lock), a cancel node has no hook, and it holds no
+         * message.  The caller's publication of n publishes these. */
+        n->u.c.cause = p->u.c.cause;
+        n->u.c.msg = msg_ref(p->u.c.msg);
+        uint32_t flags = atomic_load_explicit(&n->u.c.state, memory_order_relaxed);
+        atomic_store_explicit(&n->u.c.state, flags | (s & CTX__ERR_MASK), memory_order_relaxed);
+        return;
+    }
     mark(n, s & CTX__ERR_MASK, p->u.c.cause, p->u.c.msg);
 }
 
