@@ -522,7 +522,8 @@ extern unsigned char *_Atomic ctx__slab_chunks[CTX__SLAB_MAXCH];
 extern _Atomic uint32_t ctx__slab_nchunks;
 /* The handle word of a slab block: CTX__SLAB_WORD, the generation in bits
  * 2-30, CTX__SLAB_BOUND while the node in the block has a handle (from
- * ctx__handle_bind to its drop), CTX__SLAB_PINNED while a ctx_cancel holds
+ * ctx__handle_bind to its drop, or to the end of the first ctx_cancel
+ * through it: ctx__slab_retire), CTX__SLAB_PINNED while a ctx_cancel holds
  * the node through it.  A word without CTX__SLAB_WORD belongs to a block
  * from ctx__alloc (a cell index + 1, or 0). */
 #define CTX__SLAB_WORD   0x80000000u
@@ -714,6 +715,12 @@ void ctx__handle_unpin(const void *h);
 void *ctx__handle_peek(const void *h, const char *what);
 void ctx__handle_drop(uint32_t idx);
 void ctx__handle_drop_node(struct ctx *n);
+/* Called by a ctx_cancel through n's slab handle, with n's lock held and
+ * n's subtree done, just before the lock goes: the handle goes stale at
+ * once (any later cancel through it would be a no-op anyway), so that
+ * n's free finds no live handle and needs no read-modify-write to bump
+ * the generation.  A no-op for a node without a bound slab handle. */
+void ctx__slab_retire(struct ctx *n);
 /* For tests: the cells made so far. */
 size_t ctx__handle_cells(void);
 /* Cancels n, pinned through handle h, as ctx__cancel(n, ..., 0) does, and

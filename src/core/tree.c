@@ -739,6 +739,8 @@ static void cancel_walk(struct ctx *n, uint32_t err, int cause, struct ctx__msg 
     if (atomic_load_explicit(&n->u.c.state, memory_order_relaxed) & CTX__ERR_MASK) {
         /* Already done; since we hold its lock, whoever did it has finished
          * its subtree too. */
+        if (locked)
+            ctx__slab_retire(n);
         ctx__unlock(&n->lock);
         if (pin != NULL)
             ctx__handle_unpin(pin);
@@ -803,6 +805,7 @@ static void cancel_walk(struct ctx *n, uint32_t err, int cause, struct ctx__msg 
          * Under n's lock, as every change of its state. */
         if (!detach_locked(n, s))
             atomic_store_explicit(&n->u.c.state, s | CTX__DETACH, memory_order_relaxed);
+        ctx__slab_retire(n);
         ctx__unlock(&n->lock);
     } else {
         ctx__unlock(&n->lock);
