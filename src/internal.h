@@ -730,6 +730,10 @@ void ctx__cancel_pinned(struct ctx *n, int cause, struct ctx__msg *msg, const vo
 /* The same for a node of the slab that the caller holds through nothing
  * but its lock, taken by ctx__lock_sc and released here. */
 void ctx__cancel_locked(struct ctx *n, int cause, struct ctx__msg *msg);
+/* ctx__cancel_locked for a live plain cancel node with no child, AfterFunc
+ * record, waiter or fd, without the walk: returns 1, or 0 having done
+ * nothing (n still locked) for any other node. */
+int ctx__cancel_leaf_locked(struct ctx *n, int cause, struct ctx__msg *msg);
 /* ctx__lock for a lock that pins a slab node: the acquisition is
  * sequentially consistent, so that a check of the block's generation after
  * it and the free's bump of the generation followed by its look at the

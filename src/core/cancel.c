@@ -589,7 +589,7 @@ static void cancel_handle(ctx_cancel_t *cancel, int cause, const char *text, con
     static const char what[] = "ctx_cancel: not a cancel handle";
     if (((uintptr_t)cancel & KIND_MASK) == KIND_SLAB) {
         struct ctx *n = slab_lock((uintptr_t)cancel, what);
-        if (n != NULL)
+        if (n != NULL && !ctx__cancel_leaf_locked(n, cause, m))
             ctx__cancel_locked(n, cause, m);
     } else {
         struct ctx *n = ctx__handle_pin(cancel, what);

@@ -886,6 +886,29 @@ void ctx__cancel_pinned(struct ctx *n, int cause, struct ctx__msg *msg, const vo
     cancel_walk(n, CTX_CANCELED, cause, msg, 0, NULL, h, 0);
 }
 
+int ctx__cancel_leaf_locked(struct ctx *n, int cause, struct ctx__msg *msg)
+{
+    /* A live plain cancel node with no child, AfterFunc record, waiter or
+     * fd (what a handle cancels most): the walk in short, with the same
+     * steps in the same order (mark, leave the parent, retire the handle,
+     * unlock). */
+    uint32_t s = atomic_load_explicit(&n->u.c.state, memory_order_relaxed);
+    if (ctx__kind(n) != CTX__CANCEL ||
+        (s & (CTX__ERR_MASK | CTX__WAITERS | CTX__HAS_FD | CTX__FANNED)) || n->u.c.children != NULL)
+        return 0;
+    /* A live cancel node holds no message (see mark()). */
+    n->u.c.cause = cause;
+    n->u.c.msg = msg_ref(msg);
+    /* Release, as in mark(). */
+    s |= CTX_CANCELED;
+    atomic_store_explicit(&n->u.c.state, s, memory_order_release);
+    if (!detach_locked(n, s))
+        atomic_store_explicit(&n->u.c.state, s | CTX__DETACH, memory_order_relaxed);
+    ctx__slab_retire(n);
+    ctx__unlock(&n->lock);
+    return 1;
+}
+
 void ctx__cancel_locked(struct ctx *n, int cause, struct ctx__msg *msg)
 {
     cancel_walk(n, CTX_CANCELED, cause, msg, 0, NULL, NULL, 1);
