@@ -435,8 +435,75 @@ void ctx__free(void *p);
  * block larger than struct ctx is a struct ctx__hnode, ctx__timer or
  * ctx__custom (a "handle block", from the slab below): its handle word is
  * set up by ctx__node_alloc and must not be written by the caller. */
-void *ctx__node_alloc(size_t size);
-void ctx__node_free(void *p, size_t size);
+void *ctx__node_alloc_slow(size_t size);
+void ctx__node_free_slow(void *p, size_t size);
+
+/* The 64-byte blocks a thread keeps (alloc.c) are compiled out under the
+ * sanitizers, so that every such node is an allocation they track. */
+#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
+#define CTX__NODE_CACHE 0
+#define CTX__SANITIZED  1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer) || __has_feature(thread_sanitizer) ||                         \
+    __has_feature(memory_sanitizer)
+#define CTX__NODE_CACHE 0
+#define CTX__SANITIZED  1
+#endif
+#endif
+#ifndef CTX__NODE_CACHE
+#define CTX__NODE_CACHE 1
+#define CTX__SANITIZED  0
+#endif
+
+/* A thread's free node blocks (alloc.c): [0] 64-byte blocks, at most
+ * CTX__CACHE_MAX; [1] slab blocks.  state: 0 new, 1 registered for the
+ * flush at the thread's exit, 2 gone.  Caching is on only with the default
+ * allocator. */
+struct ctx__cache {
+    void *head[2];
+    unsigned n[2];
+    int state;
+};
+#define CTX__CACHE_MAX 2048u
+extern CTX__TLS struct ctx__cache ctx__tc;
+extern _Atomic int ctx__caching;
+
+/* A block from this thread's cache is a few loads and stores, inline in
+ * the caller: a call would cost as much again.  (The size is a constant at
+ * almost every call, so one of the two lists is picked at compile time.)
+ * A slab block goes back to the list here only when it has no bound
+ * handle, the thread's list has room, and the thread is registered for the
+ * flush at its exit; the slow path does the rest. */
+#define CTX__SLAB_CACHE 512u
+static inline void *ctx__node_alloc(size_t size)
+{
+#if CTX__NODE_CACHE
+    int k = size > sizeof(struct ctx);
+    void *p = ctx__tc.head[k];
+    if (p != NULL && atomic_load_explicit(&ctx__caching, memory_order_relaxed)) {
+        ctx__tc.head[k] = *(void **)p;
+        ctx__tc.n[k]--;
+        return p;
+    }
+#endif
+    return ctx__node_alloc_slow(size);
+}
+
+static inline int ctx__node_keep(void *p, size_t size);
+
+static inline void ctx__node_free(void *p, size_t size)
+{
+#if CTX__NODE_CACHE
+    if (ctx__node_keep(p, size)) {
+        int k = size > sizeof(struct ctx);
+        *(void **)p = ctx__tc.head[k];
+        ctx__tc.head[k] = p;
+        ctx__tc.n[k]++;
+        return;
+    }
+#endif
+    ctx__node_free_slow(p, size);
+}
 
 /* The slab of handle blocks (alloc.c): 96 bytes (64 on i386).  With the
  * default allocator every node with a handle field comes from here: chunks of CTX__SLAB_CHUNK bytes
@@ -465,7 +532,8 @@ extern unsigned char *_Atomic ctx__slab_chunks[CTX__SLAB_MAXCH];
 extern _Atomic uint32_t ctx__slab_nchunks;
 /* The handle word of a slab block: CTX__SLAB_WORD, the generation in bits
  * 2-30, CTX__SLAB_BOUND while the node in the block has a handle (from
- * ctx__handle_bind to its drop), CTX__SLAB_PINNED while a ctx_cancel holds
+ * ctx__handle_bind to its drop, or to the end of the first ctx_cancel
+ * through it: ctx__slab_retire), CTX__SLAB_PINNED while a ctx_cancel holds
  * the node through it.  A word without CTX__SLAB_WORD belongs to a block
  * from ctx__alloc (a cell index + 1, or 0). */
 #define CTX__SLAB_WORD   0x80000000u
@@ -477,6 +545,20 @@ static inline _Atomic uint32_t *ctx__hword(void *block)
 {
     return &((struct ctx__hnode *)block)->handle;
 }
+/* Whether ctx__node_free may put block p (of size) in this thread's
+ * cache inline. */
+static inline int ctx__node_keep(void *p, size_t size)
+{
+    if (ctx__tc.state != 1)
+        return 0;
+    if (size <= sizeof(struct ctx))
+        return ctx__tc.n[0] < CTX__CACHE_MAX &&
+               atomic_load_explicit(&ctx__caching, memory_order_relaxed);
+    return ctx__tc.n[1] < CTX__SLAB_CACHE &&
+           (atomic_load_explicit(ctx__hword(p), memory_order_relaxed) &
+            (CTX__SLAB_WORD | CTX__SLAB_BOUND)) == CTX__SLAB_WORD;
+}
+
 /* Makes the handle of a bound slab block stale: bumps the generation and
  * clears CTX__SLAB_BOUND, waiting while the block is pinned (cancel.c). */
 void ctx__slab_drop(_Atomic uint32_t *word);
@@ -643,6 +725,12 @@ void ctx__handle_unpin(const void *h);
 void *ctx__handle_peek(const void *h, const char *what);
 void ctx__handle_drop(uint32_t idx);
 void ctx__handle_drop_node(struct ctx *n);
+/* Called by a ctx_cancel through n's slab handle, with n's lock held and
+ * n's subtree done, just before the lock goes: the handle goes stale at
+ * once (any later cancel through it would be a no-op anyway), so that
+ * n's free finds no live handle and needs no read-modify-write to bump
+ * the generation.  A no-op for a node without a bound slab handle. */
+void ctx__slab_retire(struct ctx *n);
 /* For tests: the cells made so far. */
 size_t ctx__handle_cells(void);
 /* Cancels n, pinned through handle h, as ctx__cancel(n, ..., 0) does, and
@@ -652,6 +740,10 @@ void ctx__cancel_pinned(struct ctx *n, int cause, struct ctx__msg *msg, const vo
 /* The same for a node of the slab that the caller holds through nothing
  * but its lock, taken by ctx__lock_sc and released here. */
 void ctx__cancel_locked(struct ctx *n, int cause, struct ctx__msg *msg);
+/* ctx__cancel_locked for a live plain cancel node with no child, AfterFunc
+ * record, waiter or fd, without the walk: returns 1, or 0 having done
+ * nothing (n still locked) for any other node. */
+int ctx__cancel_leaf_locked(struct ctx *n, int cause, struct ctx__msg *msg);
 /* ctx__lock for a lock that pins a slab node: the acquisition is
  * sequentially consistent, so that a check of the block's generation after
  * it and the free's bump of the generation followed by its look at the

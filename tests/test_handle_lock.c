@@ -15,7 +15,9 @@
  *     contended, its fan-out shards busy) while another thread cancels
  *     them through their handles, some already freed and their blocks
  *     reused, and the parent cancelled at the end: every child is done or
- *     untouched as it should be, and every node is freed.
+ *     untouched as it should be, and every node is freed;
+ *   - the first cancel retires the handle, but only once its walk is
+ *     done: a second cancel racing with it returns with the subtree done.
  *
  * White-box: the test reads the tree's own fields (src/internal.h).
  */
@@ -181,6 +183,80 @@ static void test_makers_and_canceller(void)
     CHECK_EQ_INT((long)ctx_live_count(), (long)live0);
 }
 
+/* The first cancel through a handle retires it once its walk is done (the
+ * free then has no generation to bump).  A second cancel through the same
+ * handle, racing with the first, may find it retired and return at once:
+ * it must still return with the whole subtree done, as a cancel that
+ * waited for the walk would.  A retire before the walk ends fails the
+ * check on the leaf. */
+#define RACE_DEPTH 1000
+struct race {
+    ctx_cancel_t *h;
+    ctx_t *leaf;
+    _Atomic int go;
+    _Atomic int bad;
+};
+
+static void *race_cancel(void *arg)
+{
+    struct race *r = arg;
+    while (!atomic_load_explicit(&r->go, memory_order_acquire))
+        ;
+    ctx_cancel(r->h);
+    if (ctx_err(r->leaf) != CTX_CANCELED)
+        atomic_store_explicit(&r->bad, 1, memory_order_relaxed);
+    return NULL;
+}
+
+static void test_retired_handle(void)
+{
+    size_t live0 = ctx_live_count();
+    /* White-box: a cancelled node's slab handle is no longer bound. */
+    ctx_cancel_t *h;
+    ctx_t *c = ctx_with_cancel(ctx_background(), &h);
+    CHECK_NOT_NULL(c);
+    _Atomic uint32_t *w = ctx__hword(c);
+    uint32_t before = atomic_load_explicit(w, memory_order_relaxed);
+    if (before & CTX__SLAB_WORD) {
+        CHECK(before & CTX__SLAB_BOUND);
+        ctx_cancel(h);
+        uint32_t after = atomic_load_explicit(w, memory_order_relaxed);
+        CHECK(!(after & CTX__SLAB_BOUND));
+        CHECK(after != before);
+    } else {
+        ctx_cancel(h);
+    }
+    CHECK_CANCELED(c);
+    ctx_cancel(h); /* a no-op */
+    ctx_unref(c);
+    ctx_cancel(h); /* stale: a no-op */
+
+    int rounds = (int)check_scale(200);
+    for (int i = 0; i < rounds; i++) {
+        struct race r = { 0 };
+        ctx_t *root = ctx_with_cancel(ctx_background(), &r.h);
+        CHECK_NOT_NULL(root);
+        ctx_t *cur = ctx_ref(root);
+        for (int d = 0; d < RACE_DEPTH; d++) {
+            ctx_t *n = ctx_with_cancel(cur, NULL);
+            CHECK_NOT_NULL(n);
+            ctx_unref(cur);
+            cur = n;
+        }
+        r.leaf = cur;
+        pthread_t t[2];
+        check_thread_start(&t[0], race_cancel, &r);
+        check_thread_start(&t[1], race_cancel, &r);
+        atomic_store_explicit(&r.go, 1, memory_order_release);
+        check_thread_join(t[0]);
+        check_thread_join(t[1]);
+        CHECK(!atomic_load_explicit(&r.bad, memory_order_relaxed));
+        ctx_unref(r.leaf);
+        ctx_unref(root);
+    }
+    CHECK_EQ_INT((long)ctx_live_count(), (long)live0);
+}
+
 int main(void)
 {
     check_seed();
@@ -188,5 +264,6 @@ int main(void)
     RUN_TEST(test_flagged_child_then_parent_cancel);
     RUN_TEST(test_free_parent_unlinks_at_once);
     RUN_TEST(test_makers_and_canceller);
+    RUN_TEST(test_retired_handle);
     return 0;
 }

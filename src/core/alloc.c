@@ -24,13 +24,13 @@ static _Atomic(free_fn_t) free_fn = free;
 /* Whether freed nodes may be kept in per-thread caches: only with the
  * default allocator, so that a program's own allocator sees every node
  * allocation and free (and tests can fail any of them). */
-static _Atomic int caching = 1;
+_Atomic int ctx__caching = 1;
 
 int ctx_replace_allocator(void *(*m)(size_t size), void (*f)(void *ptr))
 {
     if (m == NULL || f == NULL)
         return EINVAL;
-    atomic_store_explicit(&caching, 0, memory_order_relaxed);
+    atomic_store_explicit(&ctx__caching, 0, memory_order_relaxed);
     atomic_store_explicit(&malloc_fn, m, memory_order_relaxed);
     atomic_store_explicit(&free_fn, f, memory_order_relaxed);
     return 0;
@@ -40,7 +40,7 @@ void ctx_reset_allocator(void)
 {
     atomic_store_explicit(&malloc_fn, malloc, memory_order_relaxed);
     atomic_store_explicit(&free_fn, free, memory_order_relaxed);
-    atomic_store_explicit(&caching, 1, memory_order_relaxed);
+    atomic_store_explicit(&ctx__caching, 1, memory_order_relaxed);
 }
 
 void *ctx__alloc(size_t size)
@@ -77,7 +77,7 @@ void ctx__free(void *p)
  * header.  A block stays a handle block for the life of the process, which is what lets a cancel
  * handle name it by number and check the generation word inside it after
  * the node is freed (core/cancel.c).  Free blocks wait in a per-thread list
- * (at most SLAB_CACHE) and beyond that in a global one under a lock; a
+ * (at most CTX__SLAB_CACHE) and beyond that in a global one under a lock; a
  * thread's list goes back to the global one when the thread exits.  So the
  * slab keeps its peak: after a burst of N live handle blocks it holds about
  * N blocks (rounded up to the chunk being carved) for later nodes,
@@ -90,21 +90,6 @@ void ctx__free(void *p)
  * blocks come from it like everything else and their handles use cells; a
  * block's handle word tells the free which way it came.
  */
-
-#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
-#define CTX__NODE_CACHE 0
-#define CTX__SANITIZED  1
-#elif defined(__has_feature)
-#if __has_feature(address_sanitizer) || __has_feature(thread_sanitizer) ||                         \
-    __has_feature(memory_sanitizer)
-#define CTX__NODE_CACHE 0
-#define CTX__SANITIZED  1
-#endif
-#endif
-#ifndef CTX__NODE_CACHE
-#define CTX__NODE_CACHE 1
-#define CTX__SANITIZED  0
-#endif
 
 #if defined(__SANITIZE_ADDRESS__)
 #define CTX__ASAN 1
@@ -147,20 +132,15 @@ CTX__ALIGN_CHECK((offsetof(struct ctx, lock) & ~(size_t)7) >= 8);
 CTX__ALIGN_CHECK((offsetof(struct ctx, lock) & ~(size_t)7) + 8 <=
                  offsetof(struct ctx__hnode, handle));
 
-/* Per thread at most 2048 blocks of 64 bytes (128 KiB): enough to absorb
+/* This thread's free blocks (struct ctx__cache in internal.h): at most
+ * CTX__CACHE_MAX (2048) blocks of 64 bytes (128 KiB), enough to absorb
  * building and freeing a tree of a few thousand contexts, which otherwise
- * pays glibc's free-list consolidation for every node; and SLAB_CACHE
- * free slab blocks (48 KiB), half of which go back to the global list
- * when it is full. */
-#define CACHE_MAX  2048u
-#define SLAB_CACHE 512u
-
-struct cache {
-    void *head[2]; /* [0]: 64-byte blocks, [1]: slab blocks */
-    unsigned n[2];
-    int state; /* 0 new, 1 registered for flushing at thread exit, 2 gone */
-};
-static CTX__TLS struct cache tc;
+ * pays glibc's free-list consolidation for every node; and CTX__SLAB_CACHE
+ * (512) free slab blocks (48 KiB), half of which go back to the global
+ * list when it is full.  The fast paths of ctx__node_alloc and
+ * ctx__node_free are inline in their callers (internal.h); the rest is
+ * here. */
+CTX__TLS struct ctx__cache ctx__tc;
 static pthread_key_t cache_key;
 static pthread_once_t cache_once = PTHREAD_ONCE_INIT;
 
@@ -231,16 +211,16 @@ static void register_thread(void);
 /* Moves k blocks of this thread's slab list to the global list. */
 static void slab_give(unsigned k)
 {
-    if (k == 0 || tc.head[1] == NULL)
+    if (k == 0 || ctx__tc.head[1] == NULL)
         return;
-    void *first = tc.head[1], *last = first;
+    void *first = ctx__tc.head[1], *last = first;
     unsigned m = 1;
     while (m < k && *(void **)last != NULL) {
         last = *(void **)last;
         m++;
     }
-    tc.head[1] = *(void **)last;
-    tc.n[1] -= m;
+    ctx__tc.head[1] = *(void **)last;
+    ctx__tc.n[1] -= m;
     ctx__lock(&slab_lock);
     *(void **)last = slab_free;
     slab_free = first;
@@ -255,11 +235,11 @@ static bool slab_refill(void)
 {
     unsigned k = 0;
     ctx__lock(&slab_lock);
-    while (k < SLAB_CACHE / 2 && slab_free != NULL) {
+    while (k < CTX__SLAB_CACHE / 2 && slab_free != NULL) {
         void *b = slab_free;
         slab_free = *(void **)b;
-        *(void **)b = tc.head[1];
-        tc.head[1] = b;
+        *(void **)b = ctx__tc.head[1];
+        ctx__tc.head[1] = b;
         k++;
     }
     slab_nfree -= k;
@@ -277,7 +257,7 @@ static bool slab_refill(void)
                 carved = 0;
             }
         }
-        for (; k < SLAB_CACHE / 2 && carved < CTX__SLAB_PER; k++, carved++) {
+        for (; k < CTX__SLAB_CACHE / 2 && carved < CTX__SLAB_PER; k++, carved++) {
             void *b = carve + CTX__SLAB_HEAD + (size_t)carved * CTX__SLAB_BLOCK;
             /* Generation 1, unbound.  A store, not an initialisation: a
              * forged handle may read the word already. */
@@ -286,17 +266,17 @@ static bool slab_refill(void)
              * slab_lock): 0 while free.  (Chunks from aligned_alloc under
              * the sanitizers are not zeroed.) */
             atomic_store_explicit(&((struct ctx *)b)->lock, 0, memory_order_relaxed);
-            *(void **)b = tc.head[1];
-            tc.head[1] = b;
+            *(void **)b = ctx__tc.head[1];
+            ctx__tc.head[1] = b;
             poison_free(b);
         }
     }
     ctx__unlock(&slab_lock);
-    tc.n[1] += k;
+    ctx__tc.n[1] += k;
     return k != 0;
 }
 
-static void flush(struct cache *c)
+static void flush(struct ctx__cache *c)
 {
     while (c->head[0] != NULL) {
         void *p = c->head[0];
@@ -308,7 +288,7 @@ static void flush(struct cache *c)
 
 static void thread_gone(void *arg)
 {
-    struct cache *c = arg;
+    struct ctx__cache *c = arg;
     flush(c);
     slab_give(c->n[1]);
     c->state = 2; /* whatever this thread frees from now on is freed */
@@ -322,15 +302,15 @@ static void make_key(void)
 static void register_thread(void)
 {
     pthread_once(&cache_once, make_key);
-    pthread_setspecific(cache_key, &tc);
-    tc.state = 1;
+    pthread_setspecific(cache_key, &ctx__tc);
+    ctx__tc.state = 1;
 }
 
 #if CTX__NODE_CACHE
 __attribute__((destructor)) static void process_gone(void)
 {
-    flush(&tc);
-    tc.state = 2;
+    flush(&ctx__tc);
+    ctx__tc.state = 2;
 }
 #endif
 
@@ -342,11 +322,11 @@ __attribute__((noinline))
 static void *
 slab_alloc(void)
 {
-    if (atomic_load_explicit(&caching, memory_order_relaxed) &&
-        (tc.head[1] != NULL || slab_refill())) {
-        void *p = tc.head[1];
-        tc.head[1] = *(void **)p;
-        tc.n[1]--;
+    if (atomic_load_explicit(&ctx__caching, memory_order_relaxed) &&
+        (ctx__tc.head[1] != NULL || slab_refill())) {
+        void *p = ctx__tc.head[1];
+        ctx__tc.head[1] = *(void **)p;
+        ctx__tc.n[1]--;
         poison_used(p);
         return p;
     }
@@ -377,47 +357,44 @@ slab_put(void *p)
      * keep a live generation. */
     if (v & CTX__SLAB_BOUND)
         ctx__slab_drop(w);
-    if (tc.state == 0)
+    if (ctx__tc.state == 0)
         register_thread();
-    *(void **)p = tc.head[1];
-    tc.head[1] = p;
-    tc.n[1]++;
+    *(void **)p = ctx__tc.head[1];
+    ctx__tc.head[1] = p;
+    ctx__tc.n[1]++;
     poison_free(p);
-    if (tc.state == 2)
-        slab_give(tc.n[1]);
-    else if (tc.n[1] > SLAB_CACHE)
-        slab_give(SLAB_CACHE / 2);
+    if (ctx__tc.state == 2)
+        slab_give(ctx__tc.n[1]);
+    else if (ctx__tc.n[1] > CTX__SLAB_CACHE)
+        slab_give(CTX__SLAB_CACHE / 2);
 }
 
-void *ctx__node_alloc(size_t size)
+/* The rest of ctx__node_alloc (internal.h): a handle block, or a 64-byte
+ * block when this thread's cache is empty or off. */
+void *ctx__node_alloc_slow(size_t size)
 {
     if (size > sizeof(struct ctx))
         return slab_alloc();
-#if CTX__NODE_CACHE
-    void *p = tc.head[0];
-    if (p != NULL && atomic_load_explicit(&caching, memory_order_relaxed)) {
-        tc.head[0] = *(void **)p;
-        tc.n[0]--;
-        return p;
-    }
-#endif
     return ctx__alloc(64);
 }
 
-void ctx__node_free(void *p, size_t size)
+/* The rest of ctx__node_free (internal.h): a handle block, or a 64-byte
+ * block that this thread's cache does not take as it is (the thread's
+ * first, one past its exit, a full cache, a program's allocator). */
+void ctx__node_free_slow(void *p, size_t size)
 {
     if (size > sizeof(struct ctx)) {
         slab_put(p);
         return;
     }
 #if CTX__NODE_CACHE
-    if (tc.n[0] < CACHE_MAX && tc.state != 2 &&
-        atomic_load_explicit(&caching, memory_order_relaxed)) {
-        if (tc.state == 0)
+    if (ctx__tc.n[0] < CTX__CACHE_MAX && ctx__tc.state != 2 &&
+        atomic_load_explicit(&ctx__caching, memory_order_relaxed)) {
+        if (ctx__tc.state == 0)
             register_thread();
-        *(void **)p = tc.head[0];
-        tc.head[0] = p;
-        tc.n[0]++;
+        *(void **)p = ctx__tc.head[0];
+        ctx__tc.head[0] = p;
+        ctx__tc.n[0]++;
         return;
     }
 #endif
@@ -431,5 +408,5 @@ void ctx__slab_counts(size_t *made, size_t *global_free, size_t *mine)
     *made = n == 0 ? 0 : (size_t)(n - 1) * CTX__SLAB_PER + carved;
     *global_free = slab_nfree;
     ctx__unlock(&slab_lock);
-    *mine = tc.n[1];
+    *mine = ctx__tc.n[1];
 }

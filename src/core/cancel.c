@@ -33,7 +33,8 @@ static _Atomic uint32_t site_state[SITES];
  * element.  A site-only block has no text, so the header is all it needs. */
 static _Alignas(struct ctx__msg) unsigned char site_mem[SITES][sizeof(struct ctx__msg)];
 
-struct ctx__msg *ctx__msg_site(const char *file, int line, const char *func)
+/* The table's lookup, for ctx__msg_site. */
+static struct ctx__msg *site_find(const char *file, int line, const char *func)
 {
     uint64_t h =
         ((uint64_t)(uintptr_t)file ^ ((uint64_t)(unsigned)line << 40)) * 0x9E3779B97F4A7C15u;
@@ -61,6 +62,28 @@ struct ctx__msg *ctx__msg_site(const char *file, int line, const char *func)
          * collision on the same site gives that site a second slot. */
     }
     return NULL;
+}
+
+/* The site this thread found last: a thread that cancels at one site in a
+ * loop (a server's request handler) finds its block with two compares.
+ * Slots are never emptied, so the block stays valid. */
+static CTX__TLS struct {
+    const char *file;
+    int line;
+    struct ctx__msg *m;
+} last_site;
+
+struct ctx__msg *ctx__msg_site(const char *file, int line, const char *func)
+{
+    if (last_site.file == file && last_site.line == line && file != NULL)
+        return last_site.m;
+    struct ctx__msg *m = site_find(file, line, func);
+    if (m != NULL) {
+        last_site.file = file;
+        last_site.line = line;
+        last_site.m = m;
+    }
+    return m;
 }
 
 /* ---------------------------------------------------------------------------
@@ -374,7 +397,10 @@ static inline void *slab_pin(uintptr_t v, const char *what)
 static struct ctx *slab_lock(uintptr_t v, const char *what)
 {
     _Atomic uint32_t *w = slab_word(v, what);
-    if (!slab_live(atomic_load_explicit(w, memory_order_relaxed), v))
+    /* Acquire: pairs with the release in ctx__slab_retire, so that a
+     * cancel that finds the handle retired by an earlier one returns
+     * seeing the context and its subtree done. */
+    if (!slab_live(atomic_load_explicit(w, memory_order_acquire), v))
         return NULL; /* stale, without touching the block's lock */
     struct ctx *n = &CTX__CONTAINER(w, struct ctx__hnode, handle)->base;
     ctx__lock_sc(&n->lock);
@@ -498,17 +524,37 @@ void ctx__slab_drop(_Atomic uint32_t *w)
     }
 }
 
+void ctx__slab_retire(struct ctx *n)
+{
+    _Atomic uint32_t *w = ctx__hword(n);
+    uint32_t x = atomic_load_explicit(w, memory_order_relaxed);
+    if ((x & (CTX__SLAB_WORD | CTX__SLAB_BOUND | PINNED)) != (CTX__SLAB_WORD | CTX__SLAB_BOUND))
+        return;
+    /* A store: under n's lock, with n's handle live, the only other writer
+     * is the free's ctx__slab_drop, which computes the same next word from
+     * the same generation (or moves on from ours) and then waits for the
+     * lock we hold.  Release: pairs with the acquire loads of slab_lock and
+     * ctx__handle_drop_node. */
+    atomic_store_explicit(w, CTX__SLAB_WORD | (((x >> 2) + 1) & CTX__SLAB_GEN) << 2,
+                          memory_order_release);
+}
+
 void ctx__handle_drop_node(struct ctx *n)
 {
     _Atomic uint32_t *w = ctx__hword(n);
-    uint32_t v = atomic_load_explicit(w, memory_order_relaxed);
+    /* Acquire: pairs with the release in ctx__slab_retire, after which
+     * the canceller that retired the handle may still hold n's lock; the
+     * look at the lock below must see that. */
+    uint32_t v = atomic_load_explicit(w, memory_order_acquire);
     if (v & CTX__SLAB_WORD) {
+        /* A handle that a ctx_cancel retired is stale already: no bump. */
         if (v & CTX__SLAB_BOUND)
             ctx__slab_drop(w);
         /* A ctx_cancel through a slab handle holds n by its lock, taken
          * before it checked the generation that the drop has just bumped
          * (both sequentially consistent, slab_lock): wait until it lets
-         * go.  It may also be a stale handle's, which lets go at once. */
+         * go.  It may also be a stale handle's, which lets go at once, or
+         * the one that retired the handle, which is leaving. */
         if (atomic_load_explicit(&n->lock, memory_order_seq_cst) != 0) {
             ctx__lock(&n->lock);
             ctx__unlock(&n->lock);
@@ -543,7 +589,7 @@ static void cancel_handle(ctx_cancel_t *cancel, int cause, const char *text, con
     static const char what[] = "ctx_cancel: not a cancel handle";
     if (((uintptr_t)cancel & KIND_MASK) == KIND_SLAB) {
         struct ctx *n = slab_lock((uintptr_t)cancel, what);
-        if (n != NULL)
+        if (n != NULL && !ctx__cancel_leaf_locked(n, cause, m))
             ctx__cancel_locked(n, cause, m);
     } else {
         struct ctx *n = ctx__handle_pin(cancel, what);

@@ -293,11 +293,42 @@ free_chain(struct ctx *c)
     }
 }
 
+/* free_chain's first step for the nodes a request makes most, inline in
+ * ctx_unref: a child of a root that is a cancel node with no handle, fd or
+ * fan-out (live, or done with no canceller left below it), or a value node
+ * with no destroy hook.  Such a node is in no list and holds no counted
+ * parent, so its free is the block's.  False, having done nothing, for
+ * every other node.  (What free_chain and free_cancel do for it, in short.) */
+#if defined(__GNUC__) || defined(__clang__)
+__attribute__((always_inline))
+#endif
+static inline int
+free_leaf(struct ctx *c)
+{
+    unsigned kind = ctx__kind(c);
+    if (ctx__kind(ctx__parent(c)) != CTX__ROOT || CTX__UNLIKELY(ctx__tracking_on()))
+        return 0;
+    if (kind == CTX__CANCEL) {
+        /* Acquire, as in free_cancel. */
+        uint32_t s = atomic_load_explicit(&c->u.c.state, memory_order_acquire);
+        if (s & ~CTX__ERR_MASK)
+            return 0;
+        if (s != 0 && atomic_load_explicit(&c->lock, memory_order_acquire) != 0)
+            return 0; /* a canceller may still be walking below c */
+        ctx__msg_unref(c->u.c.msg);
+    } else if (kind != CTX__VALUE || c->u.v.destroy != NULL) {
+        return 0;
+    }
+    ctx__node_free(c, sizeof(struct ctx));
+    ctx__live_add(-1);
+    return 1;
+}
+
 void ctx__unref(struct ctx *c)
 {
     if (c == NULL || ctx__kind(c) == CTX__ROOT)
         return;
-    if (drop_ref(c))
+    if (drop_ref(c) && !free_leaf(c))
         free_chain(c);
 }
 
@@ -528,24 +559,83 @@ static void link_cancel(struct ctx *n, ctx_t *parent, struct ctx *p, unsigned ki
     }
     /* Born done, with the parent's err and cause. */
     n->pk = (uintptr_t)ctx__ref(parent) | kind;
+    if (kind == CTX__CANCEL) {
+        /* mark() in short: no other thread can see n yet (no waiter, no
+         * fd, no lock), a cancel node has no hook, and it holds no
+         * message.  The caller's publication of n publishes these. */
+        n->u.c.cause = p->u.c.cause;
+        n->u.c.msg = msg_ref(p->u.c.msg);
+        uint32_t flags = atomic_load_explicit(&n->u.c.state, memory_order_relaxed);
+        atomic_store_explicit(&n->u.c.state, flags | (s & CTX__ERR_MASK), memory_order_relaxed);
+        return;
+    }
     mark(n, s & CTX__ERR_MASK, p->u.c.cause, p->u.c.msg);
 }
 
-ctx_t *ctx_with_cancel(ctx_t *parent, ctx_cancel_t **cancel)
+/* ctx_with_cancel without a handle, any parent. */
+#if defined(__GNUC__) || defined(__clang__)
+__attribute__((noinline))
+#endif
+static ctx_t *
+with_cancel_any(ctx_t *parent)
 {
-    if (cancel == NULL) {
-        if (parent == NULL) {
-            errno = EINVAL;
-            return NULL;
-        }
-        struct ctx *n = ctx__node_alloc(sizeof *n);
-        if (n == NULL) {
-            errno = ENOMEM;
-            return NULL;
-        }
-        init_cancel(n, parent, CTX__CANCEL);
+    if (parent == NULL) {
+        errno = EINVAL;
+        return NULL;
+    }
+    struct ctx *n = ctx__node_alloc(sizeof *n);
+    if (n == NULL) {
+        errno = ENOMEM;
+        return NULL;
+    }
+    init_cancel(n, parent, CTX__CANCEL);
+    return n;
+}
+
+/* ctx_with_cancel without a handle, inline in it.  A child of a root
+ * itself, with a block in this thread's cache, is the commonest creation
+ * of all: made here with no call and no saved register (init_cancel's
+ * work for it, written out); everything else goes to with_cancel_any by a
+ * jump. */
+#if defined(__GNUC__) || defined(__clang__)
+__attribute__((always_inline))
+#endif
+static inline ctx_t *
+with_cancel_plain(ctx_t *parent)
+{
+#if CTX__NODE_CACHE
+    struct ctx *n = ctx__tc.head[0];
+    struct ctx__live_cell *lc = ctx__live_mine;
+    if (parent != NULL && ctx__kind(parent) == CTX__ROOT && n != NULL && lc != NULL &&
+        atomic_load_explicit(&ctx__caching, memory_order_relaxed)) {
+        ctx__tc.head[0] = *(void **)n;
+        ctx__tc.n[0]--;
+        atomic_store_explicit(&lc->n, atomic_load_explicit(&lc->n, memory_order_relaxed) + 1,
+                              memory_order_relaxed);
+        n->up = NULL;
+        n->pk = (uintptr_t)parent | CTX__CANCEL; /* a root is not counted */
+        atomic_init(&n->refs, 1);
+        atomic_init(&n->lock, 0);
+        atomic_init(&n->u.c.state, 0);
+        n->u.c.cause = 0;
+        n->u.c.msg = NULL;
+        n->u.c.children = NULL;
+        n->u.c.link.next = NULL;
+        n->u.c.link.pprev = NULL;
         return n;
     }
+#endif
+    return with_cancel_any(parent);
+}
+
+/* ctx_with_cancel with a handle: a function of its own, so that
+ * ctx_with_cancel reaches it by a jump, and saves no register for it. */
+#if defined(__GNUC__) || defined(__clang__)
+__attribute__((noinline))
+#endif
+static ctx_t *
+with_cancel_handle(ctx_t *parent, ctx_cancel_t **cancel)
+{
     *cancel = NULL;
     if (parent == NULL) {
         errno = EINVAL;
@@ -569,6 +659,11 @@ ctx_t *ctx_with_cancel(ctx_t *parent, ctx_cancel_t **cancel)
 nomem:
     errno = ENOMEM;
     return NULL;
+}
+
+ctx_t *ctx_with_cancel(ctx_t *parent, ctx_cancel_t **cancel)
+{
+    return cancel == NULL ? with_cancel_plain(parent) : with_cancel_handle(parent, cancel);
 }
 
 /* ---------------------------------------------------------------------------
@@ -678,6 +773,8 @@ static void cancel_walk(struct ctx *n, uint32_t err, int cause, struct ctx__msg 
     if (atomic_load_explicit(&n->u.c.state, memory_order_relaxed) & CTX__ERR_MASK) {
         /* Already done; since we hold its lock, whoever did it has finished
          * its subtree too. */
+        if (locked)
+            ctx__slab_retire(n);
         ctx__unlock(&n->lock);
         if (pin != NULL)
             ctx__handle_unpin(pin);
@@ -742,6 +839,7 @@ static void cancel_walk(struct ctx *n, uint32_t err, int cause, struct ctx__msg 
          * Under n's lock, as every change of its state. */
         if (!detach_locked(n, s))
             atomic_store_explicit(&n->u.c.state, s | CTX__DETACH, memory_order_relaxed);
+        ctx__slab_retire(n);
         ctx__unlock(&n->lock);
     } else {
         ctx__unlock(&n->lock);
@@ -786,6 +884,29 @@ void ctx__cancel_deadline(struct ctx__timer *t, struct ctx__chain *defer)
 void ctx__cancel_pinned(struct ctx *n, int cause, struct ctx__msg *msg, const void *h)
 {
     cancel_walk(n, CTX_CANCELED, cause, msg, 0, NULL, h, 0);
+}
+
+int ctx__cancel_leaf_locked(struct ctx *n, int cause, struct ctx__msg *msg)
+{
+    /* A live plain cancel node with no child, AfterFunc record, waiter or
+     * fd (what a handle cancels most): the walk in short, with the same
+     * steps in the same order (mark, leave the parent, retire the handle,
+     * unlock). */
+    uint32_t s = atomic_load_explicit(&n->u.c.state, memory_order_relaxed);
+    if (ctx__kind(n) != CTX__CANCEL ||
+        (s & (CTX__ERR_MASK | CTX__WAITERS | CTX__HAS_FD | CTX__FANNED)) || n->u.c.children != NULL)
+        return 0;
+    /* A live cancel node holds no message (see mark()). */
+    n->u.c.cause = cause;
+    n->u.c.msg = msg_ref(msg);
+    /* Release, as in mark(). */
+    s |= CTX_CANCELED;
+    atomic_store_explicit(&n->u.c.state, s, memory_order_release);
+    if (!detach_locked(n, s))
+        atomic_store_explicit(&n->u.c.state, s | CTX__DETACH, memory_order_relaxed);
+    ctx__slab_retire(n);
+    ctx__unlock(&n->lock);
+    return 1;
 }
 
 void ctx__cancel_locked(struct ctx *n, int cause, struct ctx__msg *msg)
