@@ -1104,8 +1104,9 @@ static void *sweeper(void *arg)
  */
 
 /* A request counts as in flight from its route until libmicrohttpd has
- * sent its answer (or given up on the client), so that the drain at
- * shutdown never closes a connection whose answer is still on its way. */
+ * sent its answer (or given up on the client) and its contexts are freed,
+ * so that the drain at shutdown never closes a connection whose answer is
+ * still on its way, and a gauge at 0 means none of its contexts is left. */
 static void completed(void *cls, struct MHD_Connection *conn, void **state,
                       enum MHD_RequestTerminationCode code)
 {
@@ -1114,13 +1115,13 @@ static void completed(void *cls, struct MHD_Connection *conn, void **state,
     if (r == NULL)
         return;
     *state = NULL;
+    request_ctx_free(&r->rc);
     if (r->counted) {
         pthread_mutex_lock(&drain_mu);
         atomic_fetch_sub_explicit(&requests_in_flight, 1, memory_order_relaxed);
         pthread_cond_broadcast(&drain_cv);
         pthread_mutex_unlock(&drain_mu);
     }
-    request_ctx_free(&r->rc);
     free(r);
     read_deadline(conn, true); /* the next request on it must come in time too */
 }
