@@ -10,15 +10,19 @@ alike.
                           [--before OTHER_REPORTD] [--also NAME=REPORTD]
                           [--skip closed,wide,curve,slow] [--saturating RATE]
                           [--factors 1,1.25,1.5,2] [--curve-rounds N]
+                          [--loads 'no work;compute_ms=1&db_ms=1'] [--conns 50,500]
+                          [--closed-also]
 
 1. Closed loop, wrk -t2, 50 connections and then 500, on three loads:
    /report with no work; /report?compute_ms=1&db_ms=1; two services (a
    front calling a downstream) with /report?upstream_ms=1.  Per round and
-   side: requests/s, p99, non-2xx answers, CPU per request (user+system of
-   the service processes, from /proc).  The ratios are taken round by round.
+   side: requests/s, goodput (2xx answers/s), p99, non-2xx answers, CPU
+   per request (user+system of the service processes, from /proc).  The ratios are taken round by round.
    With --before, a second reportd (another build, e.g. the previous
    commit) runs in the same rounds, and a second table gives reportd's
-   figures against it: a paired A/B of two versions on the same load.
+   figures against it: a paired A/B of two versions on the same load;
+   --closed-also adds the --also builds the same way, and --skip twin
+   leaves the twin out.
 2. The curve: an open-loop generator (bench/service_twin/load) offers
    compute_ms=1&db_ms=1 at rates from a quarter to twice the saturating
    rate found in 1; per rate and side: goodput, p99 of the successful
@@ -127,7 +131,11 @@ def wrk(url, conns, seconds):
     bad = int(m.group(1)) if m else 0
     m = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
     errs = sum(int(x) for x in m.groups()) if m else 0
-    return {"rps": rps, "total": total, "p99": p99, "bad": bad, "errs": errs}
+    # Goodput: the 2xx answers per second.  Under a closed loop a quick
+    # rejection is followed at once by the next request, so requests/s alone
+    # can grow while less work is done.
+    good = rps * max(total - bad - errs, 0) / max(total, 1)
+    return {"rps": rps, "total": total, "p99": p99, "bad": bad, "errs": errs, "good": good}
 
 
 def measure(front, procs, path, conns, seconds):
@@ -141,14 +149,33 @@ def spread(v):
     return "%.2f (%.2f-%.2f)" % (statistics.median(v), min(v), max(v))
 
 
+def ab_row(name, a, b):
+    """One row comparing side a with side b, round by round."""
+    med = statistics.median
+    return "| %s | %.0f | %.0f | %s | %.0f / %.0f | %.1f / %.1f | %d / %d | %.0f / %.0f | %s |" % (
+        name, med(x["rps"] for x in a), med(y["rps"] for y in b),
+        spread([x["rps"] / y["rps"] for x, y in zip(a, b)]),
+        med(x["good"] for x in a), med(y["good"] for y in b),
+        med(x["p99"] for x in a), med(y["p99"] for y in b),
+        sum(x["bad"] + x["errs"] for x in a), sum(y["bad"] + y["errs"] for y in b),
+        med(x["cpu_us"] for x in a), med(y["cpu_us"] for y in b),
+        spread([x["cpu_us"] / y["cpu_us"] for x, y in zip(a, b)]))
+
+
+def ab_header(other):
+    return ["| load | reportd req/s | %s req/s | ratio (median, range) | goodput (2xx/s) "
+            "reportd / %s | p99 reportd / %s ms | non-2xx reportd / %s | CPU per request "
+            "reportd / %s us | CPU ratio |" % ((other,) * 5),
+            "|---|---|---|---|---|---|---|---|---|"]
+
+
 def closed_loop(args, tmp, sides, conns, md):
+    """reportd against every other side in the same rounds, one table each."""
     md.append("\n### Closed loop, wrk -t2, %d connections, %d s rounds\n" % (conns, args.seconds))
-    md.append("| load | reportd req/s | twin req/s | ratio (median, range) | p99 reportd / twin ms "
-              "| non-2xx reportd / twin | CPU per request reportd / twin us | CPU ratio |")
-    md.append("|---|---|---|---|---|---|---|---|")
+    others = [k for k in sides if k != "reportd"]
     sat = {}
-    ab = []
-    for name, path, two in LOADS:
+    rows = {k: [] for k in others}
+    for name, path, two in [l for l in LOADS if l[0] in args.loads]:
         rs = {k: [] for k in sides}
         services = {k: side(k, b, tmp, two) for k, b in sides.items()}
         for rnd in range(args.rounds):
@@ -159,37 +186,15 @@ def closed_loop(args, tmp, sides, conns, md):
         for k in services:
             for p in services[k][1]:
                 p.stop()
-        a, b = rs["reportd"], rs["twin"]
-        ratio = [x["rps"] / y["rps"] for x, y in zip(a, b)]
-        cpu = [x["cpu_us"] / y["cpu_us"] for x, y in zip(a, b)]
-        md.append("| %s | %.0f | %.0f | %s | %.1f / %.1f | %d / %d | %.0f / %.0f | %s |" % (
-            name, statistics.median(x["rps"] for x in a), statistics.median(y["rps"] for y in b),
-            spread(ratio), statistics.median(x["p99"] for x in a),
-            statistics.median(y["p99"] for y in b), sum(x["bad"] + x["errs"] for x in a),
-            sum(y["bad"] + y["errs"] for y in b), statistics.median(x["cpu_us"] for x in a),
-            statistics.median(y["cpu_us"] for y in b), spread(cpu)))
-        sat[name] = max(statistics.median(x["rps"] for x in a),
-                        statistics.median(y["rps"] for y in b))
-        print(md[-1], flush=True)
-        if "before" in rs:
-            b = rs["before"]
-            ab.append("| %s | %.0f | %.0f | %s | %.1f / %.1f | %d / %d | %.0f / %.0f | %s |" % (
-                name, statistics.median(x["rps"] for x in a),
-                statistics.median(y["rps"] for y in b),
-                spread([x["rps"] / y["rps"] for x, y in zip(a, b)]),
-                statistics.median(x["p99"] for x in a), statistics.median(y["p99"] for y in b),
-                sum(x["bad"] + x["errs"] for x in a), sum(y["bad"] + y["errs"] for y in b),
-                statistics.median(x["cpu_us"] for x in a),
-                statistics.median(y["cpu_us"] for y in b),
-                spread([x["cpu_us"] / y["cpu_us"] for x, y in zip(a, b)])))
-            print(ab[-1], flush=True)
-    if ab:
-        md.append("\nThe same rounds, reportd against --before (%s):\n" % args.before)
-        md.append("| load | reportd req/s | before req/s | ratio (median, range) | p99 reportd / "
-                  "before ms | non-2xx reportd / before | CPU per request reportd / before us "
-                  "| CPU ratio |")
-        md.append("|---|---|---|---|---|---|---|---|")
-        md.extend(ab)
+        sat[name] = max(statistics.median(x["rps"] for x in rs[k]) for k in sides)
+        for k in others:
+            rows[k].append(ab_row(name, rs["reportd"], rs[k]))
+            print("%s: %s" % (k, rows[k][-1]), flush=True)
+    for k in others:
+        md.append("\nreportd against %s%s:\n" % (
+            k, " (%s)" % args.before if k == "before" else ""))
+        md.extend(ab_header(k))
+        md.extend(rows[k])
     return sat
 
 
@@ -358,9 +363,22 @@ def main():
                     help="how many times the curve's points are run, the sides alternating")
     ap.add_argument("--skip", default="",
                     help="comma-separated: closed,wide,curve,slow; twin: the curve without it")
+    ap.add_argument("--loads", default="all",
+                    help="the closed loop's loads by name, separated by ';' (default: all)")
+    ap.add_argument("--conns", default="50,500",
+                    help="the closed loop's connection counts (the first is --skip closed, "
+                    "the second --skip wide)")
+    ap.add_argument("--closed-also", action="store_true",
+                    help="run the --also builds in the closed loop too")
     ap.add_argument("--saturating", type=float, default=0,
                     help="the saturating rate for the curve when the closed loop is skipped")
     args = ap.parse_args()
+    args.loads = [l[0] for l in LOADS] if args.loads == "all" else \
+        [l.strip() for l in args.loads.split(";")]
+    for l in args.loads:
+        if l not in [x[0] for x in LOADS]:
+            ap.error("--loads: no load named %r" % l)
+    narrow, wide = (int(c) for c in args.conns.split(","))
     os.makedirs(args.out, exist_ok=True)
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
@@ -376,11 +394,14 @@ def main():
     if args.before:
         sides["before"] = lambda: [args.before, "--listen", "127.0.0.1:0",
                                    "--budget-ms", str(BUDGET_MS)]
-    closed = dict(sides)  # the closed loop compares reportd, the twin and --before
+    # The closed loop compares reportd with the twin, --before and, with
+    # --closed-also, the --also builds; "twin" in --skip leaves the twin out.
     for a in args.also:
         name, binary = a.split("=", 1)
         sides[name] = (lambda b: lambda: [b, "--listen", "127.0.0.1:0", "--budget-ms",
                                           str(BUDGET_MS)])(binary)
+    closed = {k: v for k, v in sides.items()
+              if k not in skip and (args.closed_also or k in ("reportd", "twin", "before"))}
     with open("/proc/cpuinfo") as f:
         model = next((l.split(":", 1)[1].strip() for l in f if l.startswith("model name")), "?")
     md = ["## reportd beside its Go twin",
@@ -391,9 +412,9 @@ def main():
     try:
         sat = {}
         if "closed" not in skip:
-            sat = closed_loop(args, tmp, closed, 50, md)
+            sat = closed_loop(args, tmp, closed, narrow, md)
         if "wide" not in skip:
-            closed_loop(args, tmp, closed, 500, md)
+            closed_loop(args, tmp, closed, wide, md)
         if "curve" not in skip:
             s = sat.get(LOADS[1][0]) or args.saturating or 900
             curve = open_loop(args, tmp, {k: v for k, v in sides.items() if k not in skip},

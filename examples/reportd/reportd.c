@@ -131,7 +131,7 @@ struct request {
     char id[ID_MAX + 1];
     ctx_time_t start;
     struct request_ctx rc;
-    ctx_t *wait;          /* /task: the wait of ms[UPSTREAM] */
+    ctx_t *wait;          /* /task: the wait of ms[UPSTREAM]; a shed /report: its hold */
     long ms[NPARTS];      /* what /report asked for (/task: ms[UPSTREAM]) */
     long took[NPARTS];    /* measured, in ms */
     bool stopped[NPARTS]; /* the part was still running when the context ended */
@@ -179,8 +179,22 @@ struct request {
  * requests let in that have not got their slot yet (wanted) and a moving
  * mean of how long a slot is held (hold); a request whose deadline is
  * nearer than wanted * hold / slots, plus its own work, would not get its
- * slot in time first come, first served, and gets 504 at once, before any
- * thread or part is started.  Counting from the door rather than the queue
+ * slot in time first come, first served, and is turned away before any
+ * thread or part is started: its connection is suspended and answered
+ * 504 once half of what is left of its budget has passed, by a function
+ * that runs when a context of that timeout under the request's ends (a
+ * client that leaves first is let go then).  Answering it at once instead
+ * would be cheaper for it but not for the others: a client that sends its
+ * next request as soon as it has an answer (a closed loop, like a pool of
+ * busy callers) sends it again at once, and under 500 such connections the
+ * rejections became a flood of 15,000 requests/s that took the CPU from
+ * the work let in, which then served almost nothing.  Held for half its
+ * budget, a request turned away costs a timer and no thread, and its
+ * client comes back at most twice a budget.  Holding it to the end of its
+ * budget did as well in the closed loop, but at twice the saturating load
+ * the answers of hundreds of requests held at once came up to 150 ms after
+ * the budget (the event loop sends them, and it was busy); half the budget
+ * leaves that much room.  Counting from the door rather than the queue
  * counts the requests on their way to a worker too.  The hold time is
  * measured rather than the rate of grants, which below saturation is the
  * load, not what the slots can do, and its mean moves slowly (1/32 per
@@ -887,6 +901,27 @@ static bool start_task(struct request *r)
     return false;
 }
 
+/* A /report turned away at the door (see "Shedding") ends here when its
+ * hold does: 504, or nothing when its client left first.  Until then it
+ * holds no thread, only its suspended connection. */
+static void shed_done(void *arg)
+{
+    struct request *r = arg;
+    int err = ctx_err(r->rc.ctx); /* 0: held as long as it was to be */
+    enum outcome o = err == 0 ? DEADLINE : ended_because(r->rc.req, r->rc.ctx, err);
+    ctx_unref(r->wait);
+    r->wait = NULL;
+    if (o == DEADLINE)
+        answer(r, 504, "application/json",
+               "{\"request_id\":\"%s\",\"error\":\"deadline: shed, the queue would outlast "
+               "its budget\"}\n",
+               r->id);
+    else
+        answer_failure(r, o, err);
+    log_line(r->id, r->rc.ctx, "/report", o == CLIENT_GONE ? 499 : r->status, r->start, o, "");
+    finish(r);
+}
+
 /* ------------------------------------------------------------------------
  * Workers.  The event loop suspends a /report and hands it here; a worker
  * runs it as blocking code under its context, leaves the answer in the
@@ -1219,15 +1254,20 @@ static enum MHD_Result start(struct request *r)
                                  : "ms must be an integer from 0 to 60000\n",
                        r->id);
     }
-    if (r->report && !admit(r)) { /* 504 at once: see "Shedding" */
+    if (r->report && !admit(r)) { /* 504 later, with no thread: see "Shedding" */
         atomic_fetch_add_explicit(&requests_shed_total, 1, memory_order_relaxed);
-        answer(r, 504, "application/json",
-               "{\"request_id\":\"%s\",\"error\":\"deadline: shed, the queue would outlast "
-               "its budget\"}\n",
-               r->id);
-        log_line(r->id, r->rc.ctx, path, 504, r->start, DEADLINE, "");
+        ctx_time_t deadline;
+        ctx_deadline(r->rc.ctx, &deadline); /* admit() turns away only under a deadline */
+        MHD_suspend_connection(conn);
+        r->wait = ctx_with_timeout(r->rc.ctx, (deadline - ctx_now()) / 2, NULL);
+        if (r->wait != NULL && ctx_after_func(r->wait, shed_done, r, NULL) == 0)
+            return MHD_YES;
+        ctx_unref(r->wait);
+        r->wait = NULL;
+        MHD_resume_connection(conn);
+        log_line(r->id, r->rc.ctx, path, 503, r->start, ERROR, "");
         request_ctx_free(&r->rc);
-        return respond(conn, 504, r->type, r->body, r->id);
+        return respond(conn, 503, "text/plain", "out of resources\n", r->id);
     }
     MHD_suspend_connection(conn);
     if (!(r->report ? dispatch(r) : start_task(r))) {

@@ -5,10 +5,12 @@
  * a request of 50 ms of computation can only be served 20 times within a
  * budget of 1000 ms.  A burst of 60 such requests at once is three times
  * what the slot can do: the requests that cannot get the slot in time are
- * answered 504 at once, before any part starts (the log line names no
- * stopped part), instead of waiting out their budget on a thread; every
- * answer comes within the budget (plus a margin for a busy machine); the
- * requests admitted are served.  Before the burst, the same requests one
+ * turned away before any part starts (the log line names no stopped part)
+ * and answered 504 once half their budget has passed, not at once (a
+ * client that sent its next request at once would flood the service) and
+ * not on a thread;
+ * every answer comes within the budget (plus a margin for a busy machine);
+ * the requests admitted are served.  Before the burst, the same requests one
  * at a time are all served, and after it nothing is left counted against
  * the slot: a small burst that fits is served in full again.
  */
@@ -115,11 +117,12 @@ static void test_burst_is_shed(void)
             CHECK(strstr(line, " status=504 ") != NULL);
             CHECK(strstr(line, " outcome=deadline ") != NULL);
             /* Turned away at the door: no part was started, so none was
-             * stopped, and it did not wait for its budget to end. */
+             * stopped, and the answer came halfway through the budget. */
             size_t len = strlen(line);
             if (len > 10 && strcmp(line + len - 10, "cancelled=") == 0) {
                 shed_at_door++;
-                CHECK_LE_INT(field_long(line, "ms"), BUDGET_MS / 2);
+                CHECK(field_long(line, "ms") >= BUDGET_MS / 2 - 1);
+                CHECK(ms[i] >= BUDGET_MS / 2 - 1);
             }
         }
         free(line);
@@ -130,10 +133,72 @@ static void test_burst_is_shed(void)
     CHECK(ok >= 1);
     CHECK_LE_INT(ok, BUDGET_MS / WORK_MS + 1);
     /* Of the 40 or more that cannot be served, most are turned away at
-     * once rather than let in to wait. */
+     * the door rather than let in to wait on a thread. */
     CHECK(shed_at_door >= BURST - 2 * (BUDGET_MS / WORK_MS));
     CHECK(metric(&svc, "reportd_requests_shed_total") >= shed_at_door);
     CHECK_LE_INT(latest, BUDGET_MS + 250 * SLACK);
+    CHECK(settled(&svc));
+}
+
+/* A request turned away waits for its budget without a thread, and a
+ * client that leaves meanwhile ends it at once: the log line says the
+ * client has gone (499), no part was started, and it came long before the
+ * budget.  The slot is first made busy past its budget by a burst; the
+ * request sent after the door has begun to turn requests away is turned
+ * away too, and its client gives up after LEAVE_MS. */
+#define LEAVE_MS 200
+static void test_shed_client_leaves(void)
+{
+    long shed0 = metric(&svc, "reportd_requests_shed_total");
+    CURLM *multi = curl_multi_init();
+    CHECK_NOT_NULL(multi);
+    CURL *easy[BURST / 2 + 1];
+    struct curl_slist *hdr[BURST / 2 + 1];
+    char url[128];
+    snprintf(url, sizeof url, "%s/report?compute_ms=%d", svc.url, WORK_MS);
+    int n = 0, running = 0;
+    for (; n <= BURST / 2; n++) {
+        if (n == BURST / 2) { /* the one that leaves, once the door turns requests away */
+            ctx_time_t until = ctx_now() + 10 * CTX_SECOND;
+            while (metric(&svc, "reportd_requests_shed_total") == shed0 && ctx_now() < until) {
+                CHECK_EQ_INT(curl_multi_perform(multi, &running), CURLM_OK);
+                CHECK_EQ_INT(curl_multi_poll(multi, NULL, 0, 5, NULL), CURLM_OK);
+            }
+            CHECK(metric(&svc, "reportd_requests_shed_total") > shed0);
+        }
+        char h[64];
+        snprintf(h, sizeof h, "X-Request-Id: leave-%d", n);
+        hdr[n] = curl_slist_append(NULL, h);
+        easy[n] = curl_easy_init();
+        CHECK_NOT_NULL(easy[n]);
+        curl_easy_setopt(easy[n], CURLOPT_URL, url);
+        curl_easy_setopt(easy[n], CURLOPT_HTTPHEADER, hdr[n]);
+        curl_easy_setopt(easy[n], CURLOPT_NOSIGNAL, 1L);
+        curl_easy_setopt(easy[n], CURLOPT_TIMEOUT_MS, n == BURST / 2 ? (long)LEAVE_MS : 30000L);
+        curl_easy_setopt(easy[n], CURLOPT_WRITEFUNCTION, discard);
+        CHECK_EQ_INT(curl_multi_add_handle(multi, easy[n]), CURLM_OK);
+    }
+    do {
+        CHECK_EQ_INT(curl_multi_perform(multi, &running), CURLM_OK);
+        if (running > 0)
+            CHECK_EQ_INT(curl_multi_poll(multi, NULL, 0, 100, NULL), CURLM_OK);
+    } while (running > 0);
+    for (int i = 0; i < n; i++) {
+        curl_multi_remove_handle(multi, easy[i]);
+        curl_easy_cleanup(easy[i]);
+        curl_slist_free_all(hdr[i]);
+    }
+    curl_multi_cleanup(multi);
+    char id[32];
+    snprintf(id, sizeof id, "leave-%d", BURST / 2);
+    char *line = line_of(id);
+    fprintf(stderr, "   %s\n", line);
+    CHECK(strstr(line, " status=499 ") != NULL);
+    CHECK(strstr(line, " outcome=client_gone ") != NULL);
+    size_t len = strlen(line);
+    CHECK(len > 10 && strcmp(line + len - 10, "cancelled=") == 0);
+    CHECK(field_long(line, "ms") < BUDGET_MS / 2 - 1);
+    free(line);
     CHECK(settled(&svc));
 }
 
@@ -157,6 +222,8 @@ int main(int argc, char **argv)
     SVC_START(&svc, "reportd", argv[1], "--budget-ms", budget, "--compute-slots", "1");
     RUN_TEST(test_one_at_a_time);
     RUN_TEST(test_burst_is_shed);
+    RUN_TEST(test_after_the_burst);
+    RUN_TEST(test_shed_client_leaves);
     RUN_TEST(test_after_the_burst);
     CHECK_EQ_INT(svc_stop(&svc), 0);
     curl_global_cleanup();
