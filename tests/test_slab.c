@@ -17,16 +17,11 @@
  *     the handle cells) the size they were: freed blocks are reused, a
  *     thread's lists go back to the global ones when the thread exits;
  *   - under AddressSanitizer, reading a freed node is reported although its
- *     block stays in the slab;
- *   - on Linux, the slab's memory beyond its first 16 chunks is advised for
- *     transparent huge pages.
+ *     block stays in the slab.
  */
 #include "check.h"
 
-#include <inttypes.h>
 #include <signal.h>
-#include <stdbool.h>
-#include <sys/mman.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -249,81 +244,6 @@ static void test_thread_exit_returns(void)
 #endif
 #endif
 
-#if defined(__SANITIZE_THREAD__)
-#define SLAB_TSAN 1
-#elif defined(__has_feature)
-#if __has_feature(thread_sanitizer)
-#define SLAB_TSAN 1
-#endif
-#endif
-
-#if defined(__linux__) && defined(MADV_HUGEPAGE) && !defined(SLAB_ASAN) && !defined(SLAB_TSAN)
-/* Whether the kernel's transparent huge pages are on for advised memory. */
-static bool thp_offered(void)
-{
-    char line[128] = "";
-    FILE *f = fopen("/sys/kernel/mm/transparent_hugepage/enabled", "r");
-    if (f == NULL)
-        return false;
-    bool ok = fgets(line, sizeof line, f) != NULL && strstr(line, "[never]") == NULL;
-    fclose(f);
-    return ok;
-}
-
-/* The smaps field "name:" of the mapping that holds p, or -1. */
-static long smaps_field(const void *p, const char *name)
-{
-    FILE *f = fopen("/proc/self/smaps", "r");
-    CHECK_NOT_NULL(f);
-    char line[512];
-    bool inside = false;
-    long v = -1;
-    size_t n = strlen(name);
-    while (fgets(line, sizeof line, f) != NULL) {
-        uintptr_t lo, hi;
-        /* A mapping's first line is "lo-hi perms ..."; its fields follow
-         * as "Name: value" lines, none of which reads as "hex-hex". */
-        if (sscanf(line, "%" SCNxPTR "-%" SCNxPTR " ", &lo, &hi) == 2) {
-            inside = (uintptr_t)p >= lo && (uintptr_t)p < hi;
-            continue;
-        }
-        if (inside && strncmp(line, name, n) == 0 && line[n] == ':') {
-            v = strtol(line + n + 1, NULL, 10);
-            break;
-        }
-    }
-    fclose(f);
-    return v;
-}
-
-/* A process that keeps more handle nodes than the first 16 chunks hold
- * gets the later ones from memory advised for huge pages; the first ones
- * stay on memory without the advice. */
-static void test_large_slab_asks_huge_pages(void)
-{
-    enum { N = 60000 }; /* beyond 16 chunks of 2730 */
-    ctx_t **c = malloc(N * sizeof *c);
-    CHECK_NOT_NULL(c);
-    for (int i = 0; i < N; i++) {
-        c[i] = ctx_with_timeout(ctx_background(), CTX_HOUR, NULL);
-        CHECK_NOT_NULL(c[i]);
-    }
-    size_t made, g, m;
-    ctx__slab_counts(&made, &g, &m);
-    CHECK_MSG(made > 16 * 2730, "only %zu blocks carved", made);
-    if (thp_offered()) {
-        /* The node made last was carved last: the free blocks the tests
-         * before left behind were all taken first. */
-        ctx_t *late = c[N - 1];
-        long eligible = smaps_field(late, "THPeligible");
-        CHECK_MSG(eligible == 1, "THPeligible %ld for the mapping of a late node", eligible);
-    }
-    for (int i = 0; i < N; i++)
-        ctx_unref(c[i]);
-    free(c);
-}
-#endif
-
 #ifdef SLAB_ASAN
 static void read_after_free(void *arg)
 {
@@ -354,9 +274,6 @@ int main(void)
     RUN_TEST(test_thread_exit_returns);
 #ifdef SLAB_ASAN
     RUN_TEST(test_asan_sees_use_after_free);
-#endif
-#if defined(__linux__) && defined(MADV_HUGEPAGE) && !defined(SLAB_ASAN) && !defined(SLAB_TSAN)
-    RUN_TEST(test_large_slab_asks_huge_pages);
 #endif
     return 0;
 }

@@ -156,8 +156,7 @@ static unsigned char *carve;
 static uint32_t carved = CTX__SLAB_PER;
 #if !CTX__SANITIZED
 static unsigned char *region, *region_end;
-#define REGION     (16 * CTX__SLAB_CHUNK)
-#define HUGE_ALIGN ((size_t)2 << 20) /* a huge page on x86-64 and arm64 (4 KiB base pages) */
+#define REGION (16 * CTX__SLAB_CHUNK)
 #endif
 
 /* A new chunk, aligned to its size, or NULL.  Under slab_lock. */
@@ -168,35 +167,17 @@ static unsigned char *chunk_new(void)
 #else
     if (region == region_end) {
         /* 16 chunks at a time, aligned by trimming the mapping.  Only the
-         * pages that blocks are carved from become resident.  From the
-         * second region on, the process has shown that it keeps tens of
-         * thousands of such nodes: the region is aligned to 2 MiB and asks
-         * for transparent huge pages, so that a million timeouts take
-         * 48 huge pages instead of 23,000 small ones and their random access
-         * (cancelling them in any order) misses the TLB far less.  The
-         * first region keeps small pages: a program with a few timers
-         * gains nothing from 2 MiB resident at once. */
-        size_t align = CTX__SLAB_CHUNK;
-#ifdef MADV_HUGEPAGE
-        if (region != NULL)
-            align = HUGE_ALIGN;
-#endif
-        size_t len = REGION + align;
+         * pages that blocks are carved from become resident. */
+        size_t len = REGION + CTX__SLAB_CHUNK;
         void *m = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
         if (m == MAP_FAILED)
             return NULL;
-        uintptr_t a = ((uintptr_t)m + align - 1) & ~(uintptr_t)(align - 1);
+        uintptr_t a = ((uintptr_t)m + CTX__SLAB_CHUNK - 1) & ~(CTX__SLAB_CHUNK - 1);
         uintptr_t end = (uintptr_t)m + len;
         if (a > (uintptr_t)m)
             munmap(m, a - (uintptr_t)m);
         if (end > a + REGION)
             munmap((void *)(a + REGION), end - (a + REGION));
-#ifdef MADV_HUGEPAGE
-        /* Advice only: where the kernel has no huge pages to give, or
-         * transparent huge pages are off, the region stays small pages. */
-        if (align == HUGE_ALIGN)
-            (void)madvise((void *)a, REGION, MADV_HUGEPAGE);
-#endif
         region = (unsigned char *)a;
         region_end = region + REGION;
     }
