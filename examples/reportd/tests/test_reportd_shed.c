@@ -38,6 +38,25 @@ static size_t discard(char *p, size_t size, size_t n, void *arg)
     return size * n;
 }
 
+/* One /report of WORK_MS ms of computation with request ID id, added to
+ * multi; *hdr keeps its header list for the caller to free. */
+static CURL *add_report(CURLM *multi, const char *id, long timeout_ms, struct curl_slist **hdr)
+{
+    char url[128], h[64];
+    snprintf(url, sizeof url, "%s/report?compute_ms=%d", svc.url, WORK_MS);
+    snprintf(h, sizeof h, "X-Request-Id: %s", id);
+    *hdr = curl_slist_append(NULL, h);
+    CURL *e = curl_easy_init();
+    CHECK_NOT_NULL(e);
+    curl_easy_setopt(e, CURLOPT_URL, url);
+    curl_easy_setopt(e, CURLOPT_HTTPHEADER, *hdr);
+    curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
+    curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, timeout_ms);
+    curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, discard);
+    CHECK_EQ_INT(curl_multi_add_handle(multi, e), CURLM_OK);
+    return e;
+}
+
 /* n requests of WORK_MS ms of computation sent at once with curl's multi
  * interface; each one's status and time go into status[] and ms[]. */
 static void burst(int n, const char *prefix, long *status, long *ms)
@@ -46,21 +65,11 @@ static void burst(int n, const char *prefix, long *status, long *ms)
     CHECK_NOT_NULL(multi);
     CURL *easy[BURST];
     struct curl_slist *hdr[BURST];
-    char url[128];
-    snprintf(url, sizeof url, "%s/report?compute_ms=%d", svc.url, WORK_MS);
     CHECK_LE_INT(n, BURST);
     for (int i = 0; i < n; i++) {
-        char h[64];
-        snprintf(h, sizeof h, "X-Request-Id: %s-%d", prefix, i);
-        hdr[i] = curl_slist_append(NULL, h);
-        easy[i] = curl_easy_init();
-        CHECK_NOT_NULL(easy[i]);
-        curl_easy_setopt(easy[i], CURLOPT_URL, url);
-        curl_easy_setopt(easy[i], CURLOPT_HTTPHEADER, hdr[i]);
-        curl_easy_setopt(easy[i], CURLOPT_NOSIGNAL, 1L);
-        curl_easy_setopt(easy[i], CURLOPT_TIMEOUT_MS, 30000L);
-        curl_easy_setopt(easy[i], CURLOPT_WRITEFUNCTION, discard);
-        CHECK_EQ_INT(curl_multi_add_handle(multi, easy[i]), CURLM_OK);
+        char id[48];
+        snprintf(id, sizeof id, "%s-%d", prefix, i);
+        easy[i] = add_report(multi, id, 30000L, &hdr[i]);
     }
     int running = n;
     while (running > 0) {
@@ -154,8 +163,6 @@ static void test_shed_client_leaves(void)
     CHECK_NOT_NULL(multi);
     CURL *easy[BURST / 2 + 1];
     struct curl_slist *hdr[BURST / 2 + 1];
-    char url[128];
-    snprintf(url, sizeof url, "%s/report?compute_ms=%d", svc.url, WORK_MS);
     int n = 0, running = 0;
     for (; n <= BURST / 2; n++) {
         if (n == BURST / 2) { /* the one that leaves, once the door turns requests away */
@@ -166,17 +173,9 @@ static void test_shed_client_leaves(void)
             }
             CHECK(metric(&svc, "reportd_requests_shed_total") > shed0);
         }
-        char h[64];
-        snprintf(h, sizeof h, "X-Request-Id: leave-%d", n);
-        hdr[n] = curl_slist_append(NULL, h);
-        easy[n] = curl_easy_init();
-        CHECK_NOT_NULL(easy[n]);
-        curl_easy_setopt(easy[n], CURLOPT_URL, url);
-        curl_easy_setopt(easy[n], CURLOPT_HTTPHEADER, hdr[n]);
-        curl_easy_setopt(easy[n], CURLOPT_NOSIGNAL, 1L);
-        curl_easy_setopt(easy[n], CURLOPT_TIMEOUT_MS, n == BURST / 2 ? (long)LEAVE_MS : 30000L);
-        curl_easy_setopt(easy[n], CURLOPT_WRITEFUNCTION, discard);
-        CHECK_EQ_INT(curl_multi_add_handle(multi, easy[n]), CURLM_OK);
+        char id[48];
+        snprintf(id, sizeof id, "leave-%d", n);
+        easy[n] = add_report(multi, id, n == BURST / 2 ? (long)LEAVE_MS : 30000L, &hdr[n]);
     }
     do {
         CHECK_EQ_INT(curl_multi_perform(multi, &running), CURLM_OK);
