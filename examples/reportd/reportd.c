@@ -230,6 +230,10 @@ struct waiter {
     struct waiter *prev, *next; /* toward the older, toward the newer */
 };
 
+/* Everything but the atomics is under mu.  The atomics are written under
+ * mu too (wanted excepted: the door and the parts count it) and read
+ * without it, relaxed: the door and the other kind of slot take them as
+ * estimates, and no other data is published through them. */
 struct slots {
     pthread_mutex_t mu;
     _Atomic ctx_time_t short_wait; /* when a waiter last got its slot quickly */
