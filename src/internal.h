@@ -709,8 +709,9 @@ void ctx__unref(struct ctx *c);
  * the bind that follows it on the same thread cannot fail; call it before
  * anything that would have to be undone.  bind gives the cancel node n (a
  * handle block) a handle; handle_new gives any object a cell, storing the
- * cell index + 1 in *idx.  pin returns the object of a live handle and
- * keeps it from being dropped until unpin, or NULL for a stale one; it
+ * cell index + 1 in *idx.  pin returns the object of a live cell handle
+ * and keeps it from being dropped until unpin, or NULL for a stale one (a
+ * slab handle's node is held by its lock instead: cancel.c); it
  * aborts with a message naming `what` for a foreign one.  peek is pin
  * without the pin, for an object whose owner keeps it alive (a stale
  * handle still reads NULL).  drop takes the index + 1 from handle_new and

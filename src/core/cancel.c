@@ -365,28 +365,6 @@ static inline int slab_live(uint32_t w, uintptr_t v)
     return ((w >> 2) & SGEN_MASK) == (v & SGEN_MASK) && (w & CTX__SLAB_BOUND);
 }
 
-static inline void *slab_pin(uintptr_t v, const char *what)
-{
-    _Atomic uint32_t *w = slab_word(v, what);
-    uint32_t x = atomic_load_explicit(w, memory_order_relaxed);
-    for (;;) {
-        if (!slab_live(x, v))
-            return NULL; /* stale: the node was freed */
-        if (x & PINNED) {
-            /* Another canceller of the same context, for the moment its
-             * cancellation walk takes. */
-            sched_yield();
-            x = atomic_load_explicit(w, memory_order_relaxed);
-            continue;
-        }
-        /* Acquire: pairs with the release in ctx__handle_unpin of an
-         * earlier pin. */
-        if (atomic_compare_exchange_weak_explicit(w, &x, x | PINNED, memory_order_acquire,
-                                                  memory_order_relaxed))
-            return CTX__CONTAINER(w, struct ctx__hnode, handle);
-    }
-}
-
 /* The node of slab handle v with its lock held, or NULL when the handle is
  * stale.  The node's lock is the pin: the block stays a node block forever,
  * so a stale handle may take the lock of whatever the block holds now, and
@@ -411,10 +389,10 @@ static struct ctx *slab_lock(uintptr_t v, const char *what)
     return n;
 }
 
+/* Cell handles only: a slab handle's node is pinned by its lock
+ * (slab_lock). */
 void *ctx__handle_pin(const void *h, const char *what)
 {
-    if (((uintptr_t)h & KIND_MASK) == KIND_SLAB)
-        return slab_pin((uintptr_t)h, what);
     uint32_t gen;
     struct cell *c = decode(h, &gen, what);
     uint32_t w = atomic_load_explicit(&c->word, memory_order_relaxed);
@@ -443,13 +421,8 @@ void *ctx__handle_pin(const void *h, const char *what)
 void ctx__handle_unpin(const void *h)
 {
     static const char what[] = "ctx_cancel: not a cancel handle";
-    _Atomic uint32_t *w;
-    if (((uintptr_t)h & KIND_MASK) == KIND_SLAB) {
-        w = slab_word((uintptr_t)h, what);
-    } else {
-        uint32_t gen;
-        w = &decode(h, &gen, what)->word;
-    }
+    uint32_t gen;
+    _Atomic uint32_t *w = &decode(h, &gen, what)->word; /* a cell: ctx__handle_pin */
     /* A plain store, not a read-modify-write: while the word is pinned
      * nobody else changes it (other pinners and the drop wait), so it is
      * ours to put back.  Release: what the canceller did to the object
