@@ -836,9 +836,10 @@ static void cancel_walk(struct ctx *n, uint32_t err, int cause, struct ctx__msg 
         /* Once its lock goes n may be freed, so it leaves now; when that
          * would mean waiting (a canceller of the parent may hold the
          * parent's lock and wait for n's), its free unlinks it instead.
-         * Under n's lock, as every change of its state. */
+         * Under n's lock, as every change of its state; release, like
+         * mark()'s store of the error that it extends. */
         if (!detach_locked(n, s))
-            atomic_store_explicit(&n->u.c.state, s | CTX__DETACH, memory_order_relaxed);
+            atomic_store_explicit(&n->u.c.state, s | CTX__DETACH, memory_order_release);
         ctx__slab_retire(n);
         ctx__unlock(&n->lock);
     } else {
@@ -903,7 +904,7 @@ int ctx__cancel_leaf_locked(struct ctx *n, int cause, struct ctx__msg *msg)
     s |= CTX_CANCELED;
     atomic_store_explicit(&n->u.c.state, s, memory_order_release);
     if (!detach_locked(n, s))
-        atomic_store_explicit(&n->u.c.state, s | CTX__DETACH, memory_order_relaxed);
+        atomic_store_explicit(&n->u.c.state, s | CTX__DETACH, memory_order_release);
     ctx__slab_retire(n);
     ctx__unlock(&n->lock);
     return 1;
