@@ -12,7 +12,11 @@
  * other thread looks at wakes or starts the next one before it runs its
  * task (Go's scheduler hands work on the same way between its spinning
  * threads).  So a task never waits behind a task that blocks (a thread
- * inside a task looks at nothing), threads start one at a time as tasks
+ * inside a task looks at nothing) as long as threads can be started: at
+ * the thread cap, or when a start fails, tasks already queued wait for a
+ * thread to come free (or for their group's ctx_group_wait, which runs
+ * them), and a submission that nobody would look at gets EAGAIN.  Threads
+ * start one at a time as tasks
  * need them, a burst that its submitter runs itself (below) starts one
  * thread and not one per task, and a burst of short tasks is handed over
  * without a system call each: a thread that finds the queue empty polls it
@@ -401,8 +405,6 @@ static int cover_locked(void)
     P.looking++;
     return 1;
 }
-
-static void *pool_main(void *arg);
 
 /* Starts the thread that cover_locked counted.  Outside the lock: starting
  * a thread maps its stack and clones, tens of microseconds during which
