@@ -8,7 +8,17 @@
  *   fanout THREADS   THREADS threads each create, cancel and free children
  *                    of one shared parent (Go's BaseContext shape), 10M in
  *                    all: ns per operation of the whole (wall time / all
- *                    operations), and CPU time per operation
+ *                    operations), and CPU time per operation; the same
+ *                    shape as bench/round2_go's, for the side by side
+ *   fanmix           the scaling of that loop, in one process: 1 thread
+ *                    on a parent, 2 threads on one parent, and 2 threads
+ *                    with a parent each (nothing of the library's shared:
+ *                    what the two CPUs give this loop at best), in turns
+ *                    of fixed time whose order rotates, so that the three
+ *                    meet the same machine; each turn counts what every
+ *                    thread did in its time, so a thread on a slower CPU
+ *                    does not hold up the end.  Medians over the turns,
+ *                    and the ratios within each set of three
  *   storm MODE       1,000,000 deadlines spread over 2 s, coming due 3 s
  *                    after they are made (time for Go to start a million
  *                    goroutines); lateness p50/p99/max.  MODE
@@ -125,6 +135,163 @@ static void fanout(int threads)
     ctx_cancel(pc);
     ctx_unref(shared);
     free(t);
+}
+
+/* ---------------------------------------------------------------------------
+ * Fan-out scaling in one process
+ *
+ * Two ways of measuring "2 threads against 1" from separate processes
+ * mislead on a virtual machine.  A thread's speed at this loop changes
+ * with the state of the CPU it is given (on the 2-CPU test machine it
+ * moves between about 33 and 60 ns per operation within one run, while
+ * the library-free store and load loop of the same moments moves in
+ * step), so two processes run seconds apart meet different machines; and
+ * with a fixed share of the work per thread, the pair is timed by the
+ * thread on the slower CPU, the faster one idle at the end.  Here the
+ * three shapes take turns in one process, each turn a fixed time in which
+ * every running thread counts what it did, and the order rotates so that
+ * none always follows the same one.  Between turns the workers block (a
+ * barrier; the barriers also order mix_until and the counts between the
+ * threads), so that the CPU of a thread not running is idle, as it is in
+ * a 1-thread program. */
+
+enum { MIX_ONE, MIX_SHARED, MIX_PRIVATE, MIX_SHAPES };
+
+static pthread_barrier_t mix_start, mix_end;
+static ctx_time_t mix_until; /* when the workers stop, set before a turn */
+static int mix_threads;      /* threads that work in this turn; -1: exit */
+static ctx_t *mix_parent[2];
+static struct {
+    long ops;
+    double cpu;
+    char pad[64 - sizeof(long) - sizeof(double)]; /* a line per worker */
+} mix_out[2];
+
+static double thread_cpu_ns(void);
+static int cmp_double(const void *a, const void *b);
+
+static void *mix_main(void *arg)
+{
+    long id = (long)arg;
+    for (;;) {
+        pthread_barrier_wait(&mix_start);
+        if (mix_threads < 0)
+            return NULL;
+        long n = 0;
+        double c0 = thread_cpu_ns();
+        if (id < mix_threads) {
+            ctx_t *p = mix_parent[id];
+            /* The workers stop on the clock themselves: the main thread
+             * does nothing during a turn, so that under a real-time
+             * priority (round2.py --rt) no worker waits for it. */
+            while (ctx_now() < mix_until) {
+                for (int i = 0; i < 256; i++) {
+                    ctx_cancel_t *cc;
+                    ctx_t *c = ctx_with_cancel(p, &cc);
+                    if (c == NULL)
+                        die("ctx_with_cancel");
+                    ctx_cancel(cc);
+                    ctx_unref(c);
+                }
+                n += 256;
+            }
+        }
+        mix_out[id].ops = n;
+        mix_out[id].cpu = thread_cpu_ns() - c0;
+        pthread_barrier_wait(&mix_end);
+    }
+}
+
+/* One turn of shape k, lasting about ms milliseconds: wall ns per
+ * operation of all threads together, CPU ns per operation. */
+static void mix_turn(int k, long ms, double *ns, double *cpu)
+{
+    /* A new parent each turn, so that the one-thread turn takes the path
+     * of a parent that never saw two threads at once, as in a 1-thread
+     * program, and a shared turn installs its fan-out as a fresh parent
+     * does. */
+    ctx_cancel_t *pc[2];
+    mix_parent[0] = ctx_with_cancel(ctx_background(), &pc[0]);
+    mix_parent[1] = k == MIX_PRIVATE ? ctx_with_cancel(ctx_background(), &pc[1]) : mix_parent[0];
+    if (mix_parent[0] == NULL || mix_parent[1] == NULL)
+        die("ctx_with_cancel");
+    mix_threads = k == MIX_ONE ? 1 : 2;
+    ctx_time_t t0 = ctx_now();
+    mix_until = t0 + ms * CTX_MILLISECOND;
+    pthread_barrier_wait(&mix_start);
+    pthread_barrier_wait(&mix_end);
+    ctx_time_t t1 = ctx_now();
+    long ops = 0;
+    double c = 0;
+    for (int i = 0; i < mix_threads; i++) {
+        ops += mix_out[i].ops;
+        c += mix_out[i].cpu;
+    }
+    if (ops == 0)
+        die("a turn (no operation done)");
+    *ns = (double)(t1 - t0) / (double)ops;
+    *cpu = c / (double)ops;
+    ctx_cancel(pc[0]);
+    ctx_unref(mix_parent[0]);
+    if (k == MIX_PRIVATE) {
+        ctx_cancel(pc[1]);
+        ctx_unref(mix_parent[1]);
+    }
+}
+
+static double median_of(double *v, int n)
+{
+    qsort(v, (size_t)n, sizeof *v, cmp_double);
+    return n % 2 ? v[n / 2] : (v[n / 2 - 1] + v[n / 2]) / 2;
+}
+
+static void fanmix(void)
+{
+    enum { SETS = 15 };
+    const int sets = quick ? 2 : SETS;
+    const long ms = quick ? 20 : 150;
+    static const char *const names[MIX_SHAPES] = { "one", "shared", "private" };
+    double ns[MIX_SHAPES][SETS], cpu[MIX_SHAPES][SETS];
+    double scale[SETS], ceiling[SETS], share[SETS];
+    if (pthread_barrier_init(&mix_start, NULL, 3) != 0 ||
+        pthread_barrier_init(&mix_end, NULL, 3) != 0)
+        die("pthread_barrier_init");
+    pthread_t t[2];
+    for (long i = 0; i < 2; i++)
+        if (pthread_create(&t[i], NULL, mix_main, (void *)i) != 0)
+            die("pthread_create");
+    double warm_ns, warm_cpu;
+    for (int k = 0; k < MIX_SHAPES; k++)
+        mix_turn(k, ms / 5, &warm_ns, &warm_cpu); /* first touch, not counted */
+    for (int s = 0; s < sets; s++) {
+        for (int j = 0; j < MIX_SHAPES; j++) {
+            int k = (s + j) % MIX_SHAPES;
+            mix_turn(k, ms, &ns[k][s], &cpu[k][s]);
+        }
+        scale[s] = ns[MIX_ONE][s] / ns[MIX_SHARED][s];
+        ceiling[s] = ns[MIX_ONE][s] / ns[MIX_PRIVATE][s];
+        share[s] = ns[MIX_PRIVATE][s] / ns[MIX_SHARED][s];
+    }
+    mix_threads = -1;
+    pthread_barrier_wait(&mix_start);
+    for (int i = 0; i < 2; i++)
+        pthread_join(t[i], NULL);
+    char key[64];
+    for (int k = 0; k < MIX_SHAPES; k++) {
+        snprintf(key, sizeof key, "fanmix.%s.ns_per_op", names[k]);
+        put(key, median_of(ns[k], sets), "ns/op");
+        snprintf(key, sizeof key, "fanmix.%s.cpu_ns_per_op", names[k]);
+        put(key, median_of(cpu[k], sets), "ns/op");
+    }
+    /* Ratios of throughput within each set of three, then their median:
+     * 2 threads on one parent against 1; 2 threads with a parent each
+     * against 1 (the ceiling the machine gives this loop); and the one
+     * parent's share of that ceiling. */
+    put("fanmix.scale", median_of(scale, sets), "x"); /* sorts scale */
+    put("fanmix.scale_min", scale[0], "x");
+    put("fanmix.scale_max", scale[sets - 1], "x");
+    put("fanmix.ceiling", median_of(ceiling, sets), "x");
+    put("fanmix.shared_of_ceiling", median_of(share, sets), "x");
 }
 
 /* ---------------------------------------------------------------------------
@@ -411,6 +578,8 @@ int main(int argc, char **argv)
     }
     if (i < argc && strcmp(argv[i], "fanout") == 0 && i + 1 < argc) {
         fanout(atoi(argv[i + 1]));
+    } else if (i < argc && strcmp(argv[i], "fanmix") == 0) {
+        fanmix();
     } else if (i < argc && strcmp(argv[i], "storm") == 0 && i + 1 < argc) {
         storm(strcmp(argv[i + 1], "after") == 0);
     } else if (i < argc && strcmp(argv[i], "timeouts") == 0) {
@@ -420,10 +589,11 @@ int main(int argc, char **argv)
     } else if (i < argc && strcmp(argv[i], "timeout_cpu") == 0) {
         timeout_cpu();
     } else {
-        fprintf(stderr,
-                "usage: %s [--quick] fanout THREADS | storm after|state | timeouts | lone | "
-                "timeout_cpu\n",
-                argv[0]);
+        fprintf(
+            stderr,
+            "usage: %s [--quick] fanout THREADS | fanmix | storm after|state | timeouts | lone | "
+            "timeout_cpu\n",
+            argv[0]);
         return 2;
     }
     return 0;

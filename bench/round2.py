@@ -97,7 +97,7 @@ def go_build(go_dir, out_dir):
     return exe
 
 
-# (row label, figure key, libctx command, Go command or None, lower is better)
+# (row label, figure key, libctx command, Go command or None)
 def figures(quick, only):
     q = ["--quick"] if quick else []
     gq = ["-quick"] if quick else []
@@ -110,6 +110,14 @@ def figures(quick, only):
             rows.append(("Shared-parent fan-out, %d thread%s: CPU time (ns/op)"
                          % (t, "s" if t > 1 else ""), "fanout.cpu_ns_per_op",
                          q + ["fanout", str(t)], gq + ["fanout", str(t)]))
+        # The same loop with 1 and 2 threads taking turns in one process
+        # (bench/round2.c fanmix): libctx only, no Go peer.
+        for key, label in (("one", "1 thread"), ("shared", "2 threads, one parent"),
+                           ("private", "2 threads, a parent each (nothing shared)")):
+            rows.append(("Fan-out in turns, %s (ns/op)" % label,
+                         "fanmix.%s.ns_per_op" % key, q + ["fanmix"], None))
+            rows.append(("Fan-out in turns, %s: CPU time (ns/op)" % label,
+                         "fanmix.%s.cpu_ns_per_op" % key, q + ["fanmix"], None))
     if only in (None, "storm"):
         for key, label in (("storm.p50", "p50"), ("storm.p99", "p99"), ("storm.max", "max")):
             rows.append(("Storm with callbacks, lateness %s (us) [Go: time.AfterFunc]" % label,
@@ -183,8 +191,8 @@ def main():
             if ck not in seen:
                 seen.add(ck)
                 c_res.setdefault(ck, []).append(run([a.bin] + ccmd))
-            gk = ("go",) + tuple(gcmd)
-            if go is not None and gk not in seen:
+            gk = ("go",) + tuple(gcmd) if gcmd is not None else None
+            if go is not None and gk is not None and gk not in seen:
                 seen.add(gk)
                 g_res.setdefault(gk, []).append(run([go] + gcmd))
         sys.stderr.write("round2: round %d of %d done\n" % (r + 1, a.rounds))
@@ -215,7 +223,8 @@ def main():
     medians = {}
     for label, key, ccmd, gcmd in rows:
         cs = spread(values(c_res.get(tuple(ccmd), []), key))
-        gs = spread(values(g_res.get(("go",) + tuple(gcmd), []), key)) if go else None
+        gs = (spread(values(g_res.get(("go",) + tuple(gcmd), []), key))
+              if go and gcmd is not None else None)
         ratio = "n/a"
         if cs and gs and cs[1] > 0:
             ratio = "%.2fx" % (gs[1] / cs[1])
@@ -225,9 +234,29 @@ def main():
     f2 = medians.get("Shared-parent fan-out, 2 threads (ns/op)")
     if f1 and f2 and f1[0] and f2[0]:
         lines.append("")
-        lines.append("Fan-out scaling, libctx: 2 threads give %.2fx the throughput of 1 "
+        lines.append("Fan-out scaling from separate processes, libctx: 2 threads give %.2fx "
+                     "the throughput of 1 "
                      "(medians)%s." % (f1[0] / f2[0], "" if not (f1[1] and f2[1]) else
                                        "; Go: %.2fx" % (f1[1] / f2[1])))
+    mix = c_res.get(tuple((["--quick"] if a.quick else []) + ["fanmix"]), [])
+    scale = spread(values(mix, "fanmix.scale"))
+    ceiling = spread(values(mix, "fanmix.ceiling"))
+    share = spread(values(mix, "fanmix.shared_of_ceiling"))
+    if scale and ceiling and share:
+        lines.append("")
+        lines.append("Fan-out scaling in turns (one process; 1 thread, 2 threads on one parent and "
+                     "2 threads with a parent each alternate in turns of %s; each figure the "
+                     "median of the ratios within a set of turns, min / median / max over the "
+                     "rounds): 2 threads on one parent give %s the throughput of 1; 2 threads "
+                     "with nothing shared give %s (what the machine gives this loop); one parent "
+                     "reaches %s of that." % ("20 ms" if a.quick else "150 ms", cell(scale), cell(ceiling),
+                                                cell(share)))
+        lines.append("")
+        lines.append("The separate-process line above compares a 1-thread process and a "
+                     "2-thread process run seconds apart; a CPU's speed at this loop changes "
+                     "between such runs on a virtual machine, so that line can say 1.0x or "
+                     "1.9x of the same build.  The turns compare the three shapes on the same "
+                     "machine state.")
     text = "\n".join(lines) + "\n"
     sys.stdout.write(text)
     with open(os.path.join(a.out, "round2.md"), "w") as f:
