@@ -9,7 +9,9 @@
  *               read(2) / write(2), against the bare system call that
  *               ctx_read / ctx_write make (preadv2 with RWF_NOWAIT, pwritev2
  *               with RWF_NOWAIT | RWF_NOSIGNAL: the floor of a call that
- *               never blocks and never changes the fd), and against Go's
+ *               never blocks and never changes the fd), against readv(2) /
+ *               writev(2) of one iovec (the vectored entry that the floor's
+ *               calls go through, without their flags), and against Go's
  *               os.Pipe with a read deadline (bench/io_go, run with `go
  *               run` as a coprocess, one round of Go after each round of C);
  *   cancel      1,000 threads blocked in ctx_read on 1,000 idle pipes under
@@ -101,7 +103,7 @@ static struct spread spread_of(double *v, int n)
  * Fast path
  */
 
-enum { BARE, CTX, FLOOR };
+enum { BARE, CTX, FLOOR, VEC, KINDS };
 
 #ifndef RWF_NOWAIT
 #define RWF_NOWAIT 0x00000008
@@ -126,30 +128,48 @@ static ssize_t floor_write(int fd, const void *buf, size_t n)
     return syscall(SYS_pwritev2, fd, &v, 1, -1L, -1L, floor_wflags);
 }
 
+/* The vectored entry alone: readv/writev of one iovec, no flags.  It is
+ * the way into the kernel that preadv2/pwritev2 share, so the floor's
+ * distance from read/write splits into the entry's part and the flags'. */
+static ssize_t vec_write(int fd, const void *buf, size_t n)
+{
+    struct iovec v = { (void *)(uintptr_t)buf, n };
+    return writev(fd, &v, 1);
+}
+
+static ssize_t vec_read(int fd, void *buf, size_t n)
+{
+    struct iovec v = { buf, n };
+    return readv(fd, &v, 1);
+}
+
 static ssize_t do_write(int kind, ctx_t *c, int fd, const void *buf, size_t n)
 {
-    return kind == BARE  ? write(fd, buf, n)
-           : kind == CTX ? ctx_write(c, fd, buf, n)
-                         : floor_write(fd, buf, n);
+    return kind == BARE    ? write(fd, buf, n)
+           : kind == CTX   ? ctx_write(c, fd, buf, n)
+           : kind == FLOOR ? floor_write(fd, buf, n)
+                           : vec_write(fd, buf, n);
 }
 
 static ssize_t do_read(int kind, ctx_t *c, int fd, void *buf, size_t n)
 {
-    return kind == BARE  ? read(fd, buf, n)
-           : kind == CTX ? ctx_read(c, fd, buf, n)
-                         : floor_read(fd, buf, n);
+    return kind == BARE    ? read(fd, buf, n)
+           : kind == CTX   ? ctx_read(c, fd, buf, n)
+           : kind == FLOOR ? floor_read(fd, buf, n)
+                           : vec_read(fd, buf, n);
 }
 
-/* ns per 64-byte read and write of each kind (BARE, CTX, FLOOR), one
+/* ns per 64-byte read and write of each kind (BARE, CTX, FLOOR, VEC), one
  * round.  The kinds take turns batch by batch, so that a change in the
  * machine's load falls on all of them alike and the ratios stay fair. */
-static void fast_round(int rfd, int wfd, ctx_t *c, long ops, long batch, double rd[3], double wr[3])
+static void fast_round(int rfd, int wfd, ctx_t *c, long ops, long batch, double rd[KINDS],
+                       double wr[KINDS])
 {
     static char buf[MSG];
-    int64_t tr[3] = { 0, 0, 0 }, tw[3] = { 0, 0, 0 };
+    int64_t tr[KINDS] = { 0 }, tw[KINDS] = { 0 };
     long done = 0;
     for (; done < ops; done += batch) {
-        for (int kind = BARE; kind <= FLOOR; kind++) {
+        for (int kind = BARE; kind < KINDS; kind++) {
             int64_t t0 = now_ns();
             for (long i = 0; i < batch; i++)
                 if (do_write(kind, c, wfd, buf, MSG) != MSG)
@@ -163,7 +183,7 @@ static void fast_round(int rfd, int wfd, ctx_t *c, long ops, long batch, double 
             tr[kind] += t2 - t1;
         }
     }
-    for (int kind = BARE; kind <= FLOOR; kind++) {
+    for (int kind = BARE; kind < KINDS; kind++) {
         rd[kind] = (double)tr[kind] / (double)done;
         wr[kind] = (double)tw[kind] / (double)done;
     }
@@ -546,6 +566,8 @@ int main(int argc, char **argv)
         srw[MAX_ROUNDS];
     double fr[MAX_ROUNDS], fw[MAX_ROUNDS], frr[MAX_ROUNDS], frw[MAX_ROUNDS], cfr[MAX_ROUNDS],
         cfw[MAX_ROUNDS];
+    double vr[MAX_ROUNDS], vw[MAX_ROUNDS], vrr[MAX_ROUNDS], vrw[MAX_ROUNDS], fvr[MAX_ROUNDS],
+        fvw[MAX_ROUNDS];
     int have_go = go_in != NULL;
     static char probe[1];
     if (floor_write(p[1], probe, 1) != 1) {
@@ -557,7 +579,7 @@ int main(int argc, char **argv)
     }
     if (read(p[0], probe, 1) != 1)
         die("read");
-    double rd[3], wr[3];
+    double rd[KINDS], wr[KINDS];
     fast_round(p[0], p[1], c, ops / 4, pipe_batch, rd, wr); /* warm up */
     for (int r = 0; r < rounds; r++) {
         fast_round(p[0], p[1], c, ops, pipe_batch, rd, wr);
@@ -569,6 +591,11 @@ int main(int argc, char **argv)
         frw[r] = fw[r] / bw[r];
         cfr[r] = cr[r] / fr[r];
         cfw[r] = cw[r] / fw[r];
+        vr[r] = rd[VEC], vw[r] = wr[VEC];
+        vrr[r] = vr[r] / br[r];
+        vrw[r] = vw[r] / bw[r];
+        fvr[r] = fr[r] / vr[r];
+        fvw[r] = fw[r] / vw[r];
         fast_round(sp[0], sp[1], c, ops, sock_batch, rd, wr);
         sbr[r] = rd[BARE], scr[r] = rd[CTX];
         sbw[r] = wr[BARE], scw[r] = wr[CTX];
@@ -629,6 +656,12 @@ int main(int argc, char **argv)
         "ns/op", fw, rounds);
     row("ratio pwritev2 / write (the floor)", "x", frw, rounds);
     row("ratio ctx_write / pwritev2", "x", cfw, rounds);
+    row("the vectored entry alone: bare readv(2), 1 iovec, 64 B, pipe", "ns/op", vr, rounds);
+    row("ratio readv / read (the entry's part of the floor)", "x", vrr, rounds);
+    row("ratio preadv2 / readv (RWF_NOWAIT's part)", "x", fvr, rounds);
+    row("the vectored entry alone: bare writev(2), 1 iovec, 64 B, pipe", "ns/op", vw, rounds);
+    row("ratio writev / write (the entry's part of the floor)", "x", vrw, rounds);
+    row("ratio pwritev2 / writev (the flags' part)", "x", fvw, rounds);
     row("bare read(2), 64 B, Unix socket", "ns/op", sbr, rounds);
     row("ctx_read, 64 B, Unix socket", "ns/op", scr, rounds);
     row("ratio ctx_read / read, socket", "x", srr, rounds);
