@@ -28,6 +28,10 @@
  *   timeouts         1,000,000 live ctx_with_timeout(parent, 1 h): create
  *                    ns/op, first touch included (fresh process), and the
  *                    resident memory it added per timeout
+ *   timeouts_random  the same million, cancelled each by its handle in a
+ *                    random order (requests that end out of order): ns per
+ *                    cancel; the handles are put in that order before the
+ *                    clock starts, so the loop reads them in sequence
  *   lone             500 lone 1 ms timeouts, one at a time, each waited on
  *                    with ctx_wait: lateness p50/p99/max of the return (a
  *                    fresh sleep and wake-up of the timer thread each time)
@@ -433,6 +437,45 @@ static void timeouts(void)
     free(cc);
 }
 
+static void timeouts_random(void)
+{
+    const size_t n = quick ? 10000 : 1000000;
+    ctx_t **c = malloc(n * sizeof *c);
+    ctx_cancel_t **cc = malloc(n * sizeof *cc);
+    ctx_cancel_t **order = malloc(n * sizeof *order);
+    if (c == NULL || cc == NULL || order == NULL)
+        die("malloc");
+    ctx_cancel_t *pc;
+    ctx_t *parent = ctx_with_cancel(ctx_background(), &pc);
+    for (size_t i = 0; i < n; i++)
+        if ((c[i] = ctx_with_timeout(parent, CTX_HOUR, &cc[i])) == NULL)
+            die("ctx_with_timeout");
+    /* A fixed shuffle (Fisher-Yates on xorshift), the same on every run. */
+    memcpy(order, cc, n * sizeof *order);
+    uint64_t r = 0x9E3779B97F4A7C15u;
+    for (size_t i = n - 1; i > 0; i--) {
+        r ^= r << 13;
+        r ^= r >> 7;
+        r ^= r << 17;
+        size_t j = (size_t)(r % (i + 1));
+        ctx_cancel_t *t = order[i];
+        order[i] = order[j];
+        order[j] = t;
+    }
+    ctx_time_t t0 = ctx_now();
+    for (size_t i = 0; i < n; i++)
+        ctx_cancel(order[i]);
+    ctx_time_t t1 = ctx_now();
+    put("timeouts.cancel_random", (double)(t1 - t0) / (double)n, "ns/op");
+    for (size_t i = 0; i < n; i++)
+        ctx_unref(c[i]);
+    ctx_cancel(pc);
+    ctx_unref(parent);
+    free(c);
+    free(cc);
+    free(order);
+}
+
 /* ---------------------------------------------------------------------------
  * A lone deadline: one 1 ms timeout at a time, waited on with ctx_wait,
  * so that each firing is a fresh sleep of the timer thread.  Lateness of
@@ -584,16 +627,17 @@ int main(int argc, char **argv)
         storm(strcmp(argv[i + 1], "after") == 0);
     } else if (i < argc && strcmp(argv[i], "timeouts") == 0) {
         timeouts();
+    } else if (i < argc && strcmp(argv[i], "timeouts_random") == 0) {
+        timeouts_random();
     } else if (i < argc && strcmp(argv[i], "lone") == 0) {
         lone();
     } else if (i < argc && strcmp(argv[i], "timeout_cpu") == 0) {
         timeout_cpu();
     } else {
-        fprintf(
-            stderr,
-            "usage: %s [--quick] fanout THREADS | fanmix | storm after|state | timeouts | lone | "
-            "timeout_cpu\n",
-            argv[0]);
+        fprintf(stderr,
+                "usage: %s [--quick] fanout THREADS | fanmix | storm after|state | timeouts | "
+                "timeouts_random | lone | timeout_cpu\n",
+                argv[0]);
         return 2;
     }
     return 0;

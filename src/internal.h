@@ -818,13 +818,13 @@ void ctx__timer_remove(struct ctx__timer *t);
 /* Starts the timer thread if deadlines are pending and it is not running
  * (only after fork(2) in the child). */
 void ctx__timer_restart(void);
-/* For core/deadline.c: set the structures up once; the shard this thread
- * inserts into; start the timer thread if it is not running (0 or an
- * errno); insert a timer whose deadline and shard are set, given the
- * caller's reading of ctx_now() (not read again).  prepare does the first
- * three in one call: 0 with *shard set, or an errno. */
-int ctx__timer_prepare(int start_thread, unsigned *shard);
-void ctx__timer_insert(struct ctx__timer *t, ctx_time_t now);
+/* For core/deadline.c: makes a deadline node under parent, deadline d, the
+ * given cause and message (NULL for none), armed in the timer structures;
+ * now is the caller's reading of ctx_now() (not read again), or
+ * CTX__NOT_READ.  NULL with errno set on failure. */
+#define CTX__NOT_READ INT64_MIN
+ctx_t *ctx__timer_new(ctx_t *parent, ctx_time_t d, ctx_time_t now, int cause, const char *text,
+                      ctx_cancel_t **cancel);
 void ctx__describe_atfork(int release);
 
 /* ---- core/clock.c: the mode and the manual clock's time, which the

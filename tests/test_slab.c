@@ -17,17 +17,25 @@
  *     the handle cells) the size they were: freed blocks are reused, a
  *     thread's lists go back to the global ones when the thread exits;
  *   - under AddressSanitizer, reading a freed node is reported although its
- *     block stays in the slab.
+ *     block stays in the slab;
+ *   - on Linux, once the slab has outgrown its first 16 chunks, the pages of
+ *     the chunk being carved are made resident at most 64 KiB ahead of the
+ *     blocks carved, and no further.
  */
 #include "check.h"
 
 #include <signal.h>
+#include <stdint.h>
+#include <sys/mman.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 /* alloc.c, for tests: blocks carved, free in the global list, free in this
  * thread's list. */
 void ctx__slab_counts(size_t *made, size_t *global_free, size_t *mine);
+/* alloc.c: the slab's chunks (their addresses, then their count). */
+extern unsigned char *_Atomic ctx__slab_chunks[];
+extern _Atomic uint32_t ctx__slab_nchunks;
 /* cancel.c, for tests: the handle cells made so far. */
 size_t ctx__handle_cells(void);
 
@@ -262,6 +270,76 @@ static void test_asan_sees_use_after_free(void)
 }
 #endif
 
+#if defined(__SANITIZE_THREAD__)
+#define SLAB_TSAN 1
+#elif defined(__has_feature)
+#if __has_feature(thread_sanitizer)
+#define SLAB_TSAN 1
+#endif
+#endif
+
+#if defined(__linux__) && defined(MADV_POPULATE_WRITE) && UINTPTR_MAX == UINT64_MAX &&             \
+    !defined(SLAB_ASAN) && !defined(SLAB_TSAN)
+#define SLAB_PREFAULT 1
+enum { CHUNK = 1 << 18, HEAD = 64, BLOCK = 96, PER = (CHUNK - HEAD) / BLOCK, STEP = 64 << 10 };
+
+/* The first page at or after offset `from` of chunk c whose residency is
+ * not `want`, or `to` when every page up to `to` is as wanted. */
+static size_t first_unlike(unsigned char *c, size_t from, size_t to, int want)
+{
+    static unsigned char vec[CHUNK / 4096];
+    CHECK(mincore(c, CHUNK, vec) == 0);
+    for (size_t off = from; off < to; off += 4096)
+        if ((vec[off / 4096] & 1) != want)
+            return off;
+    return to;
+}
+
+/* The slab fills the chunk it carves ahead of the blocks, a step at a
+ * time, from its 17th chunk on: resident just beyond the blocks carved,
+ * and not beyond the step that holds them. */
+static void test_prefault_ahead(void)
+{
+    /* Whether this kernel has the advice at all (5.14 and later). */
+    void *probe = mmap(NULL, 4096, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    CHECK(probe != MAP_FAILED);
+    int has = madvise(probe, 4096, MADV_POPULATE_WRITE) == 0;
+    munmap(probe, 4096);
+    if (!has)
+        return;
+    enum { N = 18 * PER };
+    ctx_t **c = malloc(N * sizeof *c);
+    CHECK(c != NULL);
+    int checked = 0;
+    for (int i = 0; i < N; i++) {
+        c[i] = ctx_with_timeout(ctx_background(), CTX_HOUR, NULL);
+        CHECK(c[i] != NULL);
+        uint32_t n = atomic_load(&ctx__slab_nchunks);
+        if (n <= 16 || i % 97 != 0)
+            continue;
+        /* Blocks carved from the newest chunk, from the slab's count. */
+        size_t made, global_free, mine;
+        ctx__slab_counts(&made, &global_free, &mine);
+        size_t carved = made - (size_t)(n - 1) * PER;
+        unsigned char *chunk = atomic_load(&ctx__slab_chunks[n - 1]);
+        size_t end = HEAD + carved * BLOCK;
+        size_t ahead = (end + STEP - 1) / STEP * STEP;
+        size_t off = first_unlike(chunk, 0, ahead, 1);
+        CHECK_MSG(off == ahead,
+                  "chunk %u, %zu blocks carved: page at %zu not resident (filled up to %zu)",
+                  (unsigned)n - 1, carved, off, ahead);
+        off = first_unlike(chunk, ahead, CHUNK, 0);
+        CHECK_MSG(off == CHUNK, "chunk %u, %zu blocks carved: page at %zu resident beyond %zu",
+                  (unsigned)n - 1, carved, off, ahead);
+        checked++;
+    }
+    CHECK(checked > 0);
+    for (int i = 0; i < N; i++)
+        ctx_unref(c[i]);
+    free(c);
+}
+#endif
+
 int main(void)
 {
     check_seed();
@@ -274,6 +352,9 @@ int main(void)
     RUN_TEST(test_thread_exit_returns);
 #ifdef SLAB_ASAN
     RUN_TEST(test_asan_sees_use_after_free);
+#endif
+#ifdef SLAB_PREFAULT
+    RUN_TEST(test_prefault_ahead);
 #endif
     return 0;
 }

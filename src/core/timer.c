@@ -52,6 +52,7 @@
  */
 #include "internal.h"
 
+#include <errno.h>
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
@@ -67,6 +68,7 @@
 #define DRAIN_BUDGET 256                                 /* entries moved per look */
 #define FIRE_BATCH   64                                  /* timers taken per look */
 #define AT_DUE       0xffu                               /* t->level: in the due list */
+#define REANCHOR     64 /* granules: an empty shard's base is moved to now beyond it */
 
 struct shard {
     _Atomic uint32_t mu; /* a futex lock: ctx__lock/ctx__unlock */
@@ -582,9 +584,14 @@ static void timer_insert(struct ctx__timer *t, ctx_time_t now)
         /* An empty shard's wheel may start anywhere: start it now, so that
          * deadlines made after a quiet spell need no cascades.  A reading
          * a little older than another thread's is harmless here: with
-         * nothing placed, any base is consistent. */
-        if (S->due == NULL && S->near_sum == 0 && shard_wheel_empty(S))
-            S->base = gran(now);
+         * nothing placed, any base is consistent.  Only a base REANCHOR
+         * granules or more from now is worth the look at every level: the
+         * timer thread keeps a busy shard's base near now, and one a few
+         * granules off places a deadline as well. */
+        uint64_t g = gran(now);
+        if (CTX__UNLIKELY(g - S->base + REANCHOR >= 2 * REANCHOR) && S->due == NULL &&
+            S->near_sum == 0 && shard_wheel_empty(S))
+            S->base = g;
         place(S, t);
         /* Only a new first due entry or a newly used slot can make the
          * shard's time earlier, and then to this entry's own time: the
@@ -1038,14 +1045,64 @@ void ctx__timer_restart(void)
  * For deadline.c
  */
 
-int ctx__timer_prepare(int start_thread, unsigned *shard)
+/* Makes a deadline node (deadline.c has the contract); now is a reading of
+ * ctx_now() when the caller has one, else CTX__NOT_READ.  The whole of a
+ * creation is here, the set-up and the insert inline, so that a timeout
+ * costs one call into this file where it cost three. */
+ctx_t *ctx__timer_new(ctx_t *parent, ctx_time_t d, ctx_time_t now, int cause, const char *text,
+                      ctx_cancel_t **cancel)
 {
-    init();
-    *shard = my_shard();
-    return start_thread ? ensure_thread() : 0;
-}
+    if (cancel != NULL)
+        *cancel = NULL;
+    if (parent == NULL) {
+        errno = EINVAL;
+        return NULL;
+    }
+    /* The parent's deadline, as ctx_deadline() finds it. */
+    struct ctx__timer *src = ctx__dlsrc(parent);
+    if (src != NULL && src->deadline <= d)
+        return ctx_with_cancel(parent, cancel); /* the parent's comes first */
 
-void ctx__timer_insert(struct ctx__timer *t, ctx_time_t now)
-{
-    timer_insert(t, now);
+    if (now == CTX__NOT_READ)
+        now = ctx__now();
+    int past = d <= now;
+    init();
+    /* The thread is started before the node is allocated, so that a failed
+     * start frees nothing. */
+    if (!past) {
+        int e = ensure_thread();
+        if (CTX__UNLIKELY(e != 0)) {
+            errno = e;
+            return NULL;
+        }
+    }
+    struct ctx__timer *t;
+    if ((cancel != NULL && ctx__handle_reserve() != 0) ||
+        (t = ctx__node_alloc(sizeof *t)) == NULL) {
+        errno = ENOMEM;
+        return NULL;
+    }
+    t->deadline = d;
+    t->wheel.next = NULL;
+    t->wheel.pprev = NULL;
+    t->level = 0;
+    t->slot = 0;
+    /* The deadline's cause waits in the node's own cause fields until the
+     * node is done (see mark() in tree.c). */
+    t->base.u.c.cause = cause;
+    t->base.u.c.msg = NULL;
+    if (text != NULL && (t->base.u.c.msg = ctx__msg_new(text)) == NULL) {
+        ctx__node_free(t, sizeof *t);
+        errno = ENOMEM;
+        return NULL;
+    }
+    t->shard = (uint8_t)my_shard();
+    ctx__init_cancel(&t->base, parent, CTX__TIMER);
+    if (past)
+        ctx__cancel_deadline(t, NULL);
+    else
+        timer_insert(t, now);
+    if (cancel != NULL)
+        *cancel = ctx__handle_bind(&t->base);
+    return &t->base;
 }
