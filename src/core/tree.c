@@ -817,13 +817,31 @@ static void cancel_walk(struct ctx *n, uint32_t err, int cause, struct ctx__msg 
          * subtree is done; a thread freeing y once it is done waits for
          * y's lock, which we hold until then. */
         ctx__lock(&y->lock);
-        if (atomic_load_explicit(&y->u.c.state, memory_order_relaxed) & CTX__ERR_MASK) {
+        uint32_t ys = atomic_load_explicit(&y->u.c.state, memory_order_relaxed);
+        if (ys & CTX__ERR_MASK) {
             /* Cancelled by its own handle; that canceller held y's lock
              * until y's subtree was done and will find y unlinked. */
             ctx__unlock(&y->lock);
             continue;
         }
-        mark_live(y, err, cause, msg);
+        if (ctx__kind(y) == CTX__CANCEL && !(ys & (CTX__WAITERS | CTX__HAS_FD))) {
+            /* mark() in short for what a wide tree is made of: a plain
+             * cancel node has no hook and no timer, holds no message
+             * while it is live, and here has nobody to wake. */
+            y->u.c.cause = cause;
+            y->u.c.msg = msg_ref(msg);
+            /* Release, as in mark(). */
+            atomic_store_explicit(&y->u.c.state, ys | err, memory_order_release);
+        } else {
+            mark_live(y, err, cause, msg);
+        }
+        if (y->u.c.children == NULL) {
+            /* No child and no AfterFunc record (a fan-out would make the
+             * field non-NULL): y's subtree is done already, and y need not
+             * go on the path.  y is not touched again. */
+            ctx__unlock(&y->lock);
+            continue;
+        }
         if (atomic_load_explicit(&y->u.c.state, memory_order_relaxed) & CTX__FANNED)
             fan_close(y);
         l->next = x == n ? NULL : &x->u.c.link; /* push y on the path */
