@@ -619,8 +619,9 @@ static void link_cancel(struct ctx *n, ctx_t *parent, struct ctx *p, unsigned ki
     mark(n, s & CTX__ERR_MASK, p->u.c.cause, p->u.c.msg);
 }
 
-/* init_cancel for the commonest child that is linked: plain cancel node n
- * under cancel node p itself, live, without a fan-out, whose lock is free.
+/* init_cancel for the commonest child that is linked: cancel node n (with
+ * flags 0, or CTX__HANDLE for a handle block) under cancel node p itself,
+ * live, without a fan-out, whose lock is free.
  * Written out here so that a wide tree's children are made without
  * link_cancel's call and frame.  Returns 0, having done nothing, for any
  * other case, which init_cancel then handles (a contended lock included:
@@ -629,7 +630,7 @@ static void link_cancel(struct ctx *n, ctx_t *parent, struct ctx *p, unsigned ki
 __attribute__((always_inline))
 #endif
 static inline int
-link_quick(struct ctx *n, struct ctx *p)
+link_quick(struct ctx *n, struct ctx *p, uint32_t flags)
 {
     if (atomic_load_explicit(&p->u.c.state, memory_order_relaxed) & (CTX__ERR_MASK | CTX__FANNED))
         return 0;
@@ -649,8 +650,10 @@ link_quick(struct ctx *n, struct ctx *p)
     ctx__live_add(1);
     n->up = p->up; /* ctx__dlsrc(p) */
     atomic_init(&n->refs, 1);
-    atomic_init(&n->lock, 0);
-    atomic_init(&n->u.c.state, 0);
+    /* As in init_cancel: a slab block's lock word is left as it is. */
+    if (flags == 0 || !(atomic_load_explicit(ctx__hword(n), memory_order_relaxed) & CTX__SLAB_WORD))
+        atomic_init(&n->lock, 0);
+    atomic_init(&n->u.c.state, flags);
     n->u.c.cause = 0;
     n->u.c.msg = NULL;
     n->u.c.children = NULL;
@@ -676,7 +679,7 @@ with_cancel_any(ctx_t *parent)
         errno = ENOMEM;
         return NULL;
     }
-    if (ctx__kind(parent) != CTX__CANCEL || !link_quick(n, parent))
+    if (ctx__kind(parent) != CTX__CANCEL || !link_quick(n, parent, 0))
         init_cancel(n, parent, CTX__CANCEL);
     return n;
 }
@@ -742,7 +745,8 @@ with_cancel_handle(ctx_t *parent, ctx_cancel_t **cancel)
         ctx__node_free(n, sizeof *n);
         goto nomem;
     }
-    init_cancel(&n->base, parent, CTX__CANCEL | CTX__WITH_HANDLE);
+    if (ctx__kind(parent) != CTX__CANCEL || !link_quick(&n->base, parent, CTX__HANDLE))
+        init_cancel(&n->base, parent, CTX__CANCEL | CTX__WITH_HANDLE);
     *cancel = ctx__handle_bind(&n->base);
     return &n->base;
 nomem:
