@@ -619,20 +619,61 @@ static void link_cancel(struct ctx *n, ctx_t *parent, struct ctx *p, unsigned ki
     mark(n, s & CTX__ERR_MASK, p->u.c.cause, p->u.c.msg);
 }
 
-/* init_cancel for the commonest child that is linked: cancel node n (with
- * flags 0, or CTX__HANDLE for a handle block) under cancel node p itself,
- * live, without a fan-out, whose lock is free.
- * Written out here so that a wide tree's children are made without
- * link_cancel's call and frame.  Returns 0, having done nothing, for any
- * other case, which init_cancel then handles (a contended lock included:
- * link_cancel takes it again and gives p a fan-out). */
+/* The fields link_quick and born_done set alike. */
+#if defined(__GNUC__) || defined(__clang__)
+__attribute__((always_inline))
+#endif
+static inline void
+quick_init(struct ctx *n, struct ctx *p, uint32_t flags)
+{
+    ctx__live_add(1);
+    n->up = p->up; /* ctx__dlsrc(p) */
+    atomic_init(&n->refs, 1);
+    /* As in init_cancel: a slab block's lock word is left as it is. */
+    if (flags == 0 || !(atomic_load_explicit(ctx__hword(n), memory_order_relaxed) & CTX__SLAB_WORD))
+        atomic_init(&n->lock, 0);
+    n->u.c.children = NULL;
+    n->pk = (uintptr_t)ctx__ref(p) | CTX__CANCEL;
+}
+
+/* link_quick for a parent p found done (state s, read with acquire):
+ * n is born done, as at the end of link_cancel.  Nobody else sees n yet,
+ * and the caller's publication of n publishes what is written here. */
+#if defined(__GNUC__) || defined(__clang__)
+__attribute__((noinline))
+#endif
+static int
+born_done(struct ctx *n, struct ctx *p, uint32_t flags, uint32_t s)
+{
+    quick_init(n, p, flags);
+    n->u.c.cause = p->u.c.cause;
+    n->u.c.msg = msg_ref(p->u.c.msg);
+    atomic_init(&n->u.c.state, flags | (s & CTX__ERR_MASK));
+    n->u.c.link.next = NULL;
+    n->u.c.link.pprev = NULL;
+    return 1;
+}
+
+/* init_cancel for the commonest children of a cancel node: cancel node n
+ * (with flags 0, or CTX__HANDLE for a handle block) under cancel node p
+ * itself, either live, without a fan-out and with its lock free (n is
+ * linked), or done (n is born done).  Written out here so that a wide
+ * tree's children are made without link_cancel's call and frame.  Returns
+ * 0, having done nothing, for any other case, which init_cancel then
+ * handles (a contended lock included: link_cancel takes it again and gives
+ * p a fan-out). */
 #if defined(__GNUC__) || defined(__clang__)
 __attribute__((always_inline))
 #endif
 static inline int
 link_quick(struct ctx *n, struct ctx *p, uint32_t flags)
 {
-    if (atomic_load_explicit(&p->u.c.state, memory_order_relaxed) & (CTX__ERR_MASK | CTX__FANNED))
+    /* Acquire: pairs with the release in mark(), so that the cause and
+     * message of a done p can be copied without its lock. */
+    uint32_t s = atomic_load_explicit(&p->u.c.state, memory_order_acquire);
+    if (CTX__UNLIKELY(s & CTX__ERR_MASK))
+        return born_done(n, p, flags, s);
+    if (s & CTX__FANNED)
         return 0;
     ctx__hold();
     uint32_t unlocked = 0;
@@ -647,17 +688,10 @@ link_quick(struct ctx *n, struct ctx *p, uint32_t flags)
         ctx__unlock(&p->lock);
         return 0;
     }
-    ctx__live_add(1);
-    n->up = p->up; /* ctx__dlsrc(p) */
-    atomic_init(&n->refs, 1);
-    /* As in init_cancel: a slab block's lock word is left as it is. */
-    if (flags == 0 || !(atomic_load_explicit(ctx__hword(n), memory_order_relaxed) & CTX__SLAB_WORD))
-        atomic_init(&n->lock, 0);
+    quick_init(n, p, flags);
     atomic_init(&n->u.c.state, flags);
     n->u.c.cause = 0;
     n->u.c.msg = NULL;
-    n->u.c.children = NULL;
-    n->pk = (uintptr_t)ctx__ref(p) | CTX__CANCEL;
     ctx__link_insert(&p->u.c.children, &n->u.c.link);
     ctx__unlock(&p->lock);
     return 1;
