@@ -860,13 +860,11 @@ static int try_lock(_Atomic uint32_t *l)
 }
 
 /* detach() for a caller that holds c's lock and so must not wait for its
- * parent's (or shard's), which comes before c's in the lock order.  True
- * when c is no longer in its parent's children. */
-static int detach_locked(struct ctx *c, uint32_t cstate)
+ * parent's (or shard's), which comes before c's in the lock order; p is
+ * the owner of c's parent, a cancel node.  True when c is no longer in its
+ * parent's children. */
+static int unlink_locked(struct ctx *c, struct ctx *p, uint32_t cstate)
 {
-    struct ctx *p = ctx__owner(ctx__parent(c));
-    if (ctx__kind(p) == CTX__ROOT)
-        return 1;
     struct ctx__fan_shard *sh = fan_shard(p, cstate);
     if (sh != NULL) {
         if (!try_lock(&sh->lock))
@@ -884,6 +882,14 @@ static int detach_locked(struct ctx *c, uint32_t cstate)
         ctx__link_remove(&c->u.c.link);
     ctx__unlock(&p->lock);
     return 1;
+}
+
+/* A child of a root was never linked: the test is inline, the unlinking
+ * (unlink_locked, with p the parent's owner) a call. */
+static inline int detach_locked(struct ctx *c, uint32_t cstate)
+{
+    struct ctx *p = ctx__owner(ctx__parent(c));
+    return ctx__kind(p) == CTX__ROOT || unlink_locked(c, p, cstate);
 }
 
 /* The cancellation walk.  With own set, n's err comes with the cause and
