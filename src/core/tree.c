@@ -656,12 +656,11 @@ born_done(struct ctx *n, struct ctx *p, uint32_t flags, uint32_t s)
 
 /* init_cancel for the commonest children of a cancel node: cancel node n
  * (with flags 0, or CTX__HANDLE for a handle block) under cancel node p
- * itself, either live, without a fan-out and with its lock free (n is
- * linked), or done (n is born done).  Written out here so that a wide
- * tree's children are made without link_cancel's call and frame.  Returns
- * 0, having done nothing, for any other case, which init_cancel then
- * handles (a contended lock included: link_cancel takes it again and gives
- * p a fan-out). */
+ * itself, either live and without a fan-out (n is linked, and p gets a
+ * fan-out when its lock was contended, as in link_cancel), or done (n is
+ * born done).  Written out here so that a wide tree's children are made
+ * without link_cancel's call and frame.  Returns 0, having done nothing,
+ * for any other case, which init_cancel then handles. */
 #if defined(__GNUC__) || defined(__clang__)
 __attribute__((always_inline))
 #endif
@@ -677,12 +676,12 @@ link_quick(struct ctx *n, struct ctx *p, uint32_t flags)
         return 0;
     ctx__hold();
     uint32_t unlocked = 0;
-    /* Acquire, as in ctx__lock_raw. */
-    if (!atomic_compare_exchange_strong_explicit(&p->lock, &unlocked, 1, memory_order_acquire,
-                                                 memory_order_relaxed)) {
-        ctx__release();
-        return 0;
-    }
+    /* Acquire, as in ctx__lock_raw; by hand, as in link_cancel, to learn
+     * whether another thread held the lock. */
+    int contended = !atomic_compare_exchange_strong_explicit(
+        &p->lock, &unlocked, 1, memory_order_acquire, memory_order_relaxed);
+    if (contended)
+        ctx__lock_slow(&p->lock);
     /* Under p's lock, every change of the state word is seen. */
     if (atomic_load_explicit(&p->u.c.state, memory_order_relaxed) & (CTX__ERR_MASK | CTX__FANNED)) {
         ctx__unlock(&p->lock);
@@ -694,6 +693,10 @@ link_quick(struct ctx *n, struct ctx *p, uint32_t flags)
     n->u.c.msg = NULL;
     ctx__link_insert(&p->u.c.children, &n->u.c.link);
     ctx__unlock(&p->lock);
+    /* Another thread makes children of p at the same time: give p a
+     * fan-out for the next ones, as link_cancel does. */
+    if (contended)
+        fan_install(p);
     return 1;
 }
 
