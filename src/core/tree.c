@@ -293,6 +293,53 @@ free_chain(struct ctx *c)
     }
 }
 
+/* free_chain for the commonest frees that free_leaf leaves to it: a done
+ * cancel node with no fd or fan-out and no canceller left below it, with no
+ * handle or with a slab handle that its ctx_cancel retired (nothing left to
+ * drop: ctx__handle_drop_node).  Such a node is in no list (it left its
+ * parent's children when it was cancelled, or was never linked, being born
+ * done), so it goes with its block, its message and its parent reference,
+ * without free_cancel's tests and without free_chain's frame.  Every other
+ * node goes to free_chain. */
+#if defined(__GNUC__) || defined(__clang__)
+__attribute__((noinline))
+#endif
+static void
+free_node(struct ctx *c)
+{
+    if (ctx__kind(c) != CTX__CANCEL || CTX__UNLIKELY(ctx__tracking_on()))
+        goto chain;
+    /* Acquire, as in free_cancel. */
+    uint32_t s = atomic_load_explicit(&c->u.c.state, memory_order_acquire);
+    size_t size = sizeof(struct ctx);
+    if (s & CTX__HANDLE) {
+        /* ctx__handle_drop_node's steps for a retired slab handle, in its
+         * order: the word (acquire, pairing with the retire), the lock
+         * (sequentially consistent, as there), and only then the state,
+         * which the canceller that retired the handle may have changed
+         * (CTX__DETACH) before it let go. */
+        if ((atomic_load_explicit(ctx__hword(c), memory_order_acquire) &
+             (CTX__SLAB_WORD | CTX__SLAB_BOUND)) != CTX__SLAB_WORD ||
+            atomic_load_explicit(&c->lock, memory_order_seq_cst) != 0)
+            goto chain;
+        s = atomic_load_explicit(&c->u.c.state, memory_order_acquire) & ~CTX__HANDLE;
+        size = sizeof(struct ctx__hnode);
+    } else if (atomic_load_explicit(&c->lock, memory_order_acquire) != 0) {
+        goto chain; /* a canceller may still be walking below c */
+    }
+    if (s == 0 || (s & ~CTX__ERR_MASK) != 0)
+        goto chain; /* live (maybe linked), or with an fd, fan-out or waiters */
+    struct ctx *parent = ctx__parent(c);
+    ctx__msg_unref(c->u.c.msg);
+    ctx__node_free(c, size);
+    ctx__live_add(-1);
+    if (ctx__kind(parent) == CTX__ROOT || !drop_ref(parent))
+        return;
+    c = parent;
+chain:
+    free_chain(c);
+}
+
 /* free_chain's first step for the nodes a request makes most, inline in
  * ctx_unref: a child of a root that is a cancel node with no handle, fd or
  * fan-out (live, or done with no canceller left below it), or a value node
@@ -329,7 +376,7 @@ void ctx__unref(struct ctx *c)
     if (c == NULL || ctx__kind(c) == CTX__ROOT)
         return;
     if (drop_ref(c) && !free_leaf(c))
-        free_chain(c);
+        free_node(c);
 }
 
 void ctx_unref(ctx_t *c)
@@ -572,6 +619,87 @@ static void link_cancel(struct ctx *n, ctx_t *parent, struct ctx *p, unsigned ki
     mark(n, s & CTX__ERR_MASK, p->u.c.cause, p->u.c.msg);
 }
 
+/* The fields link_quick and born_done set alike. */
+#if defined(__GNUC__) || defined(__clang__)
+__attribute__((always_inline))
+#endif
+static inline void
+quick_init(struct ctx *n, struct ctx *p, uint32_t flags)
+{
+    ctx__live_add(1);
+    n->up = p->up; /* ctx__dlsrc(p) */
+    atomic_init(&n->refs, 1);
+    /* As in init_cancel: a slab block's lock word is left as it is. */
+    if (flags == 0 || !(atomic_load_explicit(ctx__hword(n), memory_order_relaxed) & CTX__SLAB_WORD))
+        atomic_init(&n->lock, 0);
+    n->u.c.children = NULL;
+    n->pk = (uintptr_t)ctx__ref(p) | CTX__CANCEL;
+}
+
+/* link_quick for a parent p found done (state s, read with acquire):
+ * n is born done, as at the end of link_cancel.  Nobody else sees n yet,
+ * and the caller's publication of n publishes what is written here. */
+#if defined(__GNUC__) || defined(__clang__)
+__attribute__((noinline))
+#endif
+static int
+born_done(struct ctx *n, struct ctx *p, uint32_t flags, uint32_t s)
+{
+    quick_init(n, p, flags);
+    n->u.c.cause = p->u.c.cause;
+    n->u.c.msg = msg_ref(p->u.c.msg);
+    atomic_init(&n->u.c.state, flags | (s & CTX__ERR_MASK));
+    n->u.c.link.next = NULL;
+    n->u.c.link.pprev = NULL;
+    return 1;
+}
+
+/* init_cancel for the commonest children of a cancel node: cancel node n
+ * (with flags 0, or CTX__HANDLE for a handle block) under cancel node p
+ * itself, either live and without a fan-out (n is linked, and p gets a
+ * fan-out when its lock was contended, as in link_cancel), or done (n is
+ * born done).  Written out here so that a wide tree's children are made
+ * without link_cancel's call and frame.  Returns 0, having done nothing,
+ * for any other case, which init_cancel then handles. */
+#if defined(__GNUC__) || defined(__clang__)
+__attribute__((always_inline))
+#endif
+static inline int
+link_quick(struct ctx *n, struct ctx *p, uint32_t flags)
+{
+    /* Acquire: pairs with the release in mark(), so that the cause and
+     * message of a done p can be copied without its lock. */
+    uint32_t s = atomic_load_explicit(&p->u.c.state, memory_order_acquire);
+    if (CTX__UNLIKELY(s & CTX__ERR_MASK))
+        return born_done(n, p, flags, s);
+    if (s & CTX__FANNED)
+        return 0;
+    ctx__hold();
+    uint32_t unlocked = 0;
+    /* Acquire, as in ctx__lock_raw; by hand, as in link_cancel, to learn
+     * whether another thread held the lock. */
+    int contended = !atomic_compare_exchange_strong_explicit(
+        &p->lock, &unlocked, 1, memory_order_acquire, memory_order_relaxed);
+    if (contended)
+        ctx__lock_slow(&p->lock);
+    /* Under p's lock, every change of the state word is seen. */
+    if (atomic_load_explicit(&p->u.c.state, memory_order_relaxed) & (CTX__ERR_MASK | CTX__FANNED)) {
+        ctx__unlock(&p->lock);
+        return 0;
+    }
+    quick_init(n, p, flags);
+    atomic_init(&n->u.c.state, flags);
+    n->u.c.cause = 0;
+    n->u.c.msg = NULL;
+    ctx__link_insert(&p->u.c.children, &n->u.c.link);
+    ctx__unlock(&p->lock);
+    /* Another thread makes children of p at the same time: give p a
+     * fan-out for the next ones, as link_cancel does. */
+    if (contended)
+        fan_install(p);
+    return 1;
+}
+
 /* ctx_with_cancel without a handle, any parent. */
 #if defined(__GNUC__) || defined(__clang__)
 __attribute__((noinline))
@@ -588,7 +716,8 @@ with_cancel_any(ctx_t *parent)
         errno = ENOMEM;
         return NULL;
     }
-    init_cancel(n, parent, CTX__CANCEL);
+    if (ctx__kind(parent) != CTX__CANCEL || !link_quick(n, parent, 0))
+        init_cancel(n, parent, CTX__CANCEL);
     return n;
 }
 
@@ -653,7 +782,8 @@ with_cancel_handle(ctx_t *parent, ctx_cancel_t **cancel)
         ctx__node_free(n, sizeof *n);
         goto nomem;
     }
-    init_cancel(&n->base, parent, CTX__CANCEL | CTX__WITH_HANDLE);
+    if (ctx__kind(parent) != CTX__CANCEL || !link_quick(&n->base, parent, CTX__HANDLE))
+        init_cancel(&n->base, parent, CTX__CANCEL | CTX__WITH_HANDLE);
     *cancel = ctx__handle_bind(&n->base);
     return &n->base;
 nomem:
@@ -733,13 +863,11 @@ static int try_lock(_Atomic uint32_t *l)
 }
 
 /* detach() for a caller that holds c's lock and so must not wait for its
- * parent's (or shard's), which comes before c's in the lock order.  True
- * when c is no longer in its parent's children. */
-static int detach_locked(struct ctx *c, uint32_t cstate)
+ * parent's (or shard's), which comes before c's in the lock order; p is
+ * the owner of c's parent, a cancel node.  True when c is no longer in its
+ * parent's children. */
+static int unlink_locked(struct ctx *c, struct ctx *p, uint32_t cstate)
 {
-    struct ctx *p = ctx__owner(ctx__parent(c));
-    if (ctx__kind(p) == CTX__ROOT)
-        return 1;
     struct ctx__fan_shard *sh = fan_shard(p, cstate);
     if (sh != NULL) {
         if (!try_lock(&sh->lock))
@@ -757,6 +885,14 @@ static int detach_locked(struct ctx *c, uint32_t cstate)
         ctx__link_remove(&c->u.c.link);
     ctx__unlock(&p->lock);
     return 1;
+}
+
+/* A child of a root was never linked: the test is inline, the unlinking
+ * (unlink_locked, with p the parent's owner) a call. */
+static inline int detach_locked(struct ctx *c, uint32_t cstate)
+{
+    struct ctx *p = ctx__owner(ctx__parent(c));
+    return ctx__kind(p) == CTX__ROOT || unlink_locked(c, p, cstate);
 }
 
 /* The cancellation walk.  With own set, n's err comes with the cause and
@@ -817,13 +953,31 @@ static void cancel_walk(struct ctx *n, uint32_t err, int cause, struct ctx__msg 
          * subtree is done; a thread freeing y once it is done waits for
          * y's lock, which we hold until then. */
         ctx__lock(&y->lock);
-        if (atomic_load_explicit(&y->u.c.state, memory_order_relaxed) & CTX__ERR_MASK) {
+        uint32_t ys = atomic_load_explicit(&y->u.c.state, memory_order_relaxed);
+        if (ys & CTX__ERR_MASK) {
             /* Cancelled by its own handle; that canceller held y's lock
              * until y's subtree was done and will find y unlinked. */
             ctx__unlock(&y->lock);
             continue;
         }
-        mark_live(y, err, cause, msg);
+        if (ctx__kind(y) == CTX__CANCEL && !(ys & (CTX__WAITERS | CTX__HAS_FD))) {
+            /* mark() in short for what a wide tree is made of: a plain
+             * cancel node has no hook and no timer, holds no message
+             * while it is live, and here has nobody to wake. */
+            y->u.c.cause = cause;
+            y->u.c.msg = msg_ref(msg);
+            /* Release, as in mark(). */
+            atomic_store_explicit(&y->u.c.state, ys | err, memory_order_release);
+        } else {
+            mark_live(y, err, cause, msg);
+        }
+        if (y->u.c.children == NULL) {
+            /* No child and no AfterFunc record (a fan-out would make the
+             * field non-NULL): y's subtree is done already, and y need not
+             * go on the path.  y is not touched again. */
+            ctx__unlock(&y->lock);
+            continue;
+        }
         if (atomic_load_explicit(&y->u.c.state, memory_order_relaxed) & CTX__FANNED)
             fan_close(y);
         l->next = x == n ? NULL : &x->u.c.link; /* push y on the path */
