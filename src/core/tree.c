@@ -1043,20 +1043,27 @@ void ctx__cancel_pinned(struct ctx *n, int cause, struct ctx__msg *msg, const vo
 
 int ctx__cancel_leaf_locked(struct ctx *n, int cause, struct ctx__msg *msg)
 {
-    /* A live plain cancel node with no child, AfterFunc record, waiter or
-     * fd (what a handle cancels most): the walk in short, with the same
-     * steps in the same order (mark, leave the parent, retire the handle,
-     * unlock). */
+    /* A live plain cancel or timer node with no child, AfterFunc record,
+     * waiter or fd (what a handle cancels most): the walk in short, with
+     * the same steps in the same order (mark, remove the timer, leave the
+     * parent, retire the handle, unlock). */
     uint32_t s = atomic_load_explicit(&n->u.c.state, memory_order_relaxed);
-    if (ctx__kind(n) != CTX__CANCEL ||
+    unsigned kind = ctx__kind(n);
+    if ((kind != CTX__CANCEL && kind != CTX__TIMER) ||
         (s & (CTX__ERR_MASK | CTX__WAITERS | CTX__HAS_FD | CTX__FANNED)) || n->u.c.children != NULL)
         return 0;
-    /* A live cancel node holds no message (see mark()). */
+    /* A live cancel node holds no message; a live timer node holds its
+     * deadline's, released after the new one is referenced (see mark()). */
+    struct ctx__msg *held = n->u.c.msg;
     n->u.c.cause = cause;
     n->u.c.msg = msg_ref(msg);
+    if (kind == CTX__TIMER)
+        ctx__msg_unref(held);
     /* Release, as in mark(). */
     s |= CTX_CANCELED;
     atomic_store_explicit(&n->u.c.state, s, memory_order_release);
+    if (kind == CTX__TIMER)
+        ctx__timer_remove((struct ctx__timer *)n);
     if (!detach_locked(n, s))
         atomic_store_explicit(&n->u.c.state, s | CTX__DETACH, memory_order_release);
     ctx__slab_retire(n);
