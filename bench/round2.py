@@ -133,6 +133,8 @@ def figures(quick, only):
                      gq + ["timeouts"]))
         rows.append(("1M live timeouts: cancel each (ns/op)", "timeouts.cancel_each",
                      q + ["timeouts"], gq + ["timeouts"]))
+        rows.append(("1M live timeouts: cancel each in a fixed random order (ns/op)",
+                     "timeouts.cancel_random", q + ["timeouts_random"], gq + ["timeouts_random"]))
     return rows
 
 

@@ -172,6 +172,36 @@ func timeouts() {
 	runtime.KeepAlive(ctxs)
 }
 
+// timeoutsRandom: round2.c's timeouts_random, the million cancelled in the
+// same fixed shuffle (Fisher-Yates on xorshift).
+func timeoutsRandom() {
+	n := 1000000
+	if quick {
+		n = 10000
+	}
+	cancels := make([]context.CancelFunc, n)
+	ctxs := make([]context.Context, n)
+	parent, pcancel := context.WithCancel(context.Background())
+	defer pcancel()
+	for i := 0; i < n; i++ {
+		ctxs[i], cancels[i] = context.WithTimeout(parent, time.Hour)
+	}
+	r := uint64(0x9E3779B97F4A7C15)
+	for i := n - 1; i > 0; i-- {
+		r ^= r << 13
+		r ^= r >> 7
+		r ^= r << 17
+		j := int(r % uint64(i+1))
+		cancels[i], cancels[j] = cancels[j], cancels[i]
+	}
+	t0 := time.Now()
+	for _, c := range cancels {
+		c()
+	}
+	put("timeouts.cancel_random", float64(time.Since(t0).Nanoseconds())/float64(n), "ns/op")
+	runtime.KeepAlive(ctxs)
+}
+
 // lone: one 1 ms WithTimeout at a time, waited on through Done(), as
 // round2.c's lone: lateness of the wait's return after the deadline.
 func lone() {
@@ -211,10 +241,12 @@ func main() {
 		storm(args[1])
 	case len(args) == 1 && args[0] == "timeouts":
 		timeouts()
+	case len(args) == 1 && args[0] == "timeouts_random":
+		timeoutsRandom()
 	case len(args) == 1 && args[0] == "lone":
 		lone()
 	default:
-		fmt.Fprintln(os.Stderr, "usage: round2 [-quick] fanout THREADS | storm goroutine|afterfunc | timeouts | lone")
+		fmt.Fprintln(os.Stderr, "usage: round2 [-quick] fanout THREADS | storm goroutine|afterfunc | timeouts | timeouts_random | lone")
 		os.Exit(2)
 	}
 }
