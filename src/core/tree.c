@@ -294,36 +294,41 @@ free_chain(struct ctx *c)
 }
 
 /* free_chain for the commonest frees that free_leaf leaves to it: a done
- * cancel node with no fd or fan-out and no canceller left below it, with no
- * handle or with a slab handle that its ctx_cancel retired (nothing left to
- * drop: ctx__handle_drop_node).  Such a node is in no list (it left its
- * parent's children when it was cancelled, or was never linked, being born
- * done), so it goes with its block, its message and its parent reference,
- * without free_cancel's tests and without free_chain's frame.  Every other
- * node goes to free_chain. */
+ * cancel or timer node with no fd or fan-out and no canceller left below
+ * it, with no handle or with a slab handle that its ctx_cancel retired
+ * (nothing left to drop: ctx__handle_drop_node).  Such a node is in no
+ * list (it left its parent's children when it was cancelled, or was never
+ * linked, being born done) and a done timer is in no wheel (mark_live), so
+ * it goes with its block, its message and its parent reference, without
+ * free_cancel's tests and without free_chain's frame.  Every other node
+ * goes to free_chain. */
 #if defined(__GNUC__) || defined(__clang__)
 __attribute__((noinline))
 #endif
 static void
 free_node(struct ctx *c)
 {
-    if (ctx__kind(c) != CTX__CANCEL || CTX__UNLIKELY(ctx__tracking_on()))
+    unsigned kind = ctx__kind(c);
+    if ((kind != CTX__CANCEL && kind != CTX__TIMER) || CTX__UNLIKELY(ctx__tracking_on()))
         goto chain;
     /* Acquire, as in free_cancel. */
     uint32_t s = atomic_load_explicit(&c->u.c.state, memory_order_acquire);
-    size_t size = sizeof(struct ctx);
-    if (s & CTX__HANDLE) {
+    size_t size = kind == CTX__TIMER ? sizeof(struct ctx__timer) : sizeof(struct ctx);
+    if (kind == CTX__TIMER || (s & CTX__HANDLE)) {
         /* ctx__handle_drop_node's steps for a retired slab handle, in its
          * order: the word (acquire, pairing with the retire), the lock
          * (sequentially consistent, as there), and only then the state,
          * which the canceller that retired the handle may have changed
-         * (CTX__DETACH) before it let go. */
-        if ((atomic_load_explicit(ctx__hword(c), memory_order_acquire) &
-             (CTX__SLAB_WORD | CTX__SLAB_BOUND)) != CTX__SLAB_WORD ||
+         * (CTX__DETACH) before it let go.  A timer's word may also be 0:
+         * a block from outside the slab that never had a handle. */
+        uint32_t v = atomic_load_explicit(ctx__hword(c), memory_order_acquire);
+        if (((v & (CTX__SLAB_WORD | CTX__SLAB_BOUND)) != CTX__SLAB_WORD &&
+             (kind != CTX__TIMER || v != 0)) ||
             atomic_load_explicit(&c->lock, memory_order_seq_cst) != 0)
             goto chain;
         s = atomic_load_explicit(&c->u.c.state, memory_order_acquire) & ~CTX__HANDLE;
-        size = sizeof(struct ctx__hnode);
+        if (kind == CTX__CANCEL)
+            size = sizeof(struct ctx__hnode);
     } else if (atomic_load_explicit(&c->lock, memory_order_acquire) != 0) {
         goto chain; /* a canceller may still be walking below c */
     }
