@@ -153,9 +153,20 @@ static CURLcode run(ctx_t *ctx, CURLM *multi, CURL *easy, int done_fd, bool *fin
         if (err != 0)
             return ended_code(err);
 
-        /* curl_multi_poll caps the wait by libcurl's own next timeout, so
-         * this limit only matters when libcurl has nothing scheduled. */
-        mc = curl_multi_poll(multi, done_fd >= 0 ? &extra : NULL, done_fd >= 0 ? 1 : 0, 1000, NULL);
+        /* curl_multi_poll caps the wait by libcurl's own next timeout; the
+         * cap here is ctx's deadline.  The wake-up of a deadline runs on a
+         * library thread one hand-off after the timer, which a busy machine
+         * can delay, so the poll also ends by itself at the deadline and
+         * reads ctx_err, which the timer sets as it fires. */
+        int wait_ms = 1000;
+        ctx_time_t deadline;
+        if (ctx_deadline(ctx, &deadline)) {
+            ctx_duration_t left = deadline - ctx_now();
+            if (left < wait_ms * CTX_MILLISECOND)
+                wait_ms = left > 0 ? (int)((left + CTX_MILLISECOND - 1) / CTX_MILLISECOND) : 1;
+        }
+        mc = curl_multi_poll(multi, done_fd >= 0 ? &extra : NULL, done_fd >= 0 ? 1 : 0, wait_ms,
+                             NULL);
         if (mc != CURLM_OK)
             return mc == CURLM_OUT_OF_MEMORY ? CURLE_OUT_OF_MEMORY : CURLE_FAILED_INIT;
     }
