@@ -4,10 +4,13 @@
  * ctx_curl_perform: a libcurl transfer that ends when its context ends.
  *
  * The transfer runs on a multi handle so that this thread can wait in
- * curl_multi_poll() on the transfer's sockets and on the context's done fd at
- * once: a cancel or a deadline makes the done fd readable, the poll returns,
- * and the easy handle is taken out of the multi handle, which abandons the
- * transfer in whatever phase it was.  No callback of the user's is replaced,
+ * curl_multi_poll() on the transfer's sockets and still hear of the
+ * context's end: a function registered with ctx_after_func calls
+ * curl_multi_wakeup(), the poll returns, and the easy handle is taken out of
+ * the multi handle, which abandons the transfer in whatever phase it was.
+ * The registration costs no system call, where a done fd would cost an
+ * eventfd per context (one per request, when each request has its own) and
+ * a third descriptor in every poll.  No callback of the user's is replaced,
  * so the easy handle keeps all of its options.
  */
 #include <ctx/curl.h>
@@ -24,7 +27,8 @@
  * keep-alive connections instead of opening a new one per request. */
 struct thread_multi {
     CURLM *multi;
-    bool busy; /* a callback of a running transfer calls ctx_curl_perform again */
+    bool wakeable; /* curl_multi_wakeup works on it (see wakeable) */
+    bool busy;     /* a callback of a running transfer calls ctx_curl_perform again */
 };
 
 static pthread_key_t multi_key;
@@ -41,6 +45,16 @@ static void free_thread_multi(void *p)
 static void make_multi_key(void)
 {
     multi_key_err = pthread_key_create(&multi_key, free_thread_multi);
+}
+
+/* Whether curl_multi_wakeup can break multi's poll.  libcurl makes the
+ * socket pair it needs along with the multi handle and goes on without it
+ * when that fails (no descriptors left); the transfer then watches the
+ * context's done fd instead.  The test wakes the handle once: its next
+ * poll returns at once, a spurious return that run() takes in its stride. */
+static bool wakeable(CURLM *multi)
+{
+    return curl_multi_wakeup(multi) == CURLM_OK;
 }
 
 /* The calling thread's multi handle, or NULL when it is in use by a transfer
@@ -62,6 +76,7 @@ static struct thread_multi *thread_multi(void)
         free(tm);
         return NULL;
     }
+    tm->wakeable = wakeable(tm->multi);
     return tm;
 }
 
@@ -106,8 +121,15 @@ static void retire_h2c_connection(CURL *easy)
         shutdown(sock, SHUT_RDWR);
 }
 
+/* ctx's end, told to the poll of the transfer's thread (see the top). */
+static void wake(void *multi)
+{
+    curl_multi_wakeup(multi);
+}
+
 /* Runs the transfer already added to multi until it finishes (*finished set)
- * or ctx ends. */
+ * or ctx ends.  done_fd is polled as well when it is not -1: the fallback
+ * for a multi handle that cannot be woken. */
 static CURLcode run(ctx_t *ctx, CURLM *multi, CURL *easy, int done_fd, bool *finished)
 {
     struct curl_waitfd extra = { .fd = done_fd, .events = CURL_WAIT_POLLIN, .revents = 0 };
@@ -131,9 +153,20 @@ static CURLcode run(ctx_t *ctx, CURLM *multi, CURL *easy, int done_fd, bool *fin
         if (err != 0)
             return ended_code(err);
 
-        /* curl_multi_poll caps the wait by libcurl's own next timeout, so
-         * this limit only matters when libcurl has nothing scheduled. */
-        mc = curl_multi_poll(multi, done_fd >= 0 ? &extra : NULL, done_fd >= 0 ? 1 : 0, 1000, NULL);
+        /* curl_multi_poll caps the wait by libcurl's own next timeout; the
+         * cap here is ctx's deadline.  The wake-up of a deadline runs on a
+         * library thread one hand-off after the timer, which a busy machine
+         * can delay, so the poll also ends by itself at the deadline and
+         * reads ctx_err, which the timer sets as it fires. */
+        int wait_ms = 1000;
+        ctx_time_t deadline;
+        if (ctx_deadline(ctx, &deadline)) {
+            ctx_duration_t left = deadline - ctx_now();
+            if (left < wait_ms * CTX_MILLISECOND)
+                wait_ms = left > 0 ? (int)((left + CTX_MILLISECOND - 1) / CTX_MILLISECOND) : 1;
+        }
+        mc = curl_multi_poll(multi, done_fd >= 0 ? &extra : NULL, done_fd >= 0 ? 1 : 0, wait_ms,
+                             NULL);
         if (mc != CURLM_OK)
             return mc == CURLM_OUT_OF_MEMORY ? CURLE_OUT_OF_MEMORY : CURLE_FAILED_INIT;
     }
@@ -147,13 +180,6 @@ CURLcode ctx_curl_perform(ctx_t *ctx, CURL *easy)
     if (err != 0)
         return ended_code(err);
 
-    /* -1 with errno 0 means ctx can never end: the transfer then runs as
-     * curl_easy_perform would. */
-    errno = 0;
-    int done_fd = ctx_done_fd(ctx);
-    if (done_fd < 0 && errno != 0)
-        return CURLE_OUT_OF_MEMORY;
-
     /* Without this, removing a transfer that is still resolving joins the
      * resolver thread, i.e. waits for getaddrinfo() to give up. */
     curl_easy_setopt(easy, CURLOPT_QUICK_EXIT, 1L);
@@ -162,8 +188,24 @@ CURLcode ctx_curl_perform(ctx_t *ctx, CURL *easy)
     CURLM *multi = tm != NULL ? tm->multi : curl_multi_init();
     if (multi == NULL)
         return CURLE_OUT_OF_MEMORY;
-    CURLMcode mc = curl_multi_add_handle(multi, easy);
+    /* How the poll learns of ctx's end: a wake-up, else the done fd, where
+     * -1 with errno 0 means that ctx can never end and the transfer runs as
+     * curl_easy_perform would.  A context that can never end takes the
+     * wake-up's registration and never runs it. */
+    ctx_after_t *watch = NULL;
+    int done_fd = -1;
+    bool watched;
+    if (tm != NULL ? tm->wakeable : wakeable(multi)) {
+        watched = ctx_after_func(ctx, wake, multi, &watch) == 0;
+    } else {
+        errno = 0;
+        done_fd = ctx_done_fd(ctx);
+        watched = done_fd >= 0 || errno == 0;
+    }
+    CURLMcode mc = watched ? curl_multi_add_handle(multi, easy) : CURLM_OUT_OF_MEMORY;
     if (mc != CURLM_OK) {
+        if (watch != NULL)
+            ctx_after_stop(watch);
         if (tm == NULL)
             curl_multi_cleanup(multi);
         return mc == CURLM_OUT_OF_MEMORY ? CURLE_OUT_OF_MEMORY : CURLE_BAD_FUNCTION_ARGUMENT;
@@ -194,6 +236,11 @@ CURLcode ctx_curl_perform(ctx_t *ctx, CURL *easy)
     curl_multi_remove_handle(multi, easy);
     if (!finished)
         curl_easy_setopt(easy, CURLOPT_FORBID_REUSE, 0L);
+    /* Once stopped, the wake-up has returned or will never run, so the
+     * multi handle may serve the next call or be freed.  A wake-up that ran
+     * after the transfer ended leaves the next poll a spurious return. */
+    if (watch != NULL)
+        ctx_after_stop(watch);
     if (tm != NULL)
         tm->busy = false;
     else

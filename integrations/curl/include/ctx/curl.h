@@ -53,7 +53,8 @@ extern "C" {
  * ctx already done returns that code at once without any network activity.
  * CURLE_BAD_FUNCTION_ARGUMENT for a NULL ctx or easy, or an easy handle that
  * is already in a multi handle.  CURLE_OUT_OF_MEMORY when the multi handle or
- * the context's done fd cannot be made.
+ * the watch on the context (an AfterFunc that wakes the transfer's poll)
+ * cannot be made.
  *
  * Name resolution: libcurl's threaded resolver normally waits for a running
  * getaddrinfo() when a transfer is abandoned, which can take as long as the
