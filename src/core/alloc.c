@@ -214,9 +214,12 @@ static void prefault(size_t end)
     if (to > CTX__SLAB_CHUNK)
         to = CTX__SLAB_CHUNK;
     /* Advice: where it fails, the blocks' first touch faults as before.
-     * EINVAL: a kernel older than 5.14, which has no such advice. */
+     * EINVAL: a kernel older than 5.14, which has no such advice.  The
+     * caller's errno is kept: the call that got here is succeeding. */
+    int saved = errno;
     if (madvise(carve + populated, to - populated, MADV_POPULATE_WRITE) != 0 && errno == EINVAL)
         populate_off = 1;
+    errno = saved;
     populated = to;
 #else
     (void)end;
