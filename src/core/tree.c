@@ -519,6 +519,25 @@ static void fan_close(struct ctx *x)
     }
 }
 
+/* ctx__lock, done by hand to learn whether another thread held the lock:
+ * true when it did (link_cancel then gives the parent a fan-out). */
+#if defined(__GNUC__) || defined(__clang__)
+__attribute__((always_inline))
+#endif
+static inline int
+lock_contended(_Atomic uint32_t *l)
+{
+    ctx__hold();
+    uint32_t unlocked = 0;
+    /* Acquire: pairs with the release in ctx__unlock_raw, as in
+     * ctx__lock_raw. */
+    if (atomic_compare_exchange_strong_explicit(l, &unlocked, 1, memory_order_acquire,
+                                                memory_order_relaxed))
+        return 0;
+    ctx__lock_slow(l);
+    return 1;
+}
+
 /*
  * Initializes cancel node n as a child of parent and links it into the
  * children of parent's owner, or marks it done at birth when that owner is
@@ -588,14 +607,7 @@ static void link_cancel(struct ctx *n, ctx_t *parent, struct ctx *p, unsigned ki
          * then took.  Acquire: pairs with mark()'s release. */
         s = atomic_load_explicit(&p->u.c.state, memory_order_acquire);
     } else if ((s & CTX__ERR_MASK) == 0) {
-        ctx__hold();
-        uint32_t unlocked = 0;
-        /* Acquire: pairs with the release in ctx__unlock_raw, as in
-         * ctx__lock_raw; done by hand to learn whether the lock was free. */
-        int contended = !atomic_compare_exchange_strong_explicit(
-            &p->lock, &unlocked, 1, memory_order_acquire, memory_order_relaxed);
-        if (contended)
-            ctx__lock_slow(&p->lock);
+        int contended = lock_contended(&p->lock);
         s = atomic_load_explicit(&p->u.c.state, memory_order_relaxed);
         if ((s & CTX__ERR_MASK) == 0) {
             n->pk = (uintptr_t)ctx__ref(parent) | kind;
@@ -679,14 +691,7 @@ link_quick(struct ctx *n, struct ctx *p, uint32_t flags)
         return born_done(n, p, flags, s);
     if (s & CTX__FANNED)
         return 0;
-    ctx__hold();
-    uint32_t unlocked = 0;
-    /* Acquire, as in ctx__lock_raw; by hand, as in link_cancel, to learn
-     * whether another thread held the lock. */
-    int contended = !atomic_compare_exchange_strong_explicit(
-        &p->lock, &unlocked, 1, memory_order_acquire, memory_order_relaxed);
-    if (contended)
-        ctx__lock_slow(&p->lock);
+    int contended = lock_contended(&p->lock);
     /* Under p's lock, every change of the state word is seen. */
     if (atomic_load_explicit(&p->u.c.state, memory_order_relaxed) & (CTX__ERR_MASK | CTX__FANNED)) {
         ctx__unlock(&p->lock);
