@@ -401,59 +401,84 @@ static long rss_bytes(void)
     return rss * sysconf(_SC_PAGESIZE);
 }
 
-static void timeouts(void)
+/* A million timeouts (an hour away) under one cancellable parent, with
+ * their handles. */
+struct million {
+    size_t n;
+    ctx_t **c;
+    ctx_cancel_t **cc;
+    ctx_t *parent;
+    ctx_cancel_t *pc;
+};
+
+/* The arrays and the parent; the timeouts are made by million_make. */
+static void million_init(struct million *m)
 {
-    const size_t n = quick ? 10000 : 1000000;
-    ctx_t **c = malloc(n * sizeof *c);
-    ctx_cancel_t **cc = malloc(n * sizeof *cc);
-    if (c == NULL || cc == NULL)
+    m->n = quick ? 10000 : 1000000;
+    m->c = malloc(m->n * sizeof *m->c);
+    m->cc = malloc(m->n * sizeof *m->cc);
+    if (m->c == NULL || m->cc == NULL)
         die("malloc");
     /* The benchmark's own arrays are touched first, so that their pages do
      * not count as the library's.  Not with zeros: the compiler may merge
      * malloc and a zeroing memset into calloc, whose fresh pages stay
      * untouched until the loop below writes them. */
-    memset(c, 0xff, n * sizeof *c);
-    memset(cc, 0xff, n * sizeof *cc);
-    ctx_cancel_t *pc;
-    ctx_t *parent = ctx_with_cancel(ctx_background(), &pc);
-    long r0 = rss_bytes();
-    ctx_time_t t0 = ctx_now();
-    for (size_t i = 0; i < n; i++)
-        if ((c[i] = ctx_with_timeout(parent, CTX_HOUR, &cc[i])) == NULL)
-            die("ctx_with_timeout");
-    ctx_time_t t1 = ctx_now();
-    long r1 = rss_bytes();
-    put("timeouts.create", (double)(t1 - t0) / (double)n, "ns/op");
-    put("timeouts.rss_per_timer", (double)(r1 - r0) / (double)n, "B");
-    for (size_t i = 0; i < n; i++)
-        ctx_cancel(cc[i]);
-    ctx_time_t t2 = ctx_now();
-    put("timeouts.cancel_each", (double)(t2 - t1) / (double)n, "ns/op");
-    for (size_t i = 0; i < n; i++)
-        ctx_unref(c[i]);
-    ctx_cancel(pc);
-    ctx_unref(parent);
-    free(c);
-    free(cc);
+    memset(m->c, 0xff, m->n * sizeof *m->c);
+    memset(m->cc, 0xff, m->n * sizeof *m->cc);
+    m->parent = ctx_with_cancel(ctx_background(), &m->pc);
+    if (m->parent == NULL)
+        die("ctx_with_cancel");
 }
 
+static void million_make(struct million *m)
+{
+    for (size_t i = 0; i < m->n; i++)
+        if ((m->c[i] = ctx_with_timeout(m->parent, CTX_HOUR, &m->cc[i])) == NULL)
+            die("ctx_with_timeout");
+}
+
+static void million_free(struct million *m)
+{
+    for (size_t i = 0; i < m->n; i++)
+        ctx_unref(m->c[i]);
+    ctx_cancel(m->pc);
+    ctx_unref(m->parent);
+    free(m->c);
+    free(m->cc);
+}
+
+static void timeouts(void)
+{
+    struct million m;
+    million_init(&m);
+    long r0 = rss_bytes();
+    ctx_time_t t0 = ctx_now();
+    million_make(&m);
+    ctx_time_t t1 = ctx_now();
+    long r1 = rss_bytes();
+    put("timeouts.create", (double)(t1 - t0) / (double)m.n, "ns/op");
+    put("timeouts.rss_per_timer", (double)(r1 - r0) / (double)m.n, "B");
+    for (size_t i = 0; i < m.n; i++)
+        ctx_cancel(m.cc[i]);
+    ctx_time_t t2 = ctx_now();
+    put("timeouts.cancel_each", (double)(t2 - t1) / (double)m.n, "ns/op");
+    million_free(&m);
+}
+
+/* The million cancelled by their handles in a fixed random order: each
+ * cancel finds its node out of the cache. */
 static void timeouts_random(void)
 {
-    const size_t n = quick ? 10000 : 1000000;
-    ctx_t **c = malloc(n * sizeof *c);
-    ctx_cancel_t **cc = malloc(n * sizeof *cc);
-    ctx_cancel_t **order = malloc(n * sizeof *order);
-    if (c == NULL || cc == NULL || order == NULL)
+    struct million m;
+    million_init(&m);
+    million_make(&m);
+    ctx_cancel_t **order = malloc(m.n * sizeof *order);
+    if (order == NULL)
         die("malloc");
-    ctx_cancel_t *pc;
-    ctx_t *parent = ctx_with_cancel(ctx_background(), &pc);
-    for (size_t i = 0; i < n; i++)
-        if ((c[i] = ctx_with_timeout(parent, CTX_HOUR, &cc[i])) == NULL)
-            die("ctx_with_timeout");
     /* A fixed shuffle (Fisher-Yates on xorshift), the same on every run. */
-    memcpy(order, cc, n * sizeof *order);
+    memcpy(order, m.cc, m.n * sizeof *order);
     uint64_t r = 0x9E3779B97F4A7C15u;
-    for (size_t i = n - 1; i > 0; i--) {
+    for (size_t i = m.n - 1; i > 0; i--) {
         r ^= r << 13;
         r ^= r >> 7;
         r ^= r << 17;
@@ -463,17 +488,12 @@ static void timeouts_random(void)
         order[j] = t;
     }
     ctx_time_t t0 = ctx_now();
-    for (size_t i = 0; i < n; i++)
+    for (size_t i = 0; i < m.n; i++)
         ctx_cancel(order[i]);
     ctx_time_t t1 = ctx_now();
-    put("timeouts.cancel_random", (double)(t1 - t0) / (double)n, "ns/op");
-    for (size_t i = 0; i < n; i++)
-        ctx_unref(c[i]);
-    ctx_cancel(pc);
-    ctx_unref(parent);
-    free(c);
-    free(cc);
+    put("timeouts.cancel_random", (double)(t1 - t0) / (double)m.n, "ns/op");
     free(order);
+    million_free(&m);
 }
 
 /* ---------------------------------------------------------------------------

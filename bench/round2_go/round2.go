@@ -144,6 +144,14 @@ func storm(mode string) {
 	put("storm.max", float64(late[n-1])/1e3, "us")
 }
 
+// makeTimeouts fills ctxs and cancels with timeouts an hour away under
+// parent.
+func makeTimeouts(parent context.Context, ctxs []context.Context, cancels []context.CancelFunc) {
+	for i := range ctxs {
+		ctxs[i], cancels[i] = context.WithTimeout(parent, time.Hour)
+	}
+}
+
 func timeouts() {
 	n := 1000000
 	if quick {
@@ -157,9 +165,7 @@ func timeouts() {
 	var m0, m1 runtime.MemStats
 	runtime.ReadMemStats(&m0)
 	t0 := time.Now()
-	for i := 0; i < n; i++ {
-		ctxs[i], cancels[i] = context.WithTimeout(parent, time.Hour)
-	}
+	makeTimeouts(parent, ctxs, cancels)
 	d := time.Since(t0)
 	runtime.ReadMemStats(&m1)
 	put("timeouts.create", float64(d.Nanoseconds())/float64(n), "ns/op")
@@ -183,9 +189,7 @@ func timeoutsRandom() {
 	ctxs := make([]context.Context, n)
 	parent, pcancel := context.WithCancel(context.Background())
 	defer pcancel()
-	for i := 0; i < n; i++ {
-		ctxs[i], cancels[i] = context.WithTimeout(parent, time.Hour)
-	}
+	makeTimeouts(parent, ctxs, cancels)
 	r := uint64(0x9E3779B97F4A7C15)
 	for i := n - 1; i > 0; i-- {
 		r ^= r << 13
