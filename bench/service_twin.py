@@ -145,6 +145,14 @@ def measure(front, procs, path, conns, seconds):
     return r
 
 
+def med_known(v):
+    """The median of the figures wrk printed: a round whose latency line it
+    did not print as a number (nan) is left out rather than spoiling the
+    median."""
+    known = [x for x in v if x == x]
+    return statistics.median(known) if known else float("nan")
+
+
 def spread(v):
     return "%.2f (%.2f-%.2f)" % (statistics.median(v), min(v), max(v))
 
@@ -156,7 +164,7 @@ def ab_row(name, a, b):
         name, med(x["rps"] for x in a), med(y["rps"] for y in b),
         spread([x["rps"] / y["rps"] for x, y in zip(a, b)]),
         med(x["good"] for x in a), med(y["good"] for y in b),
-        med(x["p99"] for x in a), med(y["p99"] for y in b),
+        med_known([x["p99"] for x in a]), med_known([y["p99"] for y in b]),
         sum(x["bad"] + x["errs"] for x in a), sum(y["bad"] + y["errs"] for y in b),
         med(x["cpu_us"] for x in a), med(y["cpu_us"] for y in b),
         spread([x["cpu_us"] / y["cpu_us"] for x, y in zip(a, b)]))
