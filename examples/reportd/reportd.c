@@ -199,18 +199,22 @@ struct request {
  * measured rather than the rate of grants, which below saturation is the
  * load, not what the slots can do, and its mean moves slowly (1/32 per
  * grant) so that one holder preempted by another process does not shed a
- * burst.  For the same reason a hold counts at most twice the larger of
- * the mean and the work its holder asked for: with hundreds of threads on
- * two cores, a holder of a query of 0 ms (some 30 us of work) that is
- * preempted holds its slot for a time slice or more, and one such hold of
- * 100 ms moves an unclipped mean by 3 ms.  Under 500 connections on the
- * two-service load, where up to 500 requests want a database slot at once,
- * a mean of 4 ms predicts a wait of a whole budget: up to one request in a
- * thousand was turned away (504 after 250 ms) while the p99 of the others
- * was under 200 ms.  Clipped, the mean still follows a real change
- * (a larger work asked counts in full, and a slower machine moves it by
- * up to 1/32 per grant).  Below saturation the queue is a few ms of wait
- * against a budget of hundreds, so nothing is turned away.
+ * burst.  For the same reason a hold counts at most eight times the
+ * larger of the mean and the work its holder asked for: with hundreds of
+ * threads on two cores, a holder of a query of 0 ms (some 30 us of work)
+ * that is preempted holds its slot for a time slice or more, and one such
+ * hold of 100 ms moves an unclipped mean by 3 ms.  Under 500 connections on
+ * the two-service load, where up to 500 requests want a database slot at
+ * once, a mean of 4 ms predicts a wait of a whole budget: up to one
+ * request in a thousand was turned away (504 after 250 ms) while the p99
+ * of the others was under 200 ms.  Clipped, such a hold moves the mean by
+ * a few microseconds, while a real change still shows within tens of
+ * grants (a larger work asked counts in full).  A clip at twice was too
+ * tight: past saturation, where preempted holds are the real cost of a
+ * slot, the door then let in more than the slots could serve, and at twice
+ * the saturating load answers came 30 to 58 ms past their budget where
+ * they come 15 to 28 ms past it now.  Below saturation the queue is a few
+ * ms of wait against a budget of hundreds, so nothing is turned away.
  *
  * The door alone, with the order above, keeps every answer near its
  * budget: the requests let in either get their slots in time or, at the
@@ -336,8 +340,8 @@ static void slot_give(struct slots *s, int slot)
     ctx_duration_t hold = atomic_load_explicit(&s->hold, memory_order_relaxed);
     ctx_duration_t took = now - s->taken[slot];
     ctx_duration_t usual = hold > s->work[slot] ? hold : s->work[slot];
-    if (hold != 0 && took > 2 * usual)
-        took = 2 * usual; /* a preempted holder (see "Shedding") */
+    if (hold != 0 && took > 8 * usual)
+        took = 8 * usual; /* a preempted holder (see "Shedding") */
     hold = hold == 0 ? took : hold + (took - hold) / 32;
     atomic_store_explicit(&s->hold, hold, memory_order_relaxed);
     bool standing = !cfg.no_ctx && (stands(&compute_slots, now) || stands(&db_slots, now));
