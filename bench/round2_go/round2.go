@@ -144,6 +144,16 @@ func storm(mode string) {
 	put("storm.max", float64(late[n-1])/1e3, "us")
 }
 
+// timeoutSlots: room for the million timeouts and their CancelFuncs (ten
+// thousand with -quick), made before anything is measured.
+func timeoutSlots() ([]context.Context, []context.CancelFunc) {
+	n := 1000000
+	if quick {
+		n = 10000
+	}
+	return make([]context.Context, n), make([]context.CancelFunc, n)
+}
+
 // makeTimeouts fills ctxs and cancels with timeouts an hour away under
 // parent.
 func makeTimeouts(parent context.Context, ctxs []context.Context, cancels []context.CancelFunc) {
@@ -153,12 +163,8 @@ func makeTimeouts(parent context.Context, ctxs []context.Context, cancels []cont
 }
 
 func timeouts() {
-	n := 1000000
-	if quick {
-		n = 10000
-	}
-	cancels := make([]context.CancelFunc, n)
-	ctxs := make([]context.Context, n)
+	ctxs, cancels := timeoutSlots()
+	n := len(ctxs)
 	parent, pcancel := context.WithCancel(context.Background())
 	defer pcancel()
 	runtime.GC()
@@ -181,12 +187,8 @@ func timeouts() {
 // timeoutsRandom: round2.c's timeouts_random, the million cancelled in the
 // same fixed shuffle (Fisher-Yates on xorshift).
 func timeoutsRandom() {
-	n := 1000000
-	if quick {
-		n = 10000
-	}
-	cancels := make([]context.CancelFunc, n)
-	ctxs := make([]context.Context, n)
+	ctxs, cancels := timeoutSlots()
+	n := len(ctxs)
 	parent, pcancel := context.WithCancel(context.Background())
 	defer pcancel()
 	makeTimeouts(parent, ctxs, cancels)
