@@ -533,13 +533,12 @@ extern _Atomic uint32_t ctx__slab_nchunks;
 /* The handle word of a slab block: CTX__SLAB_WORD, the generation in bits
  * 2-30, CTX__SLAB_BOUND while the node in the block has a handle (from
  * ctx__handle_bind to its drop, or to the end of the first ctx_cancel
- * through it: ctx__slab_retire), CTX__SLAB_PINNED while a ctx_cancel holds
- * the node through it.  A word without CTX__SLAB_WORD belongs to a block
- * from ctx__alloc (a cell index + 1, or 0). */
-#define CTX__SLAB_WORD   0x80000000u
-#define CTX__SLAB_BOUND  2u
-#define CTX__SLAB_PINNED 1u
-#define CTX__SLAB_GEN    0x1fffffffu /* after >> 2 */
+ * through it: ctx__slab_retire); bit 0 is unused (a ctx_cancel holds the
+ * node by its lock, not through the word).  A word without CTX__SLAB_WORD
+ * belongs to a block from ctx__alloc (a cell index + 1, or 0). */
+#define CTX__SLAB_WORD  0x80000000u
+#define CTX__SLAB_BOUND 2u
+#define CTX__SLAB_GEN   0x1fffffffu /* after >> 2 */
 /* The handle word of a handle block. */
 static inline _Atomic uint32_t *ctx__hword(void *block)
 {
@@ -560,7 +559,7 @@ static inline int ctx__node_keep(void *p, size_t size)
 }
 
 /* Makes the handle of a bound slab block stale: bumps the generation and
- * clears CTX__SLAB_BOUND, waiting while the block is pinned (cancel.c). */
+ * clears CTX__SLAB_BOUND (cancel.c). */
 void ctx__slab_drop(_Atomic uint32_t *word);
 /* For tests: blocks carved so far, free in the global list, free in this
  * thread's list. */

@@ -112,14 +112,15 @@ struct ctx__msg *ctx__msg_site(const char *file, int line, const char *func)
  * number or cell index + 1 in bits 12-30, 12 generation bits, and a cell
  * index + 1 keeps a cell handle from being NULL.
  *
- * A word is the generation times two (a cell's) or four (a block's, which
- * also has CTX__SLAB_BOUND while the node has a handle), plus PINNED while
- * a caller of ctx_cancel holds the object through it.  (ctx_cancel holds
- * a slab node by the node's own lock instead: slab_lock below.)  Pinning is a
- * compare-and-swap from (generation of the handle, not pinned) to pinned;
- * dropping is a compare-and-swap from (generation, not pinned) to the next
- * generation, retried while the word is pinned.  So a pinned object is
- * never dropped, and a dropped one is never pinned again.  A cell's obj is
+ * A cell's word is the generation times two, plus PINNED while a caller
+ * of ctx_cancel holds the object through it; a block's is the generation
+ * times four with CTX__SLAB_BOUND while the node has a handle, and no pin
+ * (ctx_cancel holds a slab node by the node's own lock: slab_lock below).
+ * Pinning a cell is a compare-and-swap from (generation of the handle, not
+ * pinned) to pinned; dropping is a compare-and-swap from (generation, not
+ * pinned) to the next generation, retried while the word is pinned.  So a
+ * pinned object is never dropped, and a dropped one is never pinned
+ * again.  A cell's obj is
  * written by the thread that binds it, before the handle exists, and read
  * only by a holder of a pin, whose handle came from that thread.
  *
@@ -159,7 +160,6 @@ struct ctx__msg *ctx__msg_site(const char *file, int line, const char *func)
 #define PINNED    1u
 #define CACHE_MAX 256
 
-_Static_assert(CTX__SLAB_PINNED == PINNED, "one pin bit for both kinds");
 _Static_assert((uint64_t)CTX__SLAB_MAXCH << CTX__SLAB_SHIFT <=
                    ((uint64_t)1 << (sizeof(uintptr_t) * 8 - KIND_BITS - SGEN_BITS)),
                "every block number fits a handle");
@@ -481,19 +481,17 @@ void ctx__handle_drop(uint32_t i)
 
 void ctx__slab_drop(_Atomic uint32_t *w)
 {
-    uint32_t x = atomic_load_explicit(w, memory_order_relaxed) & ~PINNED;
+    uint32_t x = atomic_load_explicit(w, memory_order_relaxed);
     for (;;) {
-        /* The next generation, unbound; the word's other bits stay. */
+        /* The next generation, unbound. */
         uint32_t next = CTX__SLAB_WORD | (((x >> 2) + 1) & CTX__SLAB_GEN) << 2;
         /* acq_rel, as for a cell; sequentially consistent besides, for
-         * the free's look at the node's lock that follows (slab_lock). */
+         * the free's look at the node's lock that follows (slab_lock).
+         * Retried after a weak failure, or after a ctx__slab_retire that
+         * stored its next word first (this moves on from that one). */
         if (atomic_compare_exchange_weak_explicit(w, &x, next, memory_order_seq_cst,
                                                   memory_order_relaxed))
             return;
-        if (x & PINNED) {
-            sched_yield();
-            x &= ~PINNED;
-        }
     }
 }
 
@@ -501,7 +499,7 @@ void ctx__slab_retire(struct ctx *n)
 {
     _Atomic uint32_t *w = ctx__hword(n);
     uint32_t x = atomic_load_explicit(w, memory_order_relaxed);
-    if ((x & (CTX__SLAB_WORD | CTX__SLAB_BOUND | PINNED)) != (CTX__SLAB_WORD | CTX__SLAB_BOUND))
+    if ((x & (CTX__SLAB_WORD | CTX__SLAB_BOUND)) != (CTX__SLAB_WORD | CTX__SLAB_BOUND))
         return;
     /* A store: under n's lock, with n's handle live, the only other writer
      * is the free's ctx__slab_drop, which computes the same next word from
