@@ -587,7 +587,9 @@ static void timer_insert(struct ctx__timer *t, ctx_time_t now)
          * nothing placed, any base is consistent.  Only a base REANCHOR
          * granules or more from now is worth the look at every level: the
          * timer thread keeps a busy shard's base near now, and one a few
-         * granules off places a deadline as well. */
+         * granules off places a deadline as well.  The test is about |g - base|
+         * >= REANCHOR in unsigned arithmetic: a base ahead of this
+         * thread's reading wraps the difference around. */
         uint64_t g = gran(now);
         if (CTX__UNLIKELY(g - S->base + REANCHOR >= 2 * REANCHOR) && S->due == NULL &&
             S->near_sum == 0 && shard_wheel_empty(S))
