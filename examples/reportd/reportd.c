@@ -99,7 +99,8 @@ static atomic_long parts_in_flight[NPARTS];
 static atomic_long requests_total[NOUTCOMES];
 static atomic_long parts_cancelled_total[NPARTS];
 static atomic_long connections_open, connections_read_timeout_total;
-static atomic_long requests_shed_total; /* of the deadline outcomes, those shed at once */
+static atomic_long
+    requests_shed_total; /* of the deadline outcomes, those turned away at the door */
 
 /* The drain at shutdown waits on this for requests_in_flight to reach 0. */
 static pthread_mutex_t drain_mu = PTHREAD_MUTEX_INITIALIZER;
@@ -917,14 +918,22 @@ static void task_done(void *arg)
     finish(r);
 }
 
-static bool start_task(struct request *r)
+/* Holds r's suspended connection for d, with no thread: fn(r) runs when a
+ * timeout context of d under the request's ends (sooner when the request's
+ * own context does).  False when that cannot be set up. */
+static bool hold(struct request *r, ctx_duration_t d, void (*fn)(void *))
 {
-    r->wait = ctx_with_timeout(r->rc.ctx, r->ms[UPSTREAM] * CTX_MILLISECOND, NULL);
-    if (r->wait != NULL && ctx_after_func(r->wait, task_done, r, NULL) == 0)
+    r->wait = ctx_with_timeout(r->rc.ctx, d, NULL);
+    if (r->wait != NULL && ctx_after_func(r->wait, fn, r, NULL) == 0)
         return true;
     ctx_unref(r->wait);
     r->wait = NULL;
     return false;
+}
+
+static bool start_task(struct request *r)
+{
+    return hold(r, r->ms[UPSTREAM] * CTX_MILLISECOND, task_done);
 }
 
 /* A /report turned away at the door (see "Shedding") ends here when its
@@ -946,6 +955,18 @@ static void shed_done(void *arg)
         answer_failure(r, o, err);
     log_line(r->id, r->rc.ctx, "/report", o == CLIENT_GONE ? 499 : r->status, r->start, o, "");
     finish(r);
+}
+
+/* Turns r away at the door: held for half of what is left of its budget
+ * (admit() turns away only under a deadline), then shed_done. */
+static bool shed(struct request *r)
+{
+    ctx_time_t deadline;
+    ctx_deadline(r->rc.ctx, &deadline);
+    if (!hold(r, (deadline - ctx_now()) / 2, shed_done))
+        return false;
+    atomic_fetch_add_explicit(&requests_shed_total, 1, memory_order_relaxed);
+    return true;
 }
 
 /* ------------------------------------------------------------------------
@@ -1167,7 +1188,10 @@ static void *sweeper(void *arg)
 /* A request counts as in flight from its route until libmicrohttpd has
  * sent its answer (or given up on the client) and its contexts are freed,
  * so that the drain at shutdown never closes a connection whose answer is
- * still on its way, and a gauge at 0 means none of its contexts is left. */
+ * still on its way, and a gauge at 0 means none of its contexts is left
+ * (but for a moment after a held request's answer: the registration of
+ * task_done or shed_done keeps its timeout context, and the request's
+ * contexts above it, until that function has returned). */
 static void completed(void *cls, struct MHD_Connection *conn, void **state,
                       enum MHD_RequestTerminationCode code)
 {
@@ -1280,23 +1304,9 @@ static enum MHD_Result start(struct request *r)
                                  : "ms must be an integer from 0 to 60000\n",
                        r->id);
     }
-    if (r->report && !admit(r)) { /* 504 later, with no thread: see "Shedding" */
-        atomic_fetch_add_explicit(&requests_shed_total, 1, memory_order_relaxed);
-        ctx_time_t deadline;
-        ctx_deadline(r->rc.ctx, &deadline); /* admit() turns away only under a deadline */
-        MHD_suspend_connection(conn);
-        r->wait = ctx_with_timeout(r->rc.ctx, (deadline - ctx_now()) / 2, NULL);
-        if (r->wait != NULL && ctx_after_func(r->wait, shed_done, r, NULL) == 0)
-            return MHD_YES;
-        ctx_unref(r->wait);
-        r->wait = NULL;
-        MHD_resume_connection(conn);
-        log_line(r->id, r->rc.ctx, path, 503, r->start, ERROR, "");
-        request_ctx_free(&r->rc);
-        return respond(conn, 503, "text/plain", "out of resources\n", r->id);
-    }
+    bool away = r->report && !admit(r); /* 504 later, with no thread: see "Shedding" */
     MHD_suspend_connection(conn);
-    if (!(r->report ? dispatch(r) : start_task(r))) {
+    if (!(away ? shed(r) : r->report ? dispatch(r) : start_task(r))) {
         MHD_resume_connection(conn);
         unwant(r, COMPUTE);
         unwant(r, DB);
