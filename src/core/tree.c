@@ -311,8 +311,9 @@ free_node(struct ctx *c)
     unsigned kind = ctx__kind(c);
     if ((kind != CTX__CANCEL && kind != CTX__TIMER) || CTX__UNLIKELY(ctx__tracking_on()))
         goto chain;
-    /* Acquire, as in free_cancel. */
-    uint32_t s = atomic_load_explicit(&c->u.c.state, memory_order_acquire);
+    /* Acquire, as in free_cancel; a timer's is read after its word. */
+    uint32_t s =
+        kind == CTX__CANCEL ? atomic_load_explicit(&c->u.c.state, memory_order_acquire) : 0;
     size_t size = kind == CTX__TIMER ? sizeof(struct ctx__timer) : sizeof(struct ctx);
     if (kind == CTX__TIMER || (s & CTX__HANDLE)) {
         /* ctx__handle_drop_node's steps for a retired slab handle, in its
