@@ -162,7 +162,7 @@ static size_t populated; /* bytes of the chunk being carved made resident (prefa
 static unsigned char *region, *region_end;
 #define REGION (16 * CTX__SLAB_CHUNK)
 #ifdef MADV_POPULATE_WRITE
-static int populate_off; /* the kernel has no MADV_POPULATE_WRITE */
+static atomic_int populate_off; /* the kernel has no MADV_POPULATE_WRITE */
 #define POPULATE_STEP ((size_t)64 << 10)
 #endif
 #endif
@@ -175,7 +175,8 @@ static unsigned char *chunk_new(void)
 #else
     if (region == region_end) {
         /* 16 chunks at a time, aligned by trimming the mapping.  Only the
-         * pages that blocks are carved from become resident. */
+         * pages that blocks are carved from become resident (and, past
+         * the first region, up to 64 KiB ahead of them: prefault()). */
         size_t len = REGION + CTX__SLAB_CHUNK;
         void *m = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
         if (m == MAP_FAILED)
@@ -195,7 +196,7 @@ static unsigned char *chunk_new(void)
 #endif
 }
 
-/* Makes the pages of the chunk being carved resident ahead of the blocks
+/* The pages of the chunk being carved to make resident ahead of the blocks
  * about to be carved (up to byte end of the chunk), POPULATE_STEP (16
  * pages) at a time, once the slab has outgrown its first region: a
  * process that keeps tens of thousands of such nodes is about to touch
@@ -203,26 +204,47 @@ static unsigned char *chunk_new(void)
  * faults (on the 2-CPU virtual machine this was measured on, a first
  * touch costs 1.4-2 us a page, and a million timeouts fault in 23,000).
  * At most POPULATE_STEP is resident ahead of the blocks carved, and the
- * first region keeps to the pages its blocks touch.  Under slab_lock. */
-static void prefault(size_t end)
+ * first region keeps to the pages its blocks touch.  Under slab_lock:
+ * sets *len to the bytes from the returned address to fill (0: none),
+ * which the caller fills with populate() once it has let the lock go, so
+ * that other threads' refills do not wait for the kernel. */
+static unsigned char *prefault(size_t end, size_t *len)
 {
+    *len = 0;
 #if !CTX__SANITIZED && defined(MADV_POPULATE_WRITE)
-    if (populate_off || end <= populated ||
+    if (atomic_load_explicit(&populate_off, memory_order_relaxed) || end <= populated ||
         atomic_load_explicit(&ctx__slab_nchunks, memory_order_relaxed) <= 16)
-        return;
+        return NULL;
     size_t to = (end + POPULATE_STEP - 1) & ~(POPULATE_STEP - 1);
     if (to > CTX__SLAB_CHUNK)
         to = CTX__SLAB_CHUNK;
+    unsigned char *from = carve + populated;
+    *len = to - populated;
+    populated = to;
+    return from;
+#else
+    (void)end;
+    return NULL;
+#endif
+}
+
+/* Fills what prefault() chose; no lock held.  A chunk is never unmapped,
+ * so the range stays valid whatever the slab does meanwhile. */
+static void populate(unsigned char *from, size_t len)
+{
+#if !CTX__SANITIZED && defined(MADV_POPULATE_WRITE)
+    if (len == 0)
+        return;
     /* Advice: where it fails, the blocks' first touch faults as before.
      * EINVAL: a kernel older than 5.14, which has no such advice.  The
      * caller's errno is kept: the call that got here is succeeding. */
     int saved = errno;
-    if (madvise(carve + populated, to - populated, MADV_POPULATE_WRITE) != 0 && errno == EINVAL)
-        populate_off = 1;
+    if (madvise(from, len, MADV_POPULATE_WRITE) != 0 && errno == EINVAL)
+        atomic_store_explicit(&populate_off, 1, memory_order_relaxed);
     errno = saved;
-    populated = to;
 #else
-    (void)end;
+    (void)from;
+    (void)len;
 #endif
 }
 
@@ -254,6 +276,10 @@ static void slab_give(unsigned k)
 static bool slab_refill(void)
 {
     unsigned k = 0;
+    unsigned char *base = NULL; /* the chunk of the blocks carved here */
+    uint32_t first = 0;         /* the first of them */
+    unsigned char *fill = NULL;
+    size_t fill_len = 0;
     ctx__lock(&slab_lock);
     while (k < CTX__SLAB_CACHE / 2 && slab_free != NULL) {
         void *b = slab_free;
@@ -279,25 +305,33 @@ static bool slab_refill(void)
             }
         }
         if (carved < CTX__SLAB_PER) {
+            /* The next batch is this thread's from here on; it is made
+             * into free blocks below, once the lock is let go. */
             uint32_t e = carved + CTX__SLAB_CACHE / 2;
-            prefault(CTX__SLAB_HEAD +
-                     (size_t)(e < CTX__SLAB_PER ? e : CTX__SLAB_PER) * CTX__SLAB_BLOCK);
-        }
-        for (; k < CTX__SLAB_CACHE / 2 && carved < CTX__SLAB_PER; k++, carved++) {
-            void *b = carve + CTX__SLAB_HEAD + (size_t)carved * CTX__SLAB_BLOCK;
-            /* Generation 1, unbound.  A store, not an initialisation: a
-             * forged handle may read the word already. */
-            atomic_store_explicit(ctx__hword(b), CTX__SLAB_WORD | 4u, memory_order_relaxed);
-            /* The lock word is the block's for good too (cancel.c's
-             * slab_lock): 0 while free.  (Chunks from aligned_alloc under
-             * the sanitizers are not zeroed.) */
-            atomic_store_explicit(&((struct ctx *)b)->lock, 0, memory_order_relaxed);
-            *(void **)b = ctx__tc.head[1];
-            ctx__tc.head[1] = b;
-            poison_free(b);
+            if (e > CTX__SLAB_PER)
+                e = CTX__SLAB_PER;
+            fill = prefault(CTX__SLAB_HEAD + (size_t)e * CTX__SLAB_BLOCK, &fill_len);
+            base = carve;
+            first = carved;
+            k = e - carved;
+            carved = e;
         }
     }
     ctx__unlock(&slab_lock);
+    populate(fill, fill_len);
+    for (uint32_t i = first; base != NULL && i < first + k; i++) {
+        void *b = base + CTX__SLAB_HEAD + (size_t)i * CTX__SLAB_BLOCK;
+        /* Generation 1, unbound.  A store, not an initialisation: a forged
+         * handle may read the word already. */
+        atomic_store_explicit(ctx__hword(b), CTX__SLAB_WORD | 4u, memory_order_relaxed);
+        /* The lock word is the block's for good too (cancel.c's
+         * slab_lock): 0 while free.  (Chunks from aligned_alloc under the
+         * sanitizers are not zeroed.) */
+        atomic_store_explicit(&((struct ctx *)b)->lock, 0, memory_order_relaxed);
+        *(void **)b = ctx__tc.head[1];
+        ctx__tc.head[1] = b;
+        poison_free(b);
+    }
     ctx__tc.n[1] += k;
     return k != 0;
 }
