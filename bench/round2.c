@@ -187,8 +187,11 @@ static void *mix_main(void *arg)
             ctx_t *p = mix_parent[id];
             /* The workers stop on the clock themselves: the main thread
              * does nothing during a turn, so that under a real-time
-             * priority (round2.py --rt) no worker waits for it. */
-            while (ctx_now() < mix_until) {
+             * priority (round2.py --rt) no worker waits for it.  Each
+             * does one batch at least, even when it first runs after the
+             * turn's end (a busy machine), so that every turn has a
+             * count to divide by. */
+            do {
                 for (int i = 0; i < 256; i++) {
                     ctx_cancel_t *cc;
                     ctx_t *c = ctx_with_cancel(p, &cc);
@@ -198,7 +201,7 @@ static void *mix_main(void *arg)
                     ctx_unref(c);
                 }
                 n += 256;
-            }
+            } while (ctx_now() < mix_until);
         }
         mix_out[id].ops = n;
         mix_out[id].cpu = thread_cpu_ns() - c0;
