@@ -38,12 +38,13 @@ static size_t discard(char *p, size_t size, size_t n, void *arg)
     return size * n;
 }
 
-/* One /report of WORK_MS ms of computation with request ID id, added to
+/* One /report of work ms of computation with request ID id, added to
  * multi; *hdr keeps its header list for the caller to free. */
-static CURL *add_report(CURLM *multi, const char *id, long timeout_ms, struct curl_slist **hdr)
+static CURL *add_report(CURLM *multi, const char *id, int work, long timeout_ms,
+                        struct curl_slist **hdr)
 {
     char url[128], h[64];
-    snprintf(url, sizeof url, "%s/report?compute_ms=%d", svc.url, WORK_MS);
+    snprintf(url, sizeof url, "%s/report?compute_ms=%d", svc.url, work);
     snprintf(h, sizeof h, "X-Request-Id: %s", id);
     *hdr = curl_slist_append(NULL, h);
     CURL *e = curl_easy_init();
@@ -69,7 +70,7 @@ static void burst(int n, const char *prefix, long *status, long *ms)
     for (int i = 0; i < n; i++) {
         char id[48];
         snprintf(id, sizeof id, "%s-%d", prefix, i);
-        easy[i] = add_report(multi, id, 30000L, &hdr[i]);
+        easy[i] = add_report(multi, id, WORK_MS, 30000L, &hdr[i]);
     }
     int running = n;
     while (running > 0) {
@@ -153,8 +154,10 @@ static void test_burst_is_shed(void)
  * client that leaves meanwhile ends it at once: the log line says the
  * client has gone (499), no part was started, and it came long before the
  * budget.  The slot is first made busy past its budget by a burst; the
- * request sent after the door has begun to turn requests away is turned
- * away too, and its client gives up after LEAVE_MS. */
+ * request sent after the door has begun to turn requests away asks for
+ * most of its budget in work, so that the few requests ahead of it are
+ * enough to turn it away however far the queue has drained by the time it
+ * arrives, and its client gives up after LEAVE_MS. */
 #define LEAVE_MS 200
 static void test_shed_client_leaves(void)
 {
@@ -175,7 +178,9 @@ static void test_shed_client_leaves(void)
         }
         char id[48];
         snprintf(id, sizeof id, "leave-%d", n);
-        easy[n] = add_report(multi, id, n == BURST / 2 ? (long)LEAVE_MS : 30000L, &hdr[n]);
+        bool leaves = n == BURST / 2;
+        easy[n] = add_report(multi, id, leaves ? BUDGET_MS - 2 * WORK_MS : WORK_MS,
+                             leaves ? (long)LEAVE_MS : 30000L, &hdr[n]);
     }
     do {
         CHECK_EQ_INT(curl_multi_perform(multi, &running), CURLM_OK);
