@@ -91,11 +91,22 @@ static CURLcode ended_code(int err)
  * on it installs a second HTTP/2 layer over the first one and fails at once
  * with CURLE_HTTP2, "Error in the HTTP2 framing layer", for as long as the
  * connection stays in the cache, i.e. for the life of this thread's multi
- * handle.  libcurl 8.0.0 fixed it (it checks for the layer already there). */
-static bool h2c_reuse_broken(void)
+ * handle.  libcurl 8.0.0 fixed it (it checks for the layer already there).
+ * The version is asked once: curl_version_info builds its whole answer
+ * (thousands of instructions) on every call. */
+static bool h2c_broken;
+static pthread_once_t h2c_once = PTHREAD_ONCE_INIT;
+
+static void learn_h2c_broken(void)
 {
     const curl_version_info_data *v = curl_version_info(CURLVERSION_NOW);
-    return v != NULL && v->version_num < 0x080000;
+    h2c_broken = v != NULL && v->version_num < 0x080000;
+}
+
+static bool h2c_reuse_broken(void)
+{
+    pthread_once(&h2c_once, learn_h2c_broken);
+    return h2c_broken;
 }
 
 /* After a finished transfer on such a libcurl: when it ran HTTP/2 over plain
