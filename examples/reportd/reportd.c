@@ -618,9 +618,11 @@ static size_t on_body(char *p, size_t size, size_t n, void *arg)
 }
 
 /* Each thread keeps one easy handle between calls, as it keeps its
- * connections (ctx_curl_perform): curl_easy_reset clears the options and
- * keeps the handle's buffers, which curl_easy_init would allocate and clear
- * again for every call (tens of kilobytes). */
+ * connections (ctx_curl_perform): curl_easy_init would allocate and clear
+ * tens of kilobytes for every call.  Options stay set on a handle, and
+ * only upstream_part uses these, so the ones that never change are set
+ * once here and the rest (the URL, the headers and the body's buffer,
+ * which each call replaces) on each call. */
 static pthread_key_t easy_key;
 
 static void easy_free(void *easy)
@@ -631,12 +633,16 @@ static void easy_free(void *easy)
 static CURL *thread_easy(void)
 {
     CURL *easy = pthread_getspecific(easy_key);
-    if (easy != NULL) {
-        curl_easy_reset(easy);
-    } else if ((easy = curl_easy_init()) != NULL && pthread_setspecific(easy_key, easy) != 0) {
+    if (easy != NULL)
+        return easy;
+    if ((easy = curl_easy_init()) == NULL)
+        return NULL;
+    if (pthread_setspecific(easy_key, easy) != 0) {
         curl_easy_cleanup(easy);
-        easy = NULL;
+        return NULL;
     }
+    curl_easy_setopt(easy, CURLOPT_WRITEFUNCTION, on_body);
+    curl_easy_setopt(easy, CURLOPT_NOSIGNAL, 1L);
     return easy;
 }
 
@@ -656,9 +662,7 @@ static int upstream_part(ctx_t *ctx, void *arg)
         struct curl_slist *all = cfg.no_ctx ? headers : ctx_curl_headers(ctx, headers);
         curl_easy_setopt(easy, CURLOPT_URL, url);
         curl_easy_setopt(easy, CURLOPT_HTTPHEADER, all != NULL ? all : headers);
-        curl_easy_setopt(easy, CURLOPT_WRITEFUNCTION, on_body);
         curl_easy_setopt(easy, CURLOPT_WRITEDATA, &b);
-        curl_easy_setopt(easy, CURLOPT_NOSIGNAL, 1L);
         /* The baseline performs under a context that never ends: the same
          * transfer on the same per-thread connection cache, not cancellable. */
         CURLcode cc = ctx_curl_perform(cfg.no_ctx ? ctx_background() : ctx, easy);
