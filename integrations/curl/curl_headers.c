@@ -7,7 +7,6 @@
 #include <ctx/propagation.h>
 
 #include <errno.h>
-#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -21,14 +20,19 @@ struct collected {
 static int collect(void *headers, const char *name, const char *value)
 {
     struct collected *c = headers;
-    size_t len = strlen(name) + 2 + strlen(value) + 1;
-    char *line = malloc(len);
+    size_t nl = strlen(name), vl = strlen(value), len = nl + 2 + vl + 1;
+    /* Most lines (traceparent, grpc-timeout, a short baggage) fit on the
+     * stack; curl_slist_append copies the line, so it is ours to free. */
+    char small[256];
+    char *line = len <= sizeof small ? small : malloc(len);
     if (line == NULL)
         return ENOMEM;
-    snprintf(line, len, "%s: %s", name, value);
-    /* curl_slist_append copies the string, so the line is ours to free. */
+    memcpy(line, name, nl);
+    memcpy(line + nl, ": ", 2);
+    memcpy(line + nl + 2, value, vl + 1);
     struct curl_slist *node = curl_slist_append(NULL, line);
-    free(line);
+    if (line != small)
+        free(line);
     if (node == NULL)
         return ENOMEM;
     if (c->tail == NULL)

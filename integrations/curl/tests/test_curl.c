@@ -356,6 +356,21 @@ static void test_headers(void)
     CHECK_NOT_NULL(list);
     curl_slist_free_all(list);
 
+    /* A line longer than the one made on the stack arrives whole. */
+    char long_value[601];
+    memset(long_value, 'v', sizeof long_value - 1);
+    long_value[sizeof long_value - 1] = '\0';
+    ctx_t *big = ctx_with_baggage(ctx_background(), "k", long_value);
+    CHECK_NOT_NULL(big);
+    list = ctx_curl_headers(big, NULL);
+    CHECK_NOT_NULL(list);
+    CHECK_NULL(list->next);
+    CHECK(strncmp(list->data, "baggage: k=", 11) == 0);
+    CHECK_EQ_INT(strlen(list->data), 11 + 600);
+    CHECK_EQ_INT(strspn(list->data + 11, "v"), 600);
+    curl_slist_free_all(list);
+    ctx_unref(big);
+
     /* A context with nothing to carry adds nothing. */
     errno = EBADF;
     CHECK_NULL(ctx_curl_headers(ctx_background(), NULL));
