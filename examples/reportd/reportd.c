@@ -99,8 +99,8 @@ static atomic_long parts_in_flight[NPARTS];
 static atomic_long requests_total[NOUTCOMES];
 static atomic_long parts_cancelled_total[NPARTS];
 static atomic_long connections_open, connections_read_timeout_total;
-static atomic_long
-    requests_shed_total; /* of the deadline outcomes, those turned away at the door */
+/* Of the deadline outcomes, those turned away at the door. */
+static atomic_long requests_shed_total;
 
 /* The drain at shutdown waits on this for requests_in_flight to reach 0. */
 static pthread_mutex_t drain_mu = PTHREAD_MUTEX_INITIALIZER;
