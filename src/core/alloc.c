@@ -162,7 +162,10 @@ static size_t populated; /* bytes of the chunk being carved made resident (prefa
 static unsigned char *region, *region_end;
 #define REGION (16 * CTX__SLAB_CHUNK)
 #ifdef MADV_POPULATE_WRITE
-static atomic_int populate_off; /* the kernel has no MADV_POPULATE_WRITE */
+/* The kernel has no MADV_POPULATE_WRITE.  Relaxed loads and stores: a
+ * hint, and a thread that reads it late makes one more madvise, which
+ * fails as the first did. */
+static atomic_int populate_off;
 #define POPULATE_STEP ((size_t)64 << 10)
 #endif
 #endif
