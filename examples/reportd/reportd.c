@@ -709,7 +709,9 @@ static bool param(struct MHD_Connection *conn, const char *name, long *out)
  * a control or non-ASCII byte, '"' or '\\') is replaced by a new one.
  * A new ID is a random 64-bit start, drawn once (main), plus a count: 16
  * hex digits, unique within the process and unlikely to meet another
- * process's, for an add rather than a system call per request. */
+ * process's, for an add rather than a system call per request.  The count
+ * is relaxed: each add returns a number of its own, and nothing else is
+ * published through it; id_base is written before any thread starts. */
 static uint64_t id_base;
 static atomic_uint_fast64_t id_count;
 
