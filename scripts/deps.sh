@@ -37,7 +37,7 @@ case "$what" in
     ci)   packages=("${core[@]}" "${libs[@]}" "${peers[@]}" clang clang-format
                     libclang-rt-14-dev libbenchmark-dev wrk hey man-db
                     golang-github-lib-pq-dev golang-github-mattn-go-sqlite3-dev
-                    gcc-multilib musl-tools abigail-tools) ;;
+                    gcc-multilib musl-tools abigail-tools valgrind) ;;
     *) echo "usage: scripts/deps.sh [test|demo|ci]" >&2; exit 2 ;;
 esac
 
