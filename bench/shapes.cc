@@ -14,9 +14,9 @@
 //                (Extra/AfterFunc)
 //   closed       a cancellable root cancelled, a child born done under it,
 //                both dropped (CancelTree/depth=1/Root=ClosedCanceler)
-// and cxx-child, cxx-after, cxx-closed: the same with stop_source, as
-// ctx_bench builds them (a stop_source whose stop_callback on the
-// parent's token forwards the stop).  "all" runs every shape in turn (the
+// and cxx-child, cxx-after, cxx-closed: the same with stop_source, built
+// as ctx_bench builds them (cxx_peer.hh: a stop_source whose stop_callback
+// on the parent's token forwards the stop).  "all" runs every shape in turn (the
 // smoke test).
 
 #include <ctx.h>
@@ -27,6 +27,8 @@
 #include <optional>
 #include <stop_token>
 
+#include "cxx_peer.hh"
+
 namespace
 {
 
@@ -36,28 +38,13 @@ inline void barrier()
     asm volatile("" ::: "memory");
 }
 
-struct Forward {
-    std::stop_source *src;
-    void operator()() const noexcept
-    {
-        src->request_stop();
-    }
-};
-
-// A C++ "context": its own stop source, stopped when its parent's is.
-struct CxxCtx {
-    std::stop_source src;
-    std::stop_callback<Forward> link;
-    CxxCtx(std::stop_token parent) : src(), link(std::move(parent), Forward{ &src }) {}
-};
-
 void noop(void *) {}
 
 int run(const char *shape, long n)
 {
     ctx_cancel_t *pc;
     ctx_t *parent = ctx_with_cancel(ctx_background(), &pc);
-    CxxCtx cparent{ std::stop_token{} };
+    CxxCtx cparent{ std::stop_token{}, nullptr };
     int rc = 0;
     if (std::strcmp(shape, "child") == 0) {
         for (long i = 0; i < n; i++) {
@@ -69,7 +56,7 @@ int run(const char *shape, long n)
         }
     } else if (std::strcmp(shape, "cxx-child") == 0) {
         for (long i = 0; i < n; i++) {
-            CxxCtx c{ cparent.src.get_token() };
+            CxxCtx c{ cparent.src.get_token(), nullptr };
             c.src.request_stop();
             barrier();
         }
@@ -105,9 +92,9 @@ int run(const char *shape, long n)
     } else if (std::strcmp(shape, "cxx-closed") == 0) {
         std::optional<CxxCtx> root, leaf;
         for (long i = 0; i < n; i++) {
-            root.emplace(std::stop_token{});
+            root.emplace(std::stop_token{}, nullptr);
             root->src.request_stop();
-            leaf.emplace(root->src.get_token());
+            leaf.emplace(root->src.get_token(), nullptr);
             if (!leaf->src.stop_requested()) { // stopped at once
                 rc = 1;
                 break;
