@@ -200,9 +200,17 @@ static void *churn_main(void *arg)
         atomic_fetch_add_explicit(&made, 1, memory_order_relaxed);
     }
     /* Let go of the parent while a child of it still lives: the child's
-     * shard gives the parent back when the child goes. */
-    ctx_t *last = ctx_with_cancel(p, NULL);
+     * shard gives the parent back when the child goes.  Every other thread
+     * leaves a child it has cancelled, whose free takes the short way, and
+     * the others a live one, which goes the long way: whichever comes last
+     * frees the parent. */
+    static atomic_int turn;
+    int done = atomic_fetch_add(&turn, 1) % 2;
+    ctx_cancel_t *lc = NULL;
+    ctx_t *last = ctx_with_cancel(p, done ? &lc : NULL);
     CHECK_NOT_NULL(last);
+    if (done)
+        ctx_cancel(lc);
     ctx_unref(p);
     ctx_unref(last);
     return NULL;

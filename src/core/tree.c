@@ -293,6 +293,26 @@ free_chain(struct ctx *c)
     }
 }
 
+/* free_node's short free for a done cancel node whose parent reference is
+ * counted in a shard of its parent's fan-out (state s: err and the shard,
+ * nothing else).  The same steps as free_chain's for it, as free_node
+ * takes them for a child of a parent without a fan-out; a call of its
+ * own, made only when free_node's own test has failed, so that the frees
+ * of other nodes run the same instructions as before. */
+#if defined(__GNUC__) || defined(__clang__)
+__attribute__((noinline))
+#endif
+static void
+free_fanned(struct ctx *c, uint32_t s, size_t size)
+{
+    struct ctx *parent = ctx__parent(c);
+    ctx__msg_unref(c->u.c.msg);
+    ctx__node_free(c, size);
+    ctx__live_add(-1);
+    if (drop_parent(parent, s))
+        free_chain(parent);
+}
+
 /* free_chain for the commonest frees that free_leaf leaves to it: a done
  * cancel or timer node with no fd or fan-out and no canceller left below
  * it, with no handle or with a slab handle that its ctx_cancel retired
@@ -300,8 +320,9 @@ free_chain(struct ctx *c)
  * list (it left its parent's children when it was cancelled, or was never
  * linked, being born done) and a done timer is in no wheel (mark_live), so
  * it goes with its block, its message and its parent reference, without
- * free_cancel's tests and without free_chain's frame.  Every other node
- * goes to free_chain. */
+ * free_cancel's tests and without free_chain's frame; free_fanned does the
+ * same for one whose parent reference is in a fan-out shard.  Every other
+ * node goes to free_chain. */
 #if defined(__GNUC__) || defined(__clang__)
 __attribute__((noinline))
 #endif
@@ -333,8 +354,14 @@ free_node(struct ctx *c)
     } else if (atomic_load_explicit(&c->lock, memory_order_acquire) != 0) {
         goto chain; /* a canceller may still be walking below c */
     }
-    if (s == 0 || (s & ~CTX__ERR_MASK) != 0)
+    if (s == 0 || (s & ~CTX__ERR_MASK) != 0) {
+        /* Done, and in a fan-out shard of its parent: no other flag. */
+        if ((s & CTX__ERR_MASK) != 0 && (s & ~(CTX__ERR_MASK | CTX__FAN_BITS)) == 0) {
+            free_fanned(c, s, size);
+            return;
+        }
         goto chain; /* live (maybe linked), or with an fd, fan-out or waiters */
+    }
     struct ctx *parent = ctx__parent(c);
     ctx__msg_unref(c->u.c.msg);
     ctx__node_free(c, size);
@@ -672,13 +699,40 @@ born_done(struct ctx *n, struct ctx *p, uint32_t flags, uint32_t s)
     return 1;
 }
 
+/* link_quick for a live parent p with a fan-out: n (flags 0 or
+ * CTX__HANDLE) is made as init_cancel would make it and linked into this
+ * thread's shard, where its parent reference is counted (so no write to
+ * p's line).  Returns 0, having left n for init_cancel, when the shard is
+ * closed: p is done, and link_cancel makes n born done. */
+#if defined(__GNUC__) || defined(__clang__)
+__attribute__((noinline))
+#endif
+static int
+fan_quick(struct ctx *n, struct ctx *p, uint32_t flags)
+{
+    n->up = p->up; /* ctx__dlsrc(p) */
+    atomic_init(&n->refs, 1);
+    /* As in init_cancel: a slab block's lock word is left as it is. */
+    if (flags == 0 || !(atomic_load_explicit(ctx__hword(n), memory_order_relaxed) & CTX__SLAB_WORD))
+        atomic_init(&n->lock, 0);
+    atomic_init(&n->u.c.state, flags);
+    n->u.c.cause = 0;
+    n->u.c.msg = NULL;
+    n->u.c.children = NULL;
+    if (!fan_link(n, p, CTX__CANCEL))
+        return 0;
+    ctx__live_add(1);
+    return 1;
+}
+
 /* init_cancel for the commonest children of a cancel node: cancel node n
  * (with flags 0, or CTX__HANDLE for a handle block) under cancel node p
  * itself, either live and without a fan-out (n is linked, and p gets a
- * fan-out when its lock was contended, as in link_cancel), or done (n is
+ * fan-out when its lock was contended, as in link_cancel), live with a
+ * fan-out (n goes into this thread's shard: fan_quick), or done (n is
  * born done).  Written out here so that a wide tree's children are made
- * without link_cancel's call and frame.  Returns 0, having done nothing,
- * for any other case, which init_cancel then handles. */
+ * without link_cancel's call and frame.  Returns 0 for any other case,
+ * leaving n to init_cancel, which initialises it from the start. */
 #if defined(__GNUC__) || defined(__clang__)
 __attribute__((always_inline))
 #endif
@@ -691,7 +745,7 @@ link_quick(struct ctx *n, struct ctx *p, uint32_t flags)
     if (CTX__UNLIKELY(s & CTX__ERR_MASK))
         return born_done(n, p, flags, s);
     if (s & CTX__FANNED)
-        return 0;
+        return fan_quick(n, p, flags);
     int contended = lock_contended(&p->lock);
     /* Under p's lock, every change of the state word is seen. */
     if (atomic_load_explicit(&p->u.c.state, memory_order_relaxed) & (CTX__ERR_MASK | CTX__FANNED)) {
