@@ -34,6 +34,9 @@ import subprocess
 import sys
 import tempfile
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from round2 import loadavg, machine  # noqa: E402  (the same head as round2.md)
+
 SHAPES = [
     # (shape, ctx_bench row, what)
     ("child", "Extra/ChildCancel", "child of a live parent: make, cancel by handle, drop"),
@@ -152,10 +155,13 @@ def main():
             print("shapes: %s not found; nothing measured" % tool)
             return 0
     times = timed(args.bench, [row for _, row, _ in SHAPES]) if args.bench else {}
+    m = machine()
     lines = ["# Shapes shared with C++ std::stop_source: what one operation executes", "",
+             "- Commit: %s" % m["commit"],
+             "- CPU: %s, %d cores; kernel %s" % (m["cpu"], m["cores"], m["kernel"]),
+             "- Load average (1/5/15 min) before: %s" % loadavg(), "",
              "Per operation, from callgrind at %d and %d turns (the difference); "
-             "read-modify-writes are lock-prefixed instructions and xchg with memory. "
-             "Load average %.2f." % (LOW, HIGH, os.getloadavg()[0]), "",
+             "read-modify-writes are lock-prefixed instructions and xchg with memory." % (LOW, HIGH), "",
              "| shape | libctx instructions | C++ instructions | libctx RMWs | C++ RMWs |"
              " libctx ns min / median | C++ ns min / median | C++ / libctx (medians) |",
              "|---|--:|--:|--:|--:|--:|--:|--:|"]
