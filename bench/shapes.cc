@@ -1,23 +1,29 @@
 // SPDX-License-Identifier: MIT
 
-// The shapes libctx shares with C++20 std::stop_source, one per run, in a
-// loop with nothing else in it, so that a tool that counts what a whole
-// process executes (bench/shapes.py runs it under callgrind at two loop
-// counts and takes the difference) sees one shape and its loop only.
+// The shapes libctx shares with C++20 std::stop_source, one per run, each
+// alone in a loop in one function (measure), so that a tool that counts
+// what a process executes sees one shape and its loop only (bench/shapes.py
+// runs it under callgrind, counting inside measure, at two loop counts, and
+// takes the difference).
 //
 //   ctx_shapes SHAPE N
 //
 // SHAPE is one of
 //   child        a child of a live cancellable parent, cancelled by its
 //                handle and dropped (ctx_bench's Extra/ChildCancel)
+//   fanned       the same under a parent with a fan-out: before the loop,
+//                two threads make children of the parent at once until one
+//                of them has found the other holding the parent's lock
+//                (section 3.1 of docs/DESIGN.md); under valgrind, whose
+//                threads take turns, that takes --fair-sched=yes
 //   after        an AfterFunc registered on a live context and stopped
 //                (Extra/AfterFunc)
 //   closed       a cancellable root cancelled, a child born done under it,
 //                both dropped (CancelTree/depth=1/Root=ClosedCanceler)
 // and cxx-child, cxx-after, cxx-closed: the same with stop_source, built
 // as ctx_bench builds them (cxx_peer.hh: a stop_source whose stop_callback
-// on the parent's token forwards the stop).  "all" runs every shape in turn (the
-// smoke test).
+// on the parent's token forwards the stop).  "all" runs every shape in
+// turn (the smoke test).
 
 #include <ctx.h>
 
@@ -25,6 +31,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <optional>
+#include <pthread.h>
 #include <stop_token>
 
 #include "cxx_peer.hh"
@@ -40,18 +47,44 @@ inline void barrier()
 
 void noop(void *) {}
 
-int run(const char *shape, long n)
+// One child of p made, cancelled by its handle and dropped.
+inline void child_of(ctx_t *p)
 {
-    ctx_cancel_t *pc;
-    ctx_t *parent = ctx_with_cancel(ctx_background(), &pc);
-    CxxCtx cparent{ std::stop_token{}, nullptr };
+    ctx_cancel_t *cancel;
+    ctx_t *c = ctx_with_cancel(p, &cancel);
+    ctx_cancel(cancel);
+    ctx_unref(c);
+}
+
+void *churn(void *p)
+{
+    for (int i = 0; i < 200000; i++)
+        child_of(static_cast<ctx_t *>(p));
+    return nullptr;
+}
+
+// Gives p a fan-out: two threads make children of it at once.  A fan-out
+// is not visible through the API; 200,000 children each from two threads
+// have always been enough, on this machine and under valgrind with
+// --fair-sched=yes (the counts of bench/shapes.py show it: a fanned
+// parent's children cost more before the short paths took them).
+void fan_out(ctx_t *p)
+{
+    pthread_t t;
+    if (pthread_create(&t, nullptr, churn, p) != 0)
+        return;
+    churn(p);
+    pthread_join(t, nullptr);
+}
+
+// The loop of one shape, n turns.  Not inlined, so that callgrind can count
+// inside it alone (--toggle-collect).
+__attribute__((noinline)) int measure(const char *shape, long n, ctx_t *parent, CxxCtx &cparent)
+{
     int rc = 0;
-    if (std::strcmp(shape, "child") == 0) {
+    if (std::strcmp(shape, "child") == 0 || std::strcmp(shape, "fanned") == 0) {
         for (long i = 0; i < n; i++) {
-            ctx_cancel_t *cancel;
-            ctx_t *c = ctx_with_cancel(parent, &cancel);
-            ctx_cancel(cancel);
-            ctx_unref(c);
+            child_of(parent);
             barrier();
         }
     } else if (std::strcmp(shape, "cxx-child") == 0) {
@@ -109,6 +142,17 @@ int run(const char *shape, long n)
     }
     if (rc == 1)
         std::fprintf(stderr, "ctx_shapes: %s did not behave as it should\n", shape);
+    return rc;
+}
+
+int run(const char *shape, long n)
+{
+    ctx_cancel_t *pc;
+    ctx_t *parent = ctx_with_cancel(ctx_background(), &pc);
+    CxxCtx cparent{ std::stop_token{}, nullptr };
+    if (std::strcmp(shape, "fanned") == 0)
+        fan_out(parent);
+    int rc = measure(shape, n, parent, cparent);
     ctx_cancel(pc);
     ctx_unref(parent);
     return rc;
@@ -120,13 +164,14 @@ int main(int argc, char **argv)
 {
     long n = argc == 3 ? std::atol(argv[2]) : 0;
     if (n <= 0) {
-        std::fprintf(stderr,
-                     "usage: ctx_shapes child|after|closed|cxx-child|cxx-after|cxx-closed|all N\n");
+        std::fprintf(
+            stderr,
+            "usage: ctx_shapes child|fanned|after|closed|cxx-child|cxx-after|cxx-closed|all N\n");
         return 2;
     }
     if (std::strcmp(argv[1], "all") != 0)
         return run(argv[1], n);
-    static const char *const all[] = { "child",     "after",     "closed",
+    static const char *const all[] = { "child",     "fanned",    "after",     "closed",
                                        "cxx-child", "cxx-after", "cxx-closed" };
     for (const char *shape : all)
         if (int rc = run(shape, n); rc != 0)

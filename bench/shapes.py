@@ -4,9 +4,9 @@
 """What libctx and C++20 std::stop_source execute on the shapes they share.
 
 For each shape of bench/shapes.cc, libctx's and stop_source's, the program
-runs under valgrind's callgrind at two loop counts; the difference, divided
-by the difference of the counts, is what one turn of the loop executes
-(start-up and exit cancel out):
+runs under valgrind's callgrind at two loop counts, counting inside the
+loop's function only; the difference, divided by the difference of the
+counts, is what one turn of the loop executes:
 
 - instructions: callgrind's count of instructions executed;
 - atomic read-modify-writes: instructions with a lock prefix, and xchg
@@ -16,7 +16,9 @@ by the difference of the counts, is what one turn of the loop executes
 
 With --bench, the matching rows of ctx_bench are timed too (minimum and
 median of 9 repetitions, real time), so that one table puts time beside
-the counts.
+the counts.  A last row counts ChildCancel's shape under a parent with a
+fan-out (no C++ counterpart, not timed): more instructions than the first
+row's show that the fan-out was made.
 A table goes to stdout and to <out>/shapes.md.  Needs valgrind and objdump
 (binutils); only the Python standard library.
 
@@ -49,7 +51,10 @@ LOW, HIGH = 20000, 40000
 def callgrind(binary, shape, n, tmp):
     """Runs one shape n times under callgrind; returns the output file."""
     out = os.path.join(tmp, "cg.%s.%d" % (shape, n))
-    subprocess.run(["valgrind", "--tool=callgrind", "--dump-instr=yes", "--dump-line=no",
+    # --fair-sched: valgrind runs one thread at a time; with fair turns the
+    # two threads of the fanned shape's set-up meet on the parent's lock.
+    subprocess.run(["valgrind", "--tool=callgrind", "--fair-sched=yes", "--toggle-collect=*measure*",
+                    "--dump-instr=yes", "--dump-line=no",
                     "--callgrind-out-file=" + out, binary, shape, str(n)],
                    check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     return out
@@ -174,6 +179,9 @@ def main():
             fmt = lambda t: "%.1f / %.1f" % t if t else "-"
             lines.append("| %s (%s) | %.0f | %.0f | %.1f | %.1f | %s | %s | %s |"
                          % (row, what, li, ci, lr, cr, fmt(lt), fmt(ct), ratio))
+        fi, fr = count(args.bin, "fanned", tmp)
+        lines.append("| the first row's shape under a parent with a fan-out | %.0f | - | %.1f | - | - | - | - |"
+                     % (fi, fr))
     text = "\n".join(lines) + "\n"
     sys.stdout.write(text)
     with open(os.path.join(args.out, "shapes.md"), "w") as f:
