@@ -65,9 +65,9 @@ void *churn(void *p)
 
 // Gives p a fan-out: two threads make children of it at once.  A fan-out
 // is not visible through the API; 200,000 children each from two threads
-// have always been enough, on this machine and under valgrind with
-// --fair-sched=yes (the counts of bench/shapes.py show it: a fanned
-// parent's children cost more before the short paths took them).
+// have made one in every run so far, natively and under valgrind with
+// --fair-sched=yes, and bench/shapes.py's last row shows it each time (a
+// child under a fan-out executes more than the first row's child).
 void fan_out(ctx_t *p)
 {
     pthread_t t;
